@@ -1,0 +1,66 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { PtthError } from '../http/errors.js';
+
+export type Transport = 'http1' | 'http2' | 'websocket' | 'comet';
+
+/** A visitor's request, ready to go down a channel. */
+export interface Exchange {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  /** Flat raw header list to send to the app (hop-by-hop removed, forwarding headers added). */
+  readonly headers: string[];
+  /** Reports a gateway status to the visitor (or closes its connection if headers went out). */
+  fail(err: PtthError): void;
+  /** Called exactly once when the exchange is over, whatever the outcome. */
+  done(): void;
+}
+
+/** A visitor's upgrade request (WebSocket and others), to be spliced to the app after its 101. */
+export interface UpgradeExchange {
+  readonly req: IncomingMessage;
+  readonly socket: Duplex;
+  readonly head: Buffer;
+  readonly headers: string[];
+  fail(err: PtthError): void;
+  done(): void;
+}
+
+export interface ChannelEvents {
+  /** The channel can take another request. */
+  available(channel: Channel): void;
+  /** The channel is gone (closed, failed, or consumed by an upgrade). */
+  closed(channel: Channel): void;
+}
+
+/**
+ * One live path from the gateway to an app. A channel knows its transport and nothing about
+ * routing: the registration that owns it calls `dispatch` and listens through `ChannelEvents`.
+ */
+export interface Channel {
+  readonly id: number;
+  readonly transport: Transport;
+  /** The app's address, `ip:port`. */
+  readonly remote: string;
+  readonly openedAt: number;
+  /** Requests in flight now. */
+  readonly active: number;
+  /** Requests answered over this channel's life. */
+  readonly served: number;
+  /** Whether `dispatch` may be called now. */
+  readonly available: boolean;
+  /** Whether this channel can carry a visitor's upgrade request. */
+  readonly upgradable: boolean;
+  readonly closed: boolean;
+  /** Set once by the owner before the first dispatch. */
+  events: ChannelEvents | undefined;
+  dispatch(exchange: Exchange): void;
+  upgrade(exchange: UpgradeExchange): void;
+  /** Closes the channel; in-flight requests fail with 502. */
+  close(): void;
+}
+
+let nextId = 1;
+export function channelId(): number {
+  return nextId++;
+}

@@ -1,0 +1,284 @@
+import { Agent, request, STATUS_CODES, type ClientRequest, type IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import { pipeline } from 'node:stream';
+import { PtthError } from '../http/errors.js';
+import { withoutHopByHop } from '../http/headers.js';
+import { rawHead, splice } from '../http/relay.js';
+import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
+
+export interface Http1ChannelOptions {
+  /** Milliseconds from the end of the request body to the app's response head (504 past it). */
+  readonly responseTimeout: number;
+}
+
+/**
+ * node:http's client over the one reversed socket. `createConnection` hands the socket to the
+ * first request; `keepSocketAlive` is overridden so that no idle timer (ours or a `Keep-Alive:
+ * timeout` hint from the app) ever closes a channel the app keeps open.
+ */
+class ChannelAgent extends Agent {
+  #socket: Socket | undefined;
+  constructor(socket: Socket) {
+    super({ keepAlive: true, maxSockets: 1, maxFreeSockets: 1, scheduling: 'fifo' });
+    this.#socket = socket;
+  }
+  override createConnection(): Socket {
+    const socket = this.#socket;
+    // The agent only asks again after the socket closed; the channel is then closed too.
+    if (!socket) throw new Error('the reversed connection was already used');
+    this.#socket = undefined;
+    return socket;
+  }
+  override keepSocketAlive(): boolean {
+    return true;
+  }
+}
+
+/** A reversed HTTP/1.1 connection (PTTH/1.0): the gateway is the client, the app the server. */
+export class Http1Channel implements Channel {
+  readonly id = channelId();
+  readonly transport = 'http1' as const;
+  readonly remote: string;
+  readonly openedAt = Date.now();
+  readonly upgradable = true;
+  events: ChannelEvents | undefined;
+  #socket: Socket;
+  #agent: ChannelAgent;
+  #options: Http1ChannelOptions;
+  #active = 0;
+  #served = 0;
+  #closed = false;
+  #started = false;
+  /** False once the app said it will close the connection after the current response. */
+  #reusable = true;
+
+  constructor(socket: Socket, options: Http1ChannelOptions) {
+    this.#socket = socket;
+    this.#options = options;
+    this.remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
+    this.#agent = new ChannelAgent(socket);
+    socket.setNoDelay(true);
+    // TCP keepalive probes find dead peers on idle channels without closing live ones.
+    socket.setKeepAlive(true, 30_000);
+    socket.setTimeout(0);
+    socket.on('close', this.#onClose);
+    socket.on('error', noop);
+    // PROTOCOL.md section 3: bytes from the app before the first reversed request are a protocol error.
+    socket.on('data', this.#onEarlyData);
+  }
+
+  get active(): number {
+    return this.#active;
+  }
+  get served(): number {
+    return this.#served;
+  }
+  get available(): boolean {
+    return !this.#closed && this.#reusable && this.#active === 0;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  #onEarlyData = (): void => {
+    this.#socket.destroy();
+  };
+
+  #onClose = (): void => {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#agent.destroy();
+    this.events?.closed(this);
+  };
+
+  #start(): void {
+    if (this.#started) return;
+    this.#started = true;
+    this.#socket.removeListener('data', this.#onEarlyData);
+  }
+
+  close(): void {
+    this.#socket.destroy();
+  }
+
+  dispatch(ex: Exchange): void {
+    this.#start();
+    this.#active++;
+    const { req, res } = ex;
+    let finished = false;
+    let timer: NodeJS.Timeout | undefined;
+    const finish = (): void => {
+      if (finished) return;
+      finished = true;
+      if (timer) clearTimeout(timer);
+      this.#active--;
+      this.#served++;
+      ex.done();
+      if (!this.#closed && this.#reusable) this.events?.available(this);
+    };
+
+    let out: ClientRequest;
+    try {
+      out = request({
+        agent: this.#agent,
+        method: req.method,
+        path: req.url,
+        headers: ex.headers,
+        setHost: false,
+      });
+    } catch (err) {
+      // node refused the header list or path; nothing was written to the channel.
+      ex.fail(new PtthError('PTTH_ERR_BAD_PARAMS', `The request could not be forwarded: ${(err as Error).message}`));
+      finish();
+      return;
+    }
+    let responded = false;
+
+    out.on('response', (appRes: IncomingMessage) => {
+      responded = true;
+      if (timer) clearTimeout(timer);
+      // `Connection: close` (or an HTTP/1.0 answer without keep-alive): the app ends this channel.
+      if (!out.shouldKeepAlive) this.#reusable = false;
+      const status = appRes.statusCode ?? 502;
+      try {
+        res.writeHead(status, appRes.statusMessage || STATUS_CODES[status], withoutHopByHop(appRes.rawHeaders));
+      } catch (err) {
+        appRes.destroy();
+        out.destroy();
+        ex.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's response headers could not be relayed: ${(err as Error).message}`));
+        finish();
+        return;
+      }
+      pipeline(appRes, res, (err) => {
+        // A visitor that went away mid-response leaves the reversed connection mid-message: it
+        // cannot carry another request, so it is closed and the app opens a fresh one.
+        if (err) {
+          if (!appRes.complete) this.#socket.destroy();
+          res.destroy();
+        }
+        finish();
+      });
+    });
+
+    out.on('error', (err: NodeJS.ErrnoException) => {
+      if (finished) return;
+      if (!responded) {
+        const parse = typeof err.code === 'string' && err.code.startsWith('HPE_');
+        ex.fail(
+          parse
+            ? new PtthError('PTTH_ERR_BAD_RESPONSE', `The app sent an invalid response (${err.code}).`)
+            : new PtthError('PTTH_ERR_CHANNEL_LOST'),
+        );
+        this.#socket.destroy();
+        finish();
+      }
+      // After the head, pipeline() reports the failure and closes the visitor's connection.
+    });
+
+    // The response timer starts once the whole request body went down the channel.
+    out.on('finish', () => {
+      if (responded || finished) return;
+      timer = setTimeout(() => {
+        ex.fail(new PtthError('PTTH_ERR_APP_TIMEOUT'));
+        this.#socket.destroy();
+        finish();
+      }, this.#options.responseTimeout);
+    });
+
+    res.on('close', () => {
+      // The visitor left before the response finished: abandon the exchange.
+      if (!res.writableFinished && !finished) {
+        out.destroy();
+        this.#socket.destroy();
+        finish();
+      }
+    });
+
+    pipeline(req, out, (err) => {
+      if (err && !finished) {
+        // The visitor's body failed (they disconnected): the channel is mid-message.
+        this.#socket.destroy();
+        finish();
+      }
+    });
+  }
+
+  upgrade(ex: UpgradeExchange): void {
+    this.#start();
+    this.#active++;
+    const { req, socket: visitor } = ex;
+    let finished = false;
+    const finish = (): void => {
+      if (finished) return;
+      finished = true;
+      this.#active--;
+      this.#served++;
+      ex.done();
+    };
+    let out: ClientRequest;
+    try {
+      out = request({ agent: this.#agent, method: req.method, path: req.url, headers: ex.headers, setHost: false });
+    } catch (err) {
+      ex.fail(new PtthError('PTTH_ERR_BAD_PARAMS', `The upgrade could not be forwarded: ${(err as Error).message}`));
+      this.#active--;
+      if (!this.#closed) this.events?.available(this);
+      return;
+    }
+    const timer = setTimeout(() => {
+      ex.fail(new PtthError('PTTH_ERR_APP_TIMEOUT'));
+      this.#socket.destroy();
+      finish();
+    }, this.#options.responseTimeout);
+    visitor.on('error', noop);
+    visitor.once('close', () => {
+      if (!finished) {
+        clearTimeout(timer);
+        out.destroy();
+        this.#socket.destroy();
+        finish();
+      }
+    });
+
+    out.on('upgrade', (appRes: IncomingMessage, appSocket: Socket, appHead: Buffer) => {
+      clearTimeout(timer);
+      // The reversed connection now carries the visitor's protocol: it leaves the pool.
+      this.#closed = true;
+      this.#socket.removeListener('close', this.#onClose);
+      this.events?.closed(this);
+      if (visitor.destroyed) {
+        appSocket.destroy();
+        finish();
+        return;
+      }
+      // The relayed 101 is written by hand: node's client has already parsed it (PROTOCOL.md section 5).
+      visitor.write(rawHead(101, appRes.statusMessage, appRes.rawHeaders));
+      if (appHead.length > 0) visitor.write(appHead);
+      if (ex.head.length > 0) appSocket.write(ex.head);
+      appSocket.on('error', noop);
+      splice(visitor, appSocket, finish);
+    });
+
+    out.on('response', (appRes: IncomingMessage) => {
+      // The app declined the upgrade: relay its answer and close the visitor's connection.
+      clearTimeout(timer);
+      const raw = withoutHopByHop(appRes.rawHeaders).filter((_, i, a) => (a[i - (i % 2)] as string).toLowerCase() !== 'content-length');
+      visitor.write(rawHead(appRes.statusCode ?? 502, appRes.statusMessage, raw, 'Connection: close\r\n'));
+      pipeline(appRes, visitor, () => {
+        finish();
+        if (!this.#closed) this.events?.available(this);
+      });
+    });
+
+    out.on('error', (err: NodeJS.ErrnoException) => {
+      if (finished) return;
+      clearTimeout(timer);
+      const parse = typeof err.code === 'string' && err.code.startsWith('HPE_');
+      ex.fail(parse ? new PtthError('PTTH_ERR_BAD_RESPONSE') : new PtthError('PTTH_ERR_CHANNEL_LOST'));
+      this.#socket.destroy();
+      finish();
+    });
+    out.end();
+  }
+}
+
+function noop(): void {}

@@ -1,0 +1,99 @@
+import * as http from 'node:http';
+import * as https from 'node:https';
+import type { Socket } from 'node:net';
+import { pipeline } from 'node:stream';
+import { withoutHopByHop } from '../http/headers.js';
+import { rawHead, splice } from '../http/relay.js';
+
+export interface LocalProxyOptions {
+  /** Replace the Host header with the local service's (some dev servers check it). Default false. */
+  rewriteHost?: boolean;
+  /** For an https: local service: verify its certificate (default false: it is usually self-signed). */
+  rejectUnauthorized?: boolean;
+}
+
+/**
+ * An http.Server (never listening) that relays each request it is given to a local HTTP service:
+ * what `ptth-proxy connect 3000` serves through the gateway. WebSocket and other upgrades are
+ * relayed and spliced too.
+ */
+export function createLocalProxy(target: URL, options: LocalProxyOptions = {}): http.Server {
+  const mod = target.protocol === 'https:' ? https : http;
+  const agent = new mod.Agent({ keepAlive: true, maxSockets: 256 });
+  const host = target.hostname.replace(/^\[|\]$/g, '');
+  const port = Number(target.port || (target.protocol === 'https:' ? 443 : 80));
+  const base = target.pathname === '/' ? '' : target.pathname.replace(/\/$/, '');
+  const tls = target.protocol === 'https:' ? { rejectUnauthorized: options.rejectUnauthorized ?? false } : {};
+
+  function headersFor(req: http.IncomingMessage, upgrade?: string): string[] {
+    const raw = withoutHopByHop(req.rawHeaders);
+    if (options.rewriteHost) {
+      for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === 'host') raw[i + 1] = target.host;
+    }
+    if (upgrade !== undefined) raw.push('Connection', 'Upgrade', 'Upgrade', upgrade);
+    return raw;
+  }
+
+  const server = http.createServer();
+  server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const out = mod.request({ host, port, method: req.method, path: base + (req.url ?? '/'), headers: headersFor(req), setHost: false, agent, ...tls });
+    out.on('response', (local) => {
+      res.writeHead(local.statusCode ?? 502, local.statusMessage, withoutHopByHop(local.rawHeaders));
+      pipeline(local, res, () => {});
+    });
+    out.on('error', (err: NodeJS.ErrnoException) => {
+      if (res.headersSent) {
+        res.destroy(err);
+        return;
+      }
+      const body = `502 Bad Gateway: ptth-proxy connect could not reach ${target.origin} (${err.code ?? err.message}).\n`;
+      res.writeHead(502, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(body) });
+      res.end(body);
+    });
+    pipeline(req, out, () => {});
+  });
+
+  server.on('upgrade', (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
+    socket.on('error', () => {});
+    const out = mod.request({
+      host,
+      port,
+      method: req.method,
+      path: base + (req.url ?? '/'),
+      headers: headersFor(req, req.headers.upgrade),
+      setHost: false,
+      agent: false,
+      ...tls,
+    });
+    out.on('upgrade', (local: http.IncomingMessage, localSocket: Socket, localHead: Buffer) => {
+      socket.write(rawHead(101, local.statusMessage, local.rawHeaders));
+      if (localHead.length > 0) socket.write(localHead);
+      if (head.length > 0) localSocket.write(head);
+      localSocket.on('error', () => {});
+      splice(socket, localSocket, () => {});
+    });
+    out.on('response', (local: http.IncomingMessage) => {
+      const raw = withoutHopByHop(local.rawHeaders).filter((_, i, a) => (a[i - (i % 2)] as string).toLowerCase() !== 'content-length');
+      socket.write(rawHead(local.statusCode ?? 502, local.statusMessage, raw, 'Connection: close\r\n'));
+      pipeline(local, socket, () => {});
+    });
+    out.on('error', (err: NodeJS.ErrnoException) => {
+      const body = `502 Bad Gateway: ptth-proxy connect could not reach ${target.origin} (${err.code ?? err.message}).\n`;
+      socket.end(`HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    });
+    out.end();
+  });
+  server.on('close', () => agent.destroy());
+  return server;
+}
+
+/** `3000`, `localhost:3000`, `http://127.0.0.1:3000/base` -> a URL. */
+export function parseTarget(spec: string): URL {
+  if (/^\d+$/.test(spec)) return new URL(`http://localhost:${spec}`);
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(spec)) {
+    const u = new URL(spec);
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new TypeError(`only http and https services can be exposed, got ${u.protocol}`);
+    return u;
+  }
+  return new URL(`http://${spec}`);
+}

@@ -1,0 +1,84 @@
+import type { IncomingMessage } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import type { RouteTable } from '../routes/table.js';
+import { hostname } from './classify.js';
+
+/** Every setting of the gateway, resolved (defaults applied). */
+export interface GatewaySettings {
+  /** Apps are served at `name.domain`. */
+  readonly domain: string;
+  /** Base of advertised URLs when the gateway sits behind a proxy or TLS terminator. */
+  readonly publicUrl: URL | undefined;
+  /** Longest lease a claim may ask for, in seconds. */
+  readonly maxLease: number;
+  readonly defaultLease: number;
+  /** Channels one name may hold (429 past it). */
+  readonly maxChannels: number;
+  /** Largest claim request body, in bytes (413 past it). */
+  readonly claimBodyLimit: number;
+  /** Milliseconds a claimant has to send its declared body. */
+  readonly claimTimeout: number;
+  /** Milliseconds from a request's end to the app's response head (504). */
+  readonly responseTimeout: number;
+  readonly queueLimit: number;
+  readonly queueTimeout: number;
+  readonly reconnectWait: number;
+}
+
+export interface GatewayContext {
+  readonly settings: GatewaySettings;
+  readonly table: RouteTable;
+  /** Emits a gateway event for the CLI or the embedding program. */
+  emit(event: string, ...args: unknown[]): void;
+  /** Whether anyone listens to per-request events (kept off the hot path otherwise). */
+  readonly observed: { requests: boolean };
+}
+
+function isEncrypted(req: IncomingMessage): boolean {
+  return (req.socket as TLSSocket).encrypted === true;
+}
+
+export function requestProto(req: IncomingMessage): 'http' | 'https' {
+  return isEncrypted(req) ? 'https' : 'http';
+}
+
+/** `:port` as the request addressed the gateway, or '' for the scheme's default port. */
+function portSuffix(req: IncomingMessage, proto: string): string {
+  const host = req.headers.host;
+  let port: string | undefined;
+  if (host) {
+    const h = hostname(host);
+    const rest = host.slice(h.length);
+    port = rest.startsWith(':') ? rest.slice(1) : undefined;
+  } else {
+    port = String(req.socket.localPort ?? '');
+  }
+  if (!port || (proto === 'http' && port === '80') || (proto === 'https' && port === '443')) return '';
+  return `:${port}`;
+}
+
+/**
+ * The gateway's own origin for URLs it advertises: `--public-url` when set, otherwise the scheme
+ * and port the request reached the gateway with, and the configured domain.
+ */
+export function gatewayOrigin(settings: GatewaySettings, req: IncomingMessage): string {
+  if (settings.publicUrl) return settings.publicUrl.origin;
+  const proto = requestProto(req);
+  return `${proto}://${settings.domain}${portSuffix(req, proto)}`;
+}
+
+/** An app's public URL (PROTOCOL.md section 1): clients read it from `Link`, never build it. */
+export function publicUrlFor(settings: GatewaySettings, req: IncomingMessage, name: string): string {
+  if (settings.publicUrl) {
+    const u = settings.publicUrl;
+    return `${u.protocol}//${name}.${u.host}/`;
+  }
+  const proto = requestProto(req);
+  return `${proto}://${name}.${settings.domain}${portSuffix(req, proto)}/`;
+}
+
+export const PRIVATE_PREFIX = '/_ptth/';
+
+export function privateUrlFor(settings: GatewaySettings, req: IncomingMessage, privateId: string): string {
+  return `${gatewayOrigin(settings, req)}${PRIVATE_PREFIX}${privateId}`;
+}

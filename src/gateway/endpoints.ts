@@ -1,0 +1,212 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { PtthError, isPtthError } from '../http/errors.js';
+import { sendError, wantsJson } from '../http/respond.js';
+import { parseLease, validateToken } from '../routes/registration.js';
+import type { Registration } from '../routes/table.js';
+import { PRIVATE_PREFIX, publicUrlFor, type GatewayContext } from './context.js';
+
+/**
+ * The gateway's own endpoints (Host is the domain, an IP literal, or outside the domain):
+ *  - `GET /`: what the gateway is doing (HTML, or JSON with `Accept: application/json`);
+ *  - `/_ptth/<id>`: a registration's private URL, GET state, PUT lease/token, DELETE release.
+ * Every answer carries CORS headers so a page on any origin can use them (PROTOCOL.md section 4).
+ */
+const CORS_EXPOSE = 'Link, Location, Requesting-Client, Retry-After, X-Ptth-Error';
+
+function cors(req: IncomingMessage, res: ServerResponse): void {
+  res.setHeader('Access-Control-Allow-Origin', req.headers.origin ?? '*');
+  res.setHeader('Vary', 'Origin');
+  res.setHeader('Access-Control-Expose-Headers', CORS_EXPOSE);
+}
+
+export interface GatewayInfo {
+  readonly version: string;
+  readonly startedAt: number;
+}
+
+export function handleEndpoint(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage, res: ServerResponse): void {
+  cors(req, res);
+  const url = req.url ?? '/';
+  const q = url.indexOf('?');
+  const path = q === -1 ? url : url.slice(0, q);
+  if (req.method === 'OPTIONS') {
+    res.writeHead(204, {
+      'Access-Control-Allow-Methods': 'GET, POST, PUT, DELETE, OPTIONS',
+      'Access-Control-Allow-Headers': req.headers['access-control-request-headers'] ?? 'Content-Type, Authorization',
+      'Access-Control-Max-Age': '600',
+    });
+    res.end();
+    req.resume();
+    return;
+  }
+  if (path === '/') {
+    if (req.method !== 'GET' && req.method !== 'HEAD') return methodNotAllowed(req, res, 'GET, HEAD');
+    req.resume();
+    statusPage(ctx, info, req, res);
+    return;
+  }
+  if (path.startsWith(PRIVATE_PREFIX)) {
+    const reg = ctx.table.byPrivateId(path.slice(PRIVATE_PREFIX.length));
+    if (!reg) {
+      req.resume();
+      sendError(res, new PtthError('PTTH_ERR_NOT_FOUND', 'No registration has this private URL (it may have been released).'), req.headers.accept);
+      return;
+    }
+    privateUrl(ctx, reg, req, res);
+    return;
+  }
+  req.resume();
+  sendError(res, new PtthError('PTTH_ERR_NO_ENDPOINT'), req.headers.accept);
+}
+
+function methodNotAllowed(req: IncomingMessage, res: ServerResponse, allow: string): void {
+  req.resume();
+  res.setHeader('Allow', allow);
+  sendError(res, new PtthError('PTTH_ERR_METHOD_NOT_ALLOWED'), req.headers.accept);
+}
+
+function describe(ctx: GatewayContext, req: IncomingMessage, reg: Registration): Record<string, unknown> {
+  return {
+    name: reg.name,
+    url: publicUrlFor(ctx.settings, req, reg.name),
+    lease: reg.lease,
+    expiresAt: reg.expiresAt === undefined ? null : new Date(reg.expiresAt).toISOString(),
+    requests: reg.requests,
+    waiting: reg.waiting,
+    channels: reg.channels.map((ch) => ({
+      id: ch.id,
+      transport: ch.transport,
+      remote: ch.remote,
+      active: ch.active,
+      served: ch.served,
+      openedAt: new Date(ch.openedAt).toISOString(),
+    })),
+  };
+}
+
+function escapeHtml(s: string): string {
+  return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage, res: ServerResponse): void {
+  const regs = ctx.table.list().map((r) => describe(ctx, req, r));
+  if (wantsJson(req.headers.accept)) {
+    const body = JSON.stringify({
+      gateway: { version: info.version, domain: ctx.settings.domain, uptime: Math.round((Date.now() - info.startedAt) / 1000) },
+      registrations: regs,
+    });
+    res.writeHead(200, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-store' });
+    res.end(req.method === 'HEAD' ? undefined : body);
+    return;
+  }
+  const rows = regs
+    .map((r) => {
+      const chans = (r['channels'] as { transport: string; remote: string; active: number; served: number }[])
+        .map((c) => `${escapeHtml(c.transport)} from ${escapeHtml(c.remote)} (${c.active} active, ${c.served} served)`)
+        .join('<br>');
+      const url = escapeHtml(String(r['url']));
+      return `<tr><td><a href="${url}">${escapeHtml(String(r['name']))}</a></td><td>${chans || '<em>none: waiting for the app to reconnect</em>'}</td><td>${String(r['requests'])}</td><td>${String(r['waiting'])}</td></tr>`;
+    })
+    .join('\n');
+  const body = `<!doctype html>
+<html><head><meta charset="utf-8"><title>ptth-proxy</title>
+<style>body{font:15px/1.45 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}table{border-collapse:collapse;width:100%}td,th{text-align:left;border-bottom:1px solid #ddd;padding:.35rem .5rem}code{background:#f3f3f3;padding:0 .25rem}</style>
+</head><body>
+<h1>ptth-proxy</h1>
+<p>A reverse HTTP gateway: a program with only an HTTP client claims a name here and serves HTTP at <code>http://NAME.${escapeHtml(ctx.settings.domain)}/</code>.</p>
+<p>Expose a local web app: <code>npx ptth-proxy connect 3000 --gateway ${escapeHtml(`${req.headers.host ? `http://${req.headers.host}` : ''}`)}</code></p>
+<h2>Live registrations (${regs.length})</h2>
+<table><thead><tr><th>Name</th><th>Channels</th><th>Requests</th><th>Waiting</th></tr></thead><tbody>
+${rows || '<tr><td colspan="4"><em>No app is connected.</em></td></tr>'}
+</tbody></table>
+<p><small>ptth-proxy ${escapeHtml(info.version)} &middot; up ${Math.round((Date.now() - info.startedAt) / 1000)} s &middot; <a href="/?format=json">JSON</a>: send <code>Accept: application/json</code></small></p>
+</body></html>
+`;
+  res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
+  res.end(req.method === 'HEAD' ? undefined : body);
+}
+
+function privateUrl(ctx: GatewayContext, reg: Registration, req: IncomingMessage, res: ServerResponse): void {
+  switch (req.method) {
+    case 'GET':
+    case 'HEAD': {
+      req.resume();
+      const state = describe(ctx, req, reg);
+      const accept = req.headers.accept ?? '';
+      let type: string;
+      let body: string;
+      if (wantsJson(accept)) {
+        type = 'application/json; charset=utf-8';
+        body = JSON.stringify(state);
+      } else if (accept.includes('text/html')) {
+        type = 'text/html; charset=utf-8';
+        body = `<!doctype html><meta charset="utf-8"><title>${escapeHtml(reg.name)}</title><h1>${escapeHtml(reg.name)}</h1><pre>${escapeHtml(JSON.stringify(state, null, 2))}</pre>`;
+      } else {
+        type = 'application/x-www-form-urlencoded';
+        body = new URLSearchParams({
+          name: reg.name,
+          url: String(state['url']),
+          lease: String(reg.lease),
+          channels: String(reg.channels.length),
+          requests: String(reg.requests),
+        }).toString();
+      }
+      res.writeHead(200, { 'Content-Type': type, 'Cache-Control': 'no-store', Link: `<${String(state['url'])}>; rel="related"` });
+      res.end(req.method === 'HEAD' ? undefined : body);
+      return;
+    }
+    case 'PUT':
+    case 'POST':
+      readForm(req, ctx.settings.claimBodyLimit).then(
+        (form) => {
+          try {
+            const lease = form.get('lease');
+            const token = form.get('token');
+            if (lease !== null) reg.setLease(parseLease(lease, ctx.settings.maxLease));
+            if (token !== null) reg.token = validateToken(token);
+          } catch (err) {
+            sendError(res, isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'), req.headers.accept);
+            return;
+          }
+          res.writeHead(204, { Link: `<${publicUrlFor(ctx.settings, req, reg.name)}>; rel="related"` });
+          res.end();
+        },
+        (err: unknown) => sendError(res, isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'), req.headers.accept, true),
+      );
+      return;
+    case 'DELETE':
+      req.resume();
+      ctx.table.release(reg, 'deleted');
+      res.writeHead(204);
+      res.end();
+      return;
+    default:
+      methodNotAllowed(req, res, 'GET, HEAD, PUT, DELETE');
+  }
+}
+
+/** Reads a small form body (and the query string) with a size limit (413 past it). */
+function readForm(req: IncomingMessage, limit: number): Promise<URLSearchParams> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let got = 0;
+    req.on('data', (c: Buffer) => {
+      got += c.length;
+      if (got > limit) {
+        req.removeAllListeners('data');
+        req.resume();
+        reject(new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE', 'The request body is too large.'));
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('error', reject);
+    req.on('end', () => {
+      const url = req.url ?? '';
+      const q = url.indexOf('?');
+      const params = new URLSearchParams(q === -1 ? '' : url.slice(q + 1));
+      for (const [k, v] of new URLSearchParams(Buffer.concat(chunks, got).toString('utf8'))) params.set(k, v);
+      resolve(params);
+    });
+  });
+}

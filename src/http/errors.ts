@@ -1,0 +1,77 @@
+/**
+ * The one error table: every refusal or failure the gateway (or the client library) reports has a
+ * `PTTH_ERR_*` code, the HTTP status it maps to, and a sentence a person can act on.
+ */
+export const ERRORS = {
+  PTTH_ERR_NOT_FOUND: { status: 404, message: 'No app is registered under this name.' },
+  PTTH_ERR_NO_CHANNEL: {
+    status: 503,
+    message: 'The app is registered but no channel to it became available in time.',
+  },
+  PTTH_ERR_QUEUE_FULL: {
+    status: 503,
+    message: 'The app is busy: too many requests are already waiting for it.',
+  },
+  PTTH_ERR_APP_TIMEOUT: { status: 504, message: 'The app did not answer in time.' },
+  PTTH_ERR_BAD_RESPONSE: { status: 502, message: 'The app sent an invalid response.' },
+  PTTH_ERR_CHANNEL_LOST: {
+    status: 502,
+    message: 'The connection to the app was lost before its response was complete.',
+  },
+  PTTH_ERR_BAD_NAME: {
+    status: 400,
+    message: 'A name must be one DNS label: 1 to 63 letters, digits or hyphens, not starting or ending with a hyphen.',
+  },
+  PTTH_ERR_NAME_MISMATCH: {
+    status: 400,
+    message: 'The name in the query differs from the name in the Host header.',
+  },
+  PTTH_ERR_BAD_LEASE: { status: 400, message: 'The lease must be a whole number of seconds, 0 or more.' },
+  PTTH_ERR_BAD_TOKEN: {
+    status: 400,
+    message: 'A token must be 1 to 256 visible ASCII characters.',
+  },
+  PTTH_ERR_BAD_PARAMS: { status: 400, message: 'The claim parameters could not be read.' },
+  PTTH_ERR_HTTP10_UPGRADE: {
+    status: 400,
+    message: 'Upgrade is ignored in HTTP/1.0 requests (RFC 9110 section 7.8): claim with HTTP/1.1.',
+  },
+  PTTH_ERR_UNSUPPORTED_UPGRADE: {
+    status: 400,
+    message: 'The gateway only upgrades to PTTH/1.0 here.',
+  },
+  PTTH_ERR_CHUNKED_CLAIM: {
+    status: 400,
+    message: 'A claim sent with Connection: Upgrade must declare its body with Content-Length, not chunked.',
+  },
+  PTTH_ERR_CLAIM_BODY_TOO_LARGE: { status: 413, message: 'The claim request body is too large.' },
+  PTTH_ERR_TOKEN_MISMATCH: {
+    status: 403,
+    message: 'This name is held under another token.',
+  },
+  PTTH_ERR_TOO_MANY_CHANNELS: {
+    status: 429,
+    message: 'This name already has as many channels as the gateway allows.',
+  },
+  PTTH_ERR_METHOD_NOT_ALLOWED: { status: 405, message: 'This method is not allowed on this endpoint.' },
+  PTTH_ERR_NO_ENDPOINT: { status: 404, message: 'The gateway has no endpoint at this path.' },
+  PTTH_ERR_SHUTTING_DOWN: { status: 503, message: 'The gateway is shutting down.' },
+} as const satisfies Record<string, { status: number; message: string }>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+/** An error with a `PTTH_ERR_*` code and the HTTP status that reports it. */
+export class PtthError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  constructor(code: ErrorCode, message?: string, options?: { cause?: unknown }) {
+    super(message ?? ERRORS[code].message, options);
+    this.name = 'PtthError';
+    this.code = code;
+    this.status = ERRORS[code].status;
+  }
+}
+
+export function isPtthError(err: unknown): err is PtthError {
+  return err instanceof PtthError;
+}

@@ -1,0 +1,119 @@
+/**
+ * Header handling for the relay: hop-by-hop removal (RFC 9110 section 7.6.1) and the forwarding
+ * headers the gateway adds. Works on flat raw header arrays (`[name, value, name, value, ...]`) so
+ * that names keep the case and order the peer sent, as PROTOCOL.md section 5 asks.
+ */
+
+/** RFC 9110 section 7.6.1 plus Trailer (the relay does not forward trailers). */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'proxy-connection',
+  'keep-alive',
+  'te',
+  'transfer-encoding',
+  'upgrade',
+  'trailer',
+]);
+
+/** Headers the gateway asserts itself: whatever a visitor sent under these names is dropped. */
+const GATEWAY_ASSERTED = new Set(['x-forwarded-host', 'x-forwarded-proto', 'requesting-client']);
+
+/** Names listed in Connection are hop-by-hop too (RFC 9110 section 7.6.1). */
+function connectionOptions(raw: readonly string[]): Set<string> | undefined {
+  let extra: Set<string> | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    if ((raw[i] as string).length === 10 && (raw[i] as string).toLowerCase() === 'connection') {
+      for (const token of (raw[i + 1] as string).split(',')) {
+        const t = token.trim().toLowerCase();
+        if (t && t !== 'close' && t !== 'keep-alive' && t !== 'upgrade') (extra ??= new Set()).add(t);
+      }
+    }
+  }
+  return extra;
+}
+
+export interface ForwardInfo {
+  /** Visitor's address as seen by the gateway. */
+  readonly clientAddress: string;
+  readonly clientPort: number;
+  /** `http` or `https`: how the visitor reached the gateway. */
+  readonly proto: string;
+  /** Keep `Upgrade` and `Connection: upgrade` (visitor upgrade requests). */
+  readonly upgrade?: string | undefined;
+}
+
+function quoteForwardedFor(address: string): string {
+  // RFC 7239 section 6: IPv6 addresses are bracketed and the whole value quoted.
+  return address.includes(':') ? `"[${address}]"` : address;
+}
+
+export function requestingClient(address: string, port: number): string {
+  return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
+/**
+ * The header list sent to the app for a visitor's request: end-to-end headers unchanged and in
+ * order, hop-by-hop ones removed, forwarding headers added.
+ */
+export function forwardRequestHeaders(raw: readonly string[], info: ForwardInfo): string[] {
+  const extra = connectionOptions(raw);
+  const out: string[] = [];
+  let xff: string | undefined;
+  let forwarded: string | undefined;
+  let host: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const value = raw[i + 1] as string;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || GATEWAY_ASSERTED.has(lower) || extra?.has(lower)) continue;
+    if (lower === 'x-forwarded-for') {
+      xff = xff === undefined ? value : `${xff}, ${value}`;
+      continue;
+    }
+    if (lower === 'forwarded') {
+      forwarded = forwarded === undefined ? value : `${forwarded}, ${value}`;
+      continue;
+    }
+    if (lower === 'host') host = value;
+    out.push(name, value);
+  }
+  const addr = info.clientAddress;
+  out.push('X-Forwarded-For', xff === undefined ? addr : `${xff}, ${addr}`);
+  if (host !== undefined) out.push('X-Forwarded-Host', host);
+  out.push('X-Forwarded-Proto', info.proto);
+  let fwd = `for=${quoteForwardedFor(addr)};proto=${info.proto}`;
+  if (host !== undefined) fwd += `;host="${host.replace(/["\\]/g, '')}"`;
+  out.push('Forwarded', forwarded === undefined ? fwd : `${forwarded}, ${fwd}`);
+  out.push('Requesting-Client', requestingClient(addr, info.clientPort));
+  if (info.upgrade !== undefined) out.push('Connection', 'Upgrade', 'Upgrade', info.upgrade);
+  return out;
+}
+
+/** A header list with hop-by-hop fields removed (responses relayed to visitors, requests to local services). */
+export function withoutHopByHop(raw: readonly string[]): string[] {
+  const extra = connectionOptions(raw);
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || extra?.has(lower)) continue;
+    out.push(name, raw[i + 1] as string);
+  }
+  return out;
+}
+
+/** First value of a header in a flat raw list, case-insensitively. */
+export function rawHeader(raw: readonly string[], name: string): string | undefined {
+  for (let i = 0; i < raw.length; i += 2) {
+    if ((raw[i] as string).toLowerCase() === name) return raw[i + 1];
+  }
+  return undefined;
+}
+
+/** Whether a comma-separated header value (case-insensitive tokens) contains `token`. */
+export function hasToken(value: string | undefined, token: string): boolean {
+  if (!value) return false;
+  const want = token.toLowerCase();
+  for (const part of value.split(',')) if (part.trim().toLowerCase() === want) return true;
+  return false;
+}

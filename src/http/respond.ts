@@ -1,0 +1,95 @@
+import { STATUS_CODES, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { PtthError } from './errors.js';
+
+/**
+ * Gateway-made responses: a short body that says what happened, as HTML for browsers, JSON when
+ * `Accept` asks for it, plain text otherwise (PROTOCOL.md section 5).
+ */
+export interface Rendered {
+  readonly contentType: string;
+  readonly body: string;
+}
+
+function escapeHtml(s: string): string {
+  return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+export function wantsJson(accept: string | undefined): boolean {
+  if (!accept) return false;
+  const json = accept.indexOf('application/json');
+  if (json === -1) return false;
+  const html = accept.indexOf('text/html');
+  return html === -1 || json < html;
+}
+
+export function renderError(err: PtthError, accept: string | undefined): Rendered {
+  if (wantsJson(accept)) {
+    return {
+      contentType: 'application/json; charset=utf-8',
+      body: `${JSON.stringify({ error: { code: err.code, status: err.status, message: err.message } })}\n`,
+    };
+  }
+  const reason = STATUS_CODES[err.status] ?? 'Error';
+  if (accept?.includes('text/html')) {
+    return {
+      contentType: 'text/html; charset=utf-8',
+      body:
+        `<!doctype html><html><head><meta charset="utf-8"><title>${err.status} ${reason}</title></head>` +
+        `<body><h1>${err.status} ${reason}</h1><p>${escapeHtml(err.message)}</p>` +
+        `<p><small>${err.code} &middot; ptth-proxy</small></p></body></html>\n`,
+    };
+  }
+  return { contentType: 'text/plain; charset=utf-8', body: `${err.status} ${reason}: ${err.message} (${err.code})\n` };
+}
+
+/** Retry-After seconds for 503s: the client may try again shortly (RFC 9110 section 10.2.3). */
+const RETRY_AFTER = '1';
+
+/** Answers a visitor or claimant with a gateway error over node's ServerResponse. */
+export function sendError(res: ServerResponse, err: PtthError, accept: string | undefined, close = false): void {
+  if (res.headersSent) {
+    res.destroy(err);
+    return;
+  }
+  const { contentType, body } = renderError(err, accept);
+  const headers: Record<string, string | number> = {
+    'Content-Type': contentType,
+    'Content-Length': Buffer.byteLength(body),
+    'Cache-Control': 'no-store',
+    'X-Ptth-Error': err.code,
+  };
+  if (err.status === 503 || err.status === 429) headers['Retry-After'] = RETRY_AFTER;
+  if (close) headers['Connection'] = 'close';
+  res.writeHead(err.status, headers);
+  res.end(body);
+}
+
+/**
+ * A raw refusal on a socket whose HTTP parser is gone (after node's 'upgrade' event). The only other
+ * bytes written by hand are the 101 (see claim.ts). The connection is closed after it, as ws's
+ * abortHandshake does.
+ */
+export function writeRawError(socket: Duplex, err: PtthError, accept: string | undefined): void {
+  const { contentType, body } = renderError(err, accept);
+  let head =
+    `HTTP/1.1 ${err.status} ${STATUS_CODES[err.status] ?? 'Error'}\r\n` +
+    `Connection: close\r\nContent-Type: ${contentType}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+    `Cache-Control: no-store\r\nX-Ptth-Error: ${err.code}\r\n`;
+  if (err.status === 503 || err.status === 429) head += `Retry-After: ${RETRY_AFTER}\r\n`;
+  endRaw(socket, `${head}\r\n${body}`);
+}
+
+/** Writes the last bytes and closes; never throws on a socket the peer already closed. */
+export function endRaw(socket: Duplex, data: string | Buffer): void {
+  if (socket.destroyed) return;
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  socket.end(data);
+  // A peer that never reads must not keep the socket alive forever.
+  const timer = setTimeout(() => socket.destroy(), 5_000);
+  timer.unref();
+  socket.once('close', () => clearTimeout(timer));
+}

@@ -1,0 +1,72 @@
+import { randomBytes, timingSafeEqual, createHash } from 'node:crypto';
+import { PtthError } from '../http/errors.js';
+
+/** One DNS label (RFC 1034 / RFC 1123 section 2.1): letters, digits, hyphen; 1-63; no hyphen at either end. */
+const LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+/** Visible ASCII, no spaces (a token travels in query strings, forms and headers). */
+const TOKEN = /^[\x21-\x7e]{1,256}$/;
+
+/** Validates a claimed name and returns it lower-cased, or throws PTTH_ERR_BAD_NAME. */
+export function normalizeName(raw: string): string {
+  const name = raw.toLowerCase();
+  if (!LABEL.test(name)) {
+    throw new PtthError('PTTH_ERR_BAD_NAME', `${JSON.stringify(raw.slice(0, 80))} is not a valid name: ${ERR_NAME}`);
+  }
+  return name;
+}
+const ERR_NAME = 'a name must be one DNS label, 1 to 63 letters, digits or hyphens, not starting or ending with a hyphen.';
+
+export function validateToken(raw: string): string {
+  if (!TOKEN.test(raw)) throw new PtthError('PTTH_ERR_BAD_TOKEN');
+  return raw;
+}
+
+/** Parses a lease in whole seconds and clamps it to `max`. */
+export function parseLease(raw: string, max: number): number {
+  if (!/^\d{1,10}$/.test(raw)) {
+    throw new PtthError('PTTH_ERR_BAD_LEASE', `${JSON.stringify(raw.slice(0, 40))} is not a valid lease: it must be a whole number of seconds, 0 or more.`);
+  }
+  return Math.min(Number(raw), max);
+}
+
+const ALPHABET = 'abcdefghijklmnopqrstuvwxyz0123456789';
+
+/** A random label: 12 characters of [a-z0-9] (62 bits), starting with a letter. */
+export function randomName(): string {
+  const bytes = randomBytes(12);
+  let out = ALPHABET[(bytes[0] as number) % 26] as string;
+  for (let i = 1; i < 12; i++) out += ALPHABET[(bytes[i] as number) % 36];
+  return out;
+}
+
+/** A secret with `bits` of randomness, URL-safe. */
+export function randomSecret(bits = 192): string {
+  return randomBytes(Math.ceil(bits / 8)).toString('base64url');
+}
+
+/** Constant-time comparison of two secrets (hashing first so lengths cannot leak). */
+export function secretsEqual(a: string, b: string): boolean {
+  const ha = createHash('sha256').update(a).digest();
+  const hb = createHash('sha256').update(b).digest();
+  return timingSafeEqual(ha, hb);
+}
+
+export interface ClaimParams {
+  /** Lower-cased, validated name; absent: the table assigns one. */
+  readonly name?: string | undefined;
+  readonly token?: string | undefined;
+  /** Seconds, already clamped. */
+  readonly lease?: number | undefined;
+}
+
+/** Reads `name`, `token` and `lease` from URL search params (query string or form body). */
+export function readClaimParams(params: URLSearchParams, maxLease: number): ClaimParams {
+  const name = params.get('name');
+  const token = params.get('token');
+  const lease = params.get('lease');
+  return {
+    name: name === null || name === '' ? undefined : normalizeName(name),
+    token: token === null || token === '' ? undefined : validateToken(token),
+    lease: lease === null || lease === '' ? undefined : parseLease(lease, maxLease),
+  };
+}

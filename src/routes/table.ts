@@ -1,0 +1,271 @@
+import { EventEmitter } from 'node:events';
+import type { Channel, Exchange, UpgradeExchange } from '../channels/channel.js';
+import { PtthError } from '../http/errors.js';
+import { randomName, randomSecret, secretsEqual, type ClaimParams } from './registration.js';
+
+export interface QueueOptions {
+  /** Requests that may wait for a busy name (503 past it). */
+  readonly queueLimit: number;
+  /** Milliseconds a request waits when every channel is busy. */
+  readonly queueTimeout: number;
+  /** Milliseconds a request waits when the name has no channel at all (between reconnects). */
+  readonly reconnectWait: number;
+}
+
+export interface TableOptions extends QueueOptions {
+  /** Lease in seconds when a claim names none. */
+  readonly defaultLease: number;
+}
+
+type Pending =
+  | { upgrade: false; ex: Exchange; timer: NodeJS.Timeout | undefined; gone: boolean }
+  | { upgrade: true; ex: UpgradeExchange; timer: NodeJS.Timeout | undefined; gone: boolean };
+
+/**
+ * A claimed name: its token, lease, private id and live channels. It spreads requests over idle
+ * channels round robin and queues them (bounded, with a deadline) when all are busy.
+ */
+export class Registration {
+  readonly name: string;
+  /** The capability in the private URL (192 random bits). */
+  readonly privateId = randomSecret(192);
+  readonly createdAt = Date.now();
+  token: string;
+  /** Seconds the registration survives with no live channel. */
+  lease: number;
+  requests = 0;
+  readonly channels: Channel[] = [];
+  #queue: Pending[] = [];
+  #waiting = 0;
+  #rr = 0;
+  #expiry: NodeJS.Timeout | undefined;
+  #released = false;
+  #options: QueueOptions;
+  #table: MemoryTable;
+
+  constructor(table: MemoryTable, name: string, token: string, lease: number, options: QueueOptions) {
+    this.#table = table;
+    this.name = name;
+    this.token = token;
+    this.lease = lease;
+    this.#options = options;
+    this.#armExpiry();
+  }
+
+  get released(): boolean {
+    return this.#released;
+  }
+  /** Requests waiting for a channel now. */
+  get waiting(): number {
+    return this.#waiting;
+  }
+  /** When the registration ends if no channel comes back (ms since epoch), or undefined while live. */
+  expiresAt: number | undefined;
+
+  tokenMatches(token: string): boolean {
+    return secretsEqual(token, this.token);
+  }
+
+  /** Puts a live channel into service. */
+  addChannel(channel: Channel): void {
+    if (this.#released) {
+      channel.close();
+      return;
+    }
+    this.#disarmExpiry();
+    this.channels.push(channel);
+    channel.events = {
+      available: (ch) => this.#drain(ch),
+      closed: (ch) => this.#remove(ch),
+    };
+    this.#table.emit('channel-open', this, channel);
+    this.#drain(channel);
+  }
+
+  #remove(channel: Channel): void {
+    const i = this.channels.indexOf(channel);
+    if (i === -1) return;
+    this.channels.splice(i, 1);
+    this.#table.emit('channel-close', this, channel);
+    if (this.channels.length === 0 && !this.#released) this.#armExpiry();
+  }
+
+  #armExpiry(): void {
+    this.#disarmExpiry();
+    this.expiresAt = Date.now() + this.lease * 1000;
+    this.#expiry = setTimeout(() => this.#table.release(this, 'lease expired'), this.lease * 1000);
+    this.#expiry.unref();
+  }
+
+  #disarmExpiry(): void {
+    if (this.#expiry) clearTimeout(this.#expiry);
+    this.#expiry = undefined;
+    this.expiresAt = undefined;
+  }
+
+  /** Changes the lease; restarts the countdown if no channel is live. */
+  setLease(seconds: number): void {
+    this.lease = seconds;
+    if (this.channels.length === 0 && !this.#released) this.#armExpiry();
+  }
+
+  #pick(upgrade: boolean): Channel | undefined {
+    const list = this.channels;
+    const n = list.length;
+    for (let k = 0; k < n; k++) {
+      const i = (this.#rr + k) % n;
+      const ch = list[i] as Channel;
+      if (ch.available && (!upgrade || ch.upgradable)) {
+        this.#rr = i + 1;
+        return ch;
+      }
+    }
+    return undefined;
+  }
+
+  dispatch(ex: Exchange): void {
+    this.requests++;
+    const ch = this.#waiting === 0 ? this.#pick(false) : undefined;
+    if (ch) ch.dispatch(ex);
+    else this.#enqueue({ upgrade: false, ex, timer: undefined, gone: false });
+  }
+
+  upgrade(ex: UpgradeExchange): void {
+    this.requests++;
+    const ch = this.#waiting === 0 ? this.#pick(true) : undefined;
+    if (ch) ch.upgrade(ex);
+    else this.#enqueue({ upgrade: true, ex, timer: undefined, gone: false });
+  }
+
+  #enqueue(p: Pending): void {
+    if (this.#waiting >= this.#options.queueLimit) {
+      p.ex.fail(new PtthError('PTTH_ERR_QUEUE_FULL'));
+      p.ex.done();
+      return;
+    }
+    const wait = this.channels.length === 0 ? this.#options.reconnectWait : this.#options.queueTimeout;
+    p.timer = setTimeout(() => this.#giveUp(p, new PtthError('PTTH_ERR_NO_CHANNEL')), wait);
+    const onGone = (): void => this.#giveUp(p, undefined);
+    if (p.upgrade) p.ex.socket.once('close', onGone);
+    else p.ex.res.once('close', onGone);
+    this.#queue.push(p);
+    this.#waiting++;
+  }
+
+  #giveUp(p: Pending, err: PtthError | undefined): void {
+    if (p.gone) return;
+    p.gone = true;
+    this.#waiting--;
+    if (p.timer) clearTimeout(p.timer);
+    if (err) p.ex.fail(err);
+    p.ex.done();
+    // Dead entries are dropped lazily by #drain; keep the array from growing without bound.
+    if (this.#waiting === 0) this.#queue.length = 0;
+  }
+
+  #drain(channel: Channel): void {
+    while (this.#waiting > 0 && channel.available) {
+      const idx = this.#queue.findIndex((p) => !p.gone && (!p.upgrade || channel.upgradable));
+      if (idx === -1) return;
+      const p = this.#queue[idx] as Pending;
+      // Entries before idx are dead (or upgrades this channel cannot take and stay queued).
+      if (idx === 0) this.#queue.shift();
+      else this.#queue.splice(idx, 1);
+      p.gone = true;
+      this.#waiting--;
+      if (p.timer) clearTimeout(p.timer);
+      if (p.upgrade) channel.upgrade(p.ex);
+      else channel.dispatch(p.ex);
+    }
+  }
+
+  /** Ends the registration: channels close, waiting requests fail. */
+  end(): void {
+    if (this.#released) return;
+    this.#released = true;
+    this.#disarmExpiry();
+    for (const p of this.#queue) this.#giveUp(p, new PtthError('PTTH_ERR_NOT_FOUND', 'The registration was released.'));
+    this.#queue.length = 0;
+    for (const ch of [...this.channels]) ch.close();
+  }
+}
+
+/**
+ * The routing table: names -> registrations -> live channels. This is the interface the gateway
+ * uses; `MemoryTable` keeps it in this process. A shared store for several gateway nodes is another
+ * implementation (claims and releases are async for that reason; lookups stay synchronous because a
+ * node can only serve visitors over channels it holds).
+ */
+export interface RouteTable extends EventEmitter {
+  /** Creates or reclaims a registration; throws PtthError (403 token mismatch). */
+  claim(params: ClaimParams): Promise<{ registration: Registration; created: boolean }>;
+  lookup(name: string): Registration | undefined;
+  byPrivateId(id: string): Registration | undefined;
+  release(registration: Registration, reason: string): void;
+  list(): Registration[];
+  close(): void;
+}
+
+export class MemoryTable extends EventEmitter implements RouteTable {
+  #byName = new Map<string, Registration>();
+  #byPrivate = new Map<string, Registration>();
+  #options: TableOptions;
+
+  constructor(options: TableOptions) {
+    super();
+    this.#options = options;
+  }
+
+  async claim(params: ClaimParams): Promise<{ registration: Registration; created: boolean }> {
+    let name = params.name;
+    if (name !== undefined) {
+      const existing = this.#byName.get(name);
+      if (existing) {
+        // PROTOCOL.md section 2: the same token gets the name back; another token gets 403.
+        if (params.token === undefined || !existing.tokenMatches(params.token)) {
+          throw new PtthError('PTTH_ERR_TOKEN_MISMATCH', `The name "${name}" is held under another token.`);
+        }
+        if (params.lease !== undefined) existing.setLease(params.lease);
+        return { registration: existing, created: false };
+      }
+    } else {
+      do name = randomName();
+      while (this.#byName.has(name));
+    }
+    const reg = new Registration(
+      this,
+      name,
+      params.token ?? randomSecret(128),
+      params.lease ?? this.#options.defaultLease,
+      this.#options,
+    );
+    this.#byName.set(name, reg);
+    this.#byPrivate.set(reg.privateId, reg);
+    this.emit('register', reg);
+    return { registration: reg, created: true };
+  }
+
+  lookup(name: string): Registration | undefined {
+    return this.#byName.get(name);
+  }
+
+  byPrivateId(id: string): Registration | undefined {
+    return this.#byPrivate.get(id);
+  }
+
+  release(reg: Registration, reason: string): void {
+    if (this.#byName.get(reg.name) !== reg) return;
+    this.#byName.delete(reg.name);
+    this.#byPrivate.delete(reg.privateId);
+    reg.end();
+    this.emit('release', reg, reason);
+  }
+
+  list(): Registration[] {
+    return [...this.#byName.values()];
+  }
+
+  close(): void {
+    for (const reg of this.list()) this.release(reg, 'gateway closed');
+  }
+}
