@@ -63,6 +63,8 @@ export class Http1Channel implements Channel {
     socket.setTimeout(0);
     socket.on('close', this.#onClose);
     socket.on('error', noop);
+    // node:http servers allow half-open sockets: the app's FIN alone would leave this channel open.
+    socket.on('end', () => socket.end());
     // PROTOCOL.md section 3: bytes from the app before the first reversed request are a protocol error.
     socket.on('data', this.#onEarlyData);
   }

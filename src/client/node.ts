@@ -323,12 +323,13 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#timers.clear();
     for (const req of this.#dialing) req.destroy();
     this.#dialing.clear();
-    if ((options.release ?? true) && this.privateUrl) await this.#release(this.privateUrl).catch(() => {});
     for (const s of this.#live) if ((this.#busy.get(s) ?? 0) === 0) s.destroy();
     const deadline = Date.now() + (options.graceMs ?? 5_000);
     while (this.#live.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
     for (const s of this.#live) s.destroy();
     this.#live.clear();
+    // Released last, so that requests in flight finish before the gateway drops the name.
+    if ((options.release ?? true) && this.privateUrl) await this.#release(this.privateUrl).catch(() => {});
     this.#online = false;
     this.emit('close');
   }

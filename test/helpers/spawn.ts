@@ -1,0 +1,77 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+export const BIN = fileURLToPath(new URL('../../bin/ptth-proxy.js', import.meta.url));
+
+export interface Spawned {
+  child: ChildProcess;
+  /** Everything printed so far (stdout and stderr). */
+  output(): string;
+  /** Resolves when the output matches, rejects after `ms` or if the process exits first. */
+  waitFor(re: RegExp, ms?: number): Promise<RegExpMatchArray>;
+  /** Resolves with the exit code (or signal name). */
+  exited(): Promise<number | string>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+/** Runs the built CLI (`npm test` builds dist/ first). */
+export function spawnCli(args: string[]): Spawned {
+  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  const listeners = new Set<() => void>();
+  const onData = (c: Buffer): void => {
+    out += c.toString('utf8');
+    for (const l of listeners) l();
+  };
+  child.stdout?.on('data', onData);
+  child.stderr?.on('data', onData);
+  let exit: Promise<number | string> | undefined;
+  const exited = (): Promise<number | string> =>
+    (exit ??= new Promise((resolve) => {
+      if (child.exitCode !== null) resolve(child.exitCode);
+      else if (child.signalCode !== null) resolve(child.signalCode);
+      else child.once('exit', (code, signal) => resolve(code ?? signal ?? -1));
+    }));
+  exited();
+  return {
+    child,
+    output: () => out,
+    exited,
+    kill: (signal = 'SIGTERM') => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    },
+    waitFor: (re, ms = 5_000) =>
+      new Promise((resolve, reject) => {
+        const check = (): void => {
+          const m = out.match(re);
+          if (m) {
+            cleanup();
+            resolve(m);
+          }
+        };
+        const onExit = (): void => {
+          cleanup();
+          reject(new Error(`process exited before printing ${re}; output:\n${out}`));
+        };
+        const timer = setTimeout(() => {
+          cleanup();
+          reject(new Error(`timed out waiting for ${re}; output:\n${out}`));
+        }, ms);
+        const cleanup = (): void => {
+          clearTimeout(timer);
+          listeners.delete(check);
+          child.removeListener('exit', onExit);
+        };
+        listeners.add(check);
+        child.once('exit', onExit);
+        check();
+      }),
+  };
+}
+
+/** Resident set size of a process in bytes (Linux /proc). */
+export function rssOf(pid: number): number {
+  const m = readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+) kB/);
+  return m ? Number(m[1]) * 1024 : 0;
+}

@@ -1,0 +1,115 @@
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { request } from '../helpers/index.js';
+import { spawnCli, type Spawned } from '../helpers/spawn.js';
+
+const procs: Spawned[] = [];
+const servers: http.Server[] = [];
+afterEach(async () => {
+  for (const p of procs.splice(0)) p.kill('SIGKILL');
+  for (const s of servers.splice(0)) s.close();
+});
+
+function cli(args: string[]): Spawned {
+  const p = spawnCli(args);
+  procs.push(p);
+  return p;
+}
+
+async function serve(extra: string[] = []): Promise<{ p: Spawned; port: number }> {
+  const p = cli(['serve', '--port', '0', '--host', '127.0.0.1', ...extra]);
+  const m = await p.waitFor(/listening on 127\.0\.0\.1:(\d+)/);
+  await p.waitFor(/expose an app/);
+  return { p, port: Number(m[1]) };
+}
+
+async function backend(handler: http.RequestListener): Promise<number> {
+  const s = http.createServer(handler);
+  servers.push(s);
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  return (s.address() as AddressInfo).port;
+}
+
+describe('ptth-proxy CLI', () => {
+  it('serve prints where it listens and how to connect, and serves its status page', async () => {
+    const { p, port } = await serve();
+    expect(p.output()).toContain(`status page:   http://localhost:${port}/`);
+    expect(p.output()).toContain(`apps served at http://NAME.localhost:${port}/`);
+    expect(p.output()).toContain(`npx ptth-proxy connect 3000 --gateway http://localhost:${port}`);
+    const r = await request(port, { host: `localhost:${port}` });
+    expect(r.status).toBe(200);
+    expect(r.body).toContain('<h1>ptth-proxy</h1>');
+  });
+
+  it('connect exposes a local service end to end, and Ctrl-C exits 0 and releases the name', async () => {
+    const { p: gw, port } = await serve();
+    const local = await backend((req, res) => res.end(`local saw ${req.method} ${req.url} host=${req.headers.host}`));
+    const c = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'cli-demo', '--connections', '2']);
+    await c.waitFor(/Forwarding http:\/\/cli-demo\.localhost:\d+\/ -> http:\/\/localhost:\d+/);
+    const r = await request(port, { host: `cli-demo.localhost:${port}`, path: '/path?q=1' });
+    expect(r.body).toBe(`local saw GET /path?q=1 host=cli-demo.localhost:${port}`);
+    await gw.waitFor(/\+ cli-demo http1 channel/);
+    c.kill('SIGINT');
+    expect(await c.exited()).toBe(0);
+    await gw.waitFor(/x cli-demo released \(deleted\)/);
+    expect((await request(port, { host: `cli-demo.localhost:${port}` })).status).toBe(404);
+  });
+
+  it('connect answers 502 with a clear body when the local service is down', async () => {
+    const { port } = await serve();
+    const dead = await backend(() => {});
+    servers.pop()?.close();
+    const c = cli(['connect', `http://127.0.0.1:${dead}`, '--gateway', `http://127.0.0.1:${port}`, '--name', 'down']);
+    await c.waitFor(/Forwarding/);
+    const r = await request(port, { host: `down.localhost:${port}` });
+    expect(r.status).toBe(502);
+    expect(r.body).toContain(`could not reach http://127.0.0.1:${dead}`);
+  });
+
+  it('connect survives a gateway restart by reconnecting', async () => {
+    const first = await serve();
+    const port = first.port;
+    const local = await backend((_req, res) => res.end('back'));
+    const c = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'again', '--token', 't0k']);
+    await c.waitFor(/Forwarding/);
+    first.p.kill('SIGTERM');
+    expect(await first.p.exited()).toBe(0);
+    await c.waitFor(/lost the gateway; reconnecting/);
+    const second = cli(['serve', '--port', String(port), '--host', '127.0.0.1']);
+    await second.waitFor(/listening/);
+    await c.waitFor(/back online/, 10_000);
+    const r = await request(port, { host: `again.localhost:${port}` });
+    expect(r.status).toBe(200);
+    expect(r.body).toBe('back');
+  }, 30_000);
+
+  it('connect exits 3 with the reason when the name is held under another token', async () => {
+    const { port } = await serve();
+    const local = await backend((_req, res) => res.end('x'));
+    const a = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'mine', '--token', 'a']);
+    await a.waitFor(/Forwarding/);
+    const b = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'mine', '--token', 'b']);
+    expect(await b.exited()).toBe(3);
+    expect(b.output()).toMatch(/403 .*held under another token/);
+  });
+
+  it('rejects bad arguments with a message and a non-zero exit', async () => {
+    const badPort = cli(['serve', '--port', 'eighty']);
+    expect(await badPort.exited()).not.toBe(0);
+    expect(badPort.output()).toContain('expected a whole number');
+    const badDomain = cli(['serve', '--port', '0', '--domain', 'no spaces']);
+    expect(await badDomain.exited()).toBe(2);
+    expect(badDomain.output()).toContain('domain must be a DNS name');
+    const badTarget = cli(['connect', 'ftp://x']);
+    expect(await badTarget.exited()).toBe(2);
+    expect(badTarget.output()).toContain('only http and https services');
+  });
+
+  it('serve exits 1 with a message when the port is taken', async () => {
+    const { port } = await serve();
+    const again = cli(['serve', '--port', String(port), '--host', '127.0.0.1']);
+    expect(await again.exited()).toBe(1);
+    expect(again.output()).toContain(`cannot listen on port ${port}`);
+  });
+});
