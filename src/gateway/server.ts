@@ -103,6 +103,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   #ctx: GatewayContext;
   #info: GatewayInfo = { version: VERSION, startedAt: Date.now() };
   #closing = false;
+  #sockets = new Set<Socket>();
 
   constructor(options: GatewayOptions = {}) {
     super();
@@ -134,6 +135,11 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       headersTimeout: positive('headersTimeout', options.headersTimeout, 30_000, 1),
       keepAliveTimeout: positive('keepAliveTimeout', options.keepAliveTimeout, 5_000),
       maxHeaderSize: positive('maxHeaderSize', options.maxHeaderSize, 16_384, 1024),
+    });
+    // Every socket, so close() can end the ones node:http no longer tracks (channels, spliced upgrades).
+    this.server.on('connection', (socket: Socket) => {
+      this.#sockets.add(socket);
+      socket.once('close', () => this.#sockets.delete(socket));
     });
     this.server.on('request', this.#onRequest);
     this.server.on('upgrade', this.#onUpgrade);
@@ -214,16 +220,29 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   }
 
   /**
-   * Stops accepting, releases every registration (channels close, so clients reconnect
-   * elsewhere), lets in-flight visitor requests finish up to `graceMs`, then closes what is left.
+   * Stops accepting, refuses new claims, lets requests in flight finish up to `graceMs`, then
+   * releases every registration (channels close, so clients reconnect elsewhere) and closes
+   * whatever is still open.
    */
   async close(graceMs = 5_000): Promise<void> {
     if (this.#closing) return;
     this.#closing = true;
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeIdleConnections();
+    const deadline = Date.now() + graceMs;
+    const busy = (): boolean => this.table.list().some((r) => r.waiting > 0 || r.channels.some((c) => c.active > 0));
+    while (busy() && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 25));
+      this.server.closeIdleConnections();
+    }
     this.table.close();
-    const timer = setTimeout(() => this.server.closeAllConnections(), graceMs);
+    this.server.closeIdleConnections();
+    // Visitor connections get what is left of the grace period to finish their responses.
+    const rest = Math.max(0, deadline - Date.now());
+    const timer = setTimeout(() => {
+      this.server.closeAllConnections();
+      for (const s of this.#sockets) s.destroy();
+    }, rest);
     timer.unref();
     await closed;
     clearTimeout(timer);

@@ -1,0 +1,78 @@
+import * as http from 'node:http';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Tunnel } from '../../src/client/node.js';
+import { closed, rawClaim, rawConnect, readUntil, request, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { createGateway } from '../../src/gateway/server.js';
+
+let gw: TestGateway | undefined;
+let tunnel: Tunnel | undefined;
+afterEach(async () => {
+  await tunnel?.close({ graceMs: 100 });
+  await gw?.close();
+  gw = tunnel = undefined;
+});
+
+describe('gateway lifecycle', () => {
+  it('close() lets a request in flight finish, refuses new claims meanwhile, then releases everything', async () => {
+    gw = await startGateway();
+    let finish!: () => void;
+    tunnel = await startApp(gw.port, (_req, res) => {
+      finish = () => res.end('completed during shutdown');
+    }, { name: 'busy', connections: 1, backoff: 5_000 });
+    const pending = request(gw.port, { host: gw.host('busy') });
+    await until(() => typeof finish === 'function', 3_000, 'request at the app');
+    // A claim whose head is half sent when the shutdown starts is refused once it completes.
+    const claimant = await rawConnect(gw.port);
+    claimant.write('POST /?name=late HTTP/1.1\r\nHost: localhost\r\n');
+    await new Promise((r) => setTimeout(r, 50));
+    const closing = gw.gateway.close(3_000);
+    claimant.write('Upgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n');
+    const refusal = (await readUntil(claimant, (b) => b.includes('\r\n\r\n'))).toString('latin1');
+    expect(refusal).toMatch(/^HTTP\/1\.1 503 Service Unavailable\r\n/);
+    expect(refusal).toContain('X-Ptth-Error: PTTH_ERR_SHUTTING_DOWN');
+    claimant.destroy();
+    setTimeout(() => finish(), 100);
+    const r = await pending;
+    expect(r.status).toBe(200);
+    expect(r.body).toBe('completed during shutdown');
+    await closing;
+    expect(gw.gateway.table.list()).toHaveLength(0);
+    gw = undefined;
+  });
+
+  it('close() ends spliced upgrade connections once the grace period is over', async () => {
+    gw = await startGateway();
+    const app = http.createServer();
+    app.on('upgrade', (_req, socket) => {
+      socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n');
+      socket.pipe(socket);
+    });
+    tunnel = await startApp(gw.port, app, { name: 'echo', connections: 1 });
+    const s = await rawConnect(gw.port);
+    s.write(`GET / HTTP/1.1\r\nHost: ${gw.host('echo')}\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n`);
+    const head = await readUntil(s, (b) => b.includes('\r\n\r\n'));
+    expect(head.toString('latin1')).toMatch(/^HTTP\/1\.1 101 /);
+    s.write('ping');
+    expect((await readUntil(s, (b) => b.includes('ping'))).toString()).toBe('ping');
+    const start = Date.now();
+    await gw.gateway.close(300);
+    expect(await closed(s, 2_000)).toBe(true);
+    expect(Date.now() - start).toBeLessThan(2_000);
+    gw = undefined;
+  });
+
+  it('rejects impossible settings at construction', () => {
+    expect(() => createGateway({ domain: 'bad domain' })).toThrow(TypeError);
+    expect(() => createGateway({ publicUrl: 'ftp://x' })).toThrow(TypeError);
+    expect(() => createGateway({ maxChannels: 0 })).toThrow(TypeError);
+    expect(() => createGateway({ responseTimeout: Number.NaN })).toThrow(TypeError);
+  });
+
+  it('advertises --public-url in Link and Location', async () => {
+    gw = await startGateway({ publicUrl: 'https://tunnel.example.com' });
+    const { socket, head } = await rawClaim(gw.port, `POST /?name=pub HTTP/1.1\r\nHost: localhost:${gw.port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`);
+    expect(head).toContain('Link: <https://pub.tunnel.example.com/>; rel="related"\r\n');
+    expect(head).toMatch(/Location: https:\/\/tunnel\.example\.com\/_ptth\/[\w-]{32}\r\n/);
+    socket.destroy();
+  });
+});
