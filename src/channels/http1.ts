@@ -67,6 +67,8 @@ export class Http1Channel implements Channel {
     socket.on('end', () => socket.end());
     // PROTOCOL.md section 3: bytes from the app before the first reversed request are a protocol error.
     socket.on('data', this.#onEarlyData);
+    // The claim may have paused the socket while reading its body; the channel must see EOF and early data.
+    socket.resume();
   }
 
   get active(): number {

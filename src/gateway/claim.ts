@@ -6,7 +6,7 @@ import { sendError, writeRawError } from '../http/respond.js';
 import { normalizeName, readClaimParams, type ClaimParams } from '../routes/registration.js';
 import type { Registration } from '../routes/table.js';
 import { privateUrlFor, publicUrlFor, type GatewayContext } from './context.js';
-import { hijack } from './hijack.js';
+import { hijack, watchNextMessage } from './hijack.js';
 
 /**
  * Native claims (PROTOCOL.md sections 2-3): `Upgrade: PTTH/1.0` on any path of the gateway host or
@@ -155,6 +155,7 @@ export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res:
     fail(new PtthError('PTTH_ERR_HTTP10_UPGRADE'));
     return;
   }
+  const nextMessage = watchNextMessage(req);
   const limit = ctx.settings.claimBodyLimit;
   const declared = Number(req.headers['content-length'] ?? 0);
   if (declared > limit) {
@@ -184,6 +185,11 @@ export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res:
   req.on('end', () => {
     clearTimeout(timer);
     if (failed) return;
+    // Early bytes (node's parser took them as the start of another request, or failed on them).
+    if (nextMessage() || req.socket.destroyed) {
+      fail(earlyData());
+      return;
+    }
     let params: ClaimParams;
     try {
       params = claimParams(ctx, req, hostName, Buffer.concat(chunks, got));

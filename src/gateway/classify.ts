@@ -37,6 +37,8 @@ export function nameFromHost(host: string | undefined, domain: string): string |
   let h = hostname(host);
   if (h.endsWith('.')) h = h.slice(0, -1); // absolute form "foo.localhost."
   if (h === domain || h.startsWith('[') || isIP(h) !== 0) return undefined;
+  // `.localhost`: an app host with an empty label, refused as a bad name rather than served as the gateway.
+  if (h === `.${domain}`) return '';
   if (h.length <= domain.length + 1 || !h.endsWith(domain) || h[h.length - domain.length - 1] !== '.') {
     return undefined;
   }

@@ -69,3 +69,23 @@ export function hijack(req: IncomingMessage, res: ServerResponse): Socket | unde
   socket.setTimeout(0);
   return socket;
 }
+
+/** HTTPParser.kOnMessageBegin (node's lib/_http_common.js): llhttp calls it on the first byte of a message. */
+const ON_MESSAGE_BEGIN = 0;
+
+/**
+ * Reports whether the client sent any byte past the request (a pipelined or partial next message).
+ * node's parser consumes such bytes itself, so the socket never shows them to hijack(); PROTOCOL.md
+ * section 3 makes them a protocol error. node's server leaves this hook unset; if a future node
+ * sets it, the check is skipped rather than the server's hook replaced.
+ */
+export function watchNextMessage(req: IncomingMessage): () => boolean {
+  const parser = (req.socket as Socket & { parser?: Record<number, unknown> | null }).parser;
+  let seen = false;
+  if (parser && (parser[ON_MESSAGE_BEGIN] === null || parser[ON_MESSAGE_BEGIN] === undefined)) {
+    parser[ON_MESSAGE_BEGIN] = () => {
+      seen = true;
+    };
+  }
+  return () => seen;
+}
