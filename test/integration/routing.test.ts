@@ -1,0 +1,967 @@
+import * as http from 'node:http';
+import type * as net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Tunnel } from '../../src/client/node.js';
+import type { Registration } from '../../src/routes/table.js';
+import {
+  closed,
+  rawClaim,
+  rawConnect,
+  readUntil,
+  request,
+  sleep,
+  startApp,
+  startGateway,
+  until,
+  type Reply,
+  type RequestSpec,
+  type TestGateway,
+} from '../helpers/index.js';
+import type { GatewayOptions } from '../../src/gateway/server.js';
+
+/*
+ * Routing, forwarding and gateway-made statuses (PROTOCOL.md sections 1, 2 and 5), against a real
+ * gateway on 127.0.0.1 with real clients: raw PTTH/1.0 channels written byte by byte where the
+ * test needs to control the app's side exactly, and the Node client elsewhere.
+ */
+
+let gw: TestGateway | undefined;
+const apps: Tunnel[] = [];
+const sockets: net.Socket[] = [];
+
+afterEach(async () => {
+  for (const s of sockets.splice(0)) s.destroy();
+  await Promise.all(apps.splice(0).map((a) => a.close({ graceMs: 100 })));
+  await gw?.close();
+  gw = undefined;
+});
+
+function noop(): void {}
+
+async function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
+  gw = await startGateway(options);
+  return gw;
+}
+
+function g(): TestGateway {
+  if (!gw) throw new Error('no gateway started');
+  return gw;
+}
+
+async function app(target: http.RequestListener | http.Server, options: Parameters<typeof startApp>[2] = {}): Promise<Tunnel> {
+  const t = await startApp(g().port, target, options);
+  apps.push(t);
+  return t;
+}
+
+function reg(name: string): Registration {
+  const r = g().gateway.table.lookup(name);
+  if (!r) throw new Error(`no registration named ${name}`);
+  return r;
+}
+
+/** A visitor request for the app `name` through the gateway. */
+function visit(name: string, spec: RequestSpec = {}): Promise<Reply> {
+  return request(g().port, { host: g().host(name), ...spec });
+}
+
+/** A raw visitor connection that has sent `bytes`. */
+async function rawVisit(bytes: string): Promise<net.Socket> {
+  const s = await rawConnect(g().port);
+  sockets.push(s);
+  s.on('error', noop);
+  s.write(bytes);
+  return s;
+}
+
+function rawHeaderValues(raw: readonly string[], name: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name) out.push(raw[i + 1] as string);
+  return out;
+}
+
+function pairs(raw: readonly string[]): [string, string][] {
+  const out: [string, string][] = [];
+  for (let i = 0; i < raw.length; i += 2) out.push([raw[i] as string, raw[i + 1] as string]);
+  return out;
+}
+
+/** A complete HTTP response with a Content-Length body in `b`. */
+function responseComplete(b: Buffer): boolean {
+  const end = b.indexOf('\r\n\r\n');
+  if (end === -1) return false;
+  const m = /\r\ncontent-length:\s*(\d+)/i.exec(b.subarray(0, end).toString('latin1'));
+  return m ? b.length >= end + 4 + Number(m[1]) : true;
+}
+
+function parseRawResponse(b: Buffer): { status: number; rawHeaders: string[]; body: string } {
+  const end = b.indexOf('\r\n\r\n');
+  const lines = b.subarray(0, end).toString('latin1').split('\r\n');
+  const status = Number((lines[0] ?? '').split(' ')[1]);
+  const rawHeaders: string[] = [];
+  for (const line of lines.slice(1)) {
+    const c = line.indexOf(':');
+    rawHeaders.push(line.slice(0, c), line.slice(c + 1).trim());
+  }
+  return { status, rawHeaders, body: b.subarray(end + 4).toString('utf8') };
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw PTTH/1.0 channel: the test is the app, reading reversed requests and writing raw bytes.
+// ---------------------------------------------------------------------------------------------
+
+interface RawRequest {
+  method: string;
+  url: string;
+  version: string;
+  rawHeaders: string[];
+  body: Buffer;
+}
+
+function parseRequest(buf: Buffer): { req: RawRequest; used: number } | undefined {
+  const end = buf.indexOf('\r\n\r\n');
+  if (end === -1) return undefined;
+  const lines = buf.subarray(0, end).toString('latin1').split('\r\n');
+  const [method = '', url = '', version = ''] = (lines[0] ?? '').split(' ');
+  const rawHeaders: string[] = [];
+  for (const line of lines.slice(1)) {
+    const c = line.indexOf(':');
+    rawHeaders.push(line.slice(0, c), line.slice(c + 1).trim());
+  }
+  let pos = end + 4;
+  let body: Buffer = Buffer.alloc(0);
+  const te = rawHeaderValues(rawHeaders, 'transfer-encoding')[0];
+  const cl = rawHeaderValues(rawHeaders, 'content-length')[0];
+  if (te !== undefined && /chunked/i.test(te)) {
+    const parts: Buffer[] = [];
+    for (;;) {
+      const lineEnd = buf.indexOf('\r\n', pos);
+      if (lineEnd === -1) return undefined;
+      const size = parseInt(buf.subarray(pos, lineEnd).toString('latin1'), 16);
+      if (size === 0) {
+        if (buf.length < lineEnd + 4) return undefined;
+        pos = lineEnd + 4; // no trailers
+        break;
+      }
+      if (buf.length < lineEnd + 2 + size + 2) return undefined;
+      parts.push(buf.subarray(lineEnd + 2, lineEnd + 2 + size));
+      pos = lineEnd + 2 + size + 2;
+    }
+    body = Buffer.concat(parts);
+  } else if (cl !== undefined) {
+    const n = Number(cl);
+    if (buf.length < pos + n) return undefined;
+    body = buf.subarray(pos, pos + n);
+    pos += n;
+  }
+  return { req: { method, url, version, rawHeaders, body }, used: pos };
+}
+
+class RawChannel {
+  /** Every request this channel received, in order. */
+  readonly received: RawRequest[] = [];
+  /** When set, answers each request as it arrives (the bytes returned are written). */
+  autoReply: ((r: RawRequest) => string) | undefined;
+  #unread: RawRequest[] = [];
+  #buf: Buffer;
+
+  constructor(
+    readonly socket: net.Socket,
+    readonly head: string,
+    rest: Buffer,
+    readonly label: string,
+  ) {
+    this.#buf = rest;
+    socket.on('error', noop);
+    socket.on('data', (c: Buffer) => {
+      this.#buf = Buffer.concat([this.#buf, c]);
+      this.#parse();
+    });
+    socket.resume();
+    this.#parse();
+  }
+
+  get location(): string {
+    return /\r\nLocation: ([^\r\n]+)/.exec(this.head)?.[1] ?? '';
+  }
+
+  get unread(): number {
+    return this.#unread.length;
+  }
+
+  #parse(): void {
+    for (;;) {
+      const p = parseRequest(this.#buf);
+      if (!p) return;
+      this.#buf = this.#buf.subarray(p.used);
+      this.received.push(p.req);
+      if (this.autoReply) this.socket.write(this.autoReply(p.req));
+      else this.#unread.push(p.req);
+    }
+  }
+
+  /** The next request not yet taken (waits up to `ms`). */
+  async next(ms = 3_000): Promise<RawRequest> {
+    await until(() => this.#unread.length > 0, ms, `a request on channel ${this.label}`);
+    return this.#unread.shift() as RawRequest;
+  }
+
+  write(bytes: string): void {
+    this.socket.write(bytes);
+  }
+}
+
+function ok(body: string, extra = ''): string {
+  return `HTTP/1.1 200 OK\r\n${extra}Content-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+}
+
+async function claimRaw(name: string, token = `tok-${name}`, label = name): Promise<RawChannel> {
+  const port = g().port;
+  const { socket, head, rest } = await rawClaim(
+    port,
+    `POST /?name=${name}&token=${token} HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`,
+  );
+  sockets.push(socket);
+  expect(head).toMatch(/^HTTP\/1\.1 101 /);
+  return new RawChannel(socket, head, rest, label);
+}
+
+/** The first of `channels` that has an unanswered request. */
+async function whichGot(channels: RawChannel[], ms = 3_000): Promise<RawChannel> {
+  await until(() => channels.some((c) => c.unread > 0), ms, 'a request on one of the channels');
+  return channels.find((c) => c.unread > 0) as RawChannel;
+}
+
+/** An app handler that echoes what it received as JSON. */
+const echo: http.RequestListener = (req, res) => {
+  const chunks: Buffer[] = [];
+  req.on('data', (c: Buffer) => chunks.push(c));
+  req.on('end', () => {
+    res.setHeader('Content-Type', 'application/json');
+    res.end(
+      JSON.stringify({
+        method: req.method,
+        url: req.url,
+        httpVersion: req.httpVersion,
+        rawHeaders: req.rawHeaders,
+        body: Buffer.concat(chunks).toString('utf8'),
+      }),
+    );
+  });
+};
+
+interface Echoed {
+  method: string;
+  url: string;
+  httpVersion: string;
+  rawHeaders: string[];
+  body: string;
+}
+
+/** Headers the gateway itself adds on its hop (forwarding headers and its own Connection). */
+const GATEWAY_ADDED = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'forwarded', 'requesting-client', 'connection']);
+
+// =============================================================================================
+
+describe('routing by Host', () => {
+  it('NAME.localhost:PORT reaches the app NAME (name matched case-insensitively)', async () => {
+    await gateway();
+    await app((req, res) => res.end(`alpha saw ${req.url}`), { name: 'alpha' });
+    const r = await visit('alpha', { path: '/x?y=1' });
+    expect(r.status).toBe(200);
+    expect(r.body).toBe('alpha saw /x?y=1');
+    const upper = await request(g().port, { host: `ALPHA.LocalHost:${g().port}`, path: '/upper' });
+    expect(upper.status).toBe(200);
+    expect(upper.body).toBe('alpha saw /upper');
+  });
+
+  it('two apps on two names each get only their own requests', async () => {
+    await gateway();
+    const seen: Record<string, string[]> = { alpha: [], beta: [] };
+    const handler =
+      (name: string): http.RequestListener =>
+      (req, res) => {
+        (seen[name] as string[]).push(req.url ?? '');
+        res.end(name);
+      };
+    await app(handler('alpha'), { name: 'alpha' });
+    await app(handler('beta'), { name: 'beta' });
+    const bodies = [
+      (await visit('alpha', { path: '/a1' })).body,
+      (await visit('beta', { path: '/b1' })).body,
+      (await visit('alpha', { path: '/a2' })).body,
+      (await visit('beta', { path: '/b2' })).body,
+      (await visit('beta', { path: '/b3' })).body,
+    ];
+    expect(bodies).toEqual(['alpha', 'beta', 'alpha', 'beta', 'beta']);
+    expect(seen['alpha']).toEqual(['/a1', '/a2']);
+    expect(seen['beta']).toEqual(['/b1', '/b2', '/b3']);
+  });
+
+  it('Host localhost:PORT, 127.0.0.1:PORT and example.com get the gateway status page (HTML by default)', async () => {
+    await gateway();
+    let hits = 0;
+    await app((_req, res) => {
+      hits++;
+      res.end('app');
+    }, { name: 'shown' });
+    for (const host of [`localhost:${g().port}`, `127.0.0.1:${g().port}`, 'example.com']) {
+      const r = await request(g().port, { host, path: '/' });
+      expect(r.status, host).toBe(200);
+      expect(r.headers['content-type'], host).toMatch(/^text\/html/);
+      expect(r.body, host).toMatch(/<html/i);
+      expect(r.body, host).toContain('ptth-proxy');
+      expect(r.body, host).toContain('shown');
+    }
+    expect(hits).toBe(0);
+  });
+
+  it('the status page answers JSON with Accept: application/json, listing registrations, channels and request counts', async () => {
+    await gateway();
+    const ch = await claimRaw('stat');
+    ch.autoReply = () => ok('hi');
+    expect((await visit('stat')).status).toBe(200);
+    expect((await visit('stat')).status).toBe(200);
+    const r = await request(g().port, { host: `localhost:${g().port}`, headers: { accept: 'application/json' } });
+    expect(r.status).toBe(200);
+    expect(r.headers['content-type']).toMatch(/^application\/json/);
+    const state = JSON.parse(r.body) as { registrations: { name: string; requests: number; channels: { transport: string }[] }[] };
+    expect(Array.isArray(state.registrations)).toBe(true);
+    const stat = state.registrations.find((x) => x.name === 'stat');
+    expect(stat).toBeDefined();
+    expect(stat?.requests).toBe(2);
+    expect(stat?.channels).toHaveLength(1);
+    expect(stat?.channels[0]?.transport).toBe('http1');
+  });
+
+  it('a.b.localhost is not an app host: 404, and the app "b" sees nothing', async () => {
+    await gateway();
+    let hits = 0;
+    await app((_req, res) => {
+      hits++;
+      res.end('b');
+    }, { name: 'b' });
+    const r = await request(g().port, { host: `a.b.localhost:${g().port}`, headers: { accept: 'application/json' } });
+    expect(r.status).toBe(404);
+    expect(hits).toBe(0);
+  });
+});
+
+describe('what the app receives', () => {
+  it('method, odd Request-URI, Host and end-to-end headers arrive unchanged (raw case, order, duplicates)', async () => {
+    await gateway();
+    await app(echo, { name: 'echo' });
+    const host = g().host('echo');
+    const sent: [string, string][] = [
+      ['Host', host],
+      ['X-Custom-Header', 'One'],
+      ['x-lower-case', 'two'],
+      ['X-Dup', '1'],
+      ['x-MiXeD', 'Three  spaced'],
+      ['Accept', '*/*'],
+      ['X-Dup', '2'],
+      ['Cookie', 'a=1'],
+      ['Cookie', 'b=2'],
+      ['Content-Type', 'text/plain'],
+      ['Content-Length', '5'],
+    ];
+    const visitor = await rawVisit(`PATCH /a%20b?x=1&y HTTP/1.1\r\n${sent.map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\nhello`);
+    const got = await readUntil(visitor, responseComplete);
+    const res = parseRawResponse(got);
+    expect(res.status).toBe(200);
+    const e = JSON.parse(res.body) as Echoed;
+    expect(e.method).toBe('PATCH');
+    expect(e.url).toBe('/a%20b?x=1&y');
+    expect(e.httpVersion).toBe('1.1');
+    expect(e.body).toBe('hello');
+    const endToEnd = pairs(e.rawHeaders).filter(([k]) => !GATEWAY_ADDED.has(k.toLowerCase()));
+    expect(endToEnd).toEqual(sent);
+  });
+
+  it('the gateway adds X-Forwarded-For (appended), X-Forwarded-Host, X-Forwarded-Proto, Forwarded and Requesting-Client, replacing visitor-sent ones', async () => {
+    await gateway();
+    await app(echo, { name: 'echo' });
+    const host = g().host('echo');
+    const visitor = await rawVisit(
+      'GET /fwd HTTP/1.1\r\n' +
+        `Host: ${host}\r\n` +
+        'X-Forwarded-For: 10.0.0.1\r\n' +
+        'Requesting-Client: 6.6.6.6:666\r\n' +
+        'X-Forwarded-Host: evil.example\r\n' +
+        'X-Forwarded-Proto: https\r\n' +
+        '\r\n',
+    );
+    const res = parseRawResponse(await readUntil(visitor, responseComplete));
+    expect(res.status).toBe(200);
+    const raw = (JSON.parse(res.body) as Echoed).rawHeaders;
+    expect(rawHeaderValues(raw, 'x-forwarded-for')).toEqual(['10.0.0.1, 127.0.0.1']);
+    expect(rawHeaderValues(raw, 'x-forwarded-host')).toEqual([host]);
+    expect(rawHeaderValues(raw, 'x-forwarded-proto')).toEqual(['http']);
+    expect(rawHeaderValues(raw, 'forwarded')).toEqual([`for=127.0.0.1;proto=http;host="${host}"`]);
+    expect(rawHeaderValues(raw, 'requesting-client')).toEqual([`127.0.0.1:${visitor.localPort}`]);
+
+    // Without an incoming X-Forwarded-For the gateway starts the list.
+    const plain = await visit('echo', { path: '/plain' });
+    const raw2 = (JSON.parse(plain.body) as Echoed).rawHeaders;
+    expect(rawHeaderValues(raw2, 'x-forwarded-for')).toEqual(['127.0.0.1']);
+    expect(rawHeaderValues(raw2, 'requesting-client')[0]).toMatch(/^127\.0\.0\.1:\d+$/);
+  });
+
+  it('hop-by-hop headers (Connection, Keep-Alive, TE, Transfer-Encoding, Upgrade, Proxy-Connection, Connection-named) are removed', async () => {
+    await gateway();
+    await app(echo, { name: 'echo' });
+    const host = g().host('echo');
+    const visitor = await rawVisit(
+      'GET /hop HTTP/1.1\r\n' +
+        `Host: ${host}\r\n` +
+        'Connection: keep-alive, X-Secret-Hop\r\n' +
+        'Keep-Alive: timeout=5\r\n' +
+        'TE: trailers\r\n' +
+        'Upgrade: h2c\r\n' +
+        'Proxy-Connection: keep-alive\r\n' +
+        'X-Secret-Hop: do not forward\r\n' +
+        'X-Kept: yes\r\n' +
+        'Transfer-Encoding: chunked\r\n' +
+        '\r\n0\r\n\r\n',
+    );
+    const res = parseRawResponse(await readUntil(visitor, responseComplete));
+    expect(res.status).toBe(200);
+    const e = JSON.parse(res.body) as Echoed;
+    expect(e.url).toBe('/hop');
+    const raw = e.rawHeaders;
+    for (const name of ['keep-alive', 'te', 'transfer-encoding', 'upgrade', 'proxy-connection', 'x-secret-hop']) {
+      expect(rawHeaderValues(raw, name), name).toEqual([]);
+    }
+    // The visitor's Connection header is gone; the gateway's own hop may say keep-alive, nothing else.
+    const conn = rawHeaderValues(raw, 'connection');
+    expect(conn.length).toBeLessThanOrEqual(1);
+    for (const v of conn) expect(v.toLowerCase()).toBe('keep-alive');
+    expect(rawHeaderValues(raw, 'x-kept')).toEqual(['yes']);
+  });
+
+  it("the app's response headers reach the visitor unchanged except hop-by-hop ones", async () => {
+    await gateway();
+    const ch = await claimRaw('resp');
+    const appHeaders: [string, string][] = [
+      ['X-App-Header', 'One'],
+      ['x-lower-app', 'two'],
+      ['Set-Cookie', 'a=1; Path=/'],
+      ['Date', 'Tue, 01 Jan 2030 00:00:00 GMT'],
+      ['Set-Cookie', 'b=2; Path=/'],
+      ['Content-Type', 'text/plain'],
+      ['Content-Length', '2'],
+    ];
+    const hop: [string, string][] = [
+      ['Connection', 'keep-alive, X-App-Hop'],
+      ['Keep-Alive', 'timeout=30'],
+      ['X-App-Hop', 'secret'],
+      ['Proxy-Connection', 'keep-alive'],
+      ['Upgrade', 'foo/1'],
+    ];
+    ch.autoReply = () =>
+      `HTTP/1.1 200 OK\r\n${[hop[0], appHeaders[0], appHeaders[1], hop[1], appHeaders[2], hop[2], appHeaders[3], hop[3], appHeaders[4], hop[4], appHeaders[5], appHeaders[6]]
+        .map((h) => `${(h as [string, string])[0]}: ${(h as [string, string])[1]}\r\n`)
+        .join('')}\r\nok`;
+    const r = await visit('resp');
+    expect(r.status).toBe(200);
+    expect(r.body).toBe('ok');
+    for (const name of ['x-app-hop', 'proxy-connection', 'upgrade']) expect(rawHeaderValues(r.rawHeaders, name), name).toEqual([]);
+    expect(rawHeaderValues(r.rawHeaders, 'keep-alive')).not.toContain('timeout=30');
+    for (const v of rawHeaderValues(r.rawHeaders, 'connection')) expect(v.toLowerCase()).not.toContain('x-app-hop');
+    // The rest, in the app's order and case; the gateway's own hop may add Connection and Keep-Alive.
+    const rest = pairs(r.rawHeaders).filter(([k]) => !['connection', 'keep-alive'].includes(k.toLowerCase()));
+    expect(rest).toEqual(appHeaders);
+  });
+});
+
+describe('spreading requests over channels', () => {
+  it('consecutive requests alternate between two raw channels of one name (round robin)', async () => {
+    await gateway();
+    const a = await claimRaw('rr', 'rr-token', 'A');
+    const b = await claimRaw('rr', 'rr-token', 'B');
+    a.autoReply = () => ok('A');
+    b.autoReply = () => ok('B');
+    expect(reg('rr').channels).toHaveLength(2);
+    const bodies: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      const r = await visit('rr', { path: `/${i}` });
+      expect(r.status).toBe(200);
+      bodies.push(r.body);
+    }
+    const [first, second] = bodies;
+    expect(first).not.toBe(second);
+    expect(bodies).toEqual([first, second, first, second, first, second]);
+    expect(a.received).toHaveLength(3);
+    expect(b.received).toHaveLength(3);
+  });
+
+  it('the Node client with connections: 3 gets requests over more than one connection', async () => {
+    await gateway();
+    const seen: object[] = [];
+    await app(
+      (req, res) => {
+        seen.push(req.socket);
+        res.end('ok');
+      },
+      { name: 'pool', connections: 3 },
+    );
+    await until(() => g().gateway.table.lookup('pool')?.channels.length === 3, 3_000, '3 channels');
+    for (let i = 0; i < 6; i++) expect((await visit('pool', { path: `/${i}` })).status).toBe(200);
+    expect(seen).toHaveLength(6);
+    expect(new Set(seen).size).toBeGreaterThan(1);
+    expect(new Set(seen).size).toBe(3);
+  });
+});
+
+describe('queueing', () => {
+  it('a request waits while the only channel is busy and is served on it once the first is answered', async () => {
+    await gateway({ queueTimeout: 2_000 });
+    const ch = await claimRaw('q');
+    const slow = visit('q', { path: '/slow' });
+    const r1 = await ch.next();
+    expect(r1.url).toBe('/slow');
+    const fast = visit('q', { path: '/fast' });
+    await until(() => reg('q').waiting === 1, 2_000, 'the second request to queue');
+    await sleep(50);
+    expect(ch.unread).toBe(0);
+    ch.write(ok('slow done'));
+    const r2 = await ch.next();
+    expect(r2.url).toBe('/fast');
+    ch.write(ok('fast done'));
+    const [s, f] = await Promise.all([slow, fast]);
+    expect(s.status).toBe(200);
+    expect(s.body).toBe('slow done');
+    expect(f.status).toBe(200);
+    expect(f.body).toBe('fast done');
+    expect(ch.socket.destroyed).toBe(false);
+    expect(reg('q').channels).toHaveLength(1);
+    expect(reg('q').channels[0]?.served).toBe(2);
+  });
+
+  it('past queueTimeout the waiting request gets 503 with Retry-After naming PTTH_ERR_NO_CHANNEL (JSON on request)', async () => {
+    await gateway({ queueTimeout: 300, reconnectWait: 5_000 });
+    const ch = await claimRaw('qt');
+    const busy = visit('qt', { path: '/busy' });
+    await ch.next();
+    const started = Date.now();
+    const [text, json] = await Promise.all([
+      visit('qt', { path: '/text' }),
+      visit('qt', { path: '/json', headers: { accept: 'application/json' } }),
+    ]);
+    const elapsed = Date.now() - started;
+    expect(elapsed).toBeGreaterThanOrEqual(280);
+    expect(elapsed).toBeLessThan(1_500);
+    expect(text.status).toBe(503);
+    expect(text.headers['retry-after']).toMatch(/^\d+$/);
+    expect(text.body).toContain('PTTH_ERR_NO_CHANNEL');
+    expect(json.status).toBe(503);
+    expect(json.headers['retry-after']).toMatch(/^\d+$/);
+    expect(json.headers['content-type']).toMatch(/^application\/json/);
+    const body = JSON.parse(json.body) as { error: { code: string; status: number; message: string } };
+    expect(body.error.code).toBe('PTTH_ERR_NO_CHANNEL');
+    expect(body.error.status).toBe(503);
+    expect(typeof body.error.message).toBe('string');
+    expect(body.error.message.length).toBeGreaterThan(0);
+    // The busy request is unaffected and the channel took nothing else.
+    ch.write(ok('busy done'));
+    expect((await busy).body).toBe('busy done');
+    expect(ch.received.map((r) => r.url)).toEqual(['/busy']);
+  });
+
+  it('with queueLimit: 1 a third concurrent request gets 503 PTTH_ERR_QUEUE_FULL at once', async () => {
+    await gateway({ queueLimit: 1, queueTimeout: 3_000 });
+    const ch = await claimRaw('ql');
+    const first = visit('ql', { path: '/1' });
+    await ch.next();
+    const second = visit('ql', { path: '/2' });
+    await until(() => reg('ql').waiting === 1, 2_000, 'the second request to queue');
+    const started = Date.now();
+    const third = await visit('ql', { path: '/3', headers: { accept: 'application/json' } });
+    expect(Date.now() - started).toBeLessThan(1_000);
+    expect(third.status).toBe(503);
+    expect(third.headers['retry-after']).toMatch(/^\d+$/);
+    expect((JSON.parse(third.body) as { error: { code: string } }).error.code).toBe('PTTH_ERR_QUEUE_FULL');
+    ch.write(ok('one'));
+    expect((await ch.next()).url).toBe('/2');
+    ch.write(ok('two'));
+    expect((await first).body).toBe('one');
+    expect((await second).body).toBe('two');
+  });
+});
+
+describe('lease gap', () => {
+  it('a visitor arriving while the only channel is gone is served when the app reconnects within reconnectWait', async () => {
+    await gateway({ reconnectWait: 2_000 });
+    const ch1 = await claimRaw('gap', 'gap-token');
+    ch1.socket.destroy();
+    await until(() => reg('gap').channels.length === 0, 2_000, 'the channel to drop');
+    const during = visit('gap', { path: '/during-gap' });
+    await until(() => reg('gap').waiting === 1, 2_000, 'the visitor to wait');
+    const ch2 = await claimRaw('gap', 'gap-token');
+    const r = await ch2.next();
+    expect(r.url).toBe('/during-gap');
+    ch2.write(ok('back'));
+    const res = await during;
+    expect(res.status).toBe(200);
+    expect(res.body).toBe('back');
+  });
+
+  it('a visitor in the gap gets 503 after reconnectWait when the app does not come back', async () => {
+    await gateway({ reconnectWait: 400, queueTimeout: 5_000 });
+    const ch = await claimRaw('gone', 'gone-token');
+    ch.socket.destroy();
+    await until(() => reg('gone').channels.length === 0, 2_000, 'the channel to drop');
+    const started = Date.now();
+    const res = await visit('gone');
+    const elapsed = Date.now() - started;
+    expect(res.status).toBe(503);
+    expect(elapsed).toBeGreaterThanOrEqual(380);
+    expect(elapsed).toBeLessThan(2_000);
+    expect(res.headers['retry-after']).toMatch(/^\d+$/);
+    expect(res.body).toContain('PTTH_ERR_NO_CHANNEL');
+  });
+});
+
+describe('statuses the gateway produces', () => {
+  it('404 for an unknown name: HTML for text/html, JSON for application/json, plain otherwise, naming PTTH_ERR_NOT_FOUND', async () => {
+    await gateway();
+    const html = await visit('nobody', { headers: { accept: 'text/html,application/xhtml+xml,*/*;q=0.8' } });
+    expect(html.status).toBe(404);
+    expect(html.headers['content-type']).toMatch(/^text\/html/);
+    expect(html.body).toMatch(/<html/i);
+    expect(html.body).toContain('PTTH_ERR_NOT_FOUND');
+
+    const json = await visit('nobody', { headers: { accept: 'application/json' } });
+    expect(json.status).toBe(404);
+    expect(json.headers['content-type']).toMatch(/^application\/json/);
+    const body = JSON.parse(json.body) as { error: { code: string; status: number; message: string } };
+    expect(body.error).toMatchObject({ code: 'PTTH_ERR_NOT_FOUND', status: 404 });
+    expect(typeof body.error.message).toBe('string');
+
+    const plain = await visit('nobody');
+    expect(plain.status).toBe(404);
+    expect(plain.headers['content-type']).toMatch(/^text\/plain/);
+    expect(plain.body).toContain('PTTH_ERR_NOT_FOUND');
+  });
+
+  it('504 when the app does not answer within responseTimeout', async () => {
+    await gateway({ responseTimeout: 300 });
+    const ch = await claimRaw('mute');
+    const started = Date.now();
+    const pending = visit('mute');
+    await ch.next();
+    const res = await pending;
+    expect(res.status).toBe(504);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(280);
+    expect(res.body).toContain('PTTH_ERR_APP_TIMEOUT');
+  });
+
+  it('502 when the app sends garbage instead of an HTTP response', async () => {
+    await gateway();
+    const ch = await claimRaw('junk');
+    const pending = visit('junk');
+    await ch.next();
+    ch.write('garbage\r\n\r\n');
+    const res = await pending;
+    expect(res.status).toBe(502);
+    expect(res.body).toContain('PTTH_ERR_BAD_RESPONSE');
+  });
+
+  it('502 when the channel closes before responding', async () => {
+    await gateway();
+    const ch = await claimRaw('drop');
+    const pending = visit('drop', { headers: { accept: 'application/json' } });
+    await ch.next();
+    ch.socket.destroy();
+    const res = await pending;
+    expect(res.status).toBe(502);
+    expect((JSON.parse(res.body) as { error: { code: string } }).error.code).toBe('PTTH_ERR_CHANNEL_LOST');
+  });
+
+  it('a channel dying mid-response after the headers were sent closes the visitor connection (Content-Length body cut short)', async () => {
+    await gateway();
+    const ch = await claimRaw('cut');
+    const visitor = await rawVisit(`GET /cut HTTP/1.1\r\nHost: ${g().host('cut')}\r\n\r\n`);
+    await ch.next();
+    ch.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\npartial');
+    const first = await readUntil(visitor, (b) => b.includes('partial'));
+    expect(first.toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+    ch.socket.destroy();
+    const wasClosed = await closed(visitor, 2_000);
+    expect(wasClosed).toBe(true);
+  });
+
+  it('a channel dying mid-response after the headers were sent: a Node visitor sees an aborted, incomplete response (chunked)', async () => {
+    await gateway();
+    const ch = await claimRaw('cutc');
+    const outcome = new Promise<{ status: number; complete: boolean; body: string; error: string | undefined; hung?: true }>((resolve) => {
+      const req = http.request({ host: '127.0.0.1', port: g().port, path: '/', headers: { host: g().host('cutc') }, agent: false });
+      // A visitor left hanging (neither completed nor closed) is a failure too, reported quickly.
+      const timer = setTimeout(() => {
+        resolve({ status: 0, complete: false, body: '', error: undefined, hung: true });
+        req.destroy();
+      }, 3_000);
+      req.on('close', () => clearTimeout(timer));
+      req.on('response', (res) => {
+        let body = '';
+        let error: string | undefined;
+        res.on('data', (c: Buffer) => {
+          body += c.toString('utf8');
+          if (body.includes('partial')) ch.socket.destroy();
+        });
+        res.on('error', (e) => (error = e.message));
+        res.on('close', () => resolve({ status: res.statusCode ?? 0, complete: res.complete, body, error }));
+      });
+      req.on('error', (e) => resolve({ status: 0, complete: false, body: '', error: e.message }));
+      req.end();
+    });
+    await ch.next();
+    ch.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n7\r\npartial\r\n');
+    const o = await outcome;
+    expect(o.hung).toBeUndefined();
+    expect(o.status).toBe(200);
+    expect(o.body).toBe('partial');
+    expect(o.complete).toBe(false);
+  });
+
+  it('a failing channel does not disturb another channel of the same name or another name', async () => {
+    await gateway();
+    await app((_req, res) => res.end('other ok'), { name: 'other' });
+    const c1 = await claimRaw('multi', 'multi-token', 'c1');
+    const c2 = await claimRaw('multi', 'multi-token', 'c2');
+    const x = visit('multi', { path: '/x' });
+    const bad = await whichGot([c1, c2]);
+    const good = bad === c1 ? c2 : c1;
+    const y = visit('multi', { path: '/y' });
+    expect((await good.next()).url).toBe('/y');
+    expect((await bad.next()).url).toBe('/x');
+    bad.write('garbage\r\n\r\n');
+    expect((await x).status).toBe(502);
+    // The healthy channel's in-flight request completes after the other failed.
+    good.write(ok('y ok'));
+    const ry = await y;
+    expect(ry.status).toBe(200);
+    expect(ry.body).toBe('y ok');
+    good.autoReply = (r) => ok(`good ${r.url}`);
+    for (const path of ['/z1', '/z2']) {
+      const r = await visit('multi', { path });
+      expect(r.status).toBe(200);
+      expect(r.body).toBe(`good ${path}`);
+    }
+    const o = await visit('other');
+    expect(o.status).toBe(200);
+    expect(o.body).toBe('other ok');
+    expect(good.socket.destroyed).toBe(false);
+  });
+});
+
+describe('keep-alive on channels', () => {
+  it('a raw channel serves 3 requests in sequence on the same socket', async () => {
+    await gateway();
+    const ch = await claimRaw('ka');
+    for (let i = 1; i <= 3; i++) {
+      const pending = visit('ka', { path: `/r${i}` });
+      const r = await ch.next();
+      expect(r.url).toBe(`/r${i}`);
+      ch.write(ok(`reply ${i}`));
+      const res = await pending;
+      expect(res.status).toBe(200);
+      expect(res.body).toBe(`reply ${i}`);
+    }
+    expect(ch.received).toHaveLength(3);
+    expect(ch.socket.destroyed).toBe(false);
+    expect(reg('ka').channels).toHaveLength(1);
+    expect(reg('ka').channels[0]?.served).toBe(3);
+  });
+
+  it("the app's Keep-Alive: timeout=1 hint does not make the gateway close the channel", async () => {
+    await gateway();
+    const ch = await claimRaw('hint');
+    let closedAt: number | undefined;
+    ch.socket.once('close', () => (closedAt = Date.now()));
+    const first = visit('hint', { path: '/first' });
+    await ch.next();
+    ch.write(ok('first', 'Connection: keep-alive\r\nKeep-Alive: timeout=1\r\n'));
+    expect((await first).status).toBe(200);
+    await sleep(1_500);
+    expect(closedAt).toBeUndefined();
+    expect(reg('hint').channels).toHaveLength(1);
+    const second = visit('hint', { path: '/second' });
+    const r = await ch.next();
+    expect(r.url).toBe('/second');
+    ch.write(ok('second'));
+    const res = await second;
+    expect(res.status).toBe(200);
+    expect(res.body).toBe('second');
+  });
+
+  it('an app response with Connection: close retires that channel; the next requests go to another one without a 502', async () => {
+    await gateway();
+    const a = await claimRaw('retire', 'retire-token', 'A');
+    const b = await claimRaw('retire', 'retire-token', 'B');
+    let first = true;
+    const answer =
+      (label: string) =>
+      (): string => {
+        if (first) {
+          first = false;
+          return `HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: ${6 + label.length}\r\n\r\nclose-${label}`;
+        }
+        return ok(label);
+      };
+    a.autoReply = answer('A');
+    b.autoReply = answer('B');
+    const r1 = await visit('retire', { path: '/1' });
+    expect(r1.status).toBe(200);
+    const retired = r1.body === 'close-A' ? 'A' : 'B';
+    expect(r1.body).toBe(`close-${retired}`);
+    const other = retired === 'A' ? 'B' : 'A';
+    for (let i = 2; i <= 4; i++) {
+      const r = await visit('retire', { path: `/${i}` });
+      expect(r.status).toBe(200);
+      expect(r.body).toBe(other);
+    }
+    await until(() => reg('retire').channels.length === 1, 2_000, 'the retired channel to leave the registration');
+    expect((retired === 'A' ? a : b).received).toHaveLength(1);
+  });
+
+  it('a request queued behind a Connection: close response is not sent on the retiring channel; it waits for another one', async () => {
+    await gateway({ queueTimeout: 3_000 });
+    const a = await claimRaw('retq', 'retq-token', 'A');
+    const b = await claimRaw('retq', 'retq-token', 'B');
+    const r1 = visit('retq', { path: '/1' });
+    const x = await whichGot([a, b]);
+    const y = x === a ? b : a;
+    const r2 = visit('retq', { path: '/2' });
+    expect((await y.next()).url).toBe('/2');
+    expect((await x.next()).url).toBe('/1');
+    const r3 = visit('retq', { path: '/3' });
+    await until(() => reg('retq').waiting === 1, 2_000, 'the third request to queue');
+    // x answers and closes its end, as a server does after Connection: close.
+    x.write('HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nbye 1');
+    x.socket.end();
+    const res1 = await r1;
+    expect(res1.status).toBe(200);
+    expect(res1.body).toBe('bye 1');
+    await until(() => reg('retq').channels.length === 1, 2_000, 'the retired channel to leave the registration');
+    expect(reg('retq').waiting).toBe(1);
+    y.write(ok('two'));
+    expect((await r2).body).toBe('two');
+    expect((await y.next()).url).toBe('/3');
+    y.write(ok('three'));
+    const res3 = await r3;
+    expect(res3.status).toBe(200);
+    expect(res3.body).toBe('three');
+    expect(x.received.map((r) => r.url)).toEqual(['/1']);
+  });
+});
+
+describe('private URL', () => {
+  async function privateReq(location: string, spec: RequestSpec = {}): Promise<Reply> {
+    const u = new URL(location);
+    return request(g().port, { host: u.host, path: u.pathname + u.search, ...spec });
+  }
+
+  it('GET with Accept: application/json shows name, lease and channels', async () => {
+    await gateway();
+    const ch = await claimRaw('priv');
+    expect(ch.location).toMatch(new RegExp(`^http://localhost:${g().port}/`));
+    const r = await privateReq(ch.location, { headers: { accept: 'application/json' } });
+    expect(r.status).toBe(200);
+    expect(r.headers['content-type']).toMatch(/^application\/json/);
+    const state = JSON.parse(r.body) as { name: string; lease: number; channels: unknown[] };
+    expect(state.name).toBe('priv');
+    expect(typeof state.lease).toBe('number');
+    expect(state.channels).toHaveLength(1);
+  });
+
+  it('PUT lease=5 changes the lease; lease=abc is refused with 400', async () => {
+    await gateway();
+    const ch = await claimRaw('lease');
+    const form = { 'content-type': 'application/x-www-form-urlencoded' };
+    const put = await privateReq(ch.location, { method: 'PUT', headers: form, body: 'lease=5' });
+    expect(put.status).toBe(204);
+    expect(reg('lease').lease).toBe(5);
+    const state = JSON.parse((await privateReq(ch.location, { headers: { accept: 'application/json' } })).body) as { lease: number };
+    expect(state.lease).toBe(5);
+    const bad = await privateReq(ch.location, { method: 'PUT', headers: { ...form, accept: 'application/json' }, body: 'lease=abc' });
+    expect(bad.status).toBe(400);
+    expect((JSON.parse(bad.body) as { error: { code: string } }).error.code).toBe('PTTH_ERR_BAD_LEASE');
+    expect(reg('lease').lease).toBe(5);
+  });
+
+  it('DELETE releases the name: 204, the name is free for another token, the private URL then answers 404', async () => {
+    await gateway();
+    const ch = await claimRaw('del', 'first-token');
+    const del = await privateReq(ch.location, { method: 'DELETE' });
+    expect(del.status).toBe(204);
+    expect(await closed(ch.socket, 2_000)).toBe(true);
+    expect(g().gateway.table.lookup('del')).toBeUndefined();
+    const again = await claimRaw('del', 'second-token');
+    expect(again.head).toMatch(/^HTTP\/1\.1 101 /);
+    expect(again.location).not.toBe(ch.location);
+    const old = await privateReq(ch.location, { headers: { accept: 'application/json' } });
+    expect(old.status).toBe(404);
+  });
+
+  it('an unknown private URL answers 404', async () => {
+    await gateway();
+    const r = await request(g().port, { host: `localhost:${g().port}`, path: '/_ptth/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA', headers: { accept: 'application/json' } });
+    expect(r.status).toBe(404);
+    expect((JSON.parse(r.body) as { error: { code: string } }).error.code).toBe('PTTH_ERR_NOT_FOUND');
+  });
+
+  it('an OPTIONS preflight from another origin answers 204 with CORS headers exposing Link and Location', async () => {
+    await gateway();
+    const ch = await claimRaw('cors');
+    const r = await privateReq(ch.location, {
+      method: 'OPTIONS',
+      headers: { origin: 'http://page.example', 'access-control-request-method': 'PUT', 'access-control-request-headers': 'content-type' },
+    });
+    expect(r.status).toBe(204);
+    expect(['http://page.example', '*']).toContain(r.headers['access-control-allow-origin']);
+    const exposed = String(r.headers['access-control-expose-headers'] ?? '')
+      .split(',')
+      .map((s) => s.trim().toLowerCase());
+    expect(exposed).toContain('link');
+    expect(exposed).toContain('location');
+    expect(String(r.headers['access-control-allow-methods'] ?? '')).toMatch(/PUT/);
+  });
+});
+
+describe('bad visitor bytes', () => {
+  it('a garbage request line gets 400 and the connection is closed; a healthy app keeps being served', async () => {
+    await gateway();
+    let release: (() => void) | undefined;
+    await app(
+      (req, res) => {
+        if (req.url === '/slow') release = () => res.end('slow ok');
+        else res.end('healthy');
+      },
+      { name: 'healthy' },
+    );
+    const slow = visit('healthy', { path: '/slow' });
+    await until(() => release !== undefined, 2_000, 'the slow request to reach the app');
+    const bad = await rawVisit('GARBAGE\r\n\r\n');
+    const got = await readUntil(bad, () => false, 2_000);
+    expect(got.toString('latin1')).toMatch(/^HTTP\/1\.1 400 /);
+    expect(bad.destroyed || (await closed(bad, 1_000))).toBe(true);
+    (release as () => void)();
+    expect((await slow).body).toBe('slow ok');
+    const after = await visit('healthy');
+    expect(after.status).toBe(200);
+    expect(after.body).toBe('healthy');
+  });
+
+  it('a header block larger than maxHeaderSize gets 431; a healthy app keeps being served', async () => {
+    await gateway({ maxHeaderSize: 2048 });
+    await app((_req, res) => res.end('healthy'), { name: 'healthy' });
+    const big = await rawVisit(`GET / HTTP/1.1\r\nHost: ${g().host('healthy')}\r\nX-Big: ${'a'.repeat(4_000)}\r\n\r\n`);
+    const got = await readUntil(big, () => false, 2_000);
+    expect(got.toString('latin1')).toMatch(/^HTTP\/1\.1 431 /);
+    expect(big.destroyed || (await closed(big, 1_000))).toBe(true);
+    const after = await visit('healthy');
+    expect(after.status).toBe(200);
+    expect(after.body).toBe('healthy');
+  });
+});
