@@ -1,6 +1,10 @@
 import { EventEmitter } from 'node:events';
 import * as http from 'node:http';
 import * as https from 'node:https';
+import * as http2 from 'node:http2';
+import { pipeline } from 'node:stream';
+import { withoutHopByHop } from '../http/headers.js';
+import { duplexPair } from './pair.js';
 import type { Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { PtthError, type ErrorCode } from '../http/errors.js';
@@ -19,8 +23,19 @@ export interface ListenOptions {
   token?: string;
   /** Seconds the gateway keeps the name while no connection is live. */
   lease?: number;
-  /** Reversed connections kept open at once (default 4). */
+  /** Reversed HTTP/1.1 connections kept open at once when HTTP/1.1 is used (default 4). */
   connections?: number;
+  /** Speak only PTTH/1.0 (reversed HTTP/1.1), never reversed HTTP/2. */
+  http1?: boolean;
+  /** Reversed HTTP/2 connections kept open when the gateway offers HTTP/2 (default 1: it multiplexes). */
+  http2Connections?: number;
+  /**
+   * HTTP/1.1 connections kept beside the HTTP/2 ones for visitors' WebSocket upgrades (default: 1
+   * when the target listens for 'upgrade', else 0).
+   */
+  upgradeConnections?: number;
+  /** Streams one HTTP/2 connection carries at once (default 256), announced in SETTINGS. */
+  maxStreams?: number;
   /** First reconnect delay in ms (default 250); doubles up to `maxBackoff`, with jitter. */
   backoff?: number;
   /** Longest reconnect delay in ms (default 30000). */
@@ -85,9 +100,17 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   #options: ListenOptions;
   #size: number;
   #server: http.Server;
-  #live = new Set<Socket>();
-  #busy = new WeakMap<Socket, number>();
-  #dialing = new Set<http.ClientRequest>();
+  #h2server: http2.Http2Server | undefined;
+  #memAgent: MemoryAgent | undefined;
+  #target: Target;
+  /** Live reversed connections and what they speak. */
+  #live = new Map<Socket, Kind>();
+  #sessions = new Map<Socket, http2.ServerHttp2Session>();
+  #busy = new WeakMap<object, number>();
+  /** Dials in progress (and backoff placeholders), by the kind they ask for. */
+  #dialing = new Map<{ destroy(): void }, Kind>();
+  /** What the gateway speaks, learnt from the first 101: undefined until then. */
+  #mode: Kind | undefined;
   #timers = new Set<NodeJS.Timeout>();
   #attempt = 0;
   #closed = false;
@@ -112,6 +135,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       this.#rejectReady = reject;
     });
     this.#ready.catch(() => {});
+    this.#target = target;
+    if (options.http1) this.#mode = 'h1';
     this.#server = this.#makeServer(target);
     this.#fill();
   }
@@ -128,7 +153,11 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       res.once('close', () => {
         const n = (this.#busy.get(socket) ?? 1) - 1;
         this.#busy.set(socket, n);
-        if (n === 0 && this.#closed) socket.destroySoon();
+        if (n === 0 && this.#closed) {
+          // Ends after the response is flushed (in-memory bridge connections have no destroySoon).
+          if (typeof socket.destroySoon === 'function') socket.destroySoon();
+          else socket.end();
+        }
       });
     });
     if (typeof target === 'function') {
@@ -164,14 +193,39 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     return this.#live.size;
   }
 
-  #fill(): void {
-    if (this.#closed) return;
-    // Until the gateway has named us, one claim at a time so that every connection shares the name.
-    const want = this.name === undefined ? 1 : this.#size;
-    while (this.#live.size + this.#dialing.size < want) this.#dial();
+  /** `h2` when the gateway speaks reversed HTTP/2 to us, `h1` for HTTP/1.1, undefined before the first claim. */
+  get protocol(): Kind | undefined {
+    return this.#mode;
   }
 
-  #schedule(error: Error): void {
+  #count(map: Map<unknown, Kind>, kind: Kind): number {
+    let n = 0;
+    for (const k of map.values()) if (k === kind) n++;
+    return n;
+  }
+
+  #fill(): void {
+    if (this.#closed) return;
+    // Until the gateway has named us (and said what it speaks), one claim at a time, so that every
+    // connection shares the name.
+    if (this.name === undefined || this.#mode === undefined) {
+      if (this.#live.size + this.#dialing.size === 0) this.#dial(this.#options.http1 ? 'h1' : 'h2');
+      return;
+    }
+    const want: Record<Kind, number> =
+      this.#mode === 'h1'
+        ? { h1: this.#size, h2: 0 }
+        : { h2: this.#options.http2Connections ?? 1, h1: this.#options.upgradeConnections ?? (this.#wantsUpgrades() ? 1 : 0) };
+    for (const kind of ['h2', 'h1'] as const) {
+      while (this.#count(this.#live, kind) + this.#count(this.#dialing, kind) < want[kind]) this.#dial(kind);
+    }
+  }
+
+  #wantsUpgrades(): boolean {
+    return typeof this.#target !== 'function' && this.#target.listenerCount('upgrade') > 0;
+  }
+
+  #schedule(error: Error, kind: Kind): void {
     if (this.#closed) return;
     const base = this.#options.backoff ?? 250;
     const max = this.#options.maxBackoff ?? 30_000;
@@ -181,8 +235,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     const delay = Math.round(exp / 2 + Math.random() * (exp / 2));
     this.emit('reconnecting', { delay, error });
     // Hold the slot while waiting so #fill does not dial again at once.
-    const placeholder = { destroy() {} } as unknown as http.ClientRequest;
-    this.#dialing.add(placeholder);
+    const placeholder = { destroy() {} };
+    this.#dialing.set(placeholder, kind);
     const timer = setTimeout(() => {
       this.#timers.delete(timer);
       this.#dialing.delete(placeholder);
@@ -191,7 +245,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#timers.add(timer);
   }
 
-  #dial(): void {
+  #dial(kind: Kind): void {
     const g = this.#gateway;
     const params = new URLSearchParams();
     if (this.name !== undefined) params.set('name', this.name);
@@ -206,15 +260,14 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       method: 'POST',
       path: `${base}?${params.toString()}`,
       agent: false,
-      headers: {
-        ...this.#options.headers,
-        Upgrade: 'PTTH/1.0',
-        Connection: 'Upgrade',
-        'Content-Length': '0',
-      },
+      // Offering both tokens lets a gateway without HTTP/2 pick PTTH/1.0 in the same round trip.
+      headers:
+        kind === 'h2'
+          ? { ...this.#options.headers, Upgrade: 'ptth, PTTH/1.0', ALPN: 'h2', Connection: 'Upgrade', 'Content-Length': '0' }
+          : { ...this.#options.headers, Upgrade: 'PTTH/1.0', Connection: 'Upgrade', 'Content-Length': '0' },
       ...(g.protocol === 'https:' ? { rejectUnauthorized: this.#options.rejectUnauthorized ?? true } : {}),
     });
-    this.#dialing.add(req);
+    this.#dialing.set(req, kind);
     let settled = false;
     const fail = (err: Error): void => {
       if (settled) return;
@@ -225,7 +278,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         this.#stop(err);
         return;
       }
-      this.#schedule(err);
+      this.#schedule(err, kind);
     };
     req.on('upgrade', (res: http.IncomingMessage, socket: Socket, head: Buffer) => {
       settled = true;
@@ -234,11 +287,18 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         socket.destroy();
         return;
       }
-      if (!/(^|,)\s*ptth\/1\.0\s*(,|$)/i.test(res.headers.upgrade ?? '')) {
+      const upgrade = (res.headers.upgrade ?? '').trim().toLowerCase();
+      const alpn = String(res.headers['alpn'] ?? '').trim().toLowerCase();
+      let got: Kind;
+      if (upgrade === 'ptth' && alpn === 'h2' && kind === 'h2') got = 'h2';
+      else if (upgrade === 'ptth/1.0' || (upgrade === 'ptth' && (alpn === '' || alpn === 'http/1.1'))) got = 'h1';
+      else {
         socket.destroy();
-        this.#schedule(new Error(`the gateway upgraded to ${JSON.stringify(res.headers.upgrade)}, not PTTH/1.0`));
+        this.#schedule(new Error(`the gateway upgraded to ${JSON.stringify(res.headers.upgrade)} (ALPN ${alpn || 'none'}), which this client does not speak`), kind);
         return;
       }
+      // The gateway's answer decides the mode (it may change across gateway restarts).
+      if (kind === 'h2' || this.#mode === undefined) this.#mode = got;
       const rawLink = res.headers.link;
       const link = linkRel(Array.isArray(rawLink) ? rawLink.join(', ') : rawLink, 'related');
       if (link) {
@@ -247,7 +307,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       }
       if (res.headers.location) this.privateUrl = res.headers.location;
       this.#attempt = 0;
-      this.#adopt(socket, head);
+      this.#adopt(socket, head, got);
     });
     req.on('response', (res: http.IncomingMessage) => {
       const chunks: Buffer[] = [];
@@ -267,9 +327,9 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     req.end();
   }
 
-  /** Hands a reversed connection to the internal server. */
-  #adopt(socket: Socket, head: Buffer): void {
-    this.#live.add(socket);
+  /** Hands a reversed connection to the internal server (HTTP/1.1) or the HTTP/2 server. */
+  #adopt(socket: Socket, head: Buffer, kind: Kind): void {
+    this.#live.set(socket, kind);
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
     socket.once('close', () => {
@@ -277,11 +337,116 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       this.#changed();
       if (!this.#closed) this.#fill();
     });
-    // Bytes read past the 101 belong to the first reversed request.
+    // Bytes read past the 101 belong to the first reversed request (or the HTTP/2 preface).
     if (head.length > 0) socket.unshift(head);
-    this.#server.emit('connection', socket);
+    if (kind === 'h2') {
+      // node creates the session synchronously in its 'connection' listener; keep it by the raw
+      // socket (session.socket is a proxy object, not this socket).
+      const h2 = this.#h2();
+      h2.once('session', (session: http2.ServerHttp2Session) => {
+        this.#sessions.set(socket, session);
+        socket.once('close', () => this.#sessions.delete(socket));
+      });
+      h2.emit('connection', socket);
+    } else this.#server.emit('connection', socket);
     this.#changed();
     this.#fill();
+  }
+
+  /**
+   * The HTTP/2 side: one node:http2 server for every reversed HTTP/2 connection. Each stream is
+   * handed to the internal HTTP/1.1 server over an in-memory connection, so that an http.Server's
+   * own listeners (Express, Fastify, Koa...) see genuine IncomingMessage/ServerResponse objects;
+   * node's HTTP/2 compatibility objects are not what those frameworks extend.
+   */
+  #h2(): http2.Http2Server {
+    if (this.#h2server) return this.#h2server;
+    const server = http2.createServer({ settings: { maxConcurrentStreams: this.#options.maxStreams ?? 256, initialWindowSize: 1 << 20 } });
+    this.#memAgent = new MemoryAgent(this.#server);
+    server.on('session', (session: http2.ServerHttp2Session) => {
+      session.on('error', noop);
+      session.on('connect', () => session.setLocalWindowSize(16 << 20));
+    });
+    // node passes the raw header list as a 4th argument (not in @types/node 20).
+    server.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, rawHeaders?: readonly string[]) =>
+      this.#bridge(stream, headers, rawHeaders),
+    );
+    this.#h2server = server;
+    return server;
+  }
+
+  #bridge(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: readonly string[] | undefined): void {
+    stream.on('error', noop);
+    const raw: string[] = [];
+    const authority = headers[':authority'];
+    if (authority) raw.push('Host', authority);
+    if (rawHeaders) {
+      // Fields in the order and number they came (HTTP/2 names are lower-case by definition).
+      for (let i = 0; i < rawHeaders.length; i += 2) {
+        if ((rawHeaders[i] as string).charCodeAt(0) !== 58 /* : */) raw.push(rawHeaders[i] as string, rawHeaders[i + 1] as string);
+      }
+    } else {
+      for (const name of Object.keys(headers)) {
+        if (name.charCodeAt(0) === 58) continue;
+        const value = headers[name];
+        if (Array.isArray(value)) for (const v of value) raw.push(name, v);
+        else if (value !== undefined) raw.push(name, String(value));
+      }
+    }
+    let out: http.ClientRequest;
+    try {
+      out = http.request({
+        agent: this.#memAgent as MemoryAgent,
+        method: headers[':method'] ?? 'GET',
+        path: headers[':path'] ?? '/',
+        headers: raw,
+        setHost: false,
+      });
+    } catch {
+      stream.respond({ ':status': 400 }, { endStream: true });
+      return;
+    }
+    out.on('response', (res: http.IncomingMessage) => {
+      const h: http2.OutgoingHttpHeaders = { ':status': res.statusCode ?? 502 };
+      const kept = withoutHopByHop(res.rawHeaders);
+      for (let i = 0; i < kept.length; i += 2) {
+        const name = (kept[i] as string).toLowerCase();
+        const prev = h[name];
+        if (prev === undefined) h[name] = kept[i + 1] as string;
+        else if (Array.isArray(prev)) prev.push(kept[i + 1] as string);
+        else h[name] = [String(prev), kept[i + 1] as string];
+      }
+      if (stream.destroyed) {
+        res.destroy();
+        return;
+      }
+      try {
+        stream.respond(h);
+      } catch {
+        stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+        res.destroy();
+        return;
+      }
+      pipeline(res, stream, noop);
+      res.once('end', () => {
+        if (!stream.readableEnded) {
+          stream.unpipe(out);
+          out.destroy();
+          stream.resume();
+        }
+      });
+    });
+    out.on('error', () => {
+      if (!stream.headersSent && !stream.destroyed) stream.respond({ ':status': 502 }, { endStream: true });
+      else if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    });
+    // The request body goes down with plain pipe(), not pipeline(): when the app answers before
+    // reading the whole body (as node:http allows), the rest is discarded here, as node's own
+    // server does, rather than the stream being reset under the visitor's upload.
+    stream.pipe(out);
+    stream.on('close', () => {
+      if (!out.writableFinished) out.destroy();
+    });
   }
 
   /** A connection taken by a visitor's upgrade leaves the pool; a fresh one replaces it. */
@@ -321,13 +486,17 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#rejectReady(new Error('the tunnel was closed before it came online'));
     for (const t of this.#timers) clearTimeout(t);
     this.#timers.clear();
-    for (const req of this.#dialing) req.destroy();
+    for (const req of this.#dialing.keys()) req.destroy();
     this.#dialing.clear();
-    for (const s of this.#live) if ((this.#busy.get(s) ?? 0) === 0) s.destroy();
+    for (const [s, kind] of this.#live) {
+      if (kind === 'h2') this.#sessions.get(s)?.close(); // GOAWAY: streams in flight finish
+      else if ((this.#busy.get(s) ?? 0) === 0) s.destroy();
+    }
     const deadline = Date.now() + (options.graceMs ?? 5_000);
     while (this.#live.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
-    for (const s of this.#live) s.destroy();
+    for (const s of this.#live.keys()) s.destroy();
     this.#live.clear();
+    this.#memAgent?.destroy();
     // Released last, so that requests in flight finish before the gateway drops the name.
     if ((options.release ?? true) && this.privateUrl) await this.#release(this.privateUrl).catch(() => {});
     this.#online = false;
@@ -355,6 +524,30 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     });
   }
 }
+
+type Kind = 'h1' | 'h2';
+
+/**
+ * Keep-alive connections to the internal HTTP/1.1 server, in memory: what HTTP/2 streams are
+ * bridged over (see Tunnel#h2).
+ */
+class MemoryAgent extends http.Agent {
+  #server: http.Server;
+  constructor(server: http.Server) {
+    super({ keepAlive: true, maxFreeSockets: 64 });
+    this.#server = server;
+  }
+  override createConnection(): Socket {
+    const [client, server] = duplexPair();
+    this.#server.emit('connection', server);
+    return client as unknown as Socket;
+  }
+  override keepSocketAlive(): boolean {
+    return true;
+  }
+}
+
+function noop(): void {}
 
 /**
  * Serves `target` (an `http.Server` such as an Express or Fastify app's, or a request listener)

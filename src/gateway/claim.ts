@@ -1,6 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Http1Channel } from '../channels/http1.js';
+import { Http2Channel } from '../channels/http2.js';
+import { hasToken } from '../http/headers.js';
 import { PtthError, isPtthError } from '../http/errors.js';
 import { sendError, writeRawError } from '../http/respond.js';
 import { normalizeName, readClaimParams, type ClaimParams } from '../routes/registration.js';
@@ -51,22 +53,72 @@ async function register(ctx: GatewayContext, params: ClaimParams): Promise<Regis
   return registration;
 }
 
+/** What a claim's `Upgrade` and `ALPN` headers negotiate (PROTOCOL.md section 3). */
+export interface Reversal {
+  readonly protocol: 'http1' | 'http2';
+  /** The token the 101 answers with: the one the client offered. */
+  readonly upgrade: 'PTTH/1.0' | 'ptth';
+  /** The ALPN protocol id echoed in the 101 (draft-kazuho-ptth-ptth), if the client sent ALPN. */
+  readonly alpn: string | undefined;
+}
+
+/** ALPN header values are comma-separated, percent-encoded protocol ids (RFC 7639 section 2). */
+function alpnIds(value: string | undefined): string[] {
+  if (!value) return [];
+  return value.split(',').map((v) => {
+    try {
+      return decodeURIComponent(v.trim()).toLowerCase();
+    } catch {
+      return '';
+    }
+  });
+}
+
+/**
+ * Picks the reversed protocol: `ptth` with `ALPN: h2` gives HTTP/2 (when enabled); `PTTH/1.0`, or
+ * `ptth` with `ALPN: http/1.1` or no ALPN, gives HTTP/1.1. Pure: no I/O.
+ */
+export function negotiate(upgrade: string | undefined, alpn: string | undefined, http2: boolean): Reversal {
+  const ptth = hasToken(upgrade, 'ptth');
+  const legacy = hasToken(upgrade, 'PTTH/1.0');
+  const ids = alpnIds(alpn);
+  if (ptth && http2 && ids.includes('h2')) return { protocol: 'http2', upgrade: 'ptth', alpn: 'h2' };
+  if (legacy) return { protocol: 'http1', upgrade: 'PTTH/1.0', alpn: undefined };
+  if (ptth && (ids.length === 0 || ids.includes('http/1.1'))) {
+    return { protocol: 'http1', upgrade: 'ptth', alpn: ids.length === 0 ? undefined : 'http/1.1' };
+  }
+  throw new PtthError(
+    'PTTH_ERR_UNSUPPORTED_UPGRADE',
+    `None of the offered protocols (ALPN: ${alpn ?? ''}) is served here${http2 ? '' : ': this gateway has HTTP/2 turned off'}; offer http/1.1 or PTTH/1.0 too.`,
+  );
+}
+
 /** Writes the 101 exactly as PROTOCOL.md section 3 shows it and puts the channel in service. */
-function accept(ctx: GatewayContext, req: IncomingMessage, socket: Socket, reg: Registration): void {
+function accept(ctx: GatewayContext, req: IncomingMessage, socket: Socket, reg: Registration, how: Reversal): void {
   if (socket.destroyed) return;
   const link = publicUrlFor(ctx.settings, req, reg.name);
   const location = privateUrlFor(ctx.settings, req, reg.privateId);
   socket.write(
     'HTTP/1.1 101 Switching Protocols\r\n' +
-      'Upgrade: PTTH/1.0\r\n' +
+      `Upgrade: ${how.upgrade}\r\n` +
       'Connection: Upgrade\r\n' +
+      (how.alpn === undefined ? '' : `ALPN: ${how.alpn}\r\n`) +
       `Link: <${link}>; rel="related"\r\n` +
       `Location: ${location}\r\n` +
       '\r\n',
   );
-  const channel = new Http1Channel(socket, { responseTimeout: ctx.settings.responseTimeout });
+  const s = ctx.settings;
+  const channel =
+    how.protocol === 'http2'
+      ? new Http2Channel(socket, {
+          responseTimeout: s.responseTimeout,
+          pingInterval: s.pingInterval,
+          pingTimeout: s.pingTimeout,
+          maxStreams: s.maxStreams,
+        })
+      : new Http1Channel(socket, { responseTimeout: s.responseTimeout });
   reg.addChannel(channel);
-  ctx.emit('claim', { name: reg.name, url: link, transport: 'http1', remote: channel.remote });
+  ctx.emit('claim', { name: reg.name, url: link, transport: channel.transport, remote: channel.remote });
 }
 
 function refuseRaw(ctx: GatewayContext, req: IncomingMessage, socket: Socket, err: PtthError): void {
@@ -80,6 +132,13 @@ export function claimFromUpgrade(ctx: GatewayContext, req: IncomingMessage, sock
   // RFC 9110 section 7.8: Upgrade in an HTTP/1.0 request is ignored, so it is never upgraded.
   if (req.httpVersionMajor !== 1 || req.httpVersionMinor < 1) {
     refuseRaw(ctx, req, socket, new PtthError('PTTH_ERR_HTTP10_UPGRADE'));
+    return;
+  }
+  let how: Reversal;
+  try {
+    how = negotiate(req.headers.upgrade, alpnHeader(req), ctx.settings.http2);
+  } catch (err) {
+    refuseRaw(ctx, req, socket, err as PtthError);
     return;
   }
   if (req.headers['transfer-encoding'] !== undefined) {
@@ -96,7 +155,7 @@ export function claimFromUpgrade(ctx: GatewayContext, req: IncomingMessage, sock
   readDeclaredBody(socket, head, length, ctx.settings.claimTimeout)
     .then(async (body) => {
       const reg = await register(ctx, claimParams(ctx, req, hostName, body));
-      accept(ctx, req, socket, reg);
+      accept(ctx, req, socket, reg, how);
     })
     .catch((err: unknown) => {
       refuseRaw(ctx, req, socket, isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'));
@@ -155,6 +214,13 @@ export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res:
     fail(new PtthError('PTTH_ERR_HTTP10_UPGRADE'));
     return;
   }
+  let how: Reversal;
+  try {
+    how = negotiate(req.headers.upgrade, alpnHeader(req), ctx.settings.http2);
+  } catch (err) {
+    fail(err as PtthError);
+    return;
+  }
   const nextMessage = watchNextMessage(req);
   const limit = ctx.settings.claimBodyLimit;
   const declared = Number(req.headers['content-length'] ?? 0);
@@ -209,11 +275,16 @@ export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res:
           socket.destroy();
           return;
         }
-        accept(ctx, req, socket, reg);
+        accept(ctx, req, socket, reg, how);
       },
       (err: unknown) => fail(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS')),
     );
   });
+}
+
+function alpnHeader(req: IncomingMessage): string | undefined {
+  const v = req.headers['alpn'];
+  return Array.isArray(v) ? v.join(',') : v;
 }
 
 function noop(): void {}

@@ -7,7 +7,7 @@ import { hasToken } from '../http/headers.js';
  * gateway's own endpoints; `name.domain` is the app `name`.
  */
 export type Route =
-  /** A native claim: `Upgrade: PTTH/1.0` (name from the Host when it is an app host). */
+  /** A native claim: `Upgrade: PTTH/1.0` or `ptth` (name from the Host when it is an app host). */
   | { readonly kind: 'claim'; readonly hostName: string | undefined }
   /** An ordinary request (or upgrade) for the app `name`. */
   | { readonly kind: 'visitor'; readonly name: string }
@@ -45,8 +45,9 @@ export function nameFromHost(host: string | undefined, domain: string): string |
   return h.slice(0, h.length - domain.length - 1);
 }
 
+/** `PTTH/1.0` (draft-lentczner-rhttp-00) or `ptth` (draft-kazuho-ptth-ptth) in the Upgrade list. */
 export function isPtthUpgrade(upgrade: string | undefined): boolean {
-  return hasToken(upgrade, 'PTTH/1.0');
+  return hasToken(upgrade, 'PTTH/1.0') || hasToken(upgrade, 'ptth');
 }
 
 export function classify(head: RequestHead, domain: string): Route {

@@ -23,6 +23,14 @@ export interface GatewaySettings {
   readonly queueLimit: number;
   readonly queueTimeout: number;
   readonly reconnectWait: number;
+  /** Offer reversed HTTP/2 to clients that ask for it (`Upgrade: ptth`, `ALPN: h2`). */
+  readonly http2: boolean;
+  /** Milliseconds between HTTP/2 PINGs on a reversed connection. */
+  readonly pingInterval: number;
+  /** Milliseconds a PING may go unanswered before the connection is declared dead. */
+  readonly pingTimeout: number;
+  /** Streams the gateway opens at once on one HTTP/2 channel at most. */
+  readonly maxStreams: number;
 }
 
 export interface GatewayContext {

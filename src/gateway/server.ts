@@ -36,6 +36,14 @@ export interface GatewayOptions {
   queueTimeout?: number;
   /** Milliseconds a request waits while its name has no channel, e.g. between reconnects (default 5000; 503). */
   reconnectWait?: number;
+  /** Offer reversed HTTP/2 to clients that send `Upgrade: ptth` with `ALPN: h2` (default true). */
+  http2?: boolean;
+  /** Milliseconds between HTTP/2 PINGs on a reversed HTTP/2 connection (default 30000). */
+  pingInterval?: number;
+  /** Milliseconds a PING may go unanswered before the connection is closed (default 10000). */
+  pingTimeout?: number;
+  /** Streams the gateway opens at once on one HTTP/2 channel (default 256; the app's SETTINGS may lower it). */
+  maxStreams?: number;
   /** Milliseconds a visitor has to send its request head (default 30000). */
   headersTimeout?: number;
   /** Milliseconds an idle visitor keep-alive connection stays open (default 5000). */
@@ -88,6 +96,10 @@ function settingsFrom(o: GatewayOptions): GatewaySettings {
     queueLimit: positive('queueLimit', o.queueLimit, 256),
     queueTimeout: positive('queueTimeout', o.queueTimeout, 15_000, 1),
     reconnectWait: positive('reconnectWait', o.reconnectWait, 5_000, 1),
+    http2: o.http2 ?? true,
+    pingInterval: positive('pingInterval', o.pingInterval, 30_000, 1),
+    pingTimeout: positive('pingTimeout', o.pingTimeout, 10_000, 1),
+    maxStreams: positive('maxStreams', o.maxStreams, 256, 1),
   };
 }
 

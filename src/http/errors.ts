@@ -18,6 +18,11 @@ export const ERRORS = {
     status: 502,
     message: 'The connection to the app was lost before its response was complete.',
   },
+  PTTH_ERR_UPGRADE_UNSUPPORTED: {
+    status: 502,
+    message:
+      "The app's channels cannot carry this upgrade: they are HTTP/2 without extended CONNECT (RFC 8441). An app that takes WebSockets keeps an HTTP/1.1 channel too.",
+  },
   PTTH_ERR_BAD_NAME: {
     status: 400,
     message: 'A name must be one DNS label: 1 to 63 letters, digits or hyphens, not starting or ending with a hyphen.',
@@ -56,6 +61,17 @@ export const ERRORS = {
   PTTH_ERR_METHOD_NOT_ALLOWED: { status: 405, message: 'This method is not allowed on this endpoint.' },
   PTTH_ERR_NO_ENDPOINT: { status: 404, message: 'The gateway has no endpoint at this path.' },
   PTTH_ERR_SHUTTING_DOWN: { status: 503, message: 'The gateway is shutting down.' },
+  PTTH_ERR_BODY_TOO_LARGE: {
+    status: 413,
+    message: 'The body is larger than this gateway buffers for a Comet exchange (--buffer-limit).',
+  },
+  PTTH_ERR_UNKNOWN_REQUEST_URL: {
+    status: 404,
+    message: 'No Comet request URL by this address (its registration may have ended, or its request was answered).',
+  },
+  PTTH_ERR_INVALID_REPLY: { status: 400, message: 'The reply is not a valid HTTP response message.' },
+  PTTH_ERR_RELEASED: { status: 410, message: 'The registration was released while this poll waited.' },
+  PTTH_ERR_NOT_WEBSOCKET: { status: 400, message: 'A WebSocket channel needs a valid WebSocket handshake (RFC 6455 section 4.1).' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

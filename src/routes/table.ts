@@ -134,7 +134,11 @@ export class Registration {
     this.requests++;
     const ch = this.#waiting === 0 ? this.#pick(true) : undefined;
     if (ch) ch.upgrade(ex);
-    else this.#enqueue({ upgrade: true, ex, timer: undefined, gone: false });
+    else if (this.channels.length > 0 && !this.channels.some((c) => c.upgradable)) {
+      // Waiting would not help: no live channel of this app can ever carry an upgrade.
+      ex.fail(new PtthError('PTTH_ERR_UPGRADE_UNSUPPORTED'));
+      ex.done();
+    } else this.#enqueue({ upgrade: true, ex, timer: undefined, gone: false });
   }
 
   #enqueue(p: Pending): void {

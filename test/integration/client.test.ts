@@ -40,7 +40,7 @@ describe('Node client: listen()', () => {
 
   it('keeps the configured number of connections, all under one gateway-assigned name', async () => {
     const gw = await gateway();
-    const t = await app(gw.port, (_req, res) => res.end('ok'), { connections: 3 });
+    const t = await app(gw.port, (_req, res) => res.end('ok'), { connections: 3, http1: true });
     expect(t.name).toMatch(/^[a-z][a-z0-9]{11}$/);
     await until(() => gw.gateway.table.lookup(t.name as string)?.channels.length === 3, 3_000, '3 channels');
     expect(t.connections).toBe(3);
@@ -49,7 +49,7 @@ describe('Node client: listen()', () => {
 
   it('replaces a connection the gateway closes', async () => {
     const gw = await gateway();
-    const t = await app(gw.port, (_req, res) => res.end('ok'), { name: 'heal', connections: 2 });
+    const t = await app(gw.port, (_req, res) => res.end('ok'), { name: 'heal', connections: 2, http1: true });
     const reg = gw.gateway.table.lookup('heal');
     await until(() => reg?.channels.length === 2);
     const first = reg?.channels[0];

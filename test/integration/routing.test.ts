@@ -48,8 +48,10 @@ function g(): TestGateway {
   return gw;
 }
 
+// These tests pin down reversed HTTP/1.1 (raw header case, one request per connection); the
+// HTTP/2 path has its own file (http2.test.ts).
 async function app(target: http.RequestListener | http.Server, options: Parameters<typeof startApp>[2] = {}): Promise<Tunnel> {
-  const t = await startApp(g().port, target, options);
+  const t = await startApp(g().port, target, { http1: true, ...options });
   apps.push(t);
   return t;
 }

@@ -1,0 +1,364 @@
+import { createHash } from 'node:crypto';
+import {
+  connect,
+  constants,
+  type ClientHttp2Session,
+  type ClientHttp2Stream,
+  type IncomingHttpHeaders,
+  type IncomingHttpStatusHeader,
+  type OutgoingHttpHeaders,
+} from 'node:http2';
+import type { Socket } from 'node:net';
+import { pipeline } from 'node:stream';
+import { PtthError } from '../http/errors.js';
+import { hasToken } from '../http/headers.js';
+import { rawHead, splice } from '../http/relay.js';
+import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
+
+export interface Http2ChannelOptions {
+  /** Milliseconds from the end of the request body to the app's response head (504 past it). */
+  readonly responseTimeout: number;
+  /** Milliseconds between HTTP/2 PINGs on this connection. */
+  readonly pingInterval: number;
+  /** Milliseconds a PING may go unanswered before the connection is declared dead. */
+  readonly pingTimeout: number;
+  /** Streams the gateway opens at once at most, whatever the app's SETTINGS allow. */
+  readonly maxStreams: number;
+}
+
+/** RFC 8441 section 5 / RFC 6455 section 1.3. */
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+const { NGHTTP2_CANCEL } = constants;
+/** Before the app's SETTINGS arrive (RFC 9113 section 6.5.2 recommends at least 100). */
+const ASSUMED_STREAMS = 100;
+/** Per-stream and connection receive windows: large enough to stream at loopback speed. */
+const STREAM_WINDOW = 1 << 20;
+const SESSION_WINDOW = 16 << 20;
+
+/** Converts the forward-ready flat header list into an HTTP/2 header object (lower-case names). */
+function h2Headers(raw: readonly string[], pseudo: OutgoingHttpHeaders): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = pseudo;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = (raw[i] as string).toLowerCase();
+    const value = raw[i + 1] as string;
+    if (name === 'host') continue; // carried as :authority (RFC 9113 section 8.3.1)
+    const prev = out[name];
+    if (prev === undefined) out[name] = value;
+    else if (name === 'cookie') out[name] = `${String(prev)}; ${value}`; // RFC 9113 section 8.2.3
+    else if (Array.isArray(prev)) prev.push(value);
+    else out[name] = [String(prev), value];
+  }
+  return out;
+}
+
+/** An HTTP/2 response header object as a flat list for node:http's writeHead (pseudo-headers dropped). */
+function flatResponseHeaders(headers: IncomingHttpHeaders): string[] {
+  const out: string[] = [];
+  for (const name of Object.keys(headers)) {
+    if (name.charCodeAt(0) === 58 /* : */) continue;
+    const value = headers[name];
+    if (value === undefined) continue;
+    if (Array.isArray(value)) for (const v of value) out.push(name, v);
+    else out.push(name, String(value));
+  }
+  return out;
+}
+
+function hostOf(raw: readonly string[]): string | undefined {
+  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === 'host') return raw[i + 1];
+  return undefined;
+}
+
+/**
+ * A reversed HTTP/2 connection (draft-kazuho-ptth-ptth): after the 101 the gateway speaks HTTP/2
+ * with prior knowledge as the client (node:http2 over the claimed socket), visitors' requests as
+ * concurrent streams with HTTP/2 flow control end to end.
+ */
+export class Http2Channel implements Channel {
+  readonly id = channelId();
+  readonly transport = 'http2' as const;
+  readonly remote: string;
+  readonly openedAt = Date.now();
+  events: ChannelEvents | undefined;
+  #session: ClientHttp2Session;
+  #socket: Socket;
+  #options: Http2ChannelOptions;
+  #active = 0;
+  #served = 0;
+  #closed = false;
+  #draining = false;
+  /** The app's SETTINGS have arrived. */
+  #settled = false;
+  #ping: NodeJS.Timeout | undefined;
+  #pingDeadline: NodeJS.Timeout | undefined;
+
+  constructor(socket: Socket, options: Http2ChannelOptions) {
+    this.#socket = socket;
+    this.#options = options;
+    this.remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
+    socket.setNoDelay(true);
+    socket.setTimeout(0);
+    socket.on('error', noop);
+    // node:http servers allow half-open sockets: the app's FIN alone would leave the session open.
+    socket.on('end', () => socket.end());
+    this.#session = connect('http://ptth.invalid', {
+      createConnection: () => socket,
+      settings: { enablePush: false, initialWindowSize: STREAM_WINDOW },
+    });
+    const session = this.#session;
+    session.on('error', noop);
+    session.on('connect', () => session.setLocalWindowSize(SESSION_WINDOW));
+    session.on('remoteSettings', () => {
+      this.#settled = true;
+      if (!this.#closed) this.events?.available(this);
+    });
+    // The app is going away: finish what is in flight, take nothing new.
+    session.on('goaway', () => {
+      this.#draining = true;
+    });
+    session.on('close', this.#onClose);
+    socket.once('close', this.#onClose);
+    this.#ping = setInterval(this.#sendPing, options.pingInterval);
+    this.#ping.unref();
+  }
+
+  get active(): number {
+    return this.#active;
+  }
+  get served(): number {
+    return this.#served;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
+  /** Streams the app allows at once (its SETTINGS_MAX_CONCURRENT_STREAMS), capped by the gateway. */
+  get capacity(): number {
+    const remote = this.#settled ? this.#session.remoteSettings.maxConcurrentStreams : undefined;
+    return Math.min(this.#options.maxStreams, remote ?? ASSUMED_STREAMS);
+  }
+  get available(): boolean {
+    return !this.#closed && !this.#draining && this.#active < this.capacity;
+  }
+  /** RFC 8441: the app said it accepts extended CONNECT. */
+  get upgradable(): boolean {
+    return this.#settled && this.#session.remoteSettings.enableConnectProtocol === true;
+  }
+
+  #sendPing = (): void => {
+    if (this.#closed || this.#pingDeadline) return;
+    this.#pingDeadline = setTimeout(() => {
+      // No PING ACK in time: the peer is gone even if TCP has not noticed.
+      this.#session.destroy(new Error('HTTP/2 PING timed out'));
+      this.#socket.destroy();
+    }, this.#options.pingTimeout);
+    this.#pingDeadline.unref();
+    const sent = this.#session.ping((err) => {
+      if (this.#pingDeadline) clearTimeout(this.#pingDeadline);
+      this.#pingDeadline = undefined;
+      if (err && !this.#closed) this.#session.destroy(err);
+    });
+    if (!sent) {
+      clearTimeout(this.#pingDeadline);
+      this.#pingDeadline = undefined;
+    }
+  };
+
+  #onClose = (): void => {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#ping) clearInterval(this.#ping);
+    if (this.#pingDeadline) clearTimeout(this.#pingDeadline);
+    this.#session.destroy();
+    this.#socket.destroy();
+    this.events?.closed(this);
+  };
+
+  /** GOAWAY: streams in flight finish, then the connection closes (the client reconnects). */
+  close(): void {
+    if (this.#closed) return;
+    this.#draining = true;
+    this.#session.close();
+    const timer = setTimeout(() => this.#socket.destroy(), 5_000);
+    timer.unref();
+  }
+
+  #open(headers: OutgoingHttpHeaders, endStream: boolean): ClientHttp2Stream {
+    return this.#session.request(headers, { endStream });
+  }
+
+  dispatch(ex: Exchange): void {
+    this.#active++;
+    const { req, res } = ex;
+    let finished = false;
+    let timer: NodeJS.Timeout | undefined;
+    const finish = (): void => {
+      if (finished) return;
+      finished = true;
+      if (timer) clearTimeout(timer);
+      this.#active--;
+      this.#served++;
+      ex.done();
+      if (!this.#closed && !this.#draining) this.events?.available(this);
+    };
+    const bodyless = req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined;
+    const encrypted = (req.socket as { encrypted?: boolean }).encrypted === true;
+    let stream: ClientHttp2Stream;
+    try {
+      const headers = h2Headers(ex.headers, {
+        ':method': req.method ?? 'GET',
+        ':path': req.url ?? '/',
+        ':scheme': encrypted ? 'https' : 'http',
+        ':authority': hostOf(ex.headers) ?? 'localhost',
+      });
+      stream = this.#open(headers, bodyless);
+    } catch (err) {
+      ex.fail(new PtthError('PTTH_ERR_BAD_PARAMS', `The request could not be forwarded over HTTP/2: ${(err as Error).message}`));
+      finish();
+      return;
+    }
+    let responded = false;
+    const startTimer = (): void => {
+      if (responded || finished) return;
+      timer = setTimeout(() => {
+        ex.fail(new PtthError('PTTH_ERR_APP_TIMEOUT'));
+        stream.close(NGHTTP2_CANCEL);
+        finish();
+      }, this.#options.responseTimeout);
+    };
+
+    stream.on('response', (headers: IncomingHttpHeaders & IncomingHttpStatusHeader) => {
+      responded = true;
+      if (timer) clearTimeout(timer);
+      const status = Number(headers[':status'] ?? 502);
+      try {
+        res.writeHead(status, flatResponseHeaders(headers));
+      } catch (err) {
+        stream.close(NGHTTP2_CANCEL);
+        ex.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's response headers could not be relayed: ${(err as Error).message}`));
+        finish();
+        return;
+      }
+      // A slow visitor slows only this stream: pipeline stops reading, HTTP/2 flow control holds the app.
+      pipeline(stream, res, (err) => {
+        if (err) res.destroy();
+        finish();
+      });
+    });
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (finished || responded) return;
+      ex.fail(
+        err.code === 'ERR_HTTP2_STREAM_ERROR' && !this.#closed
+          ? new PtthError('PTTH_ERR_BAD_RESPONSE', `The app reset the stream (${err.message}).`)
+          : new PtthError('PTTH_ERR_CHANNEL_LOST'),
+      );
+      finish();
+    });
+    stream.on('close', () => {
+      if (!responded && !finished) {
+        ex.fail(new PtthError('PTTH_ERR_CHANNEL_LOST'));
+        finish();
+      }
+    });
+    res.on('close', () => {
+      // The visitor left: cancel this stream only; the connection carries on.
+      if (!res.writableFinished && !finished) {
+        stream.close(NGHTTP2_CANCEL);
+        finish();
+      }
+    });
+    if (bodyless) {
+      req.resume();
+      startTimer();
+    } else {
+      pipeline(req, stream, (err) => {
+        if (err) {
+          if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
+          if (!finished) finish();
+          return;
+        }
+        startTimer();
+      });
+    }
+  }
+
+  /** A visitor's WebSocket upgrade as RFC 8441 extended CONNECT; the gateway writes the 101. */
+  upgrade(ex: UpgradeExchange): void {
+    const { req, socket: visitor } = ex;
+    const key = req.headers['sec-websocket-key'];
+    if (!hasToken(req.headers.upgrade, 'websocket') || typeof key !== 'string') {
+      ex.fail(new PtthError('PTTH_ERR_UPGRADE_UNSUPPORTED', 'Over HTTP/2 the gateway can only carry WebSocket upgrades (RFC 8441).'));
+      ex.done();
+      if (!this.#closed) this.events?.available(this);
+      return;
+    }
+    this.#active++;
+    let finished = false;
+    const finish = (): void => {
+      if (finished) return;
+      finished = true;
+      this.#active--;
+      this.#served++;
+      ex.done();
+      if (!this.#closed && !this.#draining) this.events?.available(this);
+    };
+    const raw = ex.headers.filter((_, i, a) => {
+      const n = (a[i - (i % 2)] as string).toLowerCase();
+      return n !== 'sec-websocket-key' && n !== 'connection' && n !== 'upgrade';
+    });
+    let stream: ClientHttp2Stream;
+    try {
+      stream = this.#open(
+        h2Headers(raw, {
+          ':method': 'CONNECT',
+          ':protocol': 'websocket',
+          ':scheme': (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http',
+          ':path': req.url ?? '/',
+          ':authority': hostOf(ex.headers) ?? 'localhost',
+        }),
+        false,
+      );
+    } catch (err) {
+      ex.fail(new PtthError('PTTH_ERR_BAD_PARAMS', `The upgrade could not be forwarded: ${(err as Error).message}`));
+      finish();
+      return;
+    }
+    const timer = setTimeout(() => {
+      ex.fail(new PtthError('PTTH_ERR_APP_TIMEOUT'));
+      stream.close(NGHTTP2_CANCEL);
+      finish();
+    }, this.#options.responseTimeout);
+    visitor.on('error', noop);
+    stream.on('error', noop);
+    visitor.once('close', () => {
+      clearTimeout(timer);
+      if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
+      finish();
+    });
+    stream.on('response', (headers: IncomingHttpHeaders & IncomingHttpStatusHeader) => {
+      clearTimeout(timer);
+      const status = Number(headers[':status'] ?? 502);
+      const flat = flatResponseHeaders(headers);
+      if (status >= 200 && status < 300) {
+        const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64');
+        visitor.write(
+          rawHead(101, 'Switching Protocols', ['Upgrade', 'websocket', 'Connection', 'Upgrade', 'Sec-WebSocket-Accept', accept, ...flat]),
+        );
+        splice(visitor, stream, finish);
+        return;
+      }
+      // The app declined: relay its answer and close the visitor's connection.
+      const kept = flat.filter((_, i, a) => (a[i - (i % 2)] as string).toLowerCase() !== 'content-length');
+      visitor.write(rawHead(status, undefined, kept, 'Connection: close\r\n'));
+      pipeline(stream, visitor, finish);
+    });
+    stream.on('close', () => {
+      clearTimeout(timer);
+      if (!finished && !visitor.destroyed && visitor.writable && stream.rstCode !== undefined && stream.rstCode !== 0) {
+        ex.fail(new PtthError('PTTH_ERR_CHANNEL_LOST'));
+      }
+      finish();
+    });
+  }
+}
+
+function noop(): void {}
