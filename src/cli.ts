@@ -38,6 +38,10 @@ program
   .option('--claim-timeout <ms>', 'time a claimant has to send its declared body', int(1), 10_000)
   .option('--headers-timeout <ms>', 'time a visitor has to send its request head', int(1), 30_000)
   .option('--keep-alive-timeout <ms>', 'how long an idle visitor connection stays open', int(0), 5_000)
+  .option('--no-http2', 'never offer reversed HTTP/2 (Upgrade: ptth with ALPN: h2); clients get PTTH/1.0')
+  .option('--max-streams <n>', 'streams the gateway opens at once on one reversed HTTP/2 connection', int(1), 256)
+  .option('--ping-interval <ms>', 'time between HTTP/2 PINGs on reversed HTTP/2 connections', int(1), 30_000)
+  .option('--ping-timeout <ms>', 'time a PING may go unanswered before the connection is closed', int(1), 10_000)
   .option('-v, --verbose', 'print one line per visitor request')
   .option('-q, --quiet', 'print only the start-up lines and errors')
   .action(async (o: Record<string, unknown>) => {
@@ -53,6 +57,10 @@ program
       claimTimeout: o['claimTimeout'] as number,
       headersTimeout: o['headersTimeout'] as number,
       keepAliveTimeout: o['keepAliveTimeout'] as number,
+      http2: o['http2'] !== false,
+      maxStreams: o['maxStreams'] as number,
+      pingInterval: o['pingInterval'] as number,
+      pingTimeout: o['pingTimeout'] as number,
     };
     if (o['publicUrl'] !== undefined) options.publicUrl = o['publicUrl'] as string;
     let gateway;
@@ -109,8 +117,9 @@ program
   .option('-n, --name <name>', 'name to claim (default: the gateway picks one)')
   .option('-t, --token <token>', 'secret that holds the name across restarts (default: random per run)')
   .option('-l, --lease <seconds>', 'how long the gateway keeps the name while disconnected', int(0))
-  .option('-c, --connections <n>', 'reversed connections to keep open', int(1), 4)
+  .option('-c, --connections <n>', 'reversed HTTP/1.1 connections to keep open (over HTTP/2 one connection multiplexes)', int(1), 4)
   .option('--rewrite-host', 'send the local service its own Host instead of the public one')
+  .option('--http1', 'speak only PTTH/1.0 (reversed HTTP/1.1), even when the gateway offers HTTP/2')
   .addOption(new Option('--insecure', 'do not verify the gateway\'s TLS certificate'))
   .action(async (spec: string, o: Record<string, unknown>) => {
     let target: URL;
@@ -130,6 +139,7 @@ program
         ...(o['token'] !== undefined ? { token: o['token'] as string } : {}),
         ...(o['lease'] !== undefined ? { lease: o['lease'] as number } : {}),
         ...(o['insecure'] === true ? { rejectUnauthorized: false } : {}),
+        ...(o['http1'] === true ? { http1: true } : {}),
       });
     } catch (e) {
       err(`ptth-proxy connect: ${(e as Error).message}`);
@@ -137,7 +147,10 @@ program
     }
     let wasOnline = false;
     tunnel.on('online', (url) => {
-      if (!wasOnline) out(`Forwarding ${url} -> ${target.origin}${target.pathname === '/' ? '' : target.pathname}`);
+      if (!wasOnline) {
+        const over = tunnel.protocol === 'h2' ? 'reversed HTTP/2' : 'reversed HTTP/1.1';
+        out(`Forwarding ${url} -> ${target.origin}${target.pathname === '/' ? '' : target.pathname} (${over})`);
+      }
       else out(`${time()} back online`);
       wasOnline = true;
     });

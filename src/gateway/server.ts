@@ -9,11 +9,12 @@ import { claimFromRequest, claimFromUpgrade } from './claim.js';
 import { classify } from './classify.js';
 import type { GatewayContext, GatewaySettings } from './context.js';
 import { handleEndpoint, type GatewayInfo } from './endpoints.js';
+import { BrowserEndpoints, type BrowserOptions } from './browser.js';
 import { forwardRequest, forwardUpgrade } from './forward.js';
 import { VERSION } from '../version.js';
 
 /** Options of `createGateway`; every field has a default a public gateway can live with. */
-export interface GatewayOptions {
+export interface GatewayOptions extends BrowserOptions {
   /** Apps are served at `name.domain` (default `localhost`). */
   domain?: string;
   /** Base of advertised URLs behind a proxy or TLS terminator, e.g. `https://tunnel.example.com`. */
@@ -113,7 +114,9 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   readonly table: RouteTable;
   readonly settings: GatewaySettings;
   #ctx: GatewayContext;
-  #info: GatewayInfo = { version: VERSION, startedAt: Date.now() };
+  #info: GatewayInfo;
+  /** Comet, the WebSocket channel and /ptth.js (PROTOCOL.md section 4). */
+  readonly browser: BrowserEndpoints;
   #closing = false;
   #sockets = new Set<Socket>();
 
@@ -134,6 +137,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       (this.emit as (e: string, ...a: unknown[]) => boolean)(event, ...args);
     };
     this.#ctx = { settings: s, table: this.table, emit, observed };
+    this.browser = new BrowserEndpoints(this.#ctx, options);
+    this.#info = { version: VERSION, startedAt: Date.now(), browser: this.browser };
     (this as EventEmitter).on('newListener', (event: string | symbol) => {
       if (event === 'request') observed.requests = true;
     });
@@ -183,11 +188,18 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       claimFromUpgrade(ctx, req, socket, head, route.hostName);
     } else if (route.kind === 'visitor') {
       forwardUpgrade(ctx, req, socket, head, route.name);
+    } else if (route.kind === 'websocket') {
+      if (this.#closing) {
+        socket.on('error', noop);
+        writeRawError(socket, new PtthError('PTTH_ERR_SHUTTING_DOWN'), req.headers.accept);
+        return;
+      }
+      this.browser.upgrade(req, socket, head);
     } else {
       socket.on('error', noop);
       writeRawError(
         socket,
-        new PtthError('PTTH_ERR_UNSUPPORTED_UPGRADE', `The gateway host only upgrades to PTTH/1.0, not to ${JSON.stringify(req.headers.upgrade ?? '')}.`),
+        new PtthError('PTTH_ERR_UNSUPPORTED_UPGRADE', `The gateway host only upgrades to PTTH/1.0 or ptth, not to ${JSON.stringify(req.headers.upgrade ?? '')}.`),
         req.headers.accept,
       );
     }

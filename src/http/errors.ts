@@ -43,7 +43,7 @@ export const ERRORS = {
   },
   PTTH_ERR_UNSUPPORTED_UPGRADE: {
     status: 400,
-    message: 'The gateway only upgrades to PTTH/1.0 here.',
+    message: 'The gateway only upgrades to PTTH/1.0 or ptth here.',
   },
   PTTH_ERR_CHUNKED_CLAIM: {
     status: 400,
