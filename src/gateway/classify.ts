@@ -12,7 +12,9 @@ export type Route =
   /** An ordinary request (or upgrade) for the app `name`. */
   | { readonly kind: 'visitor'; readonly name: string }
   /** The gateway's own endpoints. */
-  | { readonly kind: 'gateway' };
+  | { readonly kind: 'gateway' }
+  /** A WebSocket channel claim (PROTOCOL.md section 4): `Upgrade: websocket` on the gateway host. */
+  | { readonly kind: 'websocket' };
 
 export interface RequestHead {
   readonly host: string | undefined;
@@ -20,6 +22,7 @@ export interface RequestHead {
 }
 
 const GATEWAY: Route = { kind: 'gateway' };
+const WEBSOCKET: Route = { kind: 'websocket' };
 
 /** Strips the port from a Host value (`[::1]:8080`, `foo.localhost:8080`) and lower-cases it. */
 export function hostname(host: string): string {
@@ -53,6 +56,6 @@ export function isPtthUpgrade(upgrade: string | undefined): boolean {
 export function classify(head: RequestHead, domain: string): Route {
   const name = nameFromHost(head.host, domain);
   if (head.upgrade !== undefined && isPtthUpgrade(head.upgrade)) return { kind: 'claim', hostName: name };
-  if (name === undefined) return GATEWAY;
+  if (name === undefined) return head.upgrade !== undefined && hasToken(head.upgrade, 'websocket') ? WEBSOCKET : GATEWAY;
   return { kind: 'visitor', name };
 }

@@ -22,6 +22,8 @@ function cors(req: IncomingMessage, res: ServerResponse): void {
 export interface GatewayInfo {
   readonly version: string;
   readonly startedAt: number;
+  /** Comet (`/reversehttp`) and the browser library (`/ptth.js`). */
+  readonly browser?: { handle(req: IncomingMessage, res: ServerResponse, path: string): boolean };
 }
 
 export function handleEndpoint(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage, res: ServerResponse): void {
@@ -39,6 +41,7 @@ export function handleEndpoint(ctx: GatewayContext, info: GatewayInfo, req: Inco
     req.resume();
     return;
   }
+  if (info.browser?.handle(req, res, path)) return;
   if (path === '/') {
     if (req.method !== 'GET' && req.method !== 'HEAD') return methodNotAllowed(req, res, 'GET, HEAD');
     req.resume();

@@ -1,0 +1,394 @@
+import { STATUS_CODES } from 'node:http';
+import type WebSocket from 'ws';
+import { PtthError } from '../http/errors.js';
+import { requestingClient, withoutHopByHop } from '../http/headers.js';
+import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
+
+/**
+ * The WebSocket channel: many visitor requests at once over one WebSocket, each a stream with an id.
+ * The framing is documented in the README ("WebSocket channel framing"):
+ *
+ *  - text frames carry JSON control messages, `t` says which:
+ *      gateway -> app  `hello`    {v, name, url, location, window, maxStreams}   once, first
+ *      gateway -> app  `request`  {id, method, url, version, headers, client, body}
+ *      app -> gateway  `response` {id, status, statusText, headers, body}
+ *      both ways       `credit`   {id, bytes}   the receiver consumed `bytes` of the stream's body
+ *      both ways       `abort`    {id, message} the sender gives the stream up
+ *    `headers` is a flat [name, value, name, value...] list; `body: false` means no body frames follow.
+ *  - binary frames carry body bytes: 1 byte of flags (bit 0: END, the last frame of this body), the
+ *    stream id as a 32-bit big-endian integer, then up to 64 KiB of payload.
+ *
+ * Flow control: each direction of each stream may have `window` bytes in flight; the receiver returns
+ * credit as it consumes them (the gateway: once the visitor's socket took them). On top, the gateway
+ * stops reading visitors while the WebSocket's own send buffer is over a high-water mark.
+ */
+
+export const WS_PROTOCOL = 'ptth.v1';
+export const FLAG_END = 0x01;
+export const FRAME_HEADER = 5;
+export const MAX_CHUNK = 64 * 1024;
+
+export interface WebSocketChannelOptions {
+  /** Milliseconds from the end of the request body to the app's response head (504). */
+  readonly responseTimeout: number;
+  /** Requests in flight at once on the channel. */
+  readonly maxStreams: number;
+  /** Bytes of body in flight per stream and direction before credit comes back. */
+  readonly window: number;
+  /** Milliseconds between pings; a peer that misses one is gone. */
+  readonly pingInterval: number;
+}
+
+/** Unsent bytes over which the gateway stops reading from visitors until the socket drains. */
+const HIGH_WATER = 1024 * 1024;
+
+interface Stream {
+  readonly id: number;
+  readonly ex: Exchange;
+  /** Bytes the gateway may still send the app. */
+  credit: number;
+  /** Request body chunks waiting for credit or for the socket to drain. */
+  readonly out: Buffer[];
+  requestEnded: boolean;
+  requestSent: boolean;
+  responded: boolean;
+  /** Response bytes received and not yet credited back. */
+  unacked: number;
+  /** The visitor's socket is full: credit waits for its 'drain'. */
+  draining: boolean;
+  timer: NodeJS.Timeout | undefined;
+  finished: boolean;
+}
+
+export function encodeFrame(id: number, flags: number, payload: Buffer | undefined): Buffer {
+  const frame = Buffer.allocUnsafe(FRAME_HEADER + (payload?.length ?? 0));
+  frame[0] = flags;
+  frame.writeUInt32BE(id, 1);
+  if (payload) payload.copy(frame, FRAME_HEADER);
+  return frame;
+}
+
+function isHeaderList(v: unknown): v is string[] {
+  return Array.isArray(v) && v.length % 2 === 0 && v.every((x) => typeof x === 'string');
+}
+
+export class WebSocketChannel implements Channel {
+  readonly id = channelId();
+  readonly transport = 'websocket' as const;
+  readonly remote: string;
+  readonly openedAt = Date.now();
+  readonly upgradable = false;
+  events: ChannelEvents | undefined;
+  #ws: WebSocket;
+  #options: WebSocketChannelOptions;
+  #streams = new Map<number, Stream>();
+  #nextId = 1;
+  #served = 0;
+  #closed = false;
+  #alive = true;
+  #ping: NodeJS.Timeout;
+  /** Streams with request bytes waiting for the socket to drain. */
+  #blocked = new Set<Stream>();
+
+  constructor(ws: WebSocket, remote: string, options: WebSocketChannelOptions) {
+    this.#ws = ws;
+    this.remote = remote;
+    this.#options = options;
+    ws.on('message', this.#onMessage);
+    ws.on('close', this.#onClose);
+    ws.on('error', noop);
+    ws.on('pong', () => {
+      this.#alive = true;
+    });
+    this.#ping = setInterval(() => {
+      if (!this.#alive) {
+        ws.terminate();
+        return;
+      }
+      this.#alive = false;
+      ws.ping();
+    }, options.pingInterval);
+    this.#ping.unref();
+  }
+
+  get active(): number {
+    return this.#streams.size;
+  }
+  get served(): number {
+    return this.#served;
+  }
+  get available(): boolean {
+    return !this.#closed && this.#streams.size < this.#options.maxStreams;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** The first message: where the app is served, and the flow-control parameters. */
+  hello(info: { name: string; url: string; location: string }): void {
+    this.#json({ t: 'hello', v: 1, ...info, window: this.#options.window, maxStreams: this.#options.maxStreams });
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#ws.close(1001, 'registration released');
+    // A peer that never answers the close handshake is cut off.
+    const t = setTimeout(() => this.#ws.terminate(), 2_000);
+    t.unref();
+    this.#onClose();
+  }
+
+  #json(msg: Record<string, unknown>): void {
+    if (this.#ws.readyState === this.#ws.OPEN) this.#ws.send(JSON.stringify(msg));
+  }
+
+  /** Protocol violations end the channel (RFC 6455 section 7.4.1: 1002 protocol error). */
+  #violation(why: string): void {
+    if (this.#ws.readyState === this.#ws.OPEN) this.#ws.close(1002, why.slice(0, 120));
+    this.#onClose();
+  }
+
+  dispatch(ex: Exchange): void {
+    const { req, res } = ex;
+    const id = this.#nextId;
+    this.#nextId = this.#nextId >= 0xffffffff ? 1 : this.#nextId + 1;
+    const hasBody = req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
+    const s: Stream = {
+      id,
+      ex,
+      credit: this.#options.window,
+      out: [],
+      requestEnded: !hasBody,
+      requestSent: !hasBody,
+      responded: false,
+      unacked: 0,
+      draining: false,
+      timer: undefined,
+      finished: false,
+    };
+    this.#streams.set(id, s);
+    const socket = req.socket;
+    let address = socket.remoteAddress ?? '';
+    if (address.startsWith('::ffff:') && address.includes('.')) address = address.slice(7);
+    this.#json({
+      t: 'request',
+      id,
+      method: req.method,
+      url: req.url,
+      version: req.httpVersion,
+      headers: ex.headers,
+      client: requestingClient(address, socket.remotePort ?? 0),
+      body: hasBody,
+    });
+    res.once('close', () => {
+      if (s.finished) return;
+      // The visitor left before its response was complete.
+      this.#json({ t: 'abort', id, message: 'the visitor closed the connection' });
+      this.#finish(s);
+    });
+    if (hasBody) {
+      req.on('data', (chunk: Buffer) => {
+        if (s.finished) return;
+        s.out.push(chunk);
+        req.pause();
+        this.#pump(s);
+      });
+      req.on('end', () => {
+        if (s.finished) return;
+        s.requestEnded = true;
+        this.#pump(s);
+      });
+      req.on('error', () => {
+        if (s.finished) return;
+        this.#json({ t: 'abort', id, message: 'the visitor\'s request body failed' });
+        this.#finish(s);
+      });
+    } else {
+      req.resume();
+      this.#armResponseTimer(s);
+    }
+  }
+
+  upgrade(ex: UpgradeExchange): void {
+    // Never picked (upgradable is false).
+    ex.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', 'The app serves over a WebSocket channel, which does not carry upgrades.'));
+    ex.done();
+  }
+
+  /** Sends what credit and the socket's buffer allow; resumes the visitor once its chunks are out. */
+  #pump(s: Stream): void {
+    if (s.finished || this.#closed) return;
+    const ws = this.#ws;
+    while (s.out.length > 0 && s.credit > 0) {
+      if (ws.bufferedAmount > HIGH_WATER) {
+        this.#blocked.add(s);
+        return;
+      }
+      const chunk = s.out[0] as Buffer;
+      const n = Math.min(chunk.length, s.credit, MAX_CHUNK);
+      const piece = n === chunk.length ? chunk : chunk.subarray(0, n);
+      if (n === chunk.length) s.out.shift();
+      else s.out[0] = chunk.subarray(n);
+      s.credit -= n;
+      ws.send(encodeFrame(s.id, 0, piece), { binary: true }, this.#onSent);
+    }
+    if (s.out.length > 0) return; // waiting for credit
+    if (!s.requestEnded) {
+      s.ex.req.resume();
+      return;
+    }
+    if (!s.requestSent) {
+      s.requestSent = true;
+      ws.send(encodeFrame(s.id, FLAG_END, undefined), { binary: true });
+      this.#armResponseTimer(s);
+    }
+  }
+
+  #onSent = (): void => {
+    if (this.#blocked.size === 0 || this.#ws.bufferedAmount > HIGH_WATER) return;
+    const blocked = [...this.#blocked];
+    this.#blocked.clear();
+    for (const s of blocked) this.#pump(s);
+  };
+
+  #armResponseTimer(s: Stream): void {
+    if (s.responded || s.finished) return;
+    s.timer = setTimeout(() => {
+      if (s.responded || s.finished) return;
+      this.#json({ t: 'abort', id: s.id, message: 'response timeout' });
+      s.ex.fail(new PtthError('PTTH_ERR_APP_TIMEOUT'));
+      this.#finish(s);
+    }, this.#options.responseTimeout);
+  }
+
+  #finish(s: Stream): void {
+    if (s.finished) return;
+    s.finished = true;
+    if (s.timer) clearTimeout(s.timer);
+    s.out.length = 0;
+    this.#blocked.delete(s);
+    // A body the app no longer wants (it answered early, or the stream failed) is drained, not left paused.
+    if (!s.requestEnded) s.ex.req.resume();
+    const wasAvailable = this.available;
+    this.#streams.delete(s.id);
+    this.#served++;
+    s.ex.done();
+    if (!wasAvailable && this.available) this.events?.available(this);
+  }
+
+  #onMessage = (data: WebSocket.RawData, isBinary: boolean): void => {
+    this.#alive = true;
+    const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
+    if (isBinary) this.#onData(buf);
+    else this.#onControl(buf);
+  };
+
+  #onControl(buf: Buffer): void {
+    let msg: Record<string, unknown>;
+    try {
+      const parsed: unknown = JSON.parse(buf.toString('utf8'));
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not an object');
+      msg = parsed as Record<string, unknown>;
+    } catch {
+      return this.#violation('control frames are JSON objects');
+    }
+    const id = msg['id'];
+    if (typeof id !== 'number') return this.#violation('control frames carry a numeric id');
+    // Frames for a stream that just ended (the visitor left, a timeout) cross in flight: ignored.
+    const s = this.#streams.get(id);
+    switch (msg['t']) {
+      case 'response':
+        if (s) this.#onResponse(s, msg);
+        return;
+      case 'credit': {
+        const bytes = msg['bytes'];
+        if (typeof bytes !== 'number' || !Number.isInteger(bytes) || bytes <= 0) return this.#violation('credit needs a positive byte count');
+        if (!s) return;
+        s.credit += bytes;
+        this.#pump(s);
+        return;
+      }
+      case 'abort':
+        if (!s) return;
+        s.ex.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', `The app gave up on the request${typeof msg['message'] === 'string' ? `: ${msg['message'].slice(0, 200)}` : ''}.`));
+        this.#finish(s);
+        return;
+      default:
+        this.#violation(`unknown control frame ${JSON.stringify(msg['t'])}`);
+    }
+  }
+
+  #onResponse(s: Stream, msg: Record<string, unknown>): void {
+    if (s.responded) return this.#violation('a second response for one stream');
+    const status = msg['status'];
+    const headers = msg['headers'] ?? [];
+    const statusText = typeof msg['statusText'] === 'string' && msg['statusText'] !== '' ? msg['statusText'] : undefined;
+    s.responded = true;
+    if (s.timer) clearTimeout(s.timer);
+    const { res } = s.ex;
+    try {
+      if (typeof status !== 'number' || !Number.isInteger(status) || status < 200 || status > 599) throw new Error(`status ${String(status)} is not a final status`);
+      if (!isHeaderList(headers)) throw new Error('headers must be a flat list of strings');
+      res.writeHead(status, statusText ?? STATUS_CODES[status], withoutHopByHop(headers));
+    } catch (err) {
+      this.#json({ t: 'abort', id: s.id, message: `invalid response: ${(err as Error).message}` });
+      s.ex.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's response could not be relayed: ${(err as Error).message}`));
+      this.#finish(s);
+      return;
+    }
+    // With a body, frames follow until END (for HEAD node drops them); without, the response is complete.
+    if (msg['body'] !== true) {
+      res.end();
+      this.#finish(s);
+    }
+  }
+
+  #onData(buf: Buffer): void {
+    if (buf.length < FRAME_HEADER) return this.#violation('binary frames start with flags and a stream id');
+    const flags = buf[0] as number;
+    const id = buf.readUInt32BE(1);
+    const s = this.#streams.get(id);
+    if (!s) return;
+    if (!s.responded) return this.#violation('body bytes before the response head');
+    const payload = buf.subarray(FRAME_HEADER);
+    const { res } = s.ex;
+    if (payload.length > 0) {
+      s.unacked += payload.length;
+      if (s.unacked > this.#options.window) return this.#violation('more body bytes than the window allows');
+      if (!res.write(payload) && !s.draining) {
+        s.draining = true;
+        res.once('drain', () => {
+          s.draining = false;
+          this.#ack(s, true);
+        });
+      } else if (!s.draining) {
+        this.#ack(s, false);
+      }
+    }
+    if (flags & FLAG_END) {
+      res.end();
+      this.#finish(s);
+    }
+  }
+
+  /** Returns credit in batches (a quarter window), or all of it once the visitor's socket drained. */
+  #ack(s: Stream, force: boolean): void {
+    if (s.finished || s.unacked === 0) return;
+    if (!force && s.unacked < this.#options.window / 4) return;
+    this.#json({ t: 'credit', id: s.id, bytes: s.unacked });
+    s.unacked = 0;
+  }
+
+  #onClose = (): void => {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#ping);
+    for (const s of [...this.#streams.values()]) {
+      s.ex.fail(new PtthError('PTTH_ERR_CHANNEL_LOST'));
+      this.#finish(s);
+    }
+    this.events?.closed(this);
+  };
+}
+
+function noop(): void {}

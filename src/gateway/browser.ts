@@ -1,0 +1,197 @@
+import { readFile } from 'node:fs/promises';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { WebSocketChannel, WS_PROTOCOL } from '../channels/websocket.js';
+import { PtthError, isPtthError } from '../http/errors.js';
+import { sendError, writeRawError } from '../http/respond.js';
+import { readClaimParams } from '../routes/registration.js';
+import type { Registration } from '../routes/table.js';
+import { CometService, SERVICE_PATH } from './comet.js';
+import { privateUrlFor, publicUrlFor, type GatewayContext } from './context.js';
+import { clientAddress } from './forward.js';
+
+/**
+ * Everything browsers (and plain HTTP clients) need: the Comet service (`/reversehttp`), the
+ * WebSocket channel (an upgrade to `websocket` on the gateway host) and the browser library
+ * (`/ptth.js`). Settings of these transports live here, passed in through `GatewayOptions`.
+ */
+export interface BrowserOptions {
+  /** Milliseconds a Comet poll waits for a request before its 204 (default 30000). */
+  pollTimeout?: number;
+  /** Milliseconds a Comet app has to POST its reply once it polled the request (default: `responseTimeout`; 504 past it). */
+  replyTimeout?: number;
+  /** Largest body a transport must buffer whole, i.e. Comet requests and replies, in bytes (default 16 MiB; 413 past it). */
+  bufferLimit?: number;
+  /** Milliseconds after its last poll that an idle Comet channel counts as gone and the lease starts (default 30000). */
+  cometIdleTimeout?: number;
+  /** Requests in flight at once on one WebSocket channel (default 128). */
+  wsMaxStreams?: number;
+  /** Bytes of body in flight per request and direction on a WebSocket channel before credit returns (default 262144). */
+  wsWindow?: number;
+  /** Milliseconds between WebSocket pings; a channel that misses one is closed (default 30000). */
+  wsPingInterval?: number;
+}
+
+export interface BrowserSettings {
+  readonly pollTimeout: number;
+  readonly replyTimeout: number;
+  readonly bufferLimit: number;
+  readonly cometIdleTimeout: number;
+  readonly wsMaxStreams: number;
+  readonly wsWindow: number;
+  readonly wsPingInterval: number;
+}
+
+function setting(name: string, value: number | undefined, fallback: number, min: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isFinite(value) || value < min) throw new TypeError(`${name} must be a number >= ${min}, got ${String(value)}`);
+  return value;
+}
+
+export function browserSettingsFrom(o: BrowserOptions, responseTimeout: number): BrowserSettings {
+  return {
+    pollTimeout: setting('pollTimeout', o.pollTimeout, 30_000, 1),
+    replyTimeout: setting('replyTimeout', o.replyTimeout, responseTimeout, 1),
+    bufferLimit: setting('bufferLimit', o.bufferLimit, 16 * 1024 * 1024, 0),
+    cometIdleTimeout: setting('cometIdleTimeout', o.cometIdleTimeout, 30_000, 1),
+    wsMaxStreams: setting('wsMaxStreams', o.wsMaxStreams, 128, 1),
+    wsWindow: setting('wsWindow', o.wsWindow, 256 * 1024, 1024),
+    wsPingInterval: setting('wsPingInterval', o.wsPingInterval, 30_000, 1),
+  };
+}
+
+/** The browser library, built by `npm run build` (tsconfig.browser.json) next to the gateway's own code. */
+const LIBRARY_CANDIDATES = [
+  new URL('../browser/ptth.js', import.meta.url), // dist/gateway -> dist/browser
+  new URL('../../dist/browser/ptth.js', import.meta.url), // src/gateway (tests run the sources)
+];
+let library: Promise<Buffer | undefined> | undefined;
+
+function loadLibrary(): Promise<Buffer | undefined> {
+  library ??= (async () => {
+    for (const url of LIBRARY_CANDIDATES) {
+      try {
+        return await readFile(url);
+      } catch {
+        // next candidate
+      }
+    }
+    library = undefined; // built later (npm run build while the gateway runs): try again next time
+    return undefined;
+  })();
+  return library;
+}
+
+export class BrowserEndpoints {
+  readonly comet: CometService;
+  readonly settings: BrowserSettings;
+  #ctx: GatewayContext;
+  #wss = new WebSocketServer({
+    noServer: true,
+    // Control frames are small; body frames are at most 64 KiB plus a 5-byte header.
+    maxPayload: 1024 * 1024,
+    perMessageDeflate: false,
+    handleProtocols: (offered) => (offered.has(WS_PROTOCOL) ? WS_PROTOCOL : false),
+  });
+  /** `Link` and `Location` for the 101 of the upgrade being accepted. */
+  #advertise = new WeakMap<IncomingMessage, string[]>();
+
+  constructor(ctx: GatewayContext, options: BrowserOptions) {
+    this.#ctx = ctx;
+    this.settings = browserSettingsFrom(options, ctx.settings.responseTimeout);
+    this.comet = new CometService(ctx, this.settings);
+    this.#wss.on('headers', (headers: string[], req: IncomingMessage) => {
+      const extra = this.#advertise.get(req);
+      if (extra) headers.push(...extra);
+    });
+  }
+
+  /** Gateway-host requests this module serves; false leaves the request to the other endpoints. */
+  handle(req: IncomingMessage, res: ServerResponse, path: string): boolean {
+    if (path === SERVICE_PATH || path.startsWith(`${SERVICE_PATH}/`)) {
+      this.comet.handle(req, res, path);
+      return true;
+    }
+    if (path === '/ptth.js') {
+      req.resume();
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        res.setHeader('Allow', 'GET, HEAD');
+        sendError(res, new PtthError('PTTH_ERR_METHOD_NOT_ALLOWED'), req.headers.accept);
+        return true;
+      }
+      void loadLibrary().then((code) => {
+        if (!code) {
+          sendError(res, new PtthError('PTTH_ERR_NO_ENDPOINT', 'The browser library is not built: run `npm run build`.'), req.headers.accept);
+          return;
+        }
+        res.writeHead(200, {
+          'Content-Type': 'text/javascript; charset=utf-8',
+          'Content-Length': code.length,
+          'Cache-Control': 'no-cache',
+        });
+        res.end(req.method === 'HEAD' ? undefined : code);
+      });
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * A WebSocket channel claim: `Upgrade: websocket` on the gateway host, any path, with the claim
+   * parameters (`name`, `token`, `lease`) in the query. Refusals are the native claim's statuses,
+   * written before the upgrade.
+   */
+  upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    const ctx = this.#ctx;
+    socket.on('error', noop);
+    const refuse = (err: PtthError): void => {
+      ctx.emit('refuse', { code: err.code, status: err.status, remote: socket.remoteAddress });
+      writeRawError(socket, err, req.headers.accept);
+    };
+    const key = req.headers['sec-websocket-key'];
+    if (req.method !== 'GET' || !key || !/^[+/0-9A-Za-z]{22}==$/.test(key) || req.headers['sec-websocket-version'] !== '13') {
+      refuse(new PtthError('PTTH_ERR_NOT_WEBSOCKET'));
+      return;
+    }
+    let params;
+    try {
+      const url = req.url ?? '/';
+      const q = url.indexOf('?');
+      params = readClaimParams(new URLSearchParams(q === -1 ? '' : url.slice(q + 1)), ctx.settings.maxLease);
+    } catch (err) {
+      refuse(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'));
+      return;
+    }
+    ctx.table.claim(params).then(
+      ({ registration: reg }) => {
+        if (reg.channels.length >= ctx.settings.maxChannels) {
+          refuse(new PtthError('PTTH_ERR_TOO_MANY_CHANNELS', `The name "${reg.name}" already has ${reg.channels.length} channels, the most this gateway allows.`));
+          return;
+        }
+        if (socket.destroyed) return;
+        const url = publicUrlFor(ctx.settings, req, reg.name);
+        const location = privateUrlFor(ctx.settings, req, reg.privateId);
+        this.#advertise.set(req, [`Link: <${url}>; rel="related"`, `Location: ${location}`]);
+        this.#wss.handleUpgrade(req, socket, head, (ws) => this.#accept(ws, req, reg, url, location));
+      },
+      (err: unknown) => refuse(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS')),
+    );
+  }
+
+  #accept(ws: WebSocket, req: IncomingMessage, reg: Registration, url: string, location: string): void {
+    const s = this.settings;
+    const remote = `${clientAddress(req.socket.remoteAddress)}:${req.socket.remotePort ?? 0}`;
+    const channel = new WebSocketChannel(ws, remote, {
+      responseTimeout: this.#ctx.settings.responseTimeout,
+      maxStreams: s.wsMaxStreams,
+      window: s.wsWindow,
+      pingInterval: s.wsPingInterval,
+    });
+    channel.hello({ name: reg.name, url, location });
+    reg.addChannel(channel);
+    this.#ctx.emit('claim', { name: reg.name, url, transport: 'websocket', remote });
+  }
+}
+
+function noop(): void {}

@@ -1,0 +1,312 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { CometChannel, type Delivery } from '../channels/comet.js';
+import { PtthError, isPtthError } from '../http/errors.js';
+import { InvalidMessageError, parseResponse } from '../http/message.js';
+import { sendError } from '../http/respond.js';
+import { randomSecret, readClaimParams } from '../routes/registration.js';
+import type { Registration } from '../routes/table.js';
+import type { BrowserSettings } from './browser.js';
+import { hostname } from './classify.js';
+import { gatewayOrigin, privateUrlFor, publicUrlFor, requestProto, type GatewayContext } from './context.js';
+import { clientAddress } from './forward.js';
+
+/**
+ * The ReverseHttp Comet protocol (PROTOCOL.md section 4), compatible with the reversehttp.net
+ * service: registration by form POST on the Gateway Service URL, long-poll GETs on request URLs,
+ * the app's reply POSTed back as `message/http`.
+ *
+ * A request URL is `/reversehttp/<session>/<slot>`: the session (128 random bits, one per
+ * registration) is the capability; a slot is one step of a poller's chain. An open slot is polled;
+ * the request it yields binds it, so a repeated GET of that URL gets the same request again (GET
+ * stays idempotent) and the reply is POSTed to it; `rel="next"` names a fresh open slot. A poll
+ * that times out names its own slot again.
+ */
+export const SERVICE_PATH = '/reversehttp';
+
+/** Open slots a session keeps at most (each registration POST mints one); the oldest unused go first. */
+const MAX_OPEN_SLOTS = 1024;
+
+interface Slot {
+  delivery: Delivery | undefined;
+  /** The slot named by this one's `rel="next"` once it was bound. */
+  next: string | undefined;
+  /** Polls waiting on this open slot now (normally one). */
+  readonly polls: Set<() => void>;
+}
+
+class Session {
+  readonly id = randomSecret(128);
+  readonly reg: Registration;
+  channel: CometChannel | undefined;
+  readonly slots = new Map<string, Slot>();
+  #seq = 0;
+  constructor(reg: Registration) {
+    this.reg = reg;
+  }
+  mint(): string {
+    const id = (this.#seq++).toString(36);
+    this.slots.set(id, { delivery: undefined, next: undefined, polls: new Set() });
+    if (this.slots.size > MAX_OPEN_SLOTS) {
+      for (const [k, s] of this.slots) {
+        if (!s.delivery && s.polls.size === 0) {
+          this.slots.delete(k);
+          break;
+        }
+      }
+    }
+    return id;
+  }
+}
+
+/** Reads a request body up to `limit` bytes (413 with `code` past it). */
+export function readBody(req: IncomingMessage, limit: number, message: string): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    if (Number(req.headers['content-length'] ?? 0) > limit) {
+      req.resume();
+      reject(new PtthError('PTTH_ERR_BODY_TOO_LARGE', message));
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let failed = false;
+    req.on('data', (c: Buffer) => {
+      if (failed) return;
+      size += c.length;
+      if (size > limit) {
+        failed = true;
+        reject(new PtthError('PTTH_ERR_BODY_TOO_LARGE', message));
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('error', (err) => {
+      failed = true;
+      reject(err);
+    });
+    req.on('end', () => {
+      if (!failed) resolve(Buffer.concat(chunks, size));
+    });
+  });
+}
+
+/** The gateway origin for request URLs: as the client addressed it, so a page on 127.0.0.1 keeps polling 127.0.0.1. */
+function requestOrigin(ctx: GatewayContext, req: IncomingMessage): string {
+  if (ctx.settings.publicUrl) return ctx.settings.publicUrl.origin;
+  const host = req.headers.host;
+  if (host && /^[A-Za-z0-9.\-[\]:]+$/.test(host) && hostname(host)) return `${requestProto(req)}://${host}`;
+  return gatewayOrigin(ctx.settings, req);
+}
+
+export class CometService {
+  #ctx: GatewayContext;
+  #settings: BrowserSettings;
+  #sessions = new Map<string, Session>();
+  #byReg = new Map<Registration, Session>();
+
+  constructor(ctx: GatewayContext, settings: BrowserSettings) {
+    this.#ctx = ctx;
+    this.#settings = settings;
+    ctx.table.on('release', (reg: Registration) => {
+      const s = this.#byReg.get(reg);
+      if (!s) return;
+      this.#byReg.delete(reg);
+      this.#sessions.delete(s.id);
+    });
+  }
+
+  /** Sessions alive now (for tests and the status page). */
+  get sessions(): number {
+    return this.#sessions.size;
+  }
+
+  /** `/reversehttp` and everything under it. */
+  handle(req: IncomingMessage, res: ServerResponse, path: string): void {
+    if (path === SERVICE_PATH || path === `${SERVICE_PATH}/`) {
+      if (req.method !== 'POST') return this.#methodNotAllowed(req, res, 'POST');
+      this.#register(req, res);
+      return;
+    }
+    const [sid, slotId, extra] = path.slice(SERVICE_PATH.length + 1).split('/');
+    const session = sid ? this.#sessions.get(sid) : undefined;
+    const slot = session && slotId && extra === undefined ? session.slots.get(slotId) : undefined;
+    if (!session || !slot || !slotId) {
+      req.resume();
+      sendError(res, new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL'), req.headers.accept);
+      return;
+    }
+    if (req.method === 'GET') this.#poll(session, slotId, slot, req, res);
+    else if (req.method === 'POST') this.#reply(session, slot, req, res);
+    else this.#methodNotAllowed(req, res, 'GET, POST');
+  }
+
+  #methodNotAllowed(req: IncomingMessage, res: ServerResponse, allow: string): void {
+    req.resume();
+    res.setHeader('Allow', allow);
+    sendError(res, new PtthError('PTTH_ERR_METHOD_NOT_ALLOWED'), req.headers.accept);
+  }
+
+  #url(req: IncomingMessage, session: Session, slot: string): string {
+    return `${requestOrigin(this.#ctx, req)}${SERVICE_PATH}/${session.id}/${slot}`;
+  }
+
+  #register(req: IncomingMessage, res: ServerResponse): void {
+    const ctx = this.#ctx;
+    const fail = (err: unknown): void => {
+      const e = isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS');
+      ctx.emit('refuse', { code: e.code, status: e.status, remote: req.socket.remoteAddress });
+      sendError(res, e.code === 'PTTH_ERR_BODY_TOO_LARGE' ? new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE') : e, req.headers.accept, e.status === 413);
+    };
+    readBody(req, ctx.settings.claimBodyLimit, 'The registration form is too large.')
+      .then(async (body) => {
+        // Form fields in the body (any Content-Type: old clients send what their library forces) or the query.
+        const url = req.url ?? '/';
+        const q = url.indexOf('?');
+        const params = new URLSearchParams(q === -1 ? '' : url.slice(q + 1));
+        for (const [k, v] of new URLSearchParams(body.toString('utf8'))) params.set(k, v);
+        const { registration: reg, created } = await ctx.table.claim(readClaimParams(params, ctx.settings.maxLease));
+        let session = this.#byReg.get(reg);
+        if (!session) {
+          session = new Session(reg);
+          this.#byReg.set(reg, session);
+          this.#sessions.set(session.id, session);
+        }
+        this.#channel(session, req);
+        const first = this.#url(req, session, session.mint());
+        const related = publicUrlFor(ctx.settings, req, reg.name);
+        ctx.emit('claim', { name: reg.name, url: related, transport: 'comet', remote: req.socket.remoteAddress ?? '' });
+        // setHeader with an array writes one `Link:` line per value, names cased as given.
+        res.setHeader('Link', [`<${first}>; rel="first"`, `<${related}>; rel="related"`]);
+        res.setHeader('Location', privateUrlFor(ctx.settings, req, reg.privateId));
+        res.setHeader('Cache-Control', 'no-store');
+        if (created) res.setHeader('Content-Length', '0');
+        res.writeHead(created ? 201 : 204);
+        res.end();
+      })
+      .catch(fail);
+  }
+
+  /** The session's live channel, or a new one in the registration (after an idle close). */
+  #channel(session: Session, req: IncomingMessage): CometChannel {
+    const current = session.channel;
+    if (current && !current.closed) return current;
+    const reg = session.reg;
+    if (reg.released) throw new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL');
+    if (reg.channels.length >= this.#ctx.settings.maxChannels) {
+      throw new PtthError('PTTH_ERR_TOO_MANY_CHANNELS', `The name "${reg.name}" already has ${reg.channels.length} channels, the most this gateway allows.`);
+    }
+    const s = this.#settings;
+    const channel = new CometChannel(`${clientAddress(req.socket.remoteAddress)}:${req.socket.remotePort ?? 0}`, {
+      pollTimeout: s.pollTimeout,
+      replyTimeout: s.replyTimeout,
+      queueLimit: this.#ctx.settings.queueLimit,
+      queueTimeout: this.#ctx.settings.queueTimeout,
+      bufferLimit: s.bufferLimit,
+      idleTimeout: s.cometIdleTimeout,
+    });
+    session.channel = channel;
+    reg.addChannel(channel);
+    return channel;
+  }
+
+  #poll(session: Session, slotId: string, slot: Slot, req: IncomingMessage, res: ServerResponse): void {
+    req.resume();
+    if (slot.delivery) {
+      // A repeated GET of a bound URL: the same request again (the first answer may have been lost).
+      this.#deliver(req, res, session, slot.delivery, slot.next as string);
+      return;
+    }
+    let channel: CometChannel;
+    try {
+      channel = this.#channel(session, req);
+    } catch (err) {
+      sendError(res, isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'), req.headers.accept);
+      return;
+    }
+    let done = false;
+    const noContent = (next: string): void => {
+      res.setHeader('Link', `<${this.#url(req, session, next)}>; rel="next"`);
+      res.setHeader('Cache-Control', 'no-store');
+      res.writeHead(204);
+      res.end();
+    };
+    const settle = (): boolean => {
+      if (done) return false;
+      done = true;
+      slot.polls.delete(displace);
+      return true;
+    };
+    // Another poll on the same open slot took a request: this one moves on to a slot of its own.
+    const displace = (): void => {
+      if (!settle()) return;
+      cancel();
+      noContent(session.mint());
+    };
+    slot.polls.add(displace);
+    const cancel = channel.poll({
+      deliver: (d) => {
+        settle();
+        slot.delivery = d;
+        slot.next = session.mint();
+        d.onSettle = () => session.slots.delete(slotId);
+        for (const other of [...slot.polls]) other();
+        this.#deliver(req, res, session, d, slot.next);
+      },
+      timeout: () => {
+        if (settle()) noContent(slotId);
+      },
+      closed: () => {
+        if (settle()) sendError(res, new PtthError('PTTH_ERR_RELEASED'), req.headers.accept);
+      },
+    });
+    res.once('close', () => {
+      if (settle()) cancel();
+    });
+  }
+
+  #deliver(req: IncomingMessage, res: ServerResponse, session: Session, d: Delivery, next: string): void {
+    res.setHeader('Content-Type', 'message/http');
+    res.setHeader('Content-Length', String(d.message.length));
+    res.setHeader('Requesting-Client', d.client);
+    res.setHeader('Link', `<${this.#url(req, session, next)}>; rel="next"`);
+    res.setHeader('Cache-Control', 'no-store');
+    res.writeHead(200);
+    res.end(d.message);
+  }
+
+  #reply(session: Session, slot: Slot, req: IncomingMessage, res: ServerResponse): void {
+    const d = slot.delivery;
+    if (!d || d.settled) {
+      req.resume();
+      sendError(res, new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL', 'No request is waiting for a reply at this URL: poll it with GET first.'), req.headers.accept);
+      return;
+    }
+    const limit = this.#settings.bufferLimit;
+    readBody(req, limit, `The reply is over ${limit} bytes, the most this gateway buffers for a Comet reply.`)
+      .then((body) => parseResponse(body, d.method))
+      .then(
+        (reply) => {
+          if (d.settled) {
+            sendError(res, new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL', 'The request was already answered, or its visitor gave up.'), req.headers.accept);
+            return;
+          }
+          d.respond(reply);
+          res.setHeader('Cache-Control', 'no-store');
+          res.writeHead(202, { 'Content-Length': '0' });
+          res.end();
+        },
+        (err: unknown) => {
+          const tooLarge = isPtthError(err) && err.code === 'PTTH_ERR_BODY_TOO_LARGE';
+          const why = err instanceof InvalidMessageError ? err.message : tooLarge ? 'it is too large' : 'it could not be read';
+          d.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's reply was not a valid HTTP response: ${why}.`));
+          if (req.socket.destroyed) return;
+          sendError(
+            res,
+            tooLarge ? (err as PtthError) : new PtthError('PTTH_ERR_INVALID_REPLY', `The reply is not a valid HTTP response message: ${why}.`),
+            req.headers.accept,
+            tooLarge,
+          );
+        },
+      );
+    void session;
+  }
+}

@@ -1,0 +1,111 @@
+import { request, type IncomingMessage } from 'node:http';
+import { Duplex } from 'node:stream';
+
+/**
+ * `message/http` (RFC 9112 section 10.1) both ways for the Comet transport (PROTOCOL.md section 4).
+ *
+ * Writing: the visitor's request is reproduced from what llhttp parsed (method, Request-URI, version
+ * and the raw header list as received), plus its buffered body.
+ * Reading: the app's reply is parsed by llhttp itself, through node's HTTP client over an in-memory
+ * Duplex that hands it the bytes and swallows the request node writes. No hand-written parser.
+ */
+
+function hasChunked(raw: readonly string[]): boolean {
+  for (let i = 0; i < raw.length; i += 2) {
+    if ((raw[i] as string).toLowerCase() === 'transfer-encoding' && /(^|,)\s*chunked\s*$/i.test(raw[i + 1] as string)) return true;
+  }
+  return false;
+}
+
+/**
+ * The visitor's request as received: request line and header block unaltered, then the body. A
+ * chunked request keeps its `Transfer-Encoding: chunked`, so its body is re-framed as one chunk
+ * (plus the trailers it had): the same message, whatever chunk sizes the visitor used.
+ */
+export function serializeRequest(req: IncomingMessage, body: Buffer): Buffer {
+  let head = `${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/${req.httpVersion}\r\n`;
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) head += `${raw[i]}: ${raw[i + 1]}\r\n`;
+  head += '\r\n';
+  if (!hasChunked(raw)) return Buffer.concat([Buffer.from(head, 'latin1'), body]);
+  let tail = '0\r\n';
+  const trailers = req.rawTrailers;
+  for (let i = 0; i < trailers.length; i += 2) tail += `${trailers[i]}: ${trailers[i + 1]}\r\n`;
+  tail += '\r\n';
+  const parts: Buffer[] = [Buffer.from(head, 'latin1')];
+  if (body.length > 0) parts.push(Buffer.from(`${body.length.toString(16)}\r\n`, 'latin1'), body, Buffer.from('\r\n', 'latin1'));
+  parts.push(Buffer.from(tail, 'latin1'));
+  return Buffer.concat(parts);
+}
+
+export interface ParsedResponse {
+  readonly status: number;
+  readonly statusMessage: string;
+  /** Flat raw header list as the app wrote it. */
+  readonly rawHeaders: string[];
+  readonly body: Buffer;
+}
+
+/** Why a reply is not a valid HTTP response, for the 400 the app gets. */
+export class InvalidMessageError extends Error {
+  override name = 'InvalidMessageError';
+}
+
+/**
+ * Parses one complete HTTP/1.x response with llhttp. `method` is the request it answers (a reply to
+ * HEAD has no body whatever its Content-Length says). Interim 1xx responses are skipped; a response
+ * without a complete body, a 101, trailing bytes or anything llhttp refuses is invalid.
+ */
+export function parseResponse(bytes: Buffer, method: string): Promise<ParsedResponse> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const fail = (why: string): void => {
+      if (settled) return;
+      settled = true;
+      reject(new InvalidMessageError(why));
+      conn.destroy();
+    };
+    let fed = false;
+    const conn = new Duplex({
+      read() {
+        if (fed) return;
+        fed = true;
+        this.push(bytes);
+        this.push(null);
+      },
+      // What node writes is the placeholder request: nobody reads it.
+      write(_chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void) {
+        callback();
+      },
+    });
+    const req = request({ createConnection: () => conn, method, path: '/', setHost: false, headers: { connection: 'close' } });
+    req.on('response', (res: IncomingMessage) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on('data', (c: Buffer) => {
+        chunks.push(c);
+        size += c.length;
+      });
+      res.on('aborted', () => fail('the body is shorter than its framing says'));
+      res.on('error', (err: NodeJS.ErrnoException) => fail(describe(err)));
+      res.on('end', () => {
+        if (!res.complete) return fail('the body is shorter than its framing says');
+        // Bytes past the message surface as a parse error on the next tick, if any.
+        setImmediate(() => {
+          if (settled) return;
+          settled = true;
+          resolve({ status: res.statusCode ?? 0, statusMessage: res.statusMessage ?? '', rawHeaders: res.rawHeaders, body: Buffer.concat(chunks, size) });
+        });
+      });
+    });
+    req.on('upgrade', () => fail('a 101 cannot be relayed over this transport'));
+    req.on('error', (err: NodeJS.ErrnoException) => fail(describe(err)));
+    req.end();
+  });
+}
+
+function describe(err: NodeJS.ErrnoException): string {
+  if (typeof err.code === 'string' && err.code.startsWith('HPE_')) return `${err.code}: ${err.message.replace(/^Parse Error: /, '')}`;
+  if (err.code === 'ECONNRESET') return 'no complete response (it ended before its head, or had only interim 1xx responses)';
+  return err.message;
+}

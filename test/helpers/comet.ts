@@ -1,0 +1,176 @@
+import * as http from 'node:http';
+import { duplexPair } from '../../src/client/pair.js';
+
+/*
+ * A plain-HTTP Comet app (PROTOCOL.md section 4), as a client written for reversehttp.net would be:
+ * register with a form POST, long-poll request URLs, POST `message/http` replies. Used by the Comet
+ * tests and the benchmark.
+ */
+
+export interface Links {
+  [rel: string]: string;
+}
+
+/** Parses `Link` values, whether given as separate header lines or one comma-joined line. */
+export function parseLinks(values: string | readonly string[] | undefined): Links {
+  const out: Links = {};
+  const list = values === undefined ? [] : typeof values === 'string' ? [values] : values;
+  for (const value of list) {
+    for (const m of value.matchAll(/<([^>]*)>\s*;\s*rel="?([^",;]+)"?/g)) out[m[2] as string] = m[1] as string;
+  }
+  return out;
+}
+
+export function rawValues(raw: readonly string[], name: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name.toLowerCase()) out.push(raw[i + 1] as string);
+  return out;
+}
+
+export interface HttpReply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  rawHeaders: string[];
+  body: Buffer;
+}
+
+/** One request to an absolute URL on 127.0.0.1 (its own connection unless an agent is given). */
+export function fetchRaw(
+  url: string,
+  init: { method?: string; headers?: http.OutgoingHttpHeaders; body?: string | Buffer; agent?: http.Agent | false } = {},
+): Promise<HttpReply> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const req = http.request({
+      host: '127.0.0.1',
+      port: u.port,
+      path: `${u.pathname}${u.search}`,
+      method: init.method ?? 'GET',
+      headers: { host: u.host, ...init.headers },
+      agent: init.agent ?? false,
+    });
+    req.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, rawHeaders: res.rawHeaders, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(init.body);
+  });
+}
+
+export interface Registered extends HttpReply {
+  links: Links;
+  location: string | undefined;
+}
+
+export async function register(origin: string, form: Record<string, string>, agent?: http.Agent): Promise<Registered> {
+  const r = await fetchRaw(`${origin}/reversehttp`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams(form).toString(),
+    ...(agent ? { agent } : {}),
+  });
+  return { ...r, links: parseLinks(rawValues(r.rawHeaders, 'link')), location: rawValues(r.rawHeaders, 'location')[0] };
+}
+
+export interface ParsedRequest {
+  method: string;
+  url: string;
+  httpVersion: string;
+  rawHeaders: string[];
+  body: Buffer;
+}
+
+/** Parses a `message/http` request with llhttp (node's server over an in-memory connection). */
+export function parseRequestMessage(bytes: Buffer): Promise<ParsedRequest> {
+  return new Promise((resolve, reject) => {
+    const [a, b] = duplexPair();
+    const server = new http.Server((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        resolve({ method: req.method ?? '', url: req.url ?? '', httpVersion: req.httpVersion, rawHeaders: req.rawHeaders, body: Buffer.concat(chunks) });
+        res.destroy();
+        a.destroy();
+      });
+    });
+    server.on('clientError', (err) => {
+      reject(err);
+      a.destroy();
+    });
+    server.emit('connection', a);
+    b.on('data', () => {});
+    b.on('error', () => {});
+    b.write(bytes);
+  });
+}
+
+export interface SimpleResponse {
+  status: number;
+  headers?: [string, string][];
+  body?: string | Buffer;
+}
+
+export function serializeResponse(r: SimpleResponse): Buffer {
+  const body = r.body === undefined ? Buffer.alloc(0) : Buffer.isBuffer(r.body) ? r.body : Buffer.from(r.body);
+  let head = `HTTP/1.1 ${r.status} ${http.STATUS_CODES[r.status] ?? ''}\r\n`;
+  for (const [n, v] of r.headers ?? []) head += `${n}: ${v}\r\n`;
+  head += `Content-Length: ${body.length}\r\n\r\n`;
+  return Buffer.concat([Buffer.from(head, 'latin1'), body]);
+}
+
+export type CometHandler = (req: ParsedRequest, info: { client: string }) => SimpleResponse | Promise<SimpleResponse>;
+
+/** A Node Comet app: `pollers` loops, each with its own registration POST and chain of request URLs. */
+export class CometApp {
+  url = '';
+  location = '';
+  #stopped = false;
+  #loops: Promise<void>[] = [];
+  #agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+  #inflight = new Set<http.ClientRequest>();
+
+  static async start(origin: string, form: Record<string, string>, handler: CometHandler, pollers = 1): Promise<CometApp> {
+    const app = new CometApp();
+    for (let i = 0; i < pollers; i++) {
+      const r = await register(origin, form, app.#agent);
+      if (r.status !== 201 && r.status !== 204) throw new Error(`registration failed: ${r.status} ${r.body.toString()}`);
+      app.url = r.links['related'] ?? '';
+      app.location = r.location ?? '';
+      app.#loops.push(app.#loop(r.links['first'] as string, handler));
+    }
+    return app;
+  }
+
+  async #loop(first: string, handler: CometHandler): Promise<void> {
+    let url = first;
+    while (!this.#stopped) {
+      let r: HttpReply;
+      try {
+        r = await fetchRaw(url, { agent: this.#agent });
+      } catch {
+        if (this.#stopped) return;
+        throw new Error('poll failed');
+      }
+      if (r.status === 204) {
+        url = parseLinks(rawValues(r.rawHeaders, 'link'))['next'] ?? url;
+        continue;
+      }
+      if (r.status !== 200) return;
+      const req = await parseRequestMessage(r.body);
+      const reply = await handler(req, { client: String(r.headers['requesting-client']) });
+      await fetchRaw(url, { method: 'POST', headers: { 'content-type': 'message/http' }, body: serializeResponse(reply), agent: this.#agent });
+      url = parseLinks(rawValues(r.rawHeaders, 'link'))['next'] as string;
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    if (this.location) await fetchRaw(this.location, { method: 'DELETE' }).catch(() => undefined);
+    await Promise.allSettled(this.#loops);
+    for (const r of this.#inflight) r.destroy();
+    this.#agent.destroy();
+  }
+}
