@@ -1,0 +1,250 @@
+import { createHash } from 'node:crypto';
+import * as http from 'node:http';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { GatewayOptions } from '../../src/gateway/server.js';
+import { rawConnect, readUntil, request, sleep, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { loadLibrary, RawWsApp, wsRefusal, type LibServer } from '../helpers/wsapp.js';
+
+/*
+ * The WebSocket channel (PROTOCOL.md section 4, README "WebSocket channel framing"): claims with
+ * the native semantics, many requests at once completing out of order, bodies in chunks with
+ * per-stream credit, and every failure path.
+ */
+
+let gw: TestGateway | undefined;
+const apps: RawWsApp[] = [];
+const servers: LibServer[] = [];
+afterEach(async () => {
+  for (const a of apps.splice(0)) a.close();
+  await Promise.all(servers.splice(0).map((s) => s.close()));
+  await gw?.close();
+  gw = undefined;
+});
+
+async function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
+  gw = await startGateway(options);
+  return gw;
+}
+
+async function app(g: TestGateway, query: Record<string, string>): Promise<RawWsApp> {
+  const a = await RawWsApp.connect(g.port, query);
+  apps.push(a);
+  return a;
+}
+
+describe('WebSocket channel claims', () => {
+  it('register like a native claim: a hello with the public and private URLs, Link and Location on the 101', async () => {
+    const g = await gateway();
+    const heads = new Promise<string[]>((resolve) => {
+      const req = http.request({
+        host: '127.0.0.1',
+        port: g.port,
+        path: '/?name=wsapp&token=t&lease=30',
+        headers: { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13', 'sec-websocket-protocol': 'ptth.v1' },
+      });
+      req.on('upgrade', (res, socket) => {
+        resolve(res.rawHeaders);
+        socket.destroy();
+      });
+      req.end();
+    });
+    const raw = await heads;
+    expect(raw).toContain('Link');
+    expect(raw).toContain(`<http://wsapp.localhost:${g.port}/>; rel="related"`);
+    expect(raw).toContain('Sec-WebSocket-Protocol');
+    const a = await app(g, { name: 'wsapp', token: 't', lease: '30' });
+    expect(a.hello).toMatchObject({ t: 'hello', v: 1, name: 'wsapp', url: `http://wsapp.localhost:${g.port}/`, window: 262_144 });
+    expect(String(a.hello?.['location'])).toMatch(/\/_ptth\/[\w-]{32}$/);
+    const reg = g.gateway.table.lookup('wsapp');
+    expect(reg?.lease).toBe(30);
+    await until(() => reg?.channels.length === 1);
+    expect(reg?.channels.map((c) => c.transport)).toEqual(['websocket']);
+  });
+
+  it('refuse with the native statuses before the upgrade: 403, 400, 429', async () => {
+    const g = await gateway({ maxChannels: 1 });
+    await app(g, { name: 'taken', token: 'a' });
+    expect(await wsRefusal(g.port, { name: 'taken', token: 'b' })).toEqual({ status: 403, code: 'PTTH_ERR_TOKEN_MISMATCH' });
+    expect(await wsRefusal(g.port, { name: 'taken', token: 'a' })).toEqual({ status: 429, code: 'PTTH_ERR_TOO_MANY_CHANNELS' });
+    expect(await wsRefusal(g.port, { name: '-bad-' })).toEqual({ status: 400, code: 'PTTH_ERR_BAD_NAME' });
+    expect(await wsRefusal(g.port, { name: 'ok', lease: 'x' })).toEqual({ status: 400, code: 'PTTH_ERR_BAD_LEASE' });
+  });
+
+  it('refuse an upgrade to websocket that is not a valid handshake', async () => {
+    const g = await gateway();
+    const s = await rawConnect(g.port);
+    s.write(`GET /?name=x HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n`);
+    const got = (await readUntil(s, (b) => b.includes('\r\n\r\n'))).toString('latin1');
+    expect(got).toMatch(/^HTTP\/1\.1 400 /);
+    expect(got).toContain('X-Ptth-Error: PTTH_ERR_NOT_WEBSOCKET');
+    s.destroy();
+    expect(g.gateway.table.lookup('x')).toBeUndefined();
+  });
+
+  it('close with 1001 when the registration is deleted', async () => {
+    const g = await gateway();
+    const a = await app(g, { name: 'bye' });
+    const del = await fetch(String(a.hello?.['location']).replace(/^http:\/\/localhost/, 'http://127.0.0.1'), { method: 'DELETE' });
+    expect(del.status).toBe(204);
+    expect(await a.closed()).toBe(1001);
+  });
+});
+
+describe('WebSocket channel requests', () => {
+  it('carry several requests at once and complete them out of order', async () => {
+    const g = await gateway();
+    const a = await app(g, { name: 'multi' });
+    const visits = [1, 2, 3].map((i) => request(g.port, { host: g.host('multi'), path: `/${i}`, headers: { 'X-Case': `v${i}` } }));
+    const reqs = [];
+    for (let i = 0; i < 3; i++) reqs.push(await a.control('request'));
+    expect(reqs.map((r) => r['url']).sort()).toEqual(['/1', '/2', '/3']);
+    const first = reqs[0] as Record<string, unknown>;
+    expect(first['method']).toBe('GET');
+    expect(first['body']).toBe(false);
+    expect(first['client']).toMatch(/^127\.0\.0\.1:\d+$/);
+    const headers = first['headers'] as string[];
+    expect(headers).toContain('X-Case');
+    expect(headers).toContain('X-Forwarded-For');
+    // Answer the last first.
+    for (const r of [...reqs].reverse()) a.respond(r['id'] as number, 200, `answer ${String(r['url'])}`, ['X-App', 'yes']);
+    const replies = await Promise.all(visits);
+    expect(replies.map((r) => r.body)).toEqual(['answer /1', 'answer /2', 'answer /3']);
+    expect(replies[0]?.headers['x-app']).toBe('yes');
+  });
+
+  it('stream multi-megabyte bodies both ways through the browser library in Node', async () => {
+    const g = await gateway();
+    const serve = await loadLibrary();
+    const big = Buffer.alloc(5 * 1024 * 1024);
+    for (let i = 0; i < big.length; i += 4) big.writeUInt32LE(i, i);
+    const server = serve({ gateway: g.origin, name: 'bulk', transport: 'websocket' }, async (req) => {
+      const got = new Uint8Array(await req.arrayBuffer());
+      const digest = createHash('sha256').update(got).digest('hex');
+      // Stream the body back in pieces, reversed, with the digest in a header.
+      const reversed = Buffer.from(got).reverse();
+      let at = 0;
+      const body = new ReadableStream<Uint8Array>({
+        pull(c) {
+          if (at >= reversed.length) return c.close();
+          c.enqueue(reversed.subarray(at, at + 100_000));
+          at += 100_000;
+        },
+      });
+      return new Response(body, { headers: { 'x-digest': digest, 'x-size': String(got.length) } });
+    });
+    servers.push(server);
+    await server.url;
+    const res = await new Promise<{ headers: http.IncomingHttpHeaders; body: Buffer }>((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port: g.port, method: 'POST', path: '/up', headers: { host: g.host('bulk') } }, (r) => {
+        const chunks: Buffer[] = [];
+        r.on('data', (c: Buffer) => chunks.push(c));
+        r.on('end', () => resolve({ headers: r.headers, body: Buffer.concat(chunks) }));
+      });
+      req.on('error', reject);
+      req.end(big);
+    });
+    expect(res.headers['x-size']).toBe(String(big.length));
+    expect(res.headers['x-digest']).toBe(createHash('sha256').update(big).digest('hex'));
+    expect(res.body.equals(Buffer.from(big).reverse())).toBe(true);
+  });
+
+  it('never send more request body than the window until the app returns credit', async () => {
+    const g = await gateway({ wsWindow: 64 * 1024 });
+    const a = await app(g, { name: 'credit' });
+    const visit = request(g.port, { host: g.host('credit'), method: 'POST', body: Buffer.alloc(300 * 1024, 7) });
+    const r = await a.control('request');
+    const id = r['id'] as number;
+    expect(r['body']).toBe(true);
+    await sleep(200);
+    const first = a.takeFrames(id);
+    expect(first.reduce((n, f) => n + f.payload.length, 0)).toBe(64 * 1024);
+    expect(first.some((f) => f.end)).toBe(false);
+    a.send({ t: 'credit', id, bytes: 64 * 1024 });
+    const rest = await a.body(id);
+    expect(rest.length).toBe(300 * 1024 - 64 * 1024);
+    a.respond(id, 200, 'got it');
+    expect((await visit).body).toBe('got it');
+  });
+
+  it('close the channel when the app sends more response body than its window, and the visitor loses its response', async () => {
+    const g = await gateway({ wsWindow: 4096 });
+    const a = await app(g, { name: 'greedy' });
+    const visit = request(g.port, { host: g.host('greedy') }).catch((e: Error) => e);
+    const r = await a.control('request');
+    a.send({ t: 'response', id: r['id'] as number, status: 200, headers: [], body: true });
+    a.frame(r['id'] as number, Buffer.alloc(8192));
+    expect(await a.closed()).toBe(1002);
+    const v = await visit;
+    expect(v instanceof Error || v.body.length < 8192).toBe(true);
+  });
+
+  it('tell the app when the visitor goes away mid-response', async () => {
+    const g = await gateway();
+    const a = await app(g, { name: 'leaver' });
+    const s = await rawConnect(g.port);
+    s.write(`GET /slow HTTP/1.1\r\nHost: ${g.host('leaver')}\r\n\r\n`);
+    const r = await a.control('request');
+    a.send({ t: 'response', id: r['id'] as number, status: 200, headers: [], body: true });
+    a.frame(r['id'] as number, Buffer.from('partial'));
+    await readUntil(s, (b) => b.includes('partial'));
+    s.destroy();
+    const abort = await a.control('abort', r['id'] as number);
+    expect(abort['message']).toMatch(/visitor/);
+    await until(() => g.gateway.table.lookup('leaver')?.channels[0]?.active === 0);
+  });
+
+  it('give the visitor 504 when the head does not come within --response-timeout, and abort the stream', async () => {
+    const g = await gateway({ responseTimeout: 150 });
+    const a = await app(g, { name: 'late' });
+    const visit = request(g.port, { host: g.host('late') });
+    const r = await a.control('request');
+    expect((await visit).status).toBe(504);
+    expect((await a.control('abort', r['id'] as number))['message']).toMatch(/timeout/);
+  });
+
+  it('give the visitor 502 for an invalid response head or an app abort, and 502 when the channel drops', async () => {
+    const g = await gateway();
+    const a = await app(g, { name: 'flaky' });
+    const one = request(g.port, { host: g.host('flaky'), path: '/1' });
+    const r1 = await a.control('request');
+    a.send({ t: 'response', id: r1['id'] as number, status: 99, headers: [], body: false });
+    expect((await one).status).toBe(502);
+    await a.control('abort', r1['id'] as number);
+    const two = request(g.port, { host: g.host('flaky'), path: '/2' });
+    const r2 = await a.control('request');
+    a.send({ t: 'abort', id: r2['id'] as number, message: 'handler crashed' });
+    const t = await two;
+    expect(t.status).toBe(502);
+    expect(t.body).toContain('handler crashed');
+    const three = request(g.port, { host: g.host('flaky'), path: '/3' });
+    await a.control('request');
+    a.close();
+    const th = await three;
+    expect(th.status).toBe(502);
+    expect(th.headers['x-ptth-error']).toBe('PTTH_ERR_CHANNEL_LOST');
+  });
+
+  it('close the channel on a frame that breaks the framing', async () => {
+    const g = await gateway();
+    const a = await app(g, { name: 'garbled' });
+    a.ws.send('not json');
+    expect(await a.closed()).toBe(1002);
+    await until(() => g.gateway.table.lookup('garbled')?.channels.length === 0);
+  });
+
+  it('take at most --ws-max-streams requests at once; the rest wait in the name\'s queue', async () => {
+    const g = await gateway({ wsMaxStreams: 2 });
+    const a = await app(g, { name: 'narrow' });
+    const visits = [1, 2, 3].map((i) => request(g.port, { host: g.host('narrow'), path: `/${i}` }));
+    const r1 = await a.control('request');
+    await a.control('request');
+    await until(() => g.gateway.table.lookup('narrow')?.waiting === 1);
+    a.respond(r1['id'] as number, 200, 'one');
+    const r3 = await a.control('request');
+    a.respond(r3['id'] as number, 200, 'three');
+    expect((await visits[0])?.body).toBe('one');
+    expect((await visits[2])?.body).toBe('three');
+    a.close();
+    await Promise.allSettled(visits);
+  });
+});
