@@ -195,3 +195,62 @@ export class BrowserEndpoints {
 }
 
 function noop(): void {}
+
+/**
+ * The live demo on the gateway's home page: the tab claims a name with /ptth.js and answers
+ * visitors itself; the public URL and each request it answered show up as they happen.
+ */
+export const DEMO_HTML = `<h2>Live demo: serve HTTP from this tab</h2>
+<p>This page loads <code>/ptth.js</code>, claims a name over the WebSocket channel (Comet when a WebSocket cannot be opened) and answers visitors from the tab.</p>
+<p><label>Name <input id="demo-name" size="20" pattern="[a-z0-9-]{1,63}"></label>
+<button id="demo-start">Serve from this tab</button> <button id="demo-stop" disabled>Stop</button> <span id="demo-status"></span></p>
+<p id="demo-online" hidden>Public URL: <a id="demo-url" target="_blank" rel="noopener"></a> (<span id="demo-transport"></span>)</p>
+<ol id="demo-log" reversed></ol>
+<script type="module">
+import { serve } from '/ptth.js';
+const $ = (id) => document.getElementById(id);
+const esc = (s) => s.replace(/[&<>"']/g, (c) => '&#' + c.charCodeAt(0) + ';');
+$('demo-name').value = 'tab-' + Math.random().toString(36).slice(2, 8);
+let server;
+let count = 0;
+const idle = (status) => {
+  server = undefined;
+  $('demo-online').hidden = true;
+  $('demo-start').disabled = false;
+  $('demo-stop').disabled = true;
+  $('demo-status').textContent = status;
+};
+$('demo-start').onclick = () => {
+  $('demo-start').disabled = true;
+  $('demo-stop').disabled = false;
+  $('demo-status').textContent = 'connecting...';
+  server = serve({
+    name: $('demo-name').value,
+    onListen: (info) => {
+      $('demo-url').href = info.url;
+      $('demo-url').textContent = info.url;
+      $('demo-transport').textContent = info.transport;
+      $('demo-online').hidden = false;
+      $('demo-status').textContent = 'online';
+    },
+    onError: (e) => { $('demo-status').textContent = e.message; },
+  }, (request, info) => {
+    const n = ++count;
+    const u = new URL(request.url);
+    const li = document.createElement('li');
+    li.textContent = new Date().toLocaleTimeString() + ' ' + request.method + ' ' + u.pathname + u.search + ' from ' + info.remoteAddr + ' (' + info.transport + ')';
+    $('demo-log').prepend(li);
+    return new Response('<!doctype html><meta charset="utf-8"><title>Hello from a browser tab</title>' +
+      '<h1>Hello from a browser tab</h1><p>Request #' + n + ': ' + esc(request.method + ' ' + u.pathname + u.search) +
+      ', answered at ' + new Date().toISOString() + ' by ' + esc(navigator.userAgent) + '.</p>',
+      { headers: { 'content-type': 'text/html; charset=utf-8' } });
+  });
+  server.url.catch((e) => idle('refused: ' + e.message));
+};
+$('demo-stop').onclick = async () => {
+  const s = server;
+  idle('stopped');
+  await s?.close();
+};
+</script>
+`;

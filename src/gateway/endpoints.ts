@@ -4,6 +4,7 @@ import { sendError, wantsJson } from '../http/respond.js';
 import { parseLease, validateToken } from '../routes/registration.js';
 import type { Registration } from '../routes/table.js';
 import { PRIVATE_PREFIX, publicUrlFor, type GatewayContext } from './context.js';
+import { DEMO_HTML } from './browser.js';
 
 /**
  * The gateway's own endpoints (Host is the domain, an IP literal, or outside the domain):
@@ -122,6 +123,7 @@ function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage
 <table><thead><tr><th>Name</th><th>Channels</th><th>Requests</th><th>Waiting</th></tr></thead><tbody>
 ${rows || '<tr><td colspan="4"><em>No app is connected.</em></td></tr>'}
 </tbody></table>
+${DEMO_HTML}
 <p><small>ptth-proxy ${escapeHtml(info.version)} &middot; up ${Math.round((Date.now() - info.startedAt) / 1000)} s &middot; <a href="/?format=json">JSON</a>: send <code>Accept: application/json</code></small></p>
 </body></html>
 `;
