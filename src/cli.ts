@@ -42,6 +42,13 @@ program
   .option('--max-streams <n>', 'streams the gateway opens at once on one reversed HTTP/2 connection', int(1), 256)
   .option('--ping-interval <ms>', 'time between HTTP/2 PINGs on reversed HTTP/2 connections', int(1), 30_000)
   .option('--ping-timeout <ms>', 'time a PING may go unanswered before the connection is closed', int(1), 10_000)
+  .option('--poll-timeout <ms>', 'how long a Comet long poll waits for a request before its 204', int(1), 30_000)
+  .option('--reply-timeout <ms>', 'time a Comet app has to POST its reply (504 past it; default: --response-timeout)', int(1))
+  .option('--buffer-limit <bytes>', 'largest body buffered whole for a Comet exchange (413 past it)', int(0), 16 * 1024 * 1024)
+  .option('--comet-idle-timeout <ms>', 'how long after its last poll a Comet app counts as gone (its lease starts)', int(1), 30_000)
+  .option('--ws-max-streams <n>', 'requests in flight at once on one WebSocket channel', int(1), 128)
+  .option('--ws-window <bytes>', 'body bytes in flight per request and direction on a WebSocket channel', int(1024), 256 * 1024)
+  .option('--ws-ping-interval <ms>', 'time between WebSocket pings; a channel that misses one is closed', int(1), 30_000)
   .option('-v, --verbose', 'print one line per visitor request')
   .option('-q, --quiet', 'print only the start-up lines and errors')
   .action(async (o: Record<string, unknown>) => {
@@ -61,8 +68,15 @@ program
       maxStreams: o['maxStreams'] as number,
       pingInterval: o['pingInterval'] as number,
       pingTimeout: o['pingTimeout'] as number,
+      pollTimeout: o['pollTimeout'] as number,
+      bufferLimit: o['bufferLimit'] as number,
+      cometIdleTimeout: o['cometIdleTimeout'] as number,
+      wsMaxStreams: o['wsMaxStreams'] as number,
+      wsWindow: o['wsWindow'] as number,
+      wsPingInterval: o['wsPingInterval'] as number,
     };
     if (o['publicUrl'] !== undefined) options.publicUrl = o['publicUrl'] as string;
+    if (o['replyTimeout'] !== undefined) options.replyTimeout = o['replyTimeout'] as number;
     let gateway;
     try {
       gateway = createGateway(options);

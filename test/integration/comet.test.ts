@@ -2,6 +2,7 @@ import type * as net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import { rawConnect, readUntil, request, sleep, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { spawnCli } from '../helpers/spawn.js';
 import { CometApp, fetchRaw, parseLinks, parseRequestMessage, rawValues, register, serializeResponse, type HttpReply } from '../helpers/comet.js';
 
 /*
@@ -396,5 +397,25 @@ describe('CORS on gateway endpoints', () => {
     expect(js.headers['content-type']).toMatch(/^text\/javascript/);
     expect(js.headers['access-control-allow-origin']).toBe(origin);
     expect(js.body.toString()).toContain('export function serve');
+  });
+});
+
+describe('serve command flags for the browser transports', () => {
+  it('--poll-timeout and --buffer-limit reach the gateway', async () => {
+    const p = spawnCli(['serve', '--port', '0', '--host', '127.0.0.1', '--poll-timeout', '120', '--buffer-limit', '10', '--quiet']);
+    try {
+      const m = await p.waitFor(/listening on 127\.0\.0\.1:(\d+)/);
+      const origin = `http://127.0.0.1:${m[1] as string}`;
+      const r = await register(origin, { name: 'flags' });
+      expect(r.status).toBe(201);
+      const start = Date.now();
+      expect((await poll(r.links['first'] as string)).status).toBe(204);
+      expect(Date.now() - start).toBeLessThan(2_000);
+      const big = await request(Number(m[1]), { host: `flags.localhost:${m[1] as string}`, method: 'POST', body: 'more than ten bytes' });
+      expect(big.status).toBe(413);
+    } finally {
+      p.kill();
+      await p.exited();
+    }
   });
 });
