@@ -685,17 +685,17 @@ describe('limits and refusals', () => {
     expect(channels(g, 'foo')).toBe(2);
   });
 
-  it('refuses a non-PTTH upgrade (Upgrade: websocket) on the gateway host with 400 and closes', async () => {
+  // (Upgrade: websocket on the gateway host is a WebSocket channel claim: test/integration/wschannel.test.ts.)
+  it('refuses a non-PTTH upgrade (Upgrade: h2c) on the gateway host with 400 and closes', async () => {
     const g = await start();
     await refused(
       g.port,
       bytes([
         'GET / HTTP/1.1',
         `Host: localhost:${g.port}`,
-        'Upgrade: websocket',
-        'Connection: Upgrade',
-        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==',
-        'Sec-WebSocket-Version: 13',
+        'Upgrade: h2c',
+        'Connection: Upgrade, HTTP2-Settings',
+        'HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA',
       ]),
       400,
       'PTTH_ERR_UNSUPPORTED_UPGRADE',
