@@ -198,6 +198,13 @@ export class Http1Channel implements Channel {
       }
     });
 
+    if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined) {
+      // No body (most requests): no stream plumbing on the hot path. A visitor that leaves is seen
+      // by res 'close' above.
+      req.resume();
+      out.end();
+      return;
+    }
     pipeline(req, out, (err) => {
       if (err && !finished) {
         // The visitor's body failed (they disconnected): the channel is mid-message.
