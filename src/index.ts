@@ -5,6 +5,7 @@
  */
 export { createGateway, Gateway, type GatewayOptions, type GatewayEvents } from './gateway/server.js';
 export type { GatewaySettings } from './gateway/context.js';
+export type { BrowserOptions } from './gateway/browser.js';
 export { listen, Tunnel, ClaimError, type ListenOptions, type TunnelEvents } from './client/node.js';
 export { createLocalProxy, parseTarget, type LocalProxyOptions } from './client/proxy.js';
 export { MemoryTable, Registration, type RouteTable, type TableOptions } from './routes/table.js';

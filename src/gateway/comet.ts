@@ -135,7 +135,7 @@ export class CometService {
       return;
     }
     if (req.method === 'GET') this.#poll(session, slotId, slot, req, res);
-    else if (req.method === 'POST') this.#reply(session, slot, req, res);
+    else if (req.method === 'POST') this.#reply(slot, req, res);
     else this.#methodNotAllowed(req, res, 'GET, POST');
   }
 
@@ -273,7 +273,7 @@ export class CometService {
     res.end(d.message);
   }
 
-  #reply(session: Session, slot: Slot, req: IncomingMessage, res: ServerResponse): void {
+  #reply(slot: Slot, req: IncomingMessage, res: ServerResponse): void {
     const d = slot.delivery;
     if (!d || d.settled) {
       req.resume();
@@ -307,6 +307,5 @@ export class CometService {
           );
         },
       );
-    void session;
   }
 }

@@ -130,7 +130,6 @@ export class CometApp {
   #stopped = false;
   #loops: Promise<void>[] = [];
   #agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
-  #inflight = new Set<http.ClientRequest>();
 
   static async start(origin: string, form: Record<string, string>, handler: CometHandler, pollers = 1): Promise<CometApp> {
     const app = new CometApp();
@@ -170,7 +169,6 @@ export class CometApp {
     this.#stopped = true;
     if (this.location) await fetchRaw(this.location, { method: 'DELETE' }).catch(() => undefined);
     await Promise.allSettled(this.#loops);
-    for (const r of this.#inflight) r.destroy();
     this.#agent.destroy();
   }
 }

@@ -26,7 +26,10 @@ export interface ServeOptions {
   lease?: number;
   /** `auto` (default): WebSocket, falling back to Comet; or force one. */
   transport?: 'auto' | Transport;
-  /** Concurrent Comet long polls (default 2). */
+  /**
+   * Concurrent Comet long polls (default 2). Browsers open about 6 connections per host, and a
+   * reply POST must find one free while the polls wait: keep this at 4 or less.
+   */
   pollers?: number;
   /** First reconnect delay in ms (default 250); doubles per failure up to `maxBackoff` (default 30000). */
   backoff?: number;
