@@ -39,9 +39,9 @@ export class RawWsApp {
   }
 
   /** Opens the channel and waits for the gateway's hello. */
-  static connect(port: number, query: Record<string, string> = {}): Promise<RawWsApp> {
+  static connect(port: number, query: Record<string, string> = {}, options: { autoPong?: boolean } = {}): Promise<RawWsApp> {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(`ws://127.0.0.1:${port}/?${new URLSearchParams(query).toString()}`, 'ptth.v1');
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/?${new URLSearchParams(query).toString()}`, 'ptth.v1', options);
       const app = new RawWsApp(ws);
       ws.once('error', reject);
       ws.once('unexpected-response', (_req, res) => reject(new Error(`refused: ${res.statusCode}`)));

@@ -81,6 +81,37 @@ describe('WebSocket channel claims', () => {
     expect(g.gateway.table.lookup('x')).toBeUndefined();
   });
 
+  it('close a channel whose app stops answering pings (--ws-ping-interval)', async () => {
+    const g = await gateway({ wsPingInterval: 100 });
+    const a = await RawWsApp.connect(g.port, { name: 'mute' }, { autoPong: false });
+    apps.push(a);
+    await until(() => g.gateway.table.lookup('mute')?.channels.length === 1);
+    expect(await a.closed(2_000)).toBe(1006);
+    await until(() => g.gateway.table.lookup('mute')?.channels.length === 0);
+  });
+
+  it('refuse a WebSocket claim with 503 while the gateway closes', async () => {
+    const g = await gateway();
+    const a = await app(g, { name: 'stay' });
+    const busy = request(g.port, { host: g.host('stay') });
+    const r = await a.control('request');
+    // A connection opened before the shutdown sends its WebSocket claim after it started.
+    const s = await rawConnect(g.port);
+    const closing = g.gateway.close(2_000);
+    s.write(
+      `GET /?name=late HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ptth.v1\r\n\r\n',
+    );
+    const refusal = (await readUntil(s, (b) => b.includes('\r\n\r\n'))).toString('latin1');
+    expect(refusal).toMatch(/^HTTP\/1\.1 503 /);
+    expect(refusal).toContain('X-Ptth-Error: PTTH_ERR_SHUTTING_DOWN');
+    s.destroy();
+    a.respond(r['id'] as number, 200, 'finished during shutdown');
+    expect((await busy).body).toBe('finished during shutdown');
+    await closing;
+    gw = undefined;
+  });
+
   it('close with 1001 when the registration is deleted', async () => {
     const g = await gateway();
     const a = await app(g, { name: 'bye' });
@@ -246,5 +277,34 @@ describe('WebSocket channel requests', () => {
     expect((await visits[2])?.body).toBe('three');
     a.close();
     await Promise.allSettled(visits);
+  });
+});
+
+describe('the browser library (in Node)', () => {
+  it('reconnects with backoff when the gateway restarts, and gets its name back', async () => {
+    const g = await gateway();
+    const port = g.port;
+    const serve = await loadLibrary();
+    const listens: string[] = [];
+    const server = serve({ gateway: g.origin, name: 'phoenix', transport: 'websocket', onListen: (i: { transport: string }) => listens.push(i.transport) }, () => new Response('alive'));
+    servers.push(server);
+    await server.url;
+    await g.close();
+    gw = await startGateway({}, port);
+    const again = gw;
+    await until(() => again.gateway.table.lookup('phoenix')?.channels.length === 1, 5_000, 'reconnect');
+    expect((await request(port, { host: again.host('phoenix') })).body).toBe('alive');
+    expect(listens).toEqual(['websocket', 'websocket']);
+  });
+
+  it('stops with a ServeError when the gateway refuses the name for good', async () => {
+    const g = await gateway();
+    await app(g, { name: 'owned', token: 'mine' });
+    const serve = await loadLibrary();
+    const errors: { status?: number; code?: string }[] = [];
+    const server = serve({ gateway: g.origin, name: 'owned', token: 'yours', onError: (e: { status?: number; code?: string }) => errors.push(e) }, () => new Response('x'));
+    servers.push(server);
+    await expect(server.url).rejects.toMatchObject({ name: 'ServeError', status: 403, code: 'PTTH_ERR_TOKEN_MISMATCH' });
+    expect(errors.some((e) => e.status === 403)).toBe(true);
   });
 });
