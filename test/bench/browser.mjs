@@ -7,6 +7,9 @@
 //   node test/bench/browser.mjs ws <gatewayUrl> <name> <channels>
 //       <channels> WebSocket channels answering every request with one response frame and one
 //       body frame; prints `READY <channels>` once every channel got its hello
+//   node test/bench/browser.mjs native <gatewayUrl> <name> <connections> [h1]
+//       the same body served through listen() from dist/ (the native channel, the baseline;
+//       `h1`: reversed HTTP/1.1 only); prints `READY <protocol>` once online
 import * as http from 'node:http';
 import WebSocket from 'ws';
 
@@ -90,6 +93,23 @@ function ws(channels) {
   }
 }
 
+async function native(connections, h1) {
+  const { listen } = await import('../../dist/index.js');
+  const options = { gateway, name, connections };
+  if (h1) options.http1 = true;
+  const tunnel = listen(
+    (req, res) => {
+      req.resume();
+      res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': BODY.length });
+      res.end(BODY);
+    },
+    options,
+  );
+  tunnel.once('online', () => process.stdout.write(`READY ${tunnel.protocol ?? 'h1'}\n`));
+  tunnel.on('error', (err) => fail(`tunnel error: ${err.message}`));
+}
+
 if (mode === 'comet') await comet(Number(count));
 else if (mode === 'ws') ws(Number(count));
-else fail('usage: browser.mjs comet|ws <gatewayUrl> <name> <count>');
+else if (mode === 'native') await native(Number(count), process.argv[6] === 'h1');
+else fail('usage: browser.mjs comet|ws|native <gatewayUrl> <name> <count>');
