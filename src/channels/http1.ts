@@ -3,7 +3,7 @@ import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream';
 import { PtthError } from '../http/errors.js';
 import { withoutHopByHop } from '../http/headers.js';
-import { rawHead, splice } from '../http/relay.js';
+import { rawHead, relay, splice } from '../http/relay.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
 
 export interface Http1ChannelOptions {
@@ -153,7 +153,7 @@ export class Http1Channel implements Channel {
         finish();
         return;
       }
-      pipeline(appRes, res, (err) => {
+      relay(appRes, res, (err) => {
         // A visitor that went away mid-response leaves the reversed connection mid-message: it
         // cannot carry another request, so it is closed and the app opens a fresh one.
         if (err) {
@@ -205,7 +205,7 @@ export class Http1Channel implements Channel {
       out.end();
       return;
     }
-    pipeline(req, out, (err) => {
+    relay(req, out, (err) => {
       if (err && !finished) {
         // The visitor's body failed (they disconnected): the channel is mid-message.
         this.#socket.destroy();

@@ -12,7 +12,7 @@ import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream';
 import { PtthError } from '../http/errors.js';
 import { hasToken } from '../http/headers.js';
-import { rawHead, splice } from '../http/relay.js';
+import { rawHead, relay, splice } from '../http/relay.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
 
 export interface Http2ChannelOptions {
@@ -145,18 +145,24 @@ export class Http2Channel implements Channel {
   }
 
   #sendPing = (): void => {
-    if (this.#closed || this.#pingDeadline) return;
+    // A session can be destroyed before its 'close' event has run: ping() would throw then.
+    if (this.#closed || this.#pingDeadline || this.#session.destroyed || this.#session.closed) return;
     this.#pingDeadline = setTimeout(() => {
       // No PING ACK in time: the peer is gone even if TCP has not noticed.
       this.#session.destroy(new Error('HTTP/2 PING timed out'));
       this.#socket.destroy();
     }, this.#options.pingTimeout);
     this.#pingDeadline.unref();
-    const sent = this.#session.ping((err) => {
-      if (this.#pingDeadline) clearTimeout(this.#pingDeadline);
-      this.#pingDeadline = undefined;
-      if (err && !this.#closed) this.#session.destroy(err);
-    });
+    let sent = false;
+    try {
+      sent = this.#session.ping((err) => {
+        if (this.#pingDeadline) clearTimeout(this.#pingDeadline);
+        this.#pingDeadline = undefined;
+        if (err && !this.#closed) this.#session.destroy(err);
+      });
+    } catch {
+      sent = false;
+    }
     if (!sent) {
       clearTimeout(this.#pingDeadline);
       this.#pingDeadline = undefined;
@@ -217,6 +223,13 @@ export class Http2Channel implements Channel {
       return;
     }
     let responded = false;
+    // Node 20 sends no RST_STREAM for close() while our side of the stream is still open: a cut
+    // upload is reset with destroy(err), so the app never sees it as a complete body.
+    const cancel = (): void => {
+      if (stream.destroyed) return;
+      if (stream.writableEnded) stream.close(NGHTTP2_CANCEL);
+      else stream.destroy(new Error('The visitor went away.'));
+    };
     const startTimer = (): void => {
       if (responded || finished) return;
       timer = setTimeout(() => {
@@ -238,9 +251,15 @@ export class Http2Channel implements Channel {
         finish();
         return;
       }
-      // A slow visitor slows only this stream: pipeline stops reading, HTTP/2 flow control holds the app.
-      pipeline(stream, res, (err) => {
+      // A slow visitor slows only this stream: the relay stops reading, HTTP/2 flow control holds the app.
+      relay(stream, res, (err) => {
         if (err) res.destroy();
+        // The app answered before the visitor's body was complete: when the visitor goes away,
+        // the rest of the upload will never come, so the stream is reset.
+        else if (!req.complete) {
+          if (req.socket.destroyed) cancel();
+          else req.socket.once('close', cancel);
+        }
         finish();
       });
     });
@@ -262,7 +281,7 @@ export class Http2Channel implements Channel {
     res.on('close', () => {
       // The visitor left: cancel this stream only; the connection carries on.
       if (!res.writableFinished && !finished) {
-        stream.close(NGHTTP2_CANCEL);
+        cancel();
         finish();
       }
     });
@@ -270,9 +289,9 @@ export class Http2Channel implements Channel {
       req.resume();
       startTimer();
     } else {
-      pipeline(req, stream, (err) => {
+      relay(req, stream, (err) => {
         if (err) {
-          if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
+          cancel();
           if (!finished) finish();
           return;
         }

@@ -4,6 +4,7 @@ import * as https from 'node:https';
 import * as http2 from 'node:http2';
 import { pipeline } from 'node:stream';
 import { withoutHopByHop } from '../http/headers.js';
+import { relay } from '../http/relay.js';
 import { duplexPair } from './pair.js';
 import type { Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
@@ -427,7 +428,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         res.destroy();
         return;
       }
-      pipeline(res, stream, noop);
+      relay(res, stream, noop);
       res.once('end', () => {
         if (!stream.readableEnded) {
           stream.unpipe(out);

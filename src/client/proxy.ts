@@ -3,7 +3,7 @@ import * as https from 'node:https';
 import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream';
 import { withoutHopByHop } from '../http/headers.js';
-import { rawHead, splice } from '../http/relay.js';
+import { rawHead, relay, splice } from '../http/relay.js';
 
 export interface LocalProxyOptions {
   /** Replace the Host header with the local service's (some dev servers check it). Default false. */
@@ -39,7 +39,7 @@ export function createLocalProxy(target: URL, options: LocalProxyOptions = {}): 
     const out = mod.request({ host, port, method: req.method, path: base + (req.url ?? '/'), headers: headersFor(req), setHost: false, agent, ...tls });
     out.on('response', (local) => {
       res.writeHead(local.statusCode ?? 502, local.statusMessage, withoutHopByHop(local.rawHeaders));
-      pipeline(local, res, () => {});
+      relay(local, res, () => {});
     });
     out.on('error', (err: NodeJS.ErrnoException) => {
       if (res.headersSent) {
@@ -50,7 +50,7 @@ export function createLocalProxy(target: URL, options: LocalProxyOptions = {}): 
       res.writeHead(502, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(body) });
       res.end(body);
     });
-    pipeline(req, out, () => {});
+    relay(req, out, () => {});
   });
 
   server.on('upgrade', (req: http.IncomingMessage, socket: Socket, head: Buffer) => {

@@ -254,6 +254,9 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeIdleConnections();
     const deadline = Date.now() + graceMs;
+    // HTTP/2 channels hear GOAWAY at once: no new streams, those in flight finish, then the
+    // connection closes and the client reconnects elsewhere.
+    for (const r of this.table.list()) for (const c of [...r.channels]) if (c.transport === 'http2') c.close();
     const busy = (): boolean => this.table.list().some((r) => r.waiting > 0 || r.channels.some((c) => c.active > 0));
     while (busy() && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 25));

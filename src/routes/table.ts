@@ -112,6 +112,18 @@ export class Registration {
   #pick(upgrade: boolean): Channel | undefined {
     const list = this.channels;
     const n = list.length;
+    if (!upgrade && n > 1) {
+      // Multiplexed channels first: an app that keeps an HTTP/1.1 channel beside its HTTP/2 one
+      // keeps it for upgrades (the Node client does), and one HTTP/2 connection carries many requests.
+      for (let k = 0; k < n; k++) {
+        const i = (this.#rr + k) % n;
+        const ch = list[i] as Channel;
+        if (ch.transport === 'http2' && ch.available) {
+          this.#rr = i + 1;
+          return ch;
+        }
+      }
+    }
     for (let k = 0; k < n; k++) {
       const i = (this.#rr + k) % n;
       const ch = list[i] as Channel;
