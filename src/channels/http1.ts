@@ -1,4 +1,5 @@
-import { Agent, request, STATUS_CODES, type ClientRequest, type IncomingMessage } from 'node:http';
+import { Agent, request, STATUS_CODES, type ClientRequest, type ClientRequestArgs, type IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream';
 import { PtthError } from '../http/errors.js';
@@ -22,10 +23,15 @@ class ChannelAgent extends Agent {
     super({ keepAlive: true, maxSockets: 1, maxFreeSockets: 1, scheduling: 'fifo' });
     this.#socket = socket;
   }
-  override createConnection(): Socket {
+  override createConnection(_options: ClientRequestArgs, callback?: (err: Error | null, stream: Duplex) => void): Duplex | undefined {
     const socket = this.#socket;
-    // The agent only asks again after the socket closed; the channel is then closed too.
-    if (!socket) throw new Error('the reversed connection was already used');
+    if (!socket) {
+      // The agent asks again only when a request was queued on a socket that then closed. That
+      // request fails (502 to its visitor) through its 'error' event; throwing here would escape
+      // from the agent's 'close' handler and end the process.
+      callback?.(new Error('the reversed connection is closed'), undefined as unknown as Duplex);
+      return undefined;
+    }
     this.#socket = undefined;
     return socket;
   }
@@ -78,7 +84,8 @@ export class Http1Channel implements Channel {
     return this.#served;
   }
   get available(): boolean {
-    return !this.#closed && this.#reusable && this.#active === 0;
+    // destroyed: the channel gave up on its socket and its 'close' event has not run yet.
+    return !this.#closed && this.#reusable && this.#active === 0 && !this.#socket.destroyed;
   }
   get closed(): boolean {
     return this.#closed;
@@ -118,7 +125,7 @@ export class Http1Channel implements Channel {
       this.#active--;
       this.#served++;
       ex.done();
-      if (!this.#closed && this.#reusable) this.events?.available(this);
+      if (this.available) this.events?.available(this);
     };
 
     let out: ClientRequest;

@@ -113,7 +113,6 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   /** What the gateway speaks, learnt from the first 101: undefined until then. */
   #mode: Kind | undefined;
   #timers = new Set<NodeJS.Timeout>();
-  #attempt = 0;
   #closed = false;
   #online = false;
   #ready: Promise<string>;
@@ -205,12 +204,13 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     return n;
   }
 
-  #fill(): void {
+  /** Dials what the pool lacks; `attempt` is the failure count of the slot being retried (backoff). */
+  #fill(attempt = 0): void {
     if (this.#closed) return;
     // Until the gateway has named us (and said what it speaks), one claim at a time, so that every
     // connection shares the name.
     if (this.name === undefined || this.#mode === undefined) {
-      if (this.#live.size + this.#dialing.size === 0) this.#dial(this.#options.http1 ? 'h1' : 'h2');
+      if (this.#live.size + this.#dialing.size === 0) this.#dial(this.#options.http1 ? 'h1' : 'h2', attempt);
       return;
     }
     const want: Record<Kind, number> =
@@ -218,7 +218,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         ? { h1: this.#size, h2: 0 }
         : { h2: this.#options.http2Connections ?? 1, h1: this.#options.upgradeConnections ?? (this.#wantsUpgrades() ? 1 : 0) };
     for (const kind of ['h2', 'h1'] as const) {
-      while (this.#count(this.#live, kind) + this.#count(this.#dialing, kind) < want[kind]) this.#dial(kind);
+      while (this.#count(this.#live, kind) + this.#count(this.#dialing, kind) < want[kind]) this.#dial(kind, attempt);
     }
   }
 
@@ -226,12 +226,15 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     return typeof this.#target !== 'function' && this.#target.listenerCount('upgrade') > 0;
   }
 
-  #schedule(error: Error, kind: Kind): void {
+  /**
+   * Retries a failed slot after a delay. Each slot counts its own failures, so fifty connections
+   * failing at once (a gateway restart) all start at the first delay, not at the fiftieth.
+   */
+  #schedule(error: Error, kind: Kind, attempt: number): void {
     if (this.#closed) return;
     const base = this.#options.backoff ?? 250;
     const max = this.#options.maxBackoff ?? 30_000;
-    const exp = Math.min(max, base * 2 ** Math.min(this.#attempt, 20));
-    this.#attempt++;
+    const exp = Math.min(max, base * 2 ** Math.min(attempt, 20));
     // Jitter (half to full delay) so that many clients do not reconnect in step after a restart.
     const delay = Math.round(exp / 2 + Math.random() * (exp / 2));
     this.emit('reconnecting', { delay, error });
@@ -241,12 +244,12 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     const timer = setTimeout(() => {
       this.#timers.delete(timer);
       this.#dialing.delete(placeholder);
-      this.#fill();
+      this.#fill(attempt + 1);
     }, delay);
     this.#timers.add(timer);
   }
 
-  #dial(kind: Kind): void {
+  #dial(kind: Kind, attempt: number): void {
     const g = this.#gateway;
     const params = new URLSearchParams();
     if (this.name !== undefined) params.set('name', this.name);
@@ -279,7 +282,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         this.#stop(err);
         return;
       }
-      this.#schedule(err, kind);
+      this.#schedule(err, kind, attempt);
     };
     req.on('upgrade', (res: http.IncomingMessage, socket: Socket, head: Buffer) => {
       settled = true;
@@ -295,7 +298,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       else if (upgrade === 'ptth/1.0' || (upgrade === 'ptth' && (alpn === '' || alpn === 'http/1.1'))) got = 'h1';
       else {
         socket.destroy();
-        this.#schedule(new Error(`the gateway upgraded to ${JSON.stringify(res.headers.upgrade)} (ALPN ${alpn || 'none'}), which this client does not speak`), kind);
+        this.#schedule(new Error(`the gateway upgraded to ${JSON.stringify(res.headers.upgrade)} (ALPN ${alpn || 'none'}), which this client does not speak`), kind, attempt);
         return;
       }
       // The gateway's answer decides the mode (it may change across gateway restarts).
@@ -307,7 +310,6 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         if (this.name === undefined) this.name = new URL(link).hostname.split('.')[0];
       }
       if (res.headers.location) this.privateUrl = res.headers.location;
-      this.#attempt = 0;
       this.#adopt(socket, head, got);
     });
     req.on('response', (res: http.IncomingMessage) => {

@@ -98,6 +98,22 @@ describe('Node client: listen()', () => {
     expect((await request(port, { host: g2.host('late') })).body).toBe('late');
   });
 
+  it('counts backoff per connection: a whole pool failing at once all retry at the first delay', async () => {
+    const gw = await gateway();
+    const t = await app(gw.port, (_req, res) => res.end('x'), { name: 'herd', connections: 6, http1: true, backoff: 40, maxBackoff: 10_000 });
+    await until(() => t.connections === 6, 3_000, 'six connections');
+    const delays: number[] = [];
+    t.on('reconnecting', ({ delay }) => delays.push(delay));
+    await gw.close();
+    gateways.length = 0;
+    await until(() => delays.length >= 6, 3_000, 'six retries');
+    // The first failure of each of the six slots waits between base/2 and base, not base * 2^n.
+    for (const d of delays.slice(0, 6)) {
+      expect(d).toBeGreaterThanOrEqual(20);
+      expect(d).toBeLessThanOrEqual(40);
+    }
+  });
+
   it('stops with a ClaimError when the name is held under another token', async () => {
     const gw = await gateway();
     await app(gw.port, (_req, res) => res.end('owner'), { name: 'taken', token: 'a' });

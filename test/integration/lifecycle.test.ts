@@ -61,6 +61,32 @@ describe('gateway lifecycle', () => {
     gw = undefined;
   });
 
+  it('a visitor hanging up frees nothing twice: the request queued behind it is not sent down the dead channel', async () => {
+    gw = await startGateway({ queueTimeout: 400, reconnectWait: 400 });
+    const claim = `POST /?name=solo&token=t HTTP/1.1\r\nHost: localhost\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`;
+    const first = await rawClaim(gw.port, claim);
+    expect(first.head).toMatch(/^HTTP\/1\.1 101 /);
+    // Visitor A's request reaches the app (which does not answer); visitor B queues behind it.
+    const a = await rawConnect(gw.port);
+    a.write(`GET /a HTTP/1.1\r\nHost: ${gw.host('solo')}\r\n\r\n`);
+    await readUntil(first.socket, (b) => b.includes('GET /a'));
+    const b = request(gw.port, { host: gw.host('solo'), path: '/b' });
+    await until(() => gw?.gateway.table.lookup('solo')?.waiting === 1, 2_000, 'B queued');
+    // A hangs up: the channel is mid-message and must close; B must not be sent down it.
+    a.destroy();
+    const rb = await b;
+    expect(rb.status).toBe(503);
+    expect(rb.headers['x-ptth-error']).toBe('PTTH_ERR_NO_CHANNEL');
+    expect(await closed(first.socket)).toBe(true);
+    // The gateway is alive and serves a fresh channel.
+    const second = await rawClaim(gw.port, claim);
+    const c = request(gw.port, { host: gw.host('solo'), path: '/c' });
+    await readUntil(second.socket, (buf) => buf.includes('GET /c'));
+    second.socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+    expect((await c).body).toBe('ok');
+    second.socket.destroy();
+  });
+
   it('rejects impossible settings at construction', () => {
     expect(() => createGateway({ domain: 'bad domain' })).toThrow(TypeError);
     expect(() => createGateway({ publicUrl: 'ftp://x' })).toThrow(TypeError);
