@@ -1,0 +1,42 @@
+// Child processes of the benchmark (test/bench/run.ts), plain JS so that they run on bare node
+// against the compiled dist/, exactly as an app would.
+//
+//   node test/bench/service.mjs backend
+//       a node:http server on 127.0.0.1 (port 0); prints `READY <port>`
+//   node test/bench/service.mjs app <gatewayUrl> <name> <connections> [h1]
+//       the same handler served in-process through listen() from dist/index.js (`h1`: only
+//       reversed HTTP/1.1, `connections` of them); prints `READY <protocol>` once online
+import * as http from 'node:http';
+
+const BODY = Buffer.from('hello world');
+
+/** The handler both the backend and the listen() app serve: a small fixed body. */
+function handler(req, res) {
+  req.resume();
+  res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': BODY.length });
+  res.end(BODY);
+}
+
+const [mode, ...args] = process.argv.slice(2);
+process.on('SIGTERM', () => process.exit(0));
+process.on('SIGINT', () => process.exit(0));
+
+if (mode === 'backend') {
+  const server = http.createServer({ keepAliveTimeout: 30_000 }, handler);
+  server.listen(0, '127.0.0.1', () => process.stdout.write(`READY ${server.address().port}\n`));
+} else if (mode === 'app') {
+  const [gateway, name, connections, h1] = args;
+  const { listen } = await import('../../dist/index.js');
+  const options = { gateway, name, connections: Number(connections) };
+  if (h1 === 'h1') options.http1 = true;
+  const tunnel = listen(handler, options);
+  tunnel.once('online', () => process.stdout.write(`READY ${tunnel.protocol ?? 'h1'}\n`));
+  tunnel.on('reconnecting', ({ delay, error }) => process.stderr.write(`reconnecting in ${delay} ms: ${error.message}\n`));
+  tunnel.on('error', (err) => {
+    process.stderr.write(`tunnel error: ${err.message}\n`);
+    process.exit(1);
+  });
+} else {
+  process.stderr.write('usage: service.mjs backend | app <gatewayUrl> <name> <connections> [h1]\n');
+  process.exit(2);
+}
