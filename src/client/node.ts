@@ -6,6 +6,7 @@ import { pipeline } from 'node:stream';
 import { withoutHopByHop } from '../http/headers.js';
 import { relay } from '../http/relay.js';
 import { duplexPair } from './pair.js';
+import { LOCAL_UPSTREAM, type LocalUpstream } from './proxy.js';
 import type { Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { PtthError, type ErrorCode } from '../http/errors.js';
@@ -104,6 +105,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   #h2server: http2.Http2Server | undefined;
   #memAgent: MemoryAgent | undefined;
   #target: Target;
+  /** `connect`'s local service: HTTP/2 streams go straight to it, not through the in-memory hop. */
+  #upstream: LocalUpstream | undefined;
   /** Live reversed connections and what they speak. */
   #live = new Map<Socket, Kind>();
   #sessions = new Map<Socket, http2.ServerHttp2Session>();
@@ -136,6 +139,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     });
     this.#ready.catch(() => {});
     this.#target = target;
+    this.#upstream = typeof target === 'function' ? undefined : (target as { [LOCAL_UPSTREAM]?: LocalUpstream })[LOCAL_UPSTREAM];
     if (options.http1) this.#mode = 'h1';
     this.#server = this.#makeServer(target);
     this.#fill();
@@ -396,15 +400,30 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         else if (value !== undefined) raw.push(name, String(value));
       }
     }
+    const up = this.#upstream;
     let out: http.ClientRequest;
     try {
-      out = http.request({
-        agent: this.#memAgent as MemoryAgent,
-        method: headers[':method'] ?? 'GET',
-        path: headers[':path'] ?? '/',
-        headers: raw,
-        setHost: false,
-      });
+      if (up) {
+        if (up.rewriteHost !== undefined && raw[0] === 'Host') raw[1] = up.rewriteHost;
+        out = up.request({
+          host: up.host,
+          port: up.port,
+          agent: up.agent,
+          method: headers[':method'] ?? 'GET',
+          path: up.base + (headers[':path'] ?? '/'),
+          headers: raw,
+          setHost: false,
+          ...up.tls,
+        });
+      } else {
+        out = http.request({
+          agent: this.#memAgent as MemoryAgent,
+          method: headers[':method'] ?? 'GET',
+          path: headers[':path'] ?? '/',
+          headers: raw,
+          setHost: false,
+        });
+      }
     } catch {
       stream.respond({ ':status': 400 }, { endStream: true });
       return;
@@ -439,9 +458,14 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         }
       });
     });
-    out.on('error', () => {
-      if (!stream.headersSent && !stream.destroyed) stream.respond({ ':status': 502 }, { endStream: true });
-      else if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    out.on('error', (err: NodeJS.ErrnoException) => {
+      if (!stream.headersSent && !stream.destroyed) {
+        if (up) {
+          const body = up.unreachable(err);
+          stream.respond({ ':status': 502, 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body) });
+          stream.end(body);
+        } else stream.respond({ ':status': 502 }, { endStream: true });
+      } else if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
     });
     // The request body goes down with plain pipe(), not pipeline(): when the app answers before
     // reading the whole body (as node:http allows), the rest is discarded here, as node's own

@@ -12,6 +12,24 @@ export interface LocalProxyOptions {
   rejectUnauthorized?: boolean;
 }
 
+/** Where a local proxy sends requests; the Node client's HTTP/2 side uses it directly (see node.ts). */
+export interface LocalUpstream {
+  readonly request: typeof http.request;
+  readonly agent: http.Agent;
+  readonly host: string;
+  readonly port: number;
+  /** Path prefix of the target URL ('' for /). */
+  readonly base: string;
+  /** Host header to send instead of the visitor's, when --rewrite-host is on. */
+  readonly rewriteHost: string | undefined;
+  readonly tls: { rejectUnauthorized?: boolean };
+  /** The 502 body when the local service cannot be reached. */
+  unreachable(err: NodeJS.ErrnoException): string;
+}
+
+/** Marks a createLocalProxy() server with its upstream. */
+export const LOCAL_UPSTREAM: unique symbol = Symbol('ptth-proxy.localUpstream');
+
 /**
  * An http.Server (never listening) that relays each request it is given to a local HTTP service:
  * what `ptth-proxy connect 3000` serves through the gateway. WebSocket and other upgrades are
@@ -34,7 +52,19 @@ export function createLocalProxy(target: URL, options: LocalProxyOptions = {}): 
     return raw;
   }
 
-  const server = http.createServer();
+  const unreachable = (err: NodeJS.ErrnoException): string =>
+    `502 Bad Gateway: ptth-proxy connect could not reach ${target.origin} (${err.code ?? err.message}).\n`;
+  const server = http.createServer() as http.Server & { [LOCAL_UPSTREAM]?: LocalUpstream };
+  server[LOCAL_UPSTREAM] = {
+    request: mod.request,
+    agent,
+    host,
+    port,
+    base,
+    rewriteHost: options.rewriteHost ? target.host : undefined,
+    tls,
+    unreachable,
+  };
   server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
     const out = mod.request({ host, port, method: req.method, path: base + (req.url ?? '/'), headers: headersFor(req), setHost: false, agent, ...tls });
     out.on('response', (local) => {
@@ -46,7 +76,7 @@ export function createLocalProxy(target: URL, options: LocalProxyOptions = {}): 
         res.destroy(err);
         return;
       }
-      const body = `502 Bad Gateway: ptth-proxy connect could not reach ${target.origin} (${err.code ?? err.message}).\n`;
+      const body = unreachable(err);
       res.writeHead(502, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(body) });
       res.end(body);
     });

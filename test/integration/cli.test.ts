@@ -56,6 +56,17 @@ describe('ptth-proxy CLI', () => {
     expect((await request(port, { host: `cli-demo.localhost:${port}` })).status).toBe(404);
   });
 
+  it('connect over reversed HTTP/2 (the default) and over --http1 both honour --rewrite-host and a base path', async () => {
+    const { port } = await serve();
+    const local = await backend((req, res) => res.end(`${req.url} host=${req.headers.host}`));
+    for (const [name, extra] of [['rw2', []], ['rw1', ['--http1']]] as const) {
+      const c = cli(['connect', `http://127.0.0.1:${local}/base`, '--gateway', `http://127.0.0.1:${port}`, '--name', name, '--rewrite-host', ...extra]);
+      await c.waitFor(new RegExp(`Forwarding .* \\(reversed HTTP/${extra.length ? '1\\.1' : '2'}\\)`));
+      const r = await request(port, { host: `${name}.localhost:${port}`, path: '/x?y=1' });
+      expect(r.body).toBe(`/base/x?y=1 host=127.0.0.1:${local}`);
+    }
+  });
+
   it('connect answers 502 with a clear body when the local service is down', async () => {
     const { port } = await serve();
     const dead = await backend(() => {});
