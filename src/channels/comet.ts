@@ -15,6 +15,8 @@ export interface CometChannelOptions {
   readonly queueTimeout: number;
   /** Largest request body buffered for a poller, in bytes (413 past it). */
   readonly bufferLimit: number;
+  /** Bytes buffered by every Comet channel together (shared): past `max`, requests get 503. */
+  readonly budget: { used: number; readonly max: number };
   /** Milliseconds without a poll (and nothing in flight) after which the channel counts as gone. */
   readonly idleTimeout: number;
 }
@@ -53,6 +55,8 @@ interface Item {
   message: Buffer | undefined;
   timer: NodeJS.Timeout | undefined;
   delivery: DeliveryImpl | undefined;
+  /** Body bytes this item holds against the shared budget. */
+  bytes: number;
 }
 
 interface Waiter {
@@ -149,7 +153,7 @@ export class CometChannel implements Channel {
 
   dispatch(ex: Exchange): void {
     const { req, res } = ex;
-    const item: Item = { ex, conn: req.socket, state: 'reading', message: undefined, timer: undefined, delivery: undefined };
+    const item: Item = { ex, conn: req.socket, state: 'reading', message: undefined, timer: undefined, delivery: undefined, bytes: 0 };
     this.#items.add(item);
     res.once('close', () => {
       // The visitor left (or its response finished): whatever stage the request was at, it is over.
@@ -159,14 +163,32 @@ export class CometChannel implements Channel {
     if (Number(req.headers['content-length'] ?? 0) > limit) return this.#tooLarge(item);
     const chunks: Buffer[] = [];
     let size = 0;
+    const budget = this.#options.budget;
+    // The whole body must be here before a poller can have it: a body that trickles in must not
+    // hold a queue place (and its memory) forever.
+    item.timer = setTimeout(() => {
+      if (item.state !== 'reading') return;
+      if (!res.headersSent) res.setHeader('Connection', 'close');
+      this.#fail(item, new PtthError('PTTH_ERR_BODY_TIMEOUT'));
+      req.resume();
+    }, this.#options.queueTimeout);
     req.on('data', (c: Buffer) => {
       if (item.state !== 'reading') return;
       size += c.length;
       if (size > limit) return this.#tooLarge(item);
+      if (budget.used + c.length > budget.max) {
+        if (!res.headersSent) res.setHeader('Connection', 'close');
+        this.#fail(item, new PtthError('PTTH_ERR_QUEUE_FULL', 'The gateway is already buffering as much as it allows for Comet apps.'));
+        req.resume();
+        return;
+      }
+      budget.used += c.length;
+      item.bytes += c.length;
       chunks.push(c);
     });
     req.on('end', () => {
       if (item.state !== 'reading') return;
+      clearTimeout(item.timer);
       item.message = serializeRequest(req, Buffer.concat(chunks, size));
       item.state = 'queued';
       item.timer = setTimeout(() => {
@@ -264,6 +286,8 @@ export class CometChannel implements Channel {
     }
     item.state = 'done';
     item.message = undefined;
+    this.#options.budget.used -= item.bytes;
+    item.bytes = 0;
     if (item.timer) clearTimeout(item.timer);
     this.#items.delete(item);
     this.#served++;

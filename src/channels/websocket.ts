@@ -144,7 +144,12 @@ export class WebSocketChannel implements Channel {
 
   /** Protocol violations end the channel (RFC 6455 section 7.4.1: 1002 protocol error). */
   #violation(why: string): void {
-    if (this.#ws.readyState === this.#ws.OPEN) this.#ws.close(1002, why.slice(0, 120));
+    if (this.#ws.readyState === this.#ws.OPEN) {
+      // RFC 6455 section 5.5: a close reason is at most 123 bytes, and ws throws past that.
+      let reason = why.slice(0, 120);
+      while (Buffer.byteLength(reason) > 123) reason = reason.slice(0, -1);
+      this.#ws.close(1002, reason);
+    }
     this.#onClose();
   }
 
@@ -279,8 +284,15 @@ export class WebSocketChannel implements Channel {
   #onMessage = (data: WebSocket.RawData, isBinary: boolean): void => {
     this.#alive = true;
     const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
-    if (isBinary) this.#onData(buf);
-    else this.#onControl(buf);
+    // Whatever the peer sends, nothing may throw out of ws's 'message' event: that would end the
+    // process. An unexpected failure ends this channel only.
+    try {
+      if (isBinary) this.#onData(buf);
+      else this.#onControl(buf);
+    } catch {
+      this.#ws.terminate();
+      this.#onClose();
+    }
   };
 
   #onControl(buf: Buffer): void {
@@ -314,7 +326,8 @@ export class WebSocketChannel implements Channel {
         this.#finish(s);
         return;
       default:
-        this.#violation(`unknown control frame ${JSON.stringify(msg['t'])}`);
+        // The peer's text stays out of the close reason (it could be any length or encoding).
+        this.#violation('unknown control frame type');
     }
   }
 
@@ -329,6 +342,9 @@ export class WebSocketChannel implements Channel {
     try {
       if (typeof status !== 'number' || !Number.isInteger(status) || status < 200 || status > 599) throw new Error(`status ${String(status)} is not a final status`);
       if (!isHeaderList(headers)) throw new Error('headers must be a flat list of strings');
+      // The body arrives in our own frames, not framed by llhttp: node must hold it to the declared
+      // Content-Length, or an app could write past its response into the visitor's next one.
+      res.strictContentLength = true;
       res.writeHead(status, statusText ?? STATUS_CODES[status], withoutHopByHop(headers));
     } catch (err) {
       this.#json({ t: 'abort', id: s.id, message: `invalid response: ${(err as Error).message}` });
@@ -338,8 +354,17 @@ export class WebSocketChannel implements Channel {
     }
     // With a body, frames follow until END (for HEAD node drops them); without, the response is complete.
     if (msg['body'] !== true) {
-      res.end();
+      this.#end(s);
       this.#finish(s);
+    }
+  }
+
+  /** Ends the visitor's response; a body shorter than its Content-Length cuts the connection instead. */
+  #end(s: Stream): void {
+    try {
+      s.ex.res.end();
+    } catch {
+      s.ex.res.destroy();
     }
   }
 
@@ -355,7 +380,17 @@ export class WebSocketChannel implements Channel {
     if (payload.length > 0) {
       s.unacked += payload.length;
       if (s.unacked > this.#options.window) return this.#violation('more body bytes than the window allows');
-      if (!res.write(payload) && !s.draining) {
+      let ok: boolean;
+      try {
+        ok = res.write(payload);
+      } catch {
+        // More bytes than the declared Content-Length: the visitor's connection is cut, never desynchronised.
+        this.#json({ t: 'abort', id: s.id, message: 'body longer than its Content-Length' });
+        res.destroy();
+        this.#finish(s);
+        return;
+      }
+      if (!ok && !s.draining) {
         s.draining = true;
         res.once('drain', () => {
           s.draining = false;
@@ -366,7 +401,7 @@ export class WebSocketChannel implements Channel {
       }
     }
     if (flags & FLAG_END) {
-      res.end();
+      this.#end(s);
       this.#finish(s);
     }
   }

@@ -100,12 +100,16 @@ function requestOrigin(ctx: GatewayContext, req: IncomingMessage): string {
 export class CometService {
   #ctx: GatewayContext;
   #settings: BrowserSettings;
+  /** Bytes of visitors' bodies buffered for Comet apps across the whole gateway. */
+  #budget: { used: number; readonly max: number };
   #sessions = new Map<string, Session>();
   #byReg = new Map<Registration, Session>();
 
   constructor(ctx: GatewayContext, settings: BrowserSettings) {
     this.#ctx = ctx;
     this.#settings = settings;
+    // Each request may buffer --buffer-limit; all of them together at most eight times that.
+    this.#budget = { used: 0, max: 8 * settings.bufferLimit };
     ctx.table.on('release', (reg: Registration) => {
       const s = this.#byReg.get(reg);
       if (!s) return;
@@ -151,6 +155,11 @@ export class CometService {
 
   #register(req: IncomingMessage, res: ServerResponse): void {
     const ctx = this.#ctx;
+    if (ctx.closing()) {
+      req.resume();
+      sendError(res, new PtthError('PTTH_ERR_SHUTTING_DOWN'), req.headers.accept, true);
+      return;
+    }
     const fail = (err: unknown): void => {
       const e = isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS');
       ctx.emit('refuse', { code: e.code, status: e.status, remote: req.socket.remoteAddress });
@@ -201,6 +210,7 @@ export class CometService {
       queueLimit: this.#ctx.settings.queueLimit,
       queueTimeout: this.#ctx.settings.queueTimeout,
       bufferLimit: s.bufferLimit,
+      budget: this.#budget,
       idleTimeout: s.cometIdleTimeout,
     });
     session.channel = channel;

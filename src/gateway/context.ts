@@ -40,6 +40,8 @@ export interface GatewayContext {
   emit(event: string, ...args: unknown[]): void;
   /** Whether anyone listens to per-request events (kept off the hot path otherwise). */
   readonly observed: { requests: boolean };
+  /** True once close() began: new registrations of any kind are refused with 503. */
+  closing(): boolean;
 }
 
 function isEncrypted(req: IncomingMessage): boolean {

@@ -136,7 +136,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const emit = (event: string, ...args: unknown[]): void => {
       (this.emit as (e: string, ...a: unknown[]) => boolean)(event, ...args);
     };
-    this.#ctx = { settings: s, table: this.table, emit, observed };
+    this.#ctx = { settings: s, table: this.table, emit, observed, closing: () => this.#closing };
     this.browser = new BrowserEndpoints(this.#ctx, options);
     this.#info = { version: VERSION, startedAt: Date.now(), browser: this.browser };
     (this as EventEmitter).on('newListener', (event: string | symbol) => {

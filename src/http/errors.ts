@@ -61,6 +61,7 @@ export const ERRORS = {
   PTTH_ERR_METHOD_NOT_ALLOWED: { status: 405, message: 'This method is not allowed on this endpoint.' },
   PTTH_ERR_NO_ENDPOINT: { status: 404, message: 'The gateway has no endpoint at this path.' },
   PTTH_ERR_SHUTTING_DOWN: { status: 503, message: 'The gateway is shutting down.' },
+  PTTH_ERR_BODY_TIMEOUT: { status: 408, message: 'The request body did not arrive in time.' },
   PTTH_ERR_BODY_TOO_LARGE: {
     status: 413,
     message: 'The body is larger than this gateway buffers for a Comet exchange (--buffer-limit).',
