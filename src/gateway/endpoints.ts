@@ -94,7 +94,8 @@ function escapeHtml(s: string): string {
 
 function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage, res: ServerResponse): void {
   const regs = ctx.table.list().map((r) => describe(ctx, req, r));
-  if (wantsJson(req.headers.accept)) {
+  // JSON by Accept, or by ?format=json for a link a person can click.
+  if (wantsJson(req.headers.accept) || /[?&]format=json(&|$)/.test(req.url ?? '')) {
     const body = JSON.stringify({
       gateway: { version: info.version, domain: ctx.settings.domain, uptime: Math.round((Date.now() - info.startedAt) / 1000) },
       registrations: regs,

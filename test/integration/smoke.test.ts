@@ -20,6 +20,15 @@ describe('end to end through the Node client', () => {
     expect(r.body).toBe('hello /a?b=1');
   });
 
+  it('the status page link /?format=json answers JSON without an Accept header', async () => {
+    gw = await startGateway();
+    const r = await request(gw.port, { host: `localhost:${gw.port}`, path: '/?format=json' });
+    expect(r.headers['content-type']).toContain('application/json');
+    expect(JSON.parse(r.body)).toMatchObject({ gateway: { domain: 'localhost' }, registrations: [] });
+    const html = await request(gw.port, { host: `localhost:${gw.port}`, path: '/' });
+    expect(html.headers['content-type']).toContain('text/html');
+  });
+
   it('answers a PTTH/1.0 claim with the byte-exact 101', async () => {
     gw = await startGateway();
     const { socket, head } = await rawClaim(
