@@ -90,6 +90,19 @@ export function parseResponse(bytes: Buffer, method: string): Promise<ParsedResp
       res.on('error', (err: NodeJS.ErrnoException) => fail(describe(err)));
       res.on('end', () => {
         if (!res.complete) return fail('the body is shorter than its framing says');
+        // node's client destroys the connection at once when a second response follows the first
+        // (parserOnIncomingClient): a complete message after the reply is trailing bytes too.
+        const status = res.statusCode ?? 0;
+        // (A body delimited by the end of the bytes has nothing after it by definition.)
+        const delimited =
+          res.headers['content-length'] !== undefined ||
+          res.headers['transfer-encoding'] !== undefined ||
+          status === 204 ||
+          status === 304 ||
+          method === 'HEAD';
+        if (delimited && conn.destroyed) return fail('bytes follow the response');
+        if (res.httpVersionMajor !== 1) return fail(`HTTP/${res.httpVersion} is not HTTP/1.x`);
+        if (status < 100 || status > 599) return fail(`${status} is not an HTTP status code (RFC 9110 section 15)`);
         // Bytes past the message surface as a parse error on the next tick, if any.
         setImmediate(() => {
           if (settled) return;
