@@ -164,7 +164,7 @@ export class BrowserEndpoints {
       return;
     }
     ctx.table.claim(params).then(
-      ({ registration: reg }) => {
+      ({ registration: reg, created }) => {
         if (reg.channels.length >= ctx.settings.maxChannels) {
           refuse(new PtthError('PTTH_ERR_TOO_MANY_CHANNELS', `The name "${reg.name}" already has ${reg.channels.length} channels, the most this gateway allows.`));
           return;
@@ -173,7 +173,16 @@ export class BrowserEndpoints {
         const url = publicUrlFor(ctx.settings, req, reg.name);
         const location = privateUrlFor(ctx.settings, req, reg.privateId);
         this.#advertise.set(req, [`Link: <${url}>; rel="related"`, `Location: ${location}`]);
-        this.#wss.handleUpgrade(req, socket, head, (ws) => this.#accept(ws, req, reg, url, location));
+        let accepted = false;
+        // ws refuses some handshakes itself (after our checks) and closes the socket without
+        // calling back: a name this claim created must not stay registered with no channel.
+        socket.once('close', () => {
+          if (!accepted && created && reg.channels.length === 0) ctx.table.release(reg, 'WebSocket handshake failed');
+        });
+        this.#wss.handleUpgrade(req, socket, head, (ws) => {
+          accepted = true;
+          this.#accept(ws, req, reg, url, location);
+        });
       },
       (err: unknown) => refuse(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS')),
     );

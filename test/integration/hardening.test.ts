@@ -80,6 +80,24 @@ describe('hardening of the WebSocket channel', () => {
   });
 });
 
+describe('hardening of WebSocket claims', () => {
+  it('a handshake that ws itself refuses leaves no registration behind', async () => {
+    gw = await startGateway();
+    const s = await rawConnect(gw.port);
+    sockets.push(s);
+    // Passes the gateway's own checks (GET, a key, version 13) but not ws's: Upgrade is a list here.
+    s.write(
+      `GET /?name=leftover HTTP/1.1\r\nHost: localhost:${gw.port}\r\nUpgrade: websocket, foo\r\nConnection: Upgrade\r\n` +
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+    );
+    const got = (await readUntil(s, (b) => b.includes('\r\n\r\n'))).toString('latin1');
+    expect(got).toMatch(/^HTTP\/1\.1 400 /);
+    expect(await closed(s)).toBe(true);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(gw.gateway.table.lookup('leftover')).toBeUndefined();
+  });
+});
+
 describe('hardening of Comet', () => {
   it('a body that trickles in gets 408 after the queue timeout instead of holding a queue place forever', async () => {
     gw = await startGateway({ queueTimeout: 300 });
