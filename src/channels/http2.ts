@@ -11,7 +11,7 @@ import {
 import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream';
 import { PtthError } from '../http/errors.js';
-import { hasToken } from '../http/headers.js';
+import { hasToken, rawHeader } from '../http/headers.js';
 import { rawHead, relay, splice } from '../http/relay.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
 
@@ -62,11 +62,6 @@ function flatResponseHeaders(headers: IncomingHttpHeaders): string[] {
     else out.push(name, String(value));
   }
   return out;
-}
-
-function hostOf(raw: readonly string[]): string | undefined {
-  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === 'host') return raw[i + 1];
-  return undefined;
 }
 
 /**
@@ -214,7 +209,7 @@ export class Http2Channel implements Channel {
         ':method': req.method ?? 'GET',
         ':path': req.url ?? '/',
         ':scheme': encrypted ? 'https' : 'http',
-        ':authority': hostOf(ex.headers) ?? 'localhost',
+        ':authority': rawHeader(ex.headers, 'host') ?? 'localhost',
       });
       stream = this.#open(headers, bodyless);
     } catch (err) {
@@ -332,7 +327,7 @@ export class Http2Channel implements Channel {
           ':protocol': 'websocket',
           ':scheme': (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http',
           ':path': req.url ?? '/',
-          ':authority': hostOf(ex.headers) ?? 'localhost',
+          ':authority': rawHeader(ex.headers, 'host') ?? 'localhost',
         }),
         false,
       );

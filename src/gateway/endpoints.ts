@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { PtthError, isPtthError } from '../http/errors.js';
-import { sendError, wantsJson } from '../http/respond.js';
+import { escapeHtml, sendError, wantsJson } from '../http/respond.js';
 import { parseLease, validateToken } from '../routes/registration.js';
 import type { Registration } from '../routes/table.js';
 import { PRIVATE_PREFIX, publicUrlFor, type GatewayContext } from './context.js';
@@ -86,10 +86,6 @@ function describe(ctx: GatewayContext, req: IncomingMessage, reg: Registration):
       openedAt: new Date(ch.openedAt).toISOString(),
     })),
   };
-}
-
-function escapeHtml(s: string): string {
-  return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
 function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage, res: ServerResponse): void {

@@ -38,6 +38,8 @@ export class Registration {
   #queue: Pending[] = [];
   #waiting = 0;
   #rr = 0;
+  /** HTTP/2 channels among `channels`: the preference pass in #pick runs only when there are some. */
+  #multiplexed = 0;
   #expiry: NodeJS.Timeout | undefined;
   #released = false;
   #options: QueueOptions;
@@ -74,6 +76,7 @@ export class Registration {
     }
     this.#disarmExpiry();
     this.channels.push(channel);
+    if (channel.transport === 'http2') this.#multiplexed++;
     channel.events = {
       available: (ch) => this.#drain(ch),
       closed: (ch) => this.#remove(ch),
@@ -86,6 +89,7 @@ export class Registration {
     const i = this.channels.indexOf(channel);
     if (i === -1) return;
     this.channels.splice(i, 1);
+    if (channel.transport === 'http2') this.#multiplexed--;
     this.#table.emit('channel-close', this, channel);
     if (this.channels.length === 0 && !this.#released) this.#armExpiry();
   }
@@ -112,7 +116,7 @@ export class Registration {
   #pick(upgrade: boolean): Channel | undefined {
     const list = this.channels;
     const n = list.length;
-    if (!upgrade && n > 1) {
+    if (!upgrade && n > 1 && this.#multiplexed > 0) {
       // Multiplexed channels first: an app that keeps an HTTP/1.1 channel beside its HTTP/2 one
       // keeps it for upgrades (the Node client does), and one HTTP/2 connection carries many requests.
       for (let k = 0; k < n; k++) {

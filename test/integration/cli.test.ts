@@ -117,6 +117,14 @@ describe('ptth-proxy CLI', () => {
     expect(badTarget.output()).toContain('only http and https services');
   });
 
+  it('serve --no-http2 answers a ptth+h2 offer with PTTH/1.0, and connect then serves over HTTP/1.1', async () => {
+    const { port } = await serve(['--no-http2']);
+    const local = await backend((_req, res) => res.end('over h1'));
+    const c = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'noh2']);
+    await c.waitFor(/Forwarding .* \(reversed HTTP\/1\.1\)/);
+    expect((await request(port, { host: `noh2.localhost:${port}` })).body).toBe('over h1');
+  });
+
   it('serve exits 1 with a message when the port is taken', async () => {
     const { port } = await serve();
     const again = cli(['serve', '--port', String(port), '--host', '127.0.0.1']);
