@@ -72,6 +72,17 @@ export const ERRORS = {
   },
   PTTH_ERR_INVALID_REPLY: { status: 400, message: 'The reply is not a valid HTTP response message.' },
   PTTH_ERR_RELEASED: { status: 410, message: 'The registration was released while this poll waited.' },
+  PTTH_ERR_KEY_REQUIRED: {
+    status: 401,
+    message: 'This gateway needs an access key to claim a name: send Authorization: Bearer <key>.',
+  },
+  PTTH_ERR_KEY_INVALID: { status: 401, message: 'The access key is not known to this gateway.' },
+  PTTH_ERR_KEY_FORBIDDEN: { status: 403, message: 'This access key may not claim this name.' },
+  PTTH_ERR_NAME_RESERVED: { status: 403, message: 'This name is reserved by the gateway and cannot be claimed.' },
+  PTTH_ERR_KEY_NAMES: { status: 429, message: 'This access key already holds as many names as it may.' },
+  PTTH_ERR_KEY_CHANNELS: { status: 429, message: 'This access key already holds as many channels as it may.' },
+  PTTH_ERR_RATE_LIMITED: { status: 429, message: 'Too many requests from this address: slow down and retry later.' },
+  PTTH_ERR_TOO_MANY_HEADERS: { status: 431, message: 'The request has more header fields than this gateway accepts.' },
   PTTH_ERR_NOT_WEBSOCKET: { status: 400, message: 'A WebSocket channel needs a valid WebSocket handshake (RFC 6455 section 4.1).' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
@@ -81,11 +92,14 @@ export type ErrorCode = keyof typeof ERRORS;
 export class PtthError extends Error {
   readonly code: ErrorCode;
   readonly status: number;
-  constructor(code: ErrorCode, message?: string, options?: { cause?: unknown }) {
-    super(message ?? ERRORS[code].message, options);
+  /** Seconds for `Retry-After` on 429 and 503 (default 1). */
+  readonly retryAfter: number | undefined;
+  constructor(code: ErrorCode, message?: string, options?: { cause?: unknown; retryAfter?: number }) {
+    super(message ?? ERRORS[code].message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'PtthError';
     this.code = code;
     this.status = ERRORS[code].status;
+    this.retryAfter = options?.retryAfter;
   }
 }
 

@@ -59,7 +59,7 @@ export function sendError(res: ServerResponse, err: PtthError, accept: string | 
     'Cache-Control': 'no-store',
     'X-Ptth-Error': err.code,
   };
-  if (err.status === 503 || err.status === 429) headers['Retry-After'] = RETRY_AFTER;
+  if (err.status === 503 || err.status === 429) headers['Retry-After'] = String(err.retryAfter ?? RETRY_AFTER);
   if (close) headers['Connection'] = 'close';
   res.writeHead(err.status, headers);
   res.end(body);
@@ -76,7 +76,7 @@ export function writeRawError(socket: Duplex, err: PtthError, accept: string | u
     `HTTP/1.1 ${err.status} ${STATUS_CODES[err.status] ?? 'Error'}\r\n` +
     `Connection: close\r\nContent-Type: ${contentType}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
     `Cache-Control: no-store\r\nX-Ptth-Error: ${err.code}\r\n`;
-  if (err.status === 503 || err.status === 429) head += `Retry-After: ${RETRY_AFTER}\r\n`;
+  if (err.status === 503 || err.status === 429) head += `Retry-After: ${err.retryAfter ?? RETRY_AFTER}\r\n`;
   endRaw(socket, `${head}\r\n${body}`);
 }
 
