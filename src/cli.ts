@@ -1,5 +1,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { createGateway, type GatewayOptions } from './gateway/server.js';
+import { readFileSync } from 'node:fs';
+import { createGateway, type Gateway, type GatewayOptions, type TlsOptions } from './gateway/server.js';
+import { envName, parseValue, resolveServeConfig, SERVE_OPTIONS, type ServeConfig, type ServeOptionSpec } from './config.js';
 import { listen, ClaimError } from './client/node.js';
 import { createLocalProxy, parseTarget } from './client/proxy.js';
 import { VERSION } from './version.js';
@@ -21,107 +23,172 @@ const program = new Command()
   .description('Reverse HTTP gateway: programs with only an HTTP client claim a public hostname and serve HTTP through it.')
   .version(VERSION);
 
-program
+const serve = program
   .command('serve')
-  .description('run the gateway: one port for visitors, claims and the status page')
-  .option('-p, --port <port>', 'port to listen on', int(0), 8080)
-  .option('-H, --host <address>', 'address to bind (default: all interfaces)')
-  .option('-d, --domain <domain>', 'apps are served at NAME.<domain>', 'localhost')
-  .option('--public-url <url>', 'base of advertised URLs when behind a proxy or TLS terminator, e.g. https://tunnel.example.com')
-  .option('--default-lease <seconds>', 'how long a name outlives its last channel when the claim names no lease', int(0), 300)
-  .option('--max-lease <seconds>', 'longest lease a claim may ask for', int(0), 86_400)
-  .option('--max-channels <n>', 'channels one name may hold (429 past it)', int(1), 64)
-  .option('--response-timeout <ms>', 'time for an app to start its response (504 past it)', int(1), 60_000)
-  .option('--queue-limit <n>', 'requests that may wait for a busy name (503 past it)', int(0), 256)
-  .option('--queue-timeout <ms>', 'how long a request waits for a busy channel (503 past it)', int(1), 15_000)
-  .option('--reconnect-wait <ms>', 'how long a request waits while its app is reconnecting (503 past it)', int(1), 5_000)
-  .option('--claim-timeout <ms>', 'time a claimant has to send its declared body', int(1), 10_000)
-  .option('--headers-timeout <ms>', 'time a visitor has to send its request head', int(1), 30_000)
-  .option('--keep-alive-timeout <ms>', 'how long an idle visitor connection stays open', int(0), 5_000)
-  .option('--no-http2', 'never offer reversed HTTP/2 (Upgrade: ptth with ALPN: h2); clients get PTTH/1.0')
-  .option('--max-streams <n>', 'streams the gateway opens at once on one reversed HTTP/2 connection', int(1), 256)
-  .option('--ping-interval <ms>', 'time between HTTP/2 PINGs on reversed HTTP/2 connections', int(1), 30_000)
-  .option('--ping-timeout <ms>', 'time a PING may go unanswered before the connection is closed', int(1), 10_000)
-  .option('--poll-timeout <ms>', 'how long a Comet long poll waits for a request before its 204', int(1), 30_000)
-  .option('--reply-timeout <ms>', 'time a Comet app has to POST its reply (504 past it; default: --response-timeout)', int(1))
-  .option('--buffer-limit <bytes>', 'largest body buffered whole for a Comet exchange (413 past it)', int(0), 16 * 1024 * 1024)
-  .option('--comet-idle-timeout <ms>', 'how long after its last poll a Comet app counts as gone (its lease starts)', int(1), 30_000)
-  .option('--ws-max-streams <n>', 'requests in flight at once on one WebSocket channel', int(1), 128)
-  .option('--ws-window <bytes>', 'body bytes in flight per request and direction on a WebSocket channel', int(1024), 256 * 1024)
-  .option('--ws-ping-interval <ms>', 'time between WebSocket pings; a channel that misses one is closed', int(1), 30_000)
-  .option('-v, --verbose', 'print one line per visitor request')
-  .option('-q, --quiet', 'print only the start-up lines and errors')
-  .action(async (o: Record<string, unknown>) => {
-    const options: GatewayOptions = {
-      domain: o['domain'] as string,
-      defaultLease: o['defaultLease'] as number,
-      maxLease: o['maxLease'] as number,
-      maxChannels: o['maxChannels'] as number,
-      responseTimeout: o['responseTimeout'] as number,
-      queueLimit: o['queueLimit'] as number,
-      queueTimeout: o['queueTimeout'] as number,
-      reconnectWait: o['reconnectWait'] as number,
-      claimTimeout: o['claimTimeout'] as number,
-      headersTimeout: o['headersTimeout'] as number,
-      keepAliveTimeout: o['keepAliveTimeout'] as number,
-      http2: o['http2'] !== false,
-      maxStreams: o['maxStreams'] as number,
-      pingInterval: o['pingInterval'] as number,
-      pingTimeout: o['pingTimeout'] as number,
-      pollTimeout: o['pollTimeout'] as number,
-      bufferLimit: o['bufferLimit'] as number,
-      cometIdleTimeout: o['cometIdleTimeout'] as number,
-      wsMaxStreams: o['wsMaxStreams'] as number,
-      wsWindow: o['wsWindow'] as number,
-      wsPingInterval: o['wsPingInterval'] as number,
-    };
-    if (o['publicUrl'] !== undefined) options.publicUrl = o['publicUrl'] as string;
-    if (o['replyTimeout'] !== undefined) options.replyTimeout = o['replyTimeout'] as number;
-    let gateway;
+  .description(
+    'run the gateway: one port for visitors, claims and the status page.\n' +
+      'Every option can also come from the environment (PTTH_<OPTION>, e.g. PTTH_CLAIM_RATE=30/m) or a --config JSON file;\n' +
+      'the command line wins over the environment, which wins over the file. SIGHUP reloads --keys and the TLS files.',
+  );
+for (const spec of SERVE_OPTIONS) serve.addOption(commanderOption(spec));
+serve.action(async (_o: Record<string, unknown>, command: Command) => {
+  const cliValues = command.opts<ServeConfig>();
+  const sources: Record<string, string | undefined> = {};
+  for (const spec of SERVE_OPTIONS) sources[spec.key] = command.getOptionValueSource(spec.key);
+  let config: ServeConfig;
+  try {
+    config = resolveServeConfig(cliValues, sources).values;
+  } catch (e) {
+    err(`ptth-proxy serve: ${(e as Error).message}`);
+    process.exit(2);
+  }
+  await runServe(config);
+});
+
+/** Commander's view of one row of the options table; defaults live in the table, not in commander. */
+function commanderOption(spec: ServeOptionSpec): Option {
+  const negated = spec.type === 'bool' && spec.default === true;
+  const long = negated ? spec.flag.replace(/^--/, '--no-') : spec.flag;
+  const flags = `${spec.short ? `${spec.short}, ` : ''}${long}${spec.arg ? ` ${spec.arg}` : ''}`;
+  const extra: string[] = [];
+  if (spec.default !== undefined && !negated && spec.type !== 'bool') extra.push(`default: ${String(spec.default)}`);
+  if (spec.key !== 'config') extra.push(`env ${envName(spec.key)}${spec.type === 'bool' ? '=true|false' : ''}`);
+  else extra.push(`env ${envName(spec.key)}`);
+  const option = new Option(flags, `${spec.description} (${extra.join('; ')})`);
+  if (spec.arg) {
+    option.argParser((value: string) => {
+      try {
+        return parseValue(spec, value);
+      } catch (e) {
+        throw new InvalidArgumentError((e as Error).message);
+      }
+    });
+  }
+  if (spec.choices) option.choices(spec.choices);
+  return option;
+}
+
+function readPem(path: string, what: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new Error(`cannot read ${what} ${path}: ${(e as Error).message}`);
+  }
+}
+
+async function runServe(c: ServeConfig): Promise<void> {
+  const num = (k: string): number => c[k] as number;
+  const options: GatewayOptions = {
+    domain: c['domain'] as string,
+    defaultLease: num('defaultLease'),
+    maxLease: num('maxLease'),
+    maxChannels: num('maxChannels'),
+    responseTimeout: num('responseTimeout'),
+    queueLimit: num('queueLimit'),
+    queueTimeout: num('queueTimeout'),
+    reconnectWait: num('reconnectWait'),
+    claimTimeout: num('claimTimeout'),
+    headersTimeout: num('headersTimeout'),
+    keepAliveTimeout: num('keepAliveTimeout'),
+    idleTimeout: num('idleTimeout'),
+    maxHeaderSize: num('maxHeaderSize'),
+    maxHeaders: num('maxHeaders'),
+    tcpKeepAlive: num('tcpKeepAlive'),
+    claimRate: c['claimRate'] as string,
+    requestRate: c['requestRate'] as string,
+    limitLoopback: c['limitLoopback'] === true,
+    http2: c['http2'] !== false,
+    maxStreams: num('maxStreams'),
+    pingInterval: num('pingInterval'),
+    pingTimeout: num('pingTimeout'),
+    pollTimeout: num('pollTimeout'),
+    bufferLimit: num('bufferLimit'),
+    cometIdleTimeout: num('cometIdleTimeout'),
+    wsMaxStreams: num('wsMaxStreams'),
+    wsWindow: num('wsWindow'),
+    wsPingInterval: num('wsPingInterval'),
+  };
+  if (c['publicUrl'] !== undefined) options.publicUrl = c['publicUrl'] as string;
+  if (c['replyTimeout'] !== undefined) options.replyTimeout = num('replyTimeout');
+  const certPath = c['tlsCert'] as string | undefined;
+  const keyPath = c['tlsKey'] as string | undefined;
+  const loadTls = (): TlsOptions | undefined => {
+    if (certPath === undefined && keyPath === undefined) return undefined;
+    if (certPath === undefined || keyPath === undefined) throw new Error('--tls-cert and --tls-key go together: give both or neither');
+    return { cert: readPem(certPath, 'TLS certificate'), key: readPem(keyPath, 'TLS key') };
+  };
+  let gateway: Gateway;
+  try {
+    const tls = loadTls();
+    if (tls) options.tls = tls;
+    gateway = createGateway(options);
+  } catch (e) {
+    err(`ptth-proxy serve: ${(e as Error).message}`);
+    process.exit(2);
+  }
+  const quiet = c['quiet'] === true;
+  if (!quiet) {
+    gateway.on('claim', (cl) => out(`${time()} + ${cl.name} ${cl.transport} channel from ${cl.remote} -> ${cl.url}`));
+    gateway.on('channel-close', (reg, ch) => out(`${time()} - ${reg.name} ${ch.transport} channel from ${ch.remote} closed (${reg.channels.length} left)`));
+    gateway.on('release', (reg, why) => out(`${time()} x ${reg.name} released (${why})`));
+    gateway.on('refuse', (r) => out(`${time()} ! claim refused from ${r.remote ?? '?'}: ${r.status} ${r.code}`));
+  }
+  if (c['verbose'] === true) {
+    gateway.on('request', (r) => out(`${time()}   ${r.name} ${r.method} ${r.url} ${r.status} ${r.ms.toFixed(1)} ms`));
+  }
+  gateway.on('error', (e) => err(`ptth-proxy: ${e.message}`));
+  let addr;
+  try {
+    addr = await gateway.listen(num('port'), c['host'] as string | undefined);
+  } catch (e) {
+    err(`ptth-proxy: cannot listen on port ${String(c['port'])}: ${(e as Error).message}`);
+    process.exit(1);
+  }
+  const port = addr.port;
+  const scheme = gateway.secure ? 'https' : 'http';
+  const defaultPort = gateway.secure ? 443 : 80;
+  const domain = gateway.settings.domain;
+  const origin = gateway.settings.publicUrl?.origin ?? `${scheme}://${domain}${port === defaultPort ? '' : `:${port}`}`;
+  const appUrl = gateway.settings.publicUrl
+    ? `${gateway.settings.publicUrl.protocol}//NAME.${gateway.settings.publicUrl.host}/`
+    : `${scheme}://NAME.${domain}${port === defaultPort ? '' : `:${port}`}/`;
+  out(`ptth-proxy ${VERSION} gateway listening on ${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${port}${gateway.secure ? ' (HTTPS)' : ''}`);
+  out(`  status page:   ${origin}/`);
+  out(`  apps served at ${appUrl}`);
+  out(`  expose an app: npx ptth-proxy connect 3000 --gateway ${origin}`);
+  if (!isLoopbackBind(addr.address)) {
+    err(
+      `WARNING: this gateway is reachable from other machines (bound to ${addr.address}) and has no access keys:\n` +
+        '  anyone who can reach it may claim any free name and serve content under your domain.\n' +
+        '  Give it --keys FILE (see `ptth-proxy key`), or bind it to 127.0.0.1 with --host.',
+    );
+  }
+  process.on('SIGHUP', () => {
     try {
-      gateway = createGateway(options);
+      const tls = loadTls();
+      if (tls) {
+        gateway.setTls(tls);
+        out(`${time()} SIGHUP: reloaded the TLS certificate and key`);
+      }
     } catch (e) {
-      err(`ptth-proxy: ${(e as Error).message}`);
-      process.exit(2);
+      err(`${time()} SIGHUP: TLS reload failed, keeping the old certificate: ${(e as Error).message}`);
     }
-    const quiet = o['quiet'] === true;
-    if (!quiet) {
-      gateway.on('claim', (c) => out(`${time()} + ${c.name} ${c.transport} channel from ${c.remote} -> ${c.url}`));
-      gateway.on('channel-close', (reg, ch) => out(`${time()} - ${reg.name} ${ch.transport} channel from ${ch.remote} closed (${reg.channels.length} left)`));
-      gateway.on('release', (reg, why) => out(`${time()} x ${reg.name} released (${why})`));
-      gateway.on('refuse', (r) => out(`${time()} ! claim refused from ${r.remote ?? '?'}: ${r.status} ${r.code}`));
-    }
-    if (o['verbose'] === true) {
-      gateway.on('request', (r) => out(`${time()}   ${r.name} ${r.method} ${r.url} ${r.status} ${r.ms.toFixed(1)} ms`));
-    }
-    gateway.on('error', (e) => err(`ptth-proxy: ${e.message}`));
-    let addr;
-    try {
-      addr = await gateway.listen(o['port'] as number, o['host'] as string | undefined);
-    } catch (e) {
-      err(`ptth-proxy: cannot listen on port ${String(o['port'])}: ${(e as Error).message}`);
-      process.exit(1);
-    }
-    const port = addr.port;
-    const domain = gateway.settings.domain;
-    const origin = gateway.settings.publicUrl?.origin ?? `http://${domain}${port === 80 ? '' : `:${port}`}`;
-    const appUrl = gateway.settings.publicUrl
-      ? `${gateway.settings.publicUrl.protocol}//NAME.${gateway.settings.publicUrl.host}/`
-      : `http://NAME.${domain}${port === 80 ? '' : `:${port}`}/`;
-    out(`ptth-proxy ${VERSION} gateway listening on ${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${port}`);
-    out(`  status page:   ${origin}/`);
-    out(`  apps served at ${appUrl}`);
-    out(`  expose an app: npx ptth-proxy connect 3000 --gateway ${origin}`);
-    let stopping = false;
-    const stop = (signal: string): void => {
-      if (stopping) process.exit(1);
-      stopping = true;
-      out(`${time()} ${signal}: closing (in-flight requests get up to 5 s)`);
-      void gateway.close(5_000).then(() => process.exit(0));
-    };
-    process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGTERM', () => stop('SIGTERM'));
   });
+  let stopping = false;
+  const grace = num('shutdownGrace');
+  const stop = (signal: string): void => {
+    if (stopping) process.exit(1);
+    stopping = true;
+    out(`${time()} ${signal}: closing (in-flight requests get up to ${(grace / 1000).toFixed(1)} s)`);
+    void gateway.close(grace).then(() => process.exit(0));
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+function isLoopbackBind(address: string): boolean {
+  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
+}
 
 program
   .command('connect')
