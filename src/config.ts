@@ -23,6 +23,8 @@ export interface ServeOptionSpec {
   readonly default?: string | number | boolean | readonly string[];
   /** Smallest value for `int`. */
   readonly min?: number;
+  /** Largest value for `int`. */
+  readonly max?: number;
   readonly choices?: readonly string[];
   /** Environment variable, when not the usual `PTTH_<KEY>`. */
   readonly env?: string;
@@ -33,7 +35,7 @@ const n = '<n>';
 
 export const SERVE_OPTIONS: readonly ServeOptionSpec[] = [
   { key: 'config', flag: '--config', type: 'string', arg: '<file>', description: 'JSON file with any of these options, keys in camelCase (e.g. {"port": 8080, "claimRate": "30/m"})' },
-  { key: 'port', flag: '--port', short: '-p', type: 'int', arg: '<port>', min: 0, default: 8080, description: 'port to listen on' },
+  { key: 'port', flag: '--port', short: '-p', type: 'int', arg: '<port>', min: 0, max: 65_535, default: 8080, description: 'port to listen on' },
   { key: 'host', flag: '--host', short: '-H', type: 'string', arg: '<address>', description: 'address to bind (default: all interfaces)' },
   { key: 'domain', flag: '--domain', short: '-d', type: 'string', arg: '<domain>', default: 'localhost', description: 'apps are served at NAME.<domain>' },
   { key: 'publicUrl', flag: '--public-url', type: 'string', arg: '<url>', description: 'base of advertised URLs when behind a proxy or TLS terminator, e.g. https://tunnel.example.com' },
@@ -70,7 +72,7 @@ export const SERVE_OPTIONS: readonly ServeOptionSpec[] = [
   { key: 'wsWindow', flag: '--ws-window', type: 'int', arg: '<bytes>', min: 1024, default: 256 * 1024, description: 'body bytes in flight per request and direction on a WebSocket channel' },
   { key: 'wsPingInterval', flag: '--ws-ping-interval', type: 'int', arg: ms, min: 1, default: 30_000, description: 'time between WebSocket pings; a channel that misses one is closed' },
   { key: 'metrics', flag: '--metrics', type: 'bool', default: true, description: 'Prometheus metrics at /metrics on the gateway host (--no-metrics turns them off)' },
-  { key: 'adminPort', flag: '--admin-port', type: 'int', arg: '<port>', min: 0, description: 'serve /metrics, /healthz and /readyz on this separate port instead (then /metrics is not public)' },
+  { key: 'adminPort', flag: '--admin-port', type: 'int', arg: '<port>', min: 0, max: 65_535, description: 'serve /metrics, /healthz and /readyz on this separate port instead (then /metrics is not public)' },
   { key: 'adminHost', flag: '--admin-host', type: 'string', arg: '<address>', default: '127.0.0.1', description: 'address the admin port binds' },
   { key: 'shutdownGrace', flag: '--shutdown-grace', type: 'int', arg: ms, min: 0, default: 10_000, description: 'on SIGTERM/SIGINT, how long requests in flight get to finish before the gateway exits' },
   { key: 'logLevel', flag: '--log-level', type: 'choice', arg: '<level>', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], description: 'least severe log lines written' },
@@ -93,9 +95,11 @@ export function parseValue(spec: ServeOptionSpec, raw: unknown): ConfigValue {
   switch (spec.type) {
     case 'int': {
       const min = spec.min ?? 0;
+      const max = spec.max ?? Number.MAX_SAFE_INTEGER;
       const text = typeof raw === 'number' ? String(raw) : raw;
-      if (typeof text !== 'string' || !/^\d+$/.test(text.trim()) || Number(text) < min || !Number.isSafeInteger(Number(text))) {
-        throw new TypeError(`expected a whole number >= ${min}, got ${JSON.stringify(raw)}`);
+      if (typeof text !== 'string' || !/^\d+$/.test(text.trim()) || Number(text) < min || Number(text) > max) {
+        const range = spec.max === undefined ? `>= ${min}` : `from ${min} to ${max}`;
+        throw new TypeError(`expected a whole number ${range}, got ${JSON.stringify(raw)}`);
       }
       return Number(text);
     }
@@ -107,10 +111,12 @@ export function parseValue(spec: ServeOptionSpec, raw: unknown): ConfigValue {
       throw new TypeError(`expected true or false, got ${JSON.stringify(raw)}`);
     }
     case 'rate': {
+      // `false` in a config file reads naturally as "no limit", as it does in GatewayOptions.
+      if (raw === false) return 'off';
       const text = typeof raw === 'number' ? String(raw) : raw;
       if (typeof text !== 'string') throw new TypeError(`expected a rate like "60/m", got ${JSON.stringify(raw)}`);
       parseRate(text);
-      return text;
+      return text.trim();
     }
     case 'list': {
       const items = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',') : undefined;
@@ -169,7 +175,8 @@ export function resolveServeConfig(
   if (configPath !== undefined) {
     let json: unknown;
     try {
-      json = JSON.parse(readFile(configPath));
+      // Some editors start a UTF-8 file with a byte order mark, which JSON.parse refuses.
+      json = JSON.parse(readFile(configPath).replace(/^\uFEFF/, ''));
     } catch (e) {
       throw new TypeError(`config file ${configPath}: ${(e as Error).message}`);
     }

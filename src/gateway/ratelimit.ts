@@ -59,8 +59,10 @@ export class RateLimiter {
       b = { tokens: this.#burst, last: now };
     } else {
       this.#buckets.delete(key);
-      b.tokens = Math.min(this.#burst, b.tokens + ((now - b.last) / 1000) * this.#rate);
-      b.last = now;
+      // A clock that steps back (only injected times can) must not take tokens away.
+      const elapsed = Math.max(0, now - b.last);
+      b.tokens = Math.min(this.#burst, b.tokens + (elapsed / 1000) * this.#rate);
+      b.last = Math.max(b.last, now);
     }
     this.#buckets.set(key, b);
     if (now - this.#sweptAt > 10_000) this.#sweep(now, false);
@@ -71,12 +73,17 @@ export class RateLimiter {
     return Math.max(1, Math.ceil((1 - b.tokens) / this.#rate));
   }
 
-  /** Drops buckets that are full again; when `force`, also the oldest one to make room. */
+  /**
+   * Drops buckets that are full again; when `force`, also the oldest one to make room. The Map is
+   * in order of last use, so the full buckets are a prefix of it: the sweep stops at the first one
+   * still in use, and a flood of new addresses against a full table costs O(1) each, not a scan.
+   */
   #sweep(now: number, force: boolean): void {
     this.#sweptAt = now;
     const full = (this.#burst / this.#rate) * 1000;
     for (const [key, b] of this.#buckets) {
-      if (now - b.last >= full) this.#buckets.delete(key);
+      if (now - b.last < full) break;
+      this.#buckets.delete(key);
     }
     if (force && this.#buckets.size >= this.#max) {
       const oldest = this.#buckets.keys().next();
@@ -85,19 +92,48 @@ export class RateLimiter {
   }
 }
 
-/** `::ffff:1.2.3.4` counts as 1.2.3.4; other IPv6 addresses count per /64. */
+/**
+ * The bucket key of a client address: IPv4 addresses as they are, IPv4-mapped IPv6 addresses
+ * (`::ffff:1.2.3.4`, in any spelling) as their IPv4 address, other IPv6 addresses as their /64
+ * (`2001:db8:0:1::/64`), whatever their spelling (case, leading zeros, `::`, a zone id or an
+ * embedded dotted quad).
+ */
 export function addressKey(address: string | undefined): string {
   if (!address) return '';
-  if (address.startsWith('::ffff:') && address.includes('.')) return address.slice(7);
-  if (!isIPv6(address)) return address;
-  const [head = '', tail = ''] = address.split('::');
-  const left = head === '' ? [] : head.split(':');
-  const right = tail === '' ? [] : tail.split(':');
-  const groups = address.includes('::') ? [...left, ...Array<string>(8 - left.length - right.length).fill('0'), ...right] : left;
-  return `${groups
+  const a = address.toLowerCase().replace(/%.*$/, '');
+  if (!isIPv6(a)) return a;
+  const g = ipv6Groups(a);
+  if (g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0xffff) {
+    const [hi = 0, lo = 0] = g.slice(6);
+    return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+  }
+  return `${g
     .slice(0, 4)
-    .map((g) => g.toLowerCase().replace(/^0+(?=.)/, ''))
+    .map((x) => x.toString(16))
     .join(':')}::/64`;
+}
+
+/** The eight 16-bit groups of a valid IPv6 address (without zone id). */
+function ipv6Groups(address: string): number[] {
+  const side = (text: string): number[] => {
+    if (text === '') return [];
+    const out: number[] = [];
+    for (const part of text.split(':')) {
+      if (part.includes('.')) {
+        // An embedded IPv4 address is the last 32 bits: two groups.
+        const [a = 0, b = 0, c = 0, d = 0] = part.split('.').map(Number);
+        out.push((a << 8) | b, (c << 8) | d);
+      } else {
+        out.push(parseInt(part, 16));
+      }
+    }
+    return out;
+  };
+  const gap = address.indexOf('::');
+  if (gap === -1) return side(address);
+  const left = side(address.slice(0, gap));
+  const right = side(address.slice(gap + 2));
+  return [...left, ...Array<number>(8 - left.length - right.length).fill(0), ...right];
 }
 
 /**
