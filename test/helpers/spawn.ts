@@ -16,8 +16,11 @@ export interface Spawned {
 }
 
 /** Runs the built CLI (`npm test` builds dist/ first). */
-export function spawnCli(args: string[]): Spawned {
-  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+export function spawnCli(args: string[], env?: NodeJS.ProcessEnv): Spawned {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    ...(env ? { env: { ...process.env, ...env } } : {}),
+  });
   let out = '';
   const listeners = new Set<() => void>();
   const onData = (c: Buffer): void => {
