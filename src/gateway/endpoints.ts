@@ -1,4 +1,4 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { PtthError, isPtthError } from '../http/errors.js';
 import { escapeHtml, sendError, wantsJson } from '../http/respond.js';
 import { parseLease, validateToken } from '../routes/registration.js';
@@ -25,6 +25,79 @@ export interface GatewayInfo {
   readonly startedAt: number;
   /** Comet (`/reversehttp`) and the browser library (`/ptth.js`). */
   readonly browser?: { handle(req: IncomingMessage, res: ServerResponse, path: string): boolean };
+  /** Prometheus metrics, when on. */
+  readonly metrics?: MetricsText | undefined;
+  /** Whether `/metrics` is served on the gateway host (false when only an admin port serves it). */
+  readonly metricsPublic?: boolean;
+}
+
+/** What `/metrics` needs: GatewayMetrics. */
+export interface MetricsText {
+  readonly contentType: string;
+  text(): Promise<string>;
+}
+
+/** What the health endpoints need to know about a gateway. */
+export interface HealthSource {
+  /** Listening and accepting: false before listen() and once close() began. */
+  readonly ready: boolean;
+  readonly metrics?: MetricsText | undefined;
+}
+
+export const HEALTH_PATHS = ['/healthz', '/readyz', '/metrics'] as const;
+
+/**
+ * `/healthz` (liveness: the process answers), `/readyz` (readiness: 503 once the gateway stopped
+ * accepting, so a load balancer drains it) and `/metrics` (Prometheus text format). Returns false
+ * for any other path (or /metrics when `metrics` is undefined), leaving the request untouched.
+ */
+export function handleHealth(req: IncomingMessage, res: ServerResponse, path: string, ready: boolean, metrics: MetricsText | undefined): boolean {
+  if (path !== '/healthz' && path !== '/readyz' && (path !== '/metrics' || !metrics)) return false;
+  req.resume();
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    methodNotAllowed(req, res, 'GET, HEAD');
+    return true;
+  }
+  if (path === '/metrics' && metrics) {
+    metrics.text().then(
+      (body) => {
+        res.writeHead(200, { 'Content-Type': metrics.contentType, 'Cache-Control': 'no-store', 'Content-Length': Buffer.byteLength(body) });
+        res.end(req.method === 'HEAD' ? undefined : body);
+      },
+      (err: unknown) => {
+        // A collector that throws must not leave the scraper hanging.
+        res.writeHead(500, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' });
+        res.end(req.method === 'HEAD' ? undefined : `metrics could not be collected: ${(err as Error).message}\n`);
+      },
+    );
+    return true;
+  }
+  const ok = path === '/healthz' || ready;
+  const body = ok ? 'ok\n' : 'shutting down\n';
+  res.writeHead(ok ? 200 : 503, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store', 'Content-Length': body.length });
+  res.end(req.method === 'HEAD' ? undefined : body);
+  return true;
+}
+
+/**
+ * A server for operators on a separate (private) port: only /metrics, /healthz and /readyz of one
+ * gateway, nothing a visitor or claimant can reach. The caller listens and closes it; it outlives
+ * the gateway's close() so a load balancer sees /readyz turn 503 while the gateway drains.
+ */
+export function createAdminServer(gateway: HealthSource): Server {
+  const server = createServer((req, res) => {
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const path = q === -1 ? url : url.slice(0, q);
+    if (handleHealth(req, res, path, gateway.ready, gateway.metrics)) return;
+    req.resume();
+    sendError(res, new PtthError('PTTH_ERR_NO_ENDPOINT', 'The admin port serves /metrics, /healthz and /readyz only.'), req.headers.accept);
+  });
+  // Scrapers keep connections alive; these must not hold a closing process open.
+  server.keepAliveTimeout = 5_000;
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 10_000;
+  return server;
 }
 
 export function handleEndpoint(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage, res: ServerResponse): void {
@@ -43,6 +116,7 @@ export function handleEndpoint(ctx: GatewayContext, info: GatewayInfo, req: Inco
     return;
   }
   if (info.browser?.handle(req, res, path)) return;
+  if (handleHealth(req, res, path, !ctx.closing(), info.metricsPublic === false ? undefined : info.metrics)) return;
   if (path === '/') {
     if (req.method !== 'GET' && req.method !== 'HEAD') return methodNotAllowed(req, res, 'GET, HEAD');
     req.resume();
@@ -121,7 +195,7 @@ function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage
 ${rows || '<tr><td colspan="4"><em>No app is connected.</em></td></tr>'}
 </tbody></table>
 ${DEMO_HTML}
-<p><small>ptth-proxy ${escapeHtml(info.version)} &middot; up ${Math.round((Date.now() - info.startedAt) / 1000)} s &middot; <a href="/?format=json">JSON</a>: send <code>Accept: application/json</code></small></p>
+<p><small>ptth-proxy ${escapeHtml(info.version)} &middot; up ${Math.round((Date.now() - info.startedAt) / 1000)} s &middot; <a href="/?format=json">JSON</a>: send <code>Accept: application/json</code> &middot; <a href="/healthz">/healthz</a> &middot; <a href="/readyz">/readyz</a>${info.metrics && info.metricsPublic !== false ? ' &middot; <a href="/metrics">/metrics</a>' : ''}</small></p>
 </body></html>
 `;
   res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });

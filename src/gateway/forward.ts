@@ -7,41 +7,174 @@ import { sendError, writeRawError } from '../http/respond.js';
 import { requestProto, type GatewayContext } from './context.js';
 
 /**
+ * One visitor request as the `request` event reports it (built only while someone listens).
+ * `status` is 0 when the visitor left before any response head went out.
+ */
+export interface RequestEvent {
+  /** The app name from the Host header (registered or not). */
+  name: string;
+  method: string;
+  /** The request target as sent, query string included. */
+  url: string;
+  /** `url` without its query string (what logs show; queries may carry secrets). */
+  path: string;
+  status: number;
+  /** Milliseconds from the request reaching the gateway to the end of its response. */
+  ms: number;
+  /** Request body bytes read from the visitor. */
+  bytesIn: number;
+  /** Response body bytes written to the visitor. */
+  bytesOut: number;
+  /** The visitor's address. */
+  remote: string;
+  /** The PTTH_ERR_* code when the gateway answered (X-Ptth-Error) or cut the response. */
+  error: string | undefined;
+}
+
+/**
  * Visitors' requests: look the name up, build the header list once, and hand the exchange to the
  * registration, which picks a channel or queues. The response streams back inside the channel.
  */
 export function forwardRequest(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, name: string): void {
   const reg = ctx.table.lookup(name);
   if (!reg) {
-    sendError(res, new PtthError('PTTH_ERR_NOT_FOUND', `No app is registered under the name "${name}".`), req.headers.accept);
+    const err = new PtthError('PTTH_ERR_NOT_FOUND', `No app is registered under the name "${name}".`);
+    if (ctx.observed.requests) {
+      const ex = new ObservedExchange(ctx, req, res, name, EMPTY);
+      ex.fail(err);
+      ex.done();
+    } else sendError(res, err, req.headers.accept);
     req.resume();
     return;
   }
-  const started = ctx.observed.requests ? performance.now() : 0;
-  const ex: Exchange = {
-    req,
-    res,
-    headers: forwardRequestHeaders(req.rawHeaders, {
-      clientAddress: clientAddress(req.socket.remoteAddress),
-      clientPort: req.socket.remotePort ?? 0,
-      proto: requestProto(req),
-    }),
-    fail: (err) => {
-      if (res.headersSent) res.destroy(err);
-      else sendError(res, err, req.headers.accept);
-    },
-    done: ctx.observed.requests
-      ? () =>
-          ctx.emit('request', {
-            name,
-            method: req.method,
-            url: req.url,
-            status: res.statusCode,
-            ms: performance.now() - started,
-          })
-      : noop,
-  };
-  reg.dispatch(ex);
+  const headers = forwardRequestHeaders(req.rawHeaders, {
+    clientAddress: clientAddress(req.socket.remoteAddress),
+    clientPort: req.socket.remotePort ?? 0,
+    proto: requestProto(req),
+  });
+  reg.dispatch(ctx.observed.requests ? new ObservedExchange(ctx, req, res, name, headers) : new VisitorExchange(req, res, headers));
+}
+
+/** An exchange nobody observes: no timing, no counting (methods on the prototype, no closures). */
+class VisitorExchange implements Exchange {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly headers: string[];
+
+  constructor(req: IncomingMessage, res: ServerResponse, headers: string[]) {
+    this.req = req;
+    this.res = res;
+    this.headers = headers;
+  }
+
+  fail(err: PtthError): void {
+    if (this.res.headersSent) this.res.destroy(err);
+    else sendError(this.res, err, this.req.headers.accept);
+  }
+
+  done(): void {}
+}
+
+/** Headers of an exchange that never goes down a channel (404). */
+const EMPTY: string[] = [];
+
+type Push = (chunk: unknown, encoding?: BufferEncoding) => boolean;
+type Write = (chunk: unknown, encoding?: unknown, cb?: unknown) => boolean;
+type End = (chunk?: unknown, encoding?: unknown, cb?: unknown) => ServerResponse;
+/** The exchange a request or response being counted belongs to. */
+const EXCHANGE = Symbol('ptth.exchange');
+interface Counted {
+  [EXCHANGE]: ObservedExchange;
+}
+
+function byteLength(chunk: unknown, encoding?: unknown): number {
+  if (typeof chunk === 'string') return Buffer.byteLength(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8');
+  return chunk instanceof Uint8Array ? chunk.byteLength : 0;
+}
+
+/*
+ * Body bytes are counted where they pass: node's HTTP parser hands each body chunk to the visitor's
+ * request with `push`, and every relay (pipe) or gateway answer writes the response with `write`
+ * and `end`. Wrapping those three on the instance counts bytes without listening to 'data' (which
+ * would switch the request to flowing mode and lose a queued request's body) and without a stream
+ * in the path. The wrappers are shared functions; the instance only gains a reference to its exchange.
+ */
+function countingPush(this: IncomingMessage & Counted, chunk: unknown, encoding?: BufferEncoding): boolean {
+  const ex = this[EXCHANGE];
+  ex.bytesIn += byteLength(chunk, encoding);
+  return ex.push.call(this, chunk, encoding);
+}
+function countingWrite(this: ServerResponse & Counted, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
+  const ex = this[EXCHANGE];
+  ex.bytesOut += byteLength(chunk, encoding);
+  return ex.write.call(this, chunk, encoding, cb);
+}
+function countingEnd(this: ServerResponse & Counted, chunk?: unknown, encoding?: unknown, cb?: unknown): ServerResponse {
+  const ex = this[EXCHANGE];
+  if (typeof chunk !== 'function') ex.bytesOut += byteLength(chunk, encoding);
+  return ex.end.call(this, chunk, encoding, cb);
+}
+
+/** An exchange someone listens to (`request` events, metrics): timed, bytes counted, error code kept. */
+class ObservedExchange extends VisitorExchange {
+  readonly #ctx: GatewayContext;
+  readonly #name: string;
+  readonly #started = performance.now();
+  readonly #remote: string;
+  #reported = false;
+  bytesIn = 0;
+  bytesOut = 0;
+  error: string | undefined = undefined;
+  readonly push: Push;
+  readonly write: Write;
+  readonly end: End;
+
+  constructor(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, name: string, headers: string[]) {
+    super(req, res, headers);
+    this.#ctx = ctx;
+    this.#name = name;
+    this.#remote = clientAddress(req.socket.remoteAddress);
+    this.push = req.push as Push;
+    this.write = res.write as Write;
+    this.end = res.end as End;
+    // Bodyless requests (most) never push body bytes; HEAD responses never send theirs.
+    if (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined) {
+      (req as IncomingMessage & Counted)[EXCHANGE] = this;
+      req.push = countingPush as IncomingMessage['push'];
+    }
+    if (req.method !== 'HEAD') {
+      (res as ServerResponse & Counted)[EXCHANGE] = this;
+      res.write = countingWrite as ServerResponse['write'];
+      res.end = countingEnd as ServerResponse['end'];
+    }
+  }
+
+  override fail(err: PtthError): void {
+    this.error = err.code;
+    super.fail(err);
+  }
+
+  override done(): void {
+    // Exchange.done is called once; the guard keeps a double call from counting twice in metrics.
+    if (this.#reported) return;
+    this.#reported = true;
+    const { req, res } = this;
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const event: RequestEvent = {
+      name: this.#name,
+      method: req.method ?? 'GET',
+      url,
+      path: q === -1 ? url : url.slice(0, q),
+      status: res.headersSent ? res.statusCode : 0,
+      ms: performance.now() - this.#started,
+      bytesIn: this.bytesIn,
+      bytesOut: this.bytesOut,
+      remote: this.#remote,
+      error: this.error,
+    };
+    this.#ctx.emit('request', event);
+  }
 }
 
 /** Visitors' upgrade requests (WebSocket and others): spliced to the app after its 101. */

@@ -12,6 +12,8 @@ import { handleEndpoint, type GatewayInfo } from './endpoints.js';
 import { BrowserEndpoints, type BrowserOptions } from './browser.js';
 import { forwardRequest, forwardUpgrade } from './forward.js';
 import { VERSION } from '../version.js';
+import { GatewayMetrics } from './metrics.js';
+import type { RequestEvent } from './forward.js';
 
 /** Options of `createGateway`; every field has a default a public gateway can live with. */
 export interface GatewayOptions extends BrowserOptions {
@@ -53,6 +55,10 @@ export interface GatewayOptions extends BrowserOptions {
   maxHeaderSize?: number;
   /** The routing table (default: a new in-memory table). */
   table?: RouteTable;
+  /** Prometheus metrics in `gateway.metrics` and at `/metrics` (default true). */
+  metrics?: boolean;
+  /** Serve `/metrics` on the gateway host too (default true); false when only an admin port (createAdminServer) should. */
+  metricsOnGateway?: boolean;
 }
 
 export interface GatewayEvents {
@@ -63,7 +69,7 @@ export interface GatewayEvents {
   release: [Registration, string];
   'channel-open': [Registration, Channel];
   'channel-close': [Registration, Channel];
-  request: [{ name: string; method: string; url: string; status: number; ms: number }];
+  request: [RequestEvent];
   error: [Error];
 }
 
@@ -117,6 +123,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   #info: GatewayInfo;
   /** Comet, the WebSocket channel and /ptth.js (PROTOCOL.md section 4). */
   readonly browser: BrowserEndpoints;
+  /** Prometheus metrics (undefined with `metrics: false`). */
+  readonly metrics: GatewayMetrics | undefined;
   #closing = false;
   #sockets = new Set<Socket>();
 
@@ -138,13 +146,21 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     };
     this.#ctx = { settings: s, table: this.table, emit, observed, closing: () => this.#closing };
     this.browser = new BrowserEndpoints(this.#ctx, options);
-    this.#info = { version: VERSION, startedAt: Date.now(), browser: this.browser };
     (this as EventEmitter).on('newListener', (event: string | symbol) => {
       if (event === 'request') observed.requests = true;
     });
     for (const event of ['register', 'release', 'channel-open', 'channel-close'] as const) {
       this.table.on(event, (...args: unknown[]) => emit(event, ...args));
     }
+    // After the newListener hook above: the metrics' `request` listener turns per-request events on.
+    this.metrics = options.metrics === false ? undefined : new GatewayMetrics(this);
+    this.#info = {
+      version: VERSION,
+      startedAt: Date.now(),
+      browser: this.browser,
+      metrics: this.metrics,
+      metricsPublic: options.metricsOnGateway !== false,
+    };
 
     this.server = createServer({
       // Visitors' bodies stream for as long as they take; slow heads are cut by headersTimeout.
@@ -236,6 +252,11 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       if (host === undefined) this.server.listen(port, done);
       else this.server.listen(port, host, done);
     });
+  }
+
+  /** Listening and accepting (what /readyz reports): false before listen() and once close() began. */
+  get ready(): boolean {
+    return this.server.listening && !this.#closing;
   }
 
   address(): AddressInfo | null {

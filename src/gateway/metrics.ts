@@ -1,0 +1,177 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
+import type { Transport } from '../channels/channel.js';
+import type { Gateway } from './server.js';
+
+const TRANSPORTS: readonly Transport[] = ['http1', 'http2', 'websocket', 'comet'];
+
+/**
+ * Latency from a visitor's request reaching the gateway to the end of the response, in seconds:
+ * from a cached answer on the same machine to a long download or an app near its response timeout.
+ */
+export const DURATION_BUCKETS: readonly number[] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+/**
+ * Process metrics (CPU, memory, event loop lag, GC, handles) describe the process, not a gateway,
+ * and prom-client's collectDefaultMetrics starts an event-loop-delay monitor and a GC observer that
+ * it never stops. So they are made once per process, in a registry of their own, and the same
+ * metric objects are registered into every gateway's registry (as Registry.merge does): a process
+ * that makes many gateways (a test suite) does not pile up monitors.
+ */
+let processMetrics: Metric[] | undefined;
+function sharedProcessMetrics(): Metric[] {
+  if (!processMetrics) {
+    const r = new Registry();
+    collectDefaultMetrics({ register: r });
+    processMetrics = [];
+    for (const { name } of r.getMetricsAsArray()) {
+      const m = r.getSingleMetric(name);
+      if (m) processMetrics.push(m);
+    }
+  }
+  return processMetrics;
+}
+
+/**
+ * A gateway's Prometheus metrics, in a registry of its own (never prom-client's global one, so two
+ * gateways in one process do not collide). Counters are fed from the gateway's events; gauges are
+ * read from the table when scraped, so the hot path tracks nothing for them.
+ */
+export class GatewayMetrics {
+  readonly registry = new Registry();
+
+  constructor(source: Gateway) {
+    const registers = [this.registry];
+    const table = source.table;
+
+    new Gauge({
+      name: 'ptth_registrations',
+      help: 'Names registered now (with or without a live channel).',
+      registers,
+      collect() {
+        this.set(table.list().length);
+      },
+    });
+    new Gauge({
+      name: 'ptth_channels',
+      help: 'Live channels to apps, by transport.',
+      labelNames: ['transport'],
+      registers,
+      collect() {
+        const counts: Record<string, number> = { http1: 0, http2: 0, websocket: 0, comet: 0 };
+        for (const r of table.list()) for (const c of r.channels) counts[c.transport] = (counts[c.transport] ?? 0) + 1;
+        for (const [transport, n] of Object.entries(counts)) this.set({ transport }, n);
+      },
+    });
+    new Gauge({
+      name: 'ptth_queue_depth',
+      help: 'Visitor requests waiting for a channel now, over all names.',
+      registers,
+      collect() {
+        let n = 0;
+        for (const r of table.list()) n += r.waiting;
+        this.set(n);
+      },
+    });
+
+    const requests = new Counter({
+      name: 'ptth_requests_total',
+      help: 'Visitor requests answered, by status class (0xx: the visitor left before any response head).',
+      labelNames: ['status_class'],
+      registers,
+    });
+    // Label objects made once: the per-request path only looks one up.
+    const classes = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx'].map((c) => {
+      requests.inc({ status_class: c }, 0);
+      return { status_class: c };
+    });
+    const duration = new Histogram({
+      name: 'ptth_request_duration_seconds',
+      help: 'Time from a visitor request reaching the gateway to the end of its response.',
+      buckets: [...DURATION_BUCKETS],
+      registers,
+    });
+    const bytesIn = new Counter({
+      name: 'ptth_request_bytes_total',
+      help: 'Request body bytes received from visitors.',
+      registers,
+    });
+    const bytesOut = new Counter({
+      name: 'ptth_response_bytes_total',
+      help: 'Response body bytes sent to visitors.',
+      registers,
+    });
+    const errors = new Counter({
+      name: 'ptth_request_errors_total',
+      help: 'Visitor requests the gateway itself answered with an error (or cut), by PTTH_ERR_* code.',
+      labelNames: ['code'],
+      registers,
+    });
+    const claims = new Counter({
+      name: 'ptth_claims_total',
+      help: 'Accepted claims (each opens a channel), by transport.',
+      labelNames: ['transport'],
+      registers,
+    });
+    const refused = new Counter({
+      name: 'ptth_claims_refused_total',
+      help: 'Refused claims, by PTTH_ERR_* code.',
+      labelNames: ['code'],
+      registers,
+    });
+    const registered = new Counter({
+      name: 'ptth_registered_total',
+      help: 'Names registered since start.',
+      registers,
+    });
+    const released = new Counter({
+      name: 'ptth_released_total',
+      help: 'Registrations released, by reason.',
+      labelNames: ['reason'],
+      registers,
+    });
+    const opened = new Counter({
+      name: 'ptth_channels_opened_total',
+      help: 'Channels opened since start, by transport.',
+      labelNames: ['transport'],
+      registers,
+    });
+    const closed = new Counter({
+      name: 'ptth_channels_closed_total',
+      help: 'Channels closed since start, by transport.',
+      labelNames: ['transport'],
+      registers,
+    });
+    // Known label values start at 0, so rates work from the first scrape.
+    for (const transport of TRANSPORTS) {
+      claims.inc({ transport }, 0);
+      opened.inc({ transport }, 0);
+      closed.inc({ transport }, 0);
+    }
+    for (const m of sharedProcessMetrics()) this.registry.registerMetric(m);
+
+    source.on('request', (r) => {
+      const cls = classes[Math.floor(r.status / 100)] ?? (classes[0] as { status_class: string });
+      requests.inc(cls);
+      duration.observe(r.ms / 1000);
+      if (r.bytesIn > 0) bytesIn.inc(r.bytesIn);
+      if (r.bytesOut > 0) bytesOut.inc(r.bytesOut);
+      if (r.error !== undefined) errors.inc({ code: r.error });
+    });
+    source.on('claim', (c) => claims.inc({ transport: c.transport }));
+    source.on('refuse', (r) => refused.inc({ code: r.code }));
+    source.on('register', () => registered.inc());
+    source.on('release', (_r, reason) => released.inc({ reason }));
+    source.on('channel-open', (_r, c) => opened.inc({ transport: c.transport }));
+    source.on('channel-close', (_r, c) => closed.inc({ transport: c.transport }));
+  }
+
+  /** The Content-Type of `text()` (Prometheus text format 0.0.4). */
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** The exposition text for a scrape. */
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+}

@@ -1,0 +1,118 @@
+import pino from 'pino';
+import { isColorSupported, prettyFactory } from 'pino-pretty';
+import type { AddressInfo } from 'node:net';
+import type { Channel } from './channels/channel.js';
+import type { RequestEvent } from './gateway/forward.js';
+import type { Gateway, GatewayEvents } from './gateway/server.js';
+import type { Registration } from './routes/table.js';
+
+export type Logger = pino.Logger;
+export type LogLevel = pino.LevelWithSilent;
+
+export interface LoggerOptions {
+  /** Lowest level written: fatal, error, warn, info, debug, trace or silent (default info). */
+  level?: LogLevel;
+  /**
+   * Human-readable lines (pino-pretty) instead of JSON. Default: whether stdout is a terminal
+   * (false when `destination` is given).
+   */
+  pretty?: boolean;
+  /** Where lines go (default stdout). Anything with `write(line: string)`, e.g. a stream a test reads. */
+  destination?: pino.DestinationStream;
+}
+
+/**
+ * A pino logger. JSON goes to stdout through pino's asynchronous destination, which pino flushes
+ * synchronously on exit (process.exit included), so the last lines are not lost and nothing keeps
+ * the process alive. Pretty lines are formatted in this thread and written synchronously: no worker
+ * thread (pino's transports) that could outlive the process or drop its last lines, and a person
+ * reading a terminal does not need the throughput.
+ */
+export function createLogger(options: LoggerOptions = {}): Logger {
+  const level = options.level ?? 'info';
+  const pretty = options.pretty ?? (options.destination === undefined && process.stdout.isTTY === true);
+  let destination: pino.DestinationStream;
+  if (pretty) {
+    const out = options.destination ?? pino.destination({ dest: 1, sync: true });
+    const format = prettyFactory({
+      colorize: options.destination === undefined && isColorSupported,
+      translateTime: 'SYS:HH:MM:ss.l',
+      ignore: 'pid,hostname,event',
+      singleLine: true,
+      // `error` on request lines is a PTTH_ERR_* code, not an Error object to print on its own lines.
+      errorLikeObjectKeys: ['err'],
+    });
+    destination = { write: (line: string) => void out.write(format(line)) };
+  } else {
+    destination = options.destination ?? pino.destination({ dest: 1, sync: false });
+  }
+  return pino({ level }, destination);
+}
+
+export interface AttachOptions {
+  /** One line per visitor request (default true). Claims, channels and errors are always logged. */
+  requests?: boolean;
+}
+
+/**
+ * Logs a gateway's events. Every line has an `event` field (the gateway event's name) and a short
+ * `msg` (pretty output shows the app `name` as the logger name, before the message); the fields:
+ *  - request (info; warn for 5xx): name, method, path, status, bytesIn, bytesOut, ms, remote, error
+ *  - claim (info): name, transport, remote, url, key (the access key's id, when one was used)
+ *  - refuse (warn): code, status, remote
+ *  - register, release (info): name (release: reason)
+ *  - channel-open, channel-close (info): name, transport, remote, channel (id), channels (left open)
+ *  - listening (info): address, port; error (error): err
+ * Returns a function that detaches the logger.
+ */
+export function attachLogger(gateway: Gateway, logger: Logger, options: AttachOptions = {}): () => void {
+  const detach: (() => void)[] = [];
+  const on = <K extends keyof GatewayEvents>(event: K, listener: (...args: GatewayEvents[K]) => void): void => {
+    // Typed by the signature above; node's generic EventEmitter typing cannot follow K through.
+    gateway.on(event, listener as never);
+    detach.push(() => gateway.removeListener(event, listener as never));
+  };
+
+  if (options.requests !== false) {
+    on('request', (r: RequestEvent) => {
+      const line = {
+        event: 'request',
+        name: r.name,
+        method: r.method,
+        path: r.path,
+        status: r.status,
+        bytesIn: r.bytesIn,
+        bytesOut: r.bytesOut,
+        ms: Math.round(r.ms * 100) / 100,
+        remote: r.remote,
+        error: r.error,
+      };
+      const msg = `${r.method} ${r.path} ${r.status}`;
+      if (r.status >= 500) logger.warn(line, msg);
+      else logger.info(line, msg);
+    });
+  }
+  on('claim', (c) =>
+    logger.info(
+      { event: 'claim', name: c.name, transport: c.transport, remote: c.remote, url: c.url, key: c.key },
+      `claimed over ${c.transport}`,
+    ),
+  );
+  on('refuse', (r) => logger.warn({ event: 'refuse', code: r.code, status: r.status, remote: r.remote }, `claim refused: ${r.status} ${r.code}`));
+  on('register', (reg: Registration) => logger.info({ event: 'register', name: reg.name }, 'registered'));
+  on('release', (reg: Registration, reason: string) =>
+    logger.info({ event: 'release', name: reg.name, reason }, `released (${reason})`),
+  );
+  const channel = (event: 'channel-open' | 'channel-close', reg: Registration, ch: Channel): void =>
+    logger.info(
+      { event, name: reg.name, transport: ch.transport, remote: ch.remote, channel: ch.id, channels: reg.channels.length },
+      `${ch.transport} channel ${event === 'channel-open' ? 'opened' : 'closed'} (${reg.channels.length} open)`,
+    );
+  on('channel-open', (reg, ch) => channel('channel-open', reg, ch));
+  on('channel-close', (reg, ch) => channel('channel-close', reg, ch));
+  on('listening', (a: AddressInfo) => logger.info({ event: 'listening', address: a.address, port: a.port }, `listening on ${a.address} port ${a.port}`));
+  on('error', (err: Error) => logger.error({ event: 'error', err }, err.message));
+  return () => {
+    for (const d of detach.splice(0)) d();
+  };
+}
