@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { createGateway, type Gateway, type GatewayOptions, type TlsOptions } from './gateway/server.js';
 import { envName, parseValue, resolveServeConfig, SERVE_OPTIONS, type ServeConfig, type ServeOptionSpec } from './config.js';
 import { listen, ClaimError } from './client/node.js';
+import { createKeyEntry } from './routes/access.js';
 import { createLocalProxy, parseTarget } from './client/proxy.js';
 import { VERSION } from './version.js';
 
@@ -202,6 +203,8 @@ program
   .option('--rewrite-host', 'send the local service its own Host instead of the public one')
   .option('--http1', 'speak only PTTH/1.0 (reversed HTTP/1.1), even when the gateway offers HTTP/2')
   .addOption(new Option('--insecure', 'do not verify the gateway\'s TLS certificate'))
+  // .env() rather than a default: --help must not print the key.
+  .addOption(new Option('--key <key>', 'access key, for gateways that require one (ptth-proxy key makes them)').env('PTTH_KEY'))
   .action(async (spec: string, o: Record<string, unknown>) => {
     let target: URL;
     try {
@@ -221,6 +224,7 @@ program
         ...(o['lease'] !== undefined ? { lease: o['lease'] as number } : {}),
         ...(o['insecure'] === true ? { rejectUnauthorized: false } : {}),
         ...(o['http1'] === true ? { http1: true } : {}),
+        ...(typeof o['key'] === 'string' && o['key'] !== '' ? { key: o['key'] } : {}),
       });
     } catch (e) {
       err(`ptth-proxy connect: ${(e as Error).message}`);
@@ -251,6 +255,32 @@ program
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
+  });
+
+program
+  .command('key')
+  .description('make a new access key: prints the key (for the app) and its entry for the gateway\'s keys file')
+  .option('--id <id>', 'the key\'s id in logs and events (default: key- and 8 random hex digits)')
+  .option('--names <patterns>', 'comma-separated names the key may claim: *, a prefix such as team-*, or exact names', '*')
+  .option('--max-names <n>', 'names the key may hold at once (default: no limit)', int(1))
+  .option('--max-channels <n>', 'channels the key may hold at once across its names (default: no limit)', int(1))
+  .action((o: Record<string, unknown>) => {
+    let made;
+    try {
+      made = createKeyEntry({
+        id: o['id'] as string | undefined,
+        names: String(o['names']).split(',').map((n) => n.trim()).filter((n) => n !== ''),
+        maxNames: o['maxNames'] as number | undefined,
+        maxChannels: o['maxChannels'] as number | undefined,
+      });
+    } catch (e) {
+      err(`ptth-proxy key: ${(e as Error).message}`);
+      process.exit(2);
+    }
+    out('Access key (give it to the app: ptth-proxy connect --key KEY, or PTTH_KEY; the gateway keeps only its hash):');
+    out(`  ${made.key}`);
+    out('Entry for the "keys" array of the gateway\'s keys file (serve --keys FILE, or PTTH_KEYS):');
+    out(`  ${JSON.stringify(made.entry)}`);
   });
 
 program.parseAsync().catch((e: unknown) => {

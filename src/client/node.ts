@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import * as http from 'node:http';
 import * as https from 'node:https';
+import type { TLSSocket } from 'node:tls';
 import * as http2 from 'node:http2';
 import { pipeline } from 'node:stream';
 import { withoutHopByHop } from '../http/headers.js';
@@ -42,7 +43,9 @@ export interface ListenOptions {
   backoff?: number;
   /** Longest reconnect delay in ms (default 30000). */
   maxBackoff?: number;
-  /** Extra headers on every claim (e.g. `Authorization: Bearer <key>`). */
+  /** Access key for gateways that require one (sent as `Authorization: Bearer <key>` on every claim). */
+  key?: string;
+  /** Extra headers on every claim. */
   headers?: Record<string, string>;
   /** For `https:` gateways: verify the certificate (default true). */
   rejectUnauthorized?: boolean;
@@ -131,6 +134,9 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#options = options;
     this.#size = options.connections ?? 4;
     if (!Number.isInteger(this.#size) || this.#size < 1) throw new TypeError('connections must be a whole number >= 1');
+    if (options.key !== undefined && !/^[\x21-\x7e]{1,1024}$/.test(options.key)) {
+      throw new TypeError('key must be 1 to 1024 visible ASCII characters (as printed by `ptth-proxy key`)');
+    }
     this.name = options.name?.toLowerCase();
     this.token = options.token ?? randomBytes(18).toString('base64url');
     this.#ready = new Promise((resolve, reject) => {
@@ -261,6 +267,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     if (this.#options.lease !== undefined) params.set('lease', String(this.#options.lease));
     const base = g.pathname.endsWith('/') ? g.pathname : `${g.pathname}/`;
     const mod = g.protocol === 'https:' ? https : http;
+    const auth = this.#options.key === undefined ? undefined : { Authorization: `Bearer ${this.#options.key}` };
     const req = mod.request({
       protocol: g.protocol,
       hostname: g.hostname.replace(/^\[|\]$/g, ''),
@@ -271,8 +278,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       // Offering both tokens lets a gateway without HTTP/2 pick PTTH/1.0 in the same round trip.
       headers:
         kind === 'h2'
-          ? { ...this.#options.headers, Upgrade: 'ptth, PTTH/1.0', ALPN: 'h2', Connection: 'Upgrade', 'Content-Length': '0' }
-          : { ...this.#options.headers, Upgrade: 'PTTH/1.0', Connection: 'Upgrade', 'Content-Length': '0' },
+          ? { ...this.#options.headers, ...auth, Upgrade: 'ptth, PTTH/1.0', ALPN: 'h2', Connection: 'Upgrade', 'Content-Length': '0' }
+          : { ...this.#options.headers, ...auth, Upgrade: 'PTTH/1.0', Connection: 'Upgrade', 'Content-Length': '0' },
       ...(g.protocol === 'https:' ? { rejectUnauthorized: this.#options.rejectUnauthorized ?? true } : {}),
     });
     this.#dialing.set(req, kind);
@@ -354,6 +361,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         this.#sessions.set(socket, session);
         socket.once('close', () => this.#sessions.delete(socket));
       });
+      // Over an https: gateway the socket is a TLSSocket whose ALPN (negotiated for the claim
+      // request) is not h2; node:http2's server would take it for an HTTP/1.1 client and drop it.
+      // The 101 (draft-kazuho-ptth-ptth: `ALPN: h2`) is what agreed on HTTP/2 here.
+      if ('alpnProtocol' in socket) (socket as TLSSocket).alpnProtocol = 'h2';
       h2.emit('connection', socket);
     } else this.#server.emit('connection', socket);
     this.#changed();

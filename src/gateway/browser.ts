@@ -5,8 +5,9 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import { WebSocketChannel, WS_PROTOCOL } from '../channels/websocket.js';
 import { PtthError, isPtthError } from '../http/errors.js';
 import { sendError, writeRawError } from '../http/respond.js';
-import { readClaimParams } from '../routes/registration.js';
+import { readClaimParams, type ClaimParams } from '../routes/registration.js';
 import type { Registration } from '../routes/table.js';
+import { headerKey, register } from './claim.js';
 import { CometService, SERVICE_PATH } from './comet.js';
 import { privateUrlFor, publicUrlFor, type GatewayContext } from './context.js';
 import { clientAddress } from './forward.js';
@@ -139,8 +140,9 @@ export class BrowserEndpoints {
 
   /**
    * A WebSocket channel claim: `Upgrade: websocket` on the gateway host, any path, with the claim
-   * parameters (`name`, `token`, `lease`) in the query. Refusals are the native claim's statuses,
-   * written before the upgrade.
+   * parameters (`name`, `token`, `lease`) in the query. The access key comes as `Authorization:
+   * Bearer` or, since browsers cannot set headers on a WebSocket, as `key` in the query. Refusals
+   * are the native claim's statuses, written before the upgrade.
    */
   upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
     const ctx = this.#ctx;
@@ -154,22 +156,24 @@ export class BrowserEndpoints {
       refuse(new PtthError('PTTH_ERR_NOT_WEBSOCKET'));
       return;
     }
-    let params;
+    let params: ClaimParams;
+    let accessKey: string | undefined;
     try {
       const url = req.url ?? '/';
       const q = url.indexOf('?');
-      params = readClaimParams(new URLSearchParams(q === -1 ? '' : url.slice(q + 1)), ctx.settings.maxLease);
+      const query = new URLSearchParams(q === -1 ? '' : url.slice(q + 1));
+      params = readClaimParams(query, ctx.settings.maxLease);
+      accessKey = headerKey(req) ?? (query.get('key') || undefined);
     } catch (err) {
       refuse(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'));
       return;
     }
-    ctx.table.claim(params).then(
+    register(ctx, params, accessKey).then(
       ({ registration: reg, created }) => {
-        if (reg.channels.length >= ctx.settings.maxChannels) {
-          refuse(new PtthError('PTTH_ERR_TOO_MANY_CHANNELS', `The name "${reg.name}" already has ${reg.channels.length} channels, the most this gateway allows.`));
+        if (socket.destroyed) {
+          if (created && reg.channels.length === 0) ctx.table.release(reg, 'WebSocket handshake failed');
           return;
         }
-        if (socket.destroyed) return;
         const url = publicUrlFor(ctx.settings, req, reg.name);
         const location = privateUrlFor(ctx.settings, req, reg.privateId);
         this.#advertise.set(req, [`Link: <${url}>; rel="related"`, `Location: ${location}`]);
@@ -199,7 +203,7 @@ export class BrowserEndpoints {
     });
     channel.hello({ name: reg.name, url, location });
     reg.addChannel(channel);
-    this.#ctx.emit('claim', { name: reg.name, url, transport: 'websocket', remote });
+    this.#ctx.emit('claim', { name: reg.name, url, transport: 'websocket', remote, key: reg.keyId });
   }
 }
 

@@ -5,6 +5,7 @@ import { Http2Channel } from '../channels/http2.js';
 import { hasToken } from '../http/headers.js';
 import { PtthError, isPtthError } from '../http/errors.js';
 import { sendError, writeRawError } from '../http/respond.js';
+import { bearerKey } from '../routes/access.js';
 import { normalizeName, readClaimParams, type ClaimParams } from '../routes/registration.js';
 import type { Registration } from '../routes/table.js';
 import { privateUrlFor, publicUrlFor, type GatewayContext } from './context.js';
@@ -42,15 +43,26 @@ function claimParams(ctx: GatewayContext, req: IncomingMessage, hostName: string
   return { ...parsed, name: fromHost };
 }
 
-async function register(ctx: GatewayContext, params: ClaimParams): Promise<Registration> {
-  const { registration } = await ctx.table.claim(params);
-  if (registration.channels.length >= ctx.settings.maxChannels) {
-    throw new PtthError(
-      'PTTH_ERR_TOO_MANY_CHANNELS',
-      `The name "${registration.name}" already has ${registration.channels.length} channels, the most this gateway allows.`,
-    );
+/**
+ * A claim that brings a channel with it (native and WebSocket): the access check, the table's
+ * claim, then room for one more channel (per name, and per key). Keys come as `Authorization:
+ * Bearer` (PROTOCOL.md section 2).
+ */
+export async function register(ctx: GatewayContext, params: ClaimParams, key: string | undefined): Promise<{ registration: Registration; created: boolean }> {
+  const claimed = await ctx.access.claim(ctx.table, params, key);
+  try {
+    ctx.access.checkChannels(ctx.table, claimed.registration, ctx.settings.maxChannels);
+  } catch (err) {
+    // A name made by a refused claim would sit there with no channel, counted against the key.
+    if (claimed.created) ctx.table.release(claimed.registration, 'claim refused');
+    throw err;
   }
-  return registration;
+  return claimed;
+}
+
+/** The access key a claim presents in `Authorization: Bearer <key>`. */
+export function headerKey(req: IncomingMessage): string | undefined {
+  return bearerKey(req.headers.authorization);
 }
 
 /** What a claim's `Upgrade` and `ALPN` headers negotiate (PROTOCOL.md section 3). */
@@ -98,15 +110,30 @@ function accept(ctx: GatewayContext, req: IncomingMessage, socket: Socket, reg: 
   if (socket.destroyed) return;
   const link = publicUrlFor(ctx.settings, req, reg.name);
   const location = privateUrlFor(ctx.settings, req, reg.privateId);
-  socket.write(
+  const head =
     'HTTP/1.1 101 Switching Protocols\r\n' +
-      `Upgrade: ${how.upgrade}\r\n` +
-      'Connection: Upgrade\r\n' +
-      (how.alpn === undefined ? '' : `ALPN: ${how.alpn}\r\n`) +
-      `Link: <${link}>; rel="related"\r\n` +
-      `Location: ${location}\r\n` +
-      '\r\n',
-  );
+    `Upgrade: ${how.upgrade}\r\n` +
+    'Connection: Upgrade\r\n' +
+    (how.alpn === undefined ? '' : `ALPN: ${how.alpn}\r\n`) +
+    `Link: <${link}>; rel="related"\r\n` +
+    `Location: ${location}\r\n` +
+    '\r\n';
+  if (how.protocol === 'http2') {
+    // node:http2 takes over the socket's native stream. Over TLS the 101 is still being encrypted
+    // and written when write() returns, and its completion would reach the HTTP/2 session, which
+    // aborts the whole process (node_http2.cc: "Assertion failed: is_write_in_progress()"). So the
+    // session starts only once the 101 is out.
+    socket.write(head, (err) => {
+      if (err || socket.destroyed) socket.destroy();
+      else putInService(ctx, socket, reg, how, link);
+    });
+    return;
+  }
+  socket.write(head);
+  putInService(ctx, socket, reg, how, link);
+}
+
+function putInService(ctx: GatewayContext, socket: Socket, reg: Registration, how: Reversal, link: string): void {
   const s = ctx.settings;
   const channel =
     how.protocol === 'http2'
@@ -118,7 +145,7 @@ function accept(ctx: GatewayContext, req: IncomingMessage, socket: Socket, reg: 
         })
       : new Http1Channel(socket, { responseTimeout: s.responseTimeout });
   reg.addChannel(channel);
-  ctx.emit('claim', { name: reg.name, url: link, transport: channel.transport, remote: channel.remote });
+  ctx.emit('claim', { name: reg.name, url: link, transport: channel.transport, remote: channel.remote, key: reg.keyId });
 }
 
 function refuseRaw(ctx: GatewayContext, req: IncomingMessage, socket: Socket, err: PtthError): void {
@@ -154,8 +181,8 @@ export function claimFromUpgrade(ctx: GatewayContext, req: IncomingMessage, sock
 
   readDeclaredBody(socket, head, length, ctx.settings.claimTimeout)
     .then(async (body) => {
-      const reg = await register(ctx, claimParams(ctx, req, hostName, body));
-      accept(ctx, req, socket, reg, how);
+      const { registration } = await register(ctx, claimParams(ctx, req, hostName, body), headerKey(req));
+      accept(ctx, req, socket, registration, how);
     })
     .catch((err: unknown) => {
       refuseRaw(ctx, req, socket, isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'));
@@ -263,8 +290,8 @@ export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res:
       fail(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'));
       return;
     }
-    register(ctx, params).then(
-      (reg) => {
+    register(ctx, params, headerKey(req)).then(
+      ({ registration: reg }) => {
         const socket = hijack(req, res);
         if (!socket) {
           fail(new PtthError('PTTH_ERR_UNSUPPORTED_UPGRADE', 'This node version cannot take over the connection: send Connection: Upgrade with Upgrade: PTTH/1.0.'));

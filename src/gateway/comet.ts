@@ -3,9 +3,10 @@ import { CometChannel, type Delivery } from '../channels/comet.js';
 import { PtthError, isPtthError } from '../http/errors.js';
 import { InvalidMessageError, parseResponse } from '../http/message.js';
 import { sendError } from '../http/respond.js';
-import { randomSecret, readClaimParams } from '../routes/registration.js';
+import { lookupKey, randomSecret, readClaimParams } from '../routes/registration.js';
 import type { Registration } from '../routes/table.js';
 import type { BrowserSettings } from './browser.js';
+import { headerKey } from './claim.js';
 import { hostname } from './classify.js';
 import { gatewayOrigin, privateUrlFor, publicUrlFor, requestProto, type GatewayContext } from './context.js';
 import { clientAddress } from './forward.js';
@@ -102,6 +103,7 @@ export class CometService {
   #settings: BrowserSettings;
   /** Bytes of visitors' bodies buffered for Comet apps across the whole gateway. */
   #budget: { used: number; readonly max: number };
+  /** By lookupKey(session id): the id is the capability of its request URLs (see lookupKey). */
   #sessions = new Map<string, Session>();
   #byReg = new Map<Registration, Session>();
 
@@ -114,7 +116,7 @@ export class CometService {
       const s = this.#byReg.get(reg);
       if (!s) return;
       this.#byReg.delete(reg);
-      this.#sessions.delete(s.id);
+      this.#sessions.delete(lookupKey(s.id));
     });
   }
 
@@ -131,7 +133,7 @@ export class CometService {
       return;
     }
     const [sid, slotId, extra] = path.slice(SERVICE_PATH.length + 1).split('/');
-    const session = sid ? this.#sessions.get(sid) : undefined;
+    const session = sid ? this.#sessions.get(lookupKey(sid)) : undefined;
     const slot = session && slotId && extra === undefined ? session.slots.get(slotId) : undefined;
     if (!session || !slot || !slotId) {
       req.resume();
@@ -172,17 +174,25 @@ export class CometService {
         const q = url.indexOf('?');
         const params = new URLSearchParams(q === -1 ? '' : url.slice(q + 1));
         for (const [k, v] of new URLSearchParams(body.toString('utf8'))) params.set(k, v);
-        const { registration: reg, created } = await ctx.table.claim(readClaimParams(params, ctx.settings.maxLease));
+        // The access key: Authorization: Bearer, or a `key` form field for clients that cannot set headers.
+        const key = headerKey(req) ?? (params.get('key') || undefined);
+        const { registration: reg, created } = await ctx.access.claim(ctx.table, readClaimParams(params, ctx.settings.maxLease), key);
         let session = this.#byReg.get(reg);
         if (!session) {
           session = new Session(reg);
           this.#byReg.set(reg, session);
-          this.#sessions.set(session.id, session);
+          this.#sessions.set(lookupKey(session.id), session);
         }
-        this.#channel(session, req);
+        try {
+          this.#channel(session, req);
+        } catch (err) {
+          // A name made by a refused registration would sit there with no channel, counted against the key.
+          if (created) ctx.table.release(reg, 'claim refused');
+          throw err;
+        }
         const first = this.#url(req, session, session.mint());
         const related = publicUrlFor(ctx.settings, req, reg.name);
-        ctx.emit('claim', { name: reg.name, url: related, transport: 'comet', remote: req.socket.remoteAddress ?? '' });
+        ctx.emit('claim', { name: reg.name, url: related, transport: 'comet', remote: req.socket.remoteAddress ?? '', key: reg.keyId });
         // setHeader with an array writes one `Link:` line per value, names cased as given.
         res.setHeader('Link', [`<${first}>; rel="first"`, `<${related}>; rel="related"`]);
         res.setHeader('Location', privateUrlFor(ctx.settings, req, reg.privateId));
@@ -200,9 +210,7 @@ export class CometService {
     if (current && !current.closed) return current;
     const reg = session.reg;
     if (reg.released) throw new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL');
-    if (reg.channels.length >= this.#ctx.settings.maxChannels) {
-      throw new PtthError('PTTH_ERR_TOO_MANY_CHANNELS', `The name "${reg.name}" already has ${reg.channels.length} channels, the most this gateway allows.`);
-    }
+    this.#ctx.access.checkChannels(this.#ctx.table, reg, this.#ctx.settings.maxChannels);
     const s = this.#settings;
     const channel = new CometChannel(`${clientAddress(req.socket.remoteAddress)}:${req.socket.remotePort ?? 0}`, {
       pollTimeout: s.pollTimeout,

@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
+import type { AccessControl } from '../routes/access.js';
 import type { RouteTable } from '../routes/table.js';
 import { hostname } from './classify.js';
 
@@ -36,6 +37,8 @@ export interface GatewaySettings {
 export interface GatewayContext {
   readonly settings: GatewaySettings;
   readonly table: RouteTable;
+  /** Who may claim what: access keys, reserved names, per-key limits (replaced whole on reload). */
+  readonly access: AccessControl;
   /** Emits a gateway event for the CLI or the embedding program. */
   emit(event: string, ...args: unknown[]): void;
   /** Whether anyone listens to per-request events (kept off the hot path otherwise). */

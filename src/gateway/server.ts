@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { PtthError } from '../http/errors.js';
 import { sendError, writeRawError } from '../http/respond.js';
@@ -14,6 +15,17 @@ import { forwardRequest, forwardUpgrade } from './forward.js';
 import { VERSION } from '../version.js';
 import { GatewayMetrics } from './metrics.js';
 import type { RequestEvent } from './forward.js';
+import { AccessControl, type AccessConfig } from '../routes/access.js';
+import { SERVICE_PATH } from './comet.js';
+import { parseRate, RateLimiter, type RateSpec } from './ratelimit.js';
+
+/** PEM certificate chain and private key for HTTPS on the gateway's one port. */
+export interface TlsOptions {
+  cert: string | Buffer;
+  key: string | Buffer;
+  /** Passphrase of an encrypted private key. */
+  passphrase?: string;
+}
 
 /** Options of `createGateway`; every field has a default a public gateway can live with. */
 export interface GatewayOptions extends BrowserOptions {
@@ -53,6 +65,38 @@ export interface GatewayOptions extends BrowserOptions {
   keepAliveTimeout?: number;
   /** Largest visitor request head in bytes (default 16384). */
   maxHeaderSize?: number;
+  /** Header fields a request may carry (default 100; 431 past it). */
+  maxHeaders?: number;
+  /**
+   * Milliseconds a connection may sit with no bytes either way (default 120000; 0 turns it off).
+   * Cuts visitors that trickle a body or stop reading a response. Requests waiting for their app
+   * are governed by the queue and response timeouts instead; channels and upgrades are exempt.
+   */
+  idleTimeout?: number;
+  /** TCP keepalive probes on every connection after this many idle milliseconds (default 30000; 0 off). */
+  tcpKeepAlive?: number;
+  /**
+   * Claims (every transport) per client address: `'60/m'` (the default), `'10/s:20'` (burst 20),
+   * a RateSpec, or `false`/`'0'` for no limit. 429 with `Retry-After` past it.
+   */
+  claimRate?: RateSpec | string | false;
+  /** Visitor requests per client address (default `'100/s:400'`; `false`/`'0'` for no limit). */
+  requestRate?: RateSpec | string | false;
+  /**
+   * Apply the rate limits to loopback addresses too (default false). Loopback traffic is the
+   * operator's own: local tools, or a reverse proxy on the same host, behind which every visitor
+   * would share one address and one bucket.
+   */
+  limitLoopback?: boolean;
+  /** Serve HTTPS instead of HTTP (visitors, claims and Comet on the same port). */
+  tls?: TlsOptions;
+  /**
+   * Access keys and reserved names (README "Access keys"; default: none, the gateway is open).
+   * Replace it later with `setAccess()`. Invalid: the constructor throws AccessConfigError.
+   */
+  access?: AccessConfig;
+  /** Names nobody may claim, with or without a key (`www`, `admin-*`); kept across `setAccess()`. */
+  reserved?: string[];
   /** The routing table (default: a new in-memory table). */
   table?: RouteTable;
   /** Prometheus metrics in `gateway.metrics` and at `/metrics` (default true). */
@@ -63,7 +107,7 @@ export interface GatewayOptions extends BrowserOptions {
 
 export interface GatewayEvents {
   listening: [AddressInfo];
-  claim: [{ name: string; url: string; transport: string; remote: string }];
+  claim: [{ name: string; url: string; transport: string; remote: string; key?: string | undefined }];
   refuse: [{ code: string; status: number; remote: string | undefined }];
   register: [Registration];
   release: [Registration, string];
@@ -77,6 +121,17 @@ function positive(name: string, value: number | undefined, fallback: number, min
   if (value === undefined) return fallback;
   if (!Number.isFinite(value) || value < min) throw new TypeError(`${name} must be a number >= ${min}, got ${String(value)}`);
   return value;
+}
+
+function rateFrom(name: string, value: RateSpec | string | false | undefined, fallback: string): RateLimiter | undefined {
+  if (value === false) return undefined;
+  let spec: RateSpec | undefined;
+  try {
+    spec = typeof value === 'object' ? value : parseRate(value ?? fallback);
+  } catch (e) {
+    throw new TypeError(`${name}: ${(e as Error).message}`);
+  }
+  return spec && new RateLimiter(spec);
 }
 
 function settingsFrom(o: GatewayOptions): GatewaySettings {
@@ -116,7 +171,8 @@ function settingsFrom(o: GatewayOptions): GatewaySettings {
  *     accept -> classify -> routes (table) -> channel.dispatch -> response streamed back
  */
 export class Gateway extends EventEmitter<GatewayEvents> {
-  readonly server: Server;
+  /** node:http, or node:https when `tls` is set (an https.Server is an http.Server too). */
+  readonly server: Server | HttpsServer;
   readonly table: RouteTable;
   readonly settings: GatewaySettings;
   #ctx: GatewayContext;
@@ -125,8 +181,15 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   readonly browser: BrowserEndpoints;
   /** Prometheus metrics (undefined with `metrics: false`). */
   readonly metrics: GatewayMetrics | undefined;
+  /** Who may claim what; `setAccess()` replaces its configuration. */
+  readonly access: AccessControl;
   #closing = false;
   #sockets = new Set<Socket>();
+  #claimLimit: RateLimiter | undefined;
+  #requestLimit: RateLimiter | undefined;
+  #maxHeaders: number;
+  /** Each connection's latest response, so an idle timeout can tell a visitor waiting for its app. */
+  #current = new WeakMap<Socket, { req: IncomingMessage; res: ServerResponse }>();
 
   constructor(options: GatewayOptions = {}) {
     super();
@@ -144,7 +207,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const emit = (event: string, ...args: unknown[]): void => {
       (this.emit as (e: string, ...a: unknown[]) => boolean)(event, ...args);
     };
-    this.#ctx = { settings: s, table: this.table, emit, observed, closing: () => this.#closing };
+    this.access = new AccessControl(options.access, options.reserved);
+    this.#ctx = { settings: s, table: this.table, access: this.access, emit, observed, closing: () => this.#closing };
     this.browser = new BrowserEndpoints(this.#ctx, options);
     (this as EventEmitter).on('newListener', (event: string | symbol) => {
       if (event === 'request') observed.requests = true;
@@ -162,18 +226,43 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       metricsPublic: options.metricsOnGateway !== false,
     };
 
-    this.server = createServer({
-      // Visitors' bodies stream for as long as they take; slow heads are cut by headersTimeout.
+    this.#claimLimit = rateFrom('claimRate', options.claimRate, '60/m');
+    this.#requestLimit = rateFrom('requestRate', options.requestRate, '100/s:400');
+    if (options.limitLoopback !== true) {
+      this.#claimLimit?.exempt(isLoopback);
+      this.#requestLimit?.exempt(isLoopback);
+    }
+    this.#maxHeaders = positive('maxHeaders', options.maxHeaders, 100, 1);
+    const idle = positive('idleTimeout', options.idleTimeout, 120_000);
+    const keepAlive = positive('tcpKeepAlive', options.tcpKeepAlive, 30_000);
+    const serverOptions = {
+      // Visitors' bodies stream for as long as they take; slow heads are cut by headersTimeout,
+      // stalled bodies by the idle timeout.
       requestTimeout: 0,
       headersTimeout: positive('headersTimeout', options.headersTimeout, 30_000, 1),
       keepAliveTimeout: positive('keepAliveTimeout', options.keepAliveTimeout, 5_000),
       maxHeaderSize: positive('maxHeaderSize', options.maxHeaderSize, 16_384, 1024),
-    });
+    };
+    this.server = options.tls
+      ? createTlsServer({ ...serverOptions, ...tlsContext(options.tls) })
+      : createServer(serverOptions);
+    // node:http keeps the first maxHeadersCount fields and silently drops the rest; one more than
+    // the limit is enough to see a flood and refuse it with 431 instead.
+    this.server.maxHeadersCount = this.#maxHeaders + 1;
+    this.server.timeout = idle;
+    this.server.on('timeout', this.#onTimeout);
+    const connection = options.tls ? 'secureConnection' : 'connection';
     // Every socket, so close() can end the ones node:http no longer tracks (channels, spliced upgrades).
-    this.server.on('connection', (socket: Socket) => {
+    this.server.on(connection, (socket: Socket) => {
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
+      // Dead peers of idle channels and keep-alive connections are found by the kernel.
+      if (keepAlive > 0) socket.setKeepAlive(true, keepAlive);
     });
+    if (options.tls) {
+      // A TLS handshake that fails (plain HTTP on the HTTPS port, bad client hello) only closes that socket.
+      this.server.on('tlsClientError', (_err: Error, socket: Socket) => socket.destroy());
+    }
     this.server.on('request', this.#onRequest);
     this.server.on('upgrade', this.#onUpgrade);
     this.server.on('clientError', this.#onClientError);
@@ -181,35 +270,70 @@ export class Gateway extends EventEmitter<GatewayEvents> {
 
   #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const ctx = this.#ctx;
+    this.#current.set(req.socket, { req, res });
+    if (req.rawHeaders.length > this.#maxHeaders * 2) return refuse(req, res, new PtthError('PTTH_ERR_TOO_MANY_HEADERS'));
     const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
     if (route.kind === 'visitor') {
+      const wait = this.#requestLimit?.take(req.socket.remoteAddress) ?? 0;
+      if (wait > 0) return refuse(req, res, rateLimited(wait, 'requests'));
       forwardRequest(ctx, req, res, route.name);
     } else if (route.kind === 'claim') {
       if (this.#closing) return refuse(req, res, new PtthError('PTTH_ERR_SHUTTING_DOWN'));
+      const wait = this.#claimLimit?.take(req.socket.remoteAddress) ?? 0;
+      if (wait > 0) return refuse(req, res, this.#claimLimited(wait, req.socket.remoteAddress));
       claimFromRequest(ctx, req, res, route.hostName);
     } else {
+      if (req.method === 'POST' && this.#claimLimit && pathOf(req.url).replace(/\/$/, '') === SERVICE_PATH) {
+        // A Comet registration is a claim too (PROTOCOL.md section 4), at /reversehttp or /reversehttp/ as comet.ts takes it.
+        const wait = this.#claimLimit.take(req.socket.remoteAddress);
+        if (wait > 0) return refuse(req, res, this.#claimLimited(wait, req.socket.remoteAddress));
+      }
       handleEndpoint(ctx, this.#info, req, res);
     }
   };
 
+  /** A rate-limited claim is a refused claim like any other: logged and counted by reason. */
+  #claimLimited(wait: number, remote: string | undefined): PtthError {
+    const err = rateLimited(wait, 'claims');
+    this.#ctx.emit('refuse', { code: err.code, status: err.status, remote });
+    return err;
+  }
+
+  /**
+   * A connection with no bytes either way for `idleTimeout`: a visitor trickling its body or not
+   * reading its response is cut; one whose request is complete and waits for its app's first byte
+   * is left to the queue and response timeouts (which answer it with 503 or 504).
+   */
+  #onTimeout = (socket: Socket): void => {
+    const cur = this.#current.get(socket);
+    if (cur && cur.req.complete && !cur.res.headersSent && !cur.res.writableEnded && !socket.destroyed) return;
+    socket.destroy();
+  };
+
   #onUpgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
     const ctx = this.#ctx;
+    // Channels and spliced upgrades live as long as their peers want; the idle timeout is for
+    // plain HTTP exchanges (channels have PING, TCP keepalive and their own timers).
+    socket.setTimeout(0);
+    const refuseRaw = (err: PtthError): void => {
+      socket.on('error', noop);
+      writeRawError(socket, err, req.headers.accept);
+    };
+    if (req.rawHeaders.length > this.#maxHeaders * 2) return refuseRaw(new PtthError('PTTH_ERR_TOO_MANY_HEADERS'));
     const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
     if (route.kind === 'claim') {
-      if (this.#closing) {
-        socket.on('error', noop);
-        writeRawError(socket, new PtthError('PTTH_ERR_SHUTTING_DOWN'), req.headers.accept);
-        return;
-      }
+      if (this.#closing) return refuseRaw(new PtthError('PTTH_ERR_SHUTTING_DOWN'));
+      const wait = this.#claimLimit?.take(socket.remoteAddress) ?? 0;
+      if (wait > 0) return refuseRaw(this.#claimLimited(wait, socket.remoteAddress));
       claimFromUpgrade(ctx, req, socket, head, route.hostName);
     } else if (route.kind === 'visitor') {
+      const wait = this.#requestLimit?.take(socket.remoteAddress) ?? 0;
+      if (wait > 0) return refuseRaw(rateLimited(wait, 'requests'));
       forwardUpgrade(ctx, req, socket, head, route.name);
     } else if (route.kind === 'websocket') {
-      if (this.#closing) {
-        socket.on('error', noop);
-        writeRawError(socket, new PtthError('PTTH_ERR_SHUTTING_DOWN'), req.headers.accept);
-        return;
-      }
+      if (this.#closing) return refuseRaw(new PtthError('PTTH_ERR_SHUTTING_DOWN'));
+      const wait = this.#claimLimit?.take(socket.remoteAddress) ?? 0;
+      if (wait > 0) return refuseRaw(this.#claimLimited(wait, socket.remoteAddress));
       this.browser.upgrade(req, socket, head);
     } else {
       socket.on('error', noop);
@@ -254,6 +378,25 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     });
   }
 
+  /** True when the gateway serves HTTPS. */
+  get secure(): boolean {
+    return 'setSecureContext' in this.server;
+  }
+
+  /** New certificate and key for an HTTPS gateway (SIGHUP); throws and keeps the old pair if they do not load. */
+  setTls(tls: TlsOptions): void {
+    reloadTls(this.server, tls);
+  }
+
+  /**
+   * Replaces the access configuration at once (SIGHUP reload). New claims use it; registrations
+   * made before are kept, and their next claim (a reconnect) is decided by it. Throws
+   * AccessConfigError if it is invalid, keeping the configuration in force.
+   */
+  setAccess(config: AccessConfig | undefined, source?: string): void {
+    this.access.set(config, source);
+  }
+
   /** Listening and accepting (what /readyz reports): false before listen() and once close() began. */
   get ready(): boolean {
     return this.server.listening && !this.#closing;
@@ -295,6 +438,37 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     await closed;
     clearTimeout(timer);
   }
+}
+
+/**
+ * Replaces the certificate and key of an HTTPS gateway (SIGHUP reload): new connections use them,
+ * open ones keep theirs. Throws, keeping the old pair, when the PEM does not load.
+ */
+export function reloadTls(server: Server | HttpsServer, tls: TlsOptions): void {
+  if (!('setSecureContext' in server)) throw new TypeError('this gateway was started without TLS; restart it with a certificate to serve HTTPS');
+  server.setSecureContext(tlsContext(tls));
+}
+
+function tlsContext(tls: TlsOptions): { cert: string | Buffer; key: string | Buffer; passphrase?: string } {
+  return { cert: tls.cert, key: tls.key, ...(tls.passphrase === undefined ? {} : { passphrase: tls.passphrase }) };
+}
+
+function rateLimited(wait: number, what: 'claims' | 'requests'): PtthError {
+  return new PtthError(
+    'PTTH_ERR_RATE_LIMITED',
+    `Too many ${what} from this address: retry after ${wait} s.`,
+    { retryAfter: wait },
+  );
+}
+
+function isLoopback(address: string): boolean {
+  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
+}
+
+function pathOf(url: string | undefined): string {
+  if (url === undefined) return '/';
+  const q = url.indexOf('?');
+  return q === -1 ? url : url.slice(0, q);
 }
 
 function refuse(req: IncomingMessage, res: ServerResponse, err: PtthError): void {

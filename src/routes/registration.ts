@@ -44,6 +44,16 @@ export function randomSecret(bits = 192): string {
   return randomBytes(Math.ceil(bits / 8)).toString('base64url');
 }
 
+/**
+ * The key under which a capability (private id, Comet session) is looked up in a Map. A Map
+ * compares strings with an early exit, so keying it by the secret itself would let response times
+ * reveal how much of a guess matched. Keyed by a hash, the timing only says something about the
+ * hash of the guess, which says nothing about any stored secret.
+ */
+export function lookupKey(secret: string): string {
+  return createHash('sha256').update(secret).digest('base64url');
+}
+
 /** Constant-time comparison of two secrets (hashing first so lengths cannot leak). */
 export function secretsEqual(a: string, b: string): boolean {
   const ha = createHash('sha256').update(a).digest();
@@ -57,6 +67,12 @@ export interface ClaimParams {
   readonly token?: string | undefined;
   /** Seconds, already clamped. */
   readonly lease?: number | undefined;
+  /** The access key the claim was authorized under (src/routes/access.ts); absent on an open gateway. */
+  readonly keyId?: string | undefined;
+  /** Names the key may hold at once (429 PTTH_ERR_KEY_NAMES past it). */
+  readonly maxNames?: number | undefined;
+  /** Makes up a name when none was asked for (default `randomName`): keeps reserved names and key prefixes right. */
+  readonly pickName?: (() => string) | undefined;
 }
 
 /** Reads `name`, `token` and `lease` from URL search params (query string or form body). */

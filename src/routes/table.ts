@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { Channel, Exchange, UpgradeExchange } from '../channels/channel.js';
 import { PtthError } from '../http/errors.js';
-import { randomName, randomSecret, secretsEqual, type ClaimParams } from './registration.js';
+import { lookupKey, randomName, randomSecret, secretsEqual, type ClaimParams } from './registration.js';
 
 export interface QueueOptions {
   /** Requests that may wait for a busy name (503 past it). */
@@ -31,6 +31,12 @@ export class Registration {
   readonly privateId = randomSecret(192);
   readonly createdAt = Date.now();
   token: string;
+  /**
+   * The access key it is held under (undefined on an open gateway): the per-key limits count it.
+   * A reclaim with the right token under another key that may claim the name moves it there (a
+   * rotated key keeps its apps' names).
+   */
+  keyId: string | undefined;
   /** Seconds the registration survives with no live channel. */
   lease: number;
   requests = 0;
@@ -45,10 +51,11 @@ export class Registration {
   #options: QueueOptions;
   #table: MemoryTable;
 
-  constructor(table: MemoryTable, name: string, token: string, lease: number, options: QueueOptions) {
+  constructor(table: MemoryTable, name: string, token: string, lease: number, options: QueueOptions, keyId?: string) {
     this.#table = table;
     this.name = name;
     this.token = token;
+    this.keyId = keyId;
     this.lease = lease;
     this.#options = options;
     this.#armExpiry();
@@ -217,9 +224,14 @@ export class Registration {
  * node can only serve visitors over channels it holds).
  */
 export interface RouteTable extends EventEmitter {
-  /** Creates or reclaims a registration; throws PtthError (403 token mismatch). */
+  /**
+   * Creates or reclaims a registration; throws PtthError (403 token mismatch, 429 PTTH_ERR_KEY_NAMES
+   * when `params.keyId` already holds `params.maxNames` names).
+   */
   claim(params: ClaimParams): Promise<{ registration: Registration; created: boolean }>;
   lookup(name: string): Registration | undefined;
+  /** Names and channels held under an access key now (for the per-key limits). */
+  heldBy(keyId: string): { names: number; channels: number };
   byPrivateId(id: string): Registration | undefined;
   release(registration: Registration, reason: string): void;
   list(): Registration[];
@@ -228,7 +240,9 @@ export interface RouteTable extends EventEmitter {
 
 export class MemoryTable extends EventEmitter implements RouteTable {
   #byName = new Map<string, Registration>();
+  /** By lookupKey(privateId): the private URL is a capability, see lookupKey. */
   #byPrivate = new Map<string, Registration>();
+  #byKey = new Map<string, Set<Registration>>();
   #options: TableOptions;
 
   constructor(options: TableOptions) {
@@ -245,24 +259,69 @@ export class MemoryTable extends EventEmitter implements RouteTable {
         if (params.token === undefined || !existing.tokenMatches(params.token)) {
           throw new PtthError('PTTH_ERR_TOKEN_MISMATCH', `The name "${name}" is held under another token.`);
         }
+        if (params.keyId !== undefined && params.keyId !== existing.keyId) {
+          this.#checkNames(params);
+          this.#unindexKey(existing);
+          existing.keyId = params.keyId;
+          this.#indexKey(existing);
+        }
         if (params.lease !== undefined) existing.setLease(params.lease);
         return { registration: existing, created: false };
       }
     } else {
-      do name = randomName();
-      while (this.#byName.has(name));
+      const pick = params.pickName ?? randomName;
+      // A short prefix-picked suffix could in theory run out of free names: give up rather than spin.
+      let tries = 0;
+      do {
+        if (++tries > 1000) throw new PtthError('PTTH_ERR_BAD_NAME', 'No free random name could be found: name one in the claim.');
+        name = pick();
+      } while (this.#byName.has(name));
     }
+    this.#checkNames(params);
     const reg = new Registration(
       this,
       name,
       params.token ?? randomSecret(128),
       params.lease ?? this.#options.defaultLease,
       this.#options,
+      params.keyId,
     );
     this.#byName.set(name, reg);
-    this.#byPrivate.set(reg.privateId, reg);
+    this.#byPrivate.set(lookupKey(reg.privateId), reg);
+    this.#indexKey(reg);
     this.emit('register', reg);
     return { registration: reg, created: true };
+  }
+
+  /** Throws PTTH_ERR_KEY_NAMES when the claim's key may not hold one more name. */
+  #checkNames(params: ClaimParams): void {
+    if (params.keyId === undefined || params.maxNames === undefined) return;
+    const held = this.#byKey.get(params.keyId)?.size ?? 0;
+    if (held >= params.maxNames) {
+      throw new PtthError('PTTH_ERR_KEY_NAMES', `The access key "${params.keyId}" already holds ${held} names, the most it may (maxNames ${params.maxNames}).`);
+    }
+  }
+
+  #indexKey(reg: Registration): void {
+    if (reg.keyId === undefined) return;
+    let set = this.#byKey.get(reg.keyId);
+    if (!set) this.#byKey.set(reg.keyId, (set = new Set()));
+    set.add(reg);
+  }
+
+  #unindexKey(reg: Registration): void {
+    if (reg.keyId === undefined) return;
+    const set = this.#byKey.get(reg.keyId);
+    if (!set) return;
+    set.delete(reg);
+    if (set.size === 0) this.#byKey.delete(reg.keyId);
+  }
+
+  heldBy(keyId: string): { names: number; channels: number } {
+    const set = this.#byKey.get(keyId);
+    let channels = 0;
+    if (set) for (const reg of set) channels += reg.channels.length;
+    return { names: set?.size ?? 0, channels };
   }
 
   lookup(name: string): Registration | undefined {
@@ -270,13 +329,14 @@ export class MemoryTable extends EventEmitter implements RouteTable {
   }
 
   byPrivateId(id: string): Registration | undefined {
-    return this.#byPrivate.get(id);
+    return this.#byPrivate.get(lookupKey(id));
   }
 
   release(reg: Registration, reason: string): void {
     if (this.#byName.get(reg.name) !== reg) return;
     this.#byName.delete(reg.name);
-    this.#byPrivate.delete(reg.privateId);
+    this.#byPrivate.delete(lookupKey(reg.privateId));
+    this.#unindexKey(reg);
     reg.end();
     this.emit('release', reg, reason);
   }

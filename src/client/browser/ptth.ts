@@ -22,6 +22,11 @@ export interface ServeOptions {
   name?: string;
   /** Secret that holds the name (default: random per `serve` call). */
   token?: string;
+  /**
+   * Access key, for gateways that require one. Browsers cannot set headers on a WebSocket, so it
+   * travels as the `key` query parameter there and as a `key` form field on Comet registrations.
+   */
+  key?: string;
   /** Seconds the gateway keeps the name while this tab is disconnected. */
   lease?: number;
   /** `auto` (default): WebSocket, falling back to Comet; or force one. */
@@ -73,7 +78,7 @@ export interface PtthServer {
   close(options?: { release?: boolean }): Promise<void>;
 }
 
-/** The gateway refused the claim (400 bad name/lease/token, 403 name held under another token...). */
+/** The gateway refused the claim (400 bad name/lease/token, 401 key missing or unknown, 403 name held under another token or not allowed for the key...). */
 export class ServeError extends Error {
   readonly status: number;
   readonly code: string | undefined;
@@ -528,6 +533,7 @@ class Server implements PtthServer {
     const p = new URLSearchParams();
     if (this.name) p.set('name', this.name);
     p.set('token', this.#token);
+    if (this.#options.key !== undefined) p.set('key', this.#options.key);
     if (this.#options.lease !== undefined) p.set('lease', String(this.#options.lease));
     return p;
   }
