@@ -55,6 +55,19 @@ export function forwardRequest(ctx: GatewayContext, req: IncomingMessage, res: S
   reg.dispatch(ctx.observed.requests ? new ObservedExchange(ctx, req, res, name, headers) : new VisitorExchange(req, res, headers));
 }
 
+/**
+ * A visitor request the gateway refuses before routing it (a rate limit, a header flood): answered
+ * with `err` and `Connection: close`, and reported in `request` events and metrics like any other.
+ */
+export function refuseVisitor(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, name: string, err: PtthError): void {
+  req.resume();
+  if (ctx.observed.requests) {
+    const ex = new ObservedExchange(ctx, req, res, name, EMPTY);
+    ex.fail(err, true);
+    ex.done();
+  } else sendError(res, err, req.headers.accept, true);
+}
+
 /** An exchange nobody observes: no timing, no counting (methods on the prototype, no closures). */
 class VisitorExchange implements Exchange {
   readonly req: IncomingMessage;
@@ -67,9 +80,10 @@ class VisitorExchange implements Exchange {
     this.headers = headers;
   }
 
-  fail(err: PtthError): void {
+  /** `close`: ask the visitor to close the connection after the answer. */
+  fail(err: PtthError, close = false): void {
     if (this.res.headersSent) this.res.destroy(err);
-    else sendError(this.res, err, this.req.headers.accept);
+    else sendError(this.res, err, this.req.headers.accept, close);
   }
 
   done(): void {}
@@ -92,29 +106,6 @@ function byteLength(chunk: unknown, encoding?: unknown): number {
   return chunk instanceof Uint8Array ? chunk.byteLength : 0;
 }
 
-/*
- * Body bytes are counted where they pass: node's HTTP parser hands each body chunk to the visitor's
- * request with `push`, and every relay (pipe) or gateway answer writes the response with `write`
- * and `end`. Wrapping those three on the instance counts bytes without listening to 'data' (which
- * would switch the request to flowing mode and lose a queued request's body) and without a stream
- * in the path. The wrappers are shared functions; the instance only gains a reference to its exchange.
- */
-function countingPush(this: IncomingMessage & Counted, chunk: unknown, encoding?: BufferEncoding): boolean {
-  const ex = this[EXCHANGE];
-  ex.bytesIn += byteLength(chunk, encoding);
-  return ex.push.call(this, chunk, encoding);
-}
-function countingWrite(this: ServerResponse & Counted, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
-  const ex = this[EXCHANGE];
-  ex.bytesOut += byteLength(chunk, encoding);
-  return ex.write.call(this, chunk, encoding, cb);
-}
-function countingEnd(this: ServerResponse & Counted, chunk?: unknown, encoding?: unknown, cb?: unknown): ServerResponse {
-  const ex = this[EXCHANGE];
-  if (typeof chunk !== 'function') ex.bytesOut += byteLength(chunk, encoding);
-  return ex.end.call(this, chunk, encoding, cb);
-}
-
 /** An exchange someone listens to (`request` events, metrics): timed, bytes counted, error code kept. */
 class ObservedExchange extends VisitorExchange {
   readonly #ctx: GatewayContext;
@@ -122,36 +113,62 @@ class ObservedExchange extends VisitorExchange {
   readonly #started = performance.now();
   readonly #remote: string;
   #reported = false;
-  bytesIn = 0;
-  bytesOut = 0;
-  error: string | undefined = undefined;
-  readonly push: Push;
-  readonly write: Write;
-  readonly end: End;
+  #bytesIn = 0;
+  #bytesOut = 0;
+  #error: string | undefined = undefined;
+  readonly #push: Push;
+  readonly #write: Write;
+  readonly #end: End;
+
+  /*
+   * Body bytes are counted where they pass: node's HTTP parser hands each body chunk to the
+   * visitor's request with `push`, and every relay (pipe) or gateway answer writes the response
+   * with `write` and `end`. Wrapping those three on the instance counts bytes without listening to
+   * 'data' (which would switch the request to flowing mode and lose a queued request's body) and
+   * without a stream in the path. The wrappers are shared (no closure per request); the instance
+   * only gains a reference to its exchange.
+   */
+  static #countPush(this: IncomingMessage & Counted, chunk: unknown, encoding?: BufferEncoding): boolean {
+    const ex = this[EXCHANGE];
+    ex.#bytesIn += byteLength(chunk, encoding);
+    return ex.#push.call(this, chunk, encoding);
+  }
+
+  static #countWrite(this: ServerResponse & Counted, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
+    const ex = this[EXCHANGE];
+    ex.#bytesOut += byteLength(chunk, encoding);
+    return ex.#write.call(this, chunk, encoding, cb);
+  }
+
+  static #countEnd(this: ServerResponse & Counted, chunk?: unknown, encoding?: unknown, cb?: unknown): ServerResponse {
+    const ex = this[EXCHANGE];
+    if (typeof chunk !== 'function') ex.#bytesOut += byteLength(chunk, encoding);
+    return ex.#end.call(this, chunk, encoding, cb);
+  }
 
   constructor(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, name: string, headers: string[]) {
     super(req, res, headers);
     this.#ctx = ctx;
     this.#name = name;
     this.#remote = clientAddress(req.socket.remoteAddress);
-    this.push = req.push as Push;
-    this.write = res.write as Write;
-    this.end = res.end as End;
+    this.#push = req.push as Push;
+    this.#write = res.write as Write;
+    this.#end = res.end as End;
     // Bodyless requests (most) never push body bytes; HEAD responses never send theirs.
     if (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined) {
       (req as IncomingMessage & Counted)[EXCHANGE] = this;
-      req.push = countingPush as IncomingMessage['push'];
+      req.push = ObservedExchange.#countPush as IncomingMessage['push'];
     }
     if (req.method !== 'HEAD') {
       (res as ServerResponse & Counted)[EXCHANGE] = this;
-      res.write = countingWrite as ServerResponse['write'];
-      res.end = countingEnd as ServerResponse['end'];
+      res.write = ObservedExchange.#countWrite as ServerResponse['write'];
+      res.end = ObservedExchange.#countEnd as ServerResponse['end'];
     }
   }
 
-  override fail(err: PtthError): void {
-    this.error = err.code;
-    super.fail(err);
+  override fail(err: PtthError, close = false): void {
+    this.#error = err.code;
+    super.fail(err, close);
   }
 
   override done(): void {
@@ -168,10 +185,10 @@ class ObservedExchange extends VisitorExchange {
       path: q === -1 ? url : url.slice(0, q),
       status: res.headersSent ? res.statusCode : 0,
       ms: performance.now() - this.#started,
-      bytesIn: this.bytesIn,
-      bytesOut: this.bytesOut,
+      bytesIn: this.#bytesIn,
+      bytesOut: this.#bytesOut,
       remote: this.#remote,
-      error: this.error,
+      error: this.#error,
     };
     this.#ctx.emit('request', event);
   }

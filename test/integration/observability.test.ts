@@ -236,6 +236,27 @@ describe('/metrics', () => {
     expect(value(m, 'ptth_requests_total{status_class="0xx"}')).toBe(1);
   });
 
+  it('counts and logs visitor requests refused by the rate limit', async () => {
+    const gw = await gateway({ requestRate: '1/m', limitLoopback: true });
+    const dest = capture();
+    attachLogger(gw.gateway, createLogger({ destination: dest }));
+    await app(gw, echo, { name: 'limited' });
+    expect((await request(gw.port, { host: gw.host('limited') })).status).toBe(200);
+    const refused = await request(gw.port, { host: gw.host('limited'), path: '/again?x=1' });
+    expect(refused.status).toBe(429);
+    const m = await scrape(gw.port);
+    expect(value(m, 'ptth_requests_total{status_class="2xx"}')).toBe(1);
+    expect(value(m, 'ptth_requests_total{status_class="4xx"}')).toBe(1);
+    expect(value(m, 'ptth_request_errors_total{code="PTTH_ERR_RATE_LIMITED"}')).toBe(1);
+    expect(dest.lines.filter((l) => l.event === 'request')[1]).toMatchObject({
+      name: 'limited',
+      path: '/again',
+      status: 429,
+      error: 'PTTH_ERR_RATE_LIMITED',
+      bytesOut: Buffer.byteLength(refused.body),
+    });
+  });
+
   it('two gateways in one process keep separate metrics', async () => {
     const a = await gateway();
     const b = await gateway();
