@@ -1,5 +1,10 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createAdminServer } from './gateway/endpoints.js';
+import { loadAccessConfig } from './routes/access.js';
+import { attachLogger, createLogger, type LogLevel } from './log.js';
 import { createGateway, type Gateway, type GatewayOptions, type TlsOptions } from './gateway/server.js';
 import { envName, parseValue, resolveServeConfig, SERVE_OPTIONS, type ServeConfig, type ServeOptionSpec } from './config.js';
 import { listen, ClaimError } from './client/node.js';
@@ -118,32 +123,49 @@ async function runServe(c: ServeConfig): Promise<void> {
     if (certPath === undefined || keyPath === undefined) throw new Error('--tls-cert and --tls-key go together: give both or neither');
     return { cert: readPem(certPath, 'TLS certificate'), key: readPem(keyPath, 'TLS key') };
   };
+  const keysFile = c['keys'] as string | undefined;
+  const reserved = (c['reserved'] as string[] | undefined) ?? [];
+  const adminPort = c['adminPort'] as number | undefined;
+  options.metrics = c['metrics'] !== false;
+  if (adminPort !== undefined) options.metricsOnGateway = false;
+  if (reserved.length > 0) options.reserved = reserved;
   let gateway: Gateway;
   try {
     const tls = loadTls();
     if (tls) options.tls = tls;
+    const access = await loadAccessConfig({ file: keysFile, env: process.env });
+    if (access) options.access = access;
     gateway = createGateway(options);
   } catch (e) {
     err(`ptth-proxy serve: ${(e as Error).message}`);
     process.exit(2);
   }
-  const quiet = c['quiet'] === true;
-  if (!quiet) {
-    gateway.on('claim', (cl) => out(`${time()} + ${cl.name} ${cl.transport} channel from ${cl.remote} -> ${cl.url}`));
-    gateway.on('channel-close', (reg, ch) => out(`${time()} - ${reg.name} ${ch.transport} channel from ${ch.remote} closed (${reg.channels.length} left)`));
-    gateway.on('release', (reg, why) => out(`${time()} x ${reg.name} released (${why})`));
-    gateway.on('refuse', (r) => out(`${time()} ! claim refused from ${r.remote ?? '?'}: ${r.status} ${r.code}`));
-  }
-  if (c['verbose'] === true) {
-    gateway.on('request', (r) => out(`${time()}   ${r.name} ${r.method} ${r.url} ${r.status} ${r.ms.toFixed(1)} ms`));
-  }
-  gateway.on('error', (e) => err(`ptth-proxy: ${e.message}`));
+  const format = c['logFormat'] as string;
+  const logger = createLogger({
+    level: (c['quiet'] === true ? 'warn' : c['logLevel']) as LogLevel,
+    ...(format === 'auto' ? {} : { pretty: format === 'pretty' }),
+  });
+  attachLogger(gateway, logger, { requests: c['verbose'] === true });
   let addr;
   try {
     addr = await gateway.listen(num('port'), c['host'] as string | undefined);
   } catch (e) {
     err(`ptth-proxy: cannot listen on port ${String(c['port'])}: ${(e as Error).message}`);
     process.exit(1);
+  }
+  let admin: Server | undefined;
+  if (adminPort !== undefined) {
+    admin = createAdminServer(gateway);
+    const adminHost = c['adminHost'] as string;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        admin?.once('error', reject);
+        admin?.listen(adminPort, adminHost, () => resolve());
+      });
+    } catch (e) {
+      err(`ptth-proxy: cannot listen on admin port ${adminPort}: ${(e as Error).message}`);
+      process.exit(1);
+    }
   }
   const port = addr.port;
   const scheme = gateway.secure ? 'https' : 'http';
@@ -157,7 +179,12 @@ async function runServe(c: ServeConfig): Promise<void> {
   out(`  status page:   ${origin}/`);
   out(`  apps served at ${appUrl}`);
   out(`  expose an app: npx ptth-proxy connect 3000 --gateway ${origin}`);
-  if (!isLoopbackBind(addr.address)) {
+  if (admin) {
+    const a = admin.address() as AddressInfo;
+    out(`  admin:         http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}/metrics, /healthz, /readyz`);
+  }
+  out(gateway.access.open ? '  access:        open (no keys: first come, first served)' : '  access:        access keys required to claim');
+  if (!isLoopbackBind(addr.address) && gateway.access.open) {
     err(
       `WARNING: this gateway is reachable from other machines (bound to ${addr.address}) and has no access keys:\n` +
         '  anyone who can reach it may claim any free name and serve content under your domain.\n' +
@@ -169,10 +196,19 @@ async function runServe(c: ServeConfig): Promise<void> {
       const tls = loadTls();
       if (tls) {
         gateway.setTls(tls);
-        out(`${time()} SIGHUP: reloaded the TLS certificate and key`);
+        logger.info({ event: 'reload', what: 'tls' }, 'SIGHUP: reloaded the TLS certificate and key');
       }
     } catch (e) {
-      err(`${time()} SIGHUP: TLS reload failed, keeping the old certificate: ${(e as Error).message}`);
+      logger.error({ event: 'reload', what: 'tls' }, `SIGHUP: TLS reload failed, keeping the old certificate: ${(e as Error).message}`);
+    }
+    if (keysFile !== undefined) {
+      loadAccessConfig({ file: keysFile }).then(
+        (config) => {
+          gateway.setAccess(config, keysFile);
+          logger.info({ event: 'reload', what: 'keys', keys: config?.keys?.length ?? 0 }, `SIGHUP: reloaded the access keys from ${keysFile}`);
+        },
+        (e: unknown) => logger.error({ event: 'reload', what: 'keys' }, `SIGHUP: keys reload failed, keeping the old keys: ${(e as Error).message}`),
+      );
     }
   });
   let stopping = false;
@@ -180,8 +216,13 @@ async function runServe(c: ServeConfig): Promise<void> {
   const stop = (signal: string): void => {
     if (stopping) process.exit(1);
     stopping = true;
-    out(`${time()} ${signal}: closing (in-flight requests get up to ${(grace / 1000).toFixed(1)} s)`);
-    void gateway.close(grace).then(() => process.exit(0));
+    logger.info({ event: 'shutdown', signal, graceMs: grace }, `${signal}: closing (in-flight requests get up to ${(grace / 1000).toFixed(1)} s)`);
+    void gateway.close(grace).then(() => {
+      admin?.close();
+      logger.info({ event: 'shutdown', signal }, 'closed');
+      logger.flush();
+      process.exit(0);
+    });
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));

@@ -49,10 +49,10 @@ describe('ptth-proxy CLI', () => {
     await c.waitFor(/Forwarding http:\/\/cli-demo\.localhost:\d+\/ -> http:\/\/localhost:\d+/);
     const r = await request(port, { host: `cli-demo.localhost:${port}`, path: '/path?q=1' });
     expect(r.body).toBe(`local saw GET /path?q=1 host=cli-demo.localhost:${port}`);
-    await gw.waitFor(/\+ cli-demo http1 channel/);
+    await gw.waitFor(/"event":"claim","name":"cli-demo","transport":"http1"/);
     c.kill('SIGINT');
     expect(await c.exited()).toBe(0);
-    await gw.waitFor(/x cli-demo released \(deleted\)/);
+    await gw.waitFor(/"event":"release","name":"cli-demo","reason":"deleted"/);
     expect((await request(port, { host: `cli-demo.localhost:${port}` })).status).toBe(404);
   });
 
