@@ -6,6 +6,8 @@
 //   node test/bench/service.mjs app <gatewayUrl> <name> <connections> [h1]
 //       the same handler served in-process through listen() from dist/index.js (`h1`: only
 //       reversed HTTP/1.1, `connections` of them); prints `READY <protocol>` once online
+//   node test/bench/service.mjs proxy <backendPort> <connections>
+//       reference row: a minimal node:http keep-alive forward proxy; prints `READY <port>`
 import * as http from 'node:http';
 
 const BODY = Buffer.from('hello world');
@@ -36,7 +38,22 @@ if (mode === 'backend') {
     process.stderr.write(`tunnel error: ${err.message}\n`);
     process.exit(1);
   });
+} else if (mode === 'proxy') {
+  // A reference, not part of ptth-proxy: the least a Node HTTP/1.1 proxy hop costs here. A plain
+  // node:http keep-alive forward proxy to the backend with as many upstream connections as the
+  // reversed HTTP/1.1 rows have channels; no routing, no header rewriting, no timers.
+  const [backendPort, connections] = args;
+  const agent = new http.Agent({ keepAlive: true, maxSockets: Number(connections) });
+  const server = http.createServer({ keepAliveTimeout: 30_000 }, (req, res) => {
+    const out = http.request({ host: '127.0.0.1', port: Number(backendPort), method: req.method, path: req.url, headers: req.headers, agent }, (up) => {
+      res.writeHead(up.statusCode ?? 502, up.rawHeaders);
+      up.pipe(res);
+    });
+    out.on('error', () => res.destroy());
+    req.pipe(out);
+  });
+  server.listen(0, '127.0.0.1', () => process.stdout.write(`READY ${server.address().port}\n`));
 } else {
-  process.stderr.write('usage: service.mjs backend | app <gatewayUrl> <name> <connections> [h1]\n');
+  process.stderr.write('usage: service.mjs backend | app <gatewayUrl> <name> <connections> [h1] | proxy <backendPort> <connections>\n');
   process.exit(2);
 }
