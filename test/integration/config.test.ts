@@ -48,8 +48,9 @@ function cli(args: string[], env: Record<string, string> = {}): Spawned {
 /** `serve` on 127.0.0.1, port 0 unless the config says otherwise; resolves once it printed its start-up lines. */
 async function serve(args: string[], env: Record<string, string> = {}): Promise<{ p: Spawned; port: number }> {
   const p = cli(['serve', ...args], env);
-  const m = await p.waitFor(/listening on [^\s]+:(\d+)/);
-  await p.waitFor(/expose an app/);
+  // Generous: the CLI starts slowly when the whole suite loads both cores.
+  const m = await p.waitFor(/listening on [^\s]+:(\d+)/, 15_000);
+  await p.waitFor(/expose an app/, 15_000);
   return { p, port: Number(m[1]) };
 }
 
@@ -202,7 +203,7 @@ describe('serve --help', () => {
 describe('the warning for a gateway without access keys reachable from other machines', () => {
   it('appears on stderr when bound to 0.0.0.0', async () => {
     const p = cli(['serve', '--port', '0', '--host', '0.0.0.0']);
-    await p.waitFor(/WARNING: this gateway is reachable from other machines \(bound to 0\.0\.0\.0\) and has no access keys/);
+    await p.waitFor(/WARNING: this gateway is reachable from other machines \(bound to 0\.0\.0\.0\) and has no access keys/, 15_000);
     expect(p.output()).toContain('--keys FILE');
   });
 
