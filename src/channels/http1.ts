@@ -171,6 +171,17 @@ export class Http1Channel implements Channel {
       });
     });
 
+    // A 101 to a request that asked for no upgrade: node hands over the socket (or, with no
+    // listener, destroys it without an 'error', which left the visitor waiting for the response
+    // timeout). Either way the app broke the exchange and the channel is done.
+    out.on('upgrade', (_appRes: IncomingMessage, socket: Duplex) => {
+      socket.destroy();
+      this.#socket.destroy();
+      if (finished) return;
+      ex.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', 'The app answered 101 Switching Protocols to a request that asked for no upgrade.'));
+      finish();
+    });
+
     out.on('error', (err: NodeJS.ErrnoException) => {
       if (finished) return;
       if (!responded) {
@@ -212,13 +223,29 @@ export class Http1Channel implements Channel {
       out.end();
       return;
     }
-    relay(req, out, (err) => {
-      if (err && !finished) {
-        // The visitor's body failed (they disconnected): the channel is mid-message.
-        this.#socket.destroy();
-        finish();
-      }
-    });
+    relay(
+      req,
+      out,
+      (err) => {
+        if (err && !finished) {
+          // The visitor's body failed (they disconnected): the channel is mid-message.
+          this.#socket.destroy();
+          finish();
+        }
+      },
+      {
+        // An app that takes none of the body for responseTimeout never will (the response timer
+        // only starts once the body is sent, so without this the exchange would wait forever).
+        ms: this.#options.responseTimeout,
+        onStall: () => {
+          // Mid-message either way: the connection cannot carry another request.
+          this.#socket.destroy();
+          if (finished) return;
+          ex.fail(new PtthError('PTTH_ERR_APP_TIMEOUT', 'The app stopped reading the request body.'));
+          finish();
+        },
+      },
+    );
   }
 
   upgrade(ex: UpgradeExchange): void {

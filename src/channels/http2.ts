@@ -35,6 +35,21 @@ const ASSUMED_STREAMS = 100;
 const STREAM_WINDOW = 1 << 20;
 const SESSION_WINDOW = 16 << 20;
 
+/**
+ * `:path` for a visitor's request-target (RFC 9113 section 8.3.1). Origin-form and `*` go as they
+ * are; an absolute-form target (RFC 9112 section 3.2.2, which HTTP/1.1 servers must accept) keeps
+ * only its path and query, byte for byte: HTTP/2 carries scheme and authority in pseudo-headers of
+ * their own, and an app's HTTP/2 server resets a stream whose `:path` is a whole URL.
+ */
+export function h2Path(url: string | undefined): string {
+  if (!url) return '/';
+  if (url.charCodeAt(0) === 47 /* / */ || url === '*') return url;
+  const m = /^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/?#]*/.exec(url);
+  if (!m) return url;
+  const rest = url.slice(m[0].length);
+  return rest.startsWith('/') ? rest : `/${rest}`;
+}
+
 /** Converts the forward-ready flat header list into an HTTP/2 header object (lower-case names). */
 function h2Headers(raw: readonly string[], pseudo: OutgoingHttpHeaders): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = pseudo;
@@ -164,6 +179,16 @@ export class Http2Channel implements Channel {
     }
   };
 
+  /**
+   * A PING now, after a stream timed out: the connection may be dead without node saying so. When
+   * the app commits a connection error (broken HPACK, an oversized frame), nghttp2 sends GOAWAY
+   * and stops reading, but node emits nothing and keeps the session open, so every stream on it
+   * would time out until the next periodic PING; this one finds out within pingTimeout.
+   */
+  #probe(): void {
+    this.#sendPing();
+  }
+
   #onClose = (): void => {
     if (this.#closed) return;
     this.#closed = true;
@@ -207,7 +232,7 @@ export class Http2Channel implements Channel {
     try {
       const headers = h2Headers(ex.headers, {
         ':method': req.method ?? 'GET',
-        ':path': req.url ?? '/',
+        ':path': h2Path(req.url),
         ':scheme': encrypted ? 'https' : 'http',
         ':authority': rawHeader(ex.headers, 'host') ?? 'localhost',
       });
@@ -231,6 +256,7 @@ export class Http2Channel implements Channel {
         ex.fail(new PtthError('PTTH_ERR_APP_TIMEOUT'));
         stream.close(NGHTTP2_CANCEL);
         finish();
+        this.#probe();
       }, this.#options.responseTimeout);
     };
 
@@ -284,14 +310,29 @@ export class Http2Channel implements Channel {
       req.resume();
       startTimer();
     } else {
-      relay(req, stream, (err) => {
-        if (err) {
-          cancel();
-          if (!finished) finish();
-          return;
-        }
-        startTimer();
-      });
+      relay(
+        req,
+        stream,
+        (err) => {
+          if (err) {
+            cancel();
+            if (!finished) finish();
+            return;
+          }
+          startTimer();
+        },
+        {
+          // An app that takes none of the body for responseTimeout (its stream window stays
+          // shut) never will: the response timer only starts once the body is sent.
+          ms: this.#options.responseTimeout,
+          onStall: () => {
+            if (!finished) ex.fail(new PtthError('PTTH_ERR_APP_TIMEOUT', 'The app stopped reading the request body.'));
+            cancel();
+            if (!finished) finish();
+            this.#probe();
+          },
+        },
+      );
     }
   }
 
@@ -340,6 +381,7 @@ export class Http2Channel implements Channel {
       ex.fail(new PtthError('PTTH_ERR_APP_TIMEOUT'));
       stream.close(NGHTTP2_CANCEL);
       finish();
+      this.#probe();
     }, this.#options.responseTimeout);
     visitor.on('error', noop);
     stream.on('error', noop);

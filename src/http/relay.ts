@@ -32,11 +32,13 @@ export function splice(a: Duplex, b: Duplex, done: () => void): void {
  * an AbortController per call and aborts it on completion, building a DOMException (with its
  * stack trace) for every request: a measurable share of the gateway's CPU in profiles.
  */
-export function relay(src: Readable, dst: Writable, done: (err?: Error | null) => void): void {
+export function relay(src: Readable, dst: Writable, done: (err?: Error | null) => void, stall?: Stall): void {
   let settled = false;
+  const unwatch = stall ? watchStall(src, dst, stall) : undefined;
   const settle = (err?: Error | null): void => {
     if (settled) return;
     settled = true;
+    unwatch?.();
     if (err) {
       // As pipeline does: the destination learns of the failure (an HTTP/2 stream is reset, not
       // ended cleanly). The end-of-stream watchers stay attached, so the 'error' events that
@@ -55,4 +57,38 @@ export function relay(src: Readable, dst: Writable, done: (err?: Error | null) =
   });
   const stopDst = finished(dst, { readable: false }, (err) => settle(err));
   src.pipe(dst);
+}
+
+/** A reader that stopped reading: `dst` refused data and did not drain for `ms` (see relay). */
+export interface Stall {
+  readonly ms: number;
+  readonly onStall: () => void;
+}
+
+/**
+ * Watches a pipe for a destination that has stopped taking data: pipe() pauses `src` when
+ * `dst.write` returns false and resumes it on 'drain'; a pause that no drain ends within `ms`
+ * means the reader behind `dst` (an app that never reads a request body) is stuck. A slow
+ * *source* never arms it: `dst` only asks for a drain when data is waiting for its reader.
+ */
+function watchStall(src: Readable, dst: Writable, stall: Stall): () => void {
+  let timer: NodeJS.Timeout | undefined;
+  const disarm = (): void => {
+    if (timer) clearTimeout(timer);
+    timer = undefined;
+  };
+  const arm = (): void => {
+    if (timer || !dst.writableNeedDrain) return;
+    timer = setTimeout(() => {
+      timer = undefined;
+      stall.onStall();
+    }, stall.ms);
+  };
+  src.on('pause', arm);
+  dst.on('drain', disarm);
+  return () => {
+    disarm();
+    src.removeListener('pause', arm);
+    dst.removeListener('drain', disarm);
+  };
 }
