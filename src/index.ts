@@ -3,7 +3,23 @@
  *
  * Gateway: `createGateway(options).listen(port)`. App side: `listen(serverOrHandler, { gateway })`.
  */
-export { createGateway, Gateway, type GatewayOptions, type GatewayEvents } from './gateway/server.js';
+export { createGateway, Gateway, type GatewayOptions, type GatewayEvents, type TlsOptions } from './gateway/server.js';
+export { createAdminServer } from './gateway/endpoints.js';
+export { GatewayMetrics } from './gateway/metrics.js';
+export type { RequestEvent } from './gateway/forward.js';
+export { createLogger, attachLogger, type Logger, type LoggerOptions, type AttachOptions } from './log.js';
+export {
+  AccessControl,
+  AccessConfigError,
+  createKeyEntry,
+  generateKey,
+  hashKey,
+  loadAccessConfig,
+  parseAccessConfig,
+  type AccessConfig,
+  type AccessKey,
+} from './routes/access.js';
+export { parseRate, type RateSpec } from './gateway/ratelimit.js';
 export type { GatewaySettings } from './gateway/context.js';
 export type { BrowserOptions } from './gateway/browser.js';
 export { listen, Tunnel, ClaimError, type ListenOptions, type TunnelEvents } from './client/node.js';

@@ -11,7 +11,7 @@ import { classify } from './classify.js';
 import type { GatewayContext, GatewaySettings } from './context.js';
 import { handleEndpoint, type GatewayInfo } from './endpoints.js';
 import { BrowserEndpoints, type BrowserOptions } from './browser.js';
-import { forwardRequest, forwardUpgrade } from './forward.js';
+import { forwardRequest, forwardUpgrade, refuseVisitor } from './forward.js';
 import { VERSION } from '../version.js';
 import { GatewayMetrics } from './metrics.js';
 import type { RequestEvent } from './forward.js';
@@ -271,14 +271,18 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const ctx = this.#ctx;
     this.#current.set(req.socket, { req, res });
-    if (req.rawHeaders.length > this.#maxHeaders * 2) return refuse(req, res, new PtthError('PTTH_ERR_TOO_MANY_HEADERS'));
     const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
+    if (req.rawHeaders.length > this.#maxHeaders * 2) {
+      const err = new PtthError('PTTH_ERR_TOO_MANY_HEADERS');
+      if (route.kind === 'visitor') return refuseVisitor(ctx, req, res, route.name, err);
+      return refuse(req, res, route.kind === 'claim' ? this.#refusedClaim(err, req.socket.remoteAddress) : err);
+    }
     if (route.kind === 'visitor') {
       const wait = this.#requestLimit?.take(req.socket.remoteAddress) ?? 0;
-      if (wait > 0) return refuse(req, res, rateLimited(wait, 'requests'));
+      if (wait > 0) return refuseVisitor(ctx, req, res, route.name, rateLimited(wait, 'requests'));
       forwardRequest(ctx, req, res, route.name);
     } else if (route.kind === 'claim') {
-      if (this.#closing) return refuse(req, res, new PtthError('PTTH_ERR_SHUTTING_DOWN'));
+      if (this.#closing) return refuse(req, res, this.#refusedClaim(new PtthError('PTTH_ERR_SHUTTING_DOWN'), req.socket.remoteAddress));
       const wait = this.#claimLimit?.take(req.socket.remoteAddress) ?? 0;
       if (wait > 0) return refuse(req, res, this.#claimLimited(wait, req.socket.remoteAddress));
       claimFromRequest(ctx, req, res, route.hostName);
@@ -294,7 +298,11 @@ export class Gateway extends EventEmitter<GatewayEvents> {
 
   /** A rate-limited claim is a refused claim like any other: logged and counted by reason. */
   #claimLimited(wait: number, remote: string | undefined): PtthError {
-    const err = rateLimited(wait, 'claims');
+    return this.#refusedClaim(rateLimited(wait, 'claims'), remote);
+  }
+
+  /** Claims refused here, before claim.ts sees them, still reach the logs and metrics. */
+  #refusedClaim(err: PtthError, remote: string | undefined): PtthError {
     this.#ctx.emit('refuse', { code: err.code, status: err.status, remote });
     return err;
   }
@@ -319,10 +327,14 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       socket.on('error', noop);
       writeRawError(socket, err, req.headers.accept);
     };
-    if (req.rawHeaders.length > this.#maxHeaders * 2) return refuseRaw(new PtthError('PTTH_ERR_TOO_MANY_HEADERS'));
     const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
+    const claim = route.kind === 'claim' || route.kind === 'websocket';
+    if (req.rawHeaders.length > this.#maxHeaders * 2) {
+      const err = new PtthError('PTTH_ERR_TOO_MANY_HEADERS');
+      return refuseRaw(claim ? this.#refusedClaim(err, socket.remoteAddress) : err);
+    }
+    if (claim && this.#closing) return refuseRaw(this.#refusedClaim(new PtthError('PTTH_ERR_SHUTTING_DOWN'), socket.remoteAddress));
     if (route.kind === 'claim') {
-      if (this.#closing) return refuseRaw(new PtthError('PTTH_ERR_SHUTTING_DOWN'));
       const wait = this.#claimLimit?.take(socket.remoteAddress) ?? 0;
       if (wait > 0) return refuseRaw(this.#claimLimited(wait, socket.remoteAddress));
       claimFromUpgrade(ctx, req, socket, head, route.hostName);
@@ -331,7 +343,6 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       if (wait > 0) return refuseRaw(rateLimited(wait, 'requests'));
       forwardUpgrade(ctx, req, socket, head, route.name);
     } else if (route.kind === 'websocket') {
-      if (this.#closing) return refuseRaw(new PtthError('PTTH_ERR_SHUTTING_DOWN'));
       const wait = this.#claimLimit?.take(socket.remoteAddress) ?? 0;
       if (wait > 0) return refuseRaw(this.#claimLimited(wait, socket.remoteAddress));
       this.browser.upgrade(req, socket, head);
