@@ -3,6 +3,7 @@
  * JSON file, PTTH_* environment variables and flags, their precedence, the errors that stop it with
  * exit code 2, --help, and the start-up warning for a gateway reachable from other machines.
  */
+import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -205,6 +206,25 @@ describe('the warning for a gateway without access keys reachable from other mac
     const p = cli(['serve', '--port', '0', '--host', '0.0.0.0']);
     await p.waitFor(/WARNING: this gateway is reachable from other machines \(bound to 0\.0\.0\.0\) and has no access keys/, 15_000);
     expect(p.output()).toContain('--keys FILE');
+  });
+
+  it('does not appear on 0.0.0.0 when the keys file comes from the config file (keys are required)', async () => {
+    const sha256 = createHash('sha256').update('ptth_test-key-for-config').digest('hex');
+    const keys = configFile({ keys: [{ id: 'ops', sha256, names: ['*'] }] });
+    const file = configFile({ port: 0, host: '0.0.0.0', keys });
+    const { p, port } = await serve(['--config', file]);
+    await p.waitFor(/access: +access keys required to claim/);
+    // Claims without a key are refused: the file's keys are in force.
+    expect(await claimStatus(port, 'nokey')).toBe(401);
+    expect(p.output()).not.toContain('WARNING');
+  });
+
+  it('PTTH_KEYS_FILE names the keys file too', async () => {
+    const sha256 = createHash('sha256').update('ptth_other-key').digest('hex');
+    const keys = configFile({ keys: [{ id: 'ops', sha256, names: ['*'] }] });
+    const { p, port } = await serve(['--port', '0', '--host', '127.0.0.1'], { PTTH_KEYS_FILE: keys });
+    await p.waitFor(/access: +access keys required to claim/);
+    expect(await claimStatus(port, 'nokey')).toBe(401);
   });
 
   it('does not appear when bound to 127.0.0.1', async () => {
