@@ -28,7 +28,7 @@ export interface Http2ChannelOptions {
 
 /** RFC 8441 section 5 / RFC 6455 section 1.3. */
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
-const { NGHTTP2_CANCEL } = constants;
+const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR } = constants;
 /** Before the app's SETTINGS arrive (RFC 9113 section 6.5.2 recommends at least 100). */
 const ASSUMED_STREAMS = 100;
 /** Per-stream and connection receive windows: large enough to stream at loopback speed. */
@@ -272,6 +272,13 @@ export class Http2Channel implements Channel {
         finish();
         return;
       }
+      // When the connection dies mid-body (the app crashed), node ends the stream as if its body
+      // were complete: no 'error', no 'aborted', only rstCode says so. Registered before the
+      // relay's pipe, so the visitor's connection is cut before the pipe could end the response
+      // (a chunked one would otherwise look whole).
+      stream.once('end', () => {
+        if (stream.rstCode !== undefined && stream.rstCode !== NGHTTP2_NO_ERROR) res.destroy();
+      });
       // A slow visitor slows only this stream: the relay stops reading, HTTP/2 flow control holds the app.
       relay(stream, res, (err) => {
         if (err) res.destroy();

@@ -1,0 +1,357 @@
+/**
+ * Faults (issue 5, "Proof"): apps killed mid-request and mid-response, the gateway killed and
+ * restarted under load, and connections that stall without closing.
+ *
+ * Apps run in their own processes (test/helpers/child-app.ts, the library's listen()), so SIGKILL
+ * and SIGSTOP do to them what a crash or a frozen host does: the kernel closes (or keeps silently
+ * open) their sockets. The gateway runs in this process where the test inspects its table, or as
+ * `ptth-proxy serve` in a child of its own where it must be killed and restarted on the same port.
+ */
+import * as http from 'node:http';
+import * as net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Tunnel } from '../../src/client/node.js';
+import type { GatewayOptions } from '../../src/gateway/server.js';
+import type { Registration } from '../../src/routes/table.js';
+import { CHILD_APP, spawnTs } from '../helpers/child.js';
+import { closed, rawClaim, rawConnect, readUntil, request, sleep, startApp, startGateway, until, type Reply, type TestGateway } from '../helpers/index.js';
+import { spawnCli, type Spawned } from '../helpers/spawn.js';
+
+let gw: TestGateway | undefined;
+const procs: Spawned[] = [];
+const tunnels: Tunnel[] = [];
+const sockets: net.Socket[] = [];
+
+afterEach(async () => {
+  for (const s of sockets.splice(0)) s.destroy();
+  for (const p of procs.splice(0)) {
+    p.kill('SIGCONT');
+    p.kill('SIGKILL');
+  }
+  await Promise.all(tunnels.splice(0).map((t) => t.close({ graceMs: 100, release: false })));
+  await gw?.close();
+  gw = undefined;
+});
+
+function noop(): void {}
+
+async function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
+  gw = await startGateway(options);
+  return gw;
+}
+
+function g(): TestGateway {
+  if (!gw) throw new Error('no gateway started');
+  return gw;
+}
+
+function reg(name: string): Registration {
+  const r = g().gateway.table.lookup(name);
+  if (!r) throw new Error(`no registration ${name}`);
+  return r;
+}
+
+function count(text: string, re: RegExp): number {
+  return text.match(re)?.length ?? 0;
+}
+
+/** Starts the child app and waits until it is online for the `n`th time. */
+async function childApp(name: string, mode: 'h1' | 'h2', connections = 2): Promise<Spawned> {
+  const p = spawnTs(CHILD_APP, [g().origin, name, 'the-token', mode, String(connections)]);
+  procs.push(p);
+  await p.waitFor(/^online /m, 15_000);
+  return p;
+}
+
+function visit(name: string, path = '/hello'): Promise<Reply> {
+  return request(g().port, { host: g().host(name), path });
+}
+
+/** Nothing of the app's last exchanges is left in the gateway: no request waits, no channel is busy. */
+function noLeaks(name: string): void {
+  const r = reg(name);
+  expect(r.waiting, 'requests waiting').toBe(0);
+  for (const c of r.channels) expect(c.active, `requests in flight on channel ${c.id}`).toBe(0);
+}
+
+describe('apps killed', () => {
+  it.each(['h2', 'h1'] as const)(
+    'mid-request (%s): the visitor gets 502 PTTH_ERR_CHANNEL_LOST, nothing leaks, the gap gets 503, and the app comes back under its name',
+    async (mode) => {
+      await gateway({ reconnectWait: 300 });
+      const app = await childApp('victim', mode);
+      expect((await visit('victim')).body).toMatch(/^hello from \d+$/);
+      const registration = reg('victim');
+
+      const hung = visit('victim', '/hang');
+      await app.waitFor(/^request \/hang$/m);
+      app.kill('SIGKILL');
+      const r = await hung;
+      expect(r.status).toBe(502);
+      expect(r.headers['x-ptth-error']).toBe('PTTH_ERR_CHANNEL_LOST');
+
+      await until(() => reg('victim').channels.length === 0, 2_000, 'the dead app channels to go');
+      noLeaks('victim');
+      // The lease holds the name; a visitor in the gap waits reconnectWait, then 503.
+      const gap = await visit('victim');
+      expect(gap.status).toBe(503);
+      expect(gap.headers['x-ptth-error']).toBe('PTTH_ERR_NO_CHANNEL');
+      noLeaks('victim');
+
+      const again = await childApp('victim', mode);
+      const back = await visit('victim');
+      expect(back.status).toBe(200);
+      expect(back.body).toBe(`hello from ${again.child.pid ?? 0}`);
+      expect(reg('victim'), 'the same registration, kept by its token').toBe(registration);
+      noLeaks('victim');
+    },
+  );
+
+  it.each([
+    ['h2', '/partial'],
+    ['h2', '/chunked'],
+    ['h1', '/partial'],
+    ['h1', '/chunked'],
+  ] as const)(
+    'mid-response (%s, %s): the visitor connection closes after the partial body, never a complete response; nothing leaks; the app comes back',
+    async (mode, path) => {
+      await gateway();
+      const app = await childApp('halfway', mode);
+      const s = await rawConnect(g().port);
+      s.on('error', noop);
+      sockets.push(s);
+      s.write(`GET ${path} HTTP/1.1\r\nHost: ${g().host('halfway')}\r\n\r\n`);
+      const head = (await readUntil(s, (b) => b.includes('partial'), 3_000)).toString('latin1');
+      expect(head).toMatch(/^HTTP\/1\.1 200 /);
+      expect(head).toMatch(path === '/partial' ? /\r\ncontent-length: 1000\r\n/i : /\r\ntransfer-encoding: chunked\r\n/i);
+      await app.waitFor(/^partial sent$/m);
+      const rest = readUntil(s, () => false, 3_000);
+      app.kill('SIGKILL');
+      // Headers went out, so the only honest signal left is a cut connection (PROTOCOL.md section 5),
+      // at once rather than after the keep-alive timeout, and never the chunked terminator.
+      const got = (await rest).toString('latin1');
+      expect(got).not.toContain('0\r\n\r\n');
+      expect(s.destroyed, 'the visitor connection is closed').toBe(true);
+      await until(() => reg('halfway').channels.length === 0, 2_000, 'the dead app channels to go');
+      noLeaks('halfway');
+
+      await childApp('halfway', mode);
+      expect((await visit('halfway')).status).toBe(200);
+      noLeaks('halfway');
+    },
+  );
+
+  it('killed with requests queued behind a busy channel: each gets a status (502 or 503), none hangs, nothing leaks', async () => {
+    await gateway({ queueTimeout: 2_000, reconnectWait: 300 });
+    const app = await childApp('crowded', 'h1', 1);
+    const hung = visit('crowded', '/hang');
+    await app.waitFor(/^request \/hang$/m);
+    // The only channel is busy: these wait in the registration's queue.
+    const queued = Array.from({ length: 5 }, () => visit('crowded'));
+    await until(() => reg('crowded').waiting === 5, 2_000, 'five queued requests');
+    app.kill('SIGKILL');
+    expect((await hung).status).toBe(502);
+    const statuses = (await Promise.all(queued)).map((r) => r.status);
+    for (const s of statuses) expect([502, 503]).toContain(s);
+    await until(() => reg('crowded').channels.length === 0, 2_000, 'the dead app channels to go');
+    noLeaks('crowded');
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+/** A port that was free a moment ago (the restart test needs the same port twice). */
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => server.close(() => r()));
+  return port;
+}
+
+async function serveOn(port: number): Promise<Spawned> {
+  const p = spawnCli(['serve', '--port', String(port), '--host', '127.0.0.1', '--reconnect-wait', '500', '--queue-timeout', '1000', '--response-timeout', '2000', '--quiet']);
+  procs.push(p);
+  await p.waitFor(new RegExp(`listening on 127\\.0\\.0\\.1:${port}`), 10_000);
+  return p;
+}
+
+type Outcome = { at: number; status: number; body: string } | { at: number; error: string };
+
+/** One visitor request with a hard deadline: a request that outlives it is recorded as a hang. */
+function probe(port: number, name: string, ms: number): Promise<Outcome> {
+  return new Promise((resolve) => {
+    const at = Date.now();
+    const req = http.request({ host: '127.0.0.1', port, path: '/hello', headers: { host: `${name}.localhost:${port}` }, agent: false });
+    const timer = setTimeout(() => {
+      req.destroy();
+      resolve({ at, error: 'HANG' });
+    }, ms);
+    req.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        clearTimeout(timer);
+        resolve({ at, status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') });
+      });
+      res.on('error', (err: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        resolve({ at, error: err.code ?? err.message });
+      });
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      resolve({ at, error: err.code ?? err.message });
+    });
+    req.end();
+  });
+}
+
+describe('the gateway restarted under load', () => {
+  it.each(['SIGKILL', 'SIGTERM'] as const)(
+    'killed with %s and started again on the same port: the client reconnects by itself and gets its name back under its token; visitors never hang',
+    async (signal) => {
+      const port = await freePort();
+      const first = await serveOn(port);
+      const app = startApp(port, (_req, res) => res.end('phoenix'), { name: 'phoenix', token: 'phoenix-token', backoff: 50, maxBackoff: 300 });
+      const tunnel = await app;
+      tunnels.push(tunnel);
+      const url = tunnel.url;
+      expect(url).toBe(`http://phoenix.localhost:${port}/`);
+
+      // Visitors: four at a time, one request after another, each with a deadline.
+      const outcomes: Outcome[] = [];
+      let stop = false;
+      const workers = Array.from({ length: 4 }, async () => {
+        while (!stop) {
+          outcomes.push(await probe(port, 'phoenix', 4_000));
+          await sleep(10);
+        }
+      });
+      const served = (): number => outcomes.filter((o) => 'status' in o && o.status === 200).length;
+      await until(() => served() >= 20, 5_000, 'visitors served before the restart');
+
+      const offline = new Promise<void>((r) => tunnel.once('offline', () => r()));
+      first.kill(signal);
+      await first.exited();
+      await offline;
+      const killedAt = Date.now();
+      await sleep(200); // visitors meet a closed port meanwhile
+
+      const second = await serveOn(port);
+      await until(() => tunnel.online, 5_000, 'the client to reconnect by itself');
+      const before = served();
+      await until(() => served() >= before + 20, 5_000, 'visitors served after the restart');
+      stop = true;
+      await Promise.all(workers);
+
+      expect(tunnel.url, 'the same public URL').toBe(url);
+      // The new gateway holds the name under the client's token: another token is refused.
+      const other = await rawClaim(port, `POST /?name=phoenix&token=someone-else HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`);
+      other.socket.destroy();
+      expect(other.head).toMatch(/^HTTP\/1\.1 403 /);
+      const status = JSON.parse((await request(port, { host: `localhost:${port}`, headers: { accept: 'application/json' } })).body) as {
+        registrations: { name: string }[];
+      };
+      expect(status.registrations.map((r) => r.name)).toContain('phoenix');
+
+      // Every visitor got an answer or a refused/reset connection; none hung. Statuses seen in the
+      // gap: 503 (old gateway shutting down, or the name waiting for its app), 404 (new gateway,
+      // before the client's claim arrived), 502 (a request in flight when the channel closed).
+      const hangs = outcomes.filter((o) => 'error' in o && o.error === 'HANG');
+      expect(hangs, JSON.stringify(hangs)).toEqual([]);
+      for (const o of outcomes) {
+        if ('status' in o) {
+          expect([200, 404, 502, 503], JSON.stringify(o)).toContain(o.status);
+          if (o.status === 200) expect(o.body).toBe('phoenix');
+        } else expect(['ECONNREFUSED', 'ECONNRESET', 'socket hang up', 'EPIPE'], JSON.stringify(o)).toContain(o.error);
+      }
+      // The restart was seen by visitors: some were refused or answered by a gateway without the app.
+      expect(outcomes.some((o) => o.at >= killedAt - 50 && !('status' in o && o.status === 200))).toBe(true);
+      second.kill('SIGTERM');
+      await second.exited();
+    },
+  );
+});
+
+// ---------------------------------------------------------------------------------------------
+
+describe('network stalls', () => {
+  it('a reversed HTTP/2 app that stops reading and writing (SIGSTOP) is declared dead by PING within pingInterval + pingTimeout; it serves again once it runs', async () => {
+    const pingInterval = 200;
+    const pingTimeout = 300;
+    await gateway({ pingInterval, pingTimeout, reconnectWait: 300 });
+    const app = await childApp('frozen', 'h2');
+    expect((await visit('frozen')).status).toBe(200);
+    expect(reg('frozen').channels.map((c) => c.transport)).toEqual(['http2']);
+
+    app.kill('SIGSTOP');
+    const stoppedAt = Date.now();
+    await until(() => reg('frozen').channels.length === 0, 3_000, 'the stalled HTTP/2 channel to be declared dead');
+    // Detected by PING, not by TCP: the frozen process's kernel still acknowledged every byte.
+    expect(Date.now() - stoppedAt).toBeLessThan(pingInterval + pingTimeout + 1_000);
+    const during = await visit('frozen');
+    expect(during.status).toBe(503);
+    noLeaks('frozen');
+
+    app.kill('SIGCONT');
+    await until(() => count(app.output(), /^online /gm) >= 2, 10_000, 'the app to reconnect after it resumed');
+    expect((await visit('frozen')).status).toBe(200);
+    noLeaks('frozen');
+  });
+
+  it('a reversed HTTP/1.1 app that stalls with a request in flight: 504 after responseTimeout, the channel closes, nothing leaks; it serves again once it runs', async () => {
+    const responseTimeout = 600;
+    await gateway({ responseTimeout, reconnectWait: 300 });
+    const app = await childApp('stuck', 'h1', 1);
+    expect((await visit('stuck')).status).toBe(200);
+
+    app.kill('SIGSTOP');
+    const started = Date.now();
+    const r = await visit('stuck');
+    const took = Date.now() - started;
+    expect(r.status).toBe(504);
+    expect(r.headers['x-ptth-error']).toBe('PTTH_ERR_APP_TIMEOUT');
+    expect(took).toBeGreaterThanOrEqual(responseTimeout - 50);
+    expect(took).toBeLessThan(responseTimeout + 1_500);
+    // The channel that held the request is closed (it is mid-message), not returned to the pool.
+    await until(() => reg('stuck').channels.length === 0, 2_000, 'the stalled channel to close');
+    noLeaks('stuck');
+
+    app.kill('SIGCONT');
+    await until(() => count(app.output(), /^online /gm) >= 2, 10_000, 'the app to reconnect after it resumed');
+    expect((await visit('stuck')).status).toBe(200);
+    noLeaks('stuck');
+  });
+
+  it('an in-process app whose socket stops reading while it uploads: 504 after responseTimeout, not a hang (stall of the request body)', async () => {
+    const responseTimeout = 600;
+    await gateway({ responseTimeout });
+    let paused: net.Socket | undefined;
+    const t = await startApp(
+      g().port,
+      (req) => {
+        // Stop reading the connection itself: the request body backs up into the gateway.
+        paused = req.socket as net.Socket;
+        paused.pause();
+      },
+      { name: 'plugged', http1: true, connections: 1 },
+    );
+    tunnels.push(t);
+    const s = await rawConnect(g().port);
+    s.on('error', noop);
+    sockets.push(s);
+    s.write(`POST / HTTP/1.1\r\nHost: ${g().host('plugged')}\r\nContent-Length: ${1 << 30}\r\n\r\n`);
+    const block = Buffer.alloc(64 * 1024);
+    const fill = (): void => {
+      while (!s.destroyed && s.write(block));
+      if (!s.destroyed) s.once('drain', fill);
+    };
+    fill();
+    const got = (await readUntil(s, (b) => b.includes('\r\n\r\n'), responseTimeout * 3 + 2_000)).toString('latin1');
+    expect(got).toMatch(/^HTTP\/1\.1 504 /);
+    expect(got).toContain('PTTH_ERR_APP_TIMEOUT');
+    expect(paused).toBeDefined();
+    noLeaks('plugged');
+  });
+});
