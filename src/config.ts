@@ -26,6 +26,7 @@ export interface ServeOptionSpec {
   /** Largest value for `int`. */
   readonly max?: number;
   readonly choices?: readonly string[];
+  /** For `bool` options that default to true the flag is `--no-<flag>` and `description` describes that. */
   /** Environment variable, when not the usual `PTTH_<KEY>`. */
   readonly env?: string;
 }
@@ -56,11 +57,11 @@ export const SERVE_OPTIONS: readonly ServeOptionSpec[] = [
   { key: 'claimTimeout', flag: '--claim-timeout', type: 'int', arg: ms, min: 1, default: 10_000, description: 'time a claimant has to send its declared body (handshake timeout)' },
   { key: 'headersTimeout', flag: '--headers-timeout', type: 'int', arg: ms, min: 1, default: 30_000, description: 'time a visitor has to send its request head (408 past it)' },
   { key: 'keepAliveTimeout', flag: '--keep-alive-timeout', type: 'int', arg: ms, min: 0, default: 5_000, description: 'how long an idle visitor keep-alive connection stays open' },
-  { key: 'idleTimeout', flag: '--idle-timeout', type: 'int', arg: ms, min: 0, default: 120_000, description: 'a connection with no bytes either way this long is closed (slow bodies, visitors that stop reading); 0 off' },
+  { key: 'idleTimeout', flag: '--idle-timeout', type: 'int', arg: ms, min: 0, default: 120_000, description: 'a connection with no bytes either way this long in the middle of a request is closed (slow bodies, visitors that stop reading); between requests --keep-alive-timeout applies; 0 off' },
   { key: 'maxHeaderSize', flag: '--max-header-size', type: 'int', arg: '<bytes>', min: 1024, default: 16_384, description: 'largest request head (431 past it)' },
   { key: 'maxHeaders', flag: '--max-headers', type: 'int', arg: n, min: 1, default: 100, description: 'header fields a request may carry (431 past it)' },
   { key: 'tcpKeepAlive', flag: '--tcp-keep-alive', type: 'int', arg: ms, min: 0, default: 30_000, description: 'TCP keepalive probes after this much idle time, so dead peers of idle channels are noticed; 0 off' },
-  { key: 'http2', flag: '--http2', type: 'bool', default: true, description: 'offer reversed HTTP/2 (Upgrade: ptth with ALPN: h2); --no-http2 gives every client PTTH/1.0' },
+  { key: 'http2', flag: '--http2', type: 'bool', default: true, description: 'never offer reversed HTTP/2 (Upgrade: ptth with ALPN: h2): every client gets PTTH/1.0 (reversed HTTP/1.1)' },
   { key: 'maxStreams', flag: '--max-streams', type: 'int', arg: n, min: 1, default: 256, description: 'streams the gateway opens at once on one reversed HTTP/2 connection' },
   { key: 'pingInterval', flag: '--ping-interval', type: 'int', arg: ms, min: 1, default: 30_000, description: 'time between HTTP/2 PINGs on reversed HTTP/2 connections' },
   { key: 'pingTimeout', flag: '--ping-timeout', type: 'int', arg: ms, min: 1, default: 10_000, description: 'time a PING may go unanswered before the connection is closed' },
@@ -71,7 +72,7 @@ export const SERVE_OPTIONS: readonly ServeOptionSpec[] = [
   { key: 'wsMaxStreams', flag: '--ws-max-streams', type: 'int', arg: n, min: 1, default: 128, description: 'requests in flight at once on one WebSocket channel' },
   { key: 'wsWindow', flag: '--ws-window', type: 'int', arg: '<bytes>', min: 1024, default: 256 * 1024, description: 'body bytes in flight per request and direction on a WebSocket channel' },
   { key: 'wsPingInterval', flag: '--ws-ping-interval', type: 'int', arg: ms, min: 1, default: 30_000, description: 'time between WebSocket pings; a channel that misses one is closed' },
-  { key: 'metrics', flag: '--metrics', type: 'bool', default: true, description: 'Prometheus metrics at /metrics on the gateway host (--no-metrics turns them off)' },
+  { key: 'metrics', flag: '--metrics', type: 'bool', default: true, description: 'no Prometheus metrics (by default they are served at /metrics on the gateway host, or on --admin-port)' },
   { key: 'adminPort', flag: '--admin-port', type: 'int', arg: '<port>', min: 0, max: 65_535, description: 'serve /metrics, /healthz and /readyz on this separate port instead (then /metrics is not public)' },
   { key: 'adminHost', flag: '--admin-host', type: 'string', arg: '<address>', default: '127.0.0.1', description: 'address the admin port binds' },
   { key: 'shutdownGrace', flag: '--shutdown-grace', type: 'int', arg: ms, min: 0, default: 10_000, description: 'on SIGTERM/SIGINT, how long requests in flight get to finish before the gateway exits' },

@@ -124,8 +124,17 @@ function accept(ctx: GatewayContext, req: IncomingMessage, socket: Socket, reg: 
     // aborts the whole process (node_http2.cc: "Assertion failed: is_write_in_progress()"). So the
     // session starts only once the 101 is out.
     socket.write(head, (err) => {
-      if (err || socket.destroyed) socket.destroy();
-      else putInService(ctx, socket, reg, how, link);
+      if (err || socket.destroyed) return void socket.destroy();
+      try {
+        // Other claims of the name (or key) may have been put in service meanwhile: the limits
+        // hold at the moment the channel joins. Past them the connection closes; the client's
+        // next claim gets the 429 that says why.
+        ctx.access.checkChannels(ctx.table, reg, ctx.settings.maxChannels);
+      } catch {
+        socket.destroy();
+        return;
+      }
+      putInService(ctx, socket, reg, how, link);
     });
     return;
   }

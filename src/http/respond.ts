@@ -60,6 +60,8 @@ export function sendError(res: ServerResponse, err: PtthError, accept: string | 
     'X-Ptth-Error': err.code,
   };
   if (err.status === 503 || err.status === 429) headers['Retry-After'] = String(err.retryAfter ?? RETRY_AFTER);
+  // RFC 9110 section 11.6.1: a 401 names the scheme that would work (access keys are Bearer tokens, RFC 6750).
+  if (err.status === 401) headers['WWW-Authenticate'] = 'Bearer realm="ptth-proxy"';
   if (close) headers['Connection'] = 'close';
   res.writeHead(err.status, headers);
   res.end(body);
@@ -77,6 +79,7 @@ export function writeRawError(socket: Duplex, err: PtthError, accept: string | u
     `Connection: close\r\nContent-Type: ${contentType}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
     `Cache-Control: no-store\r\nX-Ptth-Error: ${err.code}\r\n`;
   if (err.status === 503 || err.status === 429) head += `Retry-After: ${err.retryAfter ?? RETRY_AFTER}\r\n`;
+  if (err.status === 401) head += 'WWW-Authenticate: Bearer realm="ptth-proxy"\r\n';
   endRaw(socket, `${head}\r\n${body}`);
 }
 

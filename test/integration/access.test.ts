@@ -127,6 +127,8 @@ describe('native claims with keys', () => {
     expectRefusal((await nativeClaim(g.port, '?name=alice', ['Authorization: Basic YTpi'])).head, 401, 'PTTH_ERR_KEY_REQUIRED');
     const invalid = await nativeClaim(g.port, '?name=alice', [bearer(`${KEY_ALICE}x`)]);
     expectRefusal(invalid.head, 401, 'PTTH_ERR_KEY_INVALID');
+    // RFC 9110 section 11.6.1: a 401 says which authentication scheme would work.
+    expect(invalid.head).toContain('\r\nWWW-Authenticate: Bearer realm="ptth-proxy"\r\n');
     expect(await closed(invalid.socket)).toBe(true);
     expect(g.gateway.table.lookup('alice')).toBeUndefined();
   });
@@ -135,6 +137,7 @@ describe('native claims with keys', () => {
     const g = await start();
     const { head } = await nativeClaim(g.port, '?name=alice', [], { connection: false });
     expectRefusal(head, 401, 'PTTH_ERR_KEY_REQUIRED');
+    expect(head).toContain('\r\nWWW-Authenticate: Bearer realm="ptth-proxy"\r\n');
     const ok = await nativeClaim(g.port, '?name=alice&token=t', [bearer(KEY_ALICE)], { connection: false });
     expect(ok.head).toMatch(/^HTTP\/1\.1 101 /);
   });
