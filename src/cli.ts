@@ -142,10 +142,11 @@ async function runServe(c: ServeConfig): Promise<void> {
   }
   const format = c['logFormat'] as string;
   const logger = createLogger({
-    level: (c['quiet'] === true ? 'warn' : c['logLevel']) as LogLevel,
+    level: (c['quiet'] === true ? 'warn' : c['verbose'] === true ? 'debug' : c['logLevel']) as LogLevel,
     ...(format === 'auto' ? {} : { pretty: format === 'pretty' }),
   });
-  attachLogger(gateway, logger, { requests: c['verbose'] === true });
+  // One line per visitor request (an access log) at info; --quiet keeps only the 5xx ones (warn).
+  attachLogger(gateway, logger, { requests: true });
   let addr;
   try {
     addr = await gateway.listen(num('port'), c['host'] as string | undefined);

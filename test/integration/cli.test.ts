@@ -42,6 +42,18 @@ describe('ptth-proxy CLI', () => {
     expect(r.body).toContain('<h1>ptth-proxy</h1>');
   });
 
+  it('serve logs one JSON line per visitor request by default, and none for non-5xx with --quiet', async () => {
+    const { p, port } = await serve();
+    expect((await request(port, { host: `nobody.localhost:${port}`, path: '/x?secret=1' })).status).toBe(404);
+    const line = (await p.waitFor(/\{[^\n]*"event":"request"[^\n]*\}/))[0];
+    expect(JSON.parse(line)).toMatchObject({ level: 30, event: 'request', name: 'nobody', method: 'GET', path: '/x', status: 404, error: 'PTTH_ERR_NOT_FOUND' });
+    expect(line).not.toContain('secret');
+    const quiet = await serve(['--quiet']);
+    expect((await request(quiet.port, { host: `nobody.localhost:${quiet.port}` })).status).toBe(404);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(quiet.p.output()).not.toContain('"event":"request"');
+  });
+
   it('connect exposes a local service end to end, and Ctrl-C exits 0 and releases the name', async () => {
     const { p: gw, port } = await serve();
     const local = await backend((req, res) => res.end(`local saw ${req.method} ${req.url} host=${req.headers.host}`));
