@@ -57,6 +57,12 @@ export class Http1Channel implements Channel {
   #started = false;
   /** False once the app said it will close the connection after the current response. */
   #reusable = true;
+  /**
+   * Request bodies still going down after their exchange ended: the app answered before reading
+   * the whole upload. node's agent keeps the socket until the body is sent, so a request
+   * dispatched meanwhile would wait inside the agent, outside every gateway timeout.
+   */
+  #uploading = 0;
 
   constructor(socket: Socket, options: Http1ChannelOptions) {
     this.#socket = socket;
@@ -85,7 +91,7 @@ export class Http1Channel implements Channel {
   }
   get available(): boolean {
     // destroyed: the channel gave up on its socket and its 'close' event has not run yet.
-    return !this.#closed && this.#reusable && this.#active === 0 && !this.#socket.destroyed;
+    return !this.#closed && this.#reusable && this.#active === 0 && this.#uploading === 0 && !this.#socket.destroyed;
   }
   get closed(): boolean {
     return this.#closed;
@@ -125,6 +131,21 @@ export class Http1Channel implements Channel {
       this.#active--;
       this.#served++;
       ex.done();
+      const sending = out as ClientRequest | undefined;
+      if (sending && !sending.writableFinished && !sending.destroyed) {
+        // The channel is free again once the rest of the body is down (or the channel is gone).
+        this.#uploading++;
+        let counted = true;
+        const sent = (): void => {
+          if (!counted) return;
+          counted = false;
+          this.#uploading--;
+          if (this.available) this.events?.available(this);
+        };
+        sending.once('finish', sent);
+        sending.once('close', sent);
+        return;
+      }
       if (this.available) this.events?.available(this);
     };
 

@@ -762,6 +762,46 @@ describe('slow peers', () => {
     });
   });
 
+  it('a slow upload whose app answered early: the next visitor waits in the queue (503 after queueTimeout), never inside the channel, and is served once the upload is done', async () => {
+    await canaries(async () => {
+      const name = fresh('early-answer');
+      const app = await rawH1App(name);
+      let seen = '';
+      app.on('data', (d: Buffer) => {
+        seen += d.toString('latin1');
+      });
+      app.resume();
+      // Visitor A uploads slowly; the app answers before the body is complete (a 200 here, a 413 in life).
+      const a = await connect();
+      a.write(`POST /a HTTP/1.1\r\nHost: ${gw.host(name)}\r\nContent-Length: 1000\r\n\r\nhello`);
+      await until(() => seen.includes('hello'), 2_000, 'the start of the upload at the app');
+      app.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly');
+      check(await outcome(a), 200);
+      let sent = 'hello'.length;
+      const trickle = setInterval(() => {
+        if (!a.writable || sent >= 900) return;
+        a.write('x');
+        sent++;
+      }, 50);
+      cleanups.push(() => clearInterval(trickle));
+      // The only channel still carries A's body: B waits in the registration's queue, with its timeout.
+      const started = Date.now();
+      check(await outcome(await visitSocket(name, '/b'), OPTIONS.queueTimeout! + 2_000), 503, 'PTTH_ERR_NO_CHANNEL');
+      expect(Date.now() - started).toBeGreaterThanOrEqual(OPTIONS.queueTimeout! - 50);
+      expect(seen).not.toContain('GET /b');
+      // Once A's body is down, the channel takes the next request.
+      clearInterval(trickle);
+      a.write('y'.repeat(1000 - sent));
+      await until(() => seen.endsWith('y'), 2_000, 'the rest of the upload at the app');
+      await until(() => reg(name).channels[0]?.available === true, 2_000, 'the channel to be free');
+      const c = await visitSocket(name, '/c');
+      await until(() => seen.includes('GET /c'), 2_000, 'request C at the app');
+      app.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+      check(await outcome(c), 200);
+      expect(reg(name).waiting).toBe(0);
+    });
+  });
+
   /** An app that streams `/big` for as long as it is let, counting what it wrote. */
   async function bigApp(name: string, http1: boolean): Promise<{ written(): number; paused(): boolean }> {
     let written = 0;
