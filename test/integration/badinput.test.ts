@@ -558,6 +558,38 @@ describe('apps answering with invalid responses over reversed HTTP/1.1', () => {
     });
   });
 
+  const UPGRADE_CASES: AppCase[] = [
+    ['garbage', 'GARBAGE\r\n\r\n', 502, 'PTTH_ERR_BAD_RESPONSE'],
+    ['nothing, then close', (app) => app.end(), 502, 'PTTH_ERR_CHANNEL_LOST'],
+    ['nothing at all', () => {}, 504, 'PTTH_ERR_APP_TIMEOUT'],
+    ['a 101, then close', (app) => app.end('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'), 101],
+    ['a refusal with a body', 'HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope', 403],
+  ];
+
+  it.each(UPGRADE_CASES)('a visitor WebSocket upgrade answered with %s: a status or a closed connection, nothing leaks', async (_label, answer, expected, code) => {
+    await canaries(async () => {
+      const name = fresh('h1up');
+      const app = await rawH1App(name);
+      const visitor = await connect();
+      visitor.write(
+        `GET /ws HTTP/1.1\r\nHost: ${gw.host(name)}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+          'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+      );
+      await readUntil(app, headEnd, 2_000);
+      if (typeof answer === 'function') answer(app);
+      else app.write(answer);
+      const seen = await outcome(visitor);
+      check(seen, expected, code);
+      // An upgrade's answer always ends the visitor connection (spliced, refused, or failed).
+      expect(await closed(visitor), 'the visitor connection ends').toBe(true);
+      expect(reg(name).waiting).toBe(0);
+      if (expected === 403) {
+        // An ordinary answer leaves the channel as it was: back in the pool.
+        await until(() => reg(name).channels[0]?.available === true, 2_000, 'the channel to be free again');
+      } else await until(() => reg(name).channels.length === 0, 2_000, 'the channel the upgrade used to leave the pool');
+    });
+  });
+
   it('an app that sends a second, unsolicited response cannot forge the next visitor\'s answer', async () => {
     await canaries(async () => {
       const name = fresh('forge');
