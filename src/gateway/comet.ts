@@ -59,8 +59,12 @@ class Session {
   }
 }
 
-/** Reads a request body up to `limit` bytes (413 with `code` past it). */
-export function readBody(req: IncomingMessage, limit: number, message: string): Promise<Buffer> {
+/**
+ * Reads a request body up to `limit` bytes (413 with `code` past it). With `timeout`, a body not
+ * complete within that many milliseconds is refused with 408: a claimant trickling its form must
+ * not hold a request open (the idle timeout never fires while bytes keep coming).
+ */
+export function readBody(req: IncomingMessage, limit: number, message: string, timeout?: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     if (Number(req.headers['content-length'] ?? 0) > limit) {
       req.resume();
@@ -70,6 +74,15 @@ export function readBody(req: IncomingMessage, limit: number, message: string): 
     const chunks: Buffer[] = [];
     let size = 0;
     let failed = false;
+    if (timeout !== undefined) {
+      const timer = setTimeout(() => {
+        if (failed || req.complete) return;
+        failed = true;
+        reject(new PtthError('PTTH_ERR_BODY_TIMEOUT'));
+      }, timeout);
+      req.once('close', () => clearTimeout(timer));
+      req.once('end', () => clearTimeout(timer));
+    }
     req.on('data', (c: Buffer) => {
       if (failed) return;
       size += c.length;
@@ -165,9 +178,10 @@ export class CometService {
     const fail = (err: unknown): void => {
       const e = isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS');
       ctx.emit('refuse', { code: e.code, status: e.status, remote: req.socket.remoteAddress });
-      sendError(res, e.code === 'PTTH_ERR_BODY_TOO_LARGE' ? new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE') : e, req.headers.accept, e.status === 413);
+      // After a 413 or 408 the rest of the body is not read: the connection closes.
+      sendError(res, e.code === 'PTTH_ERR_BODY_TOO_LARGE' ? new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE') : e, req.headers.accept, e.status === 413 || e.status === 408);
     };
-    readBody(req, ctx.settings.claimBodyLimit, 'The registration form is too large.')
+    readBody(req, ctx.settings.claimBodyLimit, 'The registration form is too large.', ctx.settings.claimTimeout)
       .then(async (body) => {
         // Form fields in the body (any Content-Type: old clients send what their library forces) or the query.
         const url = req.url ?? '/';

@@ -233,7 +233,7 @@ function privateUrl(ctx: GatewayContext, reg: Registration, req: IncomingMessage
     }
     case 'PUT':
     case 'POST':
-      readForm(req, ctx.settings.claimBodyLimit).then(
+      readForm(req, ctx.settings.claimBodyLimit, ctx.settings.claimTimeout).then(
         (form) => {
           try {
             const lease = form.get('lease');
@@ -261,11 +261,16 @@ function privateUrl(ctx: GatewayContext, reg: Registration, req: IncomingMessage
   }
 }
 
-/** Reads a small form body (and the query string) with a size limit (413 past it). */
-function readForm(req: IncomingMessage, limit: number): Promise<URLSearchParams> {
+/** Reads a small form body (and the query string) with a size limit (413 past it) and a deadline (408). */
+function readForm(req: IncomingMessage, limit: number, timeout: number): Promise<URLSearchParams> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let got = 0;
+    const timer = setTimeout(() => {
+      req.removeAllListeners('data');
+      reject(new PtthError('PTTH_ERR_BODY_TIMEOUT'));
+    }, timeout);
+    req.once('close', () => clearTimeout(timer));
     req.on('data', (c: Buffer) => {
       got += c.length;
       if (got > limit) {
@@ -278,6 +283,7 @@ function readForm(req: IncomingMessage, limit: number): Promise<URLSearchParams>
     });
     req.on('error', reject);
     req.on('end', () => {
+      clearTimeout(timer);
       const url = req.url ?? '';
       const q = url.indexOf('?');
       const params = new URLSearchParams(q === -1 ? '' : url.slice(q + 1));

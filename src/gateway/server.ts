@@ -235,11 +235,15 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     this.#maxHeaders = positive('maxHeaders', options.maxHeaders, 100, 1);
     const idle = positive('idleTimeout', options.idleTimeout, 120_000);
     const keepAlive = positive('tcpKeepAlive', options.tcpKeepAlive, 30_000);
+    const headersTimeout = positive('headersTimeout', options.headersTimeout, 30_000, 1);
     const serverOptions = {
       // Visitors' bodies stream for as long as they take; slow heads are cut by headersTimeout,
       // stalled bodies by the idle timeout.
       requestTimeout: 0,
-      headersTimeout: positive('headersTimeout', options.headersTimeout, 30_000, 1),
+      headersTimeout,
+      // node checks headersTimeout only this often (30 s by default): a slowloris head would
+      // otherwise live up to 30 s past the configured timeout.
+      connectionsCheckingInterval: Math.min(30_000, Math.max(100, Math.floor(headersTimeout / 4))),
       keepAliveTimeout: positive('keepAliveTimeout', options.keepAliveTimeout, 5_000),
       maxHeaderSize: positive('maxHeaderSize', options.maxHeaderSize, 16_384, 1024),
     };
@@ -272,8 +276,9 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const ctx = this.#ctx;
     this.#current.set(req.socket, { req, res });
     const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
-    if (req.rawHeaders.length > this.#maxHeaders * 2) {
-      const err = new PtthError('PTTH_ERR_TOO_MANY_HEADERS');
+    const bad = this.#badHead(req);
+    if (bad) {
+      const err = bad;
       if (route.kind === 'visitor') return refuseVisitor(ctx, req, res, route.name, err);
       return refuse(req, res, route.kind === 'claim' ? this.#refusedClaim(err, req.socket.remoteAddress) : err);
     }
@@ -295,6 +300,22 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       handleEndpoint(ctx, this.#info, req, res);
     }
   };
+
+  /**
+   * Heads llhttp accepts but the gateway must not: a header flood (node keeps the first
+   * maxHeadersCount fields and drops the rest silently), and a repeated Host, which node folds to
+   * the first while the app would see both (RFC 9112 section 3.2: 400).
+   */
+  #badHead(req: IncomingMessage): PtthError | undefined {
+    const raw = req.rawHeaders;
+    if (raw.length > this.#maxHeaders * 2) return new PtthError('PTTH_ERR_TOO_MANY_HEADERS');
+    let hosts = 0;
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = raw[i] as string;
+      if (name.length === 4 && name.toLowerCase() === 'host' && ++hosts > 1) return new PtthError('PTTH_ERR_BAD_HOST');
+    }
+    return undefined;
+  }
 
   /** A rate-limited claim is a refused claim like any other: logged and counted by reason. */
   #claimLimited(wait: number, remote: string | undefined): PtthError {
@@ -329,10 +350,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     };
     const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
     const claim = route.kind === 'claim' || route.kind === 'websocket';
-    if (req.rawHeaders.length > this.#maxHeaders * 2) {
-      const err = new PtthError('PTTH_ERR_TOO_MANY_HEADERS');
-      return refuseRaw(claim ? this.#refusedClaim(err, socket.remoteAddress) : err);
-    }
+    const bad = this.#badHead(req);
+    if (bad) return refuseRaw(claim ? this.#refusedClaim(bad, socket.remoteAddress) : bad);
     if (claim && this.#closing) return refuseRaw(this.#refusedClaim(new PtthError('PTTH_ERR_SHUTTING_DOWN'), socket.remoteAddress));
     if (route.kind === 'claim') {
       const wait = this.#claimLimit?.take(socket.remoteAddress) ?? 0;

@@ -82,6 +82,10 @@ export const ERRORS = {
   PTTH_ERR_KEY_NAMES: { status: 429, message: 'This access key already holds as many names as it may.' },
   PTTH_ERR_KEY_CHANNELS: { status: 429, message: 'This access key already holds as many channels as it may.' },
   PTTH_ERR_RATE_LIMITED: { status: 429, message: 'Too many requests from this address: slow down and retry later.' },
+  PTTH_ERR_BAD_HOST: {
+    status: 400,
+    message: 'The request must carry exactly one Host header (RFC 9112 section 3.2).',
+  },
   PTTH_ERR_TOO_MANY_HEADERS: { status: 431, message: 'The request has more header fields than this gateway accepts.' },
   PTTH_ERR_NOT_WEBSOCKET: { status: 400, message: 'A WebSocket channel needs a valid WebSocket handshake (RFC 6455 section 4.1).' },
 } as const satisfies Record<string, { status: number; message: string }>;
