@@ -270,6 +270,16 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     this.server.on('request', this.#onRequest);
     this.server.on('upgrade', this.#onUpgrade);
     this.server.on('clientError', this.#onClientError);
+    // The gateway is no forward proxy: a CONNECT gets a status that says so, not a silent close.
+    this.server.on('connect', (req: IncomingMessage, socket: Socket) => {
+      socket.on('error', noop);
+      socket.setTimeout(0);
+      writeRawError(
+        socket,
+        new PtthError('PTTH_ERR_METHOD_NOT_ALLOWED', 'CONNECT is not forwarded: ptth-proxy is a gateway for named apps, not a forward proxy.'),
+        req.headers.accept,
+      );
+    });
   }
 
   #onRequest = (req: IncomingMessage, res: ServerResponse): void => {

@@ -278,7 +278,7 @@ const VISITOR_CASES: VisitorCase[] = [
   ['an invalid chunk size (reversed HTTP/1.1 app)', (h) => post(h.h1, ['Transfer-Encoding: chunked'], 'zz\r\nhello\r\n0\r\n\r\n'), 400],
   ['an invalid chunk size (reversed HTTP/2 app)', (h) => post(h.h2, ['Transfer-Encoding: chunked'], 'zz\r\nhello\r\n0\r\n\r\n'), 400],
   ['a chunk size past 2^64', (h) => post(h.h2, ['Transfer-Encoding: chunked'], 'fffffffffffffffffff\r\nx\r\n'), 400],
-  ['a CONNECT to an app host', (h) => `CONNECT ${h.h2} HTTP/1.1\r\nHost: ${h.h2}\r\n\r\n`, 'closed'],
+  ['a CONNECT to an app host', (h) => `CONNECT ${h.h2} HTTP/1.1\r\nHost: ${h.h2}\r\n\r\n`, 405, 'PTTH_ERR_METHOD_NOT_ALLOWED'],
   ['a Host that is no valid name', (h) => get(`fo o.localhost:${h.g.split(':')[1]}`), 404, 'PTTH_ERR_NOT_FOUND'],
   ['a Host with a label starting with a hyphen', (h) => get(`-x-.localhost:${h.g.split(':')[1]}`), 404, 'PTTH_ERR_NOT_FOUND'],
   // Bytes llhttp lets through are the app's business: they reach it and its answer comes back.
@@ -377,7 +377,7 @@ const CLAIM_CASES: ClaimCase[] = [
   ['PTTH: a declared body that never comes, without Connection: Upgrade', (g) => ptthClaim(g, '?name=never2', ['Upgrade: PTTH/1.0']).replace('Content-Length: 0', 'Content-Length: 50'), 400],
   ['PTTH: a head over maxHeaderSize', (g) => ptthClaim(g, '?name=bighead', ['Upgrade: PTTH/1.0', 'Connection: Upgrade', `X-Big: ${'b'.repeat(10_000)}`]), 431],
   ['PTTH: 500 small headers', (g) => ptthClaim(g, '?name=flood', ['Upgrade: PTTH/1.0', 'Connection: Upgrade', ...Array.from({ length: 500 }, (_, i) => `x-${i}: b`)]), 431, 'PTTH_ERR_TOO_MANY_HEADERS'],
-  ['PTTH: CONNECT with Upgrade: PTTH/1.0', (g) => `CONNECT ${g} HTTP/1.1\r\nHost: ${g}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`, 'closed'],
+  ['PTTH: CONNECT with Upgrade: PTTH/1.0', (g) => `CONNECT ${g} HTTP/1.1\r\nHost: ${g}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`, 405, 'PTTH_ERR_METHOD_NOT_ALLOWED'],
   ['ptth: a junk ALPN', (g) => ptthClaim(g, '?name=alpn1', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: %ZZ']), 400, 'PTTH_ERR_UNSUPPORTED_UPGRADE'],
   ['ptth: only an ALPN the gateway does not speak', (g) => ptthClaim(g, '?name=alpn2', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: h3']), 400, 'PTTH_ERR_UNSUPPORTED_UPGRADE'],
   ['ptth: junk in the name', (g) => ptthClaim(g, '?name=%0D%0A', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: h2']), 400, 'PTTH_ERR_BAD_NAME'],
