@@ -186,8 +186,10 @@ export class Registration {
     if (p.timer) clearTimeout(p.timer);
     if (err) p.ex.fail(err);
     p.ex.done();
-    // Dead entries are dropped lazily by #drain; keep the array from growing without bound.
-    if (this.#waiting === 0) this.#queue.length = 0;
+    // Out of the queue at once: a queue that never empties (a busy name) would otherwise keep every
+    // visitor that gave up, with its request and response, and #drain would scan them all.
+    const i = this.#queue.indexOf(p);
+    if (i !== -1) this.#queue.splice(i, 1);
   }
 
   #drain(channel: Channel): void {
@@ -195,7 +197,7 @@ export class Registration {
       const idx = this.#queue.findIndex((p) => !p.gone && (!p.upgrade || channel.upgradable));
       if (idx === -1) return;
       const p = this.#queue[idx] as Pending;
-      // Entries before idx are dead (or upgrades this channel cannot take and stay queued).
+      // Entries before idx are upgrades this channel cannot take: they stay queued.
       if (idx === 0) this.#queue.shift();
       else this.#queue.splice(idx, 1);
       p.gone = true;
@@ -211,8 +213,7 @@ export class Registration {
     if (this.#released) return;
     this.#released = true;
     this.#disarmExpiry();
-    for (const p of this.#queue) this.#giveUp(p, new PtthError('PTTH_ERR_NOT_FOUND', 'The registration was released.'));
-    this.#queue.length = 0;
+    for (const p of this.#queue.splice(0)) this.#giveUp(p, new PtthError('PTTH_ERR_NOT_FOUND', 'The registration was released.'));
     for (const ch of [...this.channels]) ch.close();
   }
 }
