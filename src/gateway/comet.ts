@@ -62,10 +62,16 @@ class Session {
 /**
  * Reads a request body up to `limit` bytes (413 with `code` past it). With `timeout`, a body not
  * complete within that many milliseconds is refused with 408: a claimant trickling its form must
- * not hold a request open (the idle timeout never fires while bytes keep coming).
+ * not hold a request open (the idle timeout never fires while bytes keep coming). With `budget`,
+ * the bytes count against it while they are read (503 past it), as visitors' bodies do.
  */
-export function readBody(req: IncomingMessage, limit: number, message: string, timeout?: number): Promise<Buffer> {
+export function readBody(req: IncomingMessage, limit: number, message: string, timeout?: number, budget?: { used: number; readonly max: number }): Promise<Buffer> {
   return new Promise((resolve, reject) => {
+    let held = 0;
+    const release = (): void => {
+      if (budget) budget.used -= held;
+      held = 0;
+    };
     if (Number(req.headers['content-length'] ?? 0) > limit) {
       req.resume();
       reject(new PtthError('PTTH_ERR_BODY_TOO_LARGE', message));
@@ -78,6 +84,7 @@ export function readBody(req: IncomingMessage, limit: number, message: string, t
       const timer = setTimeout(() => {
         if (failed || req.complete) return;
         failed = true;
+        release();
         reject(new PtthError('PTTH_ERR_BODY_TIMEOUT'));
       }, timeout);
       req.once('close', () => clearTimeout(timer));
@@ -88,16 +95,30 @@ export function readBody(req: IncomingMessage, limit: number, message: string, t
       size += c.length;
       if (size > limit) {
         failed = true;
+        release();
         reject(new PtthError('PTTH_ERR_BODY_TOO_LARGE', message));
         return;
+      }
+      if (budget) {
+        if (budget.used + c.length > budget.max) {
+          failed = true;
+          release();
+          reject(new PtthError('PTTH_ERR_QUEUE_FULL', 'The gateway is already buffering as much as it allows for Comet apps.'));
+          return;
+        }
+        budget.used += c.length;
+        held += c.length;
       }
       chunks.push(c);
     });
     req.on('error', (err) => {
+      if (!failed) release();
       failed = true;
       reject(err);
     });
     req.on('end', () => {
+      // The reply is parsed and handed to its visitor next: the budget covered its reading.
+      release();
       if (!failed) resolve(Buffer.concat(chunks, size));
     });
   });
@@ -313,7 +334,9 @@ export class CometService {
       return;
     }
     const limit = this.#settings.bufferLimit;
-    readBody(req, limit, `The reply is over ${limit} bytes, the most this gateway buffers for a Comet reply.`)
+    // Replies are buffered whole like visitors' bodies, so they share their budget; one that is not
+    // in after --reply-timeout is too late for its visitor anyway and must not hold its buffer.
+    readBody(req, limit, `The reply is over ${limit} bytes, the most this gateway buffers for a Comet reply.`, this.#settings.replyTimeout, this.#budget)
       .then((body) => parseResponse(body, d.method))
       .then(
         (reply) => {
@@ -327,15 +350,16 @@ export class CometService {
           res.end();
         },
         (err: unknown) => {
-          const tooLarge = isPtthError(err) && err.code === 'PTTH_ERR_BODY_TOO_LARGE';
-          const why = err instanceof InvalidMessageError ? err.message : tooLarge ? 'it is too large' : 'it could not be read';
-          d.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's reply was not a valid HTTP response: ${why}.`));
+          // readBody's refusals (too large, too slow, past the budget): that status, and the connection closes.
+          const cut = isPtthError(err) ? err : undefined;
+          const why = err instanceof InvalidMessageError ? err.message : cut?.code === 'PTTH_ERR_BODY_TOO_LARGE' ? 'it is too large' : 'it could not be read';
+          d.fail(cut?.code === 'PTTH_ERR_QUEUE_FULL' ? cut : new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's reply was not a valid HTTP response: ${why}.`));
           if (req.socket.destroyed) return;
           sendError(
             res,
-            tooLarge ? (err as PtthError) : new PtthError('PTTH_ERR_INVALID_REPLY', `The reply is not a valid HTTP response message: ${why}.`),
+            cut ?? new PtthError('PTTH_ERR_INVALID_REPLY', `The reply is not a valid HTTP response message: ${why}.`),
             req.headers.accept,
-            tooLarge,
+            cut !== undefined,
           );
         },
       );

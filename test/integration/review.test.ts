@@ -76,3 +76,64 @@ describe('the queue of a busy name', () => {
     expect((await readUntil(b, (buf) => buf.toString().endsWith('B'))).toString()).toMatch(/^HTTP\/1\.1 200 /);
   });
 });
+
+describe('Comet replies', () => {
+  it('count against the buffer budget while they are read: past 8 x --buffer-limit a reply gets 503, not memory', async () => {
+    gw = await startGateway({ bufferLimit: 1_000, pollTimeout: 5_000, replyTimeout: 5_000, queueTimeout: 5_000 });
+    const g = gw;
+    const reg = await register(g.origin, { name: 'hoarder', token: 't' });
+    expect(reg.status).toBe(201);
+    // Twelve visitors, each polled to the app (one delivery each), none answered yet.
+    const visitors = Array.from({ length: 12 }, (_, i) => request(g.port, { host: g.host('hoarder'), path: `/v${i}` }));
+    const slots: string[] = [];
+    let next = reg.links.first as string;
+    for (let i = 0; i < 12; i++) {
+      const poll = await fetchRaw(next);
+      expect(poll.status).toBe(200);
+      slots.push(next);
+      next = parseLinks(rawValues(poll.rawHeaders, 'link')).next as string;
+    }
+    // Each reply is 939 bytes, declared whole but sent short of its last byte: all are being read at once.
+    const body = 'x'.repeat(900);
+    const reply = `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
+    const posts = await Promise.all(
+      slots.map((url) => {
+        const u = new URL(url);
+        return raw(g.port, `POST ${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\nContent-Type: message/http\r\nContent-Length: ${reply.length}\r\n\r\n${reply.slice(0, -1)}`);
+      }),
+    );
+    await sleep(300);
+    // Eight fit in the 8,000-byte budget (7,512 bytes); the other four are refused at once.
+    const early = await Promise.all(posts.map((s) => readUntil(s, headEnd, 300)));
+    const refused = early.filter((b) => /^HTTP\/1\.1 503 /.test(b.toString()) && b.toString().includes('PTTH_ERR_QUEUE_FULL'));
+    expect(refused).toHaveLength(4);
+    const reading = posts.filter((_, i) => early[i]?.length === 0);
+    expect(reading).toHaveLength(8);
+    // The eight complete their replies; their visitors are answered, the budget is free again.
+    for (const s of reading) s.write(reply.slice(-1));
+    const answers = await Promise.all(visitors);
+    expect(answers.filter((r) => r.status === 200 && r.body === body)).toHaveLength(8);
+    expect(answers.filter((r) => r.status === 503)).toHaveLength(4);
+  });
+
+  it('a reply that trickles in is cut after --reply-timeout instead of holding its buffer', async () => {
+    gw = await startGateway({ bufferLimit: 100_000, pollTimeout: 5_000, replyTimeout: 400 });
+    const g = gw;
+    const reg = await register(g.origin, { name: 'trickle', token: 't' });
+    const visitor = request(g.port, { host: g.host('trickle') });
+    const poll = await fetchRaw(reg.links.first as string);
+    expect(poll.status).toBe(200);
+    const u = new URL(reg.links.first as string);
+    const s = await raw(g.port, `POST ${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\nContent-Length: 50000\r\n\r\nHTTP/1.1 200 OK\r\n`);
+    const timer = setInterval(() => s.write('X-Slow: 1\r\n'), 50);
+    try {
+      const got = (await readUntil(s, headEnd, 3_000)).toString();
+      expect(got).toMatch(/^HTTP\/1\.1 408 /);
+      expect(await closed(s)).toBe(true);
+    } finally {
+      clearInterval(timer);
+    }
+    // The delivery's own --reply-timeout (armed at the poll, before the POST began) answers the visitor.
+    expect((await visitor).status).toBe(504);
+  });
+});
