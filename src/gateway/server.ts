@@ -248,7 +248,9 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       maxHeaderSize: positive('maxHeaderSize', options.maxHeaderSize, 16_384, 1024),
     };
     this.server = options.tls
-      ? createTlsServer({ ...serverOptions, ...tlsContext(options.tls) })
+      ? // The TLS handshake comes before the head, outside node's headersTimeout: without this a
+        // slowloris handshake would hold its connection for tls's default of 120 s.
+        createTlsServer({ ...serverOptions, handshakeTimeout: headersTimeout, ...tlsContext(options.tls) })
       : createServer(serverOptions);
     // node:http keeps the first maxHeadersCount fields and silently drops the rest; one more than
     // the limit is enough to see a flood and refuse it with 431 instead.

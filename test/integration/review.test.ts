@@ -137,3 +137,20 @@ describe('Comet replies', () => {
     expect((await visitor).status).toBe(504);
   });
 });
+
+describe('TLS', () => {
+  let cert: TestCert;
+  beforeAll(() => {
+    cert = makeCert('tls.localhost', 'review');
+  });
+  afterAll(() => cert.remove());
+
+  it.each([
+    ['sends nothing', ''],
+    ['sends half a ClientHello', '\x16\x03\x01\x02\x00\x01'],
+  ])('a connection that %s is closed within --headers-timeout, as on plain HTTP (slowloris on the handshake)', async (_label, bytes) => {
+    gw = await startGateway({ domain: 'tls.localhost', tls: { cert: cert.cert, key: cert.key }, headersTimeout: 300 });
+    const s = await raw(gw.port, bytes);
+    expect(await closed(s, 3_000)).toBe(true);
+  });
+});
