@@ -154,3 +154,19 @@ describe('TLS', () => {
     expect(await closed(s, 3_000)).toBe(true);
   });
 });
+
+describe('random names under a key', () => {
+  const KEY = 'ptth_review-0123456789abcdefghijklmnop';
+
+  it('a key whose prefix is entirely reserved gets 403 for a claim without a name, and the gateway keeps serving', async () => {
+    gw = await startGateway({
+      access: { keys: [{ id: 'team', sha256: hashKey(KEY), names: ['team-*'] }], reserved: ['team*'] },
+    });
+    const claim = `POST / HTTP/1.1\r\nHost: localhost:${gw.port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nAuthorization: Bearer ${KEY}\r\nContent-Length: 0\r\n\r\n`;
+    const s = await raw(gw.port, claim);
+    const head = (await readUntil(s, headEnd, 3_000)).toString();
+    expect(head).toMatch(/^HTTP\/1\.1 403 /);
+    expect(head).toContain('X-Ptth-Error: PTTH_ERR_NAME_RESERVED');
+    expect((await request(gw.port, { path: '/healthz', host: `localhost:${gw.port}` })).status).toBe(200);
+  });
+});
