@@ -245,6 +245,9 @@ export class CometService {
     if (current && !current.closed) return current;
     const reg = session.reg;
     if (reg.released) throw new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL');
+    // A poll that brings the channel back is a reconnect: the access configuration in force decides
+    // it, as it decides every other transport's new channels (a revoked key cannot come back).
+    this.#ctx.access.recheck(reg.keyId, reg.name);
     this.#ctx.access.checkChannels(this.#ctx.table, reg, this.#ctx.settings.maxChannels);
     const s = this.#settings;
     const channel = new CometChannel(`${clientAddress(req.socket.remoteAddress)}:${req.socket.remotePort ?? 0}`, {

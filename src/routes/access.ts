@@ -370,6 +370,21 @@ export class AccessControl {
   }
 
   /**
+   * Throws like authorize() when the configuration in force no longer lets `name` be held under
+   * `keyId` (the key was revoked, its patterns changed, the name became reserved). For channels
+   * that join a registration without a claim of their own: a Comet poll after its channel idled out.
+   */
+  recheck(keyId: string | undefined, name: string): void {
+    if (this.reserved(name)) throw new PtthError('PTTH_ERR_NAME_RESERVED', `The name "${name}" is reserved by this gateway and cannot be claimed.`);
+    if (this.#compiled.keys === undefined) return;
+    const k = keyId === undefined ? undefined : this.#compiled.byId.get(keyId);
+    if (!k) throw new PtthError('PTTH_ERR_KEY_INVALID', `The access key the name "${name}" was claimed with is no longer accepted: register again with a valid key.`);
+    if (!matches(k.patterns, name)) {
+      throw new PtthError('PTTH_ERR_KEY_FORBIDDEN', `The access key "${k.id}" may no longer hold "${name}": it may claim ${list(k.patterns)}.`);
+    }
+  }
+
+  /**
    * A random-name generator under `prefix` that never yields a reserved name (undefined: none
    * needed). Reserved patterns may cover the whole prefix (`team*` reserved, a key for `team-*`):
    * it gives up with 403 then rather than spin, which would stop the whole gateway. (10,000 tries

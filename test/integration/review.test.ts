@@ -170,3 +170,27 @@ describe('random names under a key', () => {
     expect((await request(gw.port, { path: '/healthz', host: `localhost:${gw.port}` })).status).toBe(200);
   });
 });
+
+describe('revoked keys and Comet', () => {
+  const KEY = 'ptth_comet-0123456789abcdefghijklmnopq';
+
+  it('a Comet session whose channel went idle cannot open a new one by polling once its key is revoked', async () => {
+    gw = await startGateway({
+      access: { keys: [{ id: 'c', sha256: hashKey(KEY), names: ['*'] }] },
+      pollTimeout: 100,
+      cometIdleTimeout: 150,
+    });
+    const g = gw;
+    const reg = await register(g.origin, { name: 'revoked', token: 't', key: KEY });
+    expect(reg.status).toBe(201);
+    const first = reg.links.first as string;
+    expect((await fetchRaw(first)).status).toBe(204);
+    const registration = g.gateway.table.lookup('revoked');
+    await until(() => registration?.channels.length === 0, 3_000, 'the idle Comet channel closed');
+    g.gateway.setAccess({ keys: [] });
+    const poll = await fetchRaw(first, { headers: { accept: 'application/json' } });
+    expect(poll.status).toBe(401);
+    expect(poll.headers['x-ptth-error']).toBe('PTTH_ERR_KEY_INVALID');
+    expect(registration?.channels).toHaveLength(0);
+  });
+});
