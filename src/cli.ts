@@ -113,6 +113,7 @@ async function runServe(c: ServeConfig): Promise<void> {
     wsMaxStreams: num('wsMaxStreams'),
     wsWindow: num('wsWindow'),
     wsPingInterval: num('wsPingInterval'),
+    statusList: c['statusList'] as 'loopback' | 'everyone' | 'nobody',
   };
   if (c['publicUrl'] !== undefined) options.publicUrl = c['publicUrl'] as string;
   if (c['replyTimeout'] !== undefined) options.replyTimeout = num('replyTimeout');
@@ -207,6 +208,9 @@ async function runServe(c: ServeConfig): Promise<void> {
         (config) => {
           gateway.setAccess(config, keysFile);
           logger.info({ event: 'reload', what: 'keys', keys: config?.keys?.length ?? 0 }, `SIGHUP: reloaded the access keys from ${keysFile}`);
+          if (gateway.access.open && !isLoopbackBind(addr.address)) {
+            logger.warn({ event: 'reload', what: 'keys' }, `SIGHUP: ${keysFile} has no "keys": this gateway is now open, anyone who can reach it may claim any free name`);
+          }
         },
         (e: unknown) => logger.error({ event: 'reload', what: 'keys' }, `SIGHUP: keys reload failed, keeping the old keys: ${(e as Error).message}`),
       );

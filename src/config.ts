@@ -72,6 +72,7 @@ export const SERVE_OPTIONS: readonly ServeOptionSpec[] = [
   { key: 'wsMaxStreams', flag: '--ws-max-streams', type: 'int', arg: n, min: 1, default: 128, description: 'requests in flight at once on one WebSocket channel' },
   { key: 'wsWindow', flag: '--ws-window', type: 'int', arg: '<bytes>', min: 1024, default: 256 * 1024, description: 'body bytes in flight per request and direction on a WebSocket channel' },
   { key: 'wsPingInterval', flag: '--ws-ping-interval', type: 'int', arg: ms, min: 1, default: 30_000, description: 'time between WebSocket pings; a channel that misses one is closed' },
+  { key: 'statusList', flag: '--status-list', type: 'choice', arg: '<who>', default: 'loopback', choices: ['loopback', 'everyone', 'nobody'], description: 'who sees the names, channels and app addresses on the status page (loopback: this machine only, others see the count; behind a local reverse proxy use nobody)' },
   { key: 'metrics', flag: '--metrics', type: 'bool', default: true, description: 'no Prometheus metrics (by default they are served at /metrics on the gateway host, or on --admin-port)' },
   { key: 'adminPort', flag: '--admin-port', type: 'int', arg: '<port>', min: 0, max: 65_535, description: 'serve /metrics, /healthz and /readyz on this separate port instead (then /metrics is not public)' },
   { key: 'adminHost', flag: '--admin-host', type: 'string', arg: '<address>', default: '127.0.0.1', description: 'address the admin port binds' },

@@ -29,6 +29,20 @@ export interface GatewayInfo {
   readonly metrics?: MetricsText | undefined;
   /** Whether `/metrics` is served on the gateway host (false when only an admin port serves it). */
   readonly metricsPublic?: boolean;
+  /**
+   * Who sees the registrations (names, channels, app addresses) on the status page: random names
+   * are unguessable URLs, and listing them to anyone would give every tunnel away.
+   */
+  readonly statusList?: 'loopback' | 'everyone' | 'nobody';
+}
+
+/** Whether this request may see the list of registrations on the status page. */
+export function mayList(info: Pick<GatewayInfo, 'statusList'>, req: Pick<IncomingMessage, 'socket'>): boolean {
+  const who = info.statusList ?? 'loopback';
+  if (who === 'everyone') return true;
+  if (who === 'nobody') return false;
+  const a = req.socket.remoteAddress ?? '';
+  return a === '::1' || a.startsWith('127.') || a.startsWith('::ffff:127.');
 }
 
 /** What `/metrics` needs: GatewayMetrics. */
@@ -163,12 +177,16 @@ function describe(ctx: GatewayContext, req: IncomingMessage, reg: Registration):
 }
 
 function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage, res: ServerResponse): void {
-  const regs = ctx.table.list().map((r) => describe(ctx, req, r));
+  const all = ctx.table.list();
+  const listed = mayList(info, req);
+  const regs = listed ? all.map((r) => describe(ctx, req, r)) : [];
   // JSON by Accept, or by ?format=json for a link a person can click.
   if (wantsJson(req.headers.accept) || /[?&]format=json(&|$)/.test(req.url ?? '')) {
     const body = JSON.stringify({
       gateway: { version: info.version, domain: ctx.settings.domain, uptime: Math.round((Date.now() - info.startedAt) / 1000) },
-      registrations: regs,
+      count: all.length,
+      // Absent (not empty) when this client may not see the list: the count is still there.
+      ...(listed ? { registrations: regs } : {}),
     });
     res.writeHead(200, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-store' });
     res.end(req.method === 'HEAD' ? undefined : body);
@@ -190,10 +208,14 @@ function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage
 <h1>ptth-proxy</h1>
 <p>A reverse HTTP gateway: a program with only an HTTP client claims a name here and serves HTTP at <code>http://NAME.${escapeHtml(ctx.settings.domain)}/</code>.</p>
 <p>Expose a local web app: <code>npx ptth-proxy connect 3000 --gateway ${escapeHtml(`${req.headers.host ? `http://${req.headers.host}` : ''}`)}</code></p>
-<h2>Live registrations (${regs.length})</h2>
-<table><thead><tr><th>Name</th><th>Channels</th><th>Requests</th><th>Waiting</th></tr></thead><tbody>
+<h2>Live registrations (${all.length})</h2>
+${
+  listed
+    ? `<table><thead><tr><th>Name</th><th>Channels</th><th>Requests</th><th>Waiting</th></tr></thead><tbody>
 ${rows || '<tr><td colspan="4"><em>No app is connected.</em></td></tr>'}
-</tbody></table>
+</tbody></table>`
+    : '<p><em>The list of names is not shown to visitors from other machines (serve --status-list).</em></p>'
+}
 ${DEMO_HTML}
 <p><small>ptth-proxy ${escapeHtml(info.version)} &middot; up ${Math.round((Date.now() - info.startedAt) / 1000)} s &middot; <a href="/?format=json">JSON</a>: send <code>Accept: application/json</code> &middot; <a href="/healthz">/healthz</a> &middot; <a href="/readyz">/readyz</a>${info.metrics && info.metricsPublic !== false ? ' &middot; <a href="/metrics">/metrics</a>' : ''}</small></p>
 </body></html>

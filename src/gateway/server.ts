@@ -88,6 +88,12 @@ export interface GatewayOptions extends BrowserOptions {
    * would share one address and one bucket.
    */
   limitLoopback?: boolean;
+  /**
+   * Who sees the names, channels and app addresses on the status page at `/` (default
+   * `'loopback'`: requests from this machine only; others see the count). Random names are
+   * unguessable URLs: listing them to everyone would give every tunnel away.
+   */
+  statusList?: 'loopback' | 'everyone' | 'nobody';
   /** Serve HTTPS instead of HTTP (visitors, claims and Comet on the same port). */
   tls?: TlsOptions;
   /**
@@ -224,6 +230,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       browser: this.browser,
       metrics: this.metrics,
       metricsPublic: options.metricsOnGateway !== false,
+      statusList: options.statusList ?? 'loopback',
     };
 
     this.#claimLimit = rateFrom('claimRate', options.claimRate, '60/m');
