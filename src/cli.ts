@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createAdminServer } from './gateway/endpoints.js';
+import { isLoopback } from './gateway/ratelimit.js';
 import { loadAccessConfig } from './routes/access.js';
 import { attachLogger, createLogger, type LogLevel } from './log.js';
 import { createGateway, type Gateway, type GatewayOptions, type TlsOptions } from './gateway/server.js';
@@ -186,7 +187,7 @@ async function runServe(c: ServeConfig): Promise<void> {
     out(`  admin:         http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}/metrics, /healthz, /readyz`);
   }
   out(gateway.access.open ? '  access:        open (no keys: first come, first served)' : '  access:        access keys required to claim');
-  if (!isLoopbackBind(addr.address) && gateway.access.open) {
+  if (!isLoopback(addr.address) && gateway.access.open) {
     err(
       `WARNING: this gateway is reachable from other machines (bound to ${addr.address}) and has no access keys:\n` +
         '  anyone who can reach it may claim any free name and serve content under your domain.\n' +
@@ -208,7 +209,7 @@ async function runServe(c: ServeConfig): Promise<void> {
         (config) => {
           gateway.setAccess(config, keysFile);
           logger.info({ event: 'reload', what: 'keys', keys: config?.keys?.length ?? 0 }, `SIGHUP: reloaded the access keys from ${keysFile}`);
-          if (gateway.access.open && !isLoopbackBind(addr.address)) {
+          if (gateway.access.open && !isLoopback(addr.address)) {
             logger.warn({ event: 'reload', what: 'keys' }, `SIGHUP: ${keysFile} has no "keys": this gateway is now open, anyone who can reach it may claim any free name`);
           }
         },
@@ -231,10 +232,6 @@ async function runServe(c: ServeConfig): Promise<void> {
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
-}
-
-function isLoopbackBind(address: string): boolean {
-  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
 }
 
 program

@@ -1,4 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { isLoopback } from './ratelimit.js';
 import { PtthError, isPtthError } from '../http/errors.js';
 import { escapeHtml, sendError, wantsJson } from '../http/respond.js';
 import { parseLease, validateToken } from '../routes/registration.js';
@@ -41,8 +42,7 @@ export function mayList(info: Pick<GatewayInfo, 'statusList'>, req: Pick<Incomin
   const who = info.statusList ?? 'loopback';
   if (who === 'everyone') return true;
   if (who === 'nobody') return false;
-  const a = req.socket.remoteAddress ?? '';
-  return a === '::1' || a.startsWith('127.') || a.startsWith('::ffff:127.');
+  return isLoopback(req.socket.remoteAddress ?? '');
 }
 
 /** What `/metrics` needs: GatewayMetrics. */

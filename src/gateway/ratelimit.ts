@@ -153,3 +153,8 @@ export function parseRate(text: string): RateSpec | undefined {
   if (!(burst >= 1)) throw new TypeError(`a burst must be 1 or more, got ${JSON.stringify(text)}`);
   return { rate: n / per, burst };
 }
+
+/** 127.0.0.0/8, ::1 and IPv4-mapped loopback: this machine. */
+export function isLoopback(address: string): boolean {
+  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
+}

@@ -17,7 +17,7 @@ import { GatewayMetrics } from './metrics.js';
 import type { RequestEvent } from './forward.js';
 import { AccessControl, type AccessConfig } from '../routes/access.js';
 import { SERVICE_PATH } from './comet.js';
-import { parseRate, RateLimiter, type RateSpec } from './ratelimit.js';
+import { isLoopback, parseRate, RateLimiter, type RateSpec } from './ratelimit.js';
 
 /** PEM certificate chain and private key for HTTPS on the gateway's one port. */
 export interface TlsOptions {
@@ -508,10 +508,6 @@ function rateLimited(wait: number, what: 'claims' | 'requests'): PtthError {
     `Too many ${what} from this address: retry after ${wait} s.`,
     { retryAfter: wait },
   );
-}
-
-function isLoopback(address: string): boolean {
-  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
 }
 
 function pathOf(url: string | undefined): string {
