@@ -14,6 +14,14 @@ export interface Exchange {
   fail(err: PtthError): void;
   /** Called exactly once when the exchange is over, whatever the outcome. */
   done(): void;
+  /**
+   * Set by the registration while the exchange is on a channel: hands it back to be sent down
+   * another channel (or to wait in the queue). A channel calls it only when the app provably did
+   * not process the request and nothing of it was read (HTTP/2 REFUSED_STREAM, RFC 9113 section
+   * 8.7), and then neither fails nor finishes the exchange itself. One retry per exchange, never
+   * down the channel that refused it.
+   */
+  retry?: ((refusedBy: Channel) => void) | undefined;
 }
 
 /** A visitor's upgrade request (WebSocket and others), to be spliced to the app after its 101. */

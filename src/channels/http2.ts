@@ -28,7 +28,7 @@ export interface Http2ChannelOptions {
 
 /** RFC 8441 section 5 / RFC 6455 section 1.3. */
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
-const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR } = constants;
+const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM } = constants;
 /** Before the app's SETTINGS arrive (RFC 9113 section 6.5.2 recommends at least 100). */
 const ASSUMED_STREAMS = 100;
 /** Per-stream and connection receive windows: large enough to stream at loopback speed. */
@@ -238,6 +238,14 @@ export class Http2Channel implements Channel {
       });
       stream = this.#open(headers, bodyless);
     } catch (err) {
+      // The session is already going away (GOAWAY received, not yet seen): nothing was sent.
+      const code = (err as NodeJS.ErrnoException).code;
+      if ((code === 'ERR_HTTP2_GOAWAY_SESSION' || code === 'ERR_HTTP2_INVALID_SESSION') && ex.retry) {
+        finished = true;
+        this.#active--;
+        ex.retry(this);
+        return;
+      }
       ex.fail(new PtthError('PTTH_ERR_BAD_PARAMS', `The request could not be forwarded over HTTP/2: ${(err as Error).message}`));
       finish();
       return;
@@ -291,8 +299,20 @@ export class Http2Channel implements Channel {
         finish();
       });
     });
+    // The app refused the stream without processing it (it is closing: GOAWAY, or RST_STREAM
+    // REFUSED_STREAM): nothing was read of a bodyless request, so it is safe to send it again
+    // down another channel (RFC 9113 section 8.7) rather than answer 502.
+    const refused = (): boolean => {
+      if (finished || responded || !bodyless || stream.rstCode !== NGHTTP2_REFUSED_STREAM || !ex.retry) return false;
+      finished = true;
+      if (timer) clearTimeout(timer);
+      this.#active--;
+      ex.retry(this);
+      if (!this.#closed && !this.#draining) this.events?.available(this);
+      return true;
+    };
     stream.on('error', (err: NodeJS.ErrnoException) => {
-      if (finished || responded) return;
+      if (finished || responded || refused()) return;
       ex.fail(
         err.code === 'ERR_HTTP2_STREAM_ERROR' && !this.#closed
           ? new PtthError('PTTH_ERR_BAD_RESPONSE', `The app reset the stream (${err.message}).`)
@@ -301,7 +321,7 @@ export class Http2Channel implements Channel {
       finish();
     });
     stream.on('close', () => {
-      if (!responded && !finished) {
+      if (!responded && !finished && !refused()) {
         ex.fail(new PtthError('PTTH_ERR_CHANNEL_LOST'));
         finish();
       }

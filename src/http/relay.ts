@@ -13,6 +13,10 @@ export function rawHead(status: number, message: string | undefined, raw: readon
 
 /** Joins two sockets both ways (stream.pipeline each way); when either fails, both are closed. */
 export function splice(a: Duplex, b: Duplex, done: () => void): void {
+  // Two pipelines put their end-of-stream listeners on each socket, beside node:http's and
+  // TLS's own: past node's default of 10 on a TLS socket, which would print a (false)
+  // "possible memory leak" warning for every spliced WebSocket. They are removed on close.
+  for (const s of [a, b]) s.setMaxListeners(Math.max(s.getMaxListeners(), 32));
   let pending = 2;
   const end = (err?: Error | null): void => {
     if (err) {

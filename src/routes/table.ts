@@ -18,7 +18,7 @@ export interface TableOptions extends QueueOptions {
 }
 
 type Pending =
-  | { upgrade: false; ex: Exchange; timer: NodeJS.Timeout | undefined; gone: boolean }
+  | { upgrade: false; ex: Exchange; timer: NodeJS.Timeout | undefined; gone: boolean; avoid?: Channel | undefined }
   | { upgrade: true; ex: UpgradeExchange; timer: NodeJS.Timeout | undefined; gone: boolean };
 
 /**
@@ -120,7 +120,7 @@ export class Registration {
     if (this.channels.length === 0 && !this.#released) this.#armExpiry();
   }
 
-  #pick(upgrade: boolean): Channel | undefined {
+  #pick(upgrade: boolean, avoid?: Channel): Channel | undefined {
     const list = this.channels;
     const n = list.length;
     if (!upgrade && n > 1 && this.#multiplexed > 0) {
@@ -129,7 +129,7 @@ export class Registration {
       for (let k = 0; k < n; k++) {
         const i = (this.#rr + k) % n;
         const ch = list[i] as Channel;
-        if (ch.transport === 'http2' && ch.available) {
+        if (ch.transport === 'http2' && ch.available && ch !== avoid) {
           this.#rr = i + 1;
           return ch;
         }
@@ -138,7 +138,7 @@ export class Registration {
     for (let k = 0; k < n; k++) {
       const i = (this.#rr + k) % n;
       const ch = list[i] as Channel;
-      if (ch.available && (!upgrade || ch.upgradable)) {
+      if (ch.available && (!upgrade || ch.upgradable) && ch !== avoid) {
         this.#rr = i + 1;
         return ch;
       }
@@ -148,9 +148,23 @@ export class Registration {
 
   dispatch(ex: Exchange): void {
     this.requests++;
-    const ch = this.#waiting === 0 ? this.#pick(false) : undefined;
+    // A request an app refused unprocessed (a closing HTTP/2 connection) goes round once more.
+    ex.retry = (refusedBy) => {
+      ex.retry = undefined;
+      if (this.#released) {
+        ex.fail(new PtthError('PTTH_ERR_NO_CHANNEL'));
+        ex.done();
+        return;
+      }
+      this.#send(ex, refusedBy);
+    };
+    this.#send(ex);
+  }
+
+  #send(ex: Exchange, avoid?: Channel): void {
+    const ch = this.#waiting === 0 ? this.#pick(false, avoid) : undefined;
     if (ch) ch.dispatch(ex);
-    else this.#enqueue({ upgrade: false, ex, timer: undefined, gone: false });
+    else this.#enqueue({ upgrade: false, ex, timer: undefined, gone: false, avoid });
   }
 
   upgrade(ex: UpgradeExchange): void {
@@ -194,7 +208,7 @@ export class Registration {
 
   #drain(channel: Channel): void {
     while (this.#waiting > 0 && channel.available) {
-      const idx = this.#queue.findIndex((p) => !p.gone && (!p.upgrade || channel.upgradable));
+      const idx = this.#queue.findIndex((p) => !p.gone && (p.upgrade ? channel.upgradable : p.avoid !== channel));
       if (idx === -1) return;
       const p = this.#queue[idx] as Pending;
       // Entries before idx are upgrades this channel cannot take: they stay queued.

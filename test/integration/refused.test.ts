@@ -1,0 +1,109 @@
+import { constants } from 'node:http2';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Tunnel } from '../../src/client/node.js';
+import { rawClaim, request, startApp, startGateway, type TestGateway } from '../helpers/index.js';
+import { serveH2 } from '../helpers/h2app.js';
+
+/*
+ * RFC 9113 section 8.7: a stream the app refused (REFUSED_STREAM, or above the last stream id of
+ * its GOAWAY) was not processed and may be retried. A visitor whose request met an app that was
+ * closing its reversed HTTP/2 connection is sent down another channel instead of getting 502.
+ */
+let gw: TestGateway | undefined;
+const tunnels: Tunnel[] = [];
+const cleanups: (() => void)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) c();
+  for (const t of tunnels.splice(0)) await t.close({ graceMs: 100 });
+  await gw?.close();
+  gw = undefined;
+});
+
+async function h2Claim(port: number, name: string): Promise<{ socket: import('node:net').Socket; rest: Buffer }> {
+  const c = await rawClaim(port, `POST /?name=${name}&token=t HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: ptth\r\nALPN: h2\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`);
+  expect(c.head).toMatch(/^HTTP\/1\.1 101 /);
+  cleanups.push(() => c.socket.destroy());
+  return c;
+}
+
+describe('requests an HTTP/2 app refused unprocessed', () => {
+  it('go to the name\'s other channel: an app closing its HTTP/2 connection costs visitors no 502', async () => {
+    gw = await startGateway();
+    const g = gw;
+    // One HTTP/1.1 app and one HTTP/2 app share the name; the HTTP/2 one takes requests first.
+    tunnels.push(await startApp(g.port, (_req, res) => res.end('h1'), { name: 'closing', http1: true, token: 't', connections: 1 }));
+    const { socket, rest } = await h2Claim(g.port, 'closing');
+    let refusedCount = 0;
+    await serveH2(socket, rest, (stream) => {
+      refusedCount++;
+      stream.close(constants.NGHTTP2_REFUSED_STREAM);
+    });
+    const replies = await Promise.all(Array.from({ length: 20 }, (_, i) => request(g.port, { host: g.host('closing'), path: `/${i}` })));
+    expect(refusedCount).toBeGreaterThan(0);
+    expect(replies.map((r) => r.status)).toEqual(replies.map(() => 200));
+    expect(new Set(replies.map((r) => r.body))).toEqual(new Set(['h1']));
+  });
+
+  it('listen() closing its HTTP/2 connection under load (GOAWAY): visitors are served by the name\'s other app, none gets 502', async () => {
+    gw = await startGateway();
+    const g = gw;
+    tunnels.push(await startApp(g.port, (_req, res) => res.end('stays'), { name: 'shared', http1: true, token: 't', connections: 4 }));
+    const leaving = await startApp(g.port, (_req, res) => setTimeout(() => res.end('leaves'), 5), { name: 'shared', token: 't' });
+    expect(leaving.protocol).toBe('h2');
+    const statuses: number[] = [];
+    let running = true;
+    const loops = Array.from({ length: 20 }, async () => {
+      while (running) statuses.push((await request(g.port, { host: g.host('shared') })).status);
+    });
+    await new Promise((r) => setTimeout(r, 150));
+    await leaving.close({ graceMs: 500, release: false });
+    await new Promise((r) => setTimeout(r, 150));
+    running = false;
+    await Promise.all(loops);
+    expect(statuses.length).toBeGreaterThan(20);
+    expect(statuses.filter((s) => s !== 200)).toEqual([]);
+  });
+
+  it('never go back to the channel that refused them: with no other channel they wait for one (503 after the queue timeout), never loop', async () => {
+    gw = await startGateway();
+    const g = gw;
+    const { socket, rest } = await h2Claim(g.port, 'refuser');
+    let seen = 0;
+    await serveH2(socket, rest, (stream) => {
+      seen++;
+      stream.close(constants.NGHTTP2_REFUSED_STREAM);
+    });
+    const r = await request(g.port, { host: g.host('refuser'), path: '/' });
+    expect(r.status).toBe(503);
+    expect(r.headers['x-ptth-error']).toBe('PTTH_ERR_NO_CHANNEL');
+    expect(seen).toBe(1);
+    expect(g.gateway.table.lookup('refuser')?.waiting).toBe(0);
+  });
+
+  it('wait for the app\'s next channel when it reconnects, and are served there', async () => {
+    gw = await startGateway({ queueTimeout: 3_000 });
+    const g = gw;
+    const { socket, rest } = await h2Claim(g.port, 'phoenix2');
+    await serveH2(socket, rest, (stream) => stream.close(constants.NGHTTP2_REFUSED_STREAM));
+    const pending = request(g.port, { host: g.host('phoenix2'), path: '/again' });
+    await new Promise((r) => setTimeout(r, 200));
+    tunnels.push(await startApp(g.port, (req, res) => res.end(`second channel ${req.url}`), { name: 'phoenix2', token: 't' }));
+    const r = await pending;
+    expect(r.status).toBe(200);
+    expect(r.body).toBe('second channel /again');
+  });
+
+  it('a request with a body is not retried (its body may have been read): 502', async () => {
+    gw = await startGateway();
+    const g = gw;
+    const { socket, rest } = await h2Claim(g.port, 'bodyrefuser');
+    let seen = 0;
+    await serveH2(socket, rest, (stream) => {
+      seen++;
+      stream.close(constants.NGHTTP2_REFUSED_STREAM);
+    });
+    const r = await request(g.port, { host: g.host('bodyrefuser'), method: 'POST', path: '/', body: 'payload' });
+    expect(r.status).toBe(502);
+    expect(seen).toBe(1);
+  });
+});
