@@ -52,7 +52,8 @@ if (mode === 'backend') {
     out.on('error', () => res.destroy());
     req.pipe(out);
   });
-  server.listen(0, '127.0.0.1', () => process.stdout.write(`READY ${server.address().port}\n`));
+  // The same accept queue as the gateway's (see Gateway.listen).
+  server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () => process.stdout.write(`READY ${server.address().port}\n`));
 } else {
   process.stderr.write('usage: service.mjs backend | app <gatewayUrl> <name> <connections> [h1] | proxy <backendPort> <connections>\n');
   process.exit(2);
