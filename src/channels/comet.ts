@@ -88,7 +88,7 @@ class DeliveryImpl implements Delivery {
     if (this.settled) return;
     const { res, req } = this.#item.ex;
     try {
-      res.writeHead(reply.status, reply.statusMessage || STATUS_CODES[reply.status], withoutHopByHop(reply.rawHeaders));
+      res.writeHead(reply.status, reply.statusMessage || STATUS_CODES[reply.status], withoutHopByHop(reply.rawHeaders, reply.status));
     } catch (err) {
       this.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's response could not be relayed: ${(err as Error).message}`));
       return;

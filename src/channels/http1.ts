@@ -173,7 +173,7 @@ export class Http1Channel implements Channel {
       if (!out.shouldKeepAlive) this.#reusable = false;
       const status = appRes.statusCode ?? 502;
       try {
-        res.writeHead(status, appRes.statusMessage || STATUS_CODES[status], withoutHopByHop(appRes.rawHeaders));
+        res.writeHead(status, appRes.statusMessage || STATUS_CODES[status], withoutHopByHop(appRes.rawHeaders, status));
       } catch (err) {
         appRes.destroy();
         out.destroy();

@@ -67,10 +67,12 @@ function h2Headers(raw: readonly string[], pseudo: OutgoingHttpHeaders): Outgoin
 }
 
 /** An HTTP/2 response header object as a flat list for node:http's writeHead (pseudo-headers dropped). */
-function flatResponseHeaders(headers: IncomingHttpHeaders): string[] {
+function flatResponseHeaders(headers: IncomingHttpHeaders, status: number): string[] {
   const out: string[] = [];
+  // RFC 9110 section 8.6: no Content-Length in a 1xx or 204 response.
+  const noLength = status < 200 || status === 204;
   for (const name of Object.keys(headers)) {
-    if (name.charCodeAt(0) === 58 /* : */) continue;
+    if (name.charCodeAt(0) === 58 /* : */ || (noLength && name === 'content-length')) continue;
     const value = headers[name];
     if (value === undefined) continue;
     if (Array.isArray(value)) for (const v of value) out.push(name, v);
@@ -273,7 +275,7 @@ export class Http2Channel implements Channel {
       if (timer) clearTimeout(timer);
       const status = Number(headers[':status'] ?? 502);
       try {
-        res.writeHead(status, flatResponseHeaders(headers));
+        res.writeHead(status, flatResponseHeaders(headers, status));
       } catch (err) {
         stream.close(NGHTTP2_CANCEL);
         ex.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's response headers could not be relayed: ${(err as Error).message}`));
@@ -420,7 +422,7 @@ export class Http2Channel implements Channel {
     stream.on('response', (headers: IncomingHttpHeaders & IncomingHttpStatusHeader) => {
       clearTimeout(timer);
       const status = Number(headers[':status'] ?? 502);
-      const flat = flatResponseHeaders(headers);
+      const flat = flatResponseHeaders(headers, status);
       if (status >= 200 && status < 300) {
         const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64');
         visitor.write(

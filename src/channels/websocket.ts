@@ -345,7 +345,7 @@ export class WebSocketChannel implements Channel {
       // The body arrives in our own frames, not framed by llhttp: node must hold it to the declared
       // Content-Length, or an app could write past its response into the visitor's next one.
       res.strictContentLength = true;
-      res.writeHead(status, statusText ?? STATUS_CODES[status], withoutHopByHop(headers));
+      res.writeHead(status, statusText ?? STATUS_CODES[status], withoutHopByHop(headers, status));
     } catch (err) {
       this.#json({ t: 'abort', id: s.id, message: `invalid response: ${(err as Error).message}` });
       s.ex.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's response could not be relayed: ${(err as Error).message}`));

@@ -90,13 +90,15 @@ export function forwardRequestHeaders(raw: readonly string[], info: ForwardInfo)
 }
 
 /** A header list with hop-by-hop fields removed (responses relayed to visitors, requests to local services). */
-export function withoutHopByHop(raw: readonly string[]): string[] {
+export function withoutHopByHop(raw: readonly string[], status?: number): string[] {
   const extra = connectionOptions(raw);
+  // RFC 9110 section 8.6: no Content-Length in a 1xx or 204 response; an app's is not relayed.
+  const noLength = status !== undefined && (status < 200 || status === 204);
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || extra?.has(lower)) continue;
+    if (HOP_BY_HOP.has(lower) || extra?.has(lower) || (noLength && lower === 'content-length')) continue;
     out.push(name, raw[i + 1] as string);
   }
   return out;
