@@ -65,6 +65,18 @@ class Session {
  * not hold a request open (the idle timeout never fires while bytes keep coming). With `budget`,
  * the bytes count against it while they are read (503 past it), as visitors' bodies do.
  */
+/**
+ * Form fields from the query string and the body, the body winning: any Content-Type, since old
+ * clients send what their library forces (PROTOCOL.md section 4).
+ */
+export function formParams(req: IncomingMessage, body: Buffer): URLSearchParams {
+  const url = req.url ?? '/';
+  const q = url.indexOf('?');
+  const params = new URLSearchParams(q === -1 ? '' : url.slice(q + 1));
+  for (const [k, v] of new URLSearchParams(body.toString('utf8'))) params.set(k, v);
+  return params;
+}
+
 export function readBody(req: IncomingMessage, limit: number, message: string, timeout?: number, budget?: { used: number; readonly max: number }): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     let held = 0;
@@ -204,11 +216,7 @@ export class CometService {
     };
     readBody(req, ctx.settings.claimBodyLimit, 'The registration form is too large.', ctx.settings.claimTimeout)
       .then(async (body) => {
-        // Form fields in the body (any Content-Type: old clients send what their library forces) or the query.
-        const url = req.url ?? '/';
-        const q = url.indexOf('?');
-        const params = new URLSearchParams(q === -1 ? '' : url.slice(q + 1));
-        for (const [k, v] of new URLSearchParams(body.toString('utf8'))) params.set(k, v);
+        const params = formParams(req, body);
         // The access key: Authorization: Bearer, or a `key` form field for clients that cannot set headers.
         const key = headerKey(req) ?? (params.get('key') || undefined);
         const { registration: reg, created } = await ctx.access.claim(ctx.table, readClaimParams(params, ctx.settings.maxLease), key);

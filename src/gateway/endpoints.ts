@@ -6,6 +6,7 @@ import { parseLease, validateToken } from '../routes/registration.js';
 import type { Registration } from '../routes/table.js';
 import { PRIVATE_PREFIX, publicUrlFor, type GatewayContext } from './context.js';
 import { DEMO_HTML } from './browser.js';
+import { formParams, readBody } from './comet.js';
 
 /**
  * The gateway's own endpoints (Host is the domain, an IP literal, or outside the domain):
@@ -284,33 +285,10 @@ function privateUrl(ctx: GatewayContext, reg: Registration, req: IncomingMessage
 }
 
 /** Reads a small form body (and the query string) with a size limit (413 past it) and a deadline (408). */
-function readForm(req: IncomingMessage, limit: number, timeout: number): Promise<URLSearchParams> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let got = 0;
-    const timer = setTimeout(() => {
-      req.removeAllListeners('data');
-      reject(new PtthError('PTTH_ERR_BODY_TIMEOUT'));
-    }, timeout);
-    req.once('close', () => clearTimeout(timer));
-    req.on('data', (c: Buffer) => {
-      got += c.length;
-      if (got > limit) {
-        req.removeAllListeners('data');
-        req.resume();
-        reject(new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE', 'The request body is too large.'));
-        return;
-      }
-      chunks.push(c);
-    });
-    req.on('error', reject);
-    req.on('end', () => {
-      clearTimeout(timer);
-      const url = req.url ?? '';
-      const q = url.indexOf('?');
-      const params = new URLSearchParams(q === -1 ? '' : url.slice(q + 1));
-      for (const [k, v] of new URLSearchParams(Buffer.concat(chunks, got).toString('utf8'))) params.set(k, v);
-      resolve(params);
-    });
-  });
+async function readForm(req: IncomingMessage, limit: number, timeout: number): Promise<URLSearchParams> {
+  try {
+    return formParams(req, await readBody(req, limit, 'The request body is too large.', timeout));
+  } catch (err) {
+    throw isPtthError(err) && err.code === 'PTTH_ERR_BODY_TOO_LARGE' ? new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE', 'The request body is too large.') : err;
+  }
 }
