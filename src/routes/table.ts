@@ -191,6 +191,11 @@ export class Registration {
     else p.ex.res.once('close', onGone);
     this.#queue.push(p);
     this.#waiting++;
+    // An entry already waiting may be one no available channel can take (a request avoiding the
+    // channel that refused it, an upgrade waiting for an upgradable channel), and an idle channel
+    // signals nothing more: without this, every later request would queue behind it until its
+    // timeout while that channel sat idle.
+    if (this.#waiting > 1) for (const ch of [...this.channels]) if (ch.available) this.#drain(ch);
   }
 
   #giveUp(p: Pending, err: PtthError | undefined): void {

@@ -1,7 +1,7 @@
 import { constants } from 'node:http2';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
-import { rawClaim, request, startApp, startGateway, type TestGateway } from '../helpers/index.js';
+import { rawClaim, rawConnect, request, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
 import { serveH2 } from '../helpers/h2app.js';
 
 /*
@@ -78,6 +78,58 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
     expect(r.headers['x-ptth-error']).toBe('PTTH_ERR_NO_CHANNEL');
     expect(seen).toBe(1);
     expect(g.gateway.table.lookup('refuser')?.waiting).toBe(0);
+  });
+
+  it('a refused request waiting for another channel holds up no later request: the refusing channel serves them at once', async () => {
+    gw = await startGateway({ queueTimeout: 3_000 });
+    const g = gw;
+    const { socket, rest } = await h2Claim(g.port, 'onerefusal');
+    let seen = 0;
+    await serveH2(socket, rest, (stream) => {
+      // The first stream is refused (the app was briefly over its stream limit); the rest are served.
+      if (++seen === 1) stream.close(constants.NGHTTP2_REFUSED_STREAM);
+      else {
+        stream.respond({ ':status': 200 });
+        stream.end('served');
+      }
+    });
+    const first = request(g.port, { host: g.host('onerefusal'), path: '/first' });
+    await until(() => g.gateway.table.lookup('onerefusal')?.waiting === 1, 3_000, 'the refused request to wait');
+    // The channel is idle and healthy: a new request must not queue behind the one that avoids it.
+    const second = await request(g.port, { host: g.host('onerefusal'), path: '/second' });
+    expect(second.status).toBe(200);
+    expect(second.body).toBe('served');
+    const r = await first;
+    expect(r.status).toBe(503);
+    expect(seen).toBe(2);
+  });
+
+  it('a visitor upgrade waiting for the busy upgradable channel holds up no plain request an idle channel can serve', async () => {
+    gw = await startGateway({ queueTimeout: 3_000 });
+    const g = gw;
+    // An HTTP/1.1 channel (can carry upgrades) kept busy, and an HTTP/2 one without extended CONNECT.
+    let release: (() => void) | undefined;
+    tunnels.push(
+      await startApp(g.port, (_req, res) => void (release = () => res.end('slow')), { name: 'mixed', http1: true, token: 't', connections: 1 }),
+    );
+    // Busy before the HTTP/2 channel joins (plain requests prefer HTTP/2 channels).
+    const slow = request(g.port, { host: g.host('mixed'), path: '/slow' });
+    await until(() => release !== undefined, 3_000, 'the slow request to reach the HTTP/1.1 app');
+    const { socket, rest } = await h2Claim(g.port, 'mixed');
+    await serveH2(socket, rest, (stream) => {
+      stream.respond({ ':status': 200 });
+      stream.end('h2');
+    });
+    await until(() => g.gateway.table.lookup('mixed')?.channels.length === 2, 3_000, 'both channels');
+    const visitor = await rawConnect(g.port);
+    cleanups.push(() => visitor.destroy());
+    visitor.write(`GET /ws HTTP/1.1\r\nHost: ${g.host('mixed')}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`);
+    await until(() => g.gateway.table.lookup('mixed')?.waiting === 1, 3_000, 'the upgrade to wait');
+    const plain = await request(g.port, { host: g.host('mixed'), path: '/plain' });
+    expect(plain.status).toBe(200);
+    expect(plain.body).toBe('h2');
+    release?.();
+    expect((await slow).status).toBe(200);
   });
 
   it('wait for the app\'s next channel when it reconnects, and are served there', async () => {
