@@ -186,7 +186,7 @@ export class CometChannel implements Channel {
       item.bytes += c.length;
       chunks.push(c);
     });
-    req.on('end', () => {
+    const onEnd = (): void => {
       if (item.state !== 'reading') return;
       clearTimeout(item.timer);
       item.message = serializeRequest(req, Buffer.concat(chunks, size));
@@ -196,7 +196,11 @@ export class CometChannel implements Channel {
       }, this.#options.queueTimeout);
       this.#queue.push(item);
       this.#pump();
-    });
+    };
+    // A bodyless request an HTTP/2 app refused (Exchange.retry) was read to its end on that
+    // channel: 'end' will not come again, and waiting for it would answer 408.
+    if (req.readableEnded) onEnd();
+    else req.on('end', onEnd);
     req.on('error', () => {
       if (item.state !== 'done') this.finish(item);
     });

@@ -3,6 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
 import { rawClaim, rawConnect, request, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
 import { serveH2 } from '../helpers/h2app.js';
+import { CometApp } from '../helpers/comet.js';
 
 /*
  * RFC 9113 section 8.7: a stream the app refused (REFUSED_STREAM, or above the last stream id of
@@ -130,6 +131,25 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
     expect(plain.body).toBe('h2');
     release?.();
     expect((await slow).status).toBe(200);
+  });
+
+  it('a refused request retried onto a Comet channel of the name is delivered to its poller (its body was already read to the end)', async () => {
+    gw = await startGateway({ queueTimeout: 3_000, pollTimeout: 5_000 });
+    const g = gw;
+    const { socket, rest } = await h2Claim(g.port, 'cometmix');
+    let seen = 0;
+    await serveH2(socket, rest, (stream) => {
+      seen++;
+      stream.close(constants.NGHTTP2_REFUSED_STREAM);
+    });
+    const comet = await CometApp.start(g.origin, { name: 'cometmix', token: 't' }, (req) => ({ status: 200, body: `comet ${req.url}` }));
+    cleanups.push(() => void comet.stop());
+    expect(g.gateway.table.lookup('cometmix')?.channels.map((c) => c.transport).sort()).toEqual(['comet', 'http2']);
+    // Plain requests prefer the HTTP/2 channel, which refuses the stream: the retry goes to Comet.
+    const r = await request(g.port, { host: g.host('cometmix'), path: '/mixed' });
+    expect(seen).toBe(1);
+    expect(r.status).toBe(200);
+    expect(r.body).toBe('comet /mixed');
   });
 
   it('wait for the app\'s next channel when it reconnects, and are served there', async () => {
