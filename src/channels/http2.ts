@@ -242,13 +242,18 @@ export class Http2Channel implements Channel {
     } catch (err) {
       // The session is already going away (GOAWAY received, not yet seen): nothing was sent.
       const code = (err as NodeJS.ErrnoException).code;
-      if ((code === 'ERR_HTTP2_GOAWAY_SESSION' || code === 'ERR_HTTP2_INVALID_SESSION') && ex.retry) {
+      const gone = code === 'ERR_HTTP2_GOAWAY_SESSION' || code === 'ERR_HTTP2_INVALID_SESSION';
+      if (gone && ex.retry) {
         finished = true;
         this.#active--;
         ex.retry(this);
         return;
       }
-      ex.fail(new PtthError('PTTH_ERR_BAD_PARAMS', `The request could not be forwarded over HTTP/2: ${(err as Error).message}`));
+      ex.fail(
+        gone
+          ? new PtthError('PTTH_ERR_CHANNEL_LOST')
+          : new PtthError('PTTH_ERR_BAD_PARAMS', `The request could not be forwarded over HTTP/2: ${(err as Error).message}`),
+      );
       finish();
       return;
     }
