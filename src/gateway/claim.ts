@@ -106,8 +106,17 @@ export function negotiate(upgrade: string | undefined, alpn: string | undefined,
 }
 
 /** Writes the 101 exactly as PROTOCOL.md section 3 shows it and puts the channel in service. */
-function accept(ctx: GatewayContext, req: IncomingMessage, socket: Socket, reg: Registration, how: Reversal): void {
-  if (socket.destroyed) return;
+/**
+ * A claim that made its name and then never put a channel in service (the claimant went away, or
+ * lost the limits race at join time) leaves nothing behind: the name would otherwise sit for its
+ * lease, counted against the key's names.
+ */
+function abandon(ctx: GatewayContext, reg: Registration, created: boolean): void {
+  if (created && reg.channels.length === 0 && !reg.released) ctx.table.release(reg, 'claim refused');
+}
+
+function accept(ctx: GatewayContext, req: IncomingMessage, socket: Socket, reg: Registration, how: Reversal, created: boolean): void {
+  if (socket.destroyed) return abandon(ctx, reg, created);
   const link = publicUrlFor(ctx.settings, req, reg.name);
   const location = privateUrlFor(ctx.settings, req, reg.privateId);
   const head =
@@ -124,7 +133,10 @@ function accept(ctx: GatewayContext, req: IncomingMessage, socket: Socket, reg: 
     // aborts the whole process (node_http2.cc: "Assertion failed: is_write_in_progress()"). So the
     // session starts only once the 101 is out.
     socket.write(head, (err) => {
-      if (err || socket.destroyed) return void socket.destroy();
+      if (err || socket.destroyed) {
+        socket.destroy();
+        return abandon(ctx, reg, created);
+      }
       try {
         // Other claims of the name (or key) may have been put in service meanwhile: the limits
         // hold at the moment the channel joins. Past them the connection closes; the client's
@@ -132,7 +144,7 @@ function accept(ctx: GatewayContext, req: IncomingMessage, socket: Socket, reg: 
         ctx.access.checkChannels(ctx.table, reg, ctx.settings.maxChannels);
       } catch {
         socket.destroy();
-        return;
+        return abandon(ctx, reg, created);
       }
       putInService(ctx, socket, reg, how, link);
     });
@@ -190,8 +202,8 @@ export function claimFromUpgrade(ctx: GatewayContext, req: IncomingMessage, sock
 
   readDeclaredBody(socket, head, length, ctx.settings.claimTimeout)
     .then(async (body) => {
-      const { registration } = await register(ctx, claimParams(ctx, req, hostName, body), headerKey(req));
-      accept(ctx, req, socket, registration, how);
+      const { registration, created } = await register(ctx, claimParams(ctx, req, hostName, body), headerKey(req));
+      accept(ctx, req, socket, registration, how, created);
     })
     .catch((err: unknown) => {
       refuseRaw(ctx, req, socket, isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'));
@@ -300,18 +312,20 @@ export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res:
       return;
     }
     register(ctx, params, headerKey(req)).then(
-      ({ registration: reg }) => {
+      ({ registration: reg, created }) => {
         const socket = hijack(req, res);
         if (!socket) {
+          abandon(ctx, reg, created);
           fail(new PtthError('PTTH_ERR_UNSUPPORTED_UPGRADE', 'This node version cannot take over the connection: send Connection: Upgrade with Upgrade: PTTH/1.0.'));
           return;
         }
         socket.on('error', noop);
         if (socket.readableLength > 0) {
           socket.destroy();
+          abandon(ctx, reg, created);
           return;
         }
-        accept(ctx, req, socket, reg, how);
+        accept(ctx, req, socket, reg, how, created);
       },
       (err: unknown) => fail(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS')),
     );
