@@ -1,7 +1,11 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { request } from '../helpers/index.js';
+import { hashKey } from '../../src/routes/access.js';
+import { headEnd, rawConnect, readUntil, request } from '../helpers/index.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
 
 const procs: Spawned[] = [];
@@ -142,5 +146,77 @@ describe('ptth-proxy CLI', () => {
     const again = cli(['serve', '--port', String(port), '--host', '127.0.0.1']);
     expect(await again.exited()).toBe(1);
     expect(again.output()).toContain(`cannot listen on port ${port}`);
+  });
+});
+
+describe('serve: keys, reserved names, admin port and log format from the command line', () => {
+  const dirs: string[] = [];
+  afterEach(() => {
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
+  const tmp = (): string => {
+    const d = mkdtempSync(join(tmpdir(), 'ptth-cli-'));
+    dirs.push(d);
+    return d;
+  };
+  const keyFile = (dir: string, key: string): string => {
+    const file = join(dir, 'keys.json');
+    writeFileSync(file, JSON.stringify({ keys: [{ id: 'k', sha256: hashKey(key), names: ['*'] }] }));
+    return file;
+  };
+  /** A raw PTTH/1.0 claim; resolves with the status of the answer. */
+  const claim = async (port: number, name: string, key?: string): Promise<number> => {
+    const s = await rawConnect(port);
+    s.on('error', () => {});
+    s.write(`POST /?name=${name} HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n${key ? `Authorization: Bearer ${key}\r\n` : ''}Content-Length: 0\r\n\r\n`);
+    const head = (await readUntil(s, headEnd)).toString('latin1');
+    s.destroy();
+    return Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1] ?? 0);
+  };
+
+  it('--keys and --reserved hold every claim to the keys; SIGHUP reloads the file, and a broken one keeps the old keys', async () => {
+    const file = keyFile(tmp(), 'ptth_first-key-0123456789abcdef');
+    const { p, port } = await serve(['--keys', file, '--reserved', 'www,admin']);
+    expect(p.output()).toContain('access:        access keys required to claim');
+    expect(await claim(port, 'app1')).toBe(401);
+    expect(await claim(port, 'www', 'ptth_first-key-0123456789abcdef')).toBe(403);
+    expect(await claim(port, 'app1', 'ptth_first-key-0123456789abcdef')).toBe(101);
+
+    keyFile(dirname(file), 'ptth_second-key-0123456789abcdef');
+    p.kill('SIGHUP');
+    await p.waitFor(/SIGHUP: reloaded the access keys/);
+    expect(await claim(port, 'app2', 'ptth_first-key-0123456789abcdef')).toBe(401);
+    expect(await claim(port, 'app2', 'ptth_second-key-0123456789abcdef')).toBe(101);
+
+    writeFileSync(file, '{"keys": [ not json');
+    p.kill('SIGHUP');
+    await p.waitFor(/SIGHUP: keys reload failed, keeping the old keys/);
+    expect(await claim(port, 'app3', 'ptth_second-key-0123456789abcdef')).toBe(101);
+  });
+
+  it('a keys file that does not load stops serve with exit code 2 and says why', async () => {
+    const file = join(tmp(), 'keys.json');
+    writeFileSync(file, '{"keys": [{"id": "x"}]}');
+    const p = cli(['serve', '--port', '0', '--host', '127.0.0.1', '--keys', file]);
+    expect(await p.exited()).toBe(2);
+    expect(p.output()).toContain(file);
+  });
+
+  it('--admin-port serves /metrics, /healthz and /readyz there, and /metrics leaves the public port', async () => {
+    const { p, port } = await serve(['--admin-port', '0']);
+    const admin = Number((await p.waitFor(/admin: +http:\/\/127\.0\.0\.1:(\d+)\/metrics/))[1]);
+    const metrics = await request(admin, { path: '/metrics' });
+    expect(metrics.status).toBe(200);
+    expect(metrics.body).toContain('ptth_registrations');
+    expect((await request(admin, { path: '/healthz' })).body).toContain('ok');
+    expect((await request(admin, { path: '/readyz' })).status).toBe(200);
+    expect((await request(port, { host: `localhost:${port}`, path: '/metrics' })).status).toBe(404);
+  });
+
+  it('--log-format pretty writes human-readable lines instead of JSON', async () => {
+    const { p, port } = await serve(['--log-format', 'pretty']);
+    await request(port, { host: `nobody.localhost:${port}`, path: '/pretty' });
+    await p.waitFor(/INFO.*GET \/pretty 404/);
+    expect(p.output()).not.toContain('"event":');
   });
 });
