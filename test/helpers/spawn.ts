@@ -17,10 +17,20 @@ export interface Spawned {
 
 /** Runs the built CLI (`npm test` builds dist/ first). */
 export function spawnCli(args: string[], env?: NodeJS.ProcessEnv): Spawned {
-  const child = spawn(process.execPath, [BIN, ...args], {
+  return spawnNode([BIN, ...args], { ...(env ? { env } : {}) });
+}
+
+/**
+ * `node ...args` in a child process with a handle tests wait on: output so far (stdout and
+ * stderr), waitFor(regexp), exited(), kill(signal). `waitMs` is waitFor's default deadline.
+ */
+export function spawnNode(args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string; waitMs?: number } = {}): Spawned {
+  const child = spawn(process.execPath, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
-    ...(env ? { env: { ...process.env, ...env } } : {}),
+    ...(options.env ? { env: { ...process.env, ...options.env } } : {}),
+    ...(options.cwd ? { cwd: options.cwd } : {}),
   });
+  const waitMs = options.waitMs ?? 5_000;
   let out = '';
   const listeners = new Set<() => void>();
   const onData = (c: Buffer): void => {
@@ -44,7 +54,7 @@ export function spawnCli(args: string[], env?: NodeJS.ProcessEnv): Spawned {
     kill: (signal = 'SIGTERM') => {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
     },
-    waitFor: (re, ms = 5_000) =>
+    waitFor: (re, ms = waitMs) =>
       new Promise((resolve, reject) => {
         const check = (): void => {
           const m = out.match(re);
