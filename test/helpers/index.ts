@@ -39,6 +39,8 @@ export interface Reply {
   headers: http.IncomingHttpHeaders;
   rawHeaders: string[];
   body: string;
+  /** The body as received, for binary payloads. */
+  bytes: Buffer;
 }
 
 export interface RequestSpec {
@@ -64,9 +66,10 @@ export function request(port: number, spec: RequestSpec = {}): Promise<Reply> {
     req.on('response', (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () =>
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, rawHeaders: res.rawHeaders, body: Buffer.concat(chunks).toString('utf8') }),
-      );
+      res.on('end', () => {
+        const bytes = Buffer.concat(chunks);
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, rawHeaders: res.rawHeaders, body: bytes.toString('utf8'), bytes });
+      });
       res.on('error', reject);
     });
     req.on('error', reject);
@@ -110,8 +113,11 @@ export function readUntil(socket: net.Socket, done: (b: Buffer) => boolean, ms =
 /** Until the end of a response head. */
 export const headEnd = (b: Buffer): boolean => b.includes('\r\n\r\n');
 
-/** Resolves when the socket closes (or after `ms`, with false). */
-export function closed(socket: net.Socket, ms = 3_000): Promise<boolean> {
+/**
+ * Resolves when the socket closes (or after `ms`, with false). It reads (and drops) what arrives
+ * meanwhile unless `read` is false: a visitor that stopped reading.
+ */
+export function closed(socket: net.Socket, ms = 3_000, read = true): Promise<boolean> {
   if (socket.destroyed) return Promise.resolve(true);
   return new Promise((resolve) => {
     const t = setTimeout(() => resolve(false), ms);
@@ -119,7 +125,7 @@ export function closed(socket: net.Socket, ms = 3_000): Promise<boolean> {
       clearTimeout(t);
       resolve(true);
     });
-    socket.resume();
+    if (read) socket.resume();
   });
 }
 

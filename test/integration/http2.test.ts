@@ -28,6 +28,7 @@ import {
   startApp,
   startGateway,
   until,
+  type RequestSpec,
   type TestGateway,
 } from '../helpers/index.js';
 
@@ -243,28 +244,9 @@ interface Got {
 }
 
 /** A visitor request whose body is kept as bytes. */
-function fetchBytes(
-  port: number,
-  spec: { host: string; method?: string; path?: string; headers?: http.OutgoingHttpHeaders; body?: Buffer | string; agent?: http.Agent },
-): Promise<Got> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({
-      host: '127.0.0.1',
-      port,
-      method: spec.method ?? 'GET',
-      path: spec.path ?? '/',
-      headers: { host: spec.host, ...spec.headers },
-      agent: spec.agent ?? false,
-    });
-    req.on('response', (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(spec.body);
-  });
+async function fetchBytes(port: number, spec: RequestSpec & { host: string }): Promise<Got> {
+  const r = await request(port, spec);
+  return { status: r.status, headers: r.headers, body: r.bytes };
 }
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');

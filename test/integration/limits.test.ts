@@ -402,17 +402,6 @@ describe('header count limit', () => {
   });
 });
 
-/** Resolves when the socket closes, without reading from it (a visitor that stopped reading). */
-function closedWithoutReading(socket: net.Socket, ms: number): Promise<boolean> {
-  if (socket.destroyed) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const t = setTimeout(() => resolve(false), ms);
-    socket.once('close', () => {
-      clearTimeout(t);
-      resolve(true);
-    });
-  });
-}
 
 describe('idle timeout', () => {
   it('cuts a visitor that stops sending its body half way, and the app serves the next visitor', async () => {
@@ -545,7 +534,7 @@ describe('idle timeout', () => {
     s.write(crlf(['GET / HTTP/1.1', `Host: ${g.host('ka')}`]));
     expect((await readUntil(s, (b) => b.includes('got 0'))).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
     // Idle between requests for three idle timeouts: still open (the keep-alive timeout is longer).
-    expect(await closedWithoutReading(s, 600)).toBe(false);
+    expect(await closed(s, 600, false)).toBe(false);
     // The second request stalls its body: cut after idleTimeout, long before keepAliveTimeout.
     s.write(crlf(['POST / HTTP/1.1', `Host: ${g.host('ka')}`, 'Content-Length: 10']) + 'ab');
     expect(await closed(s, 1_500)).toBe(true);
@@ -602,7 +591,7 @@ describe('idle timeout', () => {
         const g = await start(IDLE);
         const r = await send(g.port, nativeClaim(g.port, 'raw', connection));
         expect(r.status).toBe(101);
-        expect(await closedWithoutReading(r.socket, 600)).toBe(false);
+        expect(await closed(r.socket, 600, false)).toBe(false);
         const visitor = request(g.port, { host: g.host('raw') });
         const req = (await readUntil(r.socket, headEnd, 2_000)).toString('latin1');
         expect(req).toMatch(/^GET \/ HTTP\/1\.1\r\n/);
