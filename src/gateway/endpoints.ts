@@ -6,7 +6,7 @@ import { parseLease, validateToken } from '../routes/registration.js';
 import type { Registration } from '../routes/table.js';
 import { PRIVATE_PREFIX, publicUrlFor, type GatewayContext } from './context.js';
 import { DEMO_HTML } from './browser.js';
-import { formParams, readBody } from './comet.js';
+import { formParams, readBody } from '../http/body.js';
 
 /**
  * The gateway's own endpoints (Host is the domain, an IP literal, or outside the domain):
