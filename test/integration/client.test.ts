@@ -42,7 +42,8 @@ describe('Node client: listen()', () => {
     const gw = await gateway();
     const t = await app(gw.port, (_req, res) => res.end('ok'), { connections: 3, http1: true });
     expect(t.name).toMatch(/^[a-z][a-z0-9]{11}$/);
-    await until(() => gw.gateway.table.lookup(t.name as string)?.channels.length === 3, 3_000, '3 channels');
+    // The gateway counts a channel when it writes the 101, the client when it reads it: wait for both.
+    await until(() => gw.gateway.table.lookup(t.name as string)?.channels.length === 3 && t.connections === 3, 3_000, '3 channels');
     expect(t.connections).toBe(3);
     expect(gw.gateway.table.list()).toHaveLength(1);
   });
@@ -54,7 +55,7 @@ describe('Node client: listen()', () => {
     await until(() => reg?.channels.length === 2);
     const first = reg?.channels[0];
     first?.close();
-    await until(() => reg?.channels.length === 2 && !reg.channels.includes(first as never), 3_000, 'replacement');
+    await until(() => reg?.channels.length === 2 && !reg.channels.includes(first as never) && t.connections === 2, 3_000, 'replacement');
     expect(t.connections).toBe(2);
     expect((await request(gw.port, { host: gw.host('heal') })).body).toBe('ok');
   });
