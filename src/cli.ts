@@ -105,6 +105,7 @@ async function runServe(c: ServeConfig): Promise<void> {
     requestRate: c['requestRate'] as string,
     limitLoopback: c['limitLoopback'] === true,
     http2: c['http2'] !== false,
+    cookieGuard: c['cookieGuard'] !== false,
     maxStreams: num('maxStreams'),
     pingInterval: num('pingInterval'),
     pingTimeout: num('pingTimeout'),

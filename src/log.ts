@@ -60,6 +60,7 @@ export interface AttachOptions {
  *  - request (info; warn for 5xx): name, method, path, status, bytesIn, bytesOut, ms, remote, error
  *  - claim (info): name, transport, remote, url, key (the access key's id, when one was used)
  *  - refuse (warn): code, status, remote
+ *  - cookie-dropped (warn): name, count (an app's Set-Cookie for the whole domain)
  *  - register, release (info): name (release: reason)
  *  - channel-open, channel-close (info): name, transport, remote, channel (id), channels (left open)
  *  - listening (info): address, port; error (error): err
@@ -99,6 +100,12 @@ export function attachLogger(gateway: Gateway, logger: Logger, options: AttachOp
     ),
   );
   on('refuse', (r) => logger.warn({ event: 'refuse', code: r.code, status: r.status, remote: r.remote }, `claim refused: ${r.status} ${r.code}`));
+  on('cookie-dropped', (c) =>
+    logger.warn(
+      { event: 'cookie-dropped', name: c.name, count: c.count },
+      `dropped ${c.count} Set-Cookie field(s) whose Domain covers other apps`,
+    ),
+  );
   on('register', (reg: Registration) => logger.info({ event: 'register', name: reg.name }, 'registered'));
   on('release', (reg: Registration, reason: string) =>
     logger.info({ event: 'release', name: reg.name, reason }, `released (${reason})`),

@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { PtthError } from '../http/errors.js';
+import type { ResponseHead } from '../http/response.js';
 
 export type Transport = 'http1' | 'http2' | 'websocket' | 'comet';
 
@@ -12,6 +13,13 @@ export interface Exchange {
   readonly headers: string[];
   /** Reports a gateway status to the visitor (or closes its connection if headers went out). */
   fail(err: PtthError): void;
+  /**
+   * Checks the app's response head with the rules every transport shares (checkResponseHead:
+   * status, reason phrase, header names and values, Content-Length, the cookie guard) and writes
+   * it to the visitor. A bad head fails the exchange with 502 PTTH_ERR_BAD_RESPONSE and is
+   * returned; the channel then abandons the attempt (and closes itself where its framing is in doubt).
+   */
+  respond(status: unknown, reason: unknown, headers: readonly unknown[]): PtthError | undefined;
   /** Called exactly once when the exchange is over, whatever the outcome. */
   done(): void;
   /**
@@ -31,6 +39,8 @@ export interface UpgradeExchange {
   readonly head: Buffer;
   readonly headers: string[];
   fail(err: PtthError): void;
+  /** The app's answer to the upgrade, checked as `Exchange.respond` does; 101 is allowed. */
+  check(status: unknown, reason: unknown, headers: readonly unknown[]): ResponseHead | PtthError;
   done(): void;
 }
 

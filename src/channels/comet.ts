@@ -1,6 +1,6 @@
-import { STATUS_CODES } from 'node:http';
+import type { ServerResponse } from 'node:http';
 import { PtthError } from '../http/errors.js';
-import { requestingClient, withoutHopByHop } from '../http/headers.js';
+import { clientAddress, requestingClient } from '../http/headers.js';
 import { serializeRequest, type ParsedResponse } from '../http/message.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
 
@@ -30,8 +30,17 @@ export interface Delivery {
   readonly client: string;
   /** True once answered, failed, timed out or abandoned by the visitor. */
   readonly settled: boolean;
-  /** Relays the app's parsed reply to the visitor. */
-  respond(reply: ParsedResponse): void;
+  /**
+   * `res` (a poll's answer) carries `message` to a poller: the message's bytes stay counted
+   * against the buffer budget until every such answer has left the process or its poller is gone.
+   */
+  sending(res: ServerResponse): void;
+  /**
+   * Relays the app's parsed reply to the visitor. The reply was read against the buffer budget:
+   * its `held` bytes are given back once they have left the process (or at once when the reply is
+   * not used). Returns why a reply whose head breaks the rules was refused (the visitor gets 502).
+   */
+  respond(reply: ParsedResponse, held: number): PtthError | undefined;
   /** Ends the exchange with a gateway error for the visitor. */
   fail(err: PtthError): void;
   /** Called once when the delivery settles, however. */
@@ -71,30 +80,59 @@ class DeliveryImpl implements Delivery {
   readonly client: string;
   #item: Item;
   #channel: CometChannel;
-  constructor(channel: CometChannel, item: Item, message: Buffer) {
+  #budget: { used: number };
+  /** Poll answers carrying `message` that have not left the process yet. */
+  #sending = 0;
+  /** Budget bytes of the request, owed back once no poll answer holds them. */
+  #owed = 0;
+  constructor(channel: CometChannel, item: Item, message: Buffer, budget: { used: number }) {
     this.#channel = channel;
     this.#item = item;
+    this.#budget = budget;
     this.message = message;
     this.method = item.ex.req.method ?? 'GET';
     const socket = item.ex.req.socket;
-    let address = socket.remoteAddress ?? '';
-    if (address.startsWith('::ffff:') && address.includes('.')) address = address.slice(7);
-    this.client = requestingClient(address, socket.remotePort ?? 0);
+    this.client = requestingClient(clientAddress(socket.remoteAddress), socket.remotePort ?? 0);
   }
   get settled(): boolean {
     return this.#item.state === 'done';
   }
-  respond(reply: ParsedResponse): void {
-    if (this.settled) return;
-    const { res, req } = this.#item.ex;
-    try {
-      res.writeHead(reply.status, reply.statusMessage || STATUS_CODES[reply.status], withoutHopByHop(reply.rawHeaders, reply.status));
-    } catch (err) {
-      this.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's response could not be relayed: ${(err as Error).message}`));
-      return;
+  sending(res: ServerResponse): void {
+    this.#sending++;
+    res.once('close', () => {
+      if (--this.#sending === 0) this.#repay();
+    });
+  }
+  /** The request's budget bytes, handed back when the item ends: repaid once no poll answer holds them. */
+  owe(bytes: number): void {
+    this.#owed += bytes;
+    if (this.#sending === 0) this.#repay();
+  }
+  #repay(): void {
+    this.#budget.used -= this.#owed;
+    this.#owed = 0;
+  }
+  respond(reply: ParsedResponse, held: number): PtthError | undefined {
+    const budget = this.#budget;
+    if (this.settled) {
+      budget.used -= held;
+      return undefined;
     }
+    const { res, req } = this.#item.ex;
+    const refused = this.#item.ex.respond(reply.status, reply.statusMessage, reply.rawHeaders);
+    if (refused) {
+      budget.used -= held;
+      this.#channel.finish(this.#item);
+      return refused;
+    }
+    // The reply is written whole to a visitor who may not read it: its bytes stay counted until
+    // they have left the process ('close' comes once the last write was flushed, or the visitor's
+    // connection is gone), so replies to stalled visitors cannot grow the gateway past the budget.
+    if (res.closed) budget.used -= held;
+    else res.once('close', () => (budget.used -= held));
     res.end(req.method === 'HEAD' ? undefined : reply.body);
     this.#channel.finish(this.#item);
+    return undefined;
   }
   fail(err: PtthError): void {
     if (this.settled) return;
@@ -189,7 +227,7 @@ export class CometChannel implements Channel {
     const onEnd = (): void => {
       if (item.state !== 'reading') return;
       clearTimeout(item.timer);
-      item.message = serializeRequest(req, Buffer.concat(chunks, size));
+      item.message = serializeRequest(req, ex.headers, Buffer.concat(chunks, size));
       item.state = 'queued';
       item.timer = setTimeout(() => {
         if (item.state === 'queued') this.#fail(item, new PtthError('PTTH_ERR_NO_CHANNEL', 'No poller asked for this request in time.'));
@@ -257,7 +295,7 @@ export class CometChannel implements Channel {
       item.state = 'delivered';
       this.#busy.add(item.conn);
       this.#delivered++;
-      const delivery = new DeliveryImpl(this, item, item.message as Buffer);
+      const delivery = new DeliveryImpl(this, item, item.message as Buffer, this.#options.budget);
       item.delivery = delivery;
       item.message = undefined;
       item.timer = setTimeout(() => delivery.fail(new PtthError('PTTH_ERR_APP_TIMEOUT', 'The app did not post its reply in time.')), this.#options.replyTimeout);
@@ -290,7 +328,9 @@ export class CometChannel implements Channel {
     }
     item.state = 'done';
     item.message = undefined;
-    this.#options.budget.used -= item.bytes;
+    // A delivered request's bytes may still sit in a poll answer its poller has not read.
+    if (item.delivery) item.delivery.owe(item.bytes);
+    else this.#options.budget.used -= item.bytes;
     item.bytes = 0;
     if (item.timer) clearTimeout(item.timer);
     this.#items.delete(item);

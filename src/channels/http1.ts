@@ -1,10 +1,10 @@
-import { Agent, request, STATUS_CODES, type ClientRequest, type ClientRequestArgs, type IncomingMessage } from 'node:http';
+import { Agent, request, type ClientRequest, type ClientRequestArgs, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream';
 import { PtthError } from '../http/errors.js';
-import { withoutHopByHop } from '../http/headers.js';
-import { rawHead, relay, splice } from '../http/relay.js';
+import { unframedBody, withBodyFraming } from '../http/headers.js';
+import { leaveOnEnd, rawHead, relay, splice } from '../http/relay.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
 
 export interface Http1ChannelOptions {
@@ -155,7 +155,7 @@ export class Http1Channel implements Channel {
         agent: this.#agent,
         method: req.method,
         path: req.url,
-        headers: ex.headers,
+        headers: withBodyFraming(ex.headers, unframedBody(req)),
         setHost: false,
       });
     } catch (err) {
@@ -171,13 +171,12 @@ export class Http1Channel implements Channel {
       if (timer) clearTimeout(timer);
       // `Connection: close` (or an HTTP/1.0 answer without keep-alive): the app ends this channel.
       if (!out.shouldKeepAlive) this.#reusable = false;
-      const status = appRes.statusCode ?? 502;
-      try {
-        res.writeHead(status, appRes.statusMessage || STATUS_CODES[status], withoutHopByHop(appRes.rawHeaders, status));
-      } catch (err) {
+      if (ex.respond(appRes.statusCode, appRes.statusMessage, appRes.rawHeaders)) {
+        // The rest of this response cannot be trusted to be framed as node read it: the
+        // connection carries nothing more (the app opens a fresh one).
         appRes.destroy();
         out.destroy();
-        ex.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's response headers could not be relayed: ${(err as Error).message}`));
+        this.#socket.destroy();
         finish();
         return;
       }
@@ -285,8 +284,9 @@ export class Http1Channel implements Channel {
     try {
       out = request({ agent: this.#agent, method: req.method, path: req.url, headers: ex.headers, setHost: false });
     } catch (err) {
+      // node refused the header list or path; nothing was written to the channel.
       ex.fail(new PtthError('PTTH_ERR_BAD_PARAMS', `The upgrade could not be forwarded: ${(err as Error).message}`));
-      this.#active--;
+      finish();
       if (!this.#closed) this.events?.available(this);
       return;
     }
@@ -311,27 +311,41 @@ export class Http1Channel implements Channel {
       this.#closed = true;
       this.#socket.removeListener('close', this.#onClose);
       this.events?.closed(this);
-      if (visitor.destroyed) {
+      appSocket.on('error', noop);
+      const head = ex.check(101, appRes.statusMessage, appRes.rawHeaders);
+      if (visitor.destroyed || head instanceof PtthError) {
+        if (head instanceof PtthError) ex.fail(head);
         appSocket.destroy();
         finish();
         return;
       }
       // The relayed 101 is written by hand: node's client has already parsed it (PROTOCOL.md section 5).
-      visitor.write(rawHead(101, appRes.statusMessage, appRes.rawHeaders));
+      visitor.write(rawHead(101, head.reason, head.headers));
       if (appHead.length > 0) visitor.write(appHead);
       if (ex.head.length > 0) appSocket.write(ex.head);
-      appSocket.on('error', noop);
       splice(visitor, appSocket, finish);
     });
 
     out.on('response', (appRes: IncomingMessage) => {
       // The app declined the upgrade: relay its answer and close the visitor's connection.
       clearTimeout(timer);
-      const raw = withoutHopByHop(appRes.rawHeaders).filter((_, i, a) => (a[i - (i % 2)] as string).toLowerCase() !== 'content-length');
-      visitor.write(rawHead(appRes.statusCode ?? 502, appRes.statusMessage, raw, 'Connection: close\r\n'));
-      pipeline(appRes, visitor, () => {
+      const head = ex.check(appRes.statusCode, appRes.statusMessage, appRes.rawHeaders);
+      if (head instanceof PtthError) {
+        ex.fail(head);
+        appRes.destroy();
+        this.#socket.destroy();
         finish();
-        if (!this.#closed) this.events?.available(this);
+        return;
+      }
+      const raw = head.headers.filter((_, i, a) => (a[i - (i % 2)] as string).toLowerCase() !== 'content-length');
+      visitor.write(rawHead(head.status, head.reason, raw, 'Connection: close\r\n'));
+      leaveOnEnd(visitor);
+      pipeline(appRes, visitor, (err) => {
+        // Only a refusal read to its end leaves the reversed connection between messages; one cut
+        // short (the visitor left) leaves it mid-message, and it carries nothing more.
+        if (err || !appRes.complete) this.#socket.destroy();
+        finish();
+        if (this.available) this.events?.available(this);
       });
     });
 

@@ -12,7 +12,7 @@ import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream';
 import { PtthError } from '../http/errors.js';
 import { hasToken, rawHeader } from '../http/headers.js';
-import { rawHead, relay, splice } from '../http/relay.js';
+import { leaveOnEnd, rawHead, relay, splice } from '../http/relay.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
 
 export interface Http2ChannelOptions {
@@ -278,12 +278,10 @@ export class Http2Channel implements Channel {
     stream.on('response', (headers: IncomingHttpHeaders & IncomingHttpStatusHeader) => {
       responded = true;
       if (timer) clearTimeout(timer);
-      const status = Number(headers[':status'] ?? 502);
-      try {
-        res.writeHead(status, flatResponseHeaders(headers, status));
-      } catch (err) {
+      const status = Number(headers[':status']);
+      // A bad head costs this stream only: HTTP/2 framing keeps the connection's other streams whole.
+      if (ex.respond(status, undefined, flatResponseHeaders(headers, status))) {
         stream.close(NGHTTP2_CANCEL);
-        ex.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's response headers could not be relayed: ${(err as Error).message}`));
         finish();
         return;
       }
@@ -426,8 +424,14 @@ export class Http2Channel implements Channel {
     });
     stream.on('response', (headers: IncomingHttpHeaders & IncomingHttpStatusHeader) => {
       clearTimeout(timer);
-      const status = Number(headers[':status'] ?? 502);
-      const flat = flatResponseHeaders(headers, status);
+      const head = ex.check(Number(headers[':status']), undefined, flatResponseHeaders(headers, 200));
+      if (head instanceof PtthError || head.status === 101) {
+        ex.fail(head instanceof PtthError ? head : new PtthError('PTTH_ERR_BAD_RESPONSE', 'An HTTP/2 app answered 101 (RFC 9113 section 8.6).'));
+        stream.close(NGHTTP2_CANCEL);
+        finish();
+        return;
+      }
+      const { status, headers: flat } = head;
       if (status >= 200 && status < 300) {
         const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64');
         visitor.write(
@@ -438,7 +442,8 @@ export class Http2Channel implements Channel {
       }
       // The app declined: relay its answer and close the visitor's connection.
       const kept = flat.filter((_, i, a) => (a[i - (i % 2)] as string).toLowerCase() !== 'content-length');
-      visitor.write(rawHead(status, undefined, kept, 'Connection: close\r\n'));
+      visitor.write(rawHead(status, head.reason, kept, 'Connection: close\r\n'));
+      leaveOnEnd(visitor);
       pipeline(stream, visitor, finish);
     });
     stream.on('close', () => {

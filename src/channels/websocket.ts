@@ -1,7 +1,6 @@
-import { STATUS_CODES } from 'node:http';
 import type WebSocket from 'ws';
 import { PtthError } from '../http/errors.js';
-import { requestingClient, withoutHopByHop } from '../http/headers.js';
+import { requestingClient } from '../http/headers.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
 
 /**
@@ -66,10 +65,6 @@ export function encodeFrame(id: number, flags: number, payload: Buffer | undefin
   frame.writeUInt32BE(id, 1);
   if (payload) payload.copy(frame, FRAME_HEADER);
   return frame;
-}
-
-function isHeaderList(v: unknown): v is string[] {
-  return Array.isArray(v) && v.length % 2 === 0 && v.every((x) => typeof x === 'string');
 }
 
 export class WebSocketChannel implements Channel {
@@ -333,22 +328,16 @@ export class WebSocketChannel implements Channel {
 
   #onResponse(s: Stream, msg: Record<string, unknown>): void {
     if (s.responded) return this.#violation('a second response for one stream');
-    const status = msg['status'];
     const headers = msg['headers'] ?? [];
-    const statusText = typeof msg['statusText'] === 'string' && msg['statusText'] !== '' ? msg['statusText'] : undefined;
     s.responded = true;
     if (s.timer) clearTimeout(s.timer);
-    const { res } = s.ex;
-    try {
-      if (typeof status !== 'number' || !Number.isInteger(status) || status < 200 || status > 599) throw new Error(`status ${String(status)} is not a final status`);
-      if (!isHeaderList(headers)) throw new Error('headers must be a flat list of strings');
-      // The body arrives in our own frames, not framed by llhttp: node must hold it to the declared
-      // Content-Length, or an app could write past its response into the visitor's next one.
-      res.strictContentLength = true;
-      res.writeHead(status, statusText ?? STATUS_CODES[status], withoutHopByHop(headers, status));
-    } catch (err) {
-      this.#json({ t: 'abort', id: s.id, message: `invalid response: ${(err as Error).message}` });
-      s.ex.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's response could not be relayed: ${(err as Error).message}`));
+    // The body arrives in our own frames, not framed by llhttp: node must hold it to the declared
+    // Content-Length, or an app could write past its response into the visitor's next one.
+    s.ex.res.strictContentLength = true;
+    if (!Array.isArray(headers) || s.ex.respond(msg['status'], msg['statusText'] ?? undefined, headers)) {
+      if (!Array.isArray(headers)) s.ex.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', 'The app sent an invalid response: headers must be a flat list of strings.'));
+      // The frames around it are intact: only this stream ends.
+      this.#json({ t: 'abort', id: s.id, message: 'invalid response head' });
       this.#finish(s);
       return;
     }

@@ -4,7 +4,7 @@ import * as https from 'node:https';
 import type { TLSSocket } from 'node:tls';
 import * as http2 from 'node:http2';
 import { pipeline } from 'node:stream';
-import { withoutHopByHop } from '../http/headers.js';
+import { withBodyFraming, withoutHopByHop } from '../http/headers.js';
 import { relay } from '../http/relay.js';
 import { duplexPair } from './pair.js';
 import { LOCAL_UPSTREAM, type LocalUpstream } from './proxy.js';
@@ -386,16 +386,19 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       session.on('connect', () => session.setLocalWindowSize(16 << 20));
     });
     // node passes the raw header list as a 4th argument (not in @types/node 20).
-    server.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, rawHeaders?: readonly string[]) =>
-      this.#bridge(stream, headers, rawHeaders),
+    server.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, flags: number, rawHeaders?: readonly string[]) =>
+      this.#bridge(stream, headers, flags, rawHeaders),
     );
     this.#h2server = server;
     return server;
   }
 
-  #bridge(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: readonly string[] | undefined): void {
+  #bridge(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, flags: number, rawHeaders: readonly string[] | undefined): void {
     stream.on('error', noop);
-    const raw: string[] = [];
+    // A body follows the HEADERS frame: without a declared length it must be framed explicitly on
+    // the HTTP/1.1 side (see withBodyFraming), or a GET's body would reach the server as a request.
+    const unframed = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) === 0 && headers['content-length'] === undefined;
+    let raw: string[] = [];
     const authority = headers[':authority'];
     if (authority) raw.push('Host', authority);
     if (rawHeaders) {
@@ -412,6 +415,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       }
     }
     const up = this.#upstream;
+    raw = withBodyFraming(raw, unframed);
     let out: http.ClientRequest;
     try {
       if (up) {

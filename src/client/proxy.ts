@@ -2,7 +2,7 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream';
-import { withoutHopByHop } from '../http/headers.js';
+import { unframedBody, withBodyFraming, withoutHopByHop } from '../http/headers.js';
 import { rawHead, relay, splice } from '../http/relay.js';
 
 export interface LocalProxyOptions {
@@ -66,7 +66,8 @@ export function createLocalProxy(target: URL, options: LocalProxyOptions = {}): 
     unreachable,
   };
   server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
-    const out = mod.request({ host, port, method: req.method, path: base + (req.url ?? '/'), headers: headersFor(req), setHost: false, agent, ...tls });
+    const headers = withBodyFraming(headersFor(req), unframedBody(req));
+    const out = mod.request({ host, port, method: req.method, path: base + (req.url ?? '/'), headers, setHost: false, agent, ...tls });
     out.on('response', (local) => {
       res.writeHead(local.statusCode ?? 502, local.statusMessage, withoutHopByHop(local.rawHeaders));
       relay(local, res, () => {});

@@ -259,6 +259,7 @@ export class CometService {
     res.setHeader('Link', `<${this.#url(req, session, next)}>; rel="next"`);
     res.setHeader('Cache-Control', 'no-store');
     res.writeHead(200);
+    d.sending(res);
     res.end(d.message);
   }
 
@@ -270,22 +271,40 @@ export class CometService {
       return;
     }
     const limit = this.#settings.bufferLimit;
+    const budget = this.#budget;
+    // The reply's bytes, counted against the budget from their reading until they have left the
+    // process (see Delivery.respond) or the reply is refused.
+    let held = 0;
+    const release = (): void => {
+      budget.used -= held;
+      held = 0;
+    };
     // Replies are buffered whole like visitors' bodies, so they share their budget; one that is not
     // in after --reply-timeout is too late for its visitor anyway and must not hold its buffer.
-    readBody(req, limit, `The reply is over ${limit} bytes, the most this gateway buffers for a Comet reply.`, this.#settings.replyTimeout, this.#budget)
-      .then((body) => parseResponse(body, d.method))
+    readBody(req, limit, `The reply is over ${limit} bytes, the most this gateway buffers for a Comet reply.`, this.#settings.replyTimeout, budget)
+      .then((body) => {
+        held = body.length;
+        return parseResponse(body, d.method);
+      })
       .then(
         (reply) => {
           if (d.settled) {
+            release();
             sendError(res, new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL', 'The request was already answered, or its visitor gave up.'), req.headers.accept);
             return;
           }
-          d.respond(reply);
+          const refused = d.respond(reply, held);
+          held = 0;
+          if (refused) {
+            sendError(res, new PtthError('PTTH_ERR_INVALID_REPLY', refused.message), req.headers.accept);
+            return;
+          }
           res.setHeader('Cache-Control', 'no-store');
           res.writeHead(202, { 'Content-Length': '0' });
           res.end();
         },
         (err: unknown) => {
+          release();
           // readBody's refusals (too large, too slow, past the budget): that status, and the connection closes.
           const cut = isPtthError(err) ? err : undefined;
           const why = err instanceof InvalidMessageError ? err.message : cut?.code === 'PTTH_ERR_BODY_TOO_LARGE' ? 'it is too large' : 'it could not be read';

@@ -32,6 +32,11 @@ export interface GatewaySettings {
   readonly pingTimeout: number;
   /** Streams the gateway opens at once on one HTTP/2 channel at most. */
   readonly maxStreams: number;
+  /**
+   * An app's `Set-Cookie` whose Domain is one of these or a parent of one is dropped (the
+   * domain apps share, and `--public-url`'s host); undefined with the cookie guard off.
+   */
+  readonly cookieDomains: readonly string[] | undefined;
 }
 
 export interface GatewayContext {

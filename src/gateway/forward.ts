@@ -2,8 +2,11 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Exchange, UpgradeExchange } from '../channels/channel.js';
 import { PtthError } from '../http/errors.js';
-import { forwardRequestHeaders } from '../http/headers.js';
+import { clientAddress, forwardRequestHeaders } from '../http/headers.js';
+
+export { clientAddress };
 import { sendError, writeRawError } from '../http/respond.js';
+import { checkResponseHead, type ResponseHead } from '../http/response.js';
 import { requestProto, type GatewayContext } from './context.js';
 
 /**
@@ -40,7 +43,7 @@ export function forwardRequest(ctx: GatewayContext, req: IncomingMessage, res: S
   if (!reg) {
     const err = new PtthError('PTTH_ERR_NOT_FOUND', `No app is registered under the name "${name}".`);
     if (ctx.observed.requests) {
-      const ex = new ObservedExchange(ctx, req, res, name, EMPTY);
+      const ex = new ObservedExchange(ctx, name, req, res, EMPTY);
       ex.fail(err);
       ex.done();
     } else sendError(res, err, req.headers.accept);
@@ -52,7 +55,7 @@ export function forwardRequest(ctx: GatewayContext, req: IncomingMessage, res: S
     clientPort: req.socket.remotePort ?? 0,
     proto: requestProto(req),
   });
-  reg.dispatch(ctx.observed.requests ? new ObservedExchange(ctx, req, res, name, headers) : new VisitorExchange(req, res, headers));
+  reg.dispatch(ctx.observed.requests ? new ObservedExchange(ctx, name, req, res, headers) : new VisitorExchange(ctx, name, req, res, headers));
 }
 
 /**
@@ -62,7 +65,7 @@ export function forwardRequest(ctx: GatewayContext, req: IncomingMessage, res: S
 export function refuseVisitor(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, name: string, err: PtthError): void {
   req.resume();
   if (ctx.observed.requests) {
-    const ex = new ObservedExchange(ctx, req, res, name, EMPTY);
+    const ex = new ObservedExchange(ctx, name, req, res, EMPTY);
     ex.fail(err, true);
     ex.done();
   } else sendError(res, err, req.headers.accept, true);
@@ -70,11 +73,16 @@ export function refuseVisitor(ctx: GatewayContext, req: IncomingMessage, res: Se
 
 /** An exchange nobody observes: no timing, no counting (methods on the prototype, no closures). */
 class VisitorExchange implements Exchange {
+  readonly ctx: GatewayContext;
+  /** The app name the visitor addressed. */
+  readonly name: string;
   readonly req: IncomingMessage;
   readonly res: ServerResponse;
   readonly headers: string[];
 
-  constructor(req: IncomingMessage, res: ServerResponse, headers: string[]) {
+  constructor(ctx: GatewayContext, name: string, req: IncomingMessage, res: ServerResponse, headers: string[]) {
+    this.ctx = ctx;
+    this.name = name;
     this.req = req;
     this.res = res;
     this.headers = headers;
@@ -86,7 +94,41 @@ class VisitorExchange implements Exchange {
     else sendError(this.res, err, this.req.headers.accept, close);
   }
 
+  respond(status: unknown, reason: unknown, headers: readonly unknown[]): PtthError | undefined {
+    const head = checkHead(this.ctx, this.name, status, reason, headers, false);
+    if (head instanceof PtthError) {
+      this.fail(head);
+      return head;
+    }
+    try {
+      this.res.writeHead(head.status, head.reason, head.headers);
+    } catch (err) {
+      // Nothing an app sends gets here (it was checked above), but the error path must hold anyway.
+      const refused = new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's response could not be relayed: ${String(err)}`);
+      this.fail(refused);
+      return refused;
+    }
+    return undefined;
+  }
+
   done(): void {}
+}
+
+/**
+ * An app's response head checked against the shared rules (README "Security"); the cookie guard's
+ * drops are reported as `cookie-dropped`.
+ */
+function checkHead(
+  ctx: GatewayContext,
+  name: string,
+  status: unknown,
+  reason: unknown,
+  headers: readonly unknown[],
+  upgrade: boolean,
+): ResponseHead | PtthError {
+  const head = checkResponseHead(status, reason, headers, ctx.settings.cookieDomains, upgrade);
+  if (!(head instanceof PtthError) && head.cookiesDropped > 0) ctx.emit('cookie-dropped', { name, count: head.cookiesDropped });
+  return head;
 }
 
 /** Headers of an exchange that never goes down a channel (404). */
@@ -108,8 +150,6 @@ function byteLength(chunk: unknown, encoding?: unknown): number {
 
 /** An exchange someone listens to (`request` events, metrics): timed, bytes counted, error code kept. */
 class ObservedExchange extends VisitorExchange {
-  readonly #ctx: GatewayContext;
-  readonly #name: string;
   readonly #started = performance.now();
   readonly #remote: string;
   #reported = false;
@@ -146,10 +186,8 @@ class ObservedExchange extends VisitorExchange {
     return ex.#end.call(this, chunk, encoding, cb);
   }
 
-  constructor(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, name: string, headers: string[]) {
-    super(req, res, headers);
-    this.#ctx = ctx;
-    this.#name = name;
+  constructor(ctx: GatewayContext, name: string, req: IncomingMessage, res: ServerResponse, headers: string[]) {
+    super(ctx, name, req, res, headers);
     this.#remote = clientAddress(req.socket.remoteAddress);
     this.#push = req.push as Push;
     this.#write = res.write as Write;
@@ -179,7 +217,7 @@ class ObservedExchange extends VisitorExchange {
     const url = req.url ?? '/';
     const q = url.indexOf('?');
     const event: RequestEvent = {
-      name: this.#name,
+      name: this.name,
       method: req.method ?? 'GET',
       url,
       path: q === -1 ? url : url.slice(0, q),
@@ -190,7 +228,7 @@ class ObservedExchange extends VisitorExchange {
       remote: this.#remote,
       error: this.#error,
     };
-    this.#ctx.emit('request', event);
+    this.ctx.emit('request', event);
   }
 }
 
@@ -206,6 +244,15 @@ export function forwardUpgrade(ctx: GatewayContext, req: IncomingMessage, socket
     writeRawError(socket, new PtthError('PTTH_ERR_HTTP10_UPGRADE'), req.headers.accept);
     return;
   }
+  // llhttp stops at the head of an upgrade request: a body would reach the app as the first bytes
+  // of the new protocol, or, when the app declines, as the start of the channel's next request
+  // (the next visitor's bytes read as this body). WebSocket handshakes never have one (RFC 6455
+  // section 4.1), so a declared body is refused rather than framed.
+  const length = req.headers['content-length'];
+  if (req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')) {
+    writeRawError(socket, new PtthError('PTTH_ERR_UPGRADE_BODY'), req.headers.accept);
+    return;
+  }
   const ex: UpgradeExchange = {
     req,
     socket,
@@ -217,15 +264,11 @@ export function forwardUpgrade(ctx: GatewayContext, req: IncomingMessage, socket
       upgrade: req.headers.upgrade,
     }),
     fail: (err) => writeRawError(socket, err, req.headers.accept),
+    check: (status, reason, headers) => checkHead(ctx, name, status, reason, headers, true),
     done: noop,
   };
   reg.upgrade(ex);
 }
 
-/** `::ffff:127.0.0.1` (an IPv4 visitor on a dual-stack socket) -> `127.0.0.1`. */
-export function clientAddress(address: string | undefined): string {
-  if (!address) return '';
-  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
-}
 
 function noop(): void {}

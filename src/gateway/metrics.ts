@@ -141,6 +141,11 @@ export class GatewayMetrics {
       labelNames: ['transport'],
       registers,
     });
+    const cookiesDropped = new Counter({
+      name: 'ptth_cookies_dropped_total',
+      help: "Apps' Set-Cookie fields dropped for naming the gateway's domain or a parent of it.",
+      registers,
+    });
     // Known label values start at 0, so rates work from the first scrape.
     for (const transport of TRANSPORTS) {
       claims.inc({ transport }, 0);
@@ -159,6 +164,7 @@ export class GatewayMetrics {
     });
     source.on('claim', (c) => claims.inc({ transport: c.transport }));
     source.on('refuse', (r) => refused.inc({ code: r.code }));
+    source.on('cookie-dropped', (c) => cookiesDropped.inc(c.count));
     source.on('register', () => registered.inc());
     source.on('release', (_r, reason) => released.inc({ reason }));
     source.on('channel-open', (_r, c) => opened.inc({ transport: c.transport }));

@@ -59,6 +59,12 @@ export interface GatewayOptions extends BrowserOptions {
   pingTimeout?: number;
   /** Streams the gateway opens at once on one HTTP/2 channel (default 256; the app's SETTINGS may lower it). */
   maxStreams?: number;
+  /**
+   * Drop an app's `Set-Cookie` whose Domain is the gateway's domain or a parent of it (default
+   * true): browsers would send it to every app under the domain, so one tenant could set
+   * cookies (a session, for fixation) for all the others. Each drop emits `cookie-dropped`.
+   */
+  cookieGuard?: boolean;
   /** Milliseconds a visitor has to send its request head (default 30000). */
   headersTimeout?: number;
   /** Milliseconds an idle visitor keep-alive connection stays open (default 5000). */
@@ -120,6 +126,8 @@ export interface GatewayEvents {
   'channel-open': [Registration, Channel];
   'channel-close': [Registration, Channel];
   request: [RequestEvent];
+  /** An app's `Set-Cookie` fields were dropped by the cookie guard. */
+  'cookie-dropped': [{ name: string; count: number }];
   error: [Error];
 }
 
@@ -168,6 +176,7 @@ function settingsFrom(o: GatewayOptions): GatewaySettings {
     pingInterval: positive('pingInterval', o.pingInterval, 30_000, 1),
     pingTimeout: positive('pingTimeout', o.pingTimeout, 10_000, 1),
     maxStreams: positive('maxStreams', o.maxStreams, 256, 1),
+    cookieDomains: o.cookieGuard === false ? undefined : [...new Set([domain, ...(publicUrl ? [publicUrl.hostname] : [])])],
   };
 }
 

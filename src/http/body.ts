@@ -17,7 +17,8 @@ export function formParams(req: IncomingMessage, body: Buffer): URLSearchParams 
  * Reads a request body up to `limit` bytes (413 with `code` past it). With `timeout`, a body not
  * complete within that many milliseconds is refused with 408: a claimant trickling its form must
  * not hold a request open (the idle timeout never fires while bytes keep coming). With `budget`,
- * the bytes count against it while they are read (503 past it), as visitors' bodies do.
+ * the bytes count against it while they are read (503 past it), as visitors' bodies do; a body
+ * read whole stays counted, and the caller gives its length back once the bytes are gone.
  */
 export function readBody(req: IncomingMessage, limit: number, message: string, timeout?: number, budget?: { used: number; readonly max: number }): Promise<Buffer> {
   return new Promise((resolve, reject) => {
@@ -50,6 +51,7 @@ export function readBody(req: IncomingMessage, limit: number, message: string, t
       if (size > limit) {
         failed = true;
         release();
+        chunks.length = 0;
         reject(new PtthError('PTTH_ERR_BODY_TOO_LARGE', message));
         return;
       }
@@ -57,6 +59,7 @@ export function readBody(req: IncomingMessage, limit: number, message: string, t
         if (budget.used + c.length > budget.max) {
           failed = true;
           release();
+          chunks.length = 0;
           reject(new PtthError('PTTH_ERR_QUEUE_FULL', 'The gateway is already buffering as much as it allows for Comet apps.'));
           return;
         }
@@ -71,9 +74,12 @@ export function readBody(req: IncomingMessage, limit: number, message: string, t
       reject(err);
     });
     req.on('end', () => {
-      // The reply is parsed and handed to its visitor next: the budget covered its reading.
-      release();
-      if (!failed) resolve(Buffer.concat(chunks, size));
+      if (failed) return;
+      // The caller owns the budget bytes from here (a Comet reply holds them until it is sent).
+      // The chunks are dropped: this listener lives as long as the request does.
+      const body = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, size);
+      chunks.length = 0;
+      resolve(body);
     });
   });
 }

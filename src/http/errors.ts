@@ -87,6 +87,10 @@ export const ERRORS = {
     message: 'The request must carry exactly one Host header (RFC 9112 section 3.2).',
   },
   PTTH_ERR_TOO_MANY_HEADERS: { status: 431, message: 'The request has more header fields than this gateway accepts.' },
+  PTTH_ERR_UPGRADE_BODY: {
+    status: 400,
+    message: 'An upgrade request cannot carry a body through this gateway (send it after the switch, or without Upgrade).',
+  },
   PTTH_ERR_NOT_WEBSOCKET: { status: 400, message: 'A WebSocket channel needs a valid WebSocket handshake (RFC 6455 section 4.1).' },
 } as const satisfies Record<string, { status: number; message: string }>;
 

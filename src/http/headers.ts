@@ -5,7 +5,7 @@
  */
 
 /** RFC 9110 section 7.6.1 plus Trailer (the relay does not forward trailers). */
-const HOP_BY_HOP = new Set([
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'connection',
   'proxy-connection',
   'keep-alive',
@@ -19,11 +19,13 @@ const HOP_BY_HOP = new Set([
 const GATEWAY_ASSERTED = new Set(['x-forwarded-host', 'x-forwarded-proto', 'requesting-client']);
 
 /** Names listed in Connection are hop-by-hop too (RFC 9110 section 7.6.1). */
-function connectionOptions(raw: readonly string[]): Set<string> | undefined {
+export function connectionOptions(raw: readonly unknown[]): Set<string> | undefined {
   let extra: Set<string> | undefined;
   for (let i = 0; i < raw.length; i += 2) {
-    if ((raw[i] as string).length === 10 && (raw[i] as string).toLowerCase() === 'connection') {
-      for (const token of (raw[i + 1] as string).split(',')) {
+    const name = raw[i];
+    const value = raw[i + 1];
+    if (typeof name === 'string' && name.length === 10 && typeof value === 'string' && name.toLowerCase() === 'connection') {
+      for (const token of value.split(',')) {
         const t = token.trim().toLowerCase();
         if (t && t !== 'close' && t !== 'keep-alive' && t !== 'upgrade') (extra ??= new Set()).add(t);
       }
@@ -45,6 +47,12 @@ export interface ForwardInfo {
 function quoteForwardedFor(address: string): string {
   // RFC 7239 section 6: IPv6 addresses are bracketed and the whole value quoted.
   return address.includes(':') ? `"[${address}]"` : address;
+}
+
+/** `::ffff:127.0.0.1` (an IPv4 visitor on a dual-stack socket) -> `127.0.0.1`. */
+export function clientAddress(address: string | undefined): string {
+  if (!address) return '';
+  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
 }
 
 export function requestingClient(address: string, port: number): string {
@@ -102,6 +110,26 @@ export function withoutHopByHop(raw: readonly string[], status?: number): string
     out.push(name, raw[i + 1] as string);
   }
   return out;
+}
+
+/**
+ * Whether a request parsed by llhttp has a body whose length it did not declare (it came
+ * chunked): the Transfer-Encoding that framed it is hop-by-hop and is not passed on.
+ */
+export function unframedBody(req: { readonly headers: { readonly [name: string]: unknown } }): boolean {
+  return req.headers['transfer-encoding'] !== undefined && req.headers['content-length'] === undefined;
+}
+
+/**
+ * A header list for node's HTTP/1.1 client with the body's framing made explicit. For GET, HEAD,
+ * DELETE, OPTIONS and TRACE node's client adds no framing of its own: a body of undeclared length
+ * would go down the connection raw, and the server would read it as a second request (smuggled
+ * past the forwarding headers and rate limits of whoever relayed it, and, left unterminated,
+ * capturing the next request). Such a body is sent chunked, whatever the method (RFC 9112
+ * section 6.1); node's client honours an explicit Transfer-Encoding.
+ */
+export function withBodyFraming(headers: string[], unframed: boolean): string[] {
+  return unframed ? [...headers, 'Transfer-Encoding', 'chunked'] : headers;
 }
 
 /** First value of a header in a flat raw list, case-insensitively. */

@@ -4,38 +4,29 @@ import { Duplex } from 'node:stream';
 /**
  * `message/http` (RFC 9112 section 10.1) both ways for the Comet transport (PROTOCOL.md section 4).
  *
- * Writing: the visitor's request is reproduced from what llhttp parsed (method, Request-URI, version
- * and the raw header list as received), plus its buffered body.
+ * Writing: the visitor's request is reproduced from what llhttp parsed (method, Request-URI and
+ * version as received) with the header list every transport forwards (end-to-end headers in their
+ * order and case, hop-by-hop ones removed, the gateway's forwarding headers added), plus its
+ * buffered body.
  * Reading: the app's reply is parsed by llhttp itself, through node's HTTP client over an in-memory
  * Duplex that hands it the bytes and swallows the request node writes. No hand-written parser.
  */
 
-function hasChunked(raw: readonly string[]): boolean {
-  for (let i = 0; i < raw.length; i += 2) {
-    if ((raw[i] as string).toLowerCase() === 'transfer-encoding' && /(^|,)\s*chunked\s*$/i.test(raw[i + 1] as string)) return true;
-  }
-  return false;
-}
-
 /**
- * The visitor's request as received: request line and header block unaltered, then the body. A
- * chunked request keeps its `Transfer-Encoding: chunked`, so its body is re-framed as one chunk
- * (plus the trailers it had): the same message, whatever chunk sizes the visitor used.
+ * The visitor's request for a poller: request line as received, the forwarded header list
+ * (`headers`, as every other transport sends it: apps can trust `Requesting-Client` and
+ * `X-Forwarded-*` whichever transport they use), then the body. The visitor's Transfer-Encoding is
+ * hop-by-hop and gone: a body that came chunked is whole here and framed by its Content-Length
+ * (trailers are not relayed, as on the other transports).
  */
-export function serializeRequest(req: IncomingMessage, body: Buffer): Buffer {
+export function serializeRequest(req: IncomingMessage, headers: readonly string[], body: Buffer): Buffer {
   let head = `${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/${req.httpVersion}\r\n`;
-  const raw = req.rawHeaders;
-  for (let i = 0; i < raw.length; i += 2) head += `${raw[i]}: ${raw[i + 1]}\r\n`;
+  for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
+  if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] !== undefined) {
+    head += `Content-Length: ${body.length}\r\n`;
+  }
   head += '\r\n';
-  if (!hasChunked(raw)) return Buffer.concat([Buffer.from(head, 'latin1'), body]);
-  let tail = '0\r\n';
-  const trailers = req.rawTrailers;
-  for (let i = 0; i < trailers.length; i += 2) tail += `${trailers[i]}: ${trailers[i + 1]}\r\n`;
-  tail += '\r\n';
-  const parts: Buffer[] = [Buffer.from(head, 'latin1')];
-  if (body.length > 0) parts.push(Buffer.from(`${body.length.toString(16)}\r\n`, 'latin1'), body, Buffer.from('\r\n', 'latin1'));
-  parts.push(Buffer.from(tail, 'latin1'));
-  return Buffer.concat(parts);
+  return Buffer.concat([Buffer.from(head, 'latin1'), body]);
 }
 
 export interface ParsedResponse {
@@ -107,7 +98,10 @@ export function parseResponse(bytes: Buffer, method: string): Promise<ParsedResp
         setImmediate(() => {
           if (settled) return;
           settled = true;
-          resolve({ status: res.statusCode ?? 0, statusMessage: res.statusMessage ?? '', rawHeaders: res.rawHeaders, body: Buffer.concat(chunks, size) });
+          // A body llhttp handed over in one piece is a view of `bytes`: no copy of a large reply.
+          const body = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, size);
+          chunks.length = 0;
+          resolve({ status: res.statusCode ?? 0, statusMessage: res.statusMessage ?? '', rawHeaders: res.rawHeaders, body });
         });
       });
     });

@@ -96,3 +96,14 @@ function watchStall(src: Readable, dst: Writable, stall: Stall): () => void {
     dst.removeListener('drain', disarm);
   };
 }
+
+/**
+ * After a refusal the visitor has nothing more to send (the answer says Connection: close), but
+ * its socket came from node's 'upgrade' event paused and half-open: without reading it, a visitor
+ * that leaves is never noticed while the app's answer is still streaming. Whatever it sends is
+ * dropped, and its end closes the connection.
+ */
+export function leaveOnEnd(visitor: Duplex): void {
+  visitor.once('end', () => visitor.destroy());
+  visitor.resume();
+}

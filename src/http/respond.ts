@@ -63,8 +63,17 @@ export function sendError(res: ServerResponse, err: PtthError, accept: string | 
   // RFC 9110 section 11.6.1: a 401 names the scheme that would work (access keys are Bearer tokens, RFC 6750).
   if (err.status === 401) headers['WWW-Authenticate'] = 'Bearer realm="ptth-proxy"';
   if (close) headers['Connection'] = 'close';
-  res.writeHead(err.status, headers);
-  res.end(body);
+  try {
+    // The reason is given explicitly: node keeps the status line of a writeHead that threw (an
+    // app's bad reason phrase), and a second writeHead without one would reuse it (RFC 9112
+    // section 4), sending "502 OK" or throwing again out of the error path.
+    res.writeHead(err.status, STATUS_CODES[err.status] ?? 'Error', headers);
+    res.end(body);
+  } catch {
+    // The error path cannot fail: whatever state a failed attempt left, the visitor's
+    // connection is closed rather than the process.
+    res.destroy();
+  }
 }
 
 /**

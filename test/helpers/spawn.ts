@@ -24,9 +24,9 @@ export function spawnCli(args: string[], env?: NodeJS.ProcessEnv): Spawned {
  * `node ...args` in a child process with a handle tests wait on: output so far (stdout and
  * stderr), waitFor(regexp), exited(), kill(signal). `waitMs` is waitFor's default deadline.
  */
-export function spawnNode(args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string; waitMs?: number } = {}): Spawned {
+export function spawnNode(args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string; waitMs?: number; ipc?: boolean } = {}): Spawned {
   const child = spawn(process.execPath, args, {
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: options.ipc ? ['ignore', 'pipe', 'pipe', 'ipc'] : ['ignore', 'pipe', 'pipe'],
     ...(options.env ? { env: { ...process.env, ...options.env } } : {}),
     ...(options.cwd ? { cwd: options.cwd } : {}),
   });
@@ -81,6 +81,27 @@ export function spawnNode(args: string[], options: { env?: NodeJS.ProcessEnv; cw
         check();
       }),
   };
+}
+
+/** The CLI with the bench's memory probe preloaded (test/bench/soak-probe.mjs): see `memoryOf`. */
+export function spawnCliProbed(args: string[]): Spawned {
+  const probe = fileURLToPath(new URL('../bench/soak-probe.mjs', import.meta.url));
+  return spawnNode(['--expose-gc', '--import', probe, BIN, ...args], { ipc: true });
+}
+
+let probes = 0;
+/** A probed child's process.memoryUsage() right after a full garbage collection. */
+export function memoryOf(child: Spawned['child']): Promise<NodeJS.MemoryUsage> {
+  const id = ++probes;
+  return new Promise((resolve, reject) => {
+    const onMessage = (m: { t?: string; id?: number; usage?: NodeJS.MemoryUsage }): void => {
+      if (m.t !== 'memory' || m.id !== id || !m.usage) return;
+      child.removeListener('message', onMessage);
+      resolve(m.usage);
+    };
+    child.on('message', onMessage);
+    if (!child.send({ t: 'memory', id, gc: true })) reject(new Error('the child has no IPC channel'));
+  });
 }
 
 /** Resident set size of a process in bytes (Linux /proc). */

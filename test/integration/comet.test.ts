@@ -107,7 +107,7 @@ describe('Comet registration: POST /reversehttp', () => {
 });
 
 describe('Comet polls and replies', () => {
-  it('delivers the visitor request as received, as message/http with Requesting-Client and rel=next; the reply is relayed (202)', async () => {
+  it('delivers the visitor request with the forwarded headers every transport sends, as message/http with Requesting-Client and rel=next; the reply is relayed (202)', async () => {
     const g = await gateway();
     const r = await register(g.origin, { name: 'echo' });
     const polled = poll(r.links['first'] as string);
@@ -121,8 +121,14 @@ describe('Comet polls and replies', () => {
     expect(names(p.rawHeaders)).toEqual(expect.arrayContaining(['Content-Type', 'Requesting-Client', 'Link']));
     expect(p.headers['content-type']).toBe('message/http');
     expect(p.headers['requesting-client']).toBe(`127.0.0.1:${visitor.localPort}`);
-    // Byte for byte what the visitor sent: request line and header block unaltered.
-    expect(p.body.toString('latin1')).toBe(sent);
+    // Request line and end-to-end headers as sent (order and case kept), the hop-by-hop
+    // Connection dropped, and the gateway's forwarding headers added, as on every other transport.
+    const client = `127.0.0.1:${visitor.localPort}`;
+    expect(p.body.toString('latin1')).toBe(
+      `GET /hello?x=1 HTTP/1.1\r\nHost: ${g.host('echo')}\r\nX-Mixed-Case: Value\r\nAccept: */*\r\ncookie: a=b\r\n` +
+        `X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Host: ${g.host('echo')}\r\nX-Forwarded-Proto: http\r\n` +
+        `Forwarded: for=127.0.0.1;proto=http;host="${g.host('echo')}"\r\nRequesting-Client: ${client}\r\n\r\n`,
+    );
     const next = nextOf(p);
     expect(next).toMatch(/\/reversehttp\//);
     expect(next).not.toBe(r.links['first']);
@@ -134,7 +140,7 @@ describe('Comet polls and replies', () => {
     expect(got.endsWith('\r\n\r\nhello')).toBe(true);
   });
 
-  it('re-frames a chunked request body as one chunk with its trailers, and relays a chunked reply', async () => {
+  it('frames a chunked request body by its length (Transfer-Encoding is hop-by-hop), and relays a chunked reply', async () => {
     const g = await gateway();
     const r = await register(g.origin, { name: 'chunks' });
     const polled = poll(r.links['first'] as string);
@@ -142,7 +148,10 @@ describe('Comet polls and replies', () => {
     sockets.push(visitor);
     visitor.write(`POST /up HTTP/1.1\r\nHost: ${g.host('chunks')}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n`);
     const p = await polled;
-    expect(p.body.toString('latin1')).toBe(`POST /up HTTP/1.1\r\nHost: ${g.host('chunks')}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\nX-Sum: 5\r\n\r\n`);
+    const message = p.body.toString('latin1');
+    expect(message).toMatch(/^POST \/up HTTP\/1\.1\r\n/);
+    expect(message).not.toMatch(/transfer-encoding/i);
+    expect(message.endsWith('\r\nContent-Length: 5\r\n\r\nabcde')).toBe(true);
     const parsed = await parseRequestMessage(p.body);
     expect(parsed.body.toString()).toBe('abcde');
     // Replies may be chunked, and may come as application/x-www-form-urlencoded (the same bytes).
