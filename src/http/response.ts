@@ -3,7 +3,7 @@ import { PtthError } from './errors.js';
 import { HOP_BY_HOP, connectionOptions } from './headers.js';
 
 /**
- * An app's response head, checked before the gateway writes any of it (README, "Security"): apps
+ * An app's response head, checked before the gateway writes any of it (README "Security"): apps
  * are peers, not friends. Every transport (reversed HTTP/1.1 and HTTP/2, the WebSocket channel,
  * Comet replies, and the answers to visitors' upgrade requests) passes what the app sent through
  * `checkResponseHead`, so one set of rules holds everywhere and node's `writeHead` never throws on
