@@ -9,7 +9,7 @@ import type { Channel } from '../channels/channel.js';
 import { claimFromRequest, claimFromUpgrade } from './claim.js';
 import { classify } from './classify.js';
 import type { GatewayContext, GatewaySettings } from './context.js';
-import { handleEndpoint, type GatewayInfo } from './endpoints.js';
+import { gatewayHeaders, handleEndpoint, type GatewayInfo } from './endpoints.js';
 import { BrowserEndpoints, type BrowserOptions } from './browser.js';
 import { forwardRequest, forwardUpgrade, refuseVisitor } from './forward.js';
 import { VERSION } from '../version.js';
@@ -295,6 +295,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const ctx = this.#ctx;
     this.#current.set(req.socket, { req, res });
     const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
+    if (route.kind === 'gateway') gatewayHeaders(req, res, pathOf(req.url));
     const bad = this.#badHead(req);
     if (bad) {
       const err = bad;
@@ -405,6 +406,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const body = `${status} ${reason}: the request could not be parsed (${err.code ?? 'error'}).\n`;
     socket.end(
       `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+        'X-Content-Type-Options: nosniff\r\n' +
         `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
     );
     socket.destroySoon();
