@@ -913,7 +913,7 @@ describe('private URL', () => {
     expect((JSON.parse(r.body) as { error: { code: string } }).error.code).toBe('PTTH_ERR_NOT_FOUND');
   });
 
-  it('a private URL answers a DELETE preflight (the browser library releases with it) and no other with CORS', async () => {
+  it('a private URL answers CORS to a DELETE preflight (the browser library releases with it), no other', async () => {
     await gateway();
     const ch = await claimRaw('cors');
     const put = await privateReq(ch.location, {
