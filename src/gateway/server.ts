@@ -7,7 +7,7 @@ import { sendError, writeRawError } from '../http/respond.js';
 import { MemoryTable, type Registration, type RouteTable } from '../routes/table.js';
 import type { Channel } from '../channels/channel.js';
 import { claimFromRequest, claimFromUpgrade } from './claim.js';
-import { classify } from './classify.js';
+import { classify, hostProblem, originForm } from './classify.js';
 import type { GatewayContext, GatewaySettings } from './context.js';
 import { gatewayHeaders, handleEndpoint, type GatewayInfo } from './endpoints.js';
 import { BrowserEndpoints, type BrowserOptions } from './browser.js';
@@ -294,9 +294,9 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const ctx = this.#ctx;
     this.#current.set(req.socket, { req, res });
+    const bad = this.#badHead(req);
     const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
     if (route.kind === 'gateway') gatewayHeaders(req, res, pathOf(req.url));
-    const bad = this.#badHead(req);
     if (bad) {
       const err = bad;
       if (route.kind === 'visitor') return refuseVisitor(ctx, req, res, route.name, err);
@@ -323,8 +323,11 @@ export class Gateway extends EventEmitter<GatewayEvents> {
 
   /**
    * Heads llhttp accepts but the gateway must not: a header flood (node keeps the first
-   * maxHeadersCount fields and drops the rest silently), and a repeated Host, which node folds to
-   * the first while the app would see both (RFC 9112 section 3.2: 400).
+   * maxHeadersCount fields and drops the rest silently), a repeated Host, which node folds to the
+   * first while the app would see both, a Host that is no host[:port] (RFC 9112 section 3.2: 400),
+   * and an absolute-form target naming another authority than Host (classify.ts originForm). A
+   * matching absolute-form target is rewritten to origin-form here, before anything routes or
+   * forwards it: every later step (claims, Comet, channels) sees what an ordinary request has.
    */
   #badHead(req: IncomingMessage): PtthError | undefined {
     const raw = req.rawHeaders;
@@ -334,6 +337,14 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       const name = raw[i] as string;
       if (name.length === 4 && name.toLowerCase() === 'host' && ++hosts > 1) return new PtthError('PTTH_ERR_BAD_HOST');
     }
+    const host = req.headers.host;
+    const problem = hostProblem(host);
+    if (problem !== undefined) return new PtthError('PTTH_ERR_BAD_HOST', problem);
+    const url = req.url ?? '/';
+    if (url.startsWith('/') || url === '*') return undefined;
+    const target = originForm(url, host);
+    if ('problem' in target) return new PtthError('PTTH_ERR_BAD_TARGET', target.problem);
+    req.url = target.path;
     return undefined;
   }
 
@@ -368,9 +379,9 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       socket.on('error', noop);
       writeRawError(socket, err, req.headers.accept);
     };
+    const bad = this.#badHead(req);
     const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
     const claim = route.kind === 'claim' || route.kind === 'websocket';
-    const bad = this.#badHead(req);
     if (bad) return refuseRaw(claim ? this.#refusedClaim(bad, socket.remoteAddress) : bad);
     if (claim && this.#closing) return refuseRaw(this.#refusedClaim(new PtthError('PTTH_ERR_SHUTTING_DOWN'), socket.remoteAddress));
     if (route.kind === 'claim') {

@@ -84,7 +84,15 @@ export const ERRORS = {
   PTTH_ERR_RATE_LIMITED: { status: 429, message: 'Too many requests from this address: slow down and retry later.' },
   PTTH_ERR_BAD_HOST: {
     status: 400,
-    message: 'The request must carry exactly one Host header (RFC 9112 section 3.2).',
+    message:
+      'The request must carry exactly one Host header: a host name or IP address with an optional port number ' +
+      '(RFC 9112 section 3.2).',
+  },
+  PTTH_ERR_BAD_TARGET: {
+    status: 400,
+    message:
+      'The request target must be a path, or an absolute http(s) URL naming the same host as Host ' +
+      '(RFC 9112 section 3.2.2).',
   },
   PTTH_ERR_TOO_MANY_HEADERS: { status: 431, message: 'The request has more header fields than this gateway accepts.' },
   PTTH_ERR_NOT_WEBSOCKET: { status: 400, message: 'A WebSocket channel needs a valid WebSocket handshake (RFC 6455 section 4.1).' },
