@@ -18,6 +18,7 @@ import type { RequestEvent } from './forward.js';
 import { AccessControl, type AccessConfig } from '../routes/access.js';
 import { SERVICE_PATH } from './comet.js';
 import { isLoopback, parseRate, RateLimiter, type RateSpec } from './ratelimit.js';
+import { AddressCaps } from './addresscaps.js';
 
 /** PEM certificate chain and private key for HTTPS on the gateway's one port. */
 export interface TlsOptions {
@@ -83,7 +84,16 @@ export interface GatewayOptions extends BrowserOptions {
   /** Visitor requests per client address (default `'100/s:400'`; `false`/`'0'` for no limit). */
   requestRate?: RateSpec | string | false;
   /**
-   * Apply the rate limits to loopback addresses too (default false). Loopback traffic is the
+   * Connections one client address may hold open at once, of any kind (default 2048; 0 for no cap).
+   * Past it, the connection's first request gets 429 PTTH_ERR_ADDRESS_CONNECTIONS and it closes.
+   */
+  maxConnectionsPerAddress?: number;
+  /** Names one client address may hold, channel or not, until released or expired (default 100; 0 for no cap; 429). */
+  maxNamesPerAddress?: number;
+  /** Channels one client address may hold across its names and transports (default 512; 0 for no cap; 429). */
+  maxChannelsPerAddress?: number;
+  /**
+   * Apply the rate limits and per-address caps to loopback addresses too (default false). Loopback traffic is the
    * operator's own: local tools, or a reverse proxy on the same host, behind which every visitor
    * would share one address and one bucket.
    */
@@ -189,8 +199,12 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   readonly metrics: GatewayMetrics | undefined;
   /** Who may claim what; `setAccess()` replaces its configuration. */
   readonly access: AccessControl;
+  /** What each client address holds (connections, names, channels) against its caps. */
+  readonly caps: AddressCaps;
   #closing = false;
   #sockets = new Set<Socket>();
+  /** Connections accepted past their address's cap: their first request is refused (429) and they close. */
+  #crowded = new WeakSet<Socket>();
   #claimLimit: RateLimiter | undefined;
   #requestLimit: RateLimiter | undefined;
   #maxHeaders: number;
@@ -214,7 +228,27 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       (this.emit as (e: string, ...a: unknown[]) => boolean)(event, ...args);
     };
     this.access = new AccessControl(options.access, options.reserved);
-    this.#ctx = { settings: s, table: this.table, access: this.access, emit, observed, closing: () => this.#closing };
+    // Defaults a single real user never meets: browsers keep at most 256 connections in all (6 per
+    // host), so 2048 leaves room for a NAT of many; 100 names and 512 channels cover one person's
+    // apps at the default 4 HTTP/1.1 channels each (100 x 4 = 400).
+    this.caps = new AddressCaps(
+      {
+        connections: positive('maxConnectionsPerAddress', options.maxConnectionsPerAddress, 2048),
+        names: positive('maxNamesPerAddress', options.maxNamesPerAddress, 100),
+        channels: positive('maxChannelsPerAddress', options.maxChannelsPerAddress, 512),
+      },
+      this.table,
+    );
+    if (options.limitLoopback !== true) this.caps.exempt(isLoopback);
+    this.#ctx = {
+      settings: s,
+      table: this.table,
+      access: this.access,
+      caps: this.caps,
+      emit,
+      observed,
+      closing: () => this.#closing,
+    };
     this.browser = new BrowserEndpoints(this.#ctx, options);
     (this as EventEmitter).on('newListener', (event: string | symbol) => {
       if (event === 'request') observed.requests = true;
@@ -268,7 +302,12 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     // Every socket, so close() can end the ones node:http no longer tracks (channels, spliced upgrades).
     this.server.on(connection, (socket: Socket) => {
       this.#sockets.add(socket);
-      socket.once('close', () => this.#sockets.delete(socket));
+      const held = this.caps.connect(socket.remoteAddress);
+      if (!held.ok) this.#crowded.add(socket);
+      socket.once('close', () => {
+        this.#sockets.delete(socket);
+        held.release();
+      });
       // Dead peers of idle channels and keep-alive connections are found by the kernel.
       if (keepAlive > 0) socket.setKeepAlive(true, keepAlive);
     });
@@ -294,13 +333,15 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const ctx = this.#ctx;
     this.#current.set(req.socket, { req, res });
-    const bad = this.#badHead(req);
+    const crowded = this.#crowded.has(req.socket);
+    const bad = crowded ? this.caps.connectionsError() : this.#badHead(req);
     const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
     if (route.kind === 'gateway') gatewayHeaders(req, res, pathOf(req.url));
     if (bad) {
       const err = bad;
       if (route.kind === 'visitor') return refuseVisitor(ctx, req, res, route.name, err);
-      return refuse(req, res, route.kind === 'claim' ? this.#refusedClaim(err, req.socket.remoteAddress) : err);
+      const claim = route.kind === 'claim' || (crowded && isCometRegistration(req));
+      return refuse(req, res, claim ? this.#refusedClaim(err, req.socket.remoteAddress) : err);
     }
     if (route.kind === 'visitor') {
       const wait = this.#requestLimit?.take(req.socket.remoteAddress) ?? 0;
@@ -312,8 +353,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       if (wait > 0) return refuse(req, res, this.#claimLimited(wait, req.socket.remoteAddress));
       claimFromRequest(ctx, req, res, route.hostName);
     } else {
-      if (req.method === 'POST' && this.#claimLimit && pathOf(req.url).replace(/\/$/, '') === SERVICE_PATH) {
-        // A Comet registration is a claim too (PROTOCOL.md section 4), at /reversehttp or /reversehttp/ as comet.ts takes it.
+      if (this.#claimLimit && isCometRegistration(req)) {
         const wait = this.#claimLimit.take(req.socket.remoteAddress);
         if (wait > 0) return refuse(req, res, this.#claimLimited(wait, req.socket.remoteAddress));
       }
@@ -379,7 +419,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       socket.on('error', noop);
       writeRawError(socket, err, req.headers.accept);
     };
-    const bad = this.#badHead(req);
+    const bad = this.#crowded.has(socket) ? this.caps.connectionsError() : this.#badHead(req);
     const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
     const claim = route.kind === 'claim' || route.kind === 'websocket';
     if (bad) return refuseRaw(claim ? this.#refusedClaim(bad, socket.remoteAddress) : bad);
@@ -524,6 +564,14 @@ function rateLimited(wait: number, what: 'claims' | 'requests'): PtthError {
     `Too many ${what} from this address: retry after ${wait} s.`,
     { retryAfter: wait },
   );
+}
+
+/**
+ * A Comet registration is a claim too (PROTOCOL.md section 4),
+ * at /reversehttp or /reversehttp/ as comet.ts takes it.
+ */
+function isCometRegistration(req: IncomingMessage): boolean {
+  return req.method === 'POST' && pathOf(req.url).replace(/\/$/, '') === SERVICE_PATH;
 }
 
 function pathOf(url: string | undefined): string {

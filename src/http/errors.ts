@@ -81,6 +81,12 @@ export const ERRORS = {
   PTTH_ERR_NAME_RESERVED: { status: 403, message: 'This name is reserved by the gateway and cannot be claimed.' },
   PTTH_ERR_KEY_NAMES: { status: 429, message: 'This access key already holds as many names as it may.' },
   PTTH_ERR_KEY_CHANNELS: { status: 429, message: 'This access key already holds as many channels as it may.' },
+  PTTH_ERR_ADDRESS_CONNECTIONS: {
+    status: 429,
+    message: 'This address has as many connections open to the gateway as it may.',
+  },
+  PTTH_ERR_ADDRESS_NAMES: { status: 429, message: 'This address already holds as many names as it may.' },
+  PTTH_ERR_ADDRESS_CHANNELS: { status: 429, message: 'This address already holds as many channels as it may.' },
   PTTH_ERR_RATE_LIMITED: { status: 429, message: 'Too many requests from this address: slow down and retry later.' },
   PTTH_ERR_BAD_HOST: {
     status: 400,
