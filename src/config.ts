@@ -49,7 +49,28 @@ export const SERVE_OPTIONS: readonly ServeOptionSpec[] = [
   { key: 'maxChannels', flag: '--max-channels', type: 'int', arg: n, min: 1, default: 64, description: 'channels one name may hold (429 past it)' },
   { key: 'claimRate', flag: '--claim-rate', type: 'rate', arg: '<rate>', default: '60/m', description: 'claims per client address, e.g. 60/m or 10/s:20 (burst 20); 0 for no limit (429 past it)' },
   { key: 'requestRate', flag: '--request-rate', type: 'rate', arg: '<rate>', default: '100/s:400', description: 'visitor requests per client address; 0 for no limit (429 past it)' },
-  { key: 'limitLoopback', flag: '--limit-loopback', type: 'bool', default: false, description: 'apply the rate limits to loopback addresses too (off: a local reverse proxy would put every visitor in one bucket)' },
+  {
+    key: 'maxConnectionsPerAddress', flag: '--max-connections-per-address', type: 'int', arg: n, min: 0, default: 2048,
+    description:
+      'connections one client address may hold open (visitors, claims, channels); 0 for no cap (429 past it)',
+  },
+  {
+    key: 'maxNamesPerAddress', flag: '--max-names-per-address', type: 'int', arg: n, min: 0, default: 100,
+    description:
+      'names one client address may hold until released or expired, with or without a channel; ' +
+      '0 for no cap (429 past it)',
+  },
+  {
+    key: 'maxChannelsPerAddress', flag: '--max-channels-per-address', type: 'int', arg: n, min: 0, default: 512,
+    description:
+      'channels one client address may hold across names and transports; 0 for no cap (429 past it)',
+  },
+  {
+    key: 'limitLoopback', flag: '--limit-loopback', type: 'bool', default: false,
+    description:
+      'apply the rate limits and per-address caps to loopback addresses too ' +
+      '(off: a local reverse proxy would put every visitor in one bucket)',
+  },
   { key: 'responseTimeout', flag: '--response-timeout', type: 'int', arg: ms, min: 1, default: 60_000, description: 'time for an app to start its response (504 past it)' },
   { key: 'queueLimit', flag: '--queue-limit', type: 'int', arg: n, min: 0, default: 256, description: 'requests that may wait for a busy name (503 past it)' },
   { key: 'queueTimeout', flag: '--queue-timeout', type: 'int', arg: ms, min: 1, default: 15_000, description: 'how long a request waits for a busy channel (503 past it)' },

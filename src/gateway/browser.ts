@@ -168,7 +168,7 @@ export class BrowserEndpoints {
       refuse(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'));
       return;
     }
-    register(ctx, params, accessKey).then(
+    register(ctx, params, accessKey, socket.remoteAddress).then(
       ({ registration: reg, created }) => {
         if (socket.destroyed) {
           if (created && reg.channels.length === 0) ctx.table.release(reg, 'WebSocket handshake failed');
@@ -202,6 +202,7 @@ export class BrowserEndpoints {
       pingInterval: s.wsPingInterval,
     });
     channel.hello({ name: reg.name, url, location });
+    this.#ctx.caps.channelFrom(channel, req.socket.remoteAddress);
     reg.addChannel(channel);
     this.#ctx.emit('claim', { name: reg.name, url, transport: 'websocket', remote, key: reg.keyId });
   }

@@ -48,8 +48,15 @@ function claimParams(ctx: GatewayContext, req: IncomingMessage, hostName: string
  * claim, then room for one more channel (per name, and per key). Keys come as `Authorization:
  * Bearer` (PROTOCOL.md section 2).
  */
-export async function register(ctx: GatewayContext, params: ClaimParams, key: string | undefined): Promise<{ registration: Registration; created: boolean }> {
-  const claimed = await ctx.access.claim(ctx.table, params, key);
+export async function register(
+  ctx: GatewayContext,
+  params: ClaimParams,
+  key: string | undefined,
+  remote: string | undefined,
+): Promise<{ registration: Registration; created: boolean }> {
+  // Before the claim: a refused channel must not leave a name behind.
+  ctx.caps.checkChannels(remote);
+  const claimed = await claimName(ctx, params, key, remote);
   try {
     ctx.access.checkChannels(ctx.table, claimed.registration, ctx.settings.maxChannels);
   } catch (err) {
@@ -57,6 +64,24 @@ export async function register(ctx: GatewayContext, params: ClaimParams, key: st
     if (claimed.created) ctx.table.release(claimed.registration, 'claim refused');
     throw err;
   }
+  return claimed;
+}
+
+/**
+ * The table's claim under the access rules and the per-address names cap (every transport). A
+ * claim that would create a name is checked against the cap first; one that reclaims a name it
+ * holds is not. MemoryTable's claim creates synchronously, so the check and the creation cannot
+ * interleave with another claim.
+ */
+export async function claimName(
+  ctx: GatewayContext,
+  params: ClaimParams,
+  key: string | undefined,
+  remote: string | undefined,
+): Promise<{ registration: Registration; created: boolean }> {
+  if (params.name === undefined || ctx.table.lookup(params.name) === undefined) ctx.caps.checkNames(remote);
+  const claimed = await ctx.access.claim(ctx.table, params, key);
+  if (claimed.created) ctx.caps.holdName(claimed.registration, remote);
   return claimed;
 }
 
@@ -142,6 +167,7 @@ function accept(ctx: GatewayContext, req: IncomingMessage, socket: Socket, reg: 
         // hold at the moment the channel joins. Past them the connection closes; the client's
         // next claim gets the 429 that says why.
         ctx.access.checkChannels(ctx.table, reg, ctx.settings.maxChannels);
+        ctx.caps.checkChannels(socket.remoteAddress);
       } catch {
         socket.destroy();
         return abandon(ctx, reg, created);
@@ -165,6 +191,7 @@ function putInService(ctx: GatewayContext, socket: Socket, reg: Registration, ho
           maxStreams: s.maxStreams,
         })
       : new Http1Channel(socket, { responseTimeout: s.responseTimeout });
+  ctx.caps.channelFrom(channel, socket.remoteAddress);
   reg.addChannel(channel);
   ctx.emit('claim', { name: reg.name, url: link, transport: channel.transport, remote: channel.remote, key: reg.keyId });
 }
@@ -202,7 +229,8 @@ export function claimFromUpgrade(ctx: GatewayContext, req: IncomingMessage, sock
 
   readDeclaredBody(socket, head, length, ctx.settings.claimTimeout)
     .then(async (body) => {
-      const { registration, created } = await register(ctx, claimParams(ctx, req, hostName, body), headerKey(req));
+      const params = claimParams(ctx, req, hostName, body);
+      const { registration, created } = await register(ctx, params, headerKey(req), socket.remoteAddress);
       accept(ctx, req, socket, registration, how, created);
     })
     .catch((err: unknown) => {
@@ -311,7 +339,7 @@ export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res:
       fail(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'));
       return;
     }
-    register(ctx, params, headerKey(req)).then(
+    register(ctx, params, headerKey(req), req.socket.remoteAddress).then(
       ({ registration: reg, created }) => {
         const socket = hijack(req, res);
         if (!socket) {

@@ -1,4 +1,4 @@
-import { isIP } from 'node:net';
+import { isIP, isIPv6 } from 'node:net';
 import { hasToken } from '../http/headers.js';
 
 /**
@@ -32,6 +32,70 @@ export function hostname(host: string): string {
   }
   const colon = host.lastIndexOf(':');
   return (colon === -1 ? host : host.slice(0, colon)).toLowerCase();
+}
+
+/**
+ * A Host value the gateway routes: a DNS name or IPv4 address (letters, digits, `.`, `-`, `_`) or a
+ * bracketed IPv6 literal, then optionally `:` and a decimal port up to 65535 (RFC 9110 section 7.2,
+ * RFC 3986 sections 3.2.2-3.2.3). An empty Host is allowed (RFC 9112 section 3.2: a target without
+ * an authority) and names the gateway. RFC 3986 allows an empty port (`host:`) too, but no client
+ * sends one and it would be advertised back in URLs, so it is refused with the rest.
+ */
+const HOST = /^(?:\[([0-9A-Fa-f:.]+)\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?$/;
+
+/** Why `host` cannot be routed, or undefined when it can. */
+export function hostProblem(host: string | undefined): string | undefined {
+  if (host === undefined || host === '') return undefined;
+  const m = HOST.exec(host);
+  const literal = m?.[1];
+  const port = m?.[2];
+  if (!m || (literal !== undefined && !isIPv6(literal)) || (port !== undefined && Number(port) > 65_535)) {
+    const shown = JSON.stringify(host.slice(0, 100));
+    return `The Host header ${shown} is not a host name or IP address with an optional port number ` +
+      '(RFC 3986 section 3.2).';
+  }
+  return undefined;
+}
+
+/**
+ * The origin-form of an absolute-form request target (RFC 9112 section 3.2.2), or a reason to
+ * refuse it. The gateway is the origin server for its apps, so the target's authority is the one
+ * that counts; a Host naming another authority means a client (or a proxy in front) that routed by
+ * one name while the gateway would route by the other, so the request is refused rather than
+ * guessed at. Apps get origin-form, the raw path and query as sent (no dot-segment or percent
+ * normalisation), as from any other visitor.
+ */
+export function originForm(url: string, host: string | undefined): { path: string } | { problem: string } {
+  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(url);
+  let target: URL | undefined;
+  try {
+    target = scheme ? new URL(url) : undefined;
+  } catch {
+    target = undefined;
+  }
+  if (!scheme || !target || (target.protocol !== 'http:' && target.protocol !== 'https:') || target.host === '') {
+    const problem = 'The request target must be a path (/...) or an absolute http or https URL (RFC 9112 section 3.2).';
+    return { problem };
+  }
+  // RFC 9110 section 4.2.4: userinfo in an http(s) URI is to be treated as an error.
+  if (target.username !== '' || target.password !== '') {
+    return { problem: 'The request target carries user information, which HTTP forbids (RFC 9110 section 4.2.4).' };
+  }
+  let named: string | undefined;
+  try {
+    named = host ? new URL(`${target.protocol}//${host}`).host : undefined;
+  } catch {
+    named = undefined;
+  }
+  if (named !== target.host) {
+    const names = `The target names ${JSON.stringify(target.host)} but Host names ${JSON.stringify(host ?? '')}`;
+    return { problem: `${names}: send the same authority in both (RFC 9112 section 3.2).` };
+  }
+  const start = (scheme[0] as string).length;
+  const rest = url.slice(start);
+  const at = rest.search(/[/?]/);
+  const tail = at === -1 ? '' : rest.slice(at);
+  return { path: tail.startsWith('/') ? tail : `/${tail}` };
 }
 
 /** The app name a Host addresses under `domain`, or undefined for the gateway itself. */

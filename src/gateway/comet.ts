@@ -7,7 +7,7 @@ import { sendError } from '../http/respond.js';
 import { lookupKey, randomSecret, readClaimParams } from '../routes/registration.js';
 import type { Registration } from '../routes/table.js';
 import type { BrowserSettings } from './browser.js';
-import { headerKey } from './claim.js';
+import { claimName, headerKey } from './claim.js';
 import { hostname } from './classify.js';
 import { gatewayOrigin, privateUrlFor, publicUrlFor, requestProto, type GatewayContext } from './context.js';
 import { clientAddress } from './forward.js';
@@ -144,7 +144,8 @@ export class CometService {
         const params = formParams(req, body);
         // The access key: Authorization: Bearer, or a `key` form field for clients that cannot set headers.
         const key = headerKey(req) ?? (params.get('key') || undefined);
-        const { registration: reg, created } = await ctx.access.claim(ctx.table, readClaimParams(params, ctx.settings.maxLease), key);
+        const claim = readClaimParams(params, ctx.settings.maxLease);
+        const { registration: reg, created } = await claimName(ctx, claim, key, req.socket.remoteAddress);
         let session = this.#byReg.get(reg);
         if (!session) {
           session = new Session(reg);
@@ -182,6 +183,7 @@ export class CometService {
     // it, as it decides every other transport's new channels (a revoked key cannot come back).
     this.#ctx.access.recheck(reg.keyId, reg.name);
     this.#ctx.access.checkChannels(this.#ctx.table, reg, this.#ctx.settings.maxChannels);
+    this.#ctx.caps.checkChannels(req.socket.remoteAddress);
     const s = this.#settings;
     const channel = new CometChannel(`${clientAddress(req.socket.remoteAddress)}:${req.socket.remotePort ?? 0}`, {
       pollTimeout: s.pollTimeout,
@@ -193,6 +195,7 @@ export class CometService {
       idleTimeout: s.cometIdleTimeout,
     });
     session.channel = channel;
+    this.#ctx.caps.channelFrom(channel, req.socket.remoteAddress);
     reg.addChannel(channel);
     return channel;
   }

@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import type { AccessControl } from '../routes/access.js';
+import type { AddressCaps } from './addresscaps.js';
 import type { RouteTable } from '../routes/table.js';
 import { hostname } from './classify.js';
 
@@ -44,6 +45,8 @@ export interface GatewayContext {
   readonly table: RouteTable;
   /** Who may claim what: access keys, reserved names, per-key limits (replaced whole on reload). */
   readonly access: AccessControl;
+  /** Names, channels and connections one client address may hold at once. */
+  readonly caps: AddressCaps;
   /** Emits a gateway event for the CLI or the embedding program. */
   emit(event: string, ...args: unknown[]): void;
   /** Whether anyone listens to per-request events (kept off the hot path otherwise). */

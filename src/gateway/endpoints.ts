@@ -7,19 +7,53 @@ import type { Registration } from '../routes/table.js';
 import { PRIVATE_PREFIX, publicUrlFor, type GatewayContext } from './context.js';
 import { DEMO_HTML } from './browser.js';
 import { formParams, readBody } from '../http/body.js';
+import { SERVICE_PATH } from './comet.js';
 
 /**
  * The gateway's own endpoints (Host is the domain, an IP literal, or outside the domain):
  *  - `GET /`: what the gateway is doing (HTML, or JSON with `Accept: application/json`);
  *  - `/_ptth/<id>`: a registration's private URL, GET state, PUT lease/token, DELETE release.
- * Every answer carries CORS headers so a page on any origin can use them (PROTOCOL.md section 4).
+ *
+ * CORS only where browser clients on other origins need it (PROTOCOL.md section 4): the Comet
+ * endpoint, `/ptth.js` (module scripts are fetched in cors mode) and DELETE of a private URL (the
+ * browser library releases its name with it). The status page, metrics, health and the rest of the
+ * private URL send none: any page open in a browser on the gateway's machine could otherwise read
+ * the names, app addresses and counts the status page shows to loopback. (A WebSocket handshake is
+ * not subject to CORS: the channel needs nothing here.)
  */
 const CORS_EXPOSE = 'Link, Location, Requesting-Client, Retry-After, X-Ptth-Error';
 
 function cors(req: IncomingMessage, res: ServerResponse): void {
+  // No Access-Control-Allow-Credentials: a reflected origin reads exactly what `*` would.
   res.setHeader('Access-Control-Allow-Origin', req.headers.origin ?? '*');
   res.setHeader('Vary', 'Origin');
   res.setHeader('Access-Control-Expose-Headers', CORS_EXPOSE);
+}
+
+/** Comet and the browser library: the paths any origin may read. */
+function browserPath(path: string): boolean {
+  return path === SERVICE_PATH || path.startsWith(`${SERVICE_PATH}/`) || path === '/ptth.js';
+}
+
+/** A DELETE of a private URL, or its preflight: the browser library's release on close(). */
+function privateDelete(req: IncomingMessage, path: string): boolean {
+  if (!path.startsWith(PRIVATE_PREFIX)) return false;
+  if (req.method === 'DELETE') return true;
+  return req.method === 'OPTIONS' && req.headers['access-control-request-method'] === 'DELETE';
+}
+
+/**
+ * Headers of every response on the gateway host: nosniff, no framing (clickjacking of the status
+ * page's demo; CSP frame-ancestors per CSP Level 2, X-Frame-Options per RFC 7034 for older
+ * browsers), and CORS where a browser client needs it. Returns whether CORS applies.
+ */
+export function gatewayHeaders(req: IncomingMessage, res: ServerResponse, path: string): boolean {
+  res.setHeader('X-Content-Type-Options', 'nosniff');
+  res.setHeader('X-Frame-Options', 'DENY');
+  res.setHeader('Content-Security-Policy', "frame-ancestors 'none'");
+  const allowed = browserPath(path) || privateDelete(req, path);
+  if (allowed) cors(req, res);
+  return allowed;
 }
 
 export interface GatewayInfo {
@@ -116,13 +150,14 @@ export function createAdminServer(gateway: HealthSource): Server {
 }
 
 export function handleEndpoint(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage, res: ServerResponse): void {
-  cors(req, res);
   const url = req.url ?? '/';
   const q = url.indexOf('?');
   const path = q === -1 ? url : url.slice(0, q);
-  if (req.method === 'OPTIONS') {
+  const corsAllowed = gatewayHeaders(req, res, path);
+  // Preflights only where CORS applies; elsewhere OPTIONS is a method the endpoint refuses (405).
+  if (req.method === 'OPTIONS' && corsAllowed) {
     res.writeHead(204, {
-      'Access-Control-Allow-Methods': 'GET, POST, PUT, DELETE, OPTIONS',
+      'Access-Control-Allow-Methods': path.startsWith(PRIVATE_PREFIX) ? 'DELETE' : 'GET, POST, OPTIONS',
       'Access-Control-Allow-Headers': req.headers['access-control-request-headers'] ?? 'Content-Type, Authorization',
       'Access-Control-Max-Age': '600',
     });

@@ -7,9 +7,9 @@ import { sendError, writeRawError } from '../http/respond.js';
 import { MemoryTable, type Registration, type RouteTable } from '../routes/table.js';
 import type { Channel } from '../channels/channel.js';
 import { claimFromRequest, claimFromUpgrade } from './claim.js';
-import { classify } from './classify.js';
+import { classify, hostProblem, originForm } from './classify.js';
 import type { GatewayContext, GatewaySettings } from './context.js';
-import { handleEndpoint, type GatewayInfo } from './endpoints.js';
+import { gatewayHeaders, handleEndpoint, type GatewayInfo } from './endpoints.js';
 import { BrowserEndpoints, type BrowserOptions } from './browser.js';
 import { forwardRequest, forwardUpgrade, refuseVisitor } from './forward.js';
 import { VERSION } from '../version.js';
@@ -18,6 +18,7 @@ import type { RequestEvent } from './forward.js';
 import { AccessControl, type AccessConfig } from '../routes/access.js';
 import { SERVICE_PATH } from './comet.js';
 import { isLoopback, parseRate, RateLimiter, type RateSpec } from './ratelimit.js';
+import { AddressCaps } from './addresscaps.js';
 
 /** PEM certificate chain and private key for HTTPS on the gateway's one port. */
 export interface TlsOptions {
@@ -89,7 +90,16 @@ export interface GatewayOptions extends BrowserOptions {
   /** Visitor requests per client address (default `'100/s:400'`; `false`/`'0'` for no limit). */
   requestRate?: RateSpec | string | false;
   /**
-   * Apply the rate limits to loopback addresses too (default false). Loopback traffic is the
+   * Connections one client address may hold open at once, of any kind (default 2048; 0 for no cap).
+   * Past it, the connection's first request gets 429 PTTH_ERR_ADDRESS_CONNECTIONS and it closes.
+   */
+  maxConnectionsPerAddress?: number;
+  /** Names one client address may hold, channel or not, until released or expired (default 100; 0 for no cap; 429). */
+  maxNamesPerAddress?: number;
+  /** Channels one client address may hold across its names and transports (default 512; 0 for no cap; 429). */
+  maxChannelsPerAddress?: number;
+  /**
+   * Apply the rate limits and per-address caps to loopback addresses too (default false). Loopback traffic is the
    * operator's own: local tools, or a reverse proxy on the same host, behind which every visitor
    * would share one address and one bucket.
    */
@@ -198,8 +208,12 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   readonly metrics: GatewayMetrics | undefined;
   /** Who may claim what; `setAccess()` replaces its configuration. */
   readonly access: AccessControl;
+  /** What each client address holds (connections, names, channels) against its caps. */
+  readonly caps: AddressCaps;
   #closing = false;
   #sockets = new Set<Socket>();
+  /** Connections accepted past their address's cap: their first request is refused (429) and they close. */
+  #crowded = new WeakSet<Socket>();
   #claimLimit: RateLimiter | undefined;
   #requestLimit: RateLimiter | undefined;
   #maxHeaders: number;
@@ -223,7 +237,27 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       (this.emit as (e: string, ...a: unknown[]) => boolean)(event, ...args);
     };
     this.access = new AccessControl(options.access, options.reserved);
-    this.#ctx = { settings: s, table: this.table, access: this.access, emit, observed, closing: () => this.#closing };
+    // Defaults a single real user never meets: browsers keep at most 256 connections in all (6 per
+    // host), so 2048 leaves room for a NAT of many; 100 names and 512 channels cover one person's
+    // apps at the default 4 HTTP/1.1 channels each (100 x 4 = 400).
+    this.caps = new AddressCaps(
+      {
+        connections: positive('maxConnectionsPerAddress', options.maxConnectionsPerAddress, 2048),
+        names: positive('maxNamesPerAddress', options.maxNamesPerAddress, 100),
+        channels: positive('maxChannelsPerAddress', options.maxChannelsPerAddress, 512),
+      },
+      this.table,
+    );
+    if (options.limitLoopback !== true) this.caps.exempt(isLoopback);
+    this.#ctx = {
+      settings: s,
+      table: this.table,
+      access: this.access,
+      caps: this.caps,
+      emit,
+      observed,
+      closing: () => this.#closing,
+    };
     this.browser = new BrowserEndpoints(this.#ctx, options);
     (this as EventEmitter).on('newListener', (event: string | symbol) => {
       if (event === 'request') observed.requests = true;
@@ -277,7 +311,12 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     // Every socket, so close() can end the ones node:http no longer tracks (channels, spliced upgrades).
     this.server.on(connection, (socket: Socket) => {
       this.#sockets.add(socket);
-      socket.once('close', () => this.#sockets.delete(socket));
+      const held = this.caps.connect(socket.remoteAddress);
+      if (!held.ok) this.#crowded.add(socket);
+      socket.once('close', () => {
+        this.#sockets.delete(socket);
+        held.release();
+      });
       // Dead peers of idle channels and keep-alive connections are found by the kernel.
       if (keepAlive > 0) socket.setKeepAlive(true, keepAlive);
     });
@@ -303,12 +342,15 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const ctx = this.#ctx;
     this.#current.set(req.socket, { req, res });
+    const crowded = this.#crowded.has(req.socket);
+    const bad = crowded ? this.caps.connectionsError() : this.#badHead(req);
     const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
-    const bad = this.#badHead(req);
+    if (route.kind === 'gateway') gatewayHeaders(req, res, pathOf(req.url));
     if (bad) {
       const err = bad;
       if (route.kind === 'visitor') return refuseVisitor(ctx, req, res, route.name, err);
-      return refuse(req, res, route.kind === 'claim' ? this.#refusedClaim(err, req.socket.remoteAddress) : err);
+      const claim = route.kind === 'claim' || (crowded && isCometRegistration(req));
+      return refuse(req, res, claim ? this.#refusedClaim(err, req.socket.remoteAddress) : err);
     }
     if (route.kind === 'visitor') {
       const wait = this.#requestLimit?.take(req.socket.remoteAddress) ?? 0;
@@ -320,8 +362,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       if (wait > 0) return refuse(req, res, this.#claimLimited(wait, req.socket.remoteAddress));
       claimFromRequest(ctx, req, res, route.hostName);
     } else {
-      if (req.method === 'POST' && this.#claimLimit && pathOf(req.url).replace(/\/$/, '') === SERVICE_PATH) {
-        // A Comet registration is a claim too (PROTOCOL.md section 4), at /reversehttp or /reversehttp/ as comet.ts takes it.
+      if (this.#claimLimit && isCometRegistration(req)) {
         const wait = this.#claimLimit.take(req.socket.remoteAddress);
         if (wait > 0) return refuse(req, res, this.#claimLimited(wait, req.socket.remoteAddress));
       }
@@ -331,8 +372,11 @@ export class Gateway extends EventEmitter<GatewayEvents> {
 
   /**
    * Heads llhttp accepts but the gateway must not: a header flood (node keeps the first
-   * maxHeadersCount fields and drops the rest silently), and a repeated Host, which node folds to
-   * the first while the app would see both (RFC 9112 section 3.2: 400).
+   * maxHeadersCount fields and drops the rest silently), a repeated Host, which node folds to the
+   * first while the app would see both, a Host that is no host[:port] (RFC 9112 section 3.2: 400),
+   * and an absolute-form target naming another authority than Host (classify.ts originForm). A
+   * matching absolute-form target is rewritten to origin-form here, before anything routes or
+   * forwards it: every later step (claims, Comet, channels) sees what an ordinary request has.
    */
   #badHead(req: IncomingMessage): PtthError | undefined {
     const raw = req.rawHeaders;
@@ -342,6 +386,14 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       const name = raw[i] as string;
       if (name.length === 4 && name.toLowerCase() === 'host' && ++hosts > 1) return new PtthError('PTTH_ERR_BAD_HOST');
     }
+    const host = req.headers.host;
+    const problem = hostProblem(host);
+    if (problem !== undefined) return new PtthError('PTTH_ERR_BAD_HOST', problem);
+    const url = req.url ?? '/';
+    if (url.startsWith('/') || url === '*') return undefined;
+    const target = originForm(url, host);
+    if ('problem' in target) return new PtthError('PTTH_ERR_BAD_TARGET', target.problem);
+    req.url = target.path;
     return undefined;
   }
 
@@ -376,9 +428,9 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       socket.on('error', noop);
       writeRawError(socket, err, req.headers.accept);
     };
+    const bad = this.#crowded.has(socket) ? this.caps.connectionsError() : this.#badHead(req);
     const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
     const claim = route.kind === 'claim' || route.kind === 'websocket';
-    const bad = this.#badHead(req);
     if (bad) return refuseRaw(claim ? this.#refusedClaim(bad, socket.remoteAddress) : bad);
     if (claim && this.#closing) return refuseRaw(this.#refusedClaim(new PtthError('PTTH_ERR_SHUTTING_DOWN'), socket.remoteAddress));
     if (route.kind === 'claim') {
@@ -414,6 +466,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const body = `${status} ${reason}: the request could not be parsed (${err.code ?? 'error'}).\n`;
     socket.end(
       `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+        'X-Content-Type-Options: nosniff\r\n' +
         `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
     );
     socket.destroySoon();
@@ -520,6 +573,14 @@ function rateLimited(wait: number, what: 'claims' | 'requests'): PtthError {
     `Too many ${what} from this address: retry after ${wait} s.`,
     { retryAfter: wait },
   );
+}
+
+/**
+ * A Comet registration is a claim too (PROTOCOL.md section 4),
+ * at /reversehttp or /reversehttp/ as comet.ts takes it.
+ */
+function isCometRegistration(req: IncomingMessage): boolean {
+  return req.method === 'POST' && pathOf(req.url).replace(/\/$/, '') === SERVICE_PATH;
 }
 
 function pathOf(url: string | undefined): string {

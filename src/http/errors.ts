@@ -81,10 +81,24 @@ export const ERRORS = {
   PTTH_ERR_NAME_RESERVED: { status: 403, message: 'This name is reserved by the gateway and cannot be claimed.' },
   PTTH_ERR_KEY_NAMES: { status: 429, message: 'This access key already holds as many names as it may.' },
   PTTH_ERR_KEY_CHANNELS: { status: 429, message: 'This access key already holds as many channels as it may.' },
+  PTTH_ERR_ADDRESS_CONNECTIONS: {
+    status: 429,
+    message: 'This address has as many connections open to the gateway as it may.',
+  },
+  PTTH_ERR_ADDRESS_NAMES: { status: 429, message: 'This address already holds as many names as it may.' },
+  PTTH_ERR_ADDRESS_CHANNELS: { status: 429, message: 'This address already holds as many channels as it may.' },
   PTTH_ERR_RATE_LIMITED: { status: 429, message: 'Too many requests from this address: slow down and retry later.' },
   PTTH_ERR_BAD_HOST: {
     status: 400,
-    message: 'The request must carry exactly one Host header (RFC 9112 section 3.2).',
+    message:
+      'The request must carry exactly one Host header: a host name or IP address with an optional port number ' +
+      '(RFC 9112 section 3.2).',
+  },
+  PTTH_ERR_BAD_TARGET: {
+    status: 400,
+    message:
+      'The request target must be a path, or an absolute http(s) URL naming the same host as Host ' +
+      '(RFC 9112 section 3.2.2).',
   },
   PTTH_ERR_TOO_MANY_HEADERS: { status: 431, message: 'The request has more header fields than this gateway accepts.' },
   PTTH_ERR_UPGRADE_BODY: {

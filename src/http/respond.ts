@@ -58,6 +58,8 @@ export function sendError(res: ServerResponse, err: PtthError, accept: string | 
     'Content-Length': Buffer.byteLength(body),
     'Cache-Control': 'no-store',
     'X-Ptth-Error': err.code,
+    // The body is the gateway's, not an app's: never sniffed into script or HTML of another type.
+    'X-Content-Type-Options': 'nosniff',
   };
   if (err.status === 503 || err.status === 429) headers['Retry-After'] = String(err.retryAfter ?? RETRY_AFTER);
   // RFC 9110 section 11.6.1: a 401 names the scheme that would work (access keys are Bearer tokens, RFC 6750).
@@ -86,7 +88,7 @@ export function writeRawError(socket: Duplex, err: PtthError, accept: string | u
   let head =
     `HTTP/1.1 ${err.status} ${STATUS_CODES[err.status] ?? 'Error'}\r\n` +
     `Connection: close\r\nContent-Type: ${contentType}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
-    `Cache-Control: no-store\r\nX-Ptth-Error: ${err.code}\r\n`;
+    `Cache-Control: no-store\r\nX-Ptth-Error: ${err.code}\r\nX-Content-Type-Options: nosniff\r\n`;
   if (err.status === 503 || err.status === 429) head += `Retry-After: ${err.retryAfter ?? RETRY_AFTER}\r\n`;
   if (err.status === 401) head += 'WWW-Authenticate: Bearer realm="ptth-proxy"\r\n';
   endRaw(socket, `${head}\r\n${body}`);

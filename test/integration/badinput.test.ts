@@ -279,7 +279,7 @@ const VISITOR_CASES: VisitorCase[] = [
   ['an invalid chunk size (reversed HTTP/2 app)', (h) => post(h.h2, ['Transfer-Encoding: chunked'], 'zz\r\nhello\r\n0\r\n\r\n'), 400],
   ['a chunk size past 2^64', (h) => post(h.h2, ['Transfer-Encoding: chunked'], 'fffffffffffffffffff\r\nx\r\n'), 400],
   ['a CONNECT to an app host', (h) => `CONNECT ${h.h2} HTTP/1.1\r\nHost: ${h.h2}\r\n\r\n`, 405, 'PTTH_ERR_METHOD_NOT_ALLOWED'],
-  ['a Host that is no valid name', (h) => get(`fo o.localhost:${h.g.split(':')[1]}`), 404, 'PTTH_ERR_NOT_FOUND'],
+  ['a Host with a space in it', (h) => get(`fo o.localhost:${h.g.split(':')[1]}`), 400, 'PTTH_ERR_BAD_HOST'],
   ['a Host with a label starting with a hyphen', (h) => get(`-x-.localhost:${h.g.split(':')[1]}`), 404, 'PTTH_ERR_NOT_FOUND'],
   // Bytes llhttp lets through are the app's business: they reach it and its answer comes back.
   ['latin-1 bytes in a header value (reversed HTTP/2 app)', (h) => Buffer.from(get(h.h2, ['X-L: \u00e9\u00ff']), 'latin1'), 200],

@@ -24,7 +24,8 @@ function cli(args: string[]): Spawned {
 async function serve(extra: string[] = []): Promise<{ p: Spawned; port: number }> {
   const p = cli(['serve', '--port', '0', '--host', '127.0.0.1', ...extra]);
   const m = await p.waitFor(/listening on 127\.0\.0\.1:(\d+)/);
-  await p.waitFor(/expose an app/);
+  // The banner's last line: each line is its own write, and may arrive in its own chunk.
+  await p.waitFor(/\n {2}access: /);
   return { p, port: Number(m[1]) };
 }
 

@@ -916,12 +916,18 @@ describe('private URL', () => {
     expect((JSON.parse(r.body) as { error: { code: string } }).error.code).toBe('PTTH_ERR_NOT_FOUND');
   });
 
-  it('an OPTIONS preflight from another origin answers 204 with CORS headers exposing Link and Location', async () => {
+  it('a private URL answers CORS to a DELETE preflight (the browser library releases with it), no other', async () => {
     await gateway();
     const ch = await claimRaw('cors');
-    const r = await privateReq(ch.location, {
+    const put = await privateReq(ch.location, {
       method: 'OPTIONS',
       headers: { origin: 'http://page.example', 'access-control-request-method': 'PUT', 'access-control-request-headers': 'content-type' },
+    });
+    expect(put.status).toBe(405);
+    expect(put.headers['access-control-allow-origin']).toBeUndefined();
+    const r = await privateReq(ch.location, {
+      method: 'OPTIONS',
+      headers: { origin: 'http://page.example', 'access-control-request-method': 'DELETE' },
     });
     expect(r.status).toBe(204);
     expect(['http://page.example', '*']).toContain(r.headers['access-control-allow-origin']);
@@ -930,7 +936,7 @@ describe('private URL', () => {
       .map((s) => s.trim().toLowerCase());
     expect(exposed).toContain('link');
     expect(exposed).toContain('location');
-    expect(String(r.headers['access-control-allow-methods'] ?? '')).toMatch(/PUT/);
+    expect(String(r.headers['access-control-allow-methods'] ?? '')).toBe('DELETE');
   });
 });
 
