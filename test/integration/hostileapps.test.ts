@@ -1,6 +1,6 @@
 /**
  * Apps that attack the gateway through their own channel: WebSocket control frames sized to cost
- * the event loop. Each one
+ * the event loop, and a reversed HTTP/2 session whose header compression the app breaks. Each one
  * must cost only its own channel: its visitors get a clear answer at once, other names are served.
  */
 import type * as net from 'node:net';
@@ -13,7 +13,8 @@ import {
 } from '../../src/channels/websocket.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import type { Registration } from '../../src/routes/table.js';
-import { rawConnect, request, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { rawClaim, rawConnect, request, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { END_HEADERS, END_STREAM, HEADERS, RawH2App, frame, headerBlock } from '../helpers/h2app.js';
 import { RawWsApp } from '../helpers/wsapp.js';
 
 let gw: TestGateway | undefined;
@@ -201,5 +202,51 @@ describe('WebSocket channel: control frames are bounded before they are parsed',
     const again = await a.control('request');
     a.respond(again.id as number, 200, 'ok', ['Content-Length', '2']);
     expect((await next).body.toString()).toBe('ok');
+  });
+});
+
+/** `Upgrade: ptth` + `ALPN: h2` on a raw socket: a bare-frames reversed-HTTP/2 app for `name`. */
+async function rawH2App(g: TestGateway, name: string): Promise<RawH2App> {
+  const claim = [
+    `POST /?name=${name}&token=t HTTP/1.1`,
+    `Host: localhost:${g.port}`,
+    'Upgrade: ptth',
+    'Connection: Upgrade',
+    'ALPN: h2',
+    'Content-Length: 0',
+    '',
+    '',
+  ];
+  const c = await rawClaim(g.port, claim.join('\r\n'));
+  expect(c.head).toMatch(/^HTTP\/1\.1 101 [^]*ALPN: h2/);
+  c.socket.on('error', noop);
+  sockets.push(c.socket);
+  const app = new RawH2App(c.socket, c.rest);
+  await until(() => reg(g, name).channels[0]?.available === true, 3_000, `${name}'s HTTP/2 channel`);
+  return app;
+}
+
+describe('reversed HTTP/2: an app that breaks the connection', () => {
+  it('a header block that is no valid HPACK: every visitor in flight gets 502 at once, the channel goes', async () => {
+    const g = await gateway();
+    const bystander = await rawH2App(g, 'h2bystander');
+    const evil = await rawH2App(g, 'h2hpack');
+    const first = visit(g, 'h2hpack', '/first');
+    const second = visit(g, 'h2hpack', '/second');
+    const id = await evil.request(1);
+    await evil.request(2);
+    // RFC 7541 section 6.1: index 0 is not a field; 0xff 0xff runs past both tables. A
+    // COMPRESSION_ERROR is a connection error (RFC 9113 section 4.3): nghttp2 sends GOAWAY.
+    evil.write(frame(HEADERS, END_HEADERS | END_STREAM, id, Buffer.from([0x80, 0xff, 0xff])));
+    for (const seen of [await first, await second]) {
+      expect(seen.status).toBe(502);
+      expect(seen.head).toContain('X-Ptth-Error: PTTH_ERR_BAD_RESPONSE');
+    }
+    await until(() => reg(g, 'h2hpack').channels.length === 0, 3_000, 'the broken session to be released');
+    const other = visit(g, 'h2bystander');
+    const next = await bystander.request(1);
+    const ok = headerBlock([[':status', '200'], ['content-length', '0']]);
+    bystander.write(frame(HEADERS, END_HEADERS | END_STREAM, next, ok));
+    expect((await other).status).toBe(200);
   });
 });
