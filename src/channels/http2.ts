@@ -73,9 +73,22 @@ class FrameWatch extends Duplex {
     socket.on('data', (chunk: Buffer) => {
       if (!this.push(chunk)) socket.pause();
     });
-    socket.on('end', () => this.push(null));
-    socket.on('close', () => this.destroy());
+    socket.on('end', this.#eof);
+    // What the app sent before it closed is read to the end first, as from a native socket: the
+    // session sees it all, then EOF (node:http2 then cancels the streams left), then the close.
+    socket.on('close', () => {
+      this.#eof();
+      if (this.readableEnded) this.destroy();
+      else this.once('end', () => this.destroy());
+    });
   }
+
+  #ended = false;
+  #eof = (): void => {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.push(null);
+  };
 
   override _read(): void {
     this.#socket.resume();
@@ -211,6 +224,7 @@ export class Http2Channel implements Channel {
   #pingDeadline: NodeJS.Timeout | undefined;
   /** Exchanges in flight, each with what ends it when the connection breaks under it. */
   #inflight = new Set<(err: PtthError) => void>();
+  #watch: FrameWatch;
 
   constructor(socket: Socket, options: Http2ChannelOptions) {
     this.#socket = socket;
@@ -222,6 +236,7 @@ export class Http2Channel implements Channel {
     // node:http servers allow half-open sockets: the app's FIN alone would leave the session open.
     socket.on('end', () => socket.end());
     const watched = new FrameWatch(socket, this.#onGoawaySent);
+    this.#watch = watched;
     watched.on('error', noop);
     this.#session = connect('http://ptth.invalid', {
       createConnection: () => watched,
@@ -239,7 +254,8 @@ export class Http2Channel implements Channel {
       this.#draining = true;
     });
     session.on('close', this.#onClose);
-    socket.once('close', this.#onClose);
+    // Not the socket's own 'close': bytes it read may still be on their way through the watch.
+    watched.once('close', this.#onClose);
     this.#ping = setInterval(this.#sendPing, options.pingInterval);
     this.#ping.unref();
   }
@@ -326,7 +342,11 @@ export class Http2Channel implements Channel {
     this.#closed = true;
     if (this.#ping) clearInterval(this.#ping);
     if (this.#pingDeadline) clearTimeout(this.#pingDeadline);
-    this.#session.destroy();
+    // Streams still open lost their connection: CANCEL, as node:http2 itself closes them when its
+    // socket closes, so a body cut short never ends as if it were complete (rstCode 0). Without
+    // an error node:http2 takes the code for NO_ERROR (its `error` parameter defaults to 0).
+    this.#session.destroy(new Error('the reversed HTTP/2 connection closed'), NGHTTP2_CANCEL);
+    this.#watch.destroy();
     this.#socket.destroy();
     this.events?.closed(this);
   };
