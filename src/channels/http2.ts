@@ -9,7 +9,7 @@ import {
   type OutgoingHttpHeaders,
 } from 'node:http2';
 import type { Socket } from 'node:net';
-import { pipeline } from 'node:stream';
+import { Duplex, pipeline } from 'node:stream';
 import { PtthError } from '../http/errors.js';
 import { hasToken, rawHeader } from '../http/headers.js';
 import { leaveOnEnd, rawHead, relay, splice } from '../http/relay.js';
@@ -34,6 +34,125 @@ const ASSUMED_STREAMS = 100;
 /** Per-stream and connection receive windows: large enough to stream at loopback speed. */
 const STREAM_WINDOW = 1 << 20;
 const SESSION_WINDOW = 16 << 20;
+
+/** RFC 9113 section 7, by code. */
+const ERROR_NAMES = [
+  'NO_ERROR', 'PROTOCOL_ERROR', 'INTERNAL_ERROR', 'FLOW_CONTROL_ERROR', 'SETTINGS_TIMEOUT', 'STREAM_CLOSED',
+  'FRAME_SIZE_ERROR', 'REFUSED_STREAM', 'CANCEL', 'COMPRESSION_ERROR', 'CONNECT_ERROR', 'ENHANCE_YOUR_CALM',
+  'INADEQUATE_SECURITY', 'HTTP_1_1_REQUIRED',
+];
+/** The client connection preface (RFC 9113 section 3.4): 24 bytes before the first frame. */
+const PREFACE_LENGTH = 24;
+const FRAME_HEADER = 9;
+const GOAWAY = 0x7;
+
+/**
+ * The claimed socket as node:http2 sees it, with the gateway's own frames read on their way out.
+ *
+ * When the app commits a connection error (RFC 9113 section 5.4.1: a header block that is no valid
+ * HPACK, a frame over SETTINGS_MAX_FRAME_SIZE, DATA on an idle stream), nghttp2 sends GOAWAY with
+ * the error code and then reads and writes nothing more, but node:http2 tells its user nothing: no
+ * event, the session stays open, every stream on it waits. The GOAWAY on its way out is the only
+ * sign of it, and a native socket handed to node:http2 shows none of its bytes to JavaScript.
+ * Frame headers only are read; payloads pass through untouched.
+ */
+class FrameWatch extends Duplex {
+  readonly #socket: Socket;
+  readonly #onGoaway: (code: number) => void;
+  /** Bytes of the preface still to pass, then of the current frame's payload to skip. */
+  #skip = PREFACE_LENGTH;
+  /** The frame header being read, then a GOAWAY's first 8 payload bytes (last stream id, error). */
+  #head = Buffer.alloc(FRAME_HEADER + 8);
+  #have = 0;
+  #want = FRAME_HEADER;
+
+  constructor(socket: Socket, onGoaway: (code: number) => void) {
+    super({ allowHalfOpen: true });
+    this.#socket = socket;
+    this.#onGoaway = onGoaway;
+    socket.on('data', (chunk: Buffer) => {
+      if (!this.push(chunk)) socket.pause();
+    });
+    socket.on('end', this.#eof);
+    // What the app sent before it closed is read to the end first, as from a native socket: the
+    // session sees it all, then EOF (node:http2 then cancels the streams left), then the close.
+    socket.on('close', () => {
+      this.#eof();
+      if (this.readableEnded) this.destroy();
+      else this.once('end', () => this.destroy());
+    });
+  }
+
+  #ended = false;
+  #eof = (): void => {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.push(null);
+  };
+
+  override _read(): void {
+    this.#socket.resume();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    this.#scan(chunk);
+    this.#send(chunk, callback);
+  }
+
+  override _writev(chunks: { chunk: Buffer }[], callback: (err?: Error | null) => void): void {
+    for (const { chunk } of chunks) this.#scan(chunk);
+    this.#send(Buffer.concat(chunks.map((c) => c.chunk)), callback);
+  }
+
+  override _final(callback: () => void): void {
+    this.#socket.end();
+    callback();
+  }
+
+  override _destroy(err: Error | null, callback: (err: Error | null) => void): void {
+    this.#socket.destroy();
+    callback(err);
+  }
+
+  #send(bytes: Buffer, callback: (err?: Error | null) => void): void {
+    const socket = this.#socket;
+    if (socket.destroyed || !socket.writable) return callback();
+    if (socket.write(bytes)) return callback();
+    const done = (): void => {
+      socket.removeListener('drain', done);
+      socket.removeListener('close', done);
+      callback();
+    };
+    socket.once('drain', done);
+    socket.once('close', done);
+  }
+
+  #scan(chunk: Buffer): void {
+    let at = 0;
+    while (at < chunk.length) {
+      if (this.#skip > 0) {
+        const n = Math.min(this.#skip, chunk.length - at);
+        this.#skip -= n;
+        at += n;
+        continue;
+      }
+      const n = Math.min(this.#want - this.#have, chunk.length - at);
+      chunk.copy(this.#head, this.#have, at, at + n);
+      this.#have += n;
+      at += n;
+      if (this.#have < this.#want) return;
+      const length = this.#head.readUIntBE(0, 3);
+      if (this.#want === FRAME_HEADER && this.#head[3] === GOAWAY && length >= 8) {
+        this.#want = FRAME_HEADER + 8; // read on into the error code
+        continue;
+      }
+      if (this.#want > FRAME_HEADER) this.#onGoaway(this.#head.readUInt32BE(FRAME_HEADER + 4));
+      this.#skip = length - (this.#want - FRAME_HEADER);
+      this.#have = 0;
+      this.#want = FRAME_HEADER;
+    }
+  }
+}
 
 /**
  * `:path` for a visitor's request-target (RFC 9113 section 8.3.1). Origin-form and `*` go as they
@@ -103,6 +222,9 @@ export class Http2Channel implements Channel {
   #settled = false;
   #ping: NodeJS.Timeout | undefined;
   #pingDeadline: NodeJS.Timeout | undefined;
+  /** Exchanges in flight, each with what ends it when the connection breaks under it. */
+  #inflight = new Set<(err: PtthError) => void>();
+  #watch: FrameWatch;
 
   constructor(socket: Socket, options: Http2ChannelOptions) {
     this.#socket = socket;
@@ -113,8 +235,11 @@ export class Http2Channel implements Channel {
     socket.on('error', noop);
     // node:http servers allow half-open sockets: the app's FIN alone would leave the session open.
     socket.on('end', () => socket.end());
+    const watched = new FrameWatch(socket, this.#onGoawaySent);
+    this.#watch = watched;
+    watched.on('error', noop);
     this.#session = connect('http://ptth.invalid', {
-      createConnection: () => socket,
+      createConnection: () => watched,
       settings: { enablePush: false, initialWindowSize: STREAM_WINDOW },
     });
     const session = this.#session;
@@ -129,7 +254,8 @@ export class Http2Channel implements Channel {
       this.#draining = true;
     });
     session.on('close', this.#onClose);
-    socket.once('close', this.#onClose);
+    // Not the socket's own 'close': bytes it read may still be on their way through the watch.
+    watched.once('close', this.#onClose);
     this.#ping = setInterval(this.#sendPing, options.pingInterval);
     this.#ping.unref();
   }
@@ -182,21 +308,45 @@ export class Http2Channel implements Channel {
   };
 
   /**
-   * A PING now, after a stream timed out: the connection may be dead without node saying so. When
-   * the app commits a connection error (broken HPACK, an oversized frame), nghttp2 sends GOAWAY
-   * and stops reading, but node emits nothing and keeps the session open, so every stream on it
-   * would time out until the next periodic PING; this one finds out within pingTimeout.
+   * A PING now, after a stream timed out: the connection may be dead without node saying so (a
+   * peer gone without a FIN or RST); this one finds out within pingTimeout instead of at the next
+   * periodic PING. Connection errors the app commits are seen at once, by FrameWatch.
    */
   #probe(): void {
     this.#sendPing();
   }
+
+  /**
+   * nghttp2 sent GOAWAY. With NO_ERROR it is the gateway's own close(); with an error code while
+   * the session is up, the app broke the protocol and the connection is dead (RFC 9113 section
+   * 5.4.1: after a connection error the endpoint closes the TCP connection). Every exchange in
+   * flight fails now with 502 PTTH_ERR_BAD_RESPONSE: the app, not the network, lost them.
+   */
+  #onGoawaySent = (code: number): void => {
+    if (code === NGHTTP2_NO_ERROR || this.#closed || this.#session.destroyed) return;
+    const name = ERROR_NAMES[code] ?? `error ${code}`;
+    const err = new PtthError(
+      'PTTH_ERR_BAD_RESPONSE',
+      `The app broke the HTTP/2 connection (${name}, RFC 9113 section 5.4.1); the gateway closed it.`,
+    );
+    // Called from inside node:http2's write: the session is torn down once that returned.
+    setImmediate(() => {
+      for (const broken of [...this.#inflight]) broken(err);
+      this.#session.destroy();
+      this.#socket.destroy();
+    });
+  };
 
   #onClose = (): void => {
     if (this.#closed) return;
     this.#closed = true;
     if (this.#ping) clearInterval(this.#ping);
     if (this.#pingDeadline) clearTimeout(this.#pingDeadline);
-    this.#session.destroy();
+    // Streams still open lost their connection: CANCEL, as node:http2 itself closes them when its
+    // socket closes, so a body cut short never ends as if it were complete (rstCode 0). Without
+    // an error node:http2 takes the code for NO_ERROR (its `error` parameter defaults to 0).
+    this.#session.destroy(new Error('the reversed HTTP/2 connection closed'), NGHTTP2_CANCEL);
+    this.#watch.destroy();
     this.#socket.destroy();
     this.events?.closed(this);
   };
@@ -222,12 +372,21 @@ export class Http2Channel implements Channel {
     const finish = (): void => {
       if (finished) return;
       finished = true;
+      this.#inflight.delete(broken);
       if (timer) clearTimeout(timer);
       this.#active--;
       this.#served++;
       ex.done();
       if (!this.#closed && !this.#draining) this.events?.available(this);
     };
+    // The connection broke: before the head the visitor gets the error, after it a cut connection.
+    const broken = (err: PtthError): void => {
+      if (finished) return;
+      if (responded) res.destroy();
+      else ex.fail(err);
+      finish();
+    };
+    this.#inflight.add(broken);
     const bodyless = req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined;
     const encrypted = (req.socket as { encrypted?: boolean }).encrypted === true;
     let stream: ClientHttp2Stream;
@@ -245,6 +404,7 @@ export class Http2Channel implements Channel {
       const gone = code === 'ERR_HTTP2_GOAWAY_SESSION' || code === 'ERR_HTTP2_INVALID_SESSION';
       if (gone && ex.retry) {
         finished = true;
+        this.#inflight.delete(broken);
         this.#active--;
         ex.retry(this);
         return;
@@ -310,6 +470,7 @@ export class Http2Channel implements Channel {
     const refused = (): boolean => {
       if (finished || responded || !bodyless || stream.rstCode !== NGHTTP2_REFUSED_STREAM || !ex.retry) return false;
       finished = true;
+      this.#inflight.delete(broken);
       if (timer) clearTimeout(timer);
       this.#active--;
       ex.retry(this);
@@ -380,14 +541,23 @@ export class Http2Channel implements Channel {
     }
     this.#active++;
     let finished = false;
+    let answered = false;
     const finish = (): void => {
       if (finished) return;
       finished = true;
+      this.#inflight.delete(broken);
       this.#active--;
       this.#served++;
       ex.done();
       if (!this.#closed && !this.#draining) this.events?.available(this);
     };
+    const broken = (err: PtthError): void => {
+      if (finished) return;
+      if (answered) visitor.destroy();
+      else ex.fail(err);
+      finish();
+    };
+    this.#inflight.add(broken);
     const raw = ex.headers.filter((_, i, a) => {
       const n = (a[i - (i % 2)] as string).toLowerCase();
       return n !== 'sec-websocket-key' && n !== 'connection' && n !== 'upgrade';
@@ -424,6 +594,7 @@ export class Http2Channel implements Channel {
     });
     stream.on('response', (headers: IncomingHttpHeaders & IncomingHttpStatusHeader) => {
       clearTimeout(timer);
+      answered = true;
       const head = ex.check(Number(headers[':status']), undefined, flatResponseHeaders(headers, 200));
       if (head instanceof PtthError || head.status === 101) {
         ex.fail(head instanceof PtthError ? head : new PtthError('PTTH_ERR_BAD_RESPONSE', 'An HTTP/2 app answered 101 (RFC 9113 section 8.6).'));

@@ -1,5 +1,6 @@
 import type WebSocket from 'ws';
 import { PtthError } from '../http/errors.js';
+import { MAX_HEAD_BYTES } from '../http/response.js';
 import { requestingClient } from '../http/headers.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
 
@@ -16,6 +17,8 @@ import { channelId, type Channel, type ChannelEvents, type Exchange, type Upgrad
  *    `headers` is a flat [name, value, name, value...] list; `body: false` means no body frames follow.
  *  - binary frames carry body bytes: 1 byte of flags (bit 0: END, the last frame of this body), the
  *    stream id as a 32-bit big-endian integer, then up to 64 KiB of payload.
+ *  - a text frame is at most MAX_CONTROL_MESSAGE bytes, a binary one MAX_BINARY_MESSAGE: past
+ *    either the channel closes with 1009, before anything is parsed.
  *
  * Flow control: each direction of each stream may have `window` bytes in flight; the receiver returns
  * credit as it consumes them (the gateway: once the visitor's socket took them). On top, the gateway
@@ -26,6 +29,18 @@ export const WS_PROTOCOL = 'ptth.v1';
 export const FLAG_END = 0x01;
 export const FRAME_HEADER = 5;
 export const MAX_CHUNK = 64 * 1024;
+/** The largest binary message: a body frame's header and a full chunk. */
+export const MAX_BINARY_MESSAGE = FRAME_HEADER + MAX_CHUNK;
+/**
+ * The largest text (control) message. The largest legitimate one is a `response` whose head is
+ * MAX_HEAD_BYTES: as compact JSON each `name: value` CRLF line becomes `"name","value",`, and
+ * escaping at most doubles a value (field values hold no control characters but HTAB, and `"`,
+ * `\`, HTAB and Latin-1 obs-text each take two bytes), so twice the head plus 1 KiB for the fixed
+ * members covers it. Checked before JSON.parse: parsing is what costs the event loop.
+ */
+export const MAX_CONTROL_MESSAGE = 2 * MAX_HEAD_BYTES + 1024;
+/** ws's maxPayload for the channel: no message may exceed either bound (ws closes with 1009 past it). */
+export const MAX_MESSAGE = Math.max(MAX_BINARY_MESSAGE, MAX_CONTROL_MESSAGE);
 
 export interface WebSocketChannelOptions {
   /** Milliseconds from the end of the request body to the app's response head (504). */
@@ -79,6 +94,8 @@ export class WebSocketChannel implements Channel {
   #streams = new Map<number, Stream>();
   #nextId = 1;
   #served = 0;
+  /** #nextId went past 0xffffffff once: every id may belong to a stream that ended. */
+  #wrapped = false;
   #closed = false;
   #alive = true;
   #ping: NodeJS.Timeout;
@@ -138,12 +155,12 @@ export class WebSocketChannel implements Channel {
   }
 
   /** Protocol violations end the channel (RFC 6455 section 7.4.1: 1002 protocol error). */
-  #violation(why: string): void {
+  #violation(why: string, code = 1002): void {
     if (this.#ws.readyState === this.#ws.OPEN) {
       // RFC 6455 section 5.5: a close reason is at most 123 bytes, and ws throws past that.
       let reason = why.slice(0, 120);
       while (Buffer.byteLength(reason) > 123) reason = reason.slice(0, -1);
-      this.#ws.close(1002, reason);
+      this.#ws.close(code, reason);
     }
     this.#onClose();
   }
@@ -151,6 +168,7 @@ export class WebSocketChannel implements Channel {
   dispatch(ex: Exchange): void {
     const { req, res } = ex;
     const id = this.#nextId;
+    if (this.#nextId >= 0xffffffff) this.#wrapped = true;
     this.#nextId = this.#nextId >= 0xffffffff ? 1 : this.#nextId + 1;
     const hasBody = req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
     const s: Stream = {
@@ -291,6 +309,9 @@ export class WebSocketChannel implements Channel {
   };
 
   #onControl(buf: Buffer): void {
+    // RFC 6455 section 7.4.1: 1009, a message too big to process. ws's maxPayload is the larger
+    // binary bound, so a text message between the two bounds ends here, before JSON.parse.
+    if (buf.length > MAX_CONTROL_MESSAGE) return this.#violation('control frame too large', 1009);
     let msg: Record<string, unknown>;
     try {
       const parsed: unknown = JSON.parse(buf.toString('utf8'));
@@ -300,7 +321,11 @@ export class WebSocketChannel implements Channel {
       return this.#violation('control frames are JSON objects');
     }
     const id = msg['id'];
-    if (typeof id !== 'number') return this.#violation('control frames carry a numeric id');
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 1 || id > 0xffffffff) {
+      return this.#violation('control frames carry a numeric id');
+    }
+    // Ids the gateway never opened cannot be frames that crossed a stream's end in flight.
+    if (!this.#wrapped && id >= this.#nextId) return this.#violation('a stream id the gateway never opened');
     // Frames for a stream that just ended (the visitor left, a timeout) cross in flight: ignored.
     const s = this.#streams.get(id);
     switch (msg['t']) {
@@ -359,6 +384,8 @@ export class WebSocketChannel implements Channel {
 
   #onData(buf: Buffer): void {
     if (buf.length < FRAME_HEADER) return this.#violation('binary frames start with flags and a stream id');
+    // Only reached when a raised --max-http-header-size lifts ws's maxPayload over this bound.
+    if (buf.length > MAX_BINARY_MESSAGE) return this.#violation('body frame too large', 1009);
     const flags = buf[0] as number;
     const id = buf.readUInt32BE(1);
     const s = this.#streams.get(id);

@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { WebSocketChannel, WS_PROTOCOL } from '../channels/websocket.js';
+import { MAX_MESSAGE, WebSocketChannel, WS_PROTOCOL } from '../channels/websocket.js';
 import { PtthError, isPtthError } from '../http/errors.js';
 import { sendError, writeRawError } from '../http/respond.js';
 import { readClaimParams, type ClaimParams } from '../routes/registration.js';
@@ -90,8 +90,9 @@ export class BrowserEndpoints {
   #ctx: GatewayContext;
   #wss = new WebSocketServer({
     noServer: true,
-    // Control frames are small; body frames are at most 64 KiB plus a 5-byte header.
-    maxPayload: 1024 * 1024,
+    // Body frames are at most 64 KiB plus a 5-byte header, control frames a response head as
+    // JSON (MAX_CONTROL_MESSAGE, checked before parsing); past this ws closes with 1009 unread.
+    maxPayload: MAX_MESSAGE,
     perMessageDeflate: false,
     handleProtocols: (offered) => (offered.has(WS_PROTOCOL) ? WS_PROTOCOL : false),
   });

@@ -1,4 +1,4 @@
-import { STATUS_CODES } from 'node:http';
+import { maxHeaderSize, STATUS_CODES } from 'node:http';
 import { PtthError } from './errors.js';
 import { HOP_BY_HOP, connectionOptions } from './headers.js';
 
@@ -19,6 +19,15 @@ export interface ResponseHead {
   /** `Set-Cookie` fields dropped because they named the gateway's domain or a parent of it. */
   readonly cookiesDropped: number;
 }
+
+/**
+ * The largest response head an app may send, on any transport: the one its reversed HTTP/1.1
+ * channel would accept. node's HTTP parser stops at `http.maxHeaderSize` bytes (16 KiB,
+ * `--max-http-header-size`), counted as on the wire (status line, `name: value` CRLF per field).
+ */
+export const MAX_HEAD_BYTES = maxHeaderSize;
+/** More header fields than a ClientRequest keeps (its `maxHeadersCount`): refused, not cut. */
+export const MAX_HEADER_FIELDS = 2000;
 
 /** RFC 9110 section 5.6.2: token = 1*tchar. */
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
@@ -50,6 +59,9 @@ export function checkResponseHead(
   if (reason !== undefined && typeof reason !== 'string') return bad('the reason phrase is not text');
   if (reason && BAD_TEXT.test(reason)) return bad('the reason phrase holds a control character');
   if (raw.length % 2 !== 0) return bad('the header list has a name without a value');
+  if (raw.length / 2 > MAX_HEADER_FIELDS) return bad(`it has more than ${MAX_HEADER_FIELDS} header fields`);
+  // The status line and the final CRLF, as HTTP/1.1 counts a head.
+  let size = 15 + (typeof reason === 'string' ? reason.length : 0);
   const extra = connectionOptions(raw);
   // RFC 9110 section 8.6: no Content-Length in a 1xx or 204 response; an app's is not relayed.
   const noLength = status < 200 || status === 204;
@@ -62,6 +74,8 @@ export function checkResponseHead(
     if (typeof name !== 'string' || typeof value !== 'string') return bad('a header name or value is not text');
     if (!TOKEN.test(name)) return bad(`the header name ${JSON.stringify(name.slice(0, 40))} is not a token`);
     if (BAD_TEXT.test(value)) return bad(`the value of ${name} holds a control character`);
+    size += name.length + value.length + 4;
+    if (size > MAX_HEAD_BYTES) return bad(`its head is over ${MAX_HEAD_BYTES} bytes`);
     const lower = name.toLowerCase();
     // A 101's Upgrade and Connection say what the connection switches to (RFC 9110 section 7.8).
     const switching = status === 101 && (lower === 'upgrade' || lower === 'connection');
