@@ -217,6 +217,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   #claimLimit: RateLimiter | undefined;
   #requestLimit: RateLimiter | undefined;
   #maxHeaders: number;
+  /** Largest request head in bytes (node's maxHeaderSize for the server). */
+  #maxHeaderSize: number;
   /** Each connection's latest response, so an idle timeout can tell a visitor waiting for its app. */
   #current = new WeakMap<Socket, { req: IncomingMessage; res: ServerResponse }>();
 
@@ -297,6 +299,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       keepAliveTimeout: positive('keepAliveTimeout', options.keepAliveTimeout, 5_000),
       maxHeaderSize: positive('maxHeaderSize', options.maxHeaderSize, 16_384, 1024),
     };
+    this.#maxHeaderSize = serverOptions.maxHeaderSize;
     this.server = options.tls
       ? // The TLS handshake comes before the head, outside node's headersTimeout: without this a
         // slowloris handshake would hold its connection for tls's default of 120 s.
@@ -456,9 +459,16 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   };
 
   /** Bad bytes from the network: a clear status when the connection can still take one, never a crash. */
-  #onClientError = (err: NodeJS.ErrnoException, socket: Socket): void => {
+  #onClientError = (err: NodeJS.ErrnoException & { bytesParsed?: number }, socket: Socket): void => {
     if (err.code === 'ECONNRESET' || !socket.writable) {
       socket.destroy();
+      return;
+    }
+    // Past maxHeadersCount, Node 22 and later fail the parse with HPE_HEADER_OVERFLOW where Node 20
+    // kept the first fields (and #badHead counted one too many). A head that overflowed before
+    // reaching maxHeaderSize bytes overflowed by its number of fields: the same answer as on 20.
+    if (err.code === 'HPE_HEADER_OVERFLOW' && (err.bytesParsed ?? Infinity) < this.#maxHeaderSize) {
+      writeRawError(socket, new PtthError('PTTH_ERR_TOO_MANY_HEADERS'), undefined);
       return;
     }
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;

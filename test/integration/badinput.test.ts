@@ -34,6 +34,9 @@ import {
 } from '../helpers/h2app.js';
 
 /** Short limits so every timeout below is reached in well under a second or two. */
+/** The suite runs on Node 20, 22 and 24; where their HTTP stacks differ, a case says so. */
+const NODE_MAJOR = Number(process.versions.node.split('.')[0]);
+
 const OPTIONS: GatewayOptions = {
   headersTimeout: 500,
   responseTimeout: 1_000,
@@ -657,7 +660,7 @@ type H2Case = [
   label: string,
   answer: (app: RawH2App, id: number) => void,
   expected: Expected,
-  code?: string,
+  code?: string | undefined,
   connectionError?: boolean,
 ];
 
@@ -674,10 +677,12 @@ const H2_APP_CASES: H2Case[] = [
   ['an upper-case field name', (a, id) => a.write(hdrs(id, [[':status', '200'], ['Content-Type', 'x']])), 502, 'PTTH_ERR_BAD_RESPONSE'],
   ['a connection-specific field', (a, id) => a.write(hdrs(id, [[':status', '200'], ['connection', 'close']])), 502, 'PTTH_ERR_BAD_RESPONSE'],
   ['RST_STREAM before any response', (a, id) => a.write(frame(RST_STREAM, 0, id, u32(2))), 502, 'PTTH_ERR_BAD_RESPONSE'],
+  // A stream error (RFC 9113 section 8.1.1) on Node 20; the nghttp2 of Node 22 and later makes it a
+  // connection error, and the connection closes (README "Node versions").
   ['a DATA frame longer than its content-length', (a, id) => {
     a.write(hdrs(id, [[':status', '200'], ['content-length', '5']], END_HEADERS));
     a.write(frame(DATA, END_STREAM, id, Buffer.from('hello world')));
-  }, 'closed'],
+  }, 'closed', undefined, NODE_MAJOR >= 22],
   ['RST_STREAM after part of the body', (a, id) => {
     a.write(hdrs(id, [[':status', '200'], ['content-length', '100']], END_HEADERS));
     a.write(frame(DATA, 0, id, Buffer.from('partial')));
