@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { createAdminServer } from './gateway/endpoints.js';
 import { isLoopback } from './gateway/ratelimit.js';
 import { loadAccessConfig } from './routes/access.js';
-import { attachLogger, createLogger, type LogLevel } from './log.js';
+import { attachLogger, createLogger, type LogDrops, type LogLevel } from './log.js';
 import { createGateway, type Gateway, type GatewayOptions, type TlsOptions } from './gateway/server.js';
 import { envName, parseValue, resolveServeConfig, SERVE_OPTIONS, type ServeConfig, type ServeOptionSpec } from './config.js';
 import { listen, ClaimError } from './client/node.js';
@@ -147,10 +147,14 @@ async function runServe(c: ServeConfig): Promise<void> {
     process.exit(2);
   }
   const format = c['logFormat'] as string;
+  const drops: LogDrops = { lines: 0 };
   const logger = createLogger({
     level: (c['quiet'] === true ? 'warn' : c['verbose'] === true ? 'debug' : c['logLevel']) as LogLevel,
     ...(format === 'auto' ? {} : { pretty: format === 'pretty' }),
+    bufferLimit: num('logBuffer'),
+    drops,
   });
+  gateway.metrics?.countLogDrops(() => drops.lines);
   // One line per visitor request (an access log) at info; --quiet keeps only the 5xx ones (warn).
   attachLogger(gateway, logger, { requests: true });
   let addr;

@@ -101,6 +101,12 @@ export const SERVE_OPTIONS: readonly ServeOptionSpec[] = [
   { key: 'shutdownGrace', flag: '--shutdown-grace', type: 'int', arg: ms, min: 0, default: 10_000, description: 'on SIGTERM/SIGINT, how long requests in flight get to finish before the gateway exits' },
   { key: 'logLevel', flag: '--log-level', type: 'choice', arg: '<level>', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], description: 'least severe log lines written' },
   { key: 'logFormat', flag: '--log-format', type: 'choice', arg: '<format>', default: 'auto', choices: ['auto', 'json', 'pretty'], description: 'JSON lines, or human-readable (auto: pretty when stdout is a terminal)' },
+  // At least 64 KiB: a request line carries its path twice (up to --max-header-size each) and should fit.
+  {
+    key: 'logBuffer', flag: '--log-buffer', type: 'int', arg: '<bytes>', min: 65_536, default: 16 * 1024 * 1024,
+    description: "most bytes of log lines held while stdout's reader is behind; lines past it are dropped, counted " +
+      '(ptth_log_lines_dropped_total) and reported once it is back',
+  },
   { key: 'verbose', flag: '--verbose', short: '-v', type: 'bool', default: false, description: 'log debug lines too (same as --log-level debug)' },
   { key: 'quiet', flag: '--quiet', short: '-q', type: 'bool', default: false, description: 'log only warnings and errors (same as --log-level warn): no line per visitor request except 5xx' },
 ];

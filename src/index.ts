@@ -7,7 +7,15 @@ export { createGateway, Gateway, type GatewayOptions, type GatewayEvents, type T
 export { createAdminServer } from './gateway/endpoints.js';
 export { GatewayMetrics } from './gateway/metrics.js';
 export type { RequestEvent } from './gateway/forward.js';
-export { createLogger, attachLogger, type Logger, type LoggerOptions, type AttachOptions } from './log.js';
+export {
+  createLogger,
+  attachLogger,
+  LOG_BUFFER_DEFAULT,
+  type Logger,
+  type LoggerOptions,
+  type LogDrops,
+  type AttachOptions,
+} from './log.js';
 export {
   AccessControl,
   AccessConfigError,

@@ -19,21 +19,45 @@ export interface LoggerOptions {
   pretty?: boolean;
   /** Where lines go (default stdout). Anything with `write(line: string)`, e.g. a stream a test reads. */
   destination?: pino.DestinationStream;
+  /**
+   * Most bytes of lines held for stdout while its reader is behind (default LOG_BUFFER_DEFAULT, 16 MiB).
+   * Lines that do not fit are dropped, counted in `drops`, and reported in one warn line (event
+   * `log-drop`) once the buffer has drained. Not used with `destination`.
+   */
+  bufferLimit?: number;
+  /** Where the count of dropped lines goes (e.g. for a metric); `lines` only ever grows. */
+  drops?: LogDrops;
 }
 
+/** Lines a logger dropped because stdout's reader fell behind, since the logger was made. */
+export interface LogDrops {
+  lines: number;
+}
+
+export const LOG_BUFFER_DEFAULT = 16 * 1024 * 1024;
+
 /**
- * A pino logger. JSON goes to stdout through pino's asynchronous destination, which pino flushes
- * synchronously on exit (process.exit included), so the last lines are not lost and nothing keeps
- * the process alive. Pretty lines are formatted in this thread and written synchronously: no worker
- * thread (pino's transports) that could outlive the process or drop its last lines, and a person
- * reading a terminal does not need the throughput.
+ * A pino logger. Lines go to stdout through pino's asynchronous destination (sonic-boom), which
+ * pino flushes synchronously on exit (process.exit included), so the last lines are not lost and
+ * nothing keeps the process alive. Pretty lines are formatted in this thread (pino-pretty) and go to
+ * the same destination: no worker thread (pino's transports) that could outlive the process or drop
+ * its last lines.
+ *
+ * The destination holds at most `bufferLimit` bytes: with stdout on a pipe whose reader stops (a
+ * stuck log shipper, a paused journal), an unbounded buffer would keep every access-log line and
+ * grow the process until it is killed, and a synchronous write would stop the gateway instead.
+ * Lines past the limit are dropped and counted (sonic-boom's maxLength and 'drop' event), which
+ * costs the normal path nothing: the check is one comparison sonic-boom makes anyway.
  */
 export function createLogger(options: LoggerOptions = {}): Logger {
   const level = options.level ?? 'info';
   const pretty = options.pretty ?? (options.destination === undefined && process.stdout.isTTY === true);
-  let destination: pino.DestinationStream;
+  const stdout = options.destination
+    ? undefined
+    : pino.destination({ dest: 1, sync: false, maxLength: options.bufferLimit ?? LOG_BUFFER_DEFAULT });
+  const out = options.destination ?? (stdout as pino.DestinationStream);
+  let destination = out;
   if (pretty) {
-    const out = options.destination ?? pino.destination({ dest: 1, sync: true });
     const format = prettyFactory({
       colorize: options.destination === undefined && isColorSupported,
       translateTime: 'SYS:HH:MM:ss.l',
@@ -43,10 +67,32 @@ export function createLogger(options: LoggerOptions = {}): Logger {
       errorLikeObjectKeys: ['err'],
     });
     destination = { write: (line: string) => void out.write(format(line)) };
-  } else {
-    destination = options.destination ?? pino.destination({ dest: 1, sync: false });
   }
-  return pino({ level }, destination);
+  const logger = pino({ level }, destination);
+  if (stdout) reportDrops(stdout, logger, options.drops ?? { lines: 0 });
+  return logger;
+}
+
+/**
+ * Counts the lines `stream` drops and, once it has drained (the reader is back and the buffer
+ * empty, so the line fits), logs how many. Nothing listens for 'drain' until a line is dropped.
+ */
+function reportDrops(stream: ReturnType<typeof pino.destination>, logger: Logger, drops: LogDrops): void {
+  let reported = drops.lines;
+  let waiting = false;
+  const report = (): void => {
+    waiting = false;
+    const n = drops.lines - reported;
+    reported = drops.lines;
+    logger.warn({ event: 'log-drop', dropped: n }, `dropped ${n} log lines: stdout's reader fell behind`);
+  };
+  stream.on('drop', () => {
+    drops.lines++;
+    if (!waiting) {
+      waiting = true;
+      stream.once('drain', report);
+    }
+  });
 }
 
 export interface AttachOptions {

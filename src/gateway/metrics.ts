@@ -171,6 +171,28 @@ export class GatewayMetrics {
     source.on('channel-close', (_r, c) => closed.inc({ transport: c.transport }));
   }
 
+  /**
+   * Adds `ptth_log_lines_dropped_total`: log lines the process's logger dropped because its output
+   * fell behind (createLogger's `drops`). The logger belongs to whoever made the gateway (the CLI),
+   * not to the gateway, so the counter exists once one is connected; `read` returns the running
+   * total and is called on each scrape, so dropping a line costs no metric update.
+   */
+  countLogDrops(read: () => number): void {
+    let seen = 0;
+    new Counter({
+      name: 'ptth_log_lines_dropped_total',
+      help: 'Log lines dropped because the log output (stdout) fell behind and the log buffer was full.',
+      registers: [this.registry],
+      collect() {
+        const now = read();
+        if (now > seen) {
+          this.inc(now - seen);
+          seen = now;
+        }
+      },
+    });
+  }
+
   /** The Content-Type of `text()` (Prometheus text format 0.0.4). */
   get contentType(): string {
     return this.registry.contentType;
