@@ -7,5 +7,14 @@ export default defineConfig({
     hookTimeout: 20_000,
     // Real sockets on port 0; two cores: a couple of files at once keeps timing-sensitive tests honest.
     maxWorkers: 2,
+    // `npm test -- --coverage` (CI's Node 20 pass). What runs only in child processes (the CLI's
+    // serve and connect commands as spawned by the CLI tests) or in Chromium (the browser library
+    // as the browser tests load it) is exercised there but not counted: README "Development".
+    coverage: {
+      provider: 'v8',
+      include: ['src/**/*.ts'],
+      reporter: ['text-summary', 'json-summary'],
+      reportsDirectory: 'coverage',
+    },
   },
 });
