@@ -1,4 +1,5 @@
-import { STATUS_CODES, type ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { PtthError } from './errors.js';
 
@@ -71,11 +72,43 @@ export function sendError(res: ServerResponse, err: PtthError, accept: string | 
     // section 4), sending "502 OK" or throwing again out of the error path.
     res.writeHead(err.status, STATUS_CODES[err.status] ?? 'Error', headers);
     res.end(body);
+    if (!res.req.complete) lingerOnClose(res.req);
   } catch {
     // The error path cannot fail: whatever state a failed attempt left, the visitor's
     // connection is closed rather than the process.
     res.destroy();
   }
+}
+
+/** How long a connection closing under an unfinished upload keeps reading before it is cut. */
+const LINGER_MS = 5_000;
+
+/**
+ * Lingering close (RFC 9112 section 9.6) for an answer sent before its request's body was all
+ * read (413, a full buffer budget, a refused claim). Closing at once would leave the rest of the
+ * upload unread, and the kernel answers unread data with a reset, which can destroy the answer
+ * before the client read it: the client sees ECONNRESET instead of the status. So when node closes
+ * the connection after such an answer, it half-closes it instead, keeps reading (node discards the
+ * rest of the body) and closes once the body ended or after LINGER_MS. Nothing is kept meanwhile.
+ */
+function lingerOnClose(req: IncomingMessage): void {
+  const socket = req.socket as Socket & { destroySoon?: () => void };
+  if (socket.destroyed || typeof socket.destroySoon !== 'function') return;
+  socket.destroySoon = function lingeringClose(this: Socket): void {
+    if (this.writable) this.end();
+    if (req.complete || this.destroyed) {
+      this.destroy();
+      return;
+    }
+    const cut = (): void => {
+      clearTimeout(timer);
+      this.destroy();
+    };
+    const timer = setTimeout(cut, LINGER_MS);
+    req.once('end', cut);
+    req.once('close', cut);
+    this.once('close', () => clearTimeout(timer));
+  };
 }
 
 /**
