@@ -123,52 +123,114 @@ export function serializeResponse(r: SimpleResponse): Buffer {
 
 export type CometHandler = (req: ParsedRequest, info: { client: string }) => SimpleResponse | Promise<SimpleResponse>;
 
-/** A Node Comet app: `pollers` loops, each with its own registration POST and chain of request URLs. */
+/**
+ * A Node Comet app: `pollers` loops, each with its own registration POST and chain of request URLs.
+ *
+ * A loop that meets anything but the protocol's answers (a 200 delivery, a 204 poll timeout, a 202
+ * for its reply) fails: the failure is kept, `failure` names it, `failed` rejects with it, and
+ * `stop()` rethrows it, so a broken poller fails the test that uses it. Only the deliberate stop
+ * ends a loop quietly: the 410 of a poll waiting when `stop()` released the registration, or the
+ * 404 / cut connection of a poll or reply that `stop()` overtook.
+ */
 export class CometApp {
   url = '';
   location = '';
   #stopped = false;
+  #stopping: Promise<void> | undefined;
   #loops: Promise<void>[] = [];
+  #failure: Error | undefined;
+  #fail!: (err: Error) => void;
+  /** Rejects with the first loop's failure (never resolves): race a test's awaits against it. */
+  readonly failed: Promise<never> = new Promise<never>((_resolve, reject) => {
+    this.#fail = reject;
+  });
   #agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+
+  private constructor() {
+    // Observed through failure/stop() too: an unawaited `failed` is not an unhandled rejection.
+    this.failed.catch(() => undefined);
+  }
 
   static async start(origin: string, form: Record<string, string>, handler: CometHandler, pollers = 1): Promise<CometApp> {
     const app = new CometApp();
     for (let i = 0; i < pollers; i++) {
       const r = await register(origin, form, app.#agent);
-      if (r.status !== 201 && r.status !== 204) throw new Error(`registration failed: ${r.status} ${r.body.toString()}`);
+      if (r.status !== 201 && r.status !== 204) {
+        await app.stop().catch(() => undefined);
+        throw new Error(`registration failed: ${r.status} ${r.body.toString()}`);
+      }
       app.url = r.links['related'] ?? '';
       app.location = r.location ?? '';
-      app.#loops.push(app.#loop(r.links['first'] as string, handler));
+      const loop = app.#loop(r.links['first'] as string, handler, i);
+      app.#loops.push(
+        loop.catch((err: unknown) => {
+          const e = err instanceof Error ? err : new Error(String(err));
+          app.#failure ??= e;
+          app.#fail(e);
+        }),
+      );
     }
     return app;
   }
 
-  async #loop(first: string, handler: CometHandler): Promise<void> {
+  /** The first poll loop's failure, if one failed. */
+  get failure(): Error | undefined {
+    return this.#failure;
+  }
+
+  async #loop(first: string, handler: CometHandler, n: number): Promise<void> {
+    const what = (r: HttpReply): string => `${r.status} ${r.body.toString().slice(0, 200)}`;
     let url = first;
     while (!this.#stopped) {
       let r: HttpReply;
       try {
         r = await fetchRaw(url, { agent: this.#agent });
-      } catch {
+      } catch (err) {
         if (this.#stopped) return;
-        throw new Error('poll failed');
+        throw new Error(`poller ${n}: poll of ${url} failed: ${String(err)}`, { cause: err });
       }
       if (r.status === 204) {
         url = parseLinks(rawValues(r.rawHeaders, 'link'))['next'] ?? url;
         continue;
       }
-      if (r.status !== 200) return;
+      // The deliberate stop: stop() released the registration under a waiting poll (410), or the
+      // session was already gone when the poll arrived (404).
+      if (this.#stopped && (r.status === 410 || r.status === 404)) return;
+      if (r.status !== 200) throw new Error(`poller ${n}: unexpected poll answer ${what(r)}`);
+      const next = parseLinks(rawValues(r.rawHeaders, 'link'))['next'];
+      if (next === undefined) throw new Error(`poller ${n}: a delivery without rel=next`);
       const req = await parseRequestMessage(r.body);
       const reply = await handler(req, { client: String(r.headers['requesting-client']) });
-      await fetchRaw(url, { method: 'POST', headers: { 'content-type': 'message/http' }, body: serializeResponse(reply), agent: this.#agent });
-      url = parseLinks(rawValues(r.rawHeaders, 'link'))['next'] as string;
+      let posted: HttpReply;
+      try {
+        posted = await fetchRaw(url, {
+          method: 'POST',
+          headers: { 'content-type': 'message/http' },
+          body: serializeResponse(reply),
+          agent: this.#agent,
+        });
+      } catch (err) {
+        if (this.#stopped) return;
+        throw new Error(`poller ${n}: reply to ${url} failed: ${String(err)}`, { cause: err });
+      }
+      // stop() may have released the delivery before its reply came (404).
+      if (posted.status !== 202 && !(this.#stopped && posted.status === 404)) {
+        throw new Error(`poller ${n}: unexpected answer to its reply ${what(posted)}`);
+      }
+      url = next;
     }
   }
 
-  async stop(): Promise<void> {
-    this.#stopped = true;
-    if (this.location) await fetchRaw(this.location, { method: 'DELETE' }).catch(() => undefined);
-    await Promise.allSettled(this.#loops);
-    this.#agent.destroy();
+  /** Releases the registration and ends the loops; rejects with a loop's failure if one failed. */
+  stop(): Promise<void> {
+    this.#stopping ??= (async () => {
+      this.#stopped = true;
+      if (this.location) await fetchRaw(this.location, { method: 'DELETE' }).catch(() => undefined);
+      await Promise.all(this.#loops);
+      this.#agent.destroy();
+    })();
+    return this.#stopping.then(() => {
+      if (this.#failure) throw this.#failure;
+    });
   }
 }
