@@ -12,9 +12,9 @@ import { CometApp } from '../helpers/comet.js';
  */
 let gw: TestGateway | undefined;
 const tunnels: Tunnel[] = [];
-const cleanups: (() => void)[] = [];
+const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
-  for (const c of cleanups.splice(0)) c();
+  for (const c of cleanups.splice(0)) await c();
   for (const t of tunnels.splice(0)) await t.close({ graceMs: 100 });
   await gw?.close();
   gw = undefined;
@@ -49,20 +49,43 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
     gw = await startGateway();
     const g = gw;
     tunnels.push(await startApp(g.port, (_req, res) => res.end('stays'), { name: 'shared', http1: true, token: 't', connections: 4 }));
-    const leaving = await startApp(g.port, (_req, res) => setTimeout(() => res.end('leaves'), 5), { name: 'shared', token: 't' });
+    // The leaving app answers after 20 ms, so requests are always in flight on its connection.
+    const leaving = await startApp(g.port, (_req, res) => setTimeout(() => res.end('leaves'), 20), { name: 'shared', token: 't' });
     expect(leaving.protocol).toBe('h2');
-    const statuses: number[] = [];
+    const replies: { status: number; body: string }[] = [];
     let running = true;
     const loops = Array.from({ length: 20 }, async () => {
-      while (running) statuses.push((await request(g.port, { host: g.host('shared') })).status);
+      while (running) {
+        const r = await request(g.port, { host: g.host('shared') });
+        replies.push({ status: r.status, body: r.body });
+      }
     });
-    await new Promise((r) => setTimeout(r, 150));
+    const served = (body: string): number => replies.filter((r) => r.body === body).length;
+    const reg = g.gateway.table.lookup('shared');
+    const h2 = reg?.channels.find((c) => c.transport === 'http2');
+    if (!reg || !h2) throw new Error('no HTTP/2 channel for the leaving app');
+    // Under load: the HTTP/2 app has served some and holds requests in flight when it closes.
+    await until(() => served('leaves') >= 10 && h2.active > 0, 5_000, 'the HTTP/2 app to be serving under load');
+    const left = new Promise<void>((resolve) => {
+      const onClose = (_r: unknown, ch: unknown): void => {
+        if (ch !== h2) return;
+        g.gateway.removeListener('channel-close', onClose);
+        resolve();
+      };
+      g.gateway.on('channel-close', onClose);
+    });
     await leaving.close({ graceMs: 500, release: false });
-    await new Promise((r) => setTimeout(r, 150));
+    // Its GOAWAY took the channel out of the name (the registration stays: release: false).
+    await left;
+    expect(h2.closed).toBe(true);
+    const after = replies.length;
+    await until(() => replies.length >= after + 20, 5_000, 'requests after the HTTP/2 app left');
     running = false;
     await Promise.all(loops);
-    expect(statuses.length).toBeGreaterThan(20);
-    expect(statuses.filter((s) => s !== 200)).toEqual([]);
+    expect(replies.filter((r) => r.status !== 200)).toEqual([]);
+    // The other app served what came after, and nothing was lost in between.
+    expect(replies.slice(after).every((r) => r.body === 'stays')).toBe(true);
+    expect(served('stays')).toBeGreaterThanOrEqual(20);
   });
 
   it('never go back to the channel that refused them: with no other channel they wait for one (503 after the queue timeout), never loop', async () => {
@@ -143,7 +166,7 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
       stream.close(constants.NGHTTP2_REFUSED_STREAM);
     });
     const comet = await CometApp.start(g.origin, { name: 'cometmix', token: 't' }, (req) => ({ status: 200, body: `comet ${req.url}` }));
-    cleanups.push(() => void comet.stop());
+    cleanups.push(() => comet.stop());
     expect(g.gateway.table.lookup('cometmix')?.channels.map((c) => c.transport).sort()).toEqual(['comet', 'http2']);
     // Plain requests prefer the HTTP/2 channel, which refuses the stream: the retry goes to Comet.
     const r = await request(g.port, { host: g.host('cometmix'), path: '/mixed' });
