@@ -36,7 +36,8 @@ async function badGateway(port: number, name: string): Promise<number> {
   const app = await rawConnect(port);
   app.on('error', () => {});
   try {
-    app.write(`POST /?name=${name} HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`);
+    const head = [`POST /?name=${name} HTTP/1.1`, `Host: localhost:${port}`, 'Upgrade: PTTH/1.0', 'Connection: Upgrade'];
+    app.write(`${head.join('\r\n')}\r\nContent-Length: 0\r\n\r\n`);
     expect((await readUntil(app, headEnd)).toString('latin1')).toMatch(/^HTTP\/1\.1 101 /);
     const visit = request(port, { host: `${name}.localhost:${port}` });
     await readUntil(app, headEnd);
@@ -68,7 +69,8 @@ async function serveOn(port: number): Promise<Spawned> {
     const p = cli(['serve', '--port', String(port), '--host', '127.0.0.1']);
     const up = await p.waitFor(/listening on/, 10_000).then(() => true, () => false);
     if (up) return p;
-    if (attempt >= 20 || !/cannot listen on port .*EADDRINUSE/.test(p.output())) throw new Error(`serve did not start:\n${p.output()}`);
+    const taken = /cannot listen on port .*EADDRINUSE/.test(p.output());
+    if (attempt >= 20 || !taken) throw new Error(`serve did not start:\n${p.output()}`);
     await new Promise((r) => setTimeout(r, 250));
   }
 }
@@ -98,7 +100,8 @@ describe('ptth-proxy CLI', () => {
     expect(JSON.parse(line)).toMatchObject({ level: 30, event: 'request', name: 'nobody', method: 'GET', path: '/x', status: 404, error: 'PTTH_ERR_NOT_FOUND' });
     expect(line).not.toContain('secret');
     const quiet = await serve(['--quiet']);
-    expect((await request(quiet.port, { host: `nobody.localhost:${quiet.port}`, path: '/quiet-404' })).status).toBe(404);
+    const miss = await request(quiet.port, { host: `nobody.localhost:${quiet.port}`, path: '/quiet-404' });
+    expect(miss.status).toBe(404);
     // Then a 5xx, which --quiet still logs: once its line is out, the 404's would have been too.
     expect(await badGateway(quiet.port, 'broken')).toBe(502);
     const warn = (await quiet.p.waitFor(/\{[^\n]*"event":"request"[^\n]*\}\n/))[0];
