@@ -10,9 +10,8 @@ import { rssOf, spawnCli, type Spawned } from '../helpers/spawn.js';
  * Large bodies stream through the gateway both ways with backpressure: the gateway runs in its own
  * process and its resident memory is sampled while 1 GiB goes up and 1 GiB comes down (and 256 MiB
  * to a reader held to 64 MiB/s throughout). Every byte is checked against a SHA-1 computed as it
- * streams. Without
- * backpressure the gateway would hold a large part of the body; the bound here (96 MiB of growth)
- * is far below that and far above the ~10 MiB a streaming relay needs.
+ * streams. Without backpressure the gateway would hold a large part of the body; the bound here
+ * (96 MiB of growth) is far below that and far above the ~10 MiB a streaming relay needs.
  */
 const MIB = 1024 * 1024;
 const GIB = 1024 * MIB;
