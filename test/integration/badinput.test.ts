@@ -51,6 +51,15 @@ const OPTIONS: GatewayOptions = {
   pollTimeout: 1_000,
 };
 
+/**
+ * How long a case that waits out a timeout may take before it counts as a hang: ten times the
+ * timeout. Wide on purpose (a busy machine runs timers late); what a case asserts about time is
+ * that the answer came no earlier than the timeout, and came at all.
+ */
+const HANG = (timeout: number | undefined): number => 10 * (timeout as number);
+/** Slack for timers: node may fire one a millisecond or two early against performance.now(). */
+const EARLY = 5;
+
 let gw: TestGateway;
 const tunnels: Tunnel[] = [];
 const sockets: net.Socket[] = [];
@@ -321,8 +330,11 @@ describe('visitors sending bad bytes', () => {
 
   it('8 KiB of empty lines before a request: a clear status, no hang', async () => {
     await canaries(async () => {
+      // llhttp skips empty lines before a request line (RFC 9112 section 2.2) without counting them
+      // toward maxHeaderSize, on Node 20, 22 and 24 alike: the request is served.
       const seen = await send(`${'\r\n'.repeat(4_096)}${get(hosts().h1)}`);
-      expect(seen.status === 200 || seen.status === 400 || seen.status === 431 || (seen.closed && seen.status === undefined), seen.text.slice(0, 100)).toBe(true);
+      check(seen, 200);
+      expect(seen.text.endsWith('\r\n\r\nh1 ok'), seen.text.slice(0, 300)).toBe(true);
     });
   });
 });
@@ -413,20 +425,46 @@ describe('claimants sending bad bytes', () => {
   });
 
   it('refused claims leave no registration behind', async () => {
-    for (const name of ['tok1', 'tok2', 'lease1', 'lease2', 'clte', 'chunky', 'fat', 'early1', 'early2', 'early3', 'old', 'never1', 'never2', 'flood', 'alpn1', 'alpn2', 'ws1', 'ws2', 'ws3', 'ws4', 'ws5', 'ws6', 'cm1', 'cm2', 'cm3']) {
-      expect(gw.gateway.table.lookup(name), name).toBeUndefined();
+    // Names the refused cases above claim that would be valid names on their own: each case is
+    // driven again here, so this test stands alone, run with the others or by itself.
+    const NAMES = ['tok1', 'tok2', 'lease1', 'lease2', 'clte', 'chunky', 'fat', 'early1', 'early2', 'early3', 'old',
+      'never1', 'never2', 'flood', 'alpn1', 'alpn2', 'ws1', 'ws2', 'ws3', 'ws4', 'ws5', 'ws6', 'cm1', 'cm2', 'cm3'];
+    const g = `localhost:${gw.port}`;
+    const before = gw.gateway.table.list().map((r) => r.name).sort();
+    for (const name of NAMES) expect(before, `${name} is not held before the refusals`).not.toContain(name);
+    const driven = new Set<string>();
+    for (const [label, bytes, expected, code] of CLAIM_CASES) {
+      const raw = bytes(g);
+      const text = typeof raw === 'string' ? raw : raw.toString('latin1');
+      for (const name of NAMES) if (new RegExp(`name=${name}(&| |$)`).test(text)) driven.add(name);
+      const seen = await send(raw);
+      expect(seen.text, `${label}: never a 101`).not.toMatch(/^HTTP\/1\.1 101 /m);
+      check(seen, expected, code);
     }
+    expect([...driven].sort(), 'every name was claimed by a refused case').toEqual([...NAMES].sort());
+    for (const name of NAMES) expect(gw.gateway.table.lookup(name), name).toBeUndefined();
+    expect(gw.gateway.table.list().map((r) => r.name).sort(), 'no registration came or went').toEqual(before);
+    // The check can fail: the same claim with a valid token registers its name.
+    const control = fresh('control');
+    const ok = await rawClaim(gw.port, ptthClaim(g, `?name=${control}&token=t`));
+    sockets.push(ok.socket);
+    expect(ok.head).toMatch(/^HTTP\/1\.1 101 /);
+    await until(() => gw.gateway.table.lookup(control) !== undefined, 2_000, 'the control claim to register');
   });
 
   // The idle timeout never fires while bytes trickle: the registration form has claimTimeout, like native claims.
   it('a Comet registration whose body never arrives is answered within claimTimeout, not held open', async () => {
     await canaries(async () => {
       const s = await connect();
+      const started = performance.now();
       s.write(cometForm(`localhost:${gw.port}`, 'name=trickle&pad=').replace(/Content-Length: \d+/, 'Content-Length: 200'));
       const trickle = setInterval(() => s.writable && s.write('x'), 100);
       cleanups.push(() => clearInterval(trickle));
-      const seen = await outcome(s, OPTIONS.claimTimeout! + 1_000);
-      expect(seen.status === 400 || seen.status === 408, seen.text).toBe(true);
+      const seen = await outcome(s, HANG(OPTIONS.claimTimeout));
+      check(seen, 408, 'PTTH_ERR_BODY_TIMEOUT');
+      expect(performance.now() - started).toBeGreaterThanOrEqual(OPTIONS.claimTimeout! - EARLY);
+      expect(await closed(s)).toBe(true);
+      expect(gw.gateway.table.lookup('trickle')).toBeUndefined();
     });
   });
 
@@ -438,10 +476,12 @@ describe('claimants sending bad bytes', () => {
       const location = /\r\nLocation: (\S+)\r\n/.exec(claim.head)?.[1] ?? '';
       const path = new URL(location).pathname;
       const s = await connect();
+      const started = performance.now();
       s.write(`PUT ${path} HTTP/1.1\r\nHost: localhost:${gw.port}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 200\r\n\r\nlease=`);
       const trickle = setInterval(() => s.writable && s.write('1'), 100);
       cleanups.push(() => clearInterval(trickle));
-      const seen = await outcome(s, OPTIONS.claimTimeout! + 1_000);
+      const seen = await outcome(s, HANG(OPTIONS.claimTimeout));
+      expect(performance.now() - started).toBeGreaterThanOrEqual(OPTIONS.claimTimeout! - EARLY);
       check(seen, 408, 'PTTH_ERR_BODY_TIMEOUT');
       expect(await closed(s)).toBe(true);
     });
@@ -807,11 +847,13 @@ describe('slow peers', () => {
   it('a slowloris visitor trickling its head gets 408 within headersTimeout (plus slack) and is closed', async () => {
     await canaries(async () => {
       const s = await connect();
+      const started = performance.now();
       s.write(`GET / HTTP/1.1\r\nHost: ${hosts().h1}\r\n`);
       const trickle = setInterval(() => s.writable && s.write('X-A: b\r\n'), 50);
       cleanups.push(() => clearInterval(trickle));
-      const seen = await outcome(s, OPTIONS.headersTimeout! + 1_500);
+      const seen = await outcome(s, HANG(OPTIONS.headersTimeout));
       check(seen, 408);
+      expect(performance.now() - started).toBeGreaterThanOrEqual(OPTIONS.headersTimeout! - EARLY);
     });
   });
 
@@ -819,10 +861,12 @@ describe('slow peers', () => {
     await canaries(async () => {
       const s = await connect();
       s.write(ptthClaim(`localhost:${gw.port}`, '', ['Upgrade: PTTH/1.0', 'Connection: Upgrade', 'Content-Type: application/x-www-form-urlencoded']).replace('Content-Length: 0', 'Content-Length: 500'));
+      const started = performance.now();
       const trickle = setInterval(() => s.writable && s.write('a'), 50);
       cleanups.push(() => clearInterval(trickle));
-      const seen = await outcome(s, OPTIONS.claimTimeout! + 1_500);
+      const seen = await outcome(s, HANG(OPTIONS.claimTimeout));
       check(seen, 400);
+      expect(performance.now() - started).toBeGreaterThanOrEqual(OPTIONS.claimTimeout! - EARLY);
       expect(await closed(s)).toBe(true);
     });
   });
@@ -851,7 +895,7 @@ describe('slow peers', () => {
       cleanups.push(() => clearInterval(trickle));
       // The only channel still carries A's body: B waits in the registration's queue, with its timeout.
       const started = Date.now();
-      check(await outcome(await visitSocket(name, '/b'), OPTIONS.queueTimeout! + 2_000), 503, 'PTTH_ERR_NO_CHANNEL');
+      check(await outcome(await visitSocket(name, '/b'), HANG(OPTIONS.queueTimeout)), 503, 'PTTH_ERR_NO_CHANNEL');
       expect(Date.now() - started).toBeGreaterThanOrEqual(OPTIONS.queueTimeout! - 50);
       expect(seen).not.toContain('GET /b');
       // Once A's body is down, the channel takes the next request.
@@ -955,7 +999,7 @@ describe('slow peers', () => {
       };
       fill();
       const started = Date.now();
-      const got = await outcome(s, OPTIONS.responseTimeout! * 3 + 2_000);
+      const got = await outcome(s, HANG(OPTIONS.responseTimeout));
       check(got, 504, 'PTTH_ERR_APP_TIMEOUT');
       expect(Date.now() - started).toBeGreaterThanOrEqual(OPTIONS.responseTimeout! - 50);
       expect(seen).toBe(1);

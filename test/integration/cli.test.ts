@@ -1,6 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -10,7 +10,9 @@ import { spawnCli, type Spawned } from '../helpers/spawn.js';
 
 const procs: Spawned[] = [];
 const servers: http.Server[] = [];
+const sockets: Socket[] = [];
 afterEach(async () => {
+  for (const s of sockets.splice(0)) s.destroy();
   for (const p of procs.splice(0)) p.kill('SIGKILL');
   for (const s of servers.splice(0)) s.close();
 });
@@ -24,9 +26,53 @@ function cli(args: string[]): Spawned {
 async function serve(extra: string[] = []): Promise<{ p: Spawned; port: number }> {
   const p = cli(['serve', '--port', '0', '--host', '127.0.0.1', ...extra]);
   const m = await p.waitFor(/listening on 127\.0\.0\.1:(\d+)/);
-  // The banner's last line: each line is its own write, and may arrive in its own chunk.
-  await p.waitFor(/\n {2}access: /);
+  // The banner's last line, whole: each line is its own write, and may arrive in its own chunk.
+  await p.waitFor(/\n {2}access: +[^\n]+\n/);
   return { p, port: Number(m[1]) };
+}
+
+/** A raw PTTH/1.0 app for `name` that answers its first request with garbage: the visitor gets 502. */
+async function badGateway(port: number, name: string): Promise<number> {
+  const app = await rawConnect(port);
+  app.on('error', () => {});
+  try {
+    const head = [`POST /?name=${name} HTTP/1.1`, `Host: localhost:${port}`, 'Upgrade: PTTH/1.0', 'Connection: Upgrade'];
+    app.write(`${head.join('\r\n')}\r\nContent-Length: 0\r\n\r\n`);
+    expect((await readUntil(app, headEnd)).toString('latin1')).toMatch(/^HTTP\/1\.1 101 /);
+    const visit = request(port, { host: `${name}.localhost:${port}` });
+    await readUntil(app, headEnd);
+    app.write('GARBAGE\r\n\r\n');
+    return (await visit).status;
+  } finally {
+    app.destroy();
+  }
+}
+
+/**
+ * A port nothing listens on, held so that nothing else can start listening there meanwhile: the
+ * local end of a connection this test keeps open (Linux will not bind a listener to it). Freeing a
+ * port and hoping it stays free would race with every other process on the machine.
+ */
+async function refusingPort(): Promise<number> {
+  const s = await rawConnect(await backend(() => {}));
+  s.on('error', () => {});
+  sockets.push(s);
+  return s.localPort as number;
+}
+
+/**
+ * `serve` on a given port that was in use moments ago; retried (a bounded number of times) while
+ * something else holds it: the kernel may have handed it out to another process's socket meanwhile.
+ */
+async function serveOn(port: number): Promise<Spawned> {
+  for (let attempt = 1; ; attempt++) {
+    const p = cli(['serve', '--port', String(port), '--host', '127.0.0.1']);
+    const up = await p.waitFor(/listening on/, 10_000).then(() => true, () => false);
+    if (up) return p;
+    const taken = /cannot listen on port .*EADDRINUSE/.test(p.output());
+    if (attempt >= 20 || !taken) throw new Error(`serve did not start:\n${p.output()}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
 }
 
 async function backend(handler: http.RequestListener): Promise<number> {
@@ -54,9 +100,14 @@ describe('ptth-proxy CLI', () => {
     expect(JSON.parse(line)).toMatchObject({ level: 30, event: 'request', name: 'nobody', method: 'GET', path: '/x', status: 404, error: 'PTTH_ERR_NOT_FOUND' });
     expect(line).not.toContain('secret');
     const quiet = await serve(['--quiet']);
-    expect((await request(quiet.port, { host: `nobody.localhost:${quiet.port}` })).status).toBe(404);
-    await new Promise((r) => setTimeout(r, 200));
-    expect(quiet.p.output()).not.toContain('"event":"request"');
+    const miss = await request(quiet.port, { host: `nobody.localhost:${quiet.port}`, path: '/quiet-404' });
+    expect(miss.status).toBe(404);
+    // Then a 5xx, which --quiet still logs: once its line is out, the 404's would have been too.
+    expect(await badGateway(quiet.port, 'broken')).toBe(502);
+    const warn = (await quiet.p.waitFor(/\{[^\n]*"event":"request"[^\n]*\}\n/))[0];
+    expect(JSON.parse(warn)).toMatchObject({ level: 40, event: 'request', name: 'broken', status: 502 });
+    expect(quiet.p.output()).not.toContain('/quiet-404');
+    expect(quiet.p.output().match(/"event":"request"/g)).toHaveLength(1);
   });
 
   it('connect exposes a local service end to end, and Ctrl-C exits 0 and releases the name', async () => {
@@ -86,13 +137,12 @@ describe('ptth-proxy CLI', () => {
 
   it('connect answers 502 with a clear body when the local service is down', async () => {
     const { port } = await serve();
-    const dead = await backend(() => {});
-    servers.pop()?.close();
+    const dead = await refusingPort();
     const c = cli(['connect', `http://127.0.0.1:${dead}`, '--gateway', `http://127.0.0.1:${port}`, '--name', 'down']);
     await c.waitFor(/Forwarding/);
     const r = await request(port, { host: `down.localhost:${port}` });
     expect(r.status).toBe(502);
-    expect(r.body).toContain(`could not reach http://127.0.0.1:${dead}`);
+    expect(r.body).toContain(`could not reach http://127.0.0.1:${dead} (ECONNREFUSED)`);
   });
 
   it('connect survives a gateway restart by reconnecting', async () => {
@@ -104,8 +154,7 @@ describe('ptth-proxy CLI', () => {
     first.p.kill('SIGTERM');
     expect(await first.p.exited()).toBe(0);
     await c.waitFor(/lost the gateway; reconnecting/);
-    const second = cli(['serve', '--port', String(port), '--host', '127.0.0.1']);
-    await second.waitFor(/listening/);
+    await serveOn(port);
     await c.waitFor(/back online/, 10_000);
     const r = await request(port, { host: `again.localhost:${port}` });
     expect(r.status).toBe(200);

@@ -16,6 +16,21 @@ async function gateway(options = {}, port = 0): Promise<TestGateway> {
   return g;
 }
 
+/**
+ * A gateway on a port that was in use moments ago (a restart): retried, a bounded number of times,
+ * while something else holds it, since the kernel may have handed it to another socket meanwhile.
+ */
+async function gatewayOn(port: number): Promise<TestGateway> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await gateway({}, port);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= 20) throw err;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+}
+
 async function app(port: number, target: http.RequestListener | http.Server, options = {}): Promise<Tunnel> {
   const t = await startApp(port, target, options);
   tunnels.push(t);
@@ -70,7 +85,7 @@ describe('Node client: listen()', () => {
     await gw.close();
     gateways.splice(gateways.indexOf(gw), 1);
     await until(() => !t.online, 3_000, 'offline');
-    gw = await gateway({}, port);
+    gw = await gatewayOn(port);
     await until(() => t.online, 5_000, 'back online');
     expect(events).toEqual(['offline', 'online']);
     const r = await request(port, { host: gw.host('phoenix') });
@@ -94,7 +109,7 @@ describe('Node client: listen()', () => {
       expect(d).toBeGreaterThanOrEqual(exp / 2);
       expect(d).toBeLessThanOrEqual(exp);
     });
-    const g2 = await gateway({}, port);
+    const g2 = await gatewayOn(port);
     await t.ready();
     expect((await request(port, { host: g2.host('late') })).body).toBe('late');
   });

@@ -8,11 +8,13 @@ import { rssOf, spawnCli, type Spawned } from '../helpers/spawn.js';
 
 /**
  * Large bodies stream through the gateway both ways with backpressure: the gateway runs in its own
- * process and its resident memory is sampled while 1 GiB goes up and 1 GiB comes down. Without
- * backpressure the gateway would hold a large part of the body; the bound here (96 MiB of growth)
- * is far below that and far above the ~10 MiB a streaming relay needs.
+ * process and its resident memory is sampled while 1 GiB goes up and 1 GiB comes down (and 256 MiB
+ * to a reader held to 64 MiB/s throughout). Every byte is checked against a SHA-1 computed as it
+ * streams. Without backpressure the gateway would hold a large part of the body; the bound here
+ * (96 MiB of growth) is far below that and far above the ~10 MiB a streaming relay needs.
  */
-const GIB = 1024 * 1024 * 1024;
+const MIB = 1024 * 1024;
+const GIB = 1024 * MIB;
 const CHUNK = Buffer.alloc(256 * 1024, 'abcdefghijklmnopqrstuvwxyz0123456789');
 
 function source(total: number): Readable {
@@ -54,8 +56,10 @@ async function startAll(): Promise<{ port: number; sample: () => number }> {
       req.on('end', () => res.end(JSON.stringify({ size, sha1: hash.digest('hex') })));
       return;
     }
-    res.writeHead(200, { 'Content-Length': GIB });
-    source(GIB).pipe(res);
+    // Download: `?size=N` bytes (1 GiB by default) of the same pattern the uploads send.
+    const size = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('size') ?? GIB);
+    res.writeHead(200, { 'Content-Length': size });
+    source(size).pipe(res);
   });
   tunnel = listen(app, { gateway: `http://127.0.0.1:${port}`, name: 'big', connections: 1 });
   await tunnel.ready();
@@ -90,36 +94,65 @@ describe('streaming bodies', () => {
     expect(peak - before).toBeLessThan(96 * 1024 * 1024);
   }, 120_000);
 
-  it('downloads 1 GiB through the gateway with flat gateway memory, even from a slow reader', async () => {
-    const { port, sample } = await startAll();
-    const before = sample();
-    let peak = before;
-    const timer = setInterval(() => (peak = Math.max(peak, sample())), 50);
-    const size = await new Promise<number>((resolve, reject) => {
-      const req = http.request({ host: '127.0.0.1', port, path: '/download', headers: { host: `big.localhost:${port}` } });
+  /**
+   * Downloads `total` bytes, hashing them as they come (no buffer of the whole). With `rate`
+   * (bytes/s) the reader is slow throughout: after each MiB it pauses until it is no further ahead
+   * than `rate` allows, so the app, far faster, must be held back the whole way.
+   */
+  function download(port: number, total: number, rate?: number): Promise<{ size: number; sha1: string; ms: number }> {
+    return new Promise((resolve, reject) => {
+      const path = `/download?size=${total}`;
+      const req = http.request({ host: '127.0.0.1', port, path, headers: { host: `big.localhost:${port}` } });
       req.on('response', (res) => {
+        const hash = createHash('sha1');
+        const started = performance.now();
         let n = 0;
-        let paused = false;
+        let check = MIB;
         res.on('data', (c: Buffer) => {
           n += c.length;
-          // Read slowly for the first 64 MiB: the app must be held back, not the gateway filled.
-          if (n < 64 * 1024 * 1024 && !paused) {
-            paused = true;
+          hash.update(c);
+          if (rate === undefined || n < check) return;
+          check = n + MIB;
+          const wait = started + (n / rate) * 1000 - performance.now();
+          if (wait > 0) {
             res.pause();
-            setTimeout(() => {
-              paused = false;
-              res.resume();
-            }, 1);
+            setTimeout(() => res.resume(), wait);
           }
         });
-        res.on('end', () => resolve(n));
+        res.on('end', () => resolve({ size: n, sha1: hash.digest('hex'), ms: performance.now() - started }));
         res.on('error', reject);
       });
       req.on('error', reject);
       req.end();
     });
+  }
+
+  it('downloads 1 GiB through the gateway with flat gateway memory, every byte as sent', async () => {
+    const { port, sample } = await startAll();
+    const before = sample();
+    let peak = before;
+    const timer = setInterval(() => (peak = Math.max(peak, sample())), 50);
+    const got = await download(port, GIB);
     clearInterval(timer);
-    expect(size).toBe(GIB);
+    expect({ size: got.size, sha1: got.sha1 }).toEqual({ size: GIB, sha1: expectedSha1(GIB) });
+    expect(peak - before).toBeLessThan(96 * 1024 * 1024);
+  }, 120_000);
+
+  it('downloads 256 MiB to a reader slow the whole way through (64 MiB/s) with flat gateway memory', async () => {
+    // The app writes several times faster than this reader takes: without backpressure the gateway
+    // would hold most of the 256 MiB, far over the bound.
+    const total = 256 * MIB;
+    const rate = 64 * MIB;
+    const { port, sample } = await startAll();
+    const before = sample();
+    let peak = before;
+    const timer = setInterval(() => (peak = Math.max(peak, sample())), 50);
+    const got = await download(port, total, rate);
+    clearInterval(timer);
+    expect({ size: got.size, sha1: got.sha1 }).toEqual({ size: total, sha1: expectedSha1(total) });
+    // Slow throughout: the whole took at least what the rate allows (bar the last MiB or two,
+    // read after the last pause).
+    expect(got.ms).toBeGreaterThanOrEqual(((total - 2 * MIB) / rate) * 1000);
     expect(peak - before).toBeLessThan(96 * 1024 * 1024);
   }, 120_000);
 });
