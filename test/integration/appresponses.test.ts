@@ -213,11 +213,8 @@ describe('a malformed response head gets the visitor 502 Bad Gateway, on every t
   it.each([...NAMES, ...VALUES])('reversed HTTP/2: %s is never relayed', async (_label, head) => {
     const o = await viaHttp2(head);
     const name = String(head.headers?.[0]).toLowerCase();
-    if (o.status === 502) expectBadResponse(o);
-    else {
-      expect(o.status).toBe(200);
-      expect(o.text.toLowerCase()).not.toContain(`\r\n${name}:`);
-    }
+    expect(o.status).toBe(200);
+    expect(o.text.toLowerCase()).not.toContain(`\r\n${name}:`);
   });
 
   const WS_ONLY: [string, Head][] = [

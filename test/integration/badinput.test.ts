@@ -513,7 +513,10 @@ describe('claimants sending bad bytes', () => {
       c.socket.write('HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nthis is not HTTP/2');
       c.socket.resume();
       const seen = await outcome(await visitSocket(name), 3_000);
-      expect([502, 503, 504]).toContain(seen.status);
+      // The connection never became a channel that takes requests (no SETTINGS ever came), so the
+      // visitor waited for one as during a reconnect, and the name has none when that wait ends.
+      expect(seen.status).toBe(503);
+      expect(seen.text).toContain('X-Ptth-Error: PTTH_ERR_NO_CHANNEL');
       await until(() => reg(name).channels.length === 0, 2_000, 'the channel to close');
       expect(reg(name).waiting).toBe(0);
     });
@@ -783,7 +786,10 @@ describe('apps answering with invalid responses over reversed HTTP/2', () => {
       const id = await app.request();
       app.write(hdrs(id, [[':status', '200'], ['x-a', 'a\r\nx-injected: 1'], ['content-length', '0']]));
       const seen = await outcome(visitor);
-      expect([200, 502]).toContain(seen.status);
+      // nghttp2 drops a field whose value holds CR, LF or NUL (RFC 9113 section 8.2.1) before node
+      // sees it: the response goes through without it.
+      expect(seen.status).toBe(200);
+      expect(seen.text.toLowerCase()).not.toContain('x-a:');
       expect(seen.text.toLowerCase()).not.toContain('\r\nx-injected');
     });
   });
