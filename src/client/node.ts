@@ -43,6 +43,12 @@ export interface ListenOptions {
   backoff?: number;
   /** Longest reconnect delay in ms (default 30000). */
   maxBackoff?: number;
+  /**
+   * Milliseconds the gateway has to answer a claim (default 10000). A server that accepts the
+   * connection and never answers (a wrong port, a stalled proxy) would otherwise hold that
+   * connection of the pool forever: past it, the dial is dropped and retried with backoff.
+   */
+  claimTimeout?: number;
   /** Access key for gateways that require one (sent as `Authorization: Bearer <key>` on every claim). */
   key?: string;
   /** Extra headers on every claim. */
@@ -284,7 +290,12 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     });
     this.#dialing.set(req, kind);
     let settled = false;
+    const claimTimeout = this.#options.claimTimeout ?? 10_000;
+    const deadline = setTimeout(() => {
+      req.destroy(new Error(`the gateway did not answer the claim within ${claimTimeout} ms`));
+    }, claimTimeout);
     const fail = (err: Error): void => {
+      clearTimeout(deadline);
       if (settled) return;
       settled = true;
       this.#dialing.delete(req);
@@ -296,6 +307,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       this.#schedule(err, kind, attempt);
     };
     req.on('upgrade', (res: http.IncomingMessage, socket: Socket, head: Buffer) => {
+      clearTimeout(deadline);
       settled = true;
       this.#dialing.delete(req);
       if (this.#closed) {
@@ -324,6 +336,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       this.#adopt(socket, head, got);
     });
     req.on('response', (res: http.IncomingMessage) => {
+      clearTimeout(deadline);
       const chunks: Buffer[] = [];
       let size = 0;
       res.on('data', (c: Buffer) => {

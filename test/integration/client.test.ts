@@ -177,3 +177,37 @@ describe('Node client: listen()', () => {
     expect(gw.gateway.table.lookup('keep')).toBeDefined();
   });
 });
+
+describe('Node client: a gateway that never answers the claim', () => {
+  it('drops the dial after claimTimeout and dials again, so a silent server cannot hold the pool', async () => {
+    // Something that accepts connections and never says a word (a wrong port, a stalled proxy).
+    const accepted: import('node:net').Socket[] = [];
+    let dropped = 0;
+    const silent = (await import('node:net')).createServer((s) => {
+      accepted.push(s);
+      s.on('close', () => dropped++);
+      s.resume();
+    });
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const port = (silent.address() as import('node:net').AddressInfo).port;
+    const tunnel = listen((_req, res) => res.end('ok'), {
+      gateway: `http://127.0.0.1:${port}`,
+      http1: true,
+      connections: 1,
+      claimTimeout: 200,
+      backoff: 50,
+      maxBackoff: 100,
+    });
+    tunnels.push(tunnel);
+    try {
+      const error = await new Promise<Error>((resolve) => tunnel.once('reconnecting', (e: { error: Error }) => resolve(e.error)));
+      expect(error.message).toBe('the gateway did not answer the claim within 200 ms');
+      // The silent connection was given up, and the client dials again.
+      await until(() => accepted.length >= 2, 5_000, 'a second dial');
+      await until(() => dropped >= 1, 5_000, 'the first dial to be dropped');
+    } finally {
+      for (const s of accepted) s.destroy();
+      silent.close();
+    }
+  });
+});
