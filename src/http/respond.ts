@@ -72,12 +72,20 @@ export function sendError(res: ServerResponse, err: PtthError, accept: string | 
     // section 4), sending "502 OK" or throwing again out of the error path.
     res.writeHead(err.status, STATUS_CODES[err.status] ?? 'Error', headers);
     res.end(body);
-    if (!res.req.complete) lingerOnClose(res.req);
+    if (unreadBody(res.req)) lingerOnClose(res.req);
   } catch {
     // The error path cannot fail: whatever state a failed attempt left, the visitor's
     // connection is closed rather than the process.
     res.destroy();
   }
+}
+
+/**
+ * A request whose body has not all been read. (`complete` alone is false during the 'request'
+ * event of every request, a bodyless GET's included: llhttp reports the head before the end.)
+ */
+function unreadBody(req: IncomingMessage): boolean {
+  return !req.complete && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
 }
 
 /** How long a connection closing under an unfinished upload keeps reading before it is cut. */
