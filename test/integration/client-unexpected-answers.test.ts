@@ -54,7 +54,8 @@ function start(port: number, target: (req: IncomingMessage, res: ServerResponse)
   tunnel: Tunnel;
   errors: Error[];
 } {
-  const tunnel = listen(target, { gateway: `http://127.0.0.1:${port}`, name: 'fake', backoff: 10, maxBackoff: 20, http1 });
+  const gateway = `http://127.0.0.1:${port}`;
+  const tunnel = listen(target, { gateway, name: 'fake', backoff: 10, maxBackoff: 20, http1 });
   tunnels.push(tunnel);
   const errors: Error[] = [];
   tunnel.on('reconnecting', ({ error }) => errors.push(error));
@@ -74,7 +75,7 @@ describe('the client against unexpected claim answers', () => {
     expect(tunnel.online).toBe(false);
   });
 
-  it('a 101 to reversed HTTP/2 when only PTTH/1.0 was offered: dropped and retried, never served as HTTP/2', async () => {
+  it('a 101 to reversed HTTP/2 when only PTTH/1.0 was offered: dropped and retried', async () => {
     const g = await fakeGateway(({ socket }) => socket.write(OK_H2));
     const { tunnel, errors } = start(g.port, (_req, res) => res.end(), true);
     await until(() => g.claims.length >= 2 && errors.length >= 1, 3_000, 'a second claim after the bad 101');
@@ -84,12 +85,13 @@ describe('the client against unexpected claim answers', () => {
     expect(tunnel.protocol).toBe('h1');
   });
 
-  it('a 503 refusal is retried (ClaimError with its status and code), and a later 101 brings the tunnel online', async () => {
+  it('a 503 is retried (ClaimError with status and code); a later 101 brings the tunnel online', async () => {
     const g = await fakeGateway(({ socket }, n) => {
       if (n === 1) {
         const body = 'busy';
         socket.end(
-          `HTTP/1.1 503 Service Unavailable\r\nX-Ptth-Error: PTTH_ERR_SHUTTING_DOWN\r\nContent-Length: ${body.length}\r\n` +
+          'HTTP/1.1 503 Service Unavailable\r\nX-Ptth-Error: PTTH_ERR_SHUTTING_DOWN\r\n' +
+            `Content-Length: ${body.length}\r\n` +
             `Connection: close\r\n\r\n${body}`,
         );
       } else socket.write(OK_H2);
@@ -110,7 +112,9 @@ function closedSoon(socket: net.Socket | undefined): Promise<boolean> {
 }
 
 /** The fake gateway's side of a reversed HTTP/2 connection: an HTTP/2 client over the claimed socket. */
-async function reversedH2(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<http2.ClientHttp2Session> {
+type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+
+async function reversedH2(handler: Handler): Promise<http2.ClientHttp2Session> {
   let claimed: net.Socket | undefined;
   const g = await fakeGateway(({ socket }) => {
     socket.write(OK_H2);
@@ -133,7 +137,8 @@ interface H2Answer {
 
 function h2Request(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders): Promise<H2Answer> {
   return new Promise((resolve) => {
-    const stream = session.request({ ':method': 'GET', ':scheme': 'http', ':authority': 'bridge.localhost', ...headers });
+    const pseudo = { ':method': 'GET', ':scheme': 'http', ':authority': 'bridge.localhost' };
+    const stream = session.request({ ...pseudo, ...headers });
     let status: number | undefined;
     let body = '';
     stream.on('response', (h) => (status = Number(h[':status'])));
@@ -161,7 +166,7 @@ describe('the client\'s HTTP/2 bridge when the local server fails', () => {
     }
   });
 
-  it('a server that fails after its head: the stream is reset (INTERNAL_ERROR), never ended as if complete', async () => {
+  it('a server that fails after its head: the stream is reset (INTERNAL_ERROR), never ended whole', async () => {
     const session = await reversedH2((req, res) => {
       res.writeHead(200, { 'content-length': '100' });
       res.write('partial');
@@ -177,7 +182,7 @@ describe('the client\'s HTTP/2 bridge when the local server fails', () => {
     }
   });
 
-  it('a response head node:http2 refuses to send (Content-Type twice): the stream is reset, the next one is served', async () => {
+  it('a head node:http2 will not send (Content-Type twice): the stream is reset, the next is served', async () => {
     const session = await reversedH2((req, res) => {
       if (req.url === '/twice') res.setHeader('content-type', ['text/plain', 'text/html']);
       res.end(`body of ${req.url ?? ''}`);

@@ -30,7 +30,7 @@ async function reregister(origin: string, name: string, times: number): Promise<
 }
 
 describe('Comet open slots past 1024 in one session', () => {
-  it('the oldest open slot is dropped when the 1025th is minted: 404 there, the next oldest and the newest still poll', async () => {
+  it('the 1025th slot drops the oldest open one (404 there); the next oldest and the newest still poll', async () => {
     gw = await startGateway({ pollTimeout: 100 });
     const g = gw;
     agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
@@ -51,7 +51,7 @@ describe('Comet open slots past 1024 in one session', () => {
     expect((await fetchRaw(newest as string)).status).toBe(204);
   });
 
-  it('a slot with a poll waiting on it is kept: the next open slot is dropped instead, and the poll still gets its request', async () => {
+  it('a slot with a poll waiting is kept, the next open one goes instead; the poll gets its request', async () => {
     gw = await startGateway({ pollTimeout: 5_000 });
     const g = gw;
     agent = new http.Agent({ keepAlive: true, maxSockets: 1 });

@@ -2,7 +2,8 @@ import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
-import { rawClaim, rawConnect, readUntil, request, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { rawClaim, rawConnect, readUntil, request, startApp, startGateway, until } from '../helpers/index.js';
+import type { TestGateway } from '../helpers/index.js';
 import { serveH2 } from '../helpers/h2app.js';
 
 /*
@@ -64,7 +65,7 @@ async function raw(g: TestGateway, bytes: string): Promise<string> {
 }
 
 describe('a request node:http2 refuses to send', () => {
-  it('Content-Type twice: 400 PTTH_ERR_BAD_PARAMS, nothing reaches the HTTP/2 app, the channel serves the next request', async () => {
+  it('Content-Type twice: 400 PTTH_ERR_BAD_PARAMS, the HTTP/2 app sees nothing, the channel serves on', async () => {
     gw = await startGateway({ responseTimeout: 1_000 });
     const g = gw;
     const seen: IncomingHttpHeaders[] = [];
@@ -91,7 +92,8 @@ describe('a request node:http2 refuses to send', () => {
     const answer = await raw(
       g,
       `GET /chat HTTP/1.1\r\nHost: ${g.host('twiceup')}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
-        'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nUser-Agent: a\r\nUser-Agent: b\r\n\r\n',
+        'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n' +
+        'User-Agent: a\r\nUser-Agent: b\r\n\r\n',
     );
     expect(answer).toMatch(/^HTTP\/1\.1 400 /);
     expect(answer).toMatch(/X-Ptth-Error: PTTH_ERR_BAD_PARAMS/i);

@@ -39,7 +39,8 @@ const claim = (port: number, name: string): string =>
 
 function httpsGet(port: number, host: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = https.request({ host: '127.0.0.1', port, path: '/', headers: { host }, ca: cert.cert, servername: 'localhost', agent: false });
+    const tlsOptions = { ca: cert.cert, servername: 'localhost' };
+    const req = https.request({ host: '127.0.0.1', port, path: '/', headers: { host }, ...tlsOptions, agent: false });
     req.on('response', (res) => {
       let body = '';
       res.setEncoding('utf8');
@@ -65,7 +66,8 @@ describe('two HTTP/2 claims racing for the last channel slot', () => {
     const [ha, hb] = await Promise.all([readUntil(a, headEnd), readUntil(b, headEnd)]);
     const heads = [ha, hb].map((h) => h.toString('latin1'));
     expect(heads.map((h) => h.slice(0, 12))).toEqual(['HTTP/1.1 101', 'HTTP/1.1 101']);
-    await until(() => opened.length === 1 && (a.destroyed || b.destroyed), 3_000, 'one channel open, one connection closed');
+    const settled = (): boolean => opened.length === 1 && (a.destroyed || b.destroyed);
+    await until(settled, 3_000, 'one channel open, one connection closed');
     const loser = a.destroyed ? a : b;
     const winner = loser === a ? b : a;
     expect(winner.destroyed).toBe(false);

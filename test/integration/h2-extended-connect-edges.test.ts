@@ -25,7 +25,9 @@ interface Seen {
 }
 
 /** An HTTP/2-only app for `name` that accepts extended CONNECT; `onStream` answers (or not). */
-async function h2App(g: TestGateway, name: string, onStream: (s: ServerHttp2Stream, h: IncomingHttpHeaders) => void): Promise<Seen[]> {
+type OnStream = (s: ServerHttp2Stream, h: IncomingHttpHeaders) => void;
+
+async function h2App(g: TestGateway, name: string, onStream: OnStream): Promise<Seen[]> {
   const c = await rawClaim(
     g.port,
     `POST /?name=${name}&token=t HTTP/1.1\r\nHost: localhost:${g.port}\r\nUpgrade: ptth\r\nALPN: h2\r\n` +
@@ -70,7 +72,7 @@ const fullAnswer = (b: Buffer): boolean => {
 };
 
 describe('visitor upgrades over reversed HTTP/2 (extended CONNECT)', () => {
-  it('an upgrade other than WebSocket: 502 PTTH_ERR_UPGRADE_UNSUPPORTED, no stream opened, the channel stays', async () => {
+  it('not WebSocket: 502 PTTH_ERR_UPGRADE_UNSUPPORTED, no stream opened, the channel stays', async () => {
     gw = await startGateway({ responseTimeout: 300 });
     const g = gw;
     const seen = await h2App(g, 'notws', (s) => {
@@ -85,7 +87,7 @@ describe('visitor upgrades over reversed HTTP/2 (extended CONNECT)', () => {
     expect(g.gateway.table.lookup('notws')?.channels[0]?.available).toBe(true);
   });
 
-  it('an app that never answers the CONNECT: 504 PTTH_ERR_APP_TIMEOUT after responseTimeout, and the stream is cancelled', async () => {
+  it('no answer to the CONNECT: 504 PTTH_ERR_APP_TIMEOUT after responseTimeout, the stream cancelled', async () => {
     gw = await startGateway({ responseTimeout: 300 });
     const g = gw;
     const seen = await h2App(g, 'silentws', () => {});
@@ -93,12 +95,13 @@ describe('visitor upgrades over reversed HTTP/2 (extended CONNECT)', () => {
     const answer = (await readUntil(v, fullAnswer)).toString('latin1');
     expect(answer).toMatch(/^HTTP\/1\.1 504 /);
     expect(answer).toMatch(/X-Ptth-Error: PTTH_ERR_APP_TIMEOUT/i);
-    expect(seen.map((s) => [s.headers[':method'], s.headers[':protocol'], s.headers[':path']])).toEqual([['CONNECT', 'websocket', '/chat']]);
+    const pseudo = seen.map((s) => [s.headers[':method'], s.headers[':protocol'], s.headers[':path']]);
+    expect(pseudo).toEqual([['CONNECT', 'websocket', '/chat']]);
     await until(() => seen[0]?.rstCode !== undefined, 3_000, 'the CONNECT stream to close');
     expect(seen[0]?.rstCode).toBe(constants.NGHTTP2_CANCEL);
   });
 
-  it('an app that declines with 403: its status, headers and body reach the visitor, then the connection closes', async () => {
+  it('the app declines with 403: status, headers and body reach the visitor, then the connection closes', async () => {
     gw = await startGateway({ responseTimeout: 1_000 });
     const g = gw;
     await h2App(g, 'nows', (s) => {

@@ -25,7 +25,7 @@ afterEach(async () => {
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 describe('a WebSocket-channel app that stops reading while a visitor uploads', () => {
-  it('the gateway stops reading the visitor, resumes once the app reads again, and the body arrives whole', async () => {
+  it('the gateway stops reading the visitor, resumes once the app reads, and the body arrives whole', async () => {
     gw = await startGateway({ wsWindow: 2 * TOTAL, responseTimeout: 5_000 });
     const g = gw;
     const app = await RawWsApp.connect(g.port, { name: 'slowws' });

@@ -60,7 +60,9 @@ class FakeChannel implements Channel {
 type Recorded<T> = T & { label: string; failed: string[]; doneCount: number };
 
 /** Records what the registration reports through `fail` and `done`. */
-function recording<T extends object>(label: string, base: T): Recorded<T> & { fail(err: PtthError): void; done(): void } {
+type Recorder<T> = Recorded<T> & { fail(err: PtthError): void; done(): void };
+
+function recording<T extends object>(label: string, base: T): Recorder<T> {
   const rec = Object.assign(base, {
     label,
     failed: [] as string[],
@@ -103,7 +105,12 @@ function upgradeExchange(label: string): Recorded<UpgradeExchange> {
   return recording(label, base) as unknown as Recorded<UpgradeExchange>;
 }
 
-const OPTIONS: QueueOptions & { defaultLease: number } = { queueLimit: 3, queueTimeout: 1_000, reconnectWait: 300, defaultLease: 60 };
+const OPTIONS: QueueOptions & { defaultLease: number } = {
+  queueLimit: 3,
+  queueTimeout: 1_000,
+  reconnectWait: 300,
+  defaultLease: 60,
+};
 
 async function registration(options: Partial<QueueOptions> = {}): Promise<{ table: MemoryTable; reg: Registration }> {
   const table = new MemoryTable({ ...OPTIONS, ...options });
@@ -178,7 +185,7 @@ describe('Registration queueing', () => {
     expect(exs[2]?.doneCount).toBe(1);
   });
 
-  it('gives up on a queued request after queueTimeout (503 PTTH_ERR_NO_CHANNEL) and takes it out of the queue', async () => {
+  it('gives up on a queued request after queueTimeout (503 PTTH_ERR_NO_CHANNEL), out of the queue', async () => {
     const r = await registration({ queueTimeout: 1_000, reconnectWait: 50 });
     table = r.table;
     const ch = new FakeChannel('http1', { free: false });
@@ -196,7 +203,7 @@ describe('Registration queueing', () => {
     expect(ch.dispatched).toEqual([]);
   });
 
-  it('waits reconnectWait, not queueTimeout, while the name has no channel at all, and a channel that comes back takes the request', async () => {
+  it('waits reconnectWait, not queueTimeout, with no channel at all; a channel that comes takes it', async () => {
     const r = await registration({ queueTimeout: 5_000, reconnectWait: 300 });
     table = r.table;
     const lost = exchange('lost');
@@ -252,7 +259,7 @@ describe('Registration queueing', () => {
     expect(up.failed).toEqual([]);
   });
 
-  it('an upgrade fails at once with 502 PTTH_ERR_UPGRADE_UNSUPPORTED when no live channel can ever carry one', async () => {
+  it('an upgrade fails at once (502 PTTH_ERR_UPGRADE_UNSUPPORTED) when no channel can carry one', async () => {
     const r = await registration();
     table = r.table;
     r.reg.addChannel(new FakeChannel('websocket', { upgradable: false }));
@@ -263,7 +270,7 @@ describe('Registration queueing', () => {
     expect(r.reg.waiting).toBe(0);
   });
 
-  it('a retried request avoids the channel that refused it, and the idle refuser serves the requests queued behind it', async () => {
+  it('a retry avoids the channel that refused it; the idle refuser serves requests queued behind it', async () => {
     const r = await registration();
     table = r.table;
     const h2 = new FakeChannel('http2');
@@ -303,7 +310,7 @@ describe('Registration queueing', () => {
     expect(ex.retry).toBeUndefined();
   });
 
-  it('a release fails every queued request with 404 PTTH_ERR_NOT_FOUND, and a channel added after it is closed', async () => {
+  it('a release fails queued requests (404 PTTH_ERR_NOT_FOUND); a channel added after it is closed', async () => {
     const r = await registration();
     table = r.table;
     r.reg.addChannel(new FakeChannel('http1', { free: false }));
@@ -324,7 +331,7 @@ describe('Registration queueing', () => {
     expect(r.reg.channels).toEqual([]);
   });
 
-  it('a name whose last channel closes is released when its lease runs out, and the queue waits reconnectWait', async () => {
+  it('with its last channel gone the queue waits reconnectWait and the lease runs out', async () => {
     const r = await registration({ reconnectWait: 100 });
     table = r.table;
     const ch = new FakeChannel('http1');
