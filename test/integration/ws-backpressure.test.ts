@@ -11,7 +11,7 @@ import { RawWsApp } from '../helpers/wsapp.js';
  * windows close) and starts again once the buffer drained. With a stream window far larger than
  * the upload, credit never holds the body back: only the high-water mark does.
  */
-const TOTAL = 48 * 1024 * 1024;
+const TOTAL = 16 * 1024 * 1024;
 let gw: TestGateway | undefined;
 const apps: RawWsApp[] = [];
 const sockets: Socket[] = [];
