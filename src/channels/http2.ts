@@ -287,7 +287,10 @@ export class Http2Channel implements Channel {
     return Math.min(this.#options.maxStreams, remote ?? ASSUMED_STREAMS);
   }
   get available(): boolean {
-    return !this.#closed && !this.#draining && this.#active < this.capacity;
+    // A session node:http2 already closed or destroyed (a connection error, its 'close' not yet
+    // run) opens no stream: a request handed to it would fail with 502 though nothing was sent.
+    const session = this.#session;
+    return !this.#closed && !this.#draining && !session.closed && !session.destroyed && this.#active < this.capacity;
   }
   /** RFC 8441: the app said it accepts extended CONNECT. */
   get upgradable(): boolean {
@@ -344,6 +347,8 @@ export class Http2Channel implements Channel {
   #broken(why: string): void {
     if (this.#closed) return;
     const err = new PtthError('PTTH_ERR_BAD_RESPONSE', `The app broke the HTTP/2 connection (${why}); the gateway closed it.`);
+    // Nothing new goes down it: the exchanges failing below would otherwise hand it queued requests.
+    this.#draining = true;
     for (const broken of [...this.#inflight]) broken(err);
     this.#session.destroy();
     this.#socket.destroy();
