@@ -15,6 +15,9 @@ export default defineConfig({
       include: ['src/**/*.ts'],
       reporter: ['text-summary', 'json-summary'],
       reportsDirectory: 'coverage',
+      // Just under what the suite reaches (78.9 / 73.5 / 81.7 / 81.0 % when set): a change that
+      // drops tested code, or tests, below it fails CI.
+      thresholds: { statements: 78, branches: 72, functions: 80, lines: 80 },
     },
   },
 });
