@@ -142,7 +142,7 @@ class DeliveryImpl implements Delivery {
 }
 
 /**
- * The Comet transport (PROTOCOL.md section 4) as a channel: one per registration, fed by however
+ * The Comet transport (docs/PROTOCOL.md section 5) as a channel: one per registration, fed by however
  * many pollers the app runs. Requests are buffered whole (a poll answer needs a Content-Length),
  * queued, and handed to the longest-waiting poll, so pollers share the work round robin; the
  * requests of one visitor connection go out one at a time, in order. URLs and HTTP live in

@@ -77,7 +77,7 @@ export class Http1Channel implements Channel {
     socket.on('error', noop);
     // node:http servers allow half-open sockets: the app's FIN alone would leave this channel open.
     socket.on('end', () => socket.end());
-    // PROTOCOL.md section 3: bytes from the app before the first reversed request are a protocol error.
+    // docs/PROTOCOL.md section 2: bytes from the app before the first reversed request are a protocol error.
     socket.on('data', this.#onEarlyData);
     // The claim may have paused the socket while reading its body; the channel must see EOF and early data.
     socket.resume();
@@ -319,7 +319,7 @@ export class Http1Channel implements Channel {
         finish();
         return;
       }
-      // The relayed 101 is written by hand: node's client has already parsed it (PROTOCOL.md section 5).
+      // The relayed 101 is written by hand: node's client has already parsed it (docs/PROTOCOL.md section 8).
       visitor.write(rawHead(101, head.reason, head.headers));
       if (appHead.length > 0) visitor.write(appHead);
       if (ex.head.length > 0) appSocket.write(ex.head);

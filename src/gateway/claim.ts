@@ -12,7 +12,7 @@ import { privateUrlFor, publicUrlFor, type GatewayContext } from './context.js';
 import { hijack, watchNextMessage } from './hijack.js';
 
 /**
- * Native claims (PROTOCOL.md sections 2-3): `Upgrade: PTTH/1.0` on any path of the gateway host or
+ * Native claims (docs/PROTOCOL.md section 2): `Upgrade: PTTH/1.0` on any path of the gateway host or
  * of the claimed app host. Two ways in, one way out:
  *  - with `Connection: Upgrade`, node's 'upgrade' event hands over the socket (claimFromUpgrade);
  *  - without it (the 2008 Second Life client), node parses an ordinary request and the socket is
@@ -46,7 +46,7 @@ function claimParams(ctx: GatewayContext, req: IncomingMessage, hostName: string
 /**
  * A claim that brings a channel with it (native and WebSocket): the access check, the table's
  * claim, then room for one more channel (per name, and per key). Keys come as `Authorization:
- * Bearer` (PROTOCOL.md section 2).
+ * Bearer` (docs/PROTOCOL.md section 2).
  */
 export async function register(
   ctx: GatewayContext,
@@ -90,7 +90,7 @@ export function headerKey(req: IncomingMessage): string | undefined {
   return bearerKey(req.headers.authorization);
 }
 
-/** What a claim's `Upgrade` and `ALPN` headers negotiate (PROTOCOL.md section 3). */
+/** What a claim's `Upgrade` and `ALPN` headers negotiate (docs/PROTOCOL.md sections 2 and 4). */
 export interface Reversal {
   readonly protocol: 'http1' | 'http2';
   /** The token the 101 answers with: the one the client offered. */
@@ -130,7 +130,7 @@ export function negotiate(upgrade: string | undefined, alpn: string | undefined,
   );
 }
 
-/** Writes the 101 exactly as PROTOCOL.md section 3 shows it and puts the channel in service. */
+/** Writes the 101 exactly as docs/PROTOCOL.md section 2 shows it and puts the channel in service. */
 /**
  * A claim that made its name and then never put a channel in service (the claimant went away, or
  * lost the limits race at join time) leaves nothing behind: the name would otherwise sit for its
@@ -240,7 +240,7 @@ export function claimFromUpgrade(ctx: GatewayContext, req: IncomingMessage, sock
 
 /**
  * Reads exactly `length` bytes (the body llhttp left to us with the upgrade). Bytes past it, sent
- * before the 101, are a protocol error (PROTOCOL.md section 3).
+ * before the 101, are a protocol error (docs/PROTOCOL.md section 2).
  */
 function readDeclaredBody(socket: Socket, head: Buffer, length: number, timeout: number): Promise<Buffer> {
   if (head.length > length) return Promise.reject(earlyData());

@@ -3,7 +3,7 @@ import { hasToken } from '../http/headers.js';
 
 /**
  * Pure classification of an incoming request (no I/O): which of the gateway's roads it takes.
- * PROTOCOL.md section 1: a Host that is the domain, an IP literal, or outside the domain goes to the
+ * docs/PROTOCOL.md section 1: a Host that is the domain, an IP literal, or outside the domain goes to the
  * gateway's own endpoints; `name.domain` is the app `name`.
  */
 export type Route =
@@ -13,7 +13,7 @@ export type Route =
   | { readonly kind: 'visitor'; readonly name: string }
   /** The gateway's own endpoints. */
   | { readonly kind: 'gateway' }
-  /** A WebSocket channel claim (PROTOCOL.md section 4): `Upgrade: websocket` on the gateway host. */
+  /** A WebSocket channel claim (docs/PROTOCOL.md section 6): `Upgrade: websocket` on the gateway host. */
   | { readonly kind: 'websocket' };
 
 export interface RequestHead {

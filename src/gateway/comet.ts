@@ -13,7 +13,7 @@ import { gatewayOrigin, privateUrlFor, publicUrlFor, requestProto, type GatewayC
 import { clientAddress } from './forward.js';
 
 /**
- * The ReverseHttp Comet protocol (PROTOCOL.md section 4), compatible with the reversehttp.net
+ * The ReverseHttp Comet protocol (docs/PROTOCOL.md section 5), compatible with the reversehttp.net
  * service: registration by form POST on the Gateway Service URL, long-poll GETs on request URLs,
  * the app's reply POSTed back as `message/http`.
  *

@@ -88,7 +88,7 @@ export function gatewayOrigin(settings: GatewaySettings, req: IncomingMessage): 
   return `${proto}://${settings.domain}${portSuffix(req, proto)}`;
 }
 
-/** An app's public URL (PROTOCOL.md section 1): clients read it from `Link`, never build it. */
+/** An app's public URL (docs/PROTOCOL.md section 1): clients read it from `Link`, never build it. */
 export function publicUrlFor(settings: GatewaySettings, req: IncomingMessage, name: string): string {
   if (settings.publicUrl) {
     const u = settings.publicUrl;

@@ -14,7 +14,7 @@ import { SERVICE_PATH } from './comet.js';
  *  - `GET /`: what the gateway is doing (HTML, or JSON with `Accept: application/json`);
  *  - `/_ptth/<id>`: a registration's private URL, GET state, PUT lease/token, DELETE release.
  *
- * CORS only where browser clients on other origins need it (PROTOCOL.md section 4): the Comet
+ * CORS only where browser clients on other origins need it (docs/PROTOCOL.md sections 5 and 7): the Comet
  * endpoint, `/ptth.js` (module scripts are fetched in cors mode) and DELETE of a private URL (the
  * browser library releases its name with it). The status page, metrics, health and the rest of the
  * private URL send none: any page open in a browser on the gateway's machine could otherwise read

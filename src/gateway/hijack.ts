@@ -5,7 +5,7 @@ import type { Socket } from 'node:net';
  * Takes a connection away from node:http after a complete request, so the gateway can reverse it.
  *
  * Why this exists: llhttp only reports an upgrade when the request carries both `Upgrade` and
- * `Connection: Upgrade`. PROTOCOL.md section 3 also accepts `Upgrade: PTTH/1.0` without
+ * `Connection: Upgrade`. docs/PROTOCOL.md section 2 also accepts `Upgrade: PTTH/1.0` without
  * `Connection` (the 2008 Second Life client sent that), and node delivers such a request as an
  * ordinary 'request'. Node 20 has no public way to detach the parser from that connection (Node 24
  * adds `shouldUpgradeCallback`), so this undoes exactly what node's own upgrade path undoes in
@@ -75,8 +75,8 @@ const ON_MESSAGE_BEGIN = 0;
 
 /**
  * Reports whether the client sent any byte past the request (a pipelined or partial next message).
- * node's parser consumes such bytes itself, so the socket never shows them to hijack(); PROTOCOL.md
- * section 3 makes them a protocol error. node's server leaves this hook unset; if a future node
+ * node's parser consumes such bytes itself, so the socket never shows them to hijack(); docs/PROTOCOL.md
+ * section 2 makes them a protocol error. node's server leaves this hook unset; if a future node
  * sets it, the check is skipped rather than the server's hook replaced.
  */
 export function watchNextMessage(req: IncomingMessage): () => boolean {

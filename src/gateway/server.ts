@@ -202,7 +202,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   readonly settings: GatewaySettings;
   #ctx: GatewayContext;
   #info: GatewayInfo;
-  /** Comet, the WebSocket channel and /ptth.js (PROTOCOL.md section 4). */
+  /** Comet, the WebSocket channel and /ptth.js (docs/PROTOCOL.md sections 5 and 6). */
   readonly browser: BrowserEndpoints;
   /** Prometheus metrics (undefined with `metrics: false`). */
   readonly metrics: GatewayMetrics | undefined;
@@ -586,7 +586,7 @@ function rateLimited(wait: number, what: 'claims' | 'requests'): PtthError {
 }
 
 /**
- * A Comet registration is a claim too (PROTOCOL.md section 4),
+ * A Comet registration is a claim too (docs/PROTOCOL.md section 5),
  * at /reversehttp or /reversehttp/ as comet.ts takes it.
  */
 function isCometRegistration(req: IncomingMessage): boolean {

@@ -3,7 +3,7 @@ import { PtthError } from './errors.js';
 
 /**
  * Form fields from the query string and the body, the body winning: any Content-Type, since old
- * clients send what their library forces (PROTOCOL.md section 4).
+ * clients send what their library forces (docs/PROTOCOL.md section 5).
  */
 export function formParams(req: IncomingMessage, body: Buffer): URLSearchParams {
   const url = req.url ?? '/';

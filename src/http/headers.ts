@@ -1,7 +1,7 @@
 /**
  * Header handling for the relay: hop-by-hop removal (RFC 9110 section 7.6.1) and the forwarding
  * headers the gateway adds. Works on flat raw header arrays (`[name, value, name, value, ...]`) so
- * that names keep the case and order the peer sent, as PROTOCOL.md section 5 asks.
+ * that names keep the case and order the peer sent, as docs/PROTOCOL.md section 3 asks.
  */
 
 /** RFC 9110 section 7.6.1 plus Trailer (the relay does not forward trailers). */

@@ -2,7 +2,7 @@ import { request, type IncomingMessage } from 'node:http';
 import { Duplex } from 'node:stream';
 
 /**
- * `message/http` (RFC 9112 section 10.1) both ways for the Comet transport (PROTOCOL.md section 4).
+ * `message/http` (RFC 9112 section 10.1) both ways for the Comet transport (docs/PROTOCOL.md section 5).
  *
  * Writing: the visitor's request is reproduced from what llhttp parsed (method, Request-URI and
  * version as received) with the header list every transport forwards (end-to-end headers in their

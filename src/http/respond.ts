@@ -5,7 +5,7 @@ import { PtthError } from './errors.js';
 
 /**
  * Gateway-made responses: a short body that says what happened, as HTML for browsers, JSON when
- * `Accept` asks for it, plain text otherwise (PROTOCOL.md section 5).
+ * `Accept` asks for it, plain text otherwise (docs/PROTOCOL.md section 9).
  */
 export interface Rendered {
   readonly contentType: string;

@@ -275,7 +275,7 @@ export class MemoryTable extends EventEmitter implements RouteTable {
     if (name !== undefined) {
       const existing = this.#byName.get(name);
       if (existing) {
-        // PROTOCOL.md section 2: the same token gets the name back; another token gets 403.
+        // docs/PROTOCOL.md section 2: the same token gets the name back; another token gets 403.
         if (params.token === undefined || !existing.tokenMatches(params.token)) {
           throw new PtthError('PTTH_ERR_TOKEN_MISMATCH', `The name "${name}" is held under another token.`);
         }

@@ -2,7 +2,7 @@ import * as http from 'node:http';
 import { duplexPair } from '../../src/client/pair.js';
 
 /*
- * A plain-HTTP Comet app (PROTOCOL.md section 4), as a client written for reversehttp.net would be:
+ * A plain-HTTP Comet app (docs/PROTOCOL.md section 5), as a client written for reversehttp.net would be:
  * register with a form POST, long-poll request URLs, POST `message/http` replies. Used by the Comet
  * tests and the benchmark.
  */

@@ -7,7 +7,7 @@ import { spawnCli } from '../helpers/spawn.js';
 import { CometApp, fetchRaw, parseLinks, parseRequestMessage, rawValues, register, serializeResponse, type HttpReply } from '../helpers/comet.js';
 
 /*
- * The ReverseHttp Comet protocol (PROTOCOL.md section 4) with plain HTTP clients: registration,
+ * The ReverseHttp Comet protocol (docs/PROTOCOL.md section 5) with plain HTTP clients: registration,
  * long polls, replies, every status, the limits and timeouts, several pollers, and CORS.
  */
 

@@ -127,7 +127,7 @@ describe('apps killed', () => {
       await app.waitFor(/^partial sent$/m);
       const rest = readUntil(s, () => false, 3_000);
       app.kill('SIGKILL');
-      // Headers went out, so the only honest signal left is a cut connection (PROTOCOL.md section 5),
+      // Headers went out, so the only honest signal left is a cut connection (docs/PROTOCOL.md section 9),
       // at once rather than after the keep-alive timeout, and never the chunked terminator.
       const got = (await rest).toString('latin1');
       expect(got).not.toContain('0\r\n\r\n');

@@ -1,5 +1,5 @@
 /**
- * The native claim handshake, byte for byte (PROTOCOL.md sections 1-3): `Upgrade: PTTH/1.0` with
+ * The native claim handshake, byte for byte (docs/PROTOCOL.md sections 1 and 2): `Upgrade: PTTH/1.0` with
  * and without `Connection: Upgrade`, names, tokens, leases, bodies, early data and refusals.
  * Every test talks to a real gateway over raw sockets and writes the exact request bytes.
  */
@@ -89,7 +89,7 @@ async function claim(port: number, data: string): Promise<{ socket: Socket; head
   };
 }
 
-/** The standard native claim of PROTOCOL.md section 3, with Connection: Upgrade or without it. */
+/** The standard native claim of docs/PROTOCOL.md section 2, with Connection: Upgrade or without it. */
 function ptth(port: number, query: string, opts: { connection?: boolean; host?: string; extra?: string[] } = {}): string {
   return bytes([
     `POST /${query} HTTP/1.1`,
@@ -103,7 +103,7 @@ function ptth(port: number, query: string, opts: { connection?: boolean; host?: 
 
 const B64URL32 = '[A-Za-z0-9_-]{32}';
 
-/** The byte-exact 101 of PROTOCOL.md section 3 for `name`; group 1 is the private id. */
+/** The byte-exact 101 of docs/PROTOCOL.md section 2 for `name`; group 1 is the private id. */
 function exact101(name: string, port: number): RegExp {
   return new RegExp(
     '^HTTP/1\\.1 101 Switching Protocols\\r\\n' +
@@ -166,7 +166,7 @@ async function readAll(socket: Socket, ms = 5_000): Promise<{ buf: Buffer; close
 }
 
 /**
- * A refusal (PROTOCOL.md section 3): an ordinary response with the status, `Connection: close`, a
+ * A refusal (docs/PROTOCOL.md section 2): an ordinary response with the status, `Connection: close`, a
  * complete body, never a 101, and the connection closes.
  */
 async function expectRefusal(socket: Socket, status: number, code?: string, already = Buffer.alloc(0)): Promise<Parsed> {

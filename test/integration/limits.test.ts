@@ -75,11 +75,11 @@ async function send(port: number, bytes: string, from?: string): Promise<Answer>
 
 const crlf = (lines: string[]): string => `${lines.join('\r\n')}\r\n\r\n`;
 
-/** The native claim of PROTOCOL.md section 3, with or without Connection: Upgrade. */
+/** The native claim of docs/PROTOCOL.md section 2, with or without Connection: Upgrade. */
 const nativeClaim = (port: number, name: string, connection = true): string =>
   crlf([`POST /?name=${name} HTTP/1.1`, `Host: localhost:${port}`, 'Upgrade: PTTH/1.0', ...(connection ? ['Connection: Upgrade'] : []), 'Content-Length: 0']);
 
-/** A WebSocket channel claim (PROTOCOL.md section 4); resolves with the socket or the refusal. */
+/** A WebSocket channel claim (docs/PROTOCOL.md section 6); resolves with the socket or the refusal. */
 function wsClaim(port: number, name: string): Promise<{ ws: WebSocket } | { status: number; headers: http.IncomingHttpHeaders }> {
   const ws = new WebSocket(`ws://127.0.0.1:${port}/?name=${name}`, 'ptth.v1', { headers: { Host: `localhost:${port}` } });
   sockets.push(ws);

@@ -19,7 +19,7 @@ import {
 import type { GatewayOptions } from '../../src/gateway/server.js';
 
 /*
- * Routing, forwarding and gateway-made statuses (PROTOCOL.md sections 1, 2 and 5), against a real
+ * Routing, forwarding and gateway-made statuses (docs/PROTOCOL.md sections 1, 2, 8 and 9), against a real
  * gateway on 127.0.0.1 with real clients: raw PTTH/1.0 channels written byte by byte where the
  * test needs to control the app's side exactly, and the Node client elsewhere.
  */

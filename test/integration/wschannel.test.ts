@@ -7,7 +7,7 @@ import { closed, rawConnect, readUntil, request, startGateway, until, type TestG
 import { loadLibrary, RawWsApp, wsRefusal, type BodyFrame, type LibServer } from '../helpers/wsapp.js';
 
 /*
- * The WebSocket channel (PROTOCOL.md section 4, README "WebSocket channel framing"): claims with
+ * The WebSocket channel (docs/PROTOCOL.md section 6, README "WebSocket channel framing"): claims with
  * the native semantics, many requests at once completing out of order, bodies in chunks with
  * per-stream credit, and every failure path.
  */

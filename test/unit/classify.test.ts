@@ -26,7 +26,7 @@ describe('classify (pure)', () => {
     expect(classify({ host: 'foo.localhost', upgrade: 'websocket, ptth/1.0' }, 'localhost')).toEqual({ kind: 'claim', hostName: 'foo' });
     expect(classify({ host: 'foo.localhost', upgrade: 'websocket' }, 'localhost')).toEqual({ kind: 'visitor', name: 'foo' });
     expect(classify({ host: 'foo.localhost', upgrade: undefined }, 'localhost')).toEqual({ kind: 'visitor', name: 'foo' });
-    // A WebSocket to the gateway host is a WebSocket channel claim (PROTOCOL.md section 4).
+    // A WebSocket to the gateway host is a WebSocket channel claim (docs/PROTOCOL.md section 6).
     expect(classify({ host: 'localhost', upgrade: 'websocket' }, 'localhost')).toEqual({ kind: 'websocket' });
     expect(classify({ host: 'localhost', upgrade: 'h2c' }, 'localhost')).toEqual({ kind: 'gateway' });
     expect(classify({ host: 'ptth.localhost', upgrade: 'PTTH/1.1' }, 'localhost')).toEqual({ kind: 'visitor', name: 'ptth' });
