@@ -44,7 +44,7 @@ function cometChannel(g: TestGateway, name: string): CometChannel | undefined {
 }
 
 describe('Comet registration: POST /reversehttp', () => {
-  it('answers 201 with Link rel first and related and Location, header names cased as in PROTOCOL.md', async () => {
+  it('answers 201 with Link rel first and related and Location, header names cased as in docs/PROTOCOL.md section 5', async () => {
     const g = await gateway();
     const r = await register(g.origin, { name: 'comet', token: 's3cret', lease: '60' });
     expect(r.status).toBe(201);

@@ -215,7 +215,7 @@ function channels(g: TestGateway, name: string): number | undefined {
 
 const LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 
-describe('the 101 (PROTOCOL.md section 3)', () => {
+describe('the 101 (docs/PROTOCOL.md section 2)', () => {
   it('answers Upgrade: PTTH/1.0 with Connection: Upgrade with exactly the 101 head, no extra header, no body', async () => {
     const g = await start();
     const c = await claim(g.port, ptth(g.port, '?name=foo&token=s3cret'));
@@ -266,7 +266,7 @@ describe('the 101 (PROTOCOL.md section 3)', () => {
   });
 });
 
-describe('names (PROTOCOL.md sections 1-2)', () => {
+describe('names (docs/PROTOCOL.md sections 1-2)', () => {
   it('takes the name from the Host header (Host: foo.localhost:PORT claims foo)', async () => {
     const g = await start();
     const c = await claim(g.port, ptth(g.port, '', { host: `foo.localhost:${g.port}` }));
@@ -382,7 +382,7 @@ describe('names (PROTOCOL.md sections 1-2)', () => {
   });
 });
 
-describe('leases (PROTOCOL.md section 2)', () => {
+describe('leases (docs/PROTOCOL.md section 2)', () => {
   it.each([['-1'], ['1.5'], ['abc'], ['99999999999']])('refuses lease=%s with 400 and a body saying why', async (lease) => {
     const g = await start();
     const r = await refused(g.port, ptth(g.port, `?name=foo&lease=${lease}`), 400, 'PTTH_ERR_BAD_LEASE');
@@ -428,7 +428,7 @@ describe('HTTP/1.0 (RFC 9110 section 7.8)', () => {
   });
 });
 
-describe('claim bodies (PROTOCOL.md section 3)', () => {
+describe('claim bodies (docs/PROTOCOL.md section 2)', () => {
   const FORM = 'name=bar&token=t';
   const formClaim = (port: number, connection: boolean, extra: string[] = []): string[] => [
     'POST / HTTP/1.1',
@@ -576,7 +576,7 @@ describe('claim bodies (PROTOCOL.md section 3)', () => {
   }
 });
 
-describe('early data (PROTOCOL.md section 3)', () => {
+describe('early data (docs/PROTOCOL.md section 2)', () => {
   it('refuses bytes sent past a declared body with 400, no 101 (with Connection: Upgrade)', async () => {
     const g = await start();
     await refused(
@@ -663,7 +663,7 @@ describe('early data (PROTOCOL.md section 3)', () => {
   }
 });
 
-describe('tokens (PROTOCOL.md section 2)', () => {
+describe('tokens (docs/PROTOCOL.md section 2)', () => {
   it('gives the same name with the same token a second channel (101)', async () => {
     const g = await start();
     const a = await claim(g.port, ptth(g.port, '?name=foo&token=s3cret'));

@@ -256,7 +256,7 @@ const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 // =============================================================================================
 
-describe('handshake variants (PROTOCOL.md section 3, draft-kazuho-ptth-ptth)', () => {
+describe('handshake variants (docs/PROTOCOL.md section 4, draft-kazuho-ptth-ptth)', () => {
   it('Upgrade: ptth + ALPN: h2 gets the exact 101 with ALPN: h2, then HTTP/2: a visitor GET arrives as a stream with pseudo-headers and forwarding headers, and the response is relayed', async () => {
     const gw = await gateway();
     const c = await claim(claimBytes(gw.port, '?name=hx&token=t', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: h2']));
