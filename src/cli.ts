@@ -1,4 +1,4 @@
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -28,7 +28,11 @@ const time = (): string => new Date().toISOString().slice(11, 19);
 const program = new Command()
   .name('ptth-proxy')
   .description('Reverse HTTP gateway: programs with only an HTTP client claim a public hostname and serve HTTP through it.')
-  .version(VERSION);
+  .version(VERSION)
+  // Usage errors (a bad value, an unknown option, a missing argument) exit 2, as the README says, where
+  // commander's own exit is 1: it throws instead of exiting, here and in every subcommand added below
+  // (they inherit the setting), and the catch at the end maps the code.
+  .exitOverride();
 
 const serve = program
   .command('serve')
@@ -335,6 +339,8 @@ program
   });
 
 program.parseAsync().catch((e: unknown) => {
+  // Commander has printed its message already; --help and --version come here too, with exit code 0.
+  if (e instanceof CommanderError) process.exit(e.exitCode === 0 ? 0 : 2);
   err(`ptth-proxy: ${(e as Error).message}`);
   process.exit(1);
 });

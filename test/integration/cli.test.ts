@@ -171,9 +171,9 @@ describe('ptth-proxy CLI', () => {
     expect(b.output()).toMatch(/403 .*held under another token/);
   });
 
-  it('rejects bad arguments with a message and a non-zero exit', async () => {
+  it('rejects bad arguments with a message and exit code 2', async () => {
     const badPort = cli(['serve', '--port', 'eighty']);
-    expect(await badPort.exited()).not.toBe(0);
+    expect(await badPort.exited()).toBe(2);
     expect(badPort.output()).toContain('expected a whole number');
     const badDomain = cli(['serve', '--port', '0', '--domain', 'no spaces']);
     expect(await badDomain.exited()).toBe(2);
@@ -182,6 +182,36 @@ describe('ptth-proxy CLI', () => {
     expect(await badTarget.exited()).toBe(2);
     expect(badTarget.output()).toContain('only http and https services');
   });
+
+  // Commander's own checks exit 1 unless the CLI maps them: every usage error of every command exits 2.
+  it.each([
+    [['serve', '--port', '99999'], /argument '99999' is invalid/],
+    [['serve', '--port', 'abc'], /argument 'abc' is invalid/],
+    [['serve', '--no-such-option'], /unknown option '--no-such-option'/],
+    [['serve', '--claim-rate', '5/x'], /argument '5\/x' is invalid/],
+    [['serve', '--log-format', 'xml'], /Allowed choices are/],
+    [['connect', '3000', '--lease', '-5'], /argument '-5' is invalid/],
+    [['connect', '3000', '--connections', '0'], /argument '0' is invalid/],
+    [['connect'], /missing required argument 'target'/],
+    [['connect', '3000', '--no-such-option'], /unknown option/],
+    [['key', '--max-names', '-1'], /argument '-1' is invalid/],
+    [['key', '--max-channels', 'x'], /argument 'x' is invalid/],
+    [['no-such-command'], /unknown command 'no-such-command'/],
+    [[], /Usage: ptth-proxy/],
+  ])('usage error %j exits 2 with a message', async (args, message) => {
+    const p = cli(args);
+    expect(await p.exited()).toBe(2);
+    expect(p.output()).toMatch(message);
+  });
+
+  it.each([['--help'], ['--version'], ['serve', '--help'], ['connect', '--help'], ['key', '--help'], ['help', 'serve']])(
+    '%j exits 0',
+    async (...args) => {
+      const p = cli(args);
+      expect(await p.exited()).toBe(0);
+      expect(p.output()).toMatch(args[0] === '--version' ? /^\d+\.\d+\.\d+\n$/ : /^Usage: ptth-proxy/);
+    },
+  );
 
   it('serve --no-http2 answers a ptth+h2 offer with PTTH/1.0, and connect then serves over HTTP/1.1', async () => {
     const { port } = await serve(['--no-http2']);
