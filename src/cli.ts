@@ -159,8 +159,6 @@ async function runServe(c: ServeConfig): Promise<void> {
     drops,
   });
   gateway.metrics?.countLogDrops(() => drops.lines);
-  // One line per visitor request (an access log) at info; --quiet keeps only the 5xx ones (warn).
-  attachLogger(gateway, logger, { requests: true });
   let addr;
   try {
     addr = await gateway.listen(num('port'), c['host'] as string | undefined);
@@ -168,6 +166,11 @@ async function runServe(c: ServeConfig): Promise<void> {
     err(`ptth-proxy: cannot listen on port ${String(c['port'])}: ${(e as Error).message}`);
     process.exit(1);
   }
+  // One line per visitor request (an access log) at info; --quiet keeps only the 5xx ones (warn).
+  // Attached once listening, and the gateway's `listening` event replayed to it after the start-up lines
+  // below: the logger writes asynchronously (fs.write on libuv's thread pool), the start-up lines synchronously,
+  // so a `listening` line logged as the gateway started could land before or after them, as it pleased.
+  attachLogger(gateway, logger, { requests: true });
   let admin: Server | undefined;
   if (adminPort !== undefined) {
     admin = createAdminServer(gateway);
@@ -206,6 +209,7 @@ async function runServe(c: ServeConfig): Promise<void> {
         '  Give it --keys FILE (see `ptth-proxy key`), or bind it to 127.0.0.1 with --host.',
     );
   }
+  gateway.emit('listening', addr);
   process.on('SIGHUP', () => {
     try {
       const tls = loadTls();
