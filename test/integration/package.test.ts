@@ -50,7 +50,8 @@ describe('the packed package', () => {
     const prefix = join(tmp, 'prefix');
     const tarball = join(tmp, packed[0]?.filename ?? '');
     // --prefer-offline: the dependencies come from npm's cache when it has them (this checkout's install filled it).
-    await npm(['install', '--prefix', prefix, tarball, '--no-audit', '--no-fund', '--omit=dev', '--prefer-offline'], tmp);
+    const quiet = ['--no-audit', '--no-fund'];
+    await npm(['install', '--prefix', prefix, tarball, '--omit=dev', '--prefer-offline', ...quiet], tmp);
     const bin = join(prefix, 'node_modules', '.bin', 'ptth-proxy');
     accessSync(bin, constants.X_OK);
 
