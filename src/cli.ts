@@ -1,4 +1,4 @@
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -28,7 +28,11 @@ const time = (): string => new Date().toISOString().slice(11, 19);
 const program = new Command()
   .name('ptth-proxy')
   .description('Reverse HTTP gateway: programs with only an HTTP client claim a public hostname and serve HTTP through it.')
-  .version(VERSION);
+  .version(VERSION)
+  // Usage errors (a bad value, an unknown option, a missing argument) exit 2, as the README says, where
+  // commander's own exit is 1: it throws instead of exiting, here and in every subcommand added below
+  // (they inherit the setting), and the catch at the end maps the code.
+  .exitOverride();
 
 const serve = program
   .command('serve')
@@ -155,8 +159,6 @@ async function runServe(c: ServeConfig): Promise<void> {
     drops,
   });
   gateway.metrics?.countLogDrops(() => drops.lines);
-  // One line per visitor request (an access log) at info; --quiet keeps only the 5xx ones (warn).
-  attachLogger(gateway, logger, { requests: true });
   let addr;
   try {
     addr = await gateway.listen(num('port'), c['host'] as string | undefined);
@@ -164,6 +166,11 @@ async function runServe(c: ServeConfig): Promise<void> {
     err(`ptth-proxy: cannot listen on port ${String(c['port'])}: ${(e as Error).message}`);
     process.exit(1);
   }
+  // One line per visitor request (an access log) at info; --quiet keeps only the 5xx ones (warn).
+  // Attached once listening, and the gateway's `listening` event replayed to it after the start-up lines
+  // below: the logger writes asynchronously (fs.write on libuv's thread pool), the start-up lines synchronously,
+  // so a `listening` line logged as the gateway started could land before or after them, as it pleased.
+  attachLogger(gateway, logger, { requests: true });
   let admin: Server | undefined;
   if (adminPort !== undefined) {
     admin = createAdminServer(gateway);
@@ -202,6 +209,7 @@ async function runServe(c: ServeConfig): Promise<void> {
         '  Give it --keys FILE (see `ptth-proxy key`), or bind it to 127.0.0.1 with --host.',
     );
   }
+  gateway.emit('listening', addr);
   process.on('SIGHUP', () => {
     try {
       const tls = loadTls();
@@ -335,6 +343,8 @@ program
   });
 
 program.parseAsync().catch((e: unknown) => {
+  // Commander has printed its message already; --help and --version come here too, with exit code 0.
+  if (e instanceof CommanderError) process.exit(e.exitCode === 0 ? 0 : 2);
   err(`ptth-proxy: ${(e as Error).message}`);
   process.exit(1);
 });

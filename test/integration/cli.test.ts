@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -20,7 +20,10 @@ afterEach(async () => {
 function cli(args: string[]): Spawned {
   const p = spawnCli(args);
   procs.push(p);
-  return p;
+  // The helper's exited() resolves at 'exit', when the last output may still be in the pipes; tests here read
+  // the output after the exit, so theirs waits for 'close' too (the child's stdout and stderr have ended).
+  const closed = new Promise<void>((resolve) => p.child.once('close', () => resolve()));
+  return { ...p, exited: async () => ((await Promise.all([p.exited(), closed]))[0]) };
 }
 
 async function serve(extra: string[] = []): Promise<{ p: Spawned; port: number }> {
@@ -69,6 +72,7 @@ async function serveOn(port: number): Promise<Spawned> {
     const p = cli(['serve', '--port', String(port), '--host', '127.0.0.1']);
     const up = await p.waitFor(/listening on/, 10_000).then(() => true, () => false);
     if (up) return p;
+    if (p.child.exitCode !== null) await p.exited(); // all of its output read before looking for the reason
     const taken = /cannot listen on port .*EADDRINUSE/.test(p.output());
     if (attempt >= 20 || !taken) throw new Error(`serve did not start:\n${p.output()}`);
     await new Promise((r) => setTimeout(r, 250));
@@ -171,9 +175,9 @@ describe('ptth-proxy CLI', () => {
     expect(b.output()).toMatch(/403 .*held under another token/);
   });
 
-  it('rejects bad arguments with a message and a non-zero exit', async () => {
+  it('rejects bad arguments with a message and exit code 2', async () => {
     const badPort = cli(['serve', '--port', 'eighty']);
-    expect(await badPort.exited()).not.toBe(0);
+    expect(await badPort.exited()).toBe(2);
     expect(badPort.output()).toContain('expected a whole number');
     const badDomain = cli(['serve', '--port', '0', '--domain', 'no spaces']);
     expect(await badDomain.exited()).toBe(2);
@@ -181,6 +185,34 @@ describe('ptth-proxy CLI', () => {
     const badTarget = cli(['connect', 'ftp://x']);
     expect(await badTarget.exited()).toBe(2);
     expect(badTarget.output()).toContain('only http and https services');
+  });
+
+  // Commander's own checks exit 1 unless the CLI maps them: every usage error of every command exits 2.
+  it.each([
+    [['serve', '--port', '99999'], /argument '99999' is invalid/],
+    [['serve', '--port', 'abc'], /argument 'abc' is invalid/],
+    [['serve', '--no-such-option'], /unknown option '--no-such-option'/],
+    [['serve', '--claim-rate', '5/x'], /argument '5\/x' is invalid/],
+    [['serve', '--log-format', 'xml'], /Allowed choices are/],
+    [['connect', '3000', '--lease', '-5'], /argument '-5' is invalid/],
+    [['connect', '3000', '--connections', '0'], /argument '0' is invalid/],
+    [['connect'], /missing required argument 'target'/],
+    [['connect', '3000', '--no-such-option'], /unknown option/],
+    [['key', '--max-names', '-1'], /argument '-1' is invalid/],
+    [['key', '--max-channels', 'x'], /argument 'x' is invalid/],
+    [['no-such-command'], /unknown command 'no-such-command'/],
+    [[], /Usage: ptth-proxy/],
+  ])('usage error %j exits 2 with a message', async (args, message) => {
+    const p = cli(args);
+    expect(await p.exited()).toBe(2);
+    expect(p.output()).toMatch(message);
+  });
+
+  const informational = [['--help'], ['--version'], ['serve', '--help'], ['connect', '--help'], ['key', '--help']];
+  it.each([...informational, ['help', 'serve']])('%j exits 0', async (...args) => {
+    const p = cli(args);
+    expect(await p.exited()).toBe(0);
+    expect(p.output()).toMatch(args[0] === '--version' ? /^\d+\.\d+\.\d+\n$/ : /^Usage: ptth-proxy/);
   });
 
   it('serve --no-http2 answers a ptth+h2 offer with PTTH/1.0, and connect then serves over HTTP/1.1', async () => {
@@ -196,6 +228,52 @@ describe('ptth-proxy CLI', () => {
     const again = cli(['serve', '--port', String(port), '--host', '127.0.0.1']);
     expect(await again.exited()).toBe(1);
     expect(again.output()).toContain(`cannot listen on port ${port}`);
+  });
+});
+
+describe('the README\'s start-up sample', () => {
+  const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as
+    { version: string; scripts: Record<string, string> };
+
+  /** The parts that vary from run to run or machine to machine, made alike. */
+  const normalise = (text: string, port: string): string =>
+    text
+      .replace(/\x1b\[[0-9;]*m/g, '')
+      .replace(new RegExp(`\\b${port}\\b`, 'g'), 'PORT')
+      .replace(/(?<=ptth-proxy[ @])\d+\.\d+\.\d+/g, 'VERSION')
+      .replace(/^\[\d\d:\d\d:\d\d\.\d{3}\]/gm, '[TIME]')
+      // A machine without IPv6 binds the default host on 0.0.0.0 instead of ::.
+      .replace('listening on 0.0.0.0:', 'listening on [::]:')
+      .replace(/(bound to |listening on |"address":")0\.0\.0\.0/g, '$1::');
+
+  it('is what `npm start` prints, line for line, in the same order', async () => {
+    const block = /```console\n\$ npm start\n([\s\S]*?)```/.exec(readme)?.[1];
+    expect(block, 'README has a console block for `$ npm start`').toBeDefined();
+    const lines = normalise(block ?? '', '8080').split('\n');
+    // npm's own echo of the script, then the program's lines.
+    expect(lines.slice(0, 4)).toEqual(['', '> ptth-proxy@VERSION start', `> ${pkg.scripts['start'] ?? ''}`, '']);
+    expect(pkg.scripts['start']).toMatch(/ node bin\/ptth-proxy\.js serve$/);
+    const sample = lines.slice(4, -1);
+    const warning = sample.findIndex((l) => l.startsWith('WARNING:'));
+    expect(warning).toBeGreaterThan(0);
+    // On stderr, written between the start-up lines and the log (a terminal shows them in that order).
+    expect(sample[warning - 1]).toMatch(/^ {2}access: /);
+    const warningEnd = warning + 1 + sample.slice(warning + 1).findIndex((l) => !l.startsWith('  '));
+
+    // The defaults, as `npm start` runs them, on a port of the kernel's choosing; pretty log lines as in a
+    // terminal. stdout and stderr apart: which of two pipes the test reads first is not the program's order.
+    const p = cli(['serve', '--port', '0', '--log-format', 'pretty']);
+    let stdout = '';
+    let stderr = '';
+    p.child.stdout?.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+    p.child.stderr?.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+    const port = (await p.waitFor(/gateway listening on \S+:(\d+)/))[1] ?? '';
+    // The last line of the sample is the log's first: everything before it is out once it is.
+    await p.waitFor(/INFO: listening on [^\n]*\n/);
+    await p.waitFor(/--host\.\n/);
+    expect(normalise(stdout, port).split('\n').slice(0, -1)).toEqual([...sample.slice(0, warning), ...sample.slice(warningEnd)]);
+    expect(normalise(stderr, port).split('\n').slice(0, -1)).toEqual(sample.slice(warning, warningEnd));
   });
 });
 
