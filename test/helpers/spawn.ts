@@ -40,11 +40,11 @@ export function spawnNode(args: string[], options: { env?: NodeJS.ProcessEnv; cw
   child.stdout?.on('data', onData);
   child.stderr?.on('data', onData);
   let exit: Promise<number | string> | undefined;
+  // 'close', not 'exit': the last lines a child printed may still be in its pipes at 'exit', and
+  // a test that reads the output once the child exited must see all of it.
   const exited = (): Promise<number | string> =>
     (exit ??= new Promise((resolve) => {
-      if (child.exitCode !== null) resolve(child.exitCode);
-      else if (child.signalCode !== null) resolve(child.signalCode);
-      else child.once('exit', (code, signal) => resolve(code ?? signal ?? -1));
+      child.once('close', (code, signal) => resolve(code ?? signal ?? -1));
     }));
   exited();
   return {
