@@ -289,6 +289,9 @@ export function followEvents(ctx: GatewayContext, reg: Registration, req: Incomi
   };
   topic.add(sub);
   res.on('close', () => topic.remove(sub));
+  // The stream is meant to idle between requests: the keep-alive comments (and TCP keepalive)
+  // watch the connection, not the visitors' idle timeout (which may be shorter than 15 s).
+  req.socket.setTimeout(0);
   res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-store' });
   res.write(': ok\n\n');
 }

@@ -6,6 +6,8 @@ import { MAX_SUBSCRIBERS } from '../../src/gateway/events.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import { rawClaim, rawConnect, readUntil, request, startApp, startGateway } from '../helpers/index.js';
 import type { TestGateway } from '../helpers/index.js';
+import { CometApp } from '../helpers/comet.js';
+import { RawWsApp } from '../helpers/wsapp.js';
 
 /*
  * A name's event stream: `GET <private URL>/events` (server-sent events), one `request` event per
@@ -252,6 +254,37 @@ describe('GET <private URL>/events', () => {
     expect(del.status).toBe(204);
     await f.when(() => f.ended, 'the end of the stream');
     expect(f.events.at(-1)).toEqual({ event: 'released', data: {} });
+  });
+
+  it('reports exchanges over every transport: HTTP/1.1, HTTP/2, WebSocket channel, Comet', async () => {
+    const gw = await gateway();
+    const h1 = await startApp(gw.port, echo, { name: 'ev-h1', http1: true });
+    tunnels.push(h1);
+    const h2 = await app(gw, echo, 'ev-h2');
+    const ws = await RawWsApp.connect(gw.port, { name: 'ev-ws' });
+    cleanups.push(() => ws.close());
+    const comet = await CometApp.start(gw.origin, { name: 'ev-comet' }, () => ({ status: 200, body: 'comet ok' }));
+    cleanups.push(() => void comet.stop().catch(() => undefined));
+    const apps: [string, string][] = [
+      ['ev-h1', h1.privateUrl ?? ''],
+      ['ev-h2', h2.privateUrl ?? ''],
+      ['ev-ws', String(ws.hello?.['location'] ?? '')],
+      ['ev-comet', comet.location],
+    ];
+    for (const [name, privateUrl] of apps) {
+      const f = await follow(gw, { privateUrl } as Tunnel, '?detail=1');
+      const reply = request(gw.port, { host: gw.host(name), path: `/via?${name}` });
+      if (name === 'ev-ws') {
+        const rq = await ws.control('request');
+        ws.respond(rq.id ?? 0, 200, 'ws ok');
+      }
+      const r = await reply;
+      expect(r.status, name).toBe(200);
+      const [e] = await f.next(1);
+      expect(e, name).toMatchObject({ method: 'GET', url: `/via?${name}`, status: 200, error: null });
+      expect(Buffer.from(e!.response!.body, 'base64'), name).toEqual(r.bytes);
+      expect(e!.bytesOut, name).toBe(r.bytes.length);
+    }
   });
 
   it('404 for an unknown private id, 405 for other methods', async () => {
