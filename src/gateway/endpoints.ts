@@ -8,6 +8,7 @@ import { PRIVATE_PREFIX, publicUrlFor, type GatewayContext } from './context.js'
 import { DEMO_HTML } from './browser.js';
 import { formParams, readBody } from '../http/body.js';
 import { SERVICE_PATH } from './comet.js';
+import { EVENTS_SUFFIX, followEvents } from './events.js';
 
 /**
  * The gateway's own endpoints (Host is the domain, an IP literal, or outside the domain):
@@ -174,13 +175,16 @@ export function handleEndpoint(ctx: GatewayContext, info: GatewayInfo, req: Inco
     return;
   }
   if (path.startsWith(PRIVATE_PREFIX)) {
-    const reg = ctx.table.byPrivateId(path.slice(PRIVATE_PREFIX.length));
+    const id = path.slice(PRIVATE_PREFIX.length);
+    const events = id.endsWith(EVENTS_SUFFIX);
+    const reg = ctx.table.byPrivateId(events ? id.slice(0, -EVENTS_SUFFIX.length) : id);
     if (!reg) {
       req.resume();
       sendError(res, new PtthError('PTTH_ERR_NOT_FOUND', 'No registration has this private URL (it may have been released).'), req.headers.accept);
       return;
     }
-    privateUrl(ctx, reg, req, res);
+    if (events) followEvents(ctx, reg, req, res);
+    else privateUrl(ctx, reg, req, res);
     return;
   }
   req.resume();

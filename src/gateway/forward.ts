@@ -8,6 +8,7 @@ export { clientAddress };
 import { sendError, writeRawError } from '../http/respond.js';
 import { checkResponseHead, type ResponseHead } from '../http/response.js';
 import { requestProto, type GatewayContext } from './context.js';
+import { Capture, followed, topicOf, type Topic } from './events.js';
 
 /**
  * One visitor request as the `request` event reports it (built only while someone listens).
@@ -43,7 +44,7 @@ export function forwardRequest(ctx: GatewayContext, req: IncomingMessage, res: S
   if (!reg) {
     const err = new PtthError('PTTH_ERR_NOT_FOUND', `No app is registered under the name "${name}".`);
     if (ctx.observed.requests) {
-      const ex = new ObservedExchange(ctx, name, req, res, EMPTY);
+      const ex = new ObservedExchange(ctx, name, req, res, EMPTY, undefined);
       ex.fail(err);
       ex.done();
     } else sendError(res, err, req.headers.accept);
@@ -55,7 +56,13 @@ export function forwardRequest(ctx: GatewayContext, req: IncomingMessage, res: S
     clientPort: req.socket.remotePort ?? 0,
     proto: requestProto(req),
   });
-  reg.dispatch(ctx.observed.requests ? new ObservedExchange(ctx, name, req, res, headers) : new VisitorExchange(ctx, name, req, res, headers));
+  // Someone follows a name: one read of a module variable per request while nobody does.
+  const topic = followed() ? topicOf(ctx, reg) : undefined;
+  reg.dispatch(
+    ctx.observed.requests || topic !== undefined
+      ? new ObservedExchange(ctx, name, req, res, headers, topic)
+      : new VisitorExchange(ctx, name, req, res, headers),
+  );
 }
 
 /**
@@ -64,8 +71,10 @@ export function forwardRequest(ctx: GatewayContext, req: IncomingMessage, res: S
  */
 export function refuseVisitor(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, name: string, err: PtthError): void {
   req.resume();
-  if (ctx.observed.requests) {
-    const ex = new ObservedExchange(ctx, name, req, res, EMPTY);
+  const reg = followed() ? ctx.table.lookup(name) : undefined;
+  const topic = reg === undefined ? undefined : topicOf(ctx, reg);
+  if (ctx.observed.requests || topic !== undefined) {
+    const ex = new ObservedExchange(ctx, name, req, res, EMPTY, topic);
     ex.fail(err, true);
     ex.done();
   } else sendError(res, err, req.headers.accept, true);
@@ -148,7 +157,10 @@ function byteLength(chunk: unknown, encoding?: unknown): number {
   return chunk instanceof Uint8Array ? chunk.byteLength : 0;
 }
 
-/** An exchange someone listens to (`request` events, metrics): timed, bytes counted, error code kept. */
+/**
+ * An exchange someone listens to (`request` events, metrics, the name's event stream): timed, bytes
+ * counted, error code kept; the start of both bodies copied while the name has a detail subscriber.
+ */
 class ObservedExchange extends VisitorExchange {
   readonly #started = performance.now();
   readonly #remote: string;
@@ -156,6 +168,9 @@ class ObservedExchange extends VisitorExchange {
   #bytesIn = 0;
   #bytesOut = 0;
   #error: string | undefined = undefined;
+  /** The name's subscribers when the exchange began (events.ts). */
+  readonly #topic: Topic | undefined;
+  readonly #capture: Capture | undefined;
   readonly #push: Push;
   readonly #write: Write;
   readonly #end: End;
@@ -171,23 +186,37 @@ class ObservedExchange extends VisitorExchange {
   static #countPush(this: IncomingMessage & Counted, chunk: unknown, encoding?: BufferEncoding): boolean {
     const ex = this[EXCHANGE];
     ex.#bytesIn += byteLength(chunk, encoding);
+    if (ex.#capture !== undefined) ex.#capture.request(chunk, encoding);
     return ex.#push.call(this, chunk, encoding);
   }
 
   static #countWrite(this: ServerResponse & Counted, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
     const ex = this[EXCHANGE];
     ex.#bytesOut += byteLength(chunk, encoding);
+    if (ex.#capture !== undefined) ex.#capture.response(chunk, encoding);
     return ex.#write.call(this, chunk, encoding, cb);
   }
 
   static #countEnd(this: ServerResponse & Counted, chunk?: unknown, encoding?: unknown, cb?: unknown): ServerResponse {
     const ex = this[EXCHANGE];
-    if (typeof chunk !== 'function') ex.#bytesOut += byteLength(chunk, encoding);
+    if (typeof chunk !== 'function') {
+      ex.#bytesOut += byteLength(chunk, encoding);
+      if (ex.#capture !== undefined) ex.#capture.response(chunk, encoding);
+    }
     return ex.#end.call(this, chunk, encoding, cb);
   }
 
-  constructor(ctx: GatewayContext, name: string, req: IncomingMessage, res: ServerResponse, headers: string[]) {
+  constructor(
+    ctx: GatewayContext,
+    name: string,
+    req: IncomingMessage,
+    res: ServerResponse,
+    headers: string[],
+    topic: Topic | undefined,
+  ) {
     super(ctx, name, req, res, headers);
+    this.#topic = topic;
+    this.#capture = topic?.detail === true ? new Capture() : undefined;
     this.#remote = clientAddress(req.socket.remoteAddress);
     this.#push = req.push as Push;
     this.#write = res.write as Write;
@@ -228,7 +257,8 @@ class ObservedExchange extends VisitorExchange {
       remote: this.#remote,
       error: this.#error,
     };
-    this.ctx.emit('request', event);
+    if (this.ctx.observed.requests) this.ctx.emit('request', event);
+    if (this.#topic !== undefined) this.#topic.publish(event, this.headers, res, this.#capture);
   }
 }
 

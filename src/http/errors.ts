@@ -58,6 +58,10 @@ export const ERRORS = {
     status: 429,
     message: 'This name already has as many channels as the gateway allows.',
   },
+  PTTH_ERR_TOO_MANY_SUBSCRIBERS: {
+    status: 429,
+    message: "This name's event stream already has as many subscribers as the gateway allows.",
+  },
   PTTH_ERR_METHOD_NOT_ALLOWED: { status: 405, message: 'This method is not allowed on this endpoint.' },
   PTTH_ERR_NO_ENDPOINT: { status: 404, message: 'The gateway has no endpoint at this path.' },
   PTTH_ERR_SHUTTING_DOWN: { status: 503, message: 'The gateway is shutting down.' },
