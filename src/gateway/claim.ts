@@ -10,6 +10,7 @@ import { normalizeName, readClaimParams, type ClaimParams } from '../routes/regi
 import type { Registration } from '../routes/table.js';
 import { privateUrlFor, publicUrlFor, type GatewayContext } from './context.js';
 import { hijack, watchNextMessage } from './hijack.js';
+import { addressKey } from './ratelimit.js';
 
 /**
  * Native claims (PROTOCOL.md sections 2-3): `Upgrade: PTTH/1.0` on any path of the gateway host or
@@ -80,7 +81,9 @@ export async function claimName(
   remote: string | undefined,
 ): Promise<{ registration: Registration; created: boolean }> {
   if (params.name === undefined || ctx.table.lookup(params.name) === undefined) ctx.caps.checkNames(remote);
-  const claimed = await ctx.access.claim(ctx.table, params, key);
+  // Without a token the name is held by the claimant's address (IPv6: its /64), loopback included.
+  const holder = params.token === undefined && remote ? addressKey(remote) : undefined;
+  const claimed = await ctx.access.claim(ctx.table, { ...params, holder }, key);
   if (claimed.created) ctx.caps.holdName(claimed.registration, remote);
   return claimed;
 }

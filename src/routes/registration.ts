@@ -65,6 +65,12 @@ export interface ClaimParams {
   /** Lower-cased, validated name; absent: the table assigns one. */
   readonly name?: string | undefined;
   readonly token?: string | undefined;
+  /**
+   * The claimant's address key (ratelimit.ts addressKey) when it sent no token: a tokenless name is
+   * held by that address (src/routes/table.ts, Registration.holder). Absent: the name gets a
+   * random token no one knows (a claim whose address is unknown).
+   */
+  readonly holder?: string | undefined;
   /** Seconds, already clamped. */
   readonly lease?: number | undefined;
   /** The access key the claim was authorized under (src/routes/access.ts); absent on an open gateway. */
