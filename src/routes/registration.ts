@@ -16,6 +16,27 @@ export function normalizeName(raw: string): string {
 }
 const ERR_NAME = 'a name must be one DNS label, 1 to 63 letters, digits or hyphens, not starting or ending with a hyphen.';
 
+/**
+ * The name a claim asks for, for log lines about it (refusals included): the query's (or form's)
+ * `name`, lower-cased, when it is a valid name; undefined otherwise (never throws).
+ */
+export function loggableName(raw: string | null | undefined): string | undefined {
+  if (raw === null || raw === undefined) return undefined;
+  const name = raw.toLowerCase();
+  return LABEL.test(name) ? name : undefined;
+}
+
+/** `loggableName` of the `name` in a request target's query string. */
+export function queryName(url: string | undefined): string | undefined {
+  const q = url?.indexOf('?') ?? -1;
+  if (url === undefined || q === -1) return undefined;
+  try {
+    return loggableName(new URLSearchParams(url.slice(q + 1)).get('name'));
+  } catch {
+    return undefined;
+  }
+}
+
 export function validateToken(raw: string): string {
   if (!TOKEN.test(raw)) throw new PtthError('PTTH_ERR_BAD_TOKEN');
   return raw;
