@@ -207,7 +207,7 @@ ${v.demo}
 <footer>ptth-proxy ${escapeHtml(v.version)} &middot; up <span id="uptime">${duration(v.uptime)}</span> &middot;
 <a href="/?format=json">JSON</a> (send Accept: application/json) &middot; <a href="/healthz">/healthz</a>
 &middot; <a href="/readyz">/readyz</a>${v.metricsLink ? ' &middot; <a href="/metrics">/metrics</a>' : ''}</footer>
-<script>${SCRIPT}</script>
+<script>(() => {${SCRIPT}})();</script>
 </body></html>
 `;
 }
