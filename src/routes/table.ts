@@ -102,9 +102,10 @@ export class Registration {
 
   /**
    * Throws 403 PTTH_ERR_TOKEN_MISMATCH unless `params` are the holder's: the same token for a name
-   * claimed with one; no token and the same address (`params.holder`) for a name claimed without.
+   * claimed with one; no token, the same address (`params.holder`) and the same access key for a
+   * name claimed without.
    */
-  checkClaimant(params: Pick<ClaimParams, 'token' | 'holder'>): void {
+  checkClaimant(params: Pick<ClaimParams, 'token' | 'holder' | 'keyId'>): void {
     const name = this.name;
     if (this.holder !== undefined) {
       if (params.token !== undefined) {
@@ -119,6 +120,13 @@ export class Registration {
           'PTTH_ERR_TOKEN_MISMATCH',
           `The name "${name}" is held by a client at another address that claimed it without a token. ` +
             'Pick another name or wait for its lease to end; claim with a token to keep a name from any address.',
+        );
+      }
+      // An address can be shared (NAT): on a gateway with keys, another key's tenant there is another client.
+      if (params.keyId !== this.keyId) {
+        throw new PtthError(
+          'PTTH_ERR_TOKEN_MISMATCH',
+          `The name "${name}" is held, without a token, under another access key: claim it with a token to move it.`,
         );
       }
       return;

@@ -162,13 +162,19 @@ describe('a name claimed without a token', () => {
 });
 
 describe('MemoryTable: tokenless holders', () => {
-  it('the same holder key joins, another holder or a token is refused; an unknown address holds nothing', async () => {
+  it('the same holder joins; another holder, access key or a token is refused; no address holds nothing', async () => {
     const t = new MemoryTable({ defaultLease: 30, queueLimit: 1, queueTimeout: 100, reconnectWait: 100 });
     try {
       const { registration } = await t.claim({ name: 'v6', holder: '2001:db8:0:1::/64' });
       expect((await t.claim({ name: 'v6', holder: '2001:db8:0:1::/64' })).registration).toBe(registration);
       await expect(t.claim({ name: 'v6', holder: '2001:db8:0:2::/64' })).rejects.toMatchObject({ status: 403 });
       await expect(t.claim({ name: 'v6', token: 'x' })).rejects.toMatchObject({ code: 'PTTH_ERR_TOKEN_MISMATCH' });
+      // Behind one address (NAT), a tokenless claim under another access key is another client.
+      await t.claim({ name: 'keyed', holder: '192.0.2.7', keyId: 'alice' });
+      const bob = t.claim({ name: 'keyed', holder: '192.0.2.7', keyId: 'bob' });
+      await expect(bob).rejects.toMatchObject({ status: 403 });
+      await expect(t.claim({ name: 'keyed', holder: '192.0.2.7' })).rejects.toMatchObject({ status: 403 });
+      expect((await t.claim({ name: 'keyed', holder: '192.0.2.7', keyId: 'alice' })).created).toBe(false);
       await t.claim({ name: 'nobody' });
       await expect(t.claim({ name: 'nobody' })).rejects.toMatchObject({ code: 'PTTH_ERR_TOKEN_MISMATCH' });
     } finally {
