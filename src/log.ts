@@ -5,6 +5,8 @@ import type { Channel } from './channels/channel.js';
 import type { RequestEvent } from './gateway/forward.js';
 import type { Gateway, GatewayEvents } from './gateway/server.js';
 import type { Registration } from './routes/table.js';
+import type { CometEvent } from './gateway/comet.js';
+import { clientAddress } from './http/headers.js';
 
 export type Logger = pino.Logger;
 export type LogLevel = pino.LevelWithSilent;
@@ -105,7 +107,12 @@ export interface AttachOptions {
  * `msg` (pretty output shows the app `name` as the logger name, before the message); the fields:
  *  - request (info; warn for 5xx): name, method, path, status, bytesIn, bytesOut, ms, remote, error
  *  - claim (info): name, transport, remote, url, key (the access key's id, when one was used)
- *  - refuse (warn): code, status, remote
+ *  - refuse (warn): code, status, remote, name (when the claim named one)
+ *  - comet (a request to the Comet endpoint): op (register, poll, reply, unknown), method, path (the
+ *    session id hashed, see cometPathShape), status (0: the client went away), code, name, remote.
+ *    warn for a refused poll or reply and for an unknown request URL (a client polling a dead URL in a
+ *    loop shows); debug for answered polls and replies (the request lines already show their
+ *    visitors) and for registrations (the claim or refuse line says how they ended)
  *  - cookie-dropped (warn): name, count (an app's Set-Cookie for the whole domain)
  *  - register, release (info): name (release: reason)
  *  - channel-open, channel-close (info): name, transport, remote, channel (id), channels (left open)
@@ -145,7 +152,19 @@ export function attachLogger(gateway: Gateway, logger: Logger, options: AttachOp
       `claimed over ${c.transport}`,
     ),
   );
-  on('refuse', (r) => logger.warn({ event: 'refuse', code: r.code, status: r.status, remote: r.remote }, `claim refused: ${r.status} ${r.code}`));
+  on('refuse', (r) =>
+    logger.warn(
+      { event: 'refuse', code: r.code, status: r.status, remote: clientAddress(r.remote), name: r.name },
+      `claim refused: ${r.status} ${r.code}`,
+    ),
+  );
+  on('comet', (c: CometEvent) => {
+    const line = { event: 'comet', ...c };
+    const status = c.status === 0 ? 'abandoned' : String(c.status);
+    const msg = `comet ${c.op}: ${c.method} ${c.path} ${status}${c.code ? ` ${c.code}` : ''}`;
+    if (c.status >= 400 && !(c.op === 'register' && c.method === 'POST')) logger.warn(line, msg);
+    else logger.debug(line, msg);
+  });
   on('cookie-dropped', (c) =>
     logger.warn(
       { event: 'cookie-dropped', name: c.name, count: c.count },

@@ -3,7 +3,7 @@ import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream';
 import { PtthError } from '../http/errors.js';
-import { unframedBody, withBodyFraming } from '../http/headers.js';
+import { clientAddress, unframedBody, withBodyFraming } from '../http/headers.js';
 import { leaveOnEnd, rawHead, relay, splice } from '../http/relay.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
 
@@ -67,7 +67,8 @@ export class Http1Channel implements Channel {
   constructor(socket: Socket, options: Http1ChannelOptions) {
     this.#socket = socket;
     this.#options = options;
-    this.remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
+    // One form everywhere (logs, status page, metrics): `127.0.0.1`, not `::ffff:127.0.0.1`.
+    this.remote = `${clientAddress(socket.remoteAddress) || '?'}:${socket.remotePort ?? 0}`;
     this.#agent = new ChannelAgent(socket);
     socket.setNoDelay(true);
     // TCP keepalive probes find dead peers on idle channels without closing live ones.

@@ -11,7 +11,7 @@ import {
 import type { Socket } from 'node:net';
 import { Duplex, pipeline } from 'node:stream';
 import { PtthError } from '../http/errors.js';
-import { hasToken, rawHeader } from '../http/headers.js';
+import { clientAddress, hasToken, rawHeader } from '../http/headers.js';
 import { leaveOnEnd, rawHead, relay, splice } from '../http/relay.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
 
@@ -237,7 +237,8 @@ export class Http2Channel implements Channel {
   constructor(socket: Socket, options: Http2ChannelOptions) {
     this.#socket = socket;
     this.#options = options;
-    this.remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
+    // One form everywhere (logs, status page, metrics): `127.0.0.1`, not `::ffff:127.0.0.1`.
+    this.remote = `${clientAddress(socket.remoteAddress) || '?'}:${socket.remotePort ?? 0}`;
     socket.setNoDelay(true);
     socket.setTimeout(0);
     socket.on('error', noop);

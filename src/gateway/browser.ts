@@ -5,7 +5,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import { MAX_MESSAGE, WebSocketChannel, WS_PROTOCOL } from '../channels/websocket.js';
 import { PtthError, isPtthError } from '../http/errors.js';
 import { sendError, writeRawError } from '../http/respond.js';
-import { readClaimParams, type ClaimParams } from '../routes/registration.js';
+import { queryName, readClaimParams, type ClaimParams } from '../routes/registration.js';
 import type { Registration } from '../routes/table.js';
 import { headerKey, register } from './claim.js';
 import { CometService, SERVICE_PATH } from './comet.js';
@@ -149,7 +149,8 @@ export class BrowserEndpoints {
     const ctx = this.#ctx;
     socket.on('error', noop);
     const refuse = (err: PtthError): void => {
-      ctx.emit('refuse', { code: err.code, status: err.status, remote: socket.remoteAddress });
+      const name = queryName(req.url);
+      ctx.emit('refuse', { code: err.code, status: err.status, remote: socket.remoteAddress, name });
       writeRawError(socket, err, req.headers.accept);
     };
     const key = req.headers['sec-websocket-key'];

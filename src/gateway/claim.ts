@@ -6,10 +6,11 @@ import { hasToken } from '../http/headers.js';
 import { PtthError, isPtthError } from '../http/errors.js';
 import { sendError, writeRawError } from '../http/respond.js';
 import { bearerKey } from '../routes/access.js';
-import { normalizeName, readClaimParams, type ClaimParams } from '../routes/registration.js';
+import { loggableName, normalizeName, queryName, readClaimParams, type ClaimParams } from '../routes/registration.js';
 import type { Registration } from '../routes/table.js';
 import { privateUrlFor, publicUrlFor, type GatewayContext } from './context.js';
 import { hijack, watchNextMessage } from './hijack.js';
+import { addressKey } from './ratelimit.js';
 
 /**
  * Native claims (docs/PROTOCOL.md section 2): `Upgrade: PTTH/1.0` on any path of the gateway host or
@@ -80,7 +81,9 @@ export async function claimName(
   remote: string | undefined,
 ): Promise<{ registration: Registration; created: boolean }> {
   if (params.name === undefined || ctx.table.lookup(params.name) === undefined) ctx.caps.checkNames(remote);
-  const claimed = await ctx.access.claim(ctx.table, params, key);
+  // Without a token the name is held by the claimant's address (IPv6: its /64), loopback included.
+  const holder = params.token === undefined && remote ? addressKey(remote) : undefined;
+  const claimed = await ctx.access.claim(ctx.table, { ...params, holder }, key);
   if (claimed.created) ctx.caps.holdName(claimed.registration, remote);
   return claimed;
 }
@@ -196,33 +199,45 @@ function putInService(ctx: GatewayContext, socket: Socket, reg: Registration, ho
   ctx.emit('claim', { name: reg.name, url: link, transport: channel.transport, remote: channel.remote, key: reg.keyId });
 }
 
-function refuseRaw(ctx: GatewayContext, req: IncomingMessage, socket: Socket, err: PtthError): void {
-  ctx.emit('refuse', { code: err.code, status: err.status, remote: socket.remoteAddress });
+/** The name a claim asks for, for the refuse line: the Host's, else the query's (form: see callers). */
+function askedName(req: IncomingMessage, hostName: string | undefined): string | undefined {
+  return loggableName(hostName) ?? queryName(req.url);
+}
+
+function refuseRaw(
+  ctx: GatewayContext,
+  req: IncomingMessage,
+  socket: Socket,
+  err: PtthError,
+  name = askedName(req, undefined),
+): void {
+  ctx.emit('refuse', { code: err.code, status: err.status, remote: socket.remoteAddress, name });
   writeRawError(socket, err, req.headers.accept);
 }
 
 /** `Upgrade: PTTH/1.0` with `Connection: Upgrade`: node's 'upgrade' event. */
 export function claimFromUpgrade(ctx: GatewayContext, req: IncomingMessage, socket: Socket, head: Buffer, hostName: string | undefined): void {
   socket.on('error', noop);
+  let name = askedName(req, hostName);
   // RFC 9110 section 7.8: Upgrade in an HTTP/1.0 request is ignored, so it is never upgraded.
   if (req.httpVersionMajor !== 1 || req.httpVersionMinor < 1) {
-    refuseRaw(ctx, req, socket, new PtthError('PTTH_ERR_HTTP10_UPGRADE'));
+    refuseRaw(ctx, req, socket, new PtthError('PTTH_ERR_HTTP10_UPGRADE'), name);
     return;
   }
   let how: Reversal;
   try {
     how = negotiate(req.headers.upgrade, alpnHeader(req), ctx.settings.http2);
   } catch (err) {
-    refuseRaw(ctx, req, socket, err as PtthError);
+    refuseRaw(ctx, req, socket, err as PtthError, name);
     return;
   }
   if (req.headers['transfer-encoding'] !== undefined) {
-    refuseRaw(ctx, req, socket, new PtthError('PTTH_ERR_CHUNKED_CLAIM'));
+    refuseRaw(ctx, req, socket, new PtthError('PTTH_ERR_CHUNKED_CLAIM'), name);
     return;
   }
   const length = Number(req.headers['content-length'] ?? 0);
   if (length > ctx.settings.claimBodyLimit) {
-    refuseRaw(ctx, req, socket, new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE'));
+    refuseRaw(ctx, req, socket, new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE'), name);
     return;
   }
   if (/100-continue/i.test(req.headers.expect ?? '')) socket.write('HTTP/1.1 100 Continue\r\n\r\n');
@@ -230,11 +245,12 @@ export function claimFromUpgrade(ctx: GatewayContext, req: IncomingMessage, sock
   readDeclaredBody(socket, head, length, ctx.settings.claimTimeout)
     .then(async (body) => {
       const params = claimParams(ctx, req, hostName, body);
+      name = params.name;
       const { registration, created } = await register(ctx, params, headerKey(req), socket.remoteAddress);
       accept(ctx, req, socket, registration, how, created);
     })
     .catch((err: unknown) => {
-      refuseRaw(ctx, req, socket, isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'));
+      refuseRaw(ctx, req, socket, isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'), name);
     });
 }
 
@@ -281,8 +297,9 @@ function earlyData(): PtthError {
 
 /** `Upgrade: PTTH/1.0` without `Connection: Upgrade`: an ordinary request that node parsed whole. */
 export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, hostName: string | undefined): void {
+  let name = askedName(req, hostName);
   const fail = (err: PtthError): void => {
-    ctx.emit('refuse', { code: err.code, status: err.status, remote: req.socket.remoteAddress });
+    ctx.emit('refuse', { code: err.code, status: err.status, remote: req.socket.remoteAddress, name });
     if (!res.headersSent) sendError(res, err, req.headers.accept, true);
     req.resume();
   };
@@ -335,6 +352,7 @@ export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res:
     let params: ClaimParams;
     try {
       params = claimParams(ctx, req, hostName, Buffer.concat(chunks, got));
+      name = params.name;
     } catch (err) {
       fail(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'));
       return;

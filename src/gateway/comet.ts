@@ -4,7 +4,7 @@ import { readBody, formParams } from '../http/body.js';
 import { PtthError, isPtthError } from '../http/errors.js';
 import { InvalidMessageError, parseResponse } from '../http/message.js';
 import { sendError } from '../http/respond.js';
-import { lookupKey, randomSecret, readClaimParams } from '../routes/registration.js';
+import { loggableName, lookupKey, queryName, randomSecret, readClaimParams } from '../routes/registration.js';
 import type { Registration } from '../routes/table.js';
 import type { BrowserSettings } from './browser.js';
 import { claimName, headerKey } from './claim.js';
@@ -24,6 +24,36 @@ import { clientAddress } from './forward.js';
  * that times out names its own slot again.
  */
 export const SERVICE_PATH = '/reversehttp';
+
+/**
+ * One request to the Comet endpoint, for the log (event `comet`): what it was, how it was answered.
+ * The session id in a request URL is a capability: `path` shows its hash's first 8 characters
+ * (`/reversehttp/~1a2b3c4d/5`), enough to tell one poller from another, nothing to poll with.
+ */
+export interface CometEvent {
+  /** `register` (POST /reversehttp), `poll` (GET of a request URL), `reply` (POST to one), `unknown`. */
+  readonly op: 'register' | 'poll' | 'reply' | 'unknown';
+  readonly method: string;
+  readonly path: string;
+  /** The answer's status; 0 when the client went away before one was sent (a poll it gave up). */
+  readonly status: number;
+  /** The PTTH_ERR_* code of a refusal. */
+  readonly code: string | undefined;
+  /** The registration's name when the session is known (or the name a registration asked for). */
+  readonly name: string | undefined;
+  readonly remote: string;
+}
+
+/** A Comet path with the session id hashed and every part shortened: safe to log. */
+export function cometPathShape(path: string): string {
+  if (!path.startsWith(`${SERVICE_PATH}/`)) return path.slice(0, 64);
+  const parts = path.slice(SERVICE_PATH.length + 1).split('/');
+  const [sid = '', ...rest] = parts;
+  if (sid === '' && rest.length === 0) return `${SERVICE_PATH}/`;
+  const hashed = `~${lookupKey(sid).slice(0, 8)}`;
+  const slot = rest.length === 0 ? '' : `/${(rest[0] ?? '').slice(0, 16)}`;
+  return `${SERVICE_PATH}/${hashed}${slot}${rest.length > 1 ? '/...' : ''}`;
+}
 
 /** Open slots a session keeps at most (each registration POST mints one); the oldest unused go first. */
 const MAX_OPEN_SLOTS = 1024;
@@ -99,6 +129,7 @@ export class CometService {
   /** `/reversehttp` and everything under it. */
   handle(req: IncomingMessage, res: ServerResponse, path: string): void {
     if (path === SERVICE_PATH || path === `${SERVICE_PATH}/`) {
+      this.#observe(req, res, 'register', path);
       if (req.method !== 'POST') return this.#methodNotAllowed(req, res, 'POST');
       this.#register(req, res);
       return;
@@ -106,6 +137,8 @@ export class CometService {
     const [sid, slotId, extra] = path.slice(SERVICE_PATH.length + 1).split('/');
     const session = sid ? this.#sessions.get(lookupKey(sid)) : undefined;
     const slot = session && slotId && extra === undefined ? session.slots.get(slotId) : undefined;
+    const op = !session || !slot || !slotId ? 'unknown' : req.method === 'POST' ? 'reply' : 'poll';
+    this.#observe(req, res, op, path, session?.reg.name);
     if (!session || !slot || !slotId) {
       req.resume();
       sendError(res, new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL'), req.headers.accept);
@@ -114,6 +147,23 @@ export class CometService {
     if (req.method === 'GET') this.#poll(session, slotId, slot, req, res);
     else if (req.method === 'POST') this.#reply(slot, req, res);
     else this.#methodNotAllowed(req, res, 'GET, POST');
+  }
+
+  /** Emits the request's `comet` event once it is answered (or its client went away). */
+  #observe(req: IncomingMessage, res: ServerResponse, op: CometEvent['op'], path: string, name?: string): void {
+    const remote = clientAddress(req.socket.remoteAddress);
+    res.once('close', () => {
+      const code = res.getHeader('x-ptth-error');
+      this.#ctx.emit('comet', {
+        op,
+        method: req.method ?? '',
+        path: cometPathShape(path),
+        status: res.headersSent ? res.statusCode : 0,
+        code: typeof code === 'string' ? code : undefined,
+        name: name ?? (op === 'register' ? queryName(req.url) : undefined),
+        remote,
+      } satisfies CometEvent);
+    });
   }
 
   #methodNotAllowed(req: IncomingMessage, res: ServerResponse, allow: string): void {
@@ -133,15 +183,17 @@ export class CometService {
       sendError(res, new PtthError('PTTH_ERR_SHUTTING_DOWN'), req.headers.accept, true);
       return;
     }
+    let name = queryName(req.url);
     const fail = (err: unknown): void => {
       const e = isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS');
-      ctx.emit('refuse', { code: e.code, status: e.status, remote: req.socket.remoteAddress });
+      ctx.emit('refuse', { code: e.code, status: e.status, remote: req.socket.remoteAddress, name });
       // After a 413 or 408 the rest of the body is not read: the connection closes.
       sendError(res, e.code === 'PTTH_ERR_BODY_TOO_LARGE' ? new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE') : e, req.headers.accept, e.status === 413 || e.status === 408);
     };
     readBody(req, ctx.settings.claimBodyLimit, 'The registration form is too large.', ctx.settings.claimTimeout)
       .then(async (body) => {
         const params = formParams(req, body);
+        name = loggableName(params.get('name'));
         // The access key: Authorization: Bearer, or a `key` form field for clients that cannot set headers.
         const key = headerKey(req) ?? (params.get('key') || undefined);
         const claim = readClaimParams(params, ctx.settings.maxLease);

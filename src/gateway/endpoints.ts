@@ -4,7 +4,8 @@ import { PtthError, isPtthError } from '../http/errors.js';
 import { escapeHtml, sendError, wantsJson } from '../http/respond.js';
 import { parseLease, validateToken } from '../routes/registration.js';
 import type { Registration } from '../routes/table.js';
-import { PRIVATE_PREFIX, publicUrlFor, type GatewayContext } from './context.js';
+import { gatewayOrigin, PRIVATE_PREFIX, publicUrlFor, type GatewayContext } from './context.js';
+import { renderStatusPage, type StatusRegistration } from './statuspage.js';
 import { DEMO_HTML } from './browser.js';
 import { formParams, readBody } from '../http/body.js';
 import { SERVICE_PATH } from './comet.js';
@@ -197,7 +198,13 @@ function methodNotAllowed(req: IncomingMessage, res: ServerResponse, allow: stri
   sendError(res, new PtthError('PTTH_ERR_METHOD_NOT_ALLOWED'), req.headers.accept);
 }
 
-function describe(ctx: GatewayContext, req: IncomingMessage, reg: Registration): Record<string, unknown> {
+/** A registration as the status page and its private URL show it. */
+interface RegistrationState extends StatusRegistration {
+  readonly lease: number;
+  readonly channels: readonly (StatusRegistration['channels'][number] & { id: number; openedAt: string })[];
+}
+
+function describe(ctx: GatewayContext, req: IncomingMessage, reg: Registration): RegistrationState {
   return {
     name: reg.name,
     url: publicUrlFor(ctx.settings, req, reg.name),
@@ -232,34 +239,16 @@ function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage
     res.end(req.method === 'HEAD' ? undefined : body);
     return;
   }
-  const rows = regs
-    .map((r) => {
-      const chans = (r['channels'] as { transport: string; remote: string; active: number; served: number }[])
-        .map((c) => `${escapeHtml(c.transport)} from ${escapeHtml(c.remote)} (${c.active} active, ${c.served} served)`)
-        .join('<br>');
-      const url = escapeHtml(String(r['url']));
-      return `<tr><td><a href="${url}">${escapeHtml(String(r['name']))}</a></td><td>${chans || '<em>none: waiting for the app to reconnect</em>'}</td><td>${String(r['requests'])}</td><td>${String(r['waiting'])}</td></tr>`;
-    })
-    .join('\n');
-  const body = `<!doctype html>
-<html><head><meta charset="utf-8"><title>ptth-proxy</title>
-<style>body{font:15px/1.45 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}table{border-collapse:collapse;width:100%}td,th{text-align:left;border-bottom:1px solid #ddd;padding:.35rem .5rem}code{background:#f3f3f3;padding:0 .25rem}</style>
-</head><body>
-<h1>ptth-proxy</h1>
-<p>A reverse HTTP gateway: a program with only an HTTP client claims a name here and serves HTTP at <code>http://NAME.${escapeHtml(ctx.settings.domain)}/</code>.</p>
-<p>Expose a local web app: <code>npx ptth-proxy connect 3000 --gateway ${escapeHtml(`${req.headers.host ? `http://${req.headers.host}` : ''}`)}</code></p>
-<h2>Live registrations (${all.length})</h2>
-${
-  listed
-    ? `<table><thead><tr><th>Name</th><th>Channels</th><th>Requests</th><th>Waiting</th></tr></thead><tbody>
-${rows || '<tr><td colspan="4"><em>No app is connected.</em></td></tr>'}
-</tbody></table>`
-    : '<p><em>The list of names is not shown to visitors from other machines (serve --status-list).</em></p>'
-}
-${DEMO_HTML}
-<p><small>ptth-proxy ${escapeHtml(info.version)} &middot; up ${Math.round((Date.now() - info.startedAt) / 1000)} s &middot; <a href="/?format=json">JSON</a>: send <code>Accept: application/json</code> &middot; <a href="/healthz">/healthz</a> &middot; <a href="/readyz">/readyz</a>${info.metrics && info.metricsPublic !== false ? ' &middot; <a href="/metrics">/metrics</a>' : ''}</small></p>
-</body></html>
-`;
+  const body = renderStatusPage({
+    version: info.version,
+    uptime: Math.round((Date.now() - info.startedAt) / 1000),
+    count: all.length,
+    registrations: listed ? all.map((r) => describe(ctx, req, r)) : undefined,
+    appUrl: publicUrlFor(ctx.settings, req, 'NAME'),
+    gateway: gatewayOrigin(ctx.settings, req),
+    metricsLink: info.metrics !== undefined && info.metricsPublic !== false,
+    demo: DEMO_HTML,
+  });
   res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
   res.end(req.method === 'HEAD' ? undefined : body);
 }

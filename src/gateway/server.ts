@@ -7,10 +7,12 @@ import { sendError, writeRawError } from '../http/respond.js';
 import { MemoryTable, type Registration, type RouteTable } from '../routes/table.js';
 import type { Channel } from '../channels/channel.js';
 import { claimFromRequest, claimFromUpgrade } from './claim.js';
-import { classify, hostProblem, originForm } from './classify.js';
+import { classify, hostProblem, originForm, type Route } from './classify.js';
+import { loggableName, queryName } from '../routes/registration.js';
 import type { GatewayContext, GatewaySettings } from './context.js';
 import { gatewayHeaders, handleEndpoint, type GatewayInfo } from './endpoints.js';
 import { BrowserEndpoints, type BrowserOptions } from './browser.js';
+import type { CometEvent } from './comet.js';
 import { forwardRequest, forwardUpgrade, refuseVisitor } from './forward.js';
 import { VERSION } from '../version.js';
 import { GatewayMetrics } from './metrics.js';
@@ -130,7 +132,10 @@ export interface GatewayOptions extends BrowserOptions {
 export interface GatewayEvents {
   listening: [AddressInfo];
   claim: [{ name: string; url: string; transport: string; remote: string; key?: string | undefined }];
-  refuse: [{ code: string; status: number; remote: string | undefined }];
+  /** A refused claim; `name` when the claim named one (query, form or Host). */
+  refuse: [{ code: string; status: number; remote: string | undefined; name?: string | undefined }];
+  /** A request to the Comet endpoint (src/gateway/comet.ts), once answered or abandoned. */
+  comet: [CometEvent];
   register: [Registration];
   release: [Registration, string];
   'channel-open': [Registration, Channel];
@@ -353,21 +358,22 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       const err = bad;
       if (route.kind === 'visitor') return refuseVisitor(ctx, req, res, route.name, err);
       const claim = route.kind === 'claim' || (crowded && isCometRegistration(req));
-      return refuse(req, res, claim ? this.#refusedClaim(err, req.socket.remoteAddress) : err);
+      return refuse(req, res, claim ? this.#refusedClaim(err, req, route) : err);
     }
     if (route.kind === 'visitor') {
       const wait = this.#requestLimit?.take(req.socket.remoteAddress) ?? 0;
       if (wait > 0) return refuseVisitor(ctx, req, res, route.name, rateLimited(wait, 'requests'));
       forwardRequest(ctx, req, res, route.name);
     } else if (route.kind === 'claim') {
-      if (this.#closing) return refuse(req, res, this.#refusedClaim(new PtthError('PTTH_ERR_SHUTTING_DOWN'), req.socket.remoteAddress));
+      const down = new PtthError('PTTH_ERR_SHUTTING_DOWN');
+      if (this.#closing) return refuse(req, res, this.#refusedClaim(down, req, route));
       const wait = this.#claimLimit?.take(req.socket.remoteAddress) ?? 0;
-      if (wait > 0) return refuse(req, res, this.#claimLimited(wait, req.socket.remoteAddress));
+      if (wait > 0) return refuse(req, res, this.#claimLimited(wait, req, route));
       claimFromRequest(ctx, req, res, route.hostName);
     } else {
       if (this.#claimLimit && isCometRegistration(req)) {
         const wait = this.#claimLimit.take(req.socket.remoteAddress);
-        if (wait > 0) return refuse(req, res, this.#claimLimited(wait, req.socket.remoteAddress));
+        if (wait > 0) return refuse(req, res, this.#claimLimited(wait, req, route));
       }
       handleEndpoint(ctx, this.#info, req, res);
     }
@@ -401,13 +407,14 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   }
 
   /** A rate-limited claim is a refused claim like any other: logged and counted by reason. */
-  #claimLimited(wait: number, remote: string | undefined): PtthError {
-    return this.#refusedClaim(rateLimited(wait, 'claims'), remote);
+  #claimLimited(wait: number, req: IncomingMessage, route: Route): PtthError {
+    return this.#refusedClaim(rateLimited(wait, 'claims'), req, route);
   }
 
   /** Claims refused here, before claim.ts sees them, still reach the logs and metrics. */
-  #refusedClaim(err: PtthError, remote: string | undefined): PtthError {
-    this.#ctx.emit('refuse', { code: err.code, status: err.status, remote });
+  #refusedClaim(err: PtthError, req: IncomingMessage, route: Route): PtthError {
+    const name = (route.kind === 'claim' ? loggableName(route.hostName) : undefined) ?? queryName(req.url);
+    this.#ctx.emit('refuse', { code: err.code, status: err.status, remote: req.socket.remoteAddress, name });
     return err;
   }
 
@@ -434,11 +441,12 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const bad = this.#crowded.has(socket) ? this.caps.connectionsError() : this.#badHead(req);
     const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
     const claim = route.kind === 'claim' || route.kind === 'websocket';
-    if (bad) return refuseRaw(claim ? this.#refusedClaim(bad, socket.remoteAddress) : bad);
-    if (claim && this.#closing) return refuseRaw(this.#refusedClaim(new PtthError('PTTH_ERR_SHUTTING_DOWN'), socket.remoteAddress));
+    if (bad) return refuseRaw(claim ? this.#refusedClaim(bad, req, route) : bad);
+    const down = claim && this.#closing ? new PtthError('PTTH_ERR_SHUTTING_DOWN') : undefined;
+    if (down) return refuseRaw(this.#refusedClaim(down, req, route));
     if (route.kind === 'claim') {
       const wait = this.#claimLimit?.take(socket.remoteAddress) ?? 0;
-      if (wait > 0) return refuseRaw(this.#claimLimited(wait, socket.remoteAddress));
+      if (wait > 0) return refuseRaw(this.#claimLimited(wait, req, route));
       claimFromUpgrade(ctx, req, socket, head, route.hostName);
     } else if (route.kind === 'visitor') {
       const wait = this.#requestLimit?.take(socket.remoteAddress) ?? 0;
@@ -446,7 +454,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       forwardUpgrade(ctx, req, socket, head, route.name);
     } else if (route.kind === 'websocket') {
       const wait = this.#claimLimit?.take(socket.remoteAddress) ?? 0;
-      if (wait > 0) return refuseRaw(this.#claimLimited(wait, socket.remoteAddress));
+      if (wait > 0) return refuseRaw(this.#claimLimited(wait, req, route));
       this.browser.upgrade(req, socket, head);
     } else {
       socket.on('error', noop);

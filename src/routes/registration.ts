@@ -16,6 +16,27 @@ export function normalizeName(raw: string): string {
 }
 const ERR_NAME = 'a name must be one DNS label, 1 to 63 letters, digits or hyphens, not starting or ending with a hyphen.';
 
+/**
+ * The name a claim asks for, for log lines about it (refusals included): the query's (or form's)
+ * `name`, lower-cased, when it is a valid name; undefined otherwise (never throws).
+ */
+export function loggableName(raw: string | null | undefined): string | undefined {
+  if (raw === null || raw === undefined) return undefined;
+  const name = raw.toLowerCase();
+  return LABEL.test(name) ? name : undefined;
+}
+
+/** `loggableName` of the `name` in a request target's query string. */
+export function queryName(url: string | undefined): string | undefined {
+  const q = url?.indexOf('?') ?? -1;
+  if (url === undefined || q === -1) return undefined;
+  try {
+    return loggableName(new URLSearchParams(url.slice(q + 1)).get('name'));
+  } catch {
+    return undefined;
+  }
+}
+
 export function validateToken(raw: string): string {
   if (!TOKEN.test(raw)) throw new PtthError('PTTH_ERR_BAD_TOKEN');
   return raw;
@@ -65,6 +86,12 @@ export interface ClaimParams {
   /** Lower-cased, validated name; absent: the table assigns one. */
   readonly name?: string | undefined;
   readonly token?: string | undefined;
+  /**
+   * The claimant's address key (ratelimit.ts addressKey) when it sent no token: a tokenless name is
+   * held by that address (src/routes/table.ts, Registration.holder). Absent: the name gets a
+   * random token no one knows (a claim whose address is unknown).
+   */
+  readonly holder?: string | undefined;
   /** Seconds, already clamped. */
   readonly lease?: number | undefined;
   /** The access key the claim was authorized under (src/routes/access.ts); absent on an open gateway. */

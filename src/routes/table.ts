@@ -30,7 +30,14 @@ export class Registration {
   /** The capability in the private URL (192 random bits). */
   readonly privateId = randomSecret(192);
   readonly createdAt = Date.now();
-  token: string;
+  #token: string;
+  /**
+   * For a name claimed without a token: the claimant's address as the per-address limits count it
+   * (addressKey: IPv4, or the IPv6 /64). A later tokenless claim from there is the same client; from
+   * anywhere else, or with a token, it is refused. Undefined for a name claimed with a token, and
+   * cleared when a token is set through the private URL.
+   */
+  holder: string | undefined;
   /**
    * The access key it is held under (undefined on an open gateway): the per-key limits count it.
    * A reclaim with the right token under another key that may claim the name moves it there (a
@@ -51,10 +58,19 @@ export class Registration {
   #options: QueueOptions;
   #table: MemoryTable;
 
-  constructor(table: MemoryTable, name: string, token: string, lease: number, options: QueueOptions, keyId?: string) {
+  constructor(
+    table: MemoryTable,
+    name: string,
+    token: string,
+    lease: number,
+    options: QueueOptions,
+    keyId?: string,
+    holder?: string,
+  ) {
     this.#table = table;
     this.name = name;
-    this.token = token;
+    this.#token = token;
+    this.holder = holder;
     this.keyId = keyId;
     this.lease = lease;
     this.#options = options;
@@ -71,8 +87,59 @@ export class Registration {
   /** When the registration ends if no channel comes back (ms since epoch), or undefined while live. */
   expiresAt: number | undefined;
 
+  get token(): string {
+    return this.#token;
+  }
+  /** A token set after the claim (private URL PUT) makes the name held by the token, not the address. */
+  set token(value: string) {
+    this.#token = value;
+    this.holder = undefined;
+  }
+
   tokenMatches(token: string): boolean {
-    return secretsEqual(token, this.token);
+    return secretsEqual(token, this.#token);
+  }
+
+  /**
+   * Throws 403 PTTH_ERR_TOKEN_MISMATCH unless `params` are the holder's: the same token for a name
+   * claimed with one; no token, the same address (`params.holder`) and the same access key for a
+   * name claimed without.
+   */
+  checkClaimant(params: Pick<ClaimParams, 'token' | 'holder' | 'keyId'>): void {
+    const name = this.name;
+    if (this.holder !== undefined) {
+      if (params.token !== undefined) {
+        throw new PtthError(
+          'PTTH_ERR_TOKEN_MISMATCH',
+          `The name "${name}" is held by a client that claimed it without a token: a claim with a token ` +
+            'cannot take it over while the registration lives.',
+        );
+      }
+      if (params.holder !== this.holder) {
+        throw new PtthError(
+          'PTTH_ERR_TOKEN_MISMATCH',
+          `The name "${name}" is held by a client at another address that claimed it without a token. ` +
+            'Pick another name or wait for its lease to end; claim with a token to keep a name from any address.',
+        );
+      }
+      // An address can be shared (NAT): on a gateway with keys, another key's tenant there is another client.
+      if (params.keyId !== this.keyId) {
+        throw new PtthError(
+          'PTTH_ERR_TOKEN_MISMATCH',
+          `The name "${name}" is held, without a token, under another access key: claim it with a token to move it.`,
+        );
+      }
+      return;
+    }
+    if (params.token === undefined) {
+      throw new PtthError(
+        'PTTH_ERR_TOKEN_MISMATCH',
+        `The name "${name}" is held under another token: claim it with the token it was claimed with.`,
+      );
+    }
+    if (!this.tokenMatches(params.token)) {
+      throw new PtthError('PTTH_ERR_TOKEN_MISMATCH', `The name "${name}" is held under another token.`);
+    }
   }
 
   /** Puts a live channel into service. */
@@ -275,10 +342,9 @@ export class MemoryTable extends EventEmitter implements RouteTable {
     if (name !== undefined) {
       const existing = this.#byName.get(name);
       if (existing) {
-        // docs/PROTOCOL.md section 2: the same token gets the name back; another token gets 403.
-        if (params.token === undefined || !existing.tokenMatches(params.token)) {
-          throw new PtthError('PTTH_ERR_TOKEN_MISMATCH', `The name "${name}" is held under another token.`);
-        }
+        // docs/PROTOCOL.md section 2: the same token gets the name back; another token gets 403. A name
+        // claimed without a token is held by its claimant's address (Registration.holder).
+        existing.checkClaimant(params);
         if (params.keyId !== undefined && params.keyId !== existing.keyId) {
           this.#checkNames(params);
           this.#unindexKey(existing);
@@ -305,6 +371,7 @@ export class MemoryTable extends EventEmitter implements RouteTable {
       params.lease ?? this.#options.defaultLease,
       this.#options,
       params.keyId,
+      params.token === undefined ? params.holder : undefined,
     );
     this.#byName.set(name, reg);
     this.#byPrivate.set(lookupKey(reg.privateId), reg);

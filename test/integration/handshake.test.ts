@@ -693,11 +693,15 @@ describe('tokens (docs/PROTOCOL.md section 2)', () => {
     expect(channels(g, 'foo')).toBe(1);
   });
 
-  it('holds a name claimed without a token (the gateway makes one up): a second tokenless claim gets 403', async () => {
+  it('holds a tokenless name by its address: a tokenless claim from there joins, one with a token gets 403', async () => {
     const g = await start();
     const a = await claim(g.port, ptth(g.port, '?name=foo'));
-    await expect101(a, 'foo', g.port);
-    await refused(g.port, ptth(g.port, '?name=foo'), 403, 'PTTH_ERR_TOKEN_MISMATCH');
+    const id = await expect101(a, 'foo', g.port);
+    // Same address, no token: the same client (test/integration/tokenless.test.ts tests other addresses).
+    const b = await claim(g.port, ptth(g.port, '?name=foo'));
+    expect(await expect101(b, 'foo', g.port)).toBe(id);
+    await refused(g.port, ptth(g.port, '?name=foo&token=guess'), 403, 'PTTH_ERR_TOKEN_MISMATCH');
+    expect(channels(g, 'foo')).toBe(2);
   });
 
   it('while the lease runs after every channel dropped, the same token gets the name back and another token gets 403', async () => {

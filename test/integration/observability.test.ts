@@ -10,7 +10,8 @@ import { createGateway, type Gateway, type GatewayOptions } from '../../src/gate
 import type { Tunnel } from '../../src/client/node.js';
 import { attachLogger, createLogger } from '../../src/log.js';
 import { rawClaim, rawConnect, readUntil, request, startApp, startGateway, until, type Reply, type TestGateway } from '../helpers/index.js';
-import { RawWsApp } from '../helpers/wsapp.js';
+import { RawWsApp, wsRefusal } from '../helpers/wsapp.js';
+import { fetchRaw, register } from '../helpers/comet.js';
 
 /*
  * Logs, metrics and health (issue 5, "Operations"): /metrics scraped after real traffic through
@@ -447,7 +448,9 @@ describe('logs', () => {
     expect(by('register')[0]).toMatchObject({ level: 30, name: 'life', msg: 'registered' });
     expect(by('claim')[0]).toMatchObject({ level: 30, name: 'life', transport: 'http1', url: expect.stringContaining('life.localhost') as unknown });
     expect(String(by('claim')[0]?.['remote'])).toMatch(/^127\.0\.0\.1:\d+$/);
-    expect(by('refuse')[0]).toMatchObject({ level: 40, code: 'PTTH_ERR_TOKEN_MISMATCH', status: 403, remote: '127.0.0.1' });
+    expect(by('refuse')[0]).toMatchObject({
+      level: 40, code: 'PTTH_ERR_TOKEN_MISMATCH', status: 403, remote: '127.0.0.1', name: 'life',
+    });
     expect(by('channel-open')[0]).toMatchObject({ name: 'life', transport: 'http1', channels: 1 });
     expect(by('channel-close')[0]).toMatchObject({ name: 'life', transport: 'http1', channels: 0 });
     expect(by('release')[0]).toMatchObject({ name: 'life', reason: 'deleted' });
@@ -470,6 +473,87 @@ describe('logs', () => {
     const refused = await rawClaim(gw.port, `POST /?name=-x- HTTP/1.1\r\nHost: localhost:${gw.port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`);
     sockets.push(refused.socket);
     expect(dest.lines).toHaveLength(1);
+  });
+
+  it('names the claim in refuse lines: query, Host, Comet form or WebSocket query; none when invalid', async () => {
+    const gw = await gateway();
+    const dest = capture();
+    attachLogger(gw.gateway, createLogger({ destination: dest }));
+    const claim = (target: string, host: string): string =>
+      `POST ${target} HTTP/1.1\r\nHost: ${host}\r\nUpgrade: PTTH/1.0\r\n` +
+      'Connection: Upgrade\r\nContent-Length: 0\r\n\r\n';
+    const refusedLines = (n: number): Promise<void> =>
+      until(() => dest.lines.filter((l) => l.event === 'refuse').length >= n, 3_000, `${n} refuse lines`);
+    sockets.push((await rawClaim(gw.port, claim('/?name=InQuery&lease=soon', `localhost:${gw.port}`))).socket);
+    await refusedLines(1);
+    sockets.push((await rawClaim(gw.port, claim('/?lease=soon', `fromhost.localhost:${gw.port}`))).socket);
+    await refusedLines(2);
+    sockets.push((await rawClaim(gw.port, claim('/?name=-bad-', `localhost:${gw.port}`))).socket);
+    await refusedLines(3);
+    const comet = await fetchRaw(`${gw.origin}/reversehttp`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: 'name=formname&lease=soon',
+    });
+    expect(comet.status).toBe(400);
+    await refusedLines(4);
+    const ws = await wsRefusal(gw.port, { name: 'wsname', lease: 'soon' });
+    expect(ws.status).toBe(400);
+    await refusedLines(5);
+    const refuses = dest.lines.filter((l) => l.event === 'refuse');
+    expect(refuses.map((l) => [l.code, l['name']])).toEqual([
+      ['PTTH_ERR_BAD_LEASE', 'inquery'],
+      ['PTTH_ERR_BAD_LEASE', 'fromhost'],
+      ['PTTH_ERR_BAD_NAME', undefined],
+      ['PTTH_ERR_BAD_LEASE', 'formname'],
+      ['PTTH_ERR_BAD_LEASE', 'wsname'],
+    ]);
+    for (const l of refuses) expect(l).toMatchObject({ level: 40, remote: '127.0.0.1' });
+  });
+
+  it('logs Comet requests: unknown URLs, refused replies at warn, session id hashed; answered polls at debug', async () => {
+    const gw = await gateway({ pollTimeout: 50 });
+    const info = capture();
+    const debug = capture();
+    attachLogger(gw.gateway, createLogger({ destination: info }));
+    attachLogger(gw.gateway, createLogger({ destination: debug, level: 'debug' }));
+    const reg = await register(gw.origin, { name: 'cometlog' });
+    expect(reg.status).toBe(201);
+    const first = reg.links['first'] ?? '';
+    const sid = /\/reversehttp\/([^/]+)\//.exec(first)?.[1] ?? '';
+    expect(sid.length).toBeGreaterThan(16);
+    const poll = await fetchRaw(first);
+    expect(poll.status).toBe(204);
+    const cometLines = (d: { lines: Line[] }): Line[] => d.lines.filter((l) => l.event === 'comet');
+    await until(() => cometLines(debug).some((l) => l['op'] === 'poll'), 3_000, 'the poll line');
+    const shape = /^\/reversehttp\/~[A-Za-z0-9_-]{8}\/0$/;
+    expect(cometLines(debug).find((l) => l['op'] === 'poll')).toMatchObject({
+      level: 20, method: 'GET', status: 204, name: 'cometlog', remote: '127.0.0.1',
+      path: expect.stringMatching(shape) as unknown,
+    });
+    const registered = cometLines(debug).find((l) => l['op'] === 'register');
+    expect(registered).toMatchObject({ level: 20, method: 'POST', status: 201 });
+
+    // A dead request URL polled in a loop, and a reply to an open slot: each a warn line.
+    const dead = first.replace(sid, `${sid.slice(0, -4)}AAAA`);
+    for (let i = 0; i < 3; i++) expect((await fetchRaw(dead)).status).toBe(404);
+    const body = 'HTTP/1.1 200 OK\r\n\r\n';
+    const reply = await fetchRaw(first, { method: 'POST', headers: { 'content-type': 'message/http' }, body });
+    expect(reply.status).toBe(404);
+    await until(() => cometLines(info).length === 4, 3_000, 'four comet lines at info');
+    const warned = cometLines(info);
+    const unknown = warned.filter((l) => l['op'] === 'unknown');
+    expect(unknown.map((l) => [l.level, l['status'], l['code']])).toEqual(
+      Array(3).fill([40, 404, 'PTTH_ERR_UNKNOWN_REQUEST_URL']),
+    );
+    const msg = /^comet unknown: GET \/reversehttp\/~[A-Za-z0-9_-]{8}\/0 404 PTTH_ERR_UNKNOWN_REQUEST_URL$/;
+    expect(unknown[0]?.msg).toMatch(msg);
+    expect(unknown[0]?.['name']).toBeUndefined();
+    const replied = warned.find((l) => l['op'] === 'reply');
+    expect(replied).toMatchObject({ level: 40, method: 'POST', status: 404, name: 'cometlog' });
+    // The capability never reaches the log, at any level.
+    expect(JSON.stringify(debug.lines)).not.toContain(sid);
+    expect(JSON.stringify(debug.lines)).not.toContain(sid.slice(0, 12));
   });
 
   it('pretty output is one human-readable line per event', async () => {

@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import { mayList } from '../../src/gateway/endpoints.js';
+import { createGateway } from '../../src/gateway/server.js';
 import { request, startApp, startGateway, type TestGateway } from '../helpers/index.js';
 import type { Tunnel } from '../../src/client/node.js';
 
@@ -16,6 +17,11 @@ afterEach(async () => {
   gw = undefined;
   app = undefined;
 });
+
+/** The text of an HTML page, tags removed. */
+function text(html: string): string {
+  return html.replace(/<[^>]*>/g, '');
+}
 
 async function page(statusList: 'loopback' | 'everyone' | 'nobody'): Promise<{ json: Record<string, unknown>; html: string }> {
   gw = await startGateway({ statusList });
@@ -39,7 +45,7 @@ describe('status page: who sees the registrations', () => {
     const { json, html } = await page('nobody');
     expect(json['count']).toBe(1);
     expect(json).not.toHaveProperty('registrations');
-    expect(html).toContain('Live registrations (1)');
+    expect(text(html)).toContain('Live registrations (1)');
     expect(html).not.toContain('secretname4242');
     expect(html).not.toContain('127.0.0.1:');
     expect(html).toContain('--status-list');
@@ -54,5 +60,47 @@ describe('status page: who sees the registrations', () => {
     }
     expect(mayList({ statusList: 'nobody' }, from('127.0.0.1'))).toBe(false);
     expect(mayList({}, from('203.0.113.7'))).toBe(false);
+  });
+});
+
+describe('status page: the URLs and addresses it shows', () => {
+  it('gives the app URL as claims do: with the port the page was reached on', async () => {
+    gw = await startGateway();
+    app = await startApp(gw.port, (_req, res) => res.end('x'), { name: 'ported' });
+    const html = (await request(gw.port, { host: `localhost:${gw.port}`, headers: { accept: 'text/html' } })).body;
+    expect(text(html)).toContain(`serves HTTP at http://NAME.localhost:${gw.port}/.`);
+    expect(html).toContain(`href="http://ported.localhost:${gw.port}/"`);
+    expect(html).toContain(`npx ptth-proxy connect 3000 --gateway http://localhost:${gw.port}<`);
+    expect(html).not.toContain('http://NAME.localhost/');
+  });
+
+  it('gives the app URL under --public-url (scheme and host), in the pattern and in the list', async () => {
+    gw = await startGateway({ publicUrl: 'https://tunnel.example.com:8443' });
+    app = await startApp(gw.port, (_req, res) => res.end('x'), { name: 'behind' });
+    const html = (await request(gw.port, { host: `localhost:${gw.port}`, headers: { accept: 'text/html' } })).body;
+    expect(text(html)).toContain('serves HTTP at https://NAME.tunnel.example.com:8443/.');
+    expect(html).toContain('href="https://behind.tunnel.example.com:8443/"');
+    expect(html).toContain('--gateway https://tunnel.example.com:8443<');
+  });
+
+  it('shows an IPv4 client on a dual-stack listener as 127.0.0.1, as the logs do, not ::ffff:127.0.0.1', async () => {
+    const gateway = createGateway({ reconnectWait: 500 });
+    const addr = await gateway.listen(0, '::');
+    gw = {
+      gateway,
+      port: addr.port,
+      origin: `http://127.0.0.1:${addr.port}`,
+      host: (n) => `${n}.localhost:${addr.port}`,
+      close: () => gateway.close(200),
+    };
+    app = await startApp(addr.port, (_req, res) => res.end('x'), { name: 'dualstack' });
+    const got = await request(addr.port, { host: `localhost:${addr.port}`, headers: { accept: 'application/json' } });
+    const regs = (JSON.parse(got.body) as { registrations: { channels: { remote: string }[] }[] }).registrations;
+    const remotes = regs.flatMap((r) => r.channels.map((c) => c.remote));
+    expect(remotes.length).toBeGreaterThan(0);
+    for (const r of remotes) expect(r).toMatch(/^127\.0\.0\.1:\d+$/);
+    const html = (await request(addr.port, { host: `localhost:${addr.port}`, headers: { accept: 'text/html' } })).body;
+    expect(html).toContain('127.0.0.1:');
+    expect(html).not.toContain('::ffff:');
   });
 });

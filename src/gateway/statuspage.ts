@@ -1,0 +1,213 @@
+import { escapeHtml } from '../http/respond.js';
+
+/**
+ * The status page's HTML (the page at `/` on the gateway host; src/gateway/endpoints.ts decides who
+ * sees what and serves the JSON form). It is complete without JavaScript; with it, a small inline
+ * script fetches the JSON form every 2 s and redraws the count, the list and the uptime in place.
+ * No external resources: styles and script are inline.
+ */
+
+export interface StatusChannel {
+  readonly transport: string;
+  readonly remote: string;
+  readonly active: number;
+  readonly served: number;
+}
+
+export interface StatusRegistration {
+  readonly name: string;
+  readonly url: string;
+  readonly requests: number;
+  readonly waiting: number;
+  /** ISO time the name is released if no channel comes back; null while live. */
+  readonly expiresAt: string | null;
+  readonly channels: readonly StatusChannel[];
+}
+
+export interface StatusView {
+  readonly version: string;
+  /** Seconds. */
+  readonly uptime: number;
+  readonly count: number;
+  /** Absent when this client may not see the list (serve --status-list). */
+  readonly registrations: readonly StatusRegistration[] | undefined;
+  /** An app's public URL with `NAME` for its name, as claims advertise it (publicUrlFor). */
+  readonly appUrl: string;
+  /** What `connect --gateway` takes: the gateway's origin as advertised (gatewayOrigin). */
+  readonly gateway: string;
+  readonly metricsLink: boolean;
+  /** The live demo's section (src/gateway/browser.ts). */
+  readonly demo: string;
+}
+
+/** `1 h 2 min`, `3 min 4 s`, `5 s`. */
+function duration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+function channelsHtml(r: StatusRegistration): string {
+  if (r.channels.length === 0) {
+    const at = r.expiresAt;
+    const until =
+      at === null ? '' : ` <time datetime="${escapeHtml(at)}">(lease ends ${escapeHtml(at.slice(11, 19))} UTC)</time>`;
+    return `<span class="idle">none: waiting for the app to reconnect${until}</span>`;
+  }
+  return r.channels
+    .map(
+      (c) =>
+        `<span class="chan"><b>${escapeHtml(c.transport)}</b> from <code>${escapeHtml(c.remote)}</code> ` +
+        `<small>${c.active} active, ${c.served} served</small></span>`,
+    )
+    .join('');
+}
+
+function rowHtml(r: StatusRegistration): string {
+  const url = escapeHtml(r.url);
+  return (
+    `<tr><td data-label="Name"><a href="${url}">${escapeHtml(r.name)}</a><br><small class="url">${url}</small></td>` +
+    `<td data-label="Channels">${channelsHtml(r)}</td>` +
+    `<td data-label="Requests" class="num">${r.requests}</td>` +
+    `<td data-label="Waiting" class="num">${r.waiting}</td></tr>`
+  );
+}
+
+const EMPTY_ROW = '<tr class="empty"><td colspan="4">No app is connected.</td></tr>';
+
+const STYLE = `
+:root{color-scheme:light dark;--fg:#1d2430;--muted:#5b6575;--line:#dde2ea;--card:#f6f8fb;--accent:#2458d6;--ok:#178a4c}
+@media (prefers-color-scheme:dark){
+:root{--fg:#e4e8ef;--muted:#9aa4b5;--line:#333b48;--card:#1b2029;--accent:#7aa5ff;--ok:#4cc584}
+}
+*{box-sizing:border-box}
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;color:var(--fg);max-width:64rem;margin:0 auto;
+padding:1.5rem 1.25rem 3rem}
+header{display:flex;flex-wrap:wrap;align-items:baseline;gap:.25rem 1rem;border-bottom:1px solid var(--line);
+padding-bottom:.75rem}
+h1{font-size:1.6rem;margin:0}
+h2{font-size:1.15rem;margin:2rem 0 .6rem;display:flex;align-items:center;gap:.6rem;flex-wrap:wrap}
+.sub{color:var(--muted);margin:0}
+a{color:var(--accent)}
+code{font:13px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:var(--card);
+border:1px solid var(--line);border-radius:4px;padding:0 .3rem;overflow-wrap:anywhere}
+.cmd{display:block;padding:.5rem .7rem;margin:.35rem 0 0;white-space:pre-wrap}
+var{font-style:normal;color:var(--accent);font-weight:600}
+.live{font-size:.8rem;font-weight:normal;color:var(--muted);display:inline-flex;align-items:center;gap:.35rem}
+.live::before{content:"";width:.55rem;height:.55rem;border-radius:50%;background:var(--muted)}
+.live.on::before{background:var(--ok)}
+table{border-collapse:collapse;width:100%}
+th{font-size:.8rem;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);font-weight:600}
+td,th{text-align:left;vertical-align:top;border-bottom:1px solid var(--line);padding:.5rem .6rem}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+.url{color:var(--muted);overflow-wrap:anywhere;font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+.chan{display:block}
+.chan small,.idle{color:var(--muted)}
+.chan small{white-space:nowrap}
+tr.empty td{color:var(--muted);font-style:italic}
+.note{color:var(--muted);font-style:italic}
+footer{margin-top:2.5rem;border-top:1px solid var(--line);padding-top:.75rem;color:var(--muted);font-size:.85rem}
+input,button{font:inherit}
+@media (max-width:40rem){
+body{padding:1rem .85rem 2rem}
+thead{display:none}
+table,tbody{display:block;width:100%}
+tr{display:grid;grid-template-columns:1fr 1fr;border:1px solid var(--line);border-radius:8px;margin:0 0 .75rem;
+padding:.35rem .2rem;background:var(--card)}
+td{display:block;border:0;padding:.25rem .6rem;min-width:0}
+td:not(.num),tr.empty td{grid-column:1/-1}
+td.num{text-align:left}
+td[data-label]::before{content:attr(data-label);display:block;font-size:.72rem;text-transform:uppercase;
+letter-spacing:.04em;color:var(--muted)}
+td.num[data-label]::before{display:inline;margin-right:.5rem}
+tr.empty{display:block;background:none}
+}`;
+
+/**
+ * Redraws from the JSON form: the count, the uptime and (when the page has the list) the rows. Data
+ * reaches the page through textContent and attributes only, never as markup.
+ */
+const SCRIPT = `
+const $ = (id) => document.getElementById(id);
+const el = (tag, props, ...kids) => {
+  const e = Object.assign(document.createElement(tag), props);
+  e.append(...kids);
+  return e;
+};
+const dur = (s) => s < 60 ? s + ' s'
+  : s < 3600 ? Math.floor(s / 60) + ' min ' + (s % 60) + ' s'
+  : s < 86400 ? Math.floor(s / 3600) + ' h ' + Math.floor(s % 3600 / 60) + ' min'
+  : Math.floor(s / 86400) + ' d ' + Math.floor(s % 86400 / 3600) + ' h';
+function row(r) {
+  const chans = r.channels.length === 0
+    ? [el('span', { className: 'idle', textContent: 'none: waiting for the app to reconnect'
+        + (r.expiresAt ? ' (lease ends ' + r.expiresAt.slice(11, 19) + ' UTC)' : '') })]
+    : r.channels.map((c) => el('span', { className: 'chan' }, el('b', { textContent: c.transport }), ' from ',
+        el('code', { textContent: c.remote }), ' ',
+        el('small', { textContent: c.active + ' active, ' + c.served + ' served' })));
+  const td = (label, ...kids) => { const t = el('td', {}, ...kids); t.dataset.label = label; return t; };
+  const num = (label, n) => { const t = td(label, String(n)); t.className = 'num'; return t; };
+  const link = el('a', { href: r.url, textContent: r.name });
+  return el('tr', {}, td('Name', link, el('br'), el('small', { className: 'url', textContent: r.url })),
+    td('Channels', ...chans), num('Requests', r.requests), num('Waiting', r.waiting));
+}
+let timer;
+async function refresh() {
+  const live = $('live');
+  try {
+    const res = await fetch('/', { headers: { accept: 'application/json' }, cache: 'no-store' });
+    if (!res.ok) throw new Error('HTTP ' + res.status);
+    const s = await res.json();
+    $('count').textContent = s.count;
+    $('uptime').textContent = dur(s.gateway.uptime);
+    const rows = $('rows');
+    if (rows && s.registrations) {
+      rows.replaceChildren(...(s.registrations.length ? s.registrations.map(row)
+        : [el('tr', { className: 'empty' }, el('td', { colSpan: 4, textContent: 'No app is connected.' }))]));
+    }
+    live.className = 'live on';
+    live.textContent = 'live, updated ' + new Date().toLocaleTimeString();
+  } catch (e) {
+    live.className = 'live';
+    live.textContent = 'not updating (' + e.message + '): retrying';
+  }
+  timer = setTimeout(refresh, 2000);
+}
+$('live').hidden = false;
+timer = setTimeout(refresh, 2000);
+`;
+
+export function renderStatusPage(v: StatusView): string {
+  const list = v.registrations;
+  const table =
+    list === undefined
+      ? '<p class="note">The list of names is not shown to visitors from other machines (serve --status-list).</p>'
+      : `<table><thead><tr><th>Name</th><th>Channels</th><th class="num">Requests</th><th class="num">Waiting</th></tr>
+</thead>
+<tbody id="rows">
+${list.length === 0 ? EMPTY_ROW : list.map(rowHtml).join('\n')}
+</tbody></table>`;
+  // NAME is where the app's name goes; the rest is the URL exactly as a claim's Link would give it.
+  const appUrl = escapeHtml(v.appUrl).replace('NAME', '<var>NAME</var>');
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>ptth-proxy</title>
+<style>${STYLE}</style>
+</head><body>
+<header><h1>ptth-proxy</h1><p class="sub">reverse HTTP gateway &middot; ${escapeHtml(v.version)}</p></header>
+<p>A program with only an HTTP client claims a name here and serves HTTP at <code id="app-url">${appUrl}</code>.</p>
+<p>Expose a local web app:<code class="cmd">npx ptth-proxy connect 3000 --gateway ${escapeHtml(v.gateway)}</code></p>
+<h2><span>Live registrations (<span id="count">${v.count}</span>)</span>
+<span id="live" class="live" hidden>live</span></h2>
+${table}
+<noscript><p class="note">Reload the page to see new registrations.</p></noscript>
+${v.demo}
+<footer>ptth-proxy ${escapeHtml(v.version)} &middot; up <span id="uptime">${duration(v.uptime)}</span> &middot;
+<a href="/?format=json">JSON</a> (send Accept: application/json) &middot; <a href="/healthz">/healthz</a>
+&middot; <a href="/readyz">/readyz</a>${v.metricsLink ? ' &middot; <a href="/metrics">/metrics</a>' : ''}</footer>
+<script>(() => {${SCRIPT}})();</script>
+</body></html>
+`;
+}
