@@ -1,0 +1,220 @@
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { hashKey } from '../../src/routes/access.js';
+import { SseParser } from '../../src/client/requestlog.js';
+import { startEventsFront, type EventsFront } from '../helpers/events-standin.js';
+import { request, startGateway, type TestGateway } from '../helpers/index.js';
+import { spawnCli, type Spawned } from '../helpers/spawn.js';
+
+/*
+ * What `ptth-proxy connect` prints: the built CLI as a child, against a real gateway. Request
+ * lines come from the gateway's per-name event stream; a front (helpers/events-standin.ts) stands
+ * in for it only while the gateway answers 404 there, and passes the real one through otherwise.
+ */
+
+const procs: Spawned[] = [];
+const servers: http.Server[] = [];
+const gateways: TestGateway[] = [];
+const fronts: EventsFront[] = [];
+afterEach(async () => {
+  for (const p of procs.splice(0)) p.kill('SIGKILL');
+  for (const s of servers.splice(0)) {
+    s.closeAllConnections();
+    s.close();
+  }
+  for (const f of fronts.splice(0)) await f.close();
+  for (const g of gateways.splice(0)) await g.close();
+});
+
+function cli(args: string[], env?: NodeJS.ProcessEnv): Spawned {
+  const p = spawnCli(args, env);
+  procs.push(p);
+  return p;
+}
+
+async function gateway(options: Parameters<typeof startGateway>[0] = {}): Promise<TestGateway> {
+  const g = await startGateway(options);
+  gateways.push(g);
+  return g;
+}
+
+/** A gateway behind the events front: connect and visitors use the front's port. */
+async function fronted(): Promise<{ port: number; front: EventsFront }> {
+  const g = await gateway();
+  const front = await startEventsFront(g.port);
+  fronts.push(front);
+  return { port: front.port, front };
+}
+
+async function backend(handler: http.RequestListener, port = 0): Promise<{ server: http.Server; port: number }> {
+  const s = http.createServer(handler);
+  servers.push(s);
+  await new Promise<void>((resolve, reject) => {
+    s.once('error', reject);
+    s.listen(port, '127.0.0.1', () => resolve());
+  });
+  return { server: s, port: (s.address() as AddressInfo).port };
+}
+
+describe('connect: refusals and arguments', () => {
+  it('a name held under another token: the status once, that the name is in use, and what --token does', async () => {
+    const g = await gateway();
+    const { port: local } = await backend((_q, r) => r.end('x'));
+    const a = cli(['connect', String(local), '--gateway', g.origin, '--name', 'mine', '--token', 'a']);
+    await a.waitFor(/Forwarding/);
+    const b = cli(['connect', String(local), '--gateway', g.origin, '--name', 'mine', '--token', 'b']);
+    expect(await b.exited()).toBe(3);
+    expect(b.output()).toMatch(/refused the claim: 403 Forbidden: The name "mine" is held under another token/);
+    expect(b.output()).not.toMatch(/403 403/);
+    expect(b.output()).toMatch(/The name is in use/);
+    expect(b.output()).toMatch(/--token is the secret that holds a name across restarts/);
+  });
+
+  it('a missing or unknown key: says --key KEY or PTTH_KEY, not the protocol header', async () => {
+    const g = await gateway({ access: { keys: [{ id: 'k', sha256: hashKey('good-key-123'), names: ['*'] }] } });
+    const none = cli(['connect', '3000', '--gateway', g.origin], { PTTH_KEY: '' });
+    expect(await none.exited()).toBe(3);
+    expect(none.output()).toMatch(/needs an access key: pass --key KEY or set PTTH_KEY/);
+    expect(none.output()).not.toMatch(/Authorization|401 401/);
+    const bad = cli(['connect', '3000', '--gateway', g.origin, '--key', 'wrong-key-456']);
+    expect(await bad.exited()).toBe(3);
+    expect(bad.output()).toMatch(/does not know this access key: check --key KEY or PTTH_KEY/);
+  });
+
+  it('refuses a port out of range and a bare word with a hint, exit 2', async () => {
+    const big = cli(['connect', '99999']);
+    expect(await big.exited()).toBe(2);
+    expect(big.output()).toMatch(/port 99999 is out of range .* ports run from 1 to 65535/);
+    const word = cli(['connect', 'abc']);
+    expect(await word.exited()).toBe(2);
+    expect(word.output()).toMatch(/"abc" is not a port, host:port or URL: give a port \(3000\), host:port/);
+    const hostBig = cli(['connect', 'localhost:70000']);
+    expect(await hostBig.exited()).toBe(2);
+    expect(hostBig.output()).toMatch(/port 70000 is out of range/);
+    const urlBig = cli(['connect', 'http://127.0.0.1:70000/']);
+    expect(await urlBig.exited()).toBe(2);
+    expect(urlBig.output()).toMatch(/port 70000 is out of range/);
+  });
+
+  it('--help names PTTH_GATEWAY, --quiet and --inspect', async () => {
+    const h = cli(['connect', '--help']);
+    expect(await h.exited()).toBe(0);
+    expect(h.output()).toMatch(/--gateway <url>[\s\S]*env:\s+PTTH_GATEWAY/);
+    expect(h.output()).toMatch(/-q, --quiet/);
+    expect(h.output()).toMatch(/--inspect \[port\]/);
+  });
+});
+
+describe('connect: what happens while it runs', () => {
+  it('with the gateway gone, one line per retry (not one per connection)', async () => {
+    const g = await gateway();
+    const { port: local } = await backend((_q, r) => r.end('x'));
+    const c = cli(['connect', String(local), '--gateway', g.origin, '--name', 'gone', '--http1', '--connections', '4']);
+    await c.waitFor(/Forwarding/);
+    await g.close();
+    gateways.splice(gateways.indexOf(g), 1);
+    await c.waitFor(/(cannot reach [^\n]*\n[^\n]*){3}/, 10_000);
+    const lines = c.output().split('\n').filter((l) => l.includes('cannot reach'));
+    // Four connections fail at once: the first round (delays under 0.25 s) is said once.
+    const first = lines.filter((l) => Number(/retrying in ([\d.]+) s/.exec(l)?.[1]) <= 0.2);
+    expect(first.length).toBeLessThanOrEqual(1);
+    for (let i = 1; i < lines.length; i++) expect(lines[i]).not.toBe(lines[i - 1]);
+  });
+
+  it('says once when the local service is down, and when it answers again', async () => {
+    const g = await gateway();
+    const first = await backend((_q, r) => r.end('up'));
+    const local = first.port;
+    const c = cli(['connect', `http://127.0.0.1:${local}`, '--gateway', g.origin, '--name', 'flaky']);
+    await c.waitFor(/Forwarding/);
+    first.server.closeAllConnections();
+    await new Promise((r) => first.server.close(r));
+    for (let i = 0; i < 3; i++) expect((await request(g.port, { host: g.host('flaky') })).status).toBe(502);
+    await c.waitFor(/cannot reach the local service http:\/\/127\.0\.0\.1:\d+ \(ECONNREFUSED\): visitors get 502/);
+    expect(c.output().match(/cannot reach the local service/g)).toHaveLength(1);
+    // The same port again (retried while something else holds it meanwhile).
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await backend((_q, r) => r.end('back'), local);
+        break;
+      } catch (e) {
+        if (attempt > 20) throw e;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    expect((await request(g.port, { host: g.host('flaky') })).body).toBe('back');
+    await c.waitFor(/the local service http:\/\/127\.0\.0\.1:\d+ answers again/);
+  });
+
+  it('Ctrl-C says it releases the name and closes', async () => {
+    const g = await gateway();
+    const { port: local } = await backend((_q, r) => r.end('x'));
+    const c = cli(['connect', String(local), '--gateway', g.origin, '--name', 'byebye']);
+    await c.waitFor(/Forwarding/);
+    c.kill('SIGINT');
+    expect(await c.exited()).toBe(0);
+    expect(c.output()).toMatch(/releasing byebye, closing/);
+    expect(c.output()).toMatch(/released byebye; bye/);
+  });
+});
+
+describe('connect: a line per request, from the gateway\'s event stream', () => {
+  for (const extra of [[], ['--http1']]) {
+    it(`prints time, method, path, status, ms and size per visitor request${extra.length ? ' (--http1)' : ''}`, async () => {
+      const { port } = await fronted();
+      const { port: local } = await backend((req, res) => {
+        if (req.url?.startsWith('/missing')) res.writeHead(404).end('nope');
+        else res.end('x'.repeat(1234));
+      });
+      const c = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'lines', ...extra]);
+      await c.waitFor(/Forwarding/);
+      // The subscription may come a moment after Forwarding: request until the first line shows.
+      const host = `lines.localhost:${port}`;
+      await waitWhile(() => request(port, { host, path: '/warmup' }), () => /\/warmup {2}200/.test(c.output()));
+      await request(port, { host, path: '/api/x?y=1' });
+      await c.waitFor(/^\d\d:\d\d:\d\d {2}GET {2}\/api\/x\?y=1 {2}200 {2}\d+ ms {2}1\.2 KB$/m);
+      await request(port, { host, method: 'POST', path: '/missing', body: 'hello' });
+      await c.waitFor(/^\d\d:\d\d:\d\d {2}POST {2}\/missing {2}404 {2}\d+ ms {2}4 B$/m);
+    });
+  }
+
+  it('--quiet prints no request lines (the inspector still gets them)', async () => {
+    const { port } = await fronted();
+    const { port: local } = await backend((_q, r) => r.end('ok'));
+    const c = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'hush', '-q', '--inspect', '0']);
+    const m = await c.waitFor(/Inspector {3}(http:\/\/127\.0\.0\.1:\d+\/)/);
+    const seen = inspectorEvents(m[1] as string);
+    const host = `hush.localhost:${port}`;
+    await waitWhile(() => request(port, { host, path: '/quiet-please' }), () => seen.urls.includes('/quiet-please'));
+    seen.close();
+    expect(c.output()).not.toMatch(/quiet-please/);
+    expect(c.output()).toMatch(/Forwarding/);
+  });
+});
+
+/** Does `act` until `done()` (each act awaited first), up to `ms`. */
+async function waitWhile(act: () => Promise<unknown>, done: () => boolean, ms = 8_000): Promise<void> {
+  const until = Date.now() + ms;
+  for (;;) {
+    await act();
+    // The line follows the response by a hop (gateway -> stream -> connect): give each try a moment.
+    for (let i = 0; i < 20 && !done(); i++) await new Promise((r) => setTimeout(r, 25));
+    if (done()) return;
+    if (Date.now() > until) throw new Error('timed out');
+  }
+}
+
+/** Follows an inspector's /events; `urls` collects the exchanges' URLs. */
+function inspectorEvents(base: string): { urls: string[]; close(): void } {
+  const urls: string[] = [];
+  const req = http.get(`${base}events`, (res) => {
+    res.setEncoding('utf8');
+    const p = new SseParser((event, data) => {
+      if (event === 'exchange') urls.push((JSON.parse(data) as { url: string }).url);
+    });
+    res.on('data', (c: string) => p.push(c));
+  });
+  req.on('error', () => {});
+  return { urls, close: () => req.destroy() };
+}
