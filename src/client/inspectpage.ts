@@ -42,7 +42,9 @@ pre { margin: 0; padding: 8px 10px; background: #f3f4f7; border-radius: 6px; fon
 button { font: inherit; padding: 6px 14px; border-radius: 6px; border: 1px solid var(--accent); background: var(--accent); color: #fff; cursor: pointer; }
 button:disabled { background: #c9cfda; border-color: #c9cfda; cursor: not-allowed; }
 .actions { display: flex; gap: 10px; align-items: center; margin-top: 12px; flex-wrap: wrap; }
-.replayed { margin-top: 14px; border-top: 2px solid var(--line); padding-top: 6px; }
+.replayed { margin-top: 14px; background: #f7faff; border: 1px solid #d6e4fb; border-radius: 8px; padding: 4px 12px 12px; }
+.replayed h3:first-child { color: var(--accent); }
+.replayed pre { background: #fff; }
 .back { display: none; }
 @media (max-width: 760px) {
   main { grid-template-columns: 1fr; height: auto; padding: 8px; }
@@ -199,7 +201,7 @@ source.addEventListener('error', () => {
   document.getElementById('dot').classList.remove('on');
   document.getElementById('state').textContent = 'reconnecting';
 });
-source.addEventListener('target', (ev) => { document.getElementById('target').textContent = '\\u2192 ' + JSON.parse(ev.data); });
+source.addEventListener('target', (ev) => { document.getElementById('target').textContent = 'local service ' + JSON.parse(ev.data); });
 source.addEventListener('exchange', (ev) => add(JSON.parse(ev.data)));
 </script>
 </body></html>
