@@ -257,9 +257,14 @@ program
   .option('--http1', 'speak only PTTH/1.0 (reversed HTTP/1.1), even when the gateway offers HTTP/2')
   .option('-q, --quiet', 'do not print a line per request')
   .addOption(
-    new Option('--inspect [port]', 'serve a page on 127.0.0.1 listing recent requests, with replay (default port 4040; 0: any free port)')
+    new Option(
+      '--inspect [port]',
+      'serve a page on 127.0.0.1 listing recent requests, with replay (default port 4040; 0: any free port)',
+    )
       .argParser((value: string) => {
-        if (!/^\d+$/.test(value) || Number(value) > 65535) throw new InvalidArgumentError('expected a port number from 0 to 65535');
+        if (!/^\d+$/.test(value) || Number(value) > 65535) {
+          throw new InvalidArgumentError('expected a port number from 0 to 65535');
+        }
         return Number(value);
       }),
   )
@@ -394,10 +399,12 @@ function claimMessage(e: Error): string {
   const said = e.message.replace(/^the gateway refused the claim: /, '');
   switch (e.code) {
     case 'PTTH_ERR_KEY_REQUIRED':
-      return `the gateway refused the claim: ${e.status}: this gateway needs an access key: pass --key KEY or set PTTH_KEY ` +
+      return `the gateway refused the claim: ${e.status}: this gateway needs an access key: ` +
+        'pass --key KEY or set PTTH_KEY ' +
         '(its operator makes keys with `ptth-proxy key`)';
     case 'PTTH_ERR_KEY_INVALID':
-      return `the gateway refused the claim: ${e.status}: the gateway does not know this access key: check --key KEY or PTTH_KEY`;
+      return `the gateway refused the claim: ${e.status}: the gateway does not know this access key: ` +
+        'check --key KEY or PTTH_KEY';
     case 'PTTH_ERR_TOKEN_MISMATCH':
       return `the gateway refused the claim: ${said}\n` +
         '  The name is in use: another connect holds it, or an earlier run whose lease has not run out.\n' +

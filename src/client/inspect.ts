@@ -145,7 +145,8 @@ export async function startInspector(port: number, options: InspectorOptions): P
     const addr = server.address() as AddressInfo;
     const hostOk = new RegExp(`^(127\\.0\\.0\\.1|localhost|\\[::1\\]):${addr.port}$`).test(req.headers.host ?? '');
     if (!hostOk) {
-      res.writeHead(421, { 'content-type': 'text/plain; charset=utf-8' }).end('Use http://127.0.0.1 to open the inspector.\n');
+      res.writeHead(421, { 'content-type': 'text/plain; charset=utf-8' });
+      res.end('Use http://127.0.0.1 to open the inspector.\n');
       return;
     }
     const path = (req.url ?? '/').split('?')[0];
@@ -154,7 +155,9 @@ export async function startInspector(port: number, options: InspectorOptions): P
       res.writeHead(200, {
         ...common,
         'content-type': 'text/html; charset=utf-8',
-        'content-security-policy': "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+        'content-security-policy':
+          "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; " +
+          "connect-src 'self'; img-src data:",
         'x-frame-options': 'DENY',
         'referrer-policy': 'no-referrer',
       });

@@ -8,19 +8,25 @@ export const INSPECTOR_PAGE = `<!doctype html>
 <title>ptth-proxy inspector</title>
 <style>
 :root { --bg: #f6f7f9; --card: #fff; --line: #e3e6eb; --text: #1d2330; --dim: #6b7385; --accent: #2f6fde;
-  --ok: #1f8a4c; --redir: #8a6d1f; --bad: #c0392b; --sel: #eaf1fd; --mono: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+  --ok: #1f8a4c; --redir: #8a6d1f; --bad: #c0392b; --sel: #eaf1fd;
+  --mono: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 * { box-sizing: border-box; }
-body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; background: var(--bg); color: var(--text); }
-header { display: flex; align-items: center; gap: 12px; padding: 10px 16px; background: #1d2330; color: #fff; flex-wrap: wrap; }
+body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+  background: var(--bg); color: var(--text); }
+header { display: flex; align-items: center; gap: 12px; padding: 10px 16px;
+  background: #1d2330; color: #fff; flex-wrap: wrap; }
 header h1 { font-size: 16px; margin: 0; font-weight: 600; }
 header .target { color: #aeb6c6; font-family: var(--mono); font-size: 12px; overflow-wrap: anywhere; }
 header .live { margin-left: auto; font-size: 12px; color: #aeb6c6; display: flex; align-items: center; gap: 6px; }
 header .dot { width: 8px; height: 8px; border-radius: 50%; background: #999; }
 header .dot.on { background: #3ecf7a; }
-main { display: grid; grid-template-columns: minmax(320px, 42%) 1fr; gap: 12px; padding: 12px; height: calc(100vh - 48px); }
-.list, .detail { background: var(--card); border: 1px solid var(--line); border-radius: 8px; overflow: auto; min-height: 0; }
+main { display: grid; grid-template-columns: minmax(320px, 42%) 1fr; gap: 12px; padding: 12px;
+  height: calc(100vh - 48px); }
+.list, .detail { background: var(--card); border: 1px solid var(--line); border-radius: 8px;
+  overflow: auto; min-height: 0; }
 .empty { padding: 24px; color: var(--dim); text-align: center; }
-.row { display: grid; grid-template-columns: 58px 1fr auto; gap: 2px 10px; padding: 8px 12px; border-bottom: 1px solid var(--line);
+.row { display: grid; grid-template-columns: 58px 1fr auto; gap: 2px 10px; padding: 8px 12px;
+  border-bottom: 1px solid var(--line);
   cursor: pointer; align-items: baseline; }
 .row:hover { background: #f2f5fa; }
 .row.sel { background: var(--sel); box-shadow: inset 3px 0 0 var(--accent); }
@@ -36,13 +42,16 @@ main { display: grid; grid-template-columns: minmax(320px, 42%) 1fr; gap: 12px; 
 table.h { border-collapse: collapse; width: 100%; font-family: var(--mono); font-size: 12px; }
 table.h td { padding: 3px 6px; border-top: 1px solid var(--line); vertical-align: top; overflow-wrap: anywhere; }
 table.h td:first-child { color: var(--dim); white-space: nowrap; width: 1%; }
-pre { margin: 0; padding: 8px 10px; background: #f3f4f7; border-radius: 6px; font: 12px/1.4 var(--mono); white-space: pre-wrap;
+pre { margin: 0; padding: 8px 10px; background: #f3f4f7; border-radius: 6px; font: 12px/1.4 var(--mono);
+  white-space: pre-wrap;
   overflow-wrap: anywhere; max-height: 320px; overflow: auto; }
 .note { color: var(--dim); font-size: 12px; margin: 4px 0; }
-button { font: inherit; padding: 6px 14px; border-radius: 6px; border: 1px solid var(--accent); background: var(--accent); color: #fff; cursor: pointer; }
+button { font: inherit; padding: 6px 14px; border-radius: 6px; border: 1px solid var(--accent);
+  background: var(--accent); color: #fff; cursor: pointer; }
 button:disabled { background: #c9cfda; border-color: #c9cfda; cursor: not-allowed; }
 .actions { display: flex; gap: 10px; align-items: center; margin-top: 12px; flex-wrap: wrap; }
-.replayed { margin-top: 14px; background: #f7faff; border: 1px solid #d6e4fb; border-radius: 8px; padding: 4px 12px 12px; }
+.replayed { margin-top: 14px; background: #f7faff; border: 1px solid #d6e4fb;
+  border-radius: 8px; padding: 4px 12px 12px; }
 .replayed h3:first-child { color: var(--accent); }
 .replayed pre { background: #fff; }
 .back { display: none; }
@@ -58,7 +67,8 @@ button:disabled { background: #c9cfda; border-color: #c9cfda; cursor: not-allowe
 <header><h1>ptth-proxy inspector</h1><span class="target" id="target"></span>
 <span class="live"><span class="dot" id="dot"></span><span id="state">connecting</span></span></header>
 <main id="main">
-<section class="list" id="list"><div class="empty" id="empty">No requests yet. Visit your public URL and they appear here.</div></section>
+<section class="list" id="list">
+<div class="empty" id="empty">No requests yet. Visit your public URL and they appear here.</div></section>
 <section class="detail" id="detail"><div class="empty">Select a request to see its headers and body.</div></section>
 </main>
 <script>
@@ -113,7 +123,8 @@ function bodyView(b64, total, truncated) {
     for (let i = 0; i < raw.length; i++) hex += raw[i].toString(16).padStart(2, '0') + ((i + 1) % 16 ? ' ' : '\\n');
     wrap.append(el('pre', 'body', hex));
   }
-  if (truncated) wrap.append(el('p', 'note', 'truncated: only the first KiB' + (total ? ' of ' + bytes(total) : '') + ' is shown'));
+  const of = total ? ' of ' + bytes(total) : '';
+  if (truncated) wrap.append(el('p', 'note', 'truncated: only the first KiB' + of + ' is shown'));
   return wrap;
 }
 function render(x) {
@@ -123,7 +134,8 @@ function render(x) {
   detail.append(back);
   detail.append(el('h2', '', x.method + ' ' + x.url));
   detail.append(el('div', 'summary', (x.status ? x.status : 'no response') + (x.error ? ' (' + x.error + ')' : '') +
-    ' \\u00b7 ' + clock(x.time) + ' \\u00b7 ' + Math.round(x.ms) + ' ms \\u00b7 in ' + bytes(x.bytesIn) + ', out ' + bytes(x.bytesOut) +
+    ' \\u00b7 ' + clock(x.time) + ' \\u00b7 ' + Math.round(x.ms) + ' ms \\u00b7 in ' + bytes(x.bytesIn) +
+    ', out ' + bytes(x.bytesOut) +
     (x.remote ? ' \\u00b7 from ' + x.remote : '')));
   const actions = el('div', 'actions');
   const btn = el('button', 'replay', 'Replay');
@@ -143,7 +155,8 @@ function render(x) {
     result.textContent = '';
     result.append(el('p', 'note', 'replaying\\u2026'));
     try {
-      const res = await fetch('/replay/' + encodeURIComponent(x.id), { method: 'POST', headers: { 'X-Ptth-Inspector': '1' } });
+      const init = { method: 'POST', headers: { 'X-Ptth-Inspector': '1' } };
+      const res = await fetch('/replay/' + encodeURIComponent(x.id), init);
       const r = await res.json();
       result.textContent = '';
       if (!res.ok) { result.append(el('p', 'note', 'Replay refused: ' + r.error)); return; }
@@ -151,8 +164,10 @@ function render(x) {
       const s = el('div', 'summary');
       const code = el('span', 'status ' + statusClass(r.status), r.status || 'no response');
       code.id = 'replay-status';
-      s.append(code, document.createTextNode((r.error ? ' (' + r.error + ')' : '') + ' \\u00b7 ' + r.ms + ' ms \\u00b7 ' + bytes(r.bodyBytes)));
-      result.append(s, el('h3', '', 'Headers'), headerTable(r.headers), el('h3', '', 'Body'), bodyView(r.body, r.bodyBytes, r.truncated));
+      const why = r.error ? ' (' + r.error + ')' : '';
+      s.append(code, document.createTextNode(why + ' \\u00b7 ' + r.ms + ' ms \\u00b7 ' + bytes(r.bodyBytes)));
+      result.append(s, el('h3', '', 'Headers'), headerTable(r.headers));
+      result.append(el('h3', '', 'Body'), bodyView(r.body, r.bodyBytes, r.truncated));
     } catch (e) {
       result.textContent = '';
       result.append(el('p', 'note', 'Replay failed: ' + e));
@@ -179,7 +194,8 @@ function add(x) {
   row.dataset.id = x.id;
   row.append(el('span', 'method', x.method), el('span', 'path', x.url),
     el('span', 'status ' + statusClass(x.status), x.status || '\\u2014'),
-    el('span', 'meta', clock(x.time) + ' \\u00b7 ' + Math.round(x.ms) + ' ms \\u00b7 ' + bytes(x.bytesOut) + (x.error ? ' \\u00b7 ' + x.error : '')));
+    el('span', 'meta', clock(x.time) + ' \\u00b7 ' + Math.round(x.ms) + ' ms \\u00b7 ' + bytes(x.bytesOut) +
+      (x.error ? ' \\u00b7 ' + x.error : '')));
   row.title = x.url;
   row.onclick = () => select(x, row);
   byId.set(x.id, row);
@@ -201,7 +217,9 @@ source.addEventListener('error', () => {
   document.getElementById('dot').classList.remove('on');
   document.getElementById('state').textContent = 'reconnecting';
 });
-source.addEventListener('target', (ev) => { document.getElementById('target').textContent = 'local service ' + JSON.parse(ev.data); });
+source.addEventListener('target', (ev) => {
+  document.getElementById('target').textContent = 'local service ' + JSON.parse(ev.data);
+});
 source.addEventListener('exchange', (ev) => add(JSON.parse(ev.data)));
 </script>
 </body></html>

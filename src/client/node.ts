@@ -349,7 +349,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         // The gateway's bodies start with the status ("403 Forbidden: ..."): do not say it twice.
         const status = String(res.statusCode ?? 0);
         const said = body.startsWith(`${status} `) ? body : `${status} ${body}`;
-        fail(new ClaimError(res.statusCode ?? 0, `the gateway refused the claim: ${said}`, typeof code === 'string' ? code : undefined));
+        const errCode = typeof code === 'string' ? code : undefined;
+        fail(new ClaimError(res.statusCode ?? 0, `the gateway refused the claim: ${said}`, errCode));
       });
       res.on('error', (err) => fail(err));
     });

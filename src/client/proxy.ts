@@ -18,7 +18,9 @@ export interface LocalProxyOptions {
 }
 
 /** Errors that mean the local service is not there (not a request that went wrong halfway). */
-const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ETIMEDOUT']);
+const UNREACHABLE = new Set([
+  'ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ETIMEDOUT',
+]);
 
 /** Where a local proxy sends requests; the Node client's HTTP/2 side uses it directly (see node.ts). */
 export interface LocalUpstream {
@@ -142,7 +144,9 @@ const TARGET_HINT = 'give a port (3000), host:port (127.0.0.1:3000) or a URL (ht
 
 function checkPort(port: string, spec: string): void {
   const n = Number(port);
-  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new RangeError(`port ${port} is out of range in "${spec}": ports run from 1 to 65535`);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) {
+    throw new RangeError(`port ${port} is out of range in "${spec}": ports run from 1 to 65535`);
+  }
 }
 
 /** `3000`, `localhost:3000`, `http://127.0.0.1:3000/base` -> a URL; anything else is refused with a hint. */

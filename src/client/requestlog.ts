@@ -220,5 +220,7 @@ function printable(s: string): string {
 export function formatLine(e: ExchangeEvent): string {
   const status = e.status > 0 ? String(e.status) : '---';
   const tail = e.error ? `  ${printable(e.error)}` : '';
-  return `${clock(e.time)}  ${printable(e.method)}  ${printable(e.url)}  ${status}  ${Math.round(e.ms)} ms  ${formatBytes(e.bytesOut)}${tail}`;
+  const size = formatBytes(e.bytesOut);
+  const what = `${printable(e.method)}  ${printable(e.url)}`;
+  return `${clock(e.time)}  ${what}  ${status}  ${Math.round(e.ms)} ms  ${size}${tail}`;
 }

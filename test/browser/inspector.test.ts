@@ -14,7 +14,10 @@ import { spawnCli, type Spawned } from '../helpers/spawn.js';
  */
 
 const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+const ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+  '--disable-sync', '--no-first-run',
+];
 const SHOTS = process.env['INSPECTOR_SHOTS'] === '1';
 
 let browser: Browser;
@@ -125,7 +128,8 @@ describe('connect --inspect', () => {
     const u = new URL(inspector);
     const post = (headers: http.OutgoingHttpHeaders): Promise<number> =>
       new Promise((resolve, reject) => {
-        const r = http.request({ host: '127.0.0.1', port: u.port, method: 'POST', path: '/replay/1', headers, agent: false }, (res) => {
+        const spec = { host: '127.0.0.1', port: u.port, method: 'POST', path: '/replay/1', headers, agent: false };
+        const r = http.request(spec, (res) => {
           res.resume();
           resolve(res.statusCode ?? 0);
         });

@@ -49,7 +49,9 @@ export async function startEventsFront(gatewayPort: number): Promise<EventsFront
       if (bytesIn < KIB) reqChunks.push(c);
       bytesIn += c.length;
     });
-    const out = http.request({ host: '127.0.0.1', port: gatewayPort, method: req.method, path: url, headers: req.rawHeaders, agent: false });
+    const out = http.request({
+      host: '127.0.0.1', port: gatewayPort, method: req.method, path: url, headers: req.rawHeaders, agent: false,
+    });
     out.on('response', (gres) => {
       if (ev && gres.statusCode === 404) {
         gres.resume();
@@ -96,8 +98,15 @@ export async function startEventsFront(gatewayPort: number): Promise<EventsFront
             bytesIn, bytesOut, error: null, remote: req.socket.remoteAddress ?? '',
           },
           {
-            request: { headers: req.rawHeaders, body: reqBody.subarray(0, KIB).toString('base64'), bodyBytes: bytesIn, truncated: bytesIn > KIB },
-            response: { headers: gres.rawHeaders, body: resBody.subarray(0, KIB).toString('base64'), truncated: bytesOut > KIB },
+            request: {
+              headers: req.rawHeaders,
+              body: reqBody.subarray(0, KIB).toString('base64'),
+              bodyBytes: bytesIn,
+              truncated: bytesIn > KIB,
+            },
+            response: {
+              headers: gres.rawHeaders, body: resBody.subarray(0, KIB).toString('base64'), truncated: bytesOut > KIB,
+            },
           },
         );
       });

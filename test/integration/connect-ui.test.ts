@@ -161,7 +161,8 @@ describe('connect: what happens while it runs', () => {
 
 describe('connect: a line per request, from the gateway\'s event stream', () => {
   for (const extra of [[], ['--http1']]) {
-    it(`prints time, method, path, status, ms and size per visitor request${extra.length ? ' (--http1)' : ''}`, async () => {
+    const over = extra.length ? ' (--http1)' : '';
+    it(`prints time, method, path, status, ms and size per visitor request${over}`, async () => {
       const { port } = await fronted();
       const { port: local } = await backend((req, res) => {
         if (req.url?.startsWith('/missing')) res.writeHead(404).end('nope');
@@ -182,7 +183,8 @@ describe('connect: a line per request, from the gateway\'s event stream', () => 
   it('--quiet prints no request lines (the inspector still gets them)', async () => {
     const { port } = await fronted();
     const { port: local } = await backend((_q, r) => r.end('ok'));
-    const c = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'hush', '-q', '--inspect', '0']);
+    const gatewayUrl = `http://127.0.0.1:${port}`;
+    const c = cli(['connect', String(local), '--gateway', gatewayUrl, '--name', 'hush', '-q', '--inspect', '0']);
     const m = await c.waitFor(/Inspector {3}(http:\/\/127\.0\.0\.1:\d+\/)/);
     const seen = inspectorEvents(m[1] as string);
     const host = `hush.localhost:${port}`;
