@@ -323,15 +323,19 @@ program
     }
     const quiet = o['quiet'] === true;
     let events: EventWatch | undefined;
+    let eventsOf: string | undefined;
+    let told = false;
     const watch = (): void => {
-      if (quiet && !inspector) return;
-      if (events) {
+      if ((quiet && !inspector) || tunnel.privateUrl === undefined) return;
+      // After a gateway restart the claim is a new registration, with a new private URL.
+      const privateUrl = new URL(tunnel.privateUrl, gatewayUrl).href;
+      if (events && eventsOf === privateUrl) {
         events.start();
         return;
       }
-      if (tunnel.privateUrl === undefined) return;
-      let told = false;
-      events = watchEvents(new URL(tunnel.privateUrl, gatewayUrl).href, {
+      events?.close();
+      eventsOf = privateUrl;
+      events = watchEvents(privateUrl, {
         detail: inspector !== undefined,
         ...(o['insecure'] === true ? { rejectUnauthorized: false } : {}),
         retry: () => tunnel.online,

@@ -15,6 +15,10 @@ export interface EventsFront {
   origin: string;
   /** Whether a subscription was answered by the stand-in (false: by the real gateway). */
   standIn(): boolean;
+  /** Event-stream subscriptions made so far (stand-in or passed through). */
+  subscriptions(): number;
+  /** Cuts every event stream open now (stand-in or passed through), as a network hiccup would. */
+  dropEvents(): void;
   close(): Promise<void>;
 }
 
@@ -31,6 +35,8 @@ export async function startEventsFront(gatewayPort: number): Promise<EventsFront
   const sockets = new Set<net.Socket>();
   let seq = 0;
   let usedStandIn = false;
+  let subscriptions = 0;
+  const streams = new Set<http.ServerResponse>();
 
   const publish = (name: string, event: Record<string, unknown>, detail: Record<string, unknown>): void => {
     for (const s of subs.get(name) ?? []) {
@@ -53,6 +59,11 @@ export async function startEventsFront(gatewayPort: number): Promise<EventsFront
       host: '127.0.0.1', port: gatewayPort, method: req.method, path: url, headers: req.rawHeaders, agent: false,
     });
     out.on('response', (gres) => {
+      if (ev) {
+        subscriptions++;
+        streams.add(res);
+        res.on('close', () => streams.delete(res));
+      }
       if (ev && gres.statusCode === 404) {
         gres.resume();
         usedStandIn = true;
@@ -72,6 +83,7 @@ export async function startEventsFront(gatewayPort: number): Promise<EventsFront
         return;
       }
       res.writeHead(gres.statusCode ?? 502, gres.statusMessage, gres.rawHeaders);
+      res.on('close', () => gres.destroy());
       const resChunks: Buffer[] = [];
       let bytesOut = 0;
       gres.on('data', (c: Buffer) => {
@@ -147,6 +159,10 @@ export async function startEventsFront(gatewayPort: number): Promise<EventsFront
     port,
     origin: `http://127.0.0.1:${port}`,
     standIn: () => usedStandIn,
+    subscriptions: () => subscriptions,
+    dropEvents: () => {
+      for (const s of streams) s.destroy();
+    },
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of subs.values()) for (const x of s) x.res.destroy();

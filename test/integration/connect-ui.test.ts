@@ -2,7 +2,7 @@ import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { hashKey } from '../../src/routes/access.js';
-import { SseParser } from '../../src/client/requestlog.js';
+import { formatLine, SseParser } from '../../src/client/requestlog.js';
 import { startEventsFront, type EventsFront } from '../helpers/events-standin.js';
 import { request, startGateway, type TestGateway } from '../helpers/index.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
@@ -40,11 +40,11 @@ async function gateway(options: Parameters<typeof startGateway>[0] = {}): Promis
 }
 
 /** A gateway behind the events front: connect and visitors use the front's port. */
-async function fronted(): Promise<{ port: number; front: EventsFront }> {
+async function fronted(): Promise<{ port: number; front: EventsFront; g: TestGateway }> {
   const g = await gateway();
   const front = await startEventsFront(g.port);
   fronts.push(front);
-  return { port: front.port, front };
+  return { port: front.port, front, g };
 }
 
 async function backend(handler: http.RequestListener, port = 0): Promise<{ server: http.Server; port: number }> {
@@ -180,6 +180,33 @@ describe('connect: a line per request, from the gateway\'s event stream', () => 
     });
   }
 
+  it('follows the stream again when it drops, and after a gateway restart (a new private URL)', async () => {
+    const { port, front, g } = await fronted();
+    const { port: local } = await backend((_q, r) => r.end('ok'));
+    const c = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'again', '--token', 'tk']);
+    await c.waitFor(/Forwarding/);
+    const host = `again.localhost:${port}`;
+    await waitWhile(() => request(port, { host, path: '/one' }), () => /\/one {2}200/.test(c.output()));
+    front.dropEvents();
+    await waitWhile(() => request(port, { host, path: '/two' }), () => /\/two {2}200/.test(c.output()));
+    // The gateway restarts on its port: the claim is a new registration with a new private URL.
+    await g.close();
+    gateways.splice(gateways.indexOf(g), 1);
+    await c.waitFor(/lost the gateway/);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        gateways.push(await startGateway({}, g.port));
+        break;
+      } catch (e) {
+        if (attempt > 20) throw e;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    await c.waitFor(/back online/, 10_000);
+    await waitWhile(() => request(port, { host, path: '/three' }), () => /\/three {2}200/.test(c.output()));
+    expect(c.output()).not.toMatch(/no request lines/);
+  }, 30_000);
+
   it('--quiet prints no request lines (the inspector still gets them)', async () => {
     const { port } = await fronted();
     const { port: local } = await backend((_q, r) => r.end('ok'));
@@ -192,6 +219,22 @@ describe('connect: a line per request, from the gateway\'s event stream', () => 
     seen.close();
     expect(c.output()).not.toMatch(/quiet-please/);
     expect(c.output()).toMatch(/Forwarding/);
+  });
+});
+
+describe('request lines: parsing and format', () => {
+  it('parses SSE across chunk boundaries, CRLF and comments, and formats a line', () => {
+    const got: [string, string][] = [];
+    const p = new SseParser((e, d) => got.push([e, d]));
+    p.push(': hello\r\nevent: req');
+    p.push('uest\r\ndata: {"a":');
+    p.push('1}\r');
+    p.push('\n\r\nevent: released\ndata: {}\n\n');
+    expect(got).toEqual([['request', '{"a":1}'], ['released', '{}']]);
+    const t = new Date(2026, 0, 2, 18, 40, 2).getTime();
+    const e = { id: 1, time: t, method: 'GET', url: '/api/x?y=1', status: 200, ms: 12.4, bytesIn: 0, bytesOut: 1234, error: null, remote: '' };
+    expect(formatLine(e)).toBe('18:40:02  GET  /api/x?y=1  200  12 ms  1.2 KB');
+    expect(formatLine({ ...e, status: 0, url: '/\x1b[31m', error: 'PTTH_ERR_X' })).toBe('18:40:02  GET  /\\x1b[31m  ---  12 ms  1.2 KB  PTTH_ERR_X');
   });
 });
 
