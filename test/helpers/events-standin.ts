@@ -25,6 +25,7 @@ export interface EventsFront {
 interface Sub {
   res: http.ServerResponse;
   detail: boolean;
+  id: string;
 }
 
 const KIB = 1024;
@@ -42,6 +43,18 @@ export async function startEventsFront(gatewayPort: number): Promise<EventsFront
     for (const s of subs.get(name) ?? []) {
       s.res.write(`event: request\ndata: ${JSON.stringify(s.detail ? { ...event, ...detail } : event)}\n\n`);
     }
+  };
+
+  /** A claim connection closed: when the registration is gone (or the gateway), its streams end, as the real ones do. */
+  const endIfGone = (id: string): void => {
+    const end = (): void => {
+      for (const set of subs.values()) for (const s of set) if (s.id === id) s.res.destroy();
+    };
+    const probe = http.get({ host: '127.0.0.1', port: gatewayPort, path: `/_ptth/${id}`, agent: false }, (r) => {
+      r.resume();
+      if (r.statusCode !== 200) end();
+    });
+    probe.on('error', end);
   };
 
   const server = http.createServer((req, res) => {
@@ -64,22 +77,30 @@ export async function startEventsFront(gatewayPort: number): Promise<EventsFront
         streams.add(res);
         res.on('close', () => streams.delete(res));
       }
+      const subscribe = (subName: string, id: string): void => {
+        res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store' });
+        res.write(': stand-in event stream\n\n');
+        const sub: Sub = { res, detail: /[?&]detail=1/.test(ev?.[2] ?? ''), id };
+        let set = subs.get(subName);
+        if (!set) subs.set(subName, (set = new Set()));
+        set.add(sub);
+        res.on('close', () => set?.delete(sub));
+      };
       if (ev && gres.statusCode === 404) {
         gres.resume();
         usedStandIn = true;
         const id = ev[1] as string;
         const subName = idToName.get(id);
-        if (!subName) {
-          res.writeHead(404).end();
-          return;
-        }
-        res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store' });
-        res.write(': stand-in event stream\n\n');
-        const sub: Sub = { res, detail: /[?&]detail=1/.test(ev[2] ?? '') };
-        let set = subs.get(subName);
-        if (!set) subs.set(subName, (set = new Set()));
-        set.add(sub);
-        res.on('close', () => set?.delete(sub));
+        // As the real stream would: 404 for a registration the gateway no longer has.
+        const state = http.get({ host: '127.0.0.1', port: gatewayPort, path: `/_ptth/${id}`, agent: false }, (sres) => {
+          sres.resume();
+          if (sres.statusCode !== 200 || !subName) {
+            res.writeHead(404).end();
+            return;
+          }
+          subscribe(subName, id);
+        });
+        state.on('error', () => res.destroy());
         return;
       }
       res.writeHead(gres.statusCode ?? 502, gres.statusMessage, gres.rawHeaders);
@@ -132,7 +153,11 @@ export async function startEventsFront(gatewayPort: number): Promise<EventsFront
     socket.on('close', () => sockets.delete(socket));
     const up = net.connect(gatewayPort, '127.0.0.1');
     sockets.add(up);
-    up.on('close', () => sockets.delete(up));
+    up.on('close', () => {
+      sockets.delete(up);
+      if (claimed) endIfGone(claimed);
+    });
+    let claimed: string | undefined;
     up.on('error', () => socket.destroy());
     socket.on('error', () => up.destroy());
     const lines = [`${req.method} ${req.url} HTTP/1.1`];
@@ -145,6 +170,7 @@ export async function startEventsFront(gatewayPort: number): Promise<EventsFront
       const id = /\r\nLocation: [^\r]*\/_ptth\/([^\s/?]+)/i.exec(text)?.[1];
       const n = /\r\nLink: <https?:\/\/([a-z0-9-]+)\./i.exec(text)?.[1];
       if (id && n) idToName.set(id, n.toLowerCase());
+      claimed = id;
     });
     up.pipe(socket);
     socket.pipe(up);
