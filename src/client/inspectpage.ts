@@ -114,7 +114,8 @@ function bodyView(b64, total, truncated) {
   const raw = decode(b64);
   if (!raw.length) { wrap.append(el('p', 'note', total ? 'body not kept' : 'no body')); return wrap; }
   let text = null;
-  try { text = new TextDecoder('utf-8', { fatal: true }).decode(raw); } catch (e) { text = null; }
+  // A body cut at the KiB may end inside a character: tolerate that (stream: true), nothing else.
+  try { text = new TextDecoder('utf-8', { fatal: true }).decode(raw, { stream: !!truncated }); } catch (e) { text = null; }
   if (text !== null && /[\\u0000-\\u0008\\u000e-\\u001f]/.test(text)) text = null;
   if (text !== null) wrap.append(el('pre', 'body', text));
   else {

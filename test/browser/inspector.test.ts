@@ -123,6 +123,38 @@ describe('connect --inspect', () => {
     });
   }
 
+  it('a body past the KiB kept: marked truncated, replay disabled with a note; binary shown as hex', async () => {
+    const { port, inspector } = await setup([]);
+    page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    await page.goto(inspector);
+    await page.waitForSelector('#state:text("live")');
+    const host = `insp.localhost:${port}`;
+    const big = Buffer.alloc(3000, 0x61);
+    const binary = Buffer.from([0, 1, 2, 0xff, 0xfe, 0x10, 0x80]);
+    const rows = page.locator('.row');
+    for (let i = 0; (await rows.count()) === 0; i++) {
+      await request(port, { host, method: 'PUT', path: '/big', body: big });
+      if ((await rows.count()) > 0) break;
+      await page.waitForSelector('.row', { timeout: 250 }).catch(() => undefined);
+      if (i > 40) throw new Error('no row appeared');
+    }
+    await request(port, { host, method: 'POST', path: '/bin', body: binary, headers: { 'content-type': 'application/octet-stream' } });
+    await page.waitForSelector('.row .path:text-is("/bin")');
+    await page.locator('.row', { has: page.locator('.path:text-is("/big")') }).first().click();
+    await page.waitForSelector('.detail h2:text("PUT /big")');
+    expect(await page.locator('#replay').isDisabled()).toBe(true);
+    const big1 = (await page.locator('.detail').textContent()) ?? '';
+    expect(big1).toContain('Replay unavailable: the request body was larger than the 1 KiB kept.');
+    expect(big1).toContain('truncated: only the first KiB of 3.0 KB is shown');
+    await page.locator('.row', { has: page.locator('.path:text-is("/bin")') }).first().click();
+    await page.waitForSelector('.detail h2:text("POST /bin")');
+    const bin = (await page.locator('.detail').textContent()) ?? '';
+    expect(bin).toContain('binary: first 7 bytes as hex');
+    expect(bin).toContain('00 01 02 ff fe 10 80');
+    expect(await page.locator('#replay').isDisabled()).toBe(false);
+    if (SHOTS) await page.screenshot({ path: '/tmp/inspector-1280-binary.png' });
+  });
+
   it('the replay endpoint refuses requests without its header, and other Host names', async () => {
     const { inspector } = await setup([]);
     const u = new URL(inspector);
