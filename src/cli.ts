@@ -347,7 +347,7 @@ program
           // Once per run: a gateway without the event stream (404) would otherwise say it forever.
           if (delay === undefined && !told && tunnel.online) {
             told = true;
-            err(`${time()} no request lines: ${reason}`);
+            err(`${time()} no request lines${inspector ? ' and no inspector' : ''}: ${reason} (a gateway without one?)`);
           }
         },
       });

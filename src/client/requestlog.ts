@@ -136,7 +136,7 @@ export function watchEvents(privateUrl: string, options: EventWatchOptions): Eve
     r.on('response', (res) => {
       if (res.statusCode !== 200) {
         res.resume();
-        const reason = `the gateway answered ${res.statusCode ?? 0} to ${url.pathname}`;
+        const reason = `the gateway answered ${res.statusCode ?? 0} to its event stream`;
         if (res.statusCode === 404 || res.statusCode === 405) {
           // A gateway without the event stream: retrying will not make one (start() tries again).
           done = true;
