@@ -2,7 +2,8 @@ import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { hashKey } from '../../src/routes/access.js';
-import { formatLine, SseParser } from '../../src/client/requestlog.js';
+import { replay, replayHeaders, startInspector } from '../../src/client/inspect.js';
+import { formatLine, SseParser, watchEvents } from '../../src/client/requestlog.js';
 import { startEventsFront, type EventsFront } from '../helpers/events-standin.js';
 import { request, startGateway, type TestGateway } from '../helpers/index.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
@@ -183,7 +184,8 @@ describe('connect: a line per request, from the gateway\'s event stream', () => 
   it('follows the stream again when it drops, and after a gateway restart (a new private URL)', async () => {
     const { port, front, g } = await fronted();
     const { port: local } = await backend((_q, r) => r.end('ok'));
-    const c = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'again', '--token', 'tk']);
+    const gatewayUrl = `http://127.0.0.1:${port}`;
+    const c = cli(['connect', String(local), '--gateway', gatewayUrl, '--name', 'again', '--token', 'tk']);
     await c.waitFor(/Forwarding/);
     const host = `again.localhost:${port}`;
     await waitWhile(() => request(port, { host, path: '/one' }), () => /\/one {2}200/.test(c.output()));
@@ -232,9 +234,13 @@ describe('request lines: parsing and format', () => {
     p.push('\n\r\nevent: released\ndata: {}\n\n');
     expect(got).toEqual([['request', '{"a":1}'], ['released', '{}']]);
     const t = new Date(2026, 0, 2, 18, 40, 2).getTime();
-    const e = { id: 1, time: t, method: 'GET', url: '/api/x?y=1', status: 200, ms: 12.4, bytesIn: 0, bytesOut: 1234, error: null, remote: '' };
+    const e = {
+      id: 1, time: t, method: 'GET', url: '/api/x?y=1', status: 200, ms: 12.4, bytesIn: 0, bytesOut: 1234,
+      error: null, remote: '',
+    };
     expect(formatLine(e)).toBe('18:40:02  GET  /api/x?y=1  200  12 ms  1.2 KB');
-    expect(formatLine({ ...e, status: 0, url: '/\x1b[31m', error: 'PTTH_ERR_X' })).toBe('18:40:02  GET  /\\x1b[31m  ---  12 ms  1.2 KB  PTTH_ERR_X');
+    const failed = formatLine({ ...e, status: 0, url: '/\x1b[31m', error: 'PTTH_ERR_X' });
+    expect(failed).toBe('18:40:02  GET  /\\x1b[31m  ---  12 ms  1.2 KB  PTTH_ERR_X');
   });
 });
 
@@ -263,3 +269,175 @@ function inspectorEvents(base: string): { urls: string[]; close(): void } {
   req.on('error', () => {});
   return { urls, close: () => req.destroy() };
 }
+
+describe('the inspector in process: replay and its headers', () => {
+  it('replays to the local service: hop-by-hop dropped, forwarding headers kept, Host the visitor\'s', async () => {
+    const seen: { method?: string; url?: string; headers?: http.IncomingHttpHeaders; body?: string }[] = [];
+    const { port: local } = await backend((req, res) => {
+      let body = '';
+      req.setEncoding('utf8');
+      req.on('data', (c: string) => (body += c));
+      req.on('end', () => {
+        seen.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body });
+        res.writeHead(202, { 'x-replayed': 'yes' }).end('z'.repeat(2000));
+      });
+    });
+    const target = new URL(`http://127.0.0.1:${local}/base`);
+    const inspector = await startInspector(0, { target, limit: 2 });
+    try {
+      const event = {
+        id: 'g1', time: Date.now(), method: 'POST', url: '/p?q=1', status: 200, ms: 1, bytesIn: 5, bytesOut: 2,
+        error: null, remote: '203.0.113.9',
+        request: {
+          headers: ['Host', 'app.example', 'Connection', 'keep-alive, X-Drop', 'X-Drop', '1', 'Keep-Alive', 'timeout=5',
+            'X-Forwarded-For', '203.0.113.9', 'Content-Length', '99', 'X-Kept', 'yes'],
+          body: Buffer.from('hello').toString('base64'), bodyBytes: 5, truncated: false,
+        },
+        response: null,
+      };
+      for (let i = 0; i < 3; i++) inspector.add({ ...event, url: `/p?q=${i}` });
+      const post = (id: string, headers: http.OutgoingHttpHeaders): Promise<{ status: number; body: string }> =>
+        new Promise((resolve, reject) => {
+          const u = new URL(inspector.url);
+          const path = `/replay/${id}`;
+          const spec = { host: '127.0.0.1', port: u.port, method: 'POST', path, headers, agent: false };
+          const r = http.request(spec);
+          r.on('response', (res) => {
+            let body = '';
+            res.setEncoding('utf8');
+            res.on('data', (c: string) => (body += c));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+          });
+          r.on('error', reject);
+          r.end();
+        });
+      // The ring keeps the last 2 of 3: the first is gone.
+      expect((await post('1', { 'x-ptth-inspector': '1' })).status).toBe(404);
+      const r = await post('3', { 'x-ptth-inspector': '1' });
+      expect(r.status).toBe(200);
+      type Result = { status: number; headers: string[]; bodyBytes: number; truncated: boolean; body: string };
+      const result = JSON.parse(r.body) as Result;
+      expect(result.status).toBe(202);
+      expect(result.headers).toContain('x-replayed');
+      expect(result.bodyBytes).toBe(2000);
+      expect(result.truncated).toBe(true);
+      expect(Buffer.from(result.body, 'base64').length).toBe(1024);
+      expect(seen).toHaveLength(1);
+      const got = seen[0] as { method: string; url: string; headers: http.IncomingHttpHeaders; body: string };
+      expect(got.method).toBe('POST');
+      expect(got.url).toBe('/base/p?q=2');
+      expect(got.body).toBe('hello');
+      expect(got.headers['host']).toBe('app.example');
+      expect(got.headers['x-forwarded-for']).toBe('203.0.113.9');
+      expect(got.headers['x-kept']).toBe('yes');
+      expect(got.headers['content-length']).toBe('5');
+      expect(got.headers['x-drop']).toBeUndefined();
+      expect(got.headers['keep-alive']).toBeUndefined();
+      // A truncated body cannot be replayed.
+      inspector.add({ ...event, request: { ...event.request, truncated: true, bodyBytes: 5000 } });
+      expect((await post('4', { 'x-ptth-inspector': '1' })).status).toBe(409);
+    } finally {
+      await inspector.close();
+    }
+  });
+
+  it('a replay to a service that is down answers with the error', async () => {
+    const dead = await backend(() => {});
+    const port = dead.port;
+    dead.server.close();
+    await new Promise((r) => dead.server.once('close', r));
+    const e = {
+      id: 1, time: 0, method: 'GET', url: '/', status: 200, ms: 1, bytesIn: 0, bytesOut: 0, error: null, remote: '',
+      request: { headers: [], body: '', bodyBytes: 0, truncated: false }, response: null,
+    };
+    const r = await replay(e, new URL(`http://127.0.0.1:${port}`));
+    expect(r.status).toBe(0);
+    expect(r.error).toBe('ECONNREFUSED');
+    expect(replayHeaders([], new URL('http://127.0.0.1:1'), false, 0)).toEqual(['Host', '127.0.0.1:1']);
+    const rewritten = replayHeaders(['Host', 'pub.example'], new URL('http://127.0.0.1:1'), true, 0);
+    expect(rewritten).toEqual(['Host', '127.0.0.1:1']);
+  });
+});
+
+describe('watchEvents in process', () => {
+  it('reads request events, reconnects when the stream drops, stops at released, and on a 404', async () => {
+    let opened = 0;
+    const streams: http.ServerResponse[] = [];
+    const { port } = await backend((req, res) => {
+      if (req.url?.startsWith('/gone/')) {
+        res.writeHead(404).end();
+        return;
+      }
+      opened++;
+      expect(req.url).toBe('/_ptth/abc/events?detail=1');
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write(': hi\n\n');
+      streams.push(res);
+    });
+    const got: string[] = [];
+    const drops: (number | undefined)[] = [];
+    let released = false;
+    let notify = (): void => {};
+    const changed = (): Promise<void> => new Promise((r) => (notify = r));
+    const w = watchEvents(`http://127.0.0.1:${port}/_ptth/abc`, {
+      detail: true,
+      backoff: 10,
+      onRequest: (e) => {
+        got.push(e.url);
+        notify();
+      },
+      onReleased: () => {
+        released = true;
+        notify();
+      },
+      onDrop: (_reason, delay) => {
+        drops.push(delay);
+        notify();
+      },
+    });
+    try {
+      w.start();
+      const ev = (url: string): string => {
+        const data = { id: 1, time: 0, method: 'GET', url, status: 200, ms: 1, bytesIn: 0, bytesOut: 0 };
+        return `event: request\ndata: ${JSON.stringify(data)}\n\n`;
+      };
+      while (streams.length < 1) await new Promise((r) => setTimeout(r, 5));
+      let next = changed();
+      (streams[0] as http.ServerResponse).write(`${ev('/a')}event: request\ndata: not json\n\n`);
+      await next;
+      expect(got).toEqual(['/a']);
+      next = changed();
+      (streams[0] as http.ServerResponse).destroy(); // a dropped stream: reconnect with backoff
+      await next;
+      expect(drops).toHaveLength(1);
+      expect(drops[0]).toBeGreaterThan(0);
+      while (streams.length < 2) await new Promise((r) => setTimeout(r, 5));
+      next = changed();
+      (streams[1] as http.ServerResponse).write(ev('/b'));
+      await next;
+      expect(got).toEqual(['/a', '/b']);
+      next = changed();
+      (streams[1] as http.ServerResponse).end('event: released\ndata: {}\n\n');
+      await next;
+      expect(released).toBe(true);
+      expect(opened).toBe(2);
+    } finally {
+      w.close();
+    }
+    const gone: (number | undefined)[] = [];
+    let told = (): void => {};
+    const said = new Promise<void>((r) => (told = r));
+    const w2 = watchEvents(`http://127.0.0.1:${port}/gone/x`, {
+      onRequest: () => {},
+      onDrop: (reason, delay) => {
+        expect(reason).toBe('the gateway answered 404 to its event stream');
+        gone.push(delay);
+        told();
+      },
+    });
+    w2.start();
+    await said;
+    w2.close();
+    expect(gone).toEqual([undefined]); // no retry: a gateway without the stream will not grow one
+  });
+});
