@@ -13,6 +13,7 @@ import { createKeyEntry } from './routes/access.js';
 import { createLocalProxy, parseTarget } from './client/proxy.js';
 import { startInspector, type Inspector } from './client/inspect.js';
 import { formatLine, watchEvents, type EventWatch } from './client/requestlog.js';
+import { claimMessage } from './client/messages.js';
 import { VERSION } from './version.js';
 
 /** The only module that prints. */
@@ -396,28 +397,6 @@ program
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });
-
-/** What connect says about a claim the gateway refused: in its own terms (--key, --token), not the protocol's. */
-function claimMessage(e: Error): string {
-  if (!(e instanceof ClaimError)) return e.message;
-  const said = e.message.replace(/^the gateway refused the claim: /, '');
-  switch (e.code) {
-    case 'PTTH_ERR_KEY_REQUIRED':
-      return `the gateway refused the claim: ${e.status}: this gateway needs an access key: ` +
-        'pass --key KEY or set PTTH_KEY ' +
-        '(its operator makes keys with `ptth-proxy key`)';
-    case 'PTTH_ERR_KEY_INVALID':
-      return `the gateway refused the claim: ${e.status}: the gateway does not know this access key: ` +
-        'check --key KEY or PTTH_KEY';
-    case 'PTTH_ERR_TOKEN_MISMATCH':
-      return `the gateway refused the claim: ${said}\n` +
-        '  The name is in use: another connect holds it, or an earlier run whose lease has not run out.\n' +
-        '  --token is the secret that holds a name across restarts: run again with the same --token as the holder, ' +
-        'or pick another --name.';
-    default:
-      return e.message;
-  }
-}
 
 program
   .command('key')

@@ -3,6 +3,9 @@ import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { hashKey } from '../../src/routes/access.js';
 import { replay, replayHeaders, startInspector } from '../../src/client/inspect.js';
+import { claimMessage } from '../../src/client/messages.js';
+import { ClaimError, listen } from '../../src/client/node.js';
+import { createLocalProxy, parseTarget } from '../../src/client/proxy.js';
 import { formatLine, SseParser, watchEvents } from '../../src/client/requestlog.js';
 import { startEventsFront, type EventsFront } from '../helpers/events-standin.js';
 import { request, startGateway, type TestGateway } from '../helpers/index.js';
@@ -440,4 +443,56 @@ describe('watchEvents in process', () => {
     w2.close();
     expect(gone).toEqual([undefined]); // no retry: a gateway without the stream will not grow one
   });
+});
+
+describe('connect\'s pieces in process', () => {
+  it('parseTarget: ports, host:port and URLs; out-of-range ports and bare words refused with a hint', () => {
+    expect(parseTarget('3000').href).toBe('http://localhost:3000/');
+    expect(parseTarget('127.0.0.1:8080').href).toBe('http://127.0.0.1:8080/');
+    expect(parseTarget('[::1]:8080').href).toBe('http://[::1]:8080/');
+    expect(parseTarget('https://127.0.0.1:8443/base').href).toBe('https://127.0.0.1:8443/base');
+    expect(() => parseTarget('0')).toThrow(/port 0 is out of range/);
+    expect(() => parseTarget('99999')).toThrow(/port 99999 is out of range in "99999": ports run from 1 to 65535/);
+    expect(() => parseTarget('localhost:65536')).toThrow(/port 65536 is out of range/);
+    expect(() => parseTarget('http://127.0.0.1:99999/')).toThrow(/port 99999 is out of range/);
+    expect(() => parseTarget('http://[zz')).toThrow(/"http:\/\/\[zz" is not a valid URL: give a port/);
+    expect(() => parseTarget('ftp://x')).toThrow(/only http and https services/);
+    expect(() => parseTarget('abc')).toThrow(/"abc" is not a port, host:port or URL: give a port \(3000\)/);
+    expect(() => parseTarget('localhost')).toThrow(/not a port, host:port or URL/);
+  });
+
+  it('claimMessage speaks in connect\'s terms', () => {
+    const m = (code: string | undefined, status = 401): string =>
+      claimMessage(new ClaimError(status, `the gateway refused the claim: ${status} Unauthorized: the body`, code));
+    expect(m('PTTH_ERR_KEY_REQUIRED')).toMatch(/401: this gateway needs an access key: pass --key KEY or set PTTH_KEY/);
+    expect(m('PTTH_ERR_KEY_INVALID')).toMatch(/does not know this access key: check --key KEY or PTTH_KEY/);
+    expect(m('PTTH_ERR_TOKEN_MISMATCH', 403)).toMatch(/403 Unauthorized: the body\n {2}The name is in use/);
+    expect(m('PTTH_ERR_NAME_RESERVED', 403)).toBe('the gateway refused the claim: 403 Unauthorized: the body');
+    expect(claimMessage(new Error('plain'))).toBe('plain');
+  });
+
+  for (const http1 of [false, true]) {
+    it(`the local proxy reports the service unreachable and reachable again${http1 ? ' (--http1)' : ''}`, async () => {
+      const g = await gateway();
+      const first = await backend((_q, r) => r.end('up'));
+      const reach: (string | undefined)[] = [];
+      const target = new URL(`http://127.0.0.1:${first.port}`);
+      const proxy = createLocalProxy(target, { onReach: (e) => reach.push(e?.code) });
+      const name = http1 ? 'reach1' : 'reach2';
+      const tunnel = listen(proxy, { gateway: g.origin, name, ...(http1 ? { http1: true } : {}) });
+      try {
+        await tunnel.ready();
+        expect((await request(g.port, { host: g.host(name) })).body).toBe('up');
+        expect(reach).toEqual([undefined]);
+        first.server.closeAllConnections();
+        await new Promise((r) => first.server.close(r));
+        const down = await request(g.port, { host: g.host(name) });
+        expect(down.status).toBe(502);
+        expect(down.body).toContain('could not reach');
+        expect(reach).toEqual([undefined, 'ECONNREFUSED']);
+      } finally {
+        await tunnel.close();
+      }
+    });
+  }
 });
