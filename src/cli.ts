@@ -11,6 +11,9 @@ import { envName, parseValue, resolveServeConfig, SERVE_OPTIONS, type ServeConfi
 import { listen, ClaimError } from './client/node.js';
 import { createKeyEntry } from './routes/access.js';
 import { createLocalProxy, parseTarget } from './client/proxy.js';
+import { startInspector, type Inspector } from './client/inspect.js';
+import { formatLine, watchEvents, type EventWatch } from './client/requestlog.js';
+import { claimMessage } from './client/messages.js';
 import { VERSION } from './version.js';
 
 /** The only module that prints. */
@@ -254,13 +257,26 @@ program
   .command('connect')
   .description('expose a local HTTP service through a gateway, e.g. `ptth-proxy connect 3000`')
   .argument('<target>', 'local port, host:port or URL of the service')
-  .option('-g, --gateway <url>', 'gateway URL', process.env['PTTH_GATEWAY'] ?? 'http://localhost:8080')
+  .addOption(new Option('-g, --gateway <url>', 'gateway URL').env('PTTH_GATEWAY').default('http://localhost:8080'))
   .option('-n, --name <name>', 'name to claim (default: the gateway picks one)')
   .option('-t, --token <token>', 'secret that holds the name across restarts (default: random per run)')
   .option('-l, --lease <seconds>', 'how long the gateway keeps the name while disconnected', int(0))
   .option('-c, --connections <n>', 'reversed HTTP/1.1 connections to keep open (over HTTP/2 one connection multiplexes)', int(1), 4)
   .option('--rewrite-host', 'send the local service its own Host instead of the public one')
   .option('--http1', 'speak only PTTH/1.0 (reversed HTTP/1.1), even when the gateway offers HTTP/2')
+  .option('-q, --quiet', 'do not print a line per request')
+  .addOption(
+    new Option(
+      '--inspect [port]',
+      'serve a page on 127.0.0.1 listing recent requests, with replay (default port 4040; 0: any free port)',
+    )
+      .argParser((value: string) => {
+        if (!/^\d+$/.test(value) || Number(value) > 65535) {
+          throw new InvalidArgumentError('expected a port number from 0 to 65535');
+        }
+        return Number(value);
+      }),
+  )
   .addOption(new Option('--insecure', 'do not verify the gateway\'s TLS certificate'))
   // .env() rather than a default: --help must not print the key.
   .addOption(new Option('--key <key>', 'access key, for gateways that require one (ptth-proxy key makes them)').env('PTTH_KEY'))
@@ -272,11 +288,36 @@ program
       err(`ptth-proxy connect: ${(e as Error).message}`);
       process.exit(2);
     }
-    const proxy = createLocalProxy(target, { rewriteHost: o['rewriteHost'] === true });
+    const shown = `${target.origin}${target.pathname === '/' ? '' : target.pathname}`;
+    // One line when the local service stops answering, one when it is back: not one per request.
+    let localDown: string | undefined;
+    const proxy = createLocalProxy(target, {
+      rewriteHost: o['rewriteHost'] === true,
+      onReach: (e) => {
+        if (e && localDown === undefined) {
+          localDown = e.code ?? e.message;
+          err(`${time()} cannot reach the local service ${shown} (${localDown}): visitors get 502 until it is back`);
+        } else if (!e && localDown !== undefined) {
+          localDown = undefined;
+          out(`${time()} the local service ${shown} answers again`);
+        }
+      },
+    });
+    const gatewayUrl = o['gateway'] as string;
+    let inspector: Inspector | undefined;
+    if (o['inspect'] !== undefined) {
+      const port = o['inspect'] === true ? 4040 : (o['inspect'] as number);
+      try {
+        inspector = await startInspector(port, { target, rewriteHost: o['rewriteHost'] === true });
+      } catch (e) {
+        err(`ptth-proxy connect: cannot serve the inspector on 127.0.0.1:${port}: ${(e as Error).message}`);
+        process.exit(1);
+      }
+    }
     let tunnel;
     try {
       tunnel = listen(proxy, {
-        gateway: o['gateway'] as string,
+        gateway: gatewayUrl,
         connections: o['connections'] as number,
         ...(o['name'] !== undefined ? { name: o['name'] as string } : {}),
         ...(o['token'] !== undefined ? { token: o['token'] as string } : {}),
@@ -289,28 +330,77 @@ program
       err(`ptth-proxy connect: ${(e as Error).message}`);
       process.exit(2);
     }
+    const quiet = o['quiet'] === true;
+    let events: EventWatch | undefined;
+    let eventsOf: string | undefined;
+    let told = false;
+    const watch = (): void => {
+      if ((quiet && !inspector) || tunnel.privateUrl === undefined) return;
+      // After a gateway restart the claim is a new registration, with a new private URL.
+      const privateUrl = new URL(tunnel.privateUrl, gatewayUrl).href;
+      if (events && eventsOf === privateUrl) {
+        events.start();
+        return;
+      }
+      events?.close();
+      eventsOf = privateUrl;
+      events = watchEvents(privateUrl, {
+        detail: inspector !== undefined,
+        ...(o['insecure'] === true ? { rejectUnauthorized: false } : {}),
+        retry: () => tunnel.online,
+        onRequest: (e) => {
+          if (!quiet) out(formatLine(e));
+          inspector?.add(e);
+        },
+        onDrop: (reason, delay) => {
+          // Once per run: a gateway without the event stream (404) would otherwise say it forever.
+          if (delay === undefined && !told && tunnel.online) {
+            told = true;
+            err(`${time()} no request lines${inspector ? ' and no inspector' : ''}: ${reason} (a gateway without one?)`);
+          }
+        },
+      });
+      events.start();
+    };
     let wasOnline = false;
     tunnel.on('online', (url) => {
       if (!wasOnline) {
         const over = tunnel.protocol === 'h2' ? 'reversed HTTP/2' : 'reversed HTTP/1.1';
-        out(`Forwarding ${url} -> ${target.origin}${target.pathname === '/' ? '' : target.pathname} (${over})`);
+        out(`Forwarding ${url} -> ${shown} (${over})`);
+        if (inspector) out(`Inspector   ${inspector.url}`);
       }
       else out(`${time()} back online`);
       wasOnline = true;
+      watch();
     });
     tunnel.on('offline', () => out(`${time()} lost the gateway; reconnecting`));
+    // Several connections fail together (HTTP/2 plus the one for WebSocket upgrades, or --http1's
+    // pool): one line per retry, not one per connection.
+    let quietUntil = 0;
+    let lastSaid = '';
     tunnel.on('reconnecting', ({ delay, error }) => {
-      if (!tunnel.online) err(`${time()} cannot reach ${String(o['gateway'])}: ${error.message}; retrying in ${(delay / 1000).toFixed(1)} s`);
+      if (tunnel.online) return;
+      const now = Date.now();
+      if (error.message === lastSaid && now < quietUntil) return;
+      lastSaid = error.message;
+      quietUntil = now + delay;
+      err(`${time()} cannot reach ${gatewayUrl}: ${error.message}; retrying in ${(delay / 1000).toFixed(1)} s`);
     });
     tunnel.on('error', (e) => {
-      err(`ptth-proxy connect: ${e.message}`);
+      err(`ptth-proxy connect: ${claimMessage(e)}`);
       process.exit(e instanceof ClaimError ? 3 : 1);
     });
     let stopping = false;
     const stop = (): void => {
       if (stopping) process.exit(1);
       stopping = true;
-      void tunnel.close({ graceMs: 3_000 }).then(() => process.exit(0));
+      const name = tunnel.name ?? 'the name';
+      out(`${time()} releasing ${name}, closing (requests in flight get up to 3 s; Ctrl-C again to quit now)`);
+      events?.close();
+      void Promise.all([tunnel.close({ graceMs: 3_000 }), inspector?.close()]).then(() => {
+        out(`${time()} released ${name}; bye`);
+        process.exit(0);
+      });
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);

@@ -346,7 +346,11 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       res.on('end', () => {
         const body = Buffer.concat(chunks).toString('utf8').trim().slice(0, 500);
         const code = res.headers['x-ptth-error'];
-        fail(new ClaimError(res.statusCode ?? 0, `the gateway refused the claim: ${res.statusCode} ${body}`, typeof code === 'string' ? code : undefined));
+        // The gateway's bodies start with the status ("403 Forbidden: ..."): do not say it twice.
+        const status = String(res.statusCode ?? 0);
+        const said = body.startsWith(`${status} `) ? body : `${status} ${body}`;
+        const errCode = typeof code === 'string' ? code : undefined;
+        fail(new ClaimError(res.statusCode ?? 0, `the gateway refused the claim: ${said}`, errCode));
       });
       res.on('error', (err) => fail(err));
     });

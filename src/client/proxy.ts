@@ -10,7 +10,17 @@ export interface LocalProxyOptions {
   rewriteHost?: boolean;
   /** For an https: local service: verify its certificate (default false: it is usually self-signed). */
   rejectUnauthorized?: boolean;
+  /**
+   * Told, per request to the local service, whether it could be reached: the error when a
+   * connection to it failed (refused, unknown host...), undefined when it answered.
+   */
+  onReach?: (err: NodeJS.ErrnoException | undefined) => void;
 }
+
+/** Errors that mean the local service is not there (not a request that went wrong halfway). */
+const UNREACHABLE = new Set([
+  'ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ETIMEDOUT',
+]);
 
 /** Where a local proxy sends requests; the Node client's HTTP/2 side uses it directly (see node.ts). */
 export interface LocalUpstream {
@@ -36,7 +46,19 @@ export const LOCAL_UPSTREAM: unique symbol = Symbol('ptth-proxy.localUpstream');
  * relayed and spliced too.
  */
 export function createLocalProxy(target: URL, options: LocalProxyOptions = {}): http.Server {
-  const mod = target.protocol === 'https:' ? https : http;
+  const base0 = target.protocol === 'https:' ? https : http;
+  const onReach = options.onReach;
+  const request = !onReach
+    ? base0.request
+    : (((...args: Parameters<typeof http.request>) => {
+        const req = (base0.request as (...a: Parameters<typeof http.request>) => http.ClientRequest)(...args);
+        req.once('response', () => onReach(undefined));
+        req.on('error', (err: NodeJS.ErrnoException) => {
+          if (err.code !== undefined && UNREACHABLE.has(err.code)) onReach(err);
+        });
+        return req;
+      }) as typeof http.request);
+  const mod = { request, Agent: base0.Agent };
   const agent = new mod.Agent({ keepAlive: true, maxSockets: 256 });
   const host = target.hostname.replace(/^\[|\]$/g, '');
   const port = Number(target.port || (target.protocol === 'https:' ? 443 : 80));
@@ -118,13 +140,41 @@ export function createLocalProxy(target: URL, options: LocalProxyOptions = {}): 
   return server;
 }
 
-/** `3000`, `localhost:3000`, `http://127.0.0.1:3000/base` -> a URL. */
+const TARGET_HINT = 'give a port (3000), host:port (127.0.0.1:3000) or a URL (http://localhost:3000/base)';
+
+function checkPort(port: string, spec: string): void {
+  const n = Number(port);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) {
+    throw new RangeError(`port ${port} is out of range in "${spec}": ports run from 1 to 65535`);
+  }
+}
+
+/** `3000`, `localhost:3000`, `http://127.0.0.1:3000/base` -> a URL; anything else is refused with a hint. */
 export function parseTarget(spec: string): URL {
-  if (/^\d+$/.test(spec)) return new URL(`http://localhost:${spec}`);
+  if (/^\d+$/.test(spec)) {
+    checkPort(spec, spec);
+    return new URL(`http://localhost:${Number(spec)}`);
+  }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(spec)) {
-    const u = new URL(spec);
+    const port = /^[a-z][a-z0-9+.-]*:\/\/(?:[^/?#@]*@)?(?:\[[^\]]*\]|[^/?#:]*):(\d+)(?:[/?#]|$)/i.exec(spec);
+    if (port) checkPort(port[1] as string, spec);
+    let u: URL;
+    try {
+      u = new URL(spec);
+    } catch {
+      throw new TypeError(`"${spec}" is not a valid URL: ${TARGET_HINT}`);
+    }
     if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new TypeError(`only http and https services can be exposed, got ${u.protocol}`);
     return u;
   }
-  return new URL(`http://${spec}`);
+  const hostPort = /^(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?):(\d+)$/i.exec(spec);
+  if (hostPort) {
+    checkPort(hostPort[3] as string, spec);
+    try {
+      return new URL(`http://${spec}`);
+    } catch {
+      throw new TypeError(`"${spec}" is not a valid host:port: ${TARGET_HINT}`);
+    }
+  }
+  throw new TypeError(`"${spec}" is not a port, host:port or URL: ${TARGET_HINT}`);
 }
