@@ -2,14 +2,13 @@ import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startEventsFront, type EventsFront } from '../helpers/events-standin.js';
+import { startEventsFront, type EventsFront } from '../helpers/front.js';
 import { request, startGateway, type TestGateway } from '../helpers/index.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
 
 /*
  * `connect --inspect` in real headless Chromium: the built CLI as a child against a real gateway
- * (behind helpers/events-standin.ts, which stands in for the gateway's event stream only while
- * the gateway answers 404 there). The page lists a visitor's request live, shows its headers and
+ * (through the pass-through front of helpers/front.ts) and its event stream. The page lists a visitor's request live, shows its headers and
  * body as text (a <script> from a visitor or the app is never run), and replays it.
  */
 

@@ -7,14 +7,14 @@ import { claimMessage } from '../../src/client/messages.js';
 import { ClaimError, listen } from '../../src/client/node.js';
 import { createLocalProxy, parseTarget } from '../../src/client/proxy.js';
 import { formatLine, SseParser, watchEvents } from '../../src/client/requestlog.js';
-import { startEventsFront, type EventsFront } from '../helpers/events-standin.js';
+import { startEventsFront, type EventsFront } from '../helpers/front.js';
 import { request, startGateway, type TestGateway } from '../helpers/index.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
 
 /*
  * What `ptth-proxy connect` prints: the built CLI as a child, against a real gateway. Request
- * lines come from the gateway's per-name event stream; a front (helpers/events-standin.ts) stands
- * in for it only while the gateway answers 404 there, and passes the real one through otherwise.
+ * lines come from the gateway's per-name event stream; a pass-through front (helpers/front.ts)
+ * lets a test cut that stream as a network hiccup would.
  */
 
 const procs: Spawned[] = [];
