@@ -10,7 +10,7 @@ import type { Registration } from '../routes/table.js';
 import { headerKey, register } from './claim.js';
 import { CometService, SERVICE_PATH } from './comet.js';
 import { privateUrlFor, publicUrlFor, type GatewayContext } from './context.js';
-import { clientAddress } from './forward.js';
+import { clientAddress } from '../http/headers.js';
 
 /**
  * Everything browsers (and plain HTTP clients) need: the Comet service (`/reversehttp`), the

@@ -10,7 +10,7 @@ import type { BrowserSettings } from './browser.js';
 import { claimName, headerKey } from './claim.js';
 import { hostname } from './classify.js';
 import { gatewayOrigin, privateUrlFor, publicUrlFor, requestProto, type GatewayContext } from './context.js';
-import { clientAddress } from './forward.js';
+import { clientAddress } from '../http/headers.js';
 
 /**
  * The ReverseHttp Comet protocol (docs/PROTOCOL.md section 5), compatible with the reversehttp.net

@@ -3,8 +3,6 @@ import type { Socket } from 'node:net';
 import type { Exchange, UpgradeExchange } from '../channels/channel.js';
 import { PtthError } from '../http/errors.js';
 import { clientAddress, forwardRequestHeaders } from '../http/headers.js';
-
-export { clientAddress };
 import { sendError, writeRawError } from '../http/respond.js';
 import { checkResponseHead, type ResponseHead } from '../http/response.js';
 import { requestProto, type GatewayContext } from './context.js';
