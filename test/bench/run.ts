@@ -1,29 +1,46 @@
 /**
  * Benchmark: what the gateway hop costs, in one run so the ratios are fair (`npm run bench`).
  *
- *   direct    autocannon -> backend (node:http, `GET /` -> 'hello world')
- *   listen()  autocannon -> gateway -> app serving the same handler through listen() (dist/)
- *   connect   autocannon -> gateway -> `ptth-proxy connect` -> backend
+ *   direct     load -> backend (node:http, `GET /` -> 'hello world')
+ *   reference  load -> a minimal proxy -> backend: node:http + http.request, and node:http + undici
+ *              Pool.dispatch (test/bench/service.mjs), the least one Node HTTP/1.1 hop costs here
+ *   listen()   load -> gateway -> app serving the same handler through listen() (dist/)
+ *   connect    load -> gateway -> `ptth-proxy connect` -> backend
  *
- * listen() and connect run twice: as configured by default (the client negotiates reversed
- * HTTP/2 when the gateway offers it) and forced to reversed HTTP/1.1 (`http1: true`,
- * `--http1`) with BENCH_CONNECTIONS connections. The gateway, each app, each connect client and
- * the backend run in their own node process (compiled dist/, bare node); autocannon runs in this
- * process. Everything stays on 127.0.0.1.
+ * The gateway runs as users run it: `ptth-proxy serve` with its defaults (metrics and the access
+ * log on, its stdout a pipe this process drains, as journald would), plus `--limit-loopback` with
+ * limits no request here reaches, so the limiter's cost is measured (test/bench/flags.ts). A second
+ * gateway with `-q` carries `listen()` rows again, which prices the access log. `--queue-limit 2048`:
+ * 500 visitors on 50 HTTP/1.1 channels queue up to 450 requests, above the default.
+ *
+ * listen() and connect run as configured by default (the client negotiates reversed HTTP/2 when
+ * the gateway offers it) and forced to reversed HTTP/1.1 (`http1: true`, `--http1`) with
+ * BENCH_CONNECTIONS connections. Every process is its own node process (compiled dist/, bare node);
+ * the load generator is wrk (`-t1`, with test/bench/check.lua checking every status and body) when
+ * installed, else autocannon in this process. The CPU time of every process of a row is read from
+ * /proc (the load generator's: wrk as a reaped child, autocannon as this process) and shown per
+ * request. Everything stays on 127.0.0.1.
+ *
+ * After the load rows: streaming (1 GiB each way through listen(), 256 MiB each way through
+ * `connect` with curl), scale (10,000 channels), then the targets of issue 11, each computed from
+ * rows of this run.
  *
  * Knobs: `--quick` or BENCH_QUICK=1 (1 s rows), BENCH_DURATION=<seconds> (default 5; wins over
  * quick), BENCH_CONNECTIONS=<n> (reversed HTTP/1.1 connections, default 50: one per visitor
- * connection, as one reversed HTTP/1.1 connection carries one request at a time).
+ * connection, as one reversed HTTP/1.1 connection carries one request at a time), BENCH_LOAD=autocannon
+ * (use autocannon even when wrk is installed).
  * Exits 1 if any measured row saw errors, timeouts, non-2xx or wrong bodies, or a process died.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import * as http from 'node:http';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { EventEmitter } from 'node:events';
+import { BIN, serveArgs } from './flags.js';
+import type { ConnectStream, StreamRow } from './stream.js';
+import type { ScaleResult } from './scale.js';
 
 // ---------------------------------------------------------------------------------------------
 // autocannon 8 ships no types: the little we use of it.
@@ -46,12 +63,12 @@ interface CannonResult {
   statusCodeStats: Record<string, { count: number }>;
 }
 type Cannon = (opts: CannonOptions, cb: (err: Error | null, result: CannonResult) => void) => EventEmitter;
-const autocannon = createRequire(import.meta.url)('autocannon') as Cannon;
 
 // ---------------------------------------------------------------------------------------------
 // Settings
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const CHECK_LUA = fileURLToPath(new URL('./check.lua', import.meta.url));
 const QUICK = process.argv.includes('--quick') || process.env['BENCH_QUICK'] === '1';
 const DURATION = positiveEnv('BENCH_DURATION') ?? (QUICK ? 1 : 5);
 const WARMUP = 1;
@@ -69,6 +86,8 @@ const READY_TIMEOUT = 15_000;
 const NOISE = 25;
 /** Noisy rows measured again, at most, per run (the machine may be shared). */
 const RETRIES = 3;
+/** wrk's own timeout per request; at 500 visitors on 50 channels a request may queue for a while. */
+const WRK_TIMEOUT = '10s';
 
 function positiveEnv(name: string): number | undefined {
   const raw = process.env[name];
@@ -84,6 +103,15 @@ function positiveEnv(name: string): number | undefined {
 const log = (line: string): void => void process.stderr.write(`${line}\n`);
 const out = (line: string): void => void process.stdout.write(`${line}\n`);
 
+/** The load generator: wrk when it runs here (and BENCH_LOAD does not ask for autocannon), else autocannon. */
+const WRK: string | undefined = (() => {
+  if (process.env['BENCH_LOAD'] === 'autocannon') return undefined;
+  const r = spawnSync('wrk', ['-v'], { encoding: 'utf8' });
+  // wrk -v prints its version and usage and exits 1.
+  return r.error === undefined && /wrk/.test(`${r.stdout}${r.stderr}`) ? 'wrk' : undefined;
+})();
+const LOADGEN = WRK ? 'wrk' : 'autocannon';
+
 // ---------------------------------------------------------------------------------------------
 // Child processes
 
@@ -94,21 +122,25 @@ interface Proc {
   group: Group;
   child: ChildProcess;
   pid: number;
-  stdout: string[];
+  /** The last few KiB of stdout (the access log goes there: drained, not kept). */
+  outTail: string;
   stderr: string[];
   exited: boolean;
 }
 
 const procs: Proc[] = [];
 let stopping = false;
+const KEEP_OUT = 4096;
+const KEEP_ERR = 200;
 
-/** Starts `node ...args` in ROOT and resolves with the first stdout match of `ready`. */
+/** Starts `node ...args` in ROOT and resolves with the first stdout line matching `ready`; stdout is drained from then on. */
 function start(label: string, group: Group, args: string[], ready: RegExp): Promise<{ proc: Proc; match: RegExpMatchArray }> {
   const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  const proc: Proc = { label, group, child, pid: child.pid ?? 0, stdout: [], stderr: [], exited: false };
+  const proc: Proc = { label, group, child, pid: child.pid ?? 0, outTail: '', stderr: [], exited: false };
   procs.push(proc);
   return new Promise((resolve, reject) => {
     let settled = false;
+    let scanned = 0;
     const timer = setTimeout(() => fail(new Error(`${label} was not ready after ${READY_TIMEOUT} ms`)), READY_TIMEOUT);
     const fail = (err: Error): void => {
       if (settled) return;
@@ -116,16 +148,37 @@ function start(label: string, group: Group, args: string[], ready: RegExp): Prom
       clearTimeout(timer);
       reject(new Error(`${err.message}${tail(proc)}`));
     };
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      proc.stdout.push(line);
-      const match = line.match(ready);
-      if (match && !settled) {
-        settled = true;
-        clearTimeout(timer);
-        resolve({ proc, match });
+    child.stdout!.setEncoding('latin1');
+    child.stdout!.on('data', (chunk: string) => {
+      const text = proc.outTail + chunk;
+      if (!settled) {
+        // Until ready: look at each complete line once.
+        const lines = text.slice(scanned).split('\n');
+        lines.pop();
+        for (const line of lines) {
+          scanned += line.length + 1;
+          const match = line.match(ready);
+          if (match && !settled) {
+            settled = true;
+            clearTimeout(timer);
+            resolve({ proc, match });
+          }
+        }
       }
+      if (text.length > 2 * KEEP_OUT) {
+        const cut = text.length - KEEP_OUT;
+        proc.outTail = text.slice(cut);
+        scanned = Math.max(0, scanned - cut);
+      } else proc.outTail = text;
     });
-    createInterface({ input: child.stderr! }).on('line', (line) => proc.stderr.push(line));
+    child.stderr!.setEncoding('utf8');
+    let errPartial = '';
+    child.stderr!.on('data', (chunk: string) => {
+      const lines = (errPartial + chunk).split('\n');
+      errPartial = lines.pop() ?? '';
+      proc.stderr.push(...lines);
+      if (proc.stderr.length > KEEP_ERR) proc.stderr.splice(0, proc.stderr.length - KEEP_ERR);
+    });
     child.on('error', (err) => fail(err));
     child.on('exit', (code, signal) => {
       proc.exited = true;
@@ -136,7 +189,8 @@ function start(label: string, group: Group, args: string[], ready: RegExp): Prom
 }
 
 function tail(proc: Proc): string {
-  const lines = [...proc.stdout.slice(-5).map((l) => `  out| ${l}`), ...proc.stderr.slice(-10).map((l) => `  err| ${l}`)];
+  const outLines = proc.outTail.split('\n').filter((l) => l !== '').slice(-5);
+  const lines = [...outLines.map((l) => `  out| ${l}`), ...proc.stderr.slice(-10).map((l) => `  err| ${l}`)];
   return lines.length ? `\n${lines.join('\n')}` : '';
 }
 
@@ -171,9 +225,13 @@ async function stopAll(): Promise<void> {
   }
 }
 
+/** The wrk run in progress, if any: killed with the rest. */
+let loadChild: ChildProcess | undefined;
+
 // Last resort if the process ends some other way: nothing outlives the benchmark.
 process.on('exit', () => {
   for (const p of procs) if (!p.exited) p.child.kill('SIGKILL');
+  loadChild?.kill('SIGKILL');
 });
 let interrupted = false;
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
@@ -181,6 +239,7 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     if (interrupted) process.exit(130);
     interrupted = true;
     log(`\nbench: ${signal}: stopping the child processes`);
+    loadChild?.kill('SIGKILL');
     void stopAll().finally(() => process.exit(130));
   });
 }
@@ -222,6 +281,17 @@ function cpuMs(pid: number): number | undefined {
     return (Number(fields[11]) + Number(fields[12])) * TICK_MS;
   } catch {
     return undefined;
+  }
+}
+
+/** CPU time (user + system) of this process's reaped children in ms: a finished wrk's lands here. */
+function childrenCpuMs(): number {
+  try {
+    const stat = readFileSync('/proc/self/stat', 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[13]) + Number(fields[14])) * TICK_MS;
+  } catch {
+    return NaN;
   }
 }
 
@@ -300,24 +370,49 @@ async function expectHello(label: string, port: number, host?: string): Promise<
 // ---------------------------------------------------------------------------------------------
 // Load
 
+type TargetId = 'direct' | 'ref-node' | 'ref-undici' | 'listen' | 'listen-q' | 'listen-h1' | 'listen-h1-q' | 'connect' | 'connect-h1';
+
 interface Target {
+  id: TargetId;
   kind: 'direct' | 'listen' | 'connect' | 'reference';
   label: string;
   port: number;
   host?: string;
+  /** The processes a request of this row goes through. */
+  procs: Proc[];
 }
 
+/** What one load run saw. */
+interface Fired {
+  /** Responses received, right or wrong. */
+  requests: number;
+  /** 200s with the expected body. */
+  ok: number;
+  seconds: number;
+  p50: number;
+  p99: number;
+  problems: number;
+  detail: string;
+  /** CPU time of the load generator in ms (wrk: from /proc once reaped; autocannon: this process). */
+  loadCpuMs: number;
+}
+
+type Column = Group | 'load';
+
 interface Row {
-  kind: Target['kind'];
-  label: string;
+  target: Target;
   concurrency: number;
   rps: number;
   p50: number;
   p99: number;
   problems: number;
   detail: string;
-  /** CPU use of each process during the measured window, % of one core. */
-  cpu: Record<string, number>;
+  /** CPU µs per request of each group of the row's processes, and of the load generator. */
+  us: Partial<Record<Column, number>>;
+  /** CPU used by everything else on the machine during the row, % of one core. */
+  other: number;
+  /** Measured again because the first measurement was noisy; the quieter one is kept. */
+  remeasured: boolean;
 }
 
 function percentile(sorted: Float64Array, p: number): number {
@@ -325,20 +420,81 @@ function percentile(sorted: Float64Array, p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] as number;
 }
 
-interface Fired {
-  result: CannonResult;
-  /** Latencies of the 2xx responses in ms, sorted. */
-  latencies: Float64Array;
-  ok: number;
-  wallS: number;
+const UNIT_MS: Record<string, number> = { us: 0.001, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** wrk's text output (with --latency and check.lua's CHECK line) as a Fired. */
+function parseWrk(text: string, loadCpuMs: number): Fired {
+  const done = /(\d+) requests in ([\d.]+)(us|ms|s|m|h)/.exec(text);
+  const p50 = /^\s+50%\s+([\d.]+)(us|ms|s|m|h)\s*$/m.exec(text);
+  const p99 = /^\s+99%\s+([\d.]+)(us|ms|s|m|h)\s*$/m.exec(text);
+  const check = /^CHECK bad=(\d+) first=(.*)$/m.exec(text);
+  if (!done || !check) throw new Error(`wrk: unexpected output:\n${text}`);
+  const ms = (m: RegExpExecArray | null): number => (m ? Number(m[1]) * (UNIT_MS[m[2] as string] ?? NaN) : NaN);
+  const requests = Number(done[1]);
+  const seconds = (Number(done[2]) * (UNIT_MS[done[3] as string] ?? NaN)) / 1000;
+  const socket = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(text);
+  const [connectErr, readErr, writeErr, timeouts] = socket ? socket.slice(1).map(Number) : [0, 0, 0, 0];
+  const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(text)?.[1] ?? 0);
+  const bad = Number(check[1]);
+  const parts: string[] = [];
+  if (connectErr) parts.push(`${connectErr} connect errors`);
+  if (readErr) parts.push(`${readErr} read errors`);
+  if (writeErr) parts.push(`${writeErr} write errors`);
+  if (timeouts) parts.push(`${timeouts} timeouts`);
+  if (non2xx) parts.push(`${non2xx} 4xx/5xx`);
+  if (bad) parts.push(`${bad} not 200 ${JSON.stringify(BODY)} (first: ${check[2]})`);
+  return {
+    requests,
+    ok: requests - bad,
+    seconds,
+    p50: ms(p50),
+    p99: ms(p99),
+    // A 4xx/5xx is also counted in `bad`.
+    problems: (connectErr ?? 0) + (readErr ?? 0) + (writeErr ?? 0) + (timeouts ?? 0) + bad,
+    detail: parts.length ? parts.join(', ') : '0',
+    loadCpuMs,
+  };
 }
 
+/** One wrk run (-t1: one thread, as there are 2 cores to share with the processes measured). */
+function fireWrk(target: Target, concurrency: number, seconds: number): Promise<Fired> {
+  const host = target.host ?? `127.0.0.1:${target.port}`;
+  // wrk takes whole seconds only.
+  const args = ['-t1', `-c${concurrency}`, `-d${Math.max(1, Math.round(seconds))}s`, '--latency', '--timeout', WRK_TIMEOUT, '-s', CHECK_LUA];
+  args.push('-H', `Host: ${host}`, `http://127.0.0.1:${target.port}/`, '--', BODY);
+  return new Promise((resolve, reject) => {
+    const before = childrenCpuMs();
+    const child = spawn(WRK as string, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    loadChild = child;
+    let text = '';
+    child.stdout.setEncoding('utf8');
+    child.stderr.setEncoding('utf8');
+    child.stdout.on('data', (c: string) => (text += c));
+    child.stderr.on('data', (c: string) => (text += c));
+    child.once('error', reject);
+    // 'close' comes after 'exit', so node has reaped wrk and its CPU time is in our children's.
+    child.once('close', (code, signal) => {
+      loadChild = undefined;
+      if (code !== 0) return reject(new Error(`wrk ${args.join(' ')} exited (${signal ?? `code ${String(code)}`}):\n${text}`));
+      try {
+        resolve(parseWrk(text, childrenCpuMs() - before));
+      } catch (err) {
+        reject(err as Error);
+      }
+    });
+  });
+}
+
+let autocannon: Cannon | undefined;
+
 /** One autocannon run; latencies recorded here with sub-millisecond precision (autocannon's histogram keeps whole ms). */
-function fire(target: Target, concurrency: number, seconds: number): Promise<Fired> {
+function fireCannon(target: Target, concurrency: number, seconds: number): Promise<Fired> {
+  autocannon ??= createRequire(import.meta.url)('autocannon') as Cannon;
   return new Promise((resolve, reject) => {
     let latencies = new Float64Array(1 << 16);
     let n = 0;
     let ok = 0;
+    let requests = 0;
     const opts: CannonOptions = {
       url: `http://127.0.0.1:${target.port}/`,
       connections: concurrency,
@@ -348,12 +504,33 @@ function fire(target: Target, concurrency: number, seconds: number): Promise<Fir
     };
     if (target.host) opts.headers = { host: target.host };
     const t0 = performance.now();
-    const instance = autocannon(opts, (err, result) => {
+    const cpu0 = selfCpuMs();
+    const instance = (autocannon as Cannon)(opts, (err, result) => {
       const wallS = (performance.now() - t0) / 1000;
-      if (err) reject(err);
-      else resolve({ result, latencies: latencies.slice(0, n).sort(), ok, wallS });
+      if (err) return reject(err);
+      const sorted = latencies.slice(0, n).sort();
+      const bad = Object.entries(result.statusCodeStats)
+        .filter(([code]) => !code.startsWith('2'))
+        .map(([code, { count }]) => `${count}x${code}`);
+      const parts: string[] = [];
+      if (result.errors) parts.push(`${result.errors} errors`);
+      if (result.timeouts) parts.push(`${result.timeouts} timeouts`);
+      if (result.non2xx) parts.push(`${result.non2xx} non-2xx${bad.length ? ` (${bad.join(', ')})` : ''}`);
+      if (result.mismatches) parts.push(`${result.mismatches} wrong bodies`);
+      if (result.resets) parts.push(`${result.resets} resets`);
+      resolve({
+        requests,
+        ok,
+        seconds: wallS,
+        p50: percentile(sorted, 50),
+        p99: percentile(sorted, 99),
+        problems: result.errors + result.timeouts + result.non2xx + result.mismatches + result.resets,
+        detail: parts.length ? parts.join(', ') : '0',
+        loadCpuMs: selfCpuMs() - cpu0,
+      });
     });
     instance.on('response', (_client: unknown, status: number, _bytes: number, ms: number) => {
+      requests++;
       if (status < 200 || status > 299) return;
       ok++;
       if (n === latencies.length) {
@@ -366,50 +543,56 @@ function fire(target: Target, concurrency: number, seconds: number): Promise<Fir
   });
 }
 
-async function measure(target: Target, concurrency: number, watched: Proc[], gateway: Proc, peak: { rss: number }): Promise<Row> {
+const fire = (target: Target, concurrency: number, seconds: number): Promise<Fired> =>
+  WRK ? fireWrk(target, concurrency, seconds) : fireCannon(target, concurrency, seconds);
+
+async function measure(target: Target, concurrency: number, gateway: Proc, peak: { rss: number }): Promise<Row> {
   const sampler = setInterval(() => {
     const rss = rssKiB(gateway.pid);
     if (rss !== undefined && rss > peak.rss) peak.rss = rss;
   }, 100);
   try {
     await fire(target, concurrency, WARMUP);
-    const before = new Map(watched.map((p) => [p, cpuMs(p.pid)]));
+    const before = new Map(procs.map((p) => [p, cpuMs(p.pid)]));
     const selfBefore = selfCpuMs();
     const machineBefore = machineBusyMs();
-    const { result, latencies, ok, wallS } = await fire(target, concurrency, DURATION);
+    const t0 = performance.now();
+    const f = await fire(target, concurrency, DURATION);
+    const wallMs = performance.now() - t0;
     const machineAfter = machineBusyMs();
-    const pct = (ms: number): number => (ms / (wallS * 1000)) * 100;
-    const cpu: Record<string, number> = { autocannon: pct(selfCpuMs() - selfBefore) };
-    for (const p of watched) {
+    const selfMs = selfCpuMs() - selfBefore;
+    const spent = new Map<Proc, number>();
+    for (const p of procs) {
       const a = before.get(p);
       const b = cpuMs(p.pid);
-      if (a !== undefined && b !== undefined) cpu[p.group] = (cpu[p.group] ?? 0) + pct(b - a);
+      if (a !== undefined && b !== undefined) spent.set(p, b - a);
     }
-    // Whatever else kept the machine busy meanwhile (other programs, kernel threads): noise.
+    const perRequest = (cpu: number): number => (f.requests > 0 ? (cpu * 1000) / f.requests : NaN);
+    const us: Row['us'] = { load: perRequest(f.loadCpuMs) };
+    for (const p of target.procs) us[p.group] = (us[p.group] ?? 0) + perRequest(spent.get(p) ?? NaN);
+    // Whatever else kept the machine busy meanwhile (other programs, kernel threads): noise. Ours
+    // are every process of the bench, busy in this row or idle, the load generator and this process.
+    let other = NaN;
     if (machineBefore !== undefined && machineAfter !== undefined) {
-      const ours = Object.values(cpu).reduce((a, b) => a + b, 0);
-      cpu['other'] = Math.max(0, pct(machineAfter - machineBefore) - ours);
+      const ours = [...spent.values()].reduce((a, b) => a + b, 0) + selfMs + (WRK ? f.loadCpuMs : 0);
+      other = Math.max(0, ((machineAfter - machineBefore - ours) / wallMs) * 100);
     }
-    const bad = Object.entries(result.statusCodeStats)
-      .filter(([code]) => !code.startsWith('2'))
-      .map(([code, { count }]) => `${count}x${code}`);
-    const parts: string[] = [];
-    if (result.errors) parts.push(`${result.errors} errors`);
-    if (result.timeouts) parts.push(`${result.timeouts} timeouts`);
-    if (result.non2xx) parts.push(`${result.non2xx} non-2xx${bad.length ? ` (${bad.join(', ')})` : ''}`);
-    if (result.mismatches) parts.push(`${result.mismatches} wrong bodies`);
-    if (result.resets) parts.push(`${result.resets} resets`);
-    const problems = result.errors + result.timeouts + result.non2xx + result.mismatches + result.resets;
+    if (f.ok === 0) {
+      // A target that stalls answers nothing, and wrk counts no error before its own timeout.
+      f.problems++;
+      f.detail = f.detail === '0' ? 'no right response' : `${f.detail}, no right response`;
+    }
     return {
-      kind: target.kind,
-      label: target.label,
+      target,
       concurrency,
-      rps: ok / wallS,
-      p50: percentile(latencies, 50),
-      p99: percentile(latencies, 99),
-      problems,
-      detail: parts.length ? parts.join(', ') : '0',
-      cpu,
+      rps: f.ok / f.seconds,
+      p50: f.p50,
+      p99: f.p99,
+      problems: f.problems,
+      detail: f.detail,
+      us,
+      other,
+      remeasured: false,
     };
   } finally {
     clearInterval(sampler);
@@ -427,223 +610,353 @@ function table(headers: string[], rows: string[][], right: boolean[]): string[] 
   return [line(headers), rule, ...rows.map(line)];
 }
 
-/** Milliseconds with two decimals; `signed` adds a + to positive values. */
-function ms(value: number, signed = false): string {
-  if (!Number.isFinite(value)) return 'n/a';
-  return `${signed && value >= 0 ? '+' : ''}${value.toFixed(2)}`;
+/** Milliseconds with two decimals. */
+function ms(value: number): string {
+  return Number.isFinite(value) ? value.toFixed(2) : 'n/a';
 }
 
+const int = (v: number | undefined): string => (v !== undefined && Number.isFinite(v) ? Math.round(v).toLocaleString('en-US') : '-');
+const pct = (a: number | undefined, b: number | undefined): string =>
+  a !== undefined && b !== undefined && b > 0 && Number.isFinite(a) ? `${((100 * a) / b).toFixed(1)} %` : '-';
 const mb = (kib: number | undefined): string => (kib === undefined ? 'n/a' : `${(kib / 1024).toFixed(1)} MB`);
+const rowName = (r: Row): string => `${r.target.label}${r.remeasured ? ' *' : ''}`;
 
-function report(rows: Row[], rss: { before: number | undefined; peak: number; after: number | undefined }, notes: string[]): void {
-  const direct = new Map(rows.filter((r) => r.kind === 'direct').map((r) => [r.concurrency, r]));
+function find(rows: Row[], id: TargetId, concurrency: number): Row | undefined {
+  return rows.find((r) => r.target.id === id && r.concurrency === concurrency);
+}
+
+function reportRows(rows: Row[], rss: { before: number | undefined; peak: number; after: number | undefined }, notes: string[]): void {
   out('');
   out(
-    `ptth-proxy benchmark: node ${process.version}, ${availableParallelism()} cores, ${DURATION} s per row after a ${WARMUP} s warm-up, ` +
-      `pipelining 1, GET / -> ${BODY.length}-byte body`,
+    `ptth-proxy benchmark: node ${process.version}, ${availableParallelism()} cores, load by ${WRK ? 'wrk -t1' : 'autocannon'}, ` +
+      `${DURATION} s per row after a ${WARMUP} s warm-up, pipelining 1, GET / -> ${BODY.length}-byte body`,
   );
   for (const note of notes) out(note);
   out('');
   const main = rows.map((r) => {
-    const d = direct.get(r.concurrency);
-    const isDirect = r.kind === 'direct';
+    const d = find(rows, 'direct', r.concurrency);
+    const u = find(rows, 'ref-undici', r.concurrency);
     return [
-      r.label,
+      rowName(r),
       String(r.concurrency),
-      r.rps.toFixed(0),
+      int(r.rps),
       ms(r.p50),
       ms(r.p99),
-      isDirect ? '100 %' : d ? `${((r.rps / d.rps) * 100).toFixed(1)} %` : 'n/a',
-      isDirect ? '-' : d ? ms(r.p50 - d.p50, true) : 'n/a',
+      r.target.id === 'direct' ? '100 %' : pct(r.rps, d?.rps),
+      r.target.id === 'ref-undici' ? '100 %' : pct(r.rps, u?.rps),
       r.detail,
     ];
   });
   for (const l of table(
-    ['row', 'concurrency', 'req/s', 'p50 ms', 'p99 ms', 'req/s vs direct', 'added p50 ms vs direct', 'errors/non-2xx'],
+    ['row', 'visitors', 'req/s', 'p50 ms', 'p99 ms', 'vs direct', 'vs undici ref', 'errors'],
     main,
     [false, true, true, true, true, true, true, false],
   ))
     out(l);
-
-  out('');
-  out(`Gateway RSS: ${mb(rss.before)} before the load, ${mb(rss.peak || undefined)} peak during it, ${mb(rss.after)} after it.`);
-
-  const d50 = direct.get(50);
-  if (d50) {
+  if (rows.some((r) => r.remeasured)) {
     out('');
-    out('Targets (issue 4), at concurrency 50: listen() over reversed HTTP/1.1 >= 42 % of direct req/s, over reversed HTTP/2 >= 35 %, connect >= 30 %; (issue 2) added p50 < 1 ms.');
-    const verdict = (met: boolean): string => (met ? 'met' : 'NOT met');
-    for (const r of rows.filter((x) => x.kind !== 'direct' && x.kind !== 'reference' && x.concurrency === 50)) {
-      const min = r.kind === 'connect' ? 30 : r.label.includes('http1') ? 42 : 35;
-      const pct = (r.rps / d50.rps) * 100;
-      const added = r.p50 - d50.p50;
-      out(
-        `- ${r.label}: ${pct.toFixed(1)} % of direct (>= ${min} %: ${verdict(pct >= min)}), ` +
-          `p50 ${ms(added, true)} ms (< 1 ms: ${verdict(added < 1)})`,
-      );
-    }
+    out(`* measured again: other programs used over ${NOISE} % of a core during the first measurement; the quieter of the two is shown.`);
   }
 
   out('');
-  out(`CPU during each measured row (% of one core; ${availableParallelism()} cores in all; "other" is everything else on the machine):`);
+  out(
+    `CPU µs per request of each process in the row (from /proc; "${LOADGEN}" is the load generator, "row total" the rest; ` +
+      `"other" is everything else on the machine during the row, % of one core, ${availableParallelism()} cores in all):`,
+  );
   out('');
-  const groups = ['autocannon', 'backend', 'gateway', 'app', 'connect', 'reference', 'other'];
-  // CPU time per request of the hop itself (the gateway, or the reference proxy): less sensitive to
-  // a busy machine than req/s, since it counts only the hop process's own time.
-  const hopUs = (r: Row): string => {
-    const hop = r.kind === 'reference' ? r.cpu['reference'] : r.kind === 'direct' ? undefined : r.cpu['gateway'];
-    return hop === undefined || r.rps === 0 ? '-' : ((hop / 100) * 1e6 / r.rps).toFixed(0);
-  };
-  const cpuRows = rows.map((r) => [`${r.label} c=${r.concurrency}`, ...groups.map((g) => r.cpu[g]?.toFixed(0) ?? '-'), hopUs(r)]);
-  for (const l of table(['row', ...groups, 'hop CPU µs/req'], cpuRows, [false, ...groups.map(() => true), true])) out(l);
-  const noisy = rows.filter((r) => (r.cpu['other'] ?? 0) > NOISE);
+  const columns: Column[] = ['load', 'gateway', 'app', 'connect', 'backend', 'reference'];
+  const cpuRows = rows.map((r) => {
+    const cells = columns.map((c) => (r.us[c] === undefined ? '-' : int(r.us[c])));
+    const hop = columns.filter((c) => c !== 'load').reduce((a, c) => a + (r.us[c] ?? 0), 0);
+    return [`${rowName(r)} c=${r.concurrency}`, ...cells, int(hop), Number.isFinite(r.other) ? `${r.other.toFixed(0)} %` : '-'];
+  });
+  const heads = [...columns.map((c) => (c === 'load' ? LOADGEN : c)), 'row total', 'other'];
+  for (const l of table(['row', ...heads], cpuRows, [false, ...heads.map(() => true)])) out(l);
+  const noisy = rows.filter((r) => r.other > NOISE);
   if (noisy.length > 0) {
     out('');
     out(
       `Warning: something outside the benchmark used over ${NOISE} % of a core during ` +
-        `${noisy.map((r) => `${r.label} c=${r.concurrency}`).join(', ')}: those rows are not comparable; rerun on a quiet machine.`,
+        `${noisy.map((r) => `${r.target.label} c=${r.concurrency}`).join(', ')}: those rows are not comparable; rerun on a quiet machine.`,
     );
   }
+  out('');
+  out(`Gateway RSS: ${mb(rss.before)} before the load, ${mb(rss.peak || undefined)} peak during it, ${mb(rss.after)} after it.`);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Main
-
-/** Issue 4: p99 at 500 visitors no worse than twice direct's p99. */
-function p500(rows: Row[]): void {
-  const d = rows.find((r) => r.kind === 'direct' && r.concurrency === 500);
-  if (!d) return;
-  out('');
-  out(`Target (issue 4), at concurrency 500: p99 no worse than twice direct's (${ms(d.p99)} ms -> ${ms(2 * d.p99)} ms).`);
-  for (const r of rows.filter((x) => x.kind !== 'direct' && x.kind !== 'reference' && x.concurrency === 500)) {
-    out(`- ${r.label}: p99 ${ms(r.p99)} ms (${r.p99 <= 2 * d.p99 ? 'met' : 'NOT met'})`);
-  }
+interface Extra {
+  stream?: StreamRow[];
+  streamBytes: number;
+  connectStream?: ConnectStream;
+  scale?: ScaleResult;
+  failures: string[];
 }
 
-async function streamingAndScale(): Promise<void> {
-  const { runStream } = await import('./stream.js');
-  const { runScale } = await import('./scale.js');
-  const bytes = QUICK ? 256 * 2 ** 20 : 2 ** 30;
-  log(`bench: streaming ${bytes / 2 ** 20} MiB up and down: direct, reversed HTTP/1.1, reversed HTTP/2`);
-  const stream = await runStream(bytes);
-  const direct = stream[0];
-  out('');
-  out(`Streaming (${bytes / 2 ** 20} MiB each way, app through listen() in its own process; target >= 50 % of direct, gateway RSS growth < 64 MB)`);
+function streamTable(rows: StreamRow[]): void {
+  const direct = rows[0];
   out('');
   out('| row | upload MiB/s | download MiB/s | upload vs direct | download vs direct | gateway RSS growth |');
   out('|-----|-------------:|---------------:|-----------------:|-------------------:|-------------------:|');
-  for (const r of stream) {
-    const pct = (a: number, b: number | undefined): string => (b ? `${((100 * a) / b).toFixed(0)} %` : '-');
+  for (const r of rows) {
     out(
       `| ${r.row} | ${r.uploadMiBps.toFixed(0)} | ${r.downloadMiBps.toFixed(0)} | ${pct(r.uploadMiBps, direct?.uploadMiBps)} | ` +
         `${pct(r.downloadMiBps, direct?.downloadMiBps)} | ${r.rssGrowthMiB === undefined ? '-' : `${r.rssGrowthMiB.toFixed(1)} MiB`} |`,
     );
   }
-  const count = QUICK ? 2_000 : 10_000;
-  log(`bench: scale: ${count} registrations, one live channel each`);
-  const scale = await runScale(count, 200, (line) => log(`bench:${line}`));
-  out('');
-  out(`Scale (target: RSS per channel under 20 KB)`);
-  out('');
-  out('| channels | time to register | claims/s | gateway RSS before | after | RSS per channel |');
-  out('|---------:|-----------------:|---------:|-------------------:|------:|----------------:|');
-  out(
-    `| ${scale.channels} | ${scale.seconds.toFixed(1)} s | ${scale.claimsPerSecond.toFixed(0)} | ${scale.rssBeforeMiB.toFixed(1)} MiB | ` +
-      `${scale.rssAfterMiB.toFixed(1)} MiB | ${(scale.bytesPerChannel / 1024).toFixed(1)} KiB |`,
-  );
 }
 
+/** Streaming, connect streaming and scale; a failure is recorded, the others still run. */
+async function streamingAndScale(): Promise<Extra> {
+  const { runStream, runConnectStream } = await import('./stream.js');
+  const { runScale } = await import('./scale.js');
+  const extra: Extra = { streamBytes: QUICK ? 256 * 2 ** 20 : 2 ** 30, failures: [] };
+  const mib = extra.streamBytes / 2 ** 20;
+  log(`bench: streaming ${mib} MiB up and down: direct, reversed HTTP/1.1, reversed HTTP/2`);
+  try {
+    extra.stream = await runStream(extra.streamBytes);
+    out('');
+    out(`Streaming (${mib} MiB each way, node's http client, app through listen() in its own process)`);
+    streamTable(extra.stream);
+  } catch (err) {
+    extra.failures.push(`streaming: ${(err as Error).message}`);
+  }
+  log('bench: streaming 256 MiB up and down: direct, through `connect`');
+  try {
+    extra.connectStream = await runConnectStream(256 * 2 ** 20);
+    out('');
+    out(`Streaming through \`ptth-proxy connect\` (256 MiB each way, ${extra.connectStream.tool}; connect and the gateway with their defaults)`);
+    streamTable(extra.connectStream.rows);
+  } catch (err) {
+    extra.failures.push(`streaming through connect: ${(err as Error).message}`);
+  }
+  const count = QUICK ? 2_000 : 10_000;
+  log(`bench: scale: ${count} registrations, one live channel each`);
+  try {
+    const scale = await runScale(count, 200, (line) => log(`bench:${line}`));
+    extra.scale = scale;
+    out('');
+    out(`Scale (target: RSS per channel under 20 KB)`);
+    out('');
+    out('| channels | time to register | claims/s | gateway RSS before | after | RSS per channel |');
+    out('|---------:|-----------------:|---------:|-------------------:|------:|----------------:|');
+    out(
+      `| ${scale.channels} | ${scale.seconds.toFixed(1)} s | ${scale.claimsPerSecond.toFixed(0)} | ${scale.rssBeforeMiB.toFixed(1)} MiB | ` +
+        `${scale.rssAfterMiB.toFixed(1)} MiB | ${(scale.bytesPerChannel / 1024).toFixed(1)} KiB |`,
+    );
+  } catch (err) {
+    extra.failures.push(`scale: ${(err as Error).message}`);
+  }
+  return extra;
+}
+
+/** Issue 11's targets, each from rows of this run. */
+function targets(rows: Row[], extra: Extra | undefined, via: Record<string, string>): void {
+  const verdict = (met: boolean | undefined): string => (met === undefined ? 'not measured' : met ? 'met' : 'NOT met');
+  const x = (a: number | undefined, b: number | undefined): number | undefined =>
+    a !== undefined && b !== undefined && b > 0 && Number.isFinite(a) && Number.isFinite(b) ? a / b : undefined;
+  const fx = (v: number | undefined): string => (v === undefined ? 'n/a' : `${v.toFixed(2)}x`);
+  const lines: string[] = [];
+
+  const u50 = find(rows, 'ref-undici', 50);
+  const h1 = find(rows, 'listen-h1', 50);
+  const h1q = find(rows, 'listen-h1-q', 50);
+  const h2 = find(rows, 'listen', 50);
+  const h2q = find(rows, 'listen-q', 50);
+  const c50 = find(rows, 'connect', 50);
+  const ch1 = find(rows, 'connect-h1', 50);
+
+  let r = x(h1?.us.gateway, u50?.us.reference);
+  lines.push(
+    `- Gateway CPU per request on reversed HTTP/1.1 <= the undici reference proxy's (listen() http1, 50 visitors): ` +
+      `${int(h1?.us.gateway)} against ${int(u50?.us.reference)} µs = ${fx(r)}: ${verdict(r === undefined ? undefined : r <= 1)}` +
+      (ch1 ? ` (connect --http1: ${int(ch1.us.gateway)} µs)` : ''),
+  );
+  const cost = (a: Row | undefined, q: Row | undefined): number | undefined => {
+    const ratio = x(a?.rps, q?.rps);
+    return ratio === undefined ? undefined : 100 * (1 - ratio);
+  };
+  const logCost = cost(h1, h1q);
+  const logCostH2 = cost(h2, h2q);
+  lines.push(
+    `- The access log costs at most 10 % of throughput against -q (listen() http1, 50 visitors): ${int(h1?.rps)} against ` +
+      `${int(h1q?.rps)} req/s = ${logCost === undefined ? 'n/a' : `${logCost.toFixed(1)} %`}: ${verdict(logCost === undefined ? undefined : logCost <= 10)}` +
+      (logCostH2 !== undefined ? ` (listen() over HTTP/2: ${logCostH2.toFixed(1)} %)` : ''),
+  );
+  const cus = c50?.us.connect;
+  lines.push(
+    `- connect in its default mode spends at most 20 µs of CPU per request (50 visitors; channels ${via['connect'] ?? '?'}): ` +
+      `${int(cus)} µs: ${verdict(cus === undefined || !Number.isFinite(cus) ? undefined : cus <= 20)}`,
+  );
+  r = x(c50?.rps, u50?.rps);
+  lines.push(
+    `- connect end to end >= 0.6x the undici reference's req/s (50 visitors): ${int(c50?.rps)} against ${int(u50?.rps)} = ${fx(r)}: ` +
+      `${verdict(r === undefined ? undefined : r >= 0.6)}`,
+  );
+  r = x(h2?.us.gateway, h1?.us.gateway);
+  lines.push(
+    `- Reversed HTTP/2: gateway CPU per request <= 1.5x its HTTP/1.1 path (listen() against listen() http1, 50 visitors; ` +
+      `channels ${via['listen'] ?? '?'}): ${int(h2?.us.gateway)} against ${int(h1?.us.gateway)} µs = ${fx(r)}: ${verdict(r === undefined ? undefined : r <= 1.5)}`,
+  );
+  r = x(h2?.rps, u50?.rps);
+  lines.push(
+    `- listen() over reversed HTTP/2 >= 0.5x the undici reference's req/s (50 visitors): ${int(h2?.rps)} against ${int(u50?.rps)} = ${fx(r)}: ` +
+      `${verdict(r === undefined ? undefined : r >= 0.5)}`,
+  );
+  const d500 = find(rows, 'direct', 500);
+  const at500 = rows.filter((row) => row.concurrency === 500 && (row.target.kind === 'listen' || row.target.kind === 'connect'));
+  if (d500 && at500.length > 0) {
+    const limit = 3 * d500.p99;
+    lines.push(
+      `- p99 at 500 visitors <= 3x direct's (${ms(d500.p99)} ms -> ${ms(limit)} ms): ` +
+        at500.map((row) => `${row.target.label} ${ms(row.p99)} ms (${verdict(row.p99 <= limit)})`).join(', '),
+    );
+  } else lines.push(`- p99 at 500 visitors <= 3x direct's: not measured`);
+
+  const cs = extra?.connectStream?.rows;
+  const up = x(cs?.[1]?.uploadMiBps, cs?.[0]?.uploadMiBps);
+  const down = x(cs?.[1]?.downloadMiBps, cs?.[0]?.downloadMiBps);
+  lines.push(
+    `- Large bodies through connect >= 50 % of direct (256 MiB each way, ${extra?.connectStream?.tool ?? '-'}): ` +
+      (cs
+        ? `upload ${cs[1]?.uploadMiBps.toFixed(0)} against ${cs[0]?.uploadMiBps.toFixed(0)} MiB/s = ${(100 * (up ?? NaN)).toFixed(0)} % (${verdict(up === undefined ? undefined : up >= 0.5)}), ` +
+          `download ${cs[1]?.downloadMiBps.toFixed(0)} against ${cs[0]?.downloadMiBps.toFixed(0)} MiB/s = ${(100 * (down ?? NaN)).toFixed(0)} % (${verdict(down === undefined ? undefined : down >= 0.5)})`
+        : 'not measured'),
+  );
+  const st = extra?.stream;
+  if (st) {
+    const d = st[0];
+    const parts = st.slice(1).map((s) => {
+      const ok = (s.rssGrowthMiB ?? 0) < 64;
+      return `${s.row}: up ${pct(s.uploadMiBps, d?.uploadMiBps)}, down ${pct(s.downloadMiBps, d?.downloadMiBps)} of direct, RSS +${(s.rssGrowthMiB ?? 0).toFixed(1)} MiB (< 64 MiB: ${verdict(ok)})`;
+    });
+    lines.push(`- Streaming rows (${extra.streamBytes / 2 ** 20} MiB each way, byte counts checked) keep working: met; ${parts.join('; ')}`);
+  } else lines.push(`- Streaming rows keep working: ${extra ? 'NOT met (failed)' : 'not measured'}`);
+  const sc = extra?.scale;
+  lines.push(
+    `- Scale: RSS per channel under 20 KB (${sc ? sc.channels : '-'} channels): ` +
+      (sc ? `${(sc.bytesPerChannel / 1024).toFixed(1)} KiB: ${verdict(sc.bytesPerChannel < 20_000)}` : extra ? 'NOT met (failed)' : 'not measured'),
+  );
+
+  out('');
+  out('Targets (issue 11), each computed from rows of this run (the gateway with its defaults, access log on):');
+  for (const l of lines) out(l);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+
 async function main(): Promise<number> {
+  if (!WRK) log('bench: wrk is not installed (apt-get install wrk): falling back to autocannon, which takes a core of its own and flattens every ratio');
   const backend = await start('backend', 'backend', ['test/bench/service.mjs', 'backend'], /^READY (\d+)$/);
   const backendPort = Number(backend.match[1]);
-  const gateway = await start(
-    'gateway',
-    'gateway',
-    // 500 visitors on 50 HTTP/1.1 channels queue up to 450 requests: above the default queue limit.
-    ['bin/ptth-proxy.js', 'serve', '--host', '127.0.0.1', '--port', '0', '--quiet', '--queue-limit', '2048'],
-    /gateway listening on 127\.0\.0\.1:(\d+)/,
-  );
+  const ready = /gateway listening on 127\.0\.0\.1:(\d+)/;
+  const gatewayFlags = ['--queue-limit', '2048', '--max-channels', String(Math.max(64, CHANNELS))];
+  const [gateway, gatewayQ] = await Promise.all([
+    start('gateway', 'gateway', serveArgs(...gatewayFlags), ready),
+    start('gateway -q', 'gateway', serveArgs(...gatewayFlags, '-q'), ready),
+  ]);
   const gatewayPort = Number(gateway.match[1]);
-  const gatewayUrl = `http://127.0.0.1:${gatewayPort}`;
+  const gatewayQPort = Number(gatewayQ.match[1]);
+  const url = (port: number): string => `http://127.0.0.1:${port}`;
   const n = String(CHANNELS);
   // 127.0.0.1:<port> rather than the bare port: a bare port means `localhost`, which node may try on ::1 first.
-  const connectArgs = (name: string): string[] => [
-    'bin/ptth-proxy.js',
-    'connect',
-    `127.0.0.1:${backendPort}`,
-    ...['--gateway', gatewayUrl, '--name', name],
-  ];
-  await Promise.all([
-    start('app', 'app', ['test/bench/service.mjs', 'app', gatewayUrl, 'bench-listen', n], /^READY /),
-    start('app --http1', 'app', ['test/bench/service.mjs', 'app', gatewayUrl, 'bench-listen-h1', n, 'h1'], /^READY /),
+  const connectArgs = (name: string): string[] => [BIN, 'connect', `127.0.0.1:${backendPort}`, '--gateway', url(gatewayPort), '--name', name];
+  const app = (label: string, port: number, name: string, h1: boolean): Promise<{ proc: Proc }> =>
+    start(label, 'app', ['test/bench/service.mjs', 'app', url(port), name, n, ...(h1 ? ['h1'] : [])], /^READY /);
+  const [appH2, appH1, appH2Q, appH1Q, connect, connectH1, refNode, refUndici] = await Promise.all([
+    app('app', gatewayPort, 'bench-listen', false),
+    app('app --http1', gatewayPort, 'bench-listen-h1', true),
+    app('app (gateway -q)', gatewayQPort, 'bench-listen-q', false),
+    app('app --http1 (gateway -q)', gatewayQPort, 'bench-listen-h1-q', true),
     start('connect', 'connect', connectArgs('bench-connect'), /^Forwarding /),
     start('connect --http1', 'connect', [...connectArgs('bench-connect-h1'), '--http1', '--connections', n], /^Forwarding /),
+    start('reference node:http', 'reference', ['test/bench/service.mjs', 'proxy', String(backendPort), n], /^READY (\d+)$/),
+    start('reference undici', 'reference', ['test/bench/service.mjs', 'undici', String(backendPort), n], /^READY (\d+)$/),
   ]);
-  const proxy = await start('reference proxy', 'reference', ['test/bench/service.mjs', 'proxy', String(backendPort), n], /^READY (\d+)$/);
-  const [listenVia, listenH1Via, connectVia, connectH1Via] = await Promise.all([
+  const [listenVia, listenH1Via, listenQVia, listenH1QVia, connectVia, connectH1Via] = await Promise.all([
     waitChannels(gatewayPort, 'bench-listen'),
     waitChannels(gatewayPort, 'bench-listen-h1', CHANNELS),
+    waitChannels(gatewayQPort, 'bench-listen-q'),
+    waitChannels(gatewayQPort, 'bench-listen-h1-q', CHANNELS),
     waitChannels(gatewayPort, 'bench-connect'),
     waitChannels(gatewayPort, 'bench-connect-h1', CHANNELS),
   ]);
 
-  const at = (name: string): Pick<Target, 'port' | 'host'> => ({ port: gatewayPort, host: `${name}.localhost:${gatewayPort}` });
-  const direct: Target = { kind: 'direct', label: 'direct', port: backendPort };
-  const listen: Target = { kind: 'listen', label: 'listen()', ...at('bench-listen') };
-  const listenH1: Target = { kind: 'listen', label: 'listen() http1', ...at('bench-listen-h1') };
-  const connect: Target = { kind: 'connect', label: 'connect', ...at('bench-connect') };
-  const connectH1: Target = { kind: 'connect', label: 'connect --http1', ...at('bench-connect-h1') };
-  const reference: Target = { kind: 'reference', label: 'reference: node:http proxy', port: Number(proxy.match[1]) };
-  for (const t of [direct, listen, listenH1, connect, connectH1, reference]) await expectHello(t.label, t.port, t.host);
+  const at = (port: number, name: string): Pick<Target, 'port' | 'host'> => ({ port, host: `${name}.localhost:${port}` });
+  const gw = gateway.proc;
+  const gwQ = gatewayQ.proc;
+  const be = backend.proc;
+  const t: Record<TargetId, Target> = {
+    direct: { id: 'direct', kind: 'direct', label: 'direct', port: backendPort, procs: [be] },
+    'ref-undici': { id: 'ref-undici', kind: 'reference', label: 'reference: undici Pool', port: Number(refUndici.match[1]), procs: [refUndici.proc, be] },
+    'ref-node': { id: 'ref-node', kind: 'reference', label: 'reference: http.request', port: Number(refNode.match[1]), procs: [refNode.proc, be] },
+    listen: { id: 'listen', kind: 'listen', label: 'listen()', ...at(gatewayPort, 'bench-listen'), procs: [gw, appH2.proc] },
+    'listen-q': { id: 'listen-q', kind: 'listen', label: 'listen(), gateway -q', ...at(gatewayQPort, 'bench-listen-q'), procs: [gwQ, appH2Q.proc] },
+    'listen-h1': { id: 'listen-h1', kind: 'listen', label: 'listen() http1', ...at(gatewayPort, 'bench-listen-h1'), procs: [gw, appH1.proc] },
+    'listen-h1-q': { id: 'listen-h1-q', kind: 'listen', label: 'listen() http1, gateway -q', ...at(gatewayQPort, 'bench-listen-h1-q'), procs: [gwQ, appH1Q.proc] },
+    connect: { id: 'connect', kind: 'connect', label: 'connect', ...at(gatewayPort, 'bench-connect'), procs: [gw, connect.proc, be] },
+    'connect-h1': { id: 'connect-h1', kind: 'connect', label: 'connect --http1', ...at(gatewayPort, 'bench-connect-h1'), procs: [gw, connectH1.proc, be] },
+  };
+  for (const target of Object.values(t)) await expectHello(target.label, target.port, target.host);
   const notes = [
-    `listen(): default options, channels ${listenVia}; listen() http1: { http1: true, connections: ${n} }, channels ${listenH1Via}`,
-    `connect: default options, channels ${connectVia}; connect --http1: --http1 --connections ${n}, channels ${connectH1Via}`,
-    `reference: a minimal node:http keep-alive forward proxy (${n} upstream connections, no routing or header work): the least one Node HTTP/1.1 hop costs on this machine`,
+    `gateways: ptth-proxy serve with its defaults (metrics and access log on, stdout drained by the bench) and ${serveArgs(...gatewayFlags).slice(2).join(' ')}; "gateway -q": the same with -q`,
+    `listen(): default options, channels ${listenVia} (gateway -q: ${listenQVia}); listen() http1: { http1: true, connections: ${n} }, channels ${listenH1Via} (gateway -q: ${listenH1QVia})`,
+    `connect: its defaults (a line per request on its stdout, drained), channels ${connectVia}; connect --http1: --http1 --connections ${n}, channels ${connectH1Via}`,
+    `references: node:http servers forwarding to the backend over ${n} keep-alive connections, no routing or header work: http.request with an Agent, and undici Pool.dispatch`,
   ];
+  const via: Record<string, string> = { listen: listenVia, connect: connectVia };
 
   const plan: [Target, number][] = [
-    [direct, 50],
-    [listen, 50],
-    [listenH1, 50],
-    [connect, 50],
-    [connectH1, 50],
-    [reference, 50],
-    [direct, 1],
-    [listen, 1],
-    [listenH1, 1],
-    [connect, 1],
-    [direct, 500],
-    [listen, 500],
-    [listenH1, 500],
-    [connect, 500],
-    [reference, 500],
+    [t.direct, 50],
+    [t['ref-undici'], 50],
+    [t['ref-node'], 50],
+    // Each -q row right after its twin: the access log's cost is their ratio.
+    [t['listen-h1'], 50],
+    [t['listen-h1-q'], 50],
+    [t.listen, 50],
+    [t['listen-q'], 50],
+    [t.connect, 50],
+    [t['connect-h1'], 50],
+    [t.direct, 1],
+    [t['ref-undici'], 1],
+    [t['listen-h1'], 1],
+    [t.listen, 1],
+    [t.connect, 1],
+    [t.direct, 500],
+    [t['ref-undici'], 500],
+    [t['ref-node'], 500],
+    [t['listen-h1'], 500],
+    [t.listen, 500],
+    [t.connect, 500],
   ];
-  log(`bench: warming every target up for ${PRELOAD} s at 50 visitors`);
-  for (const t of [direct, listen, listenH1, connect, connectH1, reference]) await fire(t, 50, PRELOAD);
+  log(`bench: load by ${WRK ? 'wrk -t1' : 'autocannon'}; warming every target up for ${PRELOAD} s at 50 visitors`);
+  for (const target of Object.values(t)) await fire(target, 50, PRELOAD);
   log(
     `bench: ${plan.length} rows of ${DURATION} s after a ${WARMUP} s warm-up each: about ${plan.length * (DURATION + WARMUP)} s ` +
       `(up to ${RETRIES} noisy rows measured again)`,
   );
-  const rssBefore = await rssKiBOrPs(gateway.proc.pid);
+  const rssBefore = await rssKiBOrPs(gw.pid);
   const peak = { rss: rssBefore ?? 0 };
   const rows: Row[] = [];
   let died: Proc | undefined;
   let retries = RETRIES;
-  for (const [t, c] of plan) {
+  const say = (r: Row): void =>
+    log(`bench:   ${r.rps.toFixed(0)} req/s, p50 ${ms(r.p50)} ms, p99 ${ms(r.p99)} ms, errors ${r.detail}, other programs ${r.other.toFixed(0)} % of a core`);
+  for (const [target, c] of plan) {
     if (interrupted) return 130;
-    log(`bench: ${t.label} c=${c}`);
-    let row = await measure(t, c, procs, gateway.proc, peak);
-    log(`bench:   ${row.rps.toFixed(0)} req/s, p50 ${ms(row.p50)} ms, p99 ${ms(row.p99)} ms, errors/non-2xx ${row.detail}`);
+    log(`bench: ${target.label} c=${c}`);
+    let row = await measure(target, c, gw, peak);
+    say(row);
     died = procs.find((p) => p.exited);
-    const other = row.cpu['other'] ?? 0;
-    if (!died && other > NOISE && retries > 0) {
+    if (!died && row.other > NOISE && retries > 0) {
       // Another program took CPU meanwhile: measure once more and keep the quieter of the two.
       retries--;
-      log(`bench:   other programs used ${other.toFixed(0)} % of a core meanwhile; measuring again`);
-      const again = await measure(t, c, procs, gateway.proc, peak);
-      log(`bench:   ${again.rps.toFixed(0)} req/s, p50 ${ms(again.p50)} ms, p99 ${ms(again.p99)} ms, errors/non-2xx ${again.detail}`);
-      const keep = (again.cpu['other'] ?? 0) < other ? again : row;
+      log(`bench:   other programs used ${row.other.toFixed(0)} % of a core meanwhile; measuring again`);
+      const again = await measure(target, c, gw, peak);
+      say(again);
+      const keep = again.other < row.other ? again : row;
       const drop = keep === again ? row : again;
+      keep.remeasured = true;
       // Errors count whichever measurement is kept.
       if (drop.problems > 0) {
         const dropped = `${drop.detail} (in the discarded noisy run)`;
@@ -654,22 +967,24 @@ async function main(): Promise<number> {
     rows.push(row);
     if (died) break;
   }
-  const rssAfter = died === gateway.proc ? undefined : await rssKiBOrPs(gateway.proc.pid);
+  const rssAfter = died === gw ? undefined : await rssKiBOrPs(gw.pid);
   if (rssAfter !== undefined && rssAfter > peak.rss) peak.rss = rssAfter;
 
-  report(rows, { before: rssBefore, peak: peak.rss, after: rssAfter }, notes);
-  p500(rows);
-
-  if (!died && !interrupted) {
-    // The streaming and scale rows run their own gateway processes once the load above is over.
-    await stopAll();
-    await streamingAndScale();
-  }
+  reportRows(rows, { before: rssBefore, peak: peak.rss, after: rssAfter }, notes);
 
   // Anything a child said on stderr (reconnects, errors) is worth seeing.
   for (const p of procs) {
     if (p.stderr.length > 0 && p !== died) log(`bench: ${p.label} wrote to stderr:${tail(p)}`);
   }
+
+  let extra: Extra | undefined;
+  if (!died && !interrupted) {
+    // The streaming and scale rows run their own gateway processes once the load above is over.
+    await stopAll();
+    extra = await streamingAndScale();
+  }
+  targets(rows, extra, via);
+
   let code = 0;
   if (died) {
     log(`bench: FAILED: ${died.label} (pid ${died.pid}) died during the run; the rows after it were not measured${tail(died)}`);
@@ -677,7 +992,11 @@ async function main(): Promise<number> {
   }
   const failed = rows.filter((r) => r.problems > 0);
   if (failed.length > 0) {
-    log(`bench: FAILED: ${failed.map((r) => `${r.label} c=${r.concurrency} (${r.detail})`).join('; ')}`);
+    log(`bench: FAILED: ${failed.map((r) => `${r.target.label} c=${r.concurrency} (${r.detail})`).join('; ')}`);
+    code = 1;
+  }
+  for (const f of extra?.failures ?? []) {
+    log(`bench: FAILED: ${f}`);
     code = 1;
   }
   return code;

@@ -7,7 +7,9 @@
 //       the same handler served in-process through listen() from dist/index.js (`h1`: only
 //       reversed HTTP/1.1, `connections` of them); prints `READY <protocol>` once online
 //   node test/bench/service.mjs proxy <backendPort> <connections>
-//       reference row: a minimal node:http keep-alive forward proxy; prints `READY <port>`
+//       reference row: a minimal node:http server + http.request keep-alive proxy; prints `READY <port>`
+//   node test/bench/service.mjs undici <backendPort> <connections>
+//       reference row: a minimal node:http server + undici Pool.dispatch proxy; prints `READY <port>`
 import * as http from 'node:http';
 
 const BODY = Buffer.from('hello world');
@@ -54,7 +56,53 @@ if (mode === 'backend') {
   });
   // The same accept queue as the gateway's (see Gateway.listen).
   server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () => process.stdout.write(`READY ${server.address().port}\n`));
+} else if (mode === 'undici') {
+  // A reference, not part of ptth-proxy: node:http on the visitor side, undici's Pool on the
+  // backend side through its lowest API (dispatch with a handler: raw header arrays and body chunks,
+  // no IncomingMessage or ClientRequest), as fastify's reply-from proxies. Hop-by-hop headers are
+  // dropped both ways; the visitor closing early aborts the upstream request.
+  const [backendPort, connections] = args;
+  const { Pool } = await import('undici');
+  const pool = new Pool(`http://127.0.0.1:${backendPort}`, { connections: Number(connections), pipelining: 1, keepAliveTimeout: 30_000 });
+  const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade']);
+  const server = http.createServer({ keepAliveTimeout: 30_000 }, (req, res) => {
+    const headers = [];
+    const raw = req.rawHeaders;
+    for (let i = 0; i < raw.length; i += 2) if (!HOP.has(raw[i].toLowerCase())) headers.push(raw[i], raw[i + 1]);
+    const body = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined ? req : null;
+    // A visitor may leave while its request waits in the pool's queue, before onConnect.
+    let gone = false;
+    let abortUpstream;
+    res.once('close', () => {
+      if (res.writableFinished) return;
+      gone = true;
+      abortUpstream?.(new Error('visitor gone'));
+    });
+    pool.dispatch({ path: req.url, method: req.method, headers, body }, {
+      onConnect(abort) {
+        if (gone) abort(new Error('visitor gone'));
+        else abortUpstream = abort;
+      },
+      onHeaders(status, rawHeaders, resume) {
+        const out = [];
+        for (let i = 0; i < rawHeaders.length; i += 2) {
+          const name = rawHeaders[i].toString('latin1');
+          if (!HOP.has(name.toLowerCase())) out.push(name, rawHeaders[i + 1].toString('latin1'));
+        }
+        res.writeHead(status, out);
+        res.on('drain', resume);
+        return true;
+      },
+      onData: (chunk) => res.write(chunk),
+      onComplete: () => res.end(),
+      onError(err) {
+        if (res.headersSent) res.destroy(err);
+        else res.writeHead(502).end();
+      },
+    });
+  });
+  server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () => process.stdout.write(`READY ${server.address().port}\n`));
 } else {
-  process.stderr.write('usage: service.mjs backend | app <gatewayUrl> <name> <connections> [h1] | proxy <backendPort> <connections>\n');
+  process.stderr.write('usage: service.mjs backend | app <gatewayUrl> <name> <connections> [h1] | proxy|undici <backendPort> <connections>\n');
   process.exit(2);
 }

@@ -1,4 +1,5 @@
-// Child process of test/bench/stream.ts: an app that sinks uploads and sources downloads.
+// Child process of test/bench/stream.ts: an app that sinks uploads (any method but GET: curl -T
+// sends PUT) and sources downloads.
 //   node stream-service.mjs backend                       -> READY <port>
 //   node stream-service.mjs app <gatewayUrl> <name> <h1|h2> -> READY <protocol>
 import * as http from 'node:http';
@@ -6,7 +7,7 @@ import * as http from 'node:http';
 const CHUNK = Buffer.alloc(256 * 1024, 'ptth-proxy streaming benchmark ');
 
 function handler(req, res) {
-  if (req.method === 'POST') {
+  if (req.method !== 'GET') {
     let size = 0;
     req.on('data', (c) => (size += c.length));
     req.on('end', () => res.end(String(size)));

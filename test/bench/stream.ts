@@ -1,14 +1,19 @@
 /**
- * Streaming row: 1 GiB uploaded and 1 GiB downloaded through the gateway (app in its own process,
+ * Streaming rows: 1 GiB uploaded and 1 GiB downloaded through the gateway (app in its own process,
  * served through listen()), against the same transfers straight to a backend on loopback, in one
  * run; the gateway's RSS is sampled throughout. Only 127.0.0.1.
+ *
+ * runConnectStream: 256 MiB each way through `ptth-proxy connect` (its defaults) against the same
+ * transfers straight to the backend, with curl when it is installed (else node's http client).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import * as http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BIN, serveArgs } from './flags.js';
 
-const BIN = fileURLToPath(new URL('../../bin/ptth-proxy.js', import.meta.url));
 const SERVICE = fileURLToPath(new URL('./stream-service.mjs', import.meta.url));
 const CHUNK = Buffer.alloc(256 * 1024, 'upload ');
 
@@ -28,14 +33,19 @@ function rss(pid: number): number {
   }
 }
 
+/** Starts `node ...args`; resolves on the first stdout match of `ready`, then drains stdout (access log lines). */
 function start(args: string[], ready: RegExp): Promise<{ child: ChildProcess; match: RegExpMatchArray }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
+    let out: string | undefined = '';
     child.stdout?.on('data', (c: Buffer) => {
+      if (out === undefined) return;
       out += c.toString();
       const m = out.match(ready);
-      if (m) resolve({ child, match: m });
+      if (m) {
+        out = undefined;
+        resolve({ child, match: m });
+      }
     });
     child.once('exit', (code) => reject(new Error(`${args.join(' ')} exited with ${String(code)}`)));
   });
@@ -100,7 +110,7 @@ export async function runStream(bytes = 2 ** 30): Promise<StreamRow[]> {
       downloadMiBps: await download(bport, `127.0.0.1:${bport}`, bytes),
       rssGrowthMiB: undefined,
     });
-    const gw = await start([BIN, 'serve', '--port', '0', '--host', '127.0.0.1', '--quiet'], /listening on [^\n]*:(\d+)/);
+    const gw = await start(serveArgs(), /listening on [^\n]*:(\d+)/);
     children.push(gw.child);
     const gport = Number(gw.match[1]);
     for (const proto of ['h1', 'h2'] as const) {
@@ -128,8 +138,96 @@ export async function runStream(bytes = 2 ** 30): Promise<StreamRow[]> {
   }
 }
 
+function hasCurl(): boolean {
+  const r = spawnSync('curl', ['--version'], { stdio: 'ignore' });
+  return r.status === 0;
+}
+
+/** Runs curl; resolves with its stdout, rejects on a non-zero exit. */
+function curl(args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('curl', ['-sS', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    child.once('error', reject);
+    child.once('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`curl ${args.join(' ')}: exit ${String(code)}: ${err.trim()}`))));
+  });
+}
+
+/**
+ * curl -T of a file (in the page cache: the source costs next to nothing) with `Expect:` off, so that no row waits out curl's one-second wait for a `100 Continue`.
+ */
+async function curlUpload(port: number, host: string, file: string, bytes: number): Promise<number> {
+  const out = await curl(['-o', '-', '-w', '\n%{http_code} %{time_total}', '-H', 'Expect:', '-H', `Host: ${host}`, '-T', file, `http://127.0.0.1:${port}/up`]);
+  const [body = '', last = ''] = out.split('\n');
+  const [code, seconds] = last.split(' ');
+  if (code !== '200' || Number(body) !== bytes) throw new Error(`upload: ${String(code)}, the app counted ${body} bytes, not ${bytes}`);
+  return bytes / 2 ** 20 / Number(seconds);
+}
+
+async function curlDownload(port: number, host: string, bytes: number): Promise<number> {
+  const out = await curl(['-o', '/dev/null', '-w', '%{http_code} %{size_download} %{time_total}', '-H', `Host: ${host}`, `http://127.0.0.1:${port}/down?bytes=${bytes}`]);
+  const [code, size, seconds] = out.trim().split(' ');
+  if (code !== '200' || Number(size) !== bytes) throw new Error(`download: ${String(code)}, got ${String(size)} bytes, not ${bytes}`);
+  return bytes / 2 ** 20 / Number(seconds);
+}
+
+export interface ConnectStream {
+  tool: 'curl' | 'node';
+  rows: StreamRow[];
+}
+
+/** `bytes` up and down straight to the backend, then through the gateway and `ptth-proxy connect` with its defaults. */
+export async function runConnectStream(bytes = 256 * 2 ** 20): Promise<ConnectStream> {
+  const children: ChildProcess[] = [];
+  const tool = hasCurl() ? 'curl' : 'node';
+  const file = join(tmpdir(), `ptth-bench-${process.pid}-${bytes}.bin`);
+  try {
+    if (tool === 'curl') {
+      // Written, not sparse: curl read a sparse file at a third of the speed of one in the page cache.
+      const fd = openSync(file, 'w');
+      for (let left = bytes; left > 0; left -= CHUNK.length) writeSync(fd, CHUNK, 0, Math.min(left, CHUNK.length));
+      closeSync(fd);
+    }
+    const up = (port: number, host: string): Promise<number> =>
+      tool === 'curl' ? curlUpload(port, host, file, bytes) : upload(port, host, bytes);
+    const down = (port: number, host: string): Promise<number> =>
+      tool === 'curl' ? curlDownload(port, host, bytes) : download(port, host, bytes);
+    const backend = await start([SERVICE, 'backend'], /READY (\d+)/);
+    children.push(backend.child);
+    const bport = Number(backend.match[1]);
+    const rows: StreamRow[] = [];
+    const direct = `127.0.0.1:${bport}`;
+    rows.push({ row: 'direct', uploadMiBps: await up(bport, direct), downloadMiBps: await down(bport, direct), rssGrowthMiB: undefined });
+    const gw = await start(serveArgs(), /listening on [^\n]*:(\d+)/);
+    children.push(gw.child);
+    const gport = Number(gw.match[1]);
+    const name = 'stream-connect';
+    const client = await start([BIN, 'connect', direct, '--gateway', `http://127.0.0.1:${gport}`, '--name', name], /^Forwarding /m);
+    children.push(client.child);
+    const pid = gw.child.pid as number;
+    const before = rss(pid);
+    let peak = before;
+    const timer = setInterval(() => (peak = Math.max(peak, rss(pid))), 100);
+    const host = `${name}.localhost:${gport}`;
+    try {
+      rows.push({ row: 'through gateway and `connect`', uploadMiBps: await up(gport, host), downloadMiBps: await down(gport, host), rssGrowthMiB: 0 });
+    } finally {
+      clearInterval(timer);
+    }
+    (rows[1] as StreamRow).rssGrowthMiB = (peak - before) / 2 ** 20;
+    return { tool, rows };
+  } finally {
+    for (const c of children) c.kill('SIGKILL');
+    rmSync(file, { force: true });
+  }
+}
+
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  runStream(Number(process.argv[2] ?? 2 ** 30)).then(
+  const bytes = Number(process.argv[2] ?? 2 ** 30);
+  (process.argv[3] === 'connect' ? runConnectStream(bytes).then((r) => r.rows) : runStream(bytes)).then(
     (rows) => console.table(rows),
     (err: unknown) => {
       console.error(err);
