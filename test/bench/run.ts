@@ -782,6 +782,12 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
       `${int(h1q?.rps)} req/s = ${logCost === undefined ? 'n/a' : `${logCost.toFixed(1)} %`}: ${verdict(logCost === undefined ? undefined : logCost <= 10)}` +
       (logCostH2 !== undefined ? ` (listen() over HTTP/2: ${logCostH2.toFixed(1)} %)` : ''),
   );
+  // req/s ratios swing on a shared machine; the gateway's own CPU per request much less.
+  const cpuCost = (a: Row | undefined, q: Row | undefined): string => {
+    const ratio = x(a?.us.gateway, q?.us.gateway);
+    return ratio === undefined ? 'n/a' : `${int(a?.us.gateway)} against ${int(q?.us.gateway)} µs (${ratio >= 1 ? '+' : ''}${(100 * (ratio - 1)).toFixed(0)} %)`;
+  };
+  lines.push(`  gateway CPU per request with the access log against -q: listen() http1 ${cpuCost(h1, h1q)}, listen() ${cpuCost(h2, h2q)}`);
   const cus = c50?.us.connect;
   lines.push(
     `- connect in its default mode spends at most 20 µs of CPU per request (50 visitors; channels ${via['connect'] ?? '?'}): ` +
