@@ -852,7 +852,10 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
 // Main
 
 async function main(): Promise<number> {
-  if (!WRK) log('bench: wrk is not installed (apt-get install wrk): falling back to autocannon, which takes a core of its own and flattens every ratio');
+  if (!WRK) {
+    const why = process.env['BENCH_LOAD'] === 'autocannon' ? 'BENCH_LOAD=autocannon' : 'wrk is not installed (apt-get install wrk)';
+    log(`bench: ${why}: the load comes from autocannon, which takes a core of its own on a small machine and flattens every ratio`);
+  }
   const backend = await start('backend', 'backend', ['test/bench/service.mjs', 'backend'], /^READY (\d+)$/);
   const backendPort = Number(backend.match[1]);
   const ready = /gateway listening on 127\.0\.0\.1:(\d+)/;
