@@ -755,6 +755,11 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
   const x = (a: number | undefined, b: number | undefined): number | undefined =>
     a !== undefined && b !== undefined && b > 0 && Number.isFinite(a) && Number.isFinite(b) ? a / b : undefined;
   const fx = (v: number | undefined): string => (v === undefined ? 'n/a' : `${v.toFixed(2)}x`);
+  /** Names the rows behind a verdict that were measured while other programs were busy. */
+  const noisy = (...used: (Row | undefined)[]): string => {
+    const names = used.filter((u): u is Row => u !== undefined && u.other > NOISE).map((u) => `${u.target.label} c=${u.concurrency}`);
+    return names.length ? ` [noisy: ${names.join(', ')}]` : '';
+  };
   const lines: string[] = [];
 
   const u50 = find(rows, 'ref-undici', 50);
@@ -769,7 +774,8 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
   lines.push(
     `- Gateway CPU per request on reversed HTTP/1.1 <= the undici reference proxy's (listen() http1, 50 visitors): ` +
       `${int(h1?.us.gateway)} against ${int(u50?.us.reference)} µs = ${fx(r)}: ${verdict(r === undefined ? undefined : r <= 1)}` +
-      (ch1 ? ` (connect --http1: ${int(ch1.us.gateway)} µs)` : ''),
+      (ch1 ? ` (connect --http1: ${int(ch1.us.gateway)} µs)` : '') +
+      noisy(h1, u50),
   );
   const cost = (a: Row | undefined, q: Row | undefined): number | undefined => {
     const ratio = x(a?.rps, q?.rps);
@@ -780,7 +786,8 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
   lines.push(
     `- The access log costs at most 10 % of throughput against -q (listen() http1, 50 visitors): ${int(h1?.rps)} against ` +
       `${int(h1q?.rps)} req/s = ${logCost === undefined ? 'n/a' : `${logCost.toFixed(1)} %`}: ${verdict(logCost === undefined ? undefined : logCost <= 10)}` +
-      (logCostH2 !== undefined ? ` (listen() over HTTP/2: ${logCostH2.toFixed(1)} %)` : ''),
+      (logCostH2 !== undefined ? ` (listen() over HTTP/2: ${logCostH2.toFixed(1)} %)` : '') +
+      noisy(h1, h1q, h2, h2q),
   );
   // req/s ratios swing on a shared machine; the gateway's own CPU per request much less.
   const cpuCost = (a: Row | undefined, q: Row | undefined): string => {
@@ -791,22 +798,23 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
   const cus = c50?.us.connect;
   lines.push(
     `- connect in its default mode spends at most 20 µs of CPU per request (50 visitors; channels ${via['connect'] ?? '?'}): ` +
-      `${int(cus)} µs: ${verdict(cus === undefined || !Number.isFinite(cus) ? undefined : cus <= 20)}`,
+      `${int(cus)} µs: ${verdict(cus === undefined || !Number.isFinite(cus) ? undefined : cus <= 20)}${noisy(c50)}`,
   );
   r = x(c50?.rps, u50?.rps);
   lines.push(
     `- connect end to end >= 0.6x the undici reference's req/s (50 visitors): ${int(c50?.rps)} against ${int(u50?.rps)} = ${fx(r)}: ` +
-      `${verdict(r === undefined ? undefined : r >= 0.6)}`,
+      `${verdict(r === undefined ? undefined : r >= 0.6)}${noisy(c50, u50)}`,
   );
   r = x(h2?.us.gateway, h1?.us.gateway);
   lines.push(
     `- Reversed HTTP/2: gateway CPU per request <= 1.5x its HTTP/1.1 path (listen() against listen() http1, 50 visitors; ` +
-      `channels ${via['listen'] ?? '?'}): ${int(h2?.us.gateway)} against ${int(h1?.us.gateway)} µs = ${fx(r)}: ${verdict(r === undefined ? undefined : r <= 1.5)}`,
+      `channels ${via['listen'] ?? '?'}): ${int(h2?.us.gateway)} against ${int(h1?.us.gateway)} µs = ${fx(r)}: ${verdict(r === undefined ? undefined : r <= 1.5)}` +
+      noisy(h2, h1),
   );
   r = x(h2?.rps, u50?.rps);
   lines.push(
     `- listen() over reversed HTTP/2 >= 0.5x the undici reference's req/s (50 visitors): ${int(h2?.rps)} against ${int(u50?.rps)} = ${fx(r)}: ` +
-      `${verdict(r === undefined ? undefined : r >= 0.5)}`,
+      `${verdict(r === undefined ? undefined : r >= 0.5)}${noisy(h2, u50)}`,
   );
   const d500 = find(rows, 'direct', 500);
   const at500 = rows.filter((row) => row.concurrency === 500 && (row.target.kind === 'listen' || row.target.kind === 'connect'));
@@ -814,7 +822,8 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
     const limit = 3 * d500.p99;
     lines.push(
       `- p99 at 500 visitors <= 3x direct's (${ms(d500.p99)} ms -> ${ms(limit)} ms): ` +
-        at500.map((row) => `${row.target.label} ${ms(row.p99)} ms (${verdict(row.p99 <= limit)})`).join(', '),
+        at500.map((row) => `${row.target.label} ${ms(row.p99)} ms (${verdict(row.p99 <= limit)})`).join(', ') +
+        noisy(d500, ...at500),
     );
   } else lines.push(`- p99 at 500 visitors <= 3x direct's: not measured`);
 
@@ -844,7 +853,8 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
   );
 
   out('');
-  out('Targets (issue 11), each computed from rows of this run (the gateway with its defaults, access log on):');
+  out('Targets (issue 11), each computed from rows of this run (the gateway with its defaults, access log on;');
+  out(`[noisy: ...] names rows measured while other programs used over ${NOISE} % of a core):`);
   for (const l of lines) out(l);
 }
 
