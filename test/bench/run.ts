@@ -27,7 +27,8 @@
  *
  * Knobs: `--quick` or BENCH_QUICK=1 (1 s rows), BENCH_DURATION=<seconds> (default 5; wins over
  * quick), BENCH_CONNECTIONS=<n> (reversed HTTP/1.1 connections, default 50: one per visitor
- * connection, as one reversed HTTP/1.1 connection carries one request at a time), BENCH_LOAD=autocannon
+ * connection, as one reversed HTTP/1.1 connection carries one request at a time), BENCH_NODE=<path to node> (the node that runs every
+ * process of the product and its peers, default this one), BENCH_LOAD=autocannon
  * (use autocannon even when wrk is installed).
  * Exits 1 if any measured row saw errors, timeouts, non-2xx or wrong bodies, or a process died.
  */
@@ -38,7 +39,7 @@ import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { EventEmitter } from 'node:events';
-import { BIN, serveArgs } from './flags.js';
+import { BIN, NODE, nodeVersion, serveArgs } from './flags.js';
 import type { ConnectStream, StreamRow } from './stream.js';
 import type { ScaleResult } from './scale.js';
 
@@ -135,7 +136,7 @@ const KEEP_ERR = 200;
 
 /** Starts `node ...args` in ROOT and resolves with the first stdout line matching `ready`; stdout is drained from then on. */
 function start(label: string, group: Group, args: string[], ready: RegExp): Promise<{ proc: Proc; match: RegExpMatchArray }> {
-  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(NODE, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   const proc: Proc = { label, group, child, pid: child.pid ?? 0, outTail: '', stderr: [], exited: false };
   procs.push(proc);
   return new Promise((resolve, reject) => {
@@ -628,7 +629,7 @@ function find(rows: Row[], id: TargetId, concurrency: number): Row | undefined {
 function reportRows(rows: Row[], rss: { before: number | undefined; peak: number; after: number | undefined }, notes: string[]): void {
   out('');
   out(
-    `ptth-proxy benchmark: node ${process.version}, ${availableParallelism()} cores, load by ${WRK ? 'wrk -t1' : 'autocannon'}, ` +
+    `ptth-proxy benchmark: node ${nodeVersion()}${NODE === process.execPath ? "" : " (BENCH_NODE)"}, ${availableParallelism()} cores, load by ${WRK ? 'wrk -t1' : 'autocannon'}, ` +
       `${DURATION} s per row after a ${WARMUP} s warm-up, pipelining 1, GET / -> ${BODY.length}-byte body`,
   );
   for (const note of notes) out(note);

@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { fileURLToPath } from 'node:url';
 
+import { NODE } from './flags.js';
 const BIN = fileURLToPath(new URL('../../bin/ptth-proxy.js', import.meta.url));
 
 export interface ScaleResult {
@@ -26,7 +27,7 @@ function rss(pid: number): number {
 
 function startGateway(): Promise<{ child: ChildProcess; port: number }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--host', '127.0.0.1', '--quiet', '--max-channels', '4'], {
+    const child = spawn(NODE, [BIN, 'serve', '--port', '0', '--host', '127.0.0.1', '--quiet', '--max-channels', '4'], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     let out = '';

@@ -12,7 +12,7 @@ import * as http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BIN, serveArgs } from './flags.js';
+import { BIN, NODE, serveArgs } from './flags.js';
 
 const SERVICE = fileURLToPath(new URL('./stream-service.mjs', import.meta.url));
 const CHUNK = Buffer.alloc(256 * 1024, 'upload ');
@@ -36,7 +36,7 @@ function rss(pid: number): number {
 /** Starts `node ...args`; resolves on the first stdout match of `ready`, then drains stdout (access log lines). */
 function start(args: string[], ready: RegExp): Promise<{ child: ChildProcess; match: RegExpMatchArray }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(NODE, args, { stdio: ['ignore', 'pipe', 'inherit'] });
     let out: string | undefined = '';
     child.stdout?.on('data', (c: Buffer) => {
       if (out === undefined) return;
