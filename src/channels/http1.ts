@@ -236,8 +236,8 @@ function withoutHeaders(raw: readonly string[], ...names: string[]): string[] {
 /**
  * One visitor request down a channel, from dispatch to its end: undici's handler for it (the
  * legacy callbacks, which undici calls directly) and the one owner of its state and timers.
- * Exactly one of three endings: `finish` (the channel is free again), `handBack` (the request is
- * retried elsewhere), or both after a failure reported through `fail`.
+ * Exactly one ending: `finish` (after an answer, or a failure reported through `fail`; `ex.done`
+ * runs and the channel may take the next request), or `handBack` (the request is retried elsewhere).
  */
 class H1Exchange {
   readonly channel: Http1Channel;
@@ -253,13 +253,15 @@ class H1Exchange {
   /** The whole request (head and body) is down the channel. */
   sent = false;
   timer: NodeJS.Timeout | undefined = undefined;
-  /** undici's parser, paused by this exchange: resumed by `#resume`. */
+  /** Resumes undici's parser after this exchange paused it (see `resume`). */
   resumeParser: (() => void) | undefined = undefined;
   /** Paused for the visitor to drain. */
   waitDrain = false;
   /** Paused until the request body is down (see onData). */
   waitUpload = false;
   stallTimer: NodeJS.Timeout | undefined = undefined;
+  onUploadPause: (() => void) | undefined = undefined;
+  onUploadDrain: (() => void) | undefined = undefined;
 
   constructor(channel: Http1Channel, ex: Exchange) {
     this.channel = channel;
@@ -271,10 +273,7 @@ class H1Exchange {
     this.readBefore = channel.socket.bytesRead;
     this.replayable = !this.hasBody && channel.served > 0 && IDEMPOTENT.has(ex.req.method as string);
     ex.res.on('close', this.onVisitorClose);
-    if (this.hasBody) {
-      ex.req.on('pause', this.onUploadPause);
-      channel.socket.on('drain', this.onUploadDrain);
-    }
+    if (this.hasBody) this.watchUpload();
   }
 
   // --- undici's handler ---------------------------------------------------------------------
@@ -290,11 +289,11 @@ class H1Exchange {
     this.sent = true;
     this.unwatchUpload();
     if (this.done) return;
-    if (!this.responded) this.timer = setTimeout(this.onTimeout, this.channel.options.responseTimeout);
+    if (!this.responded) this.timer = setTimeout(exchangeTimeout, this.channel.options.responseTimeout, this);
     else if (this.waitUpload) {
       this.waitUpload = false;
       // undici marks the writing over only after this returns.
-      process.nextTick(this.resume);
+      process.nextTick(resumeExchange, this);
     }
   }
 
@@ -349,7 +348,10 @@ class H1Exchange {
     const more = this.res.write(chunk);
     if (!more) {
       this.waitDrain = true;
-      this.res.once('drain', this.onVisitorDrain);
+      this.res.once('drain', () => {
+        this.waitDrain = false;
+        this.resume();
+      });
     }
     // While the upload goes on, the response is held after each chunk: its end must wait for the
     // body (see onHeaders), and a chunk cannot tell whether it is the last one.
@@ -394,7 +396,7 @@ class H1Exchange {
     // The channel closed under the request. On a channel that had already served requests this is
     // the race every HTTP client meets on a reused connection (the app closed it as idle while the
     // request was on its way): the request is replayed once if it can be (idempotent, no body) and
-    // nothing of an answer came (docs/PROTOCOL.md section 2). On a fresh channel it is the app
+    // nothing of an answer came (docs/PROTOCOL.md section 3.3). On a fresh channel it is the app
     // failing, and the visitor learns so.
     this.closeChannel();
     if (ex.retry && this.replayable && this.channel.socket.bytesRead === this.readBefore) {
@@ -407,11 +409,12 @@ class H1Exchange {
 
   // --- the exchange's own events -------------------------------------------------------------
 
-  onTimeout = (): void => {
+  onTimeout(): void {
     this.timer = undefined;
     this.fail(new PtthError('PTTH_ERR_APP_TIMEOUT'));
-  };
+  }
 
+  // The one closure every exchange needs (a listener on the visitor's response).
   onVisitorClose = (): void => {
     // The visitor left before the response finished: the channel is mid-message.
     if (this.done || this.res.writableFinished) return;
@@ -419,32 +422,30 @@ class H1Exchange {
     this.finish();
   };
 
-  onVisitorDrain = (): void => {
-    this.waitDrain = false;
-    this.resume();
-  };
-
-  resume = (): void => {
+  resume(): void {
     if (this.done || this.waitDrain || this.waitUpload) return;
     this.resumeParser?.();
-  };
+  }
 
   /**
    * The upload stall watch: undici pauses the visitor's body when the socket refuses more and
    * resumes it on 'drain'. A pause that no drain ends within responseTimeout is an app that
    * stopped reading (the response timer only starts once the body is sent).
    */
-  onUploadPause = (): void => {
-    if (this.stallTimer || !this.channel.socket.writableNeedDrain) return;
-    this.stallTimer = setTimeout(this.onStall, this.channel.options.responseTimeout);
-  };
+  watchUpload(): void {
+    this.onUploadPause = () => {
+      if (this.stallTimer || !this.channel.socket.writableNeedDrain) return;
+      this.stallTimer = setTimeout(exchangeStall, this.channel.options.responseTimeout, this);
+    };
+    this.onUploadDrain = () => {
+      if (this.stallTimer) clearTimeout(this.stallTimer);
+      this.stallTimer = undefined;
+    };
+    this.ex.req.on('pause', this.onUploadPause);
+    this.channel.socket.on('drain', this.onUploadDrain);
+  }
 
-  onUploadDrain = (): void => {
-    if (this.stallTimer) clearTimeout(this.stallTimer);
-    this.stallTimer = undefined;
-  };
-
-  onStall = (): void => {
+  onStall(): void {
     this.stallTimer = undefined;
     if (this.responded) {
       // Mid-message either way: the connection cannot carry another request.
@@ -477,10 +478,11 @@ class H1Exchange {
   }
 
   unwatchUpload(): void {
-    if (!this.hasBody) return;
+    if (!this.onUploadPause || !this.onUploadDrain) return;
     this.onUploadDrain();
     this.ex.req.removeListener('pause', this.onUploadPause);
     this.channel.socket.removeListener('drain', this.onUploadDrain);
+    this.onUploadPause = this.onUploadDrain = undefined;
   }
 
   finish(): void {
@@ -506,6 +508,16 @@ function declaresLength(headers: readonly string[]): boolean {
     if (name.length === 14 && name.toLowerCase() === 'content-length') return (headers[i + 1] as string).trim() !== '0';
   }
   return false;
+}
+
+function exchangeTimeout(x: H1Exchange): void {
+  x.onTimeout();
+}
+function exchangeStall(x: H1Exchange): void {
+  x.onStall();
+}
+function resumeExchange(x: H1Exchange): void {
+  x.resume();
 }
 
 /** Whether a response's head is all of it (no body follows), per RFC 9112 section 6.3. */

@@ -304,6 +304,8 @@ describe('requests and answers undici frames or refuses by itself', () => {
     expect(r.body).toBe('fine');
     expect(app.heads[0]).not.toMatch(/\r\nexpect:/i);
     // The channel is still there for the next request.
+    await until(() => gw.gateway.table.lookup(name)?.channels[0]?.available === true, 2_000, 'the channel to be free');
+    expect(gw.gateway.table.lookup(name)?.channels.length).toBe(1);
     expect((await visit(name, '/next')).status).toBe(200);
   });
 
