@@ -319,3 +319,44 @@ describe('requests and answers undici frames or refuses by itself', () => {
     await until(() => (gw.gateway.table.lookup(name)?.channels.length ?? 0) === 0, 2_000, 'the channel to close');
   });
 });
+
+describe('an answer before the end of the upload', () => {
+  it.each([
+    ['a chunked 413', 'HTTP/1.1 413 Payload Too Large\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n', '0\r\n\r\n', 'first'],
+    ['a 204', 'HTTP/1.1 204 No Content\r\nX-Early: yes\r\n\r\n', '', 'x-early: yes'],
+  ])('%s: the visitor has it at once, its end waits for the body, the channel stays', async (_label, start, end, expectFirst) => {
+    const name = fresh('early');
+    const app = await claim(name);
+    let seen = '';
+    app.on('data', (d: Buffer) => {
+      seen += d.toString('latin1');
+    });
+    app.resume();
+    const visitor = await rawConnect(gw.port);
+    sockets.push(visitor);
+    visitor.write(`POST /up HTTP/1.1\r\nHost: ${gw.host(name)}\r\nContent-Length: 10\r\n\r\nhello`);
+    await until(() => seen.includes('hello'), 2_000, 'the start of the upload at the app');
+    app.write(start);
+    const first = (await readUntil(visitor, (b) => b.toString('latin1').toLowerCase().includes(expectFirst), 2_000)).toString('latin1');
+    expect(first.toLowerCase()).toContain(expectFirst);
+    if (end) {
+      // The gateway has read the end of the answer before the rest of the upload comes.
+      const ch = gw.gateway.table.lookup(name)?.channels[0] as unknown as { socket: net.Socket };
+      const before = ch.socket.bytesRead;
+      app.write(end);
+      await until(() => ch.socket.bytesRead >= before + end.length, 2_000, 'the end of the answer at the gateway');
+    }
+    // The rest of the upload goes down the same channel; then the channel takes the next request.
+    visitor.write('world');
+    await until(() => seen.endsWith('helloworld'), 2_000, 'the rest of the upload at the app');
+    if (end) {
+      const rest = await readUntil(visitor, (b) => b.toString('latin1').endsWith('0\r\n\r\n'), 2_000);
+      expect(rest.toString('latin1')).toMatch(/0\r\n\r\n$/);
+    }
+    await until(() => gw.gateway.table.lookup(name)?.channels[0]?.available === true, 2_000, 'the channel to be free');
+    const next = visit(name, '/next');
+    await until(() => seen.includes('GET /next'), 2_000, 'the next request at the app');
+    app.write(ok('next'));
+    expect((await next).body).toBe('next');
+  });
+});
