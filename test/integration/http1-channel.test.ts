@@ -309,6 +309,19 @@ describe('requests and answers undici frames or refuses by itself', () => {
     expect((await visit(name, '/next')).status).toBe(200);
   });
 
+  it('OPTIONS * cannot go down a reversed HTTP/1.1 channel: 400 PTTH_ERR_BAD_PARAMS, the channel stays', async () => {
+    const name = fresh('star');
+    const app = serve(await claim(name), () => ok('fine'));
+    const visitor = await rawConnect(gw.port);
+    sockets.push(visitor);
+    visitor.write(`OPTIONS * HTTP/1.1\r\nHost: ${gw.host(name)}\r\n\r\n`);
+    const got = (await readUntil(visitor, (b) => b.includes('PTTH_ERR_BAD_PARAMS'), 2_000)).toString('latin1');
+    expect(got).toMatch(/^HTTP\/1\.1 400 /);
+    expect(got).toContain('PTTH_ERR_BAD_PARAMS');
+    expect(app.heads).toEqual([]);
+    expect((await visit(name, '/next')).status).toBe(200);
+  });
+
   it('a 304 with a Content-Length reaches the visitor; the channel is closed rather than failed by undici', async () => {
     const name = fresh('304');
     const app = serve(await claim(name), () => 'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\nContent-Length: 10\r\n\r\n');
