@@ -32,6 +32,12 @@ export const SPLICE_CONNECTIONS = 32;
 
 function noop(): void {}
 
+/**
+ * Bytes a side may hold unwritten before the other side stops reading. A socket's own mark (16
+ * KiB) is below one read (64 KiB): every chunk of a large body would stop and restart reading.
+ */
+const BUFFERED = 512 * 1024;
+
 /** Whether the local service can be reached byte for byte: a base path needs a parsing hop to add it. */
 export function canSplice(target: URL): boolean {
   return (target.protocol === 'http:' || target.protocol === 'https:') && target.pathname === '/' && target.search === '';
@@ -121,7 +127,8 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
         // gateway -> local service: requests (and an upgraded connection's bytes)
         a.on('data', (chunk: Buffer) => {
           pending = true;
-          if (!b.write(chunk)) a.pause();
+          quiet = false;
+          if (!b.write(chunk) && b.writableLength > BUFFERED) a.pause();
         });
         b.on('drain', () => a.resume());
         a.on('end', () => b.end());
@@ -131,11 +138,12 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
           // The first bytes of an answer: `HTTP/1.1 101 ` takes the channel for good (a WebSocket).
           if (pending && !upgraded && chunk.length >= 13 && chunk[9] === 0x31 && chunk[10] === 0x30 && chunk[11] === 0x31 && chunk[12] === 0x20 && chunk.subarray(0, 8).toString('latin1').startsWith('HTTP/1.')) {
             upgraded = true;
-            a.setTimeout(0);
+            clearInterval(idle);
             control.consumed();
           }
           pending = false;
-          if (!a.write(chunk)) b.pause();
+          quiet = false;
+          if (!a.write(chunk) && a.writableLength > BUFFERED) b.pause();
         });
         a.on('drain', () => b.resume());
         b.on('end', () => a.end());
@@ -144,16 +152,22 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
         b.on('close', () => {
           if (!a.writableEnded) a.destroy();
         });
-        if (idleTimeout > 0) {
-          // Re-armed by every byte either way (both pass through the channel).
-          a.setTimeout(idleTimeout);
-          a.on('timeout', () => {
-            if (!pending && !upgraded && control.shrinkable()) {
-              a.destroy();
-              b.destroy();
-            }
-          });
-        }
+        // Idle: no bytes either way for a whole period (so between one and two idle times), and
+        // no request awaiting its answer. A flag per chunk, not a socket timeout re-armed per read
+        // and write: this is the hot path.
+        let quiet = true;
+        const idle =
+          idleTimeout > 0
+            ? setInterval(() => {
+                if (quiet && !pending && control.shrinkable()) {
+                  a.destroy();
+                  b.destroy();
+                }
+                quiet = true;
+              }, idleTimeout)
+            : undefined;
+        idle?.unref();
+        a.once('close', () => clearInterval(idle));
         a.resume();
       };
 
