@@ -68,7 +68,10 @@ export interface ChannelControl {
   bound(): void;
   /** The channel was taken by an upgrade (a WebSocket): it leaves the pool, a fresh one replaces it. */
   consumed(): void;
-  /** Whether the pool holds more channels than its spares, so that an idle bound one may close. */
+  /**
+   * Whether this idle channel may close: a bound one while the pool holds more than its spares, a
+   * spare one while there are more spares than the pool keeps beside the bound channels.
+   */
   shrinkable(): boolean;
 }
 
@@ -424,7 +427,11 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
           this.#bound.delete(socket);
           this.#consumed(socket);
         },
-        shrinkable: () => this.#live.size > (this.#splicer?.spare ?? 0),
+        shrinkable: () => {
+          const spare = this.#splicer?.spare ?? 0;
+          if (this.#bound.has(socket)) return this.#live.size > spare;
+          return this.#live.size - this.#bound.size > spare;
+        },
       };
       this.#spliced.set(socket, this.#splicer.attach(socket, control));
     } else this.#server.emit('connection', socket);

@@ -18,7 +18,10 @@ export interface SpliceOptions {
    * could not (refused, unknown host...), undefined when it could.
    */
   onReach?: (err: NodeJS.ErrnoException | undefined) => void;
-  /** Idle channels kept open beside the spliced ones, for the next requests (default 2). */
+  /**
+   * Idle channels kept open beside the spliced ones, for the next requests (default 4): a burst
+   * grows the pool by this many per claim round trip.
+   */
   spare?: number;
   /**
    * Milliseconds a spliced channel may carry no bytes, after an answer, before it closes while
@@ -28,7 +31,7 @@ export interface SpliceOptions {
 }
 
 /** `connect`'s pool size when splicing: most reversed connections (the pool grows to it with demand). */
-export const SPLICE_CONNECTIONS = 32;
+export const SPLICE_CONNECTIONS = 64;
 
 function noop(): void {}
 
@@ -49,7 +52,7 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
   const host = target.hostname.replace(/^\[|\]$/g, '');
   const secure = target.protocol === 'https:';
   const port = Number(target.port || (secure ? 443 : 80));
-  const spare = options.spare ?? 2;
+  const spare = options.spare ?? 4;
   if (!Number.isInteger(spare) || spare < 1) throw new TypeError('spare must be a whole number >= 1');
   const idleTimeout = options.idleTimeout ?? 120_000;
   const onReach = options.onReach;
@@ -84,6 +87,24 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
       channel.once('end', onEnd);
       /** A request went down and no answer byte came back since: never closed for being idle. */
       let pending = false;
+      /** No bytes either way since the last idle check. */
+      let quiet = true;
+      let local: Socket | undefined;
+      // Idle: no bytes either way for a whole period (so between one and two idle times), and no
+      // request awaiting its answer. A flag per chunk, not a socket timeout re-armed per read and
+      // write: this is the hot path. Spares beyond what the pool keeps close the same way.
+      const idle =
+        idleTimeout > 0
+          ? setInterval(() => {
+              if (quiet && !pending && control.shrinkable()) {
+                channel.destroy();
+                local?.destroy();
+              }
+              quiet = true;
+            }, idleTimeout)
+          : undefined;
+      idle?.unref();
+      channel.once('close', () => clearInterval(idle));
       const onFirst = (first: Buffer): void => {
         channel.removeListener('data', onFirst);
         channel.removeListener('end', onEnd);
@@ -93,21 +114,23 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
         channel.pause();
         pending = true;
         control.bound();
-        const local = dial();
-        local.on('error', noop);
+        quiet = false;
+        const conn = dial();
+        local = conn;
+        conn.on('error', noop);
         let joined = false;
         const onClose = (): void => {
-          local.destroy();
+          conn.destroy();
         };
         channel.once('close', onClose);
-        local.once(secure ? 'secureConnect' : 'connect', () => {
+        conn.once(secure ? 'secureConnect' : 'connect', () => {
           joined = true;
           onReach?.(undefined);
-          local.setNoDelay(true);
-          local.write(first);
-          join(channel, local);
+          conn.setNoDelay(true);
+          conn.write(first);
+          join(channel, conn);
         });
-        local.once('error', (err: NodeJS.ErrnoException) => {
+        conn.once('error', (err: NodeJS.ErrnoException) => {
           if (joined) return;
           channel.removeListener('close', onClose);
           if (err.code !== undefined && UNREACHABLE.has(err.code)) onReach?.(err);
@@ -152,22 +175,6 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
         b.on('close', () => {
           if (!a.writableEnded) a.destroy();
         });
-        // Idle: no bytes either way for a whole period (so between one and two idle times), and
-        // no request awaiting its answer. A flag per chunk, not a socket timeout re-armed per read
-        // and write: this is the hot path.
-        let quiet = true;
-        const idle =
-          idleTimeout > 0
-            ? setInterval(() => {
-                if (quiet && !pending && control.shrinkable()) {
-                  a.destroy();
-                  b.destroy();
-                }
-                quiet = true;
-              }, idleTimeout)
-            : undefined;
-        idle?.unref();
-        a.once('close', () => clearInterval(idle));
         a.resume();
       };
 
