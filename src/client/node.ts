@@ -79,8 +79,11 @@ export interface ChannelControl {
 export interface Splicer {
   /** Idle (not yet bound) channels kept open beside the bound ones. */
   readonly spare: number;
-  /** Takes a live channel; its first bytes (the head read past the 101) are already unshifted. */
-  attach(channel: Socket, control: ChannelControl): { pending(): boolean };
+  /**
+   * Takes a live channel; its first bytes (the head read past the 101) are already unshifted.
+   * `close()` ends the channel at once, or after the answer in flight on it.
+   */
+  attach(channel: Socket, control: ChannelControl): { close(): void };
 }
 
 /** Claim refusals that retrying cannot fix: the tunnel stops and reports them. */
@@ -151,8 +154,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   #splicer: Splicer | undefined;
   /** Channels the splicer has joined to a local connection. */
   #bound = new Set<Socket>();
-  /** How to ask the splicer whether a channel awaits an answer. */
-  #spliced = new WeakMap<Socket, { pending(): boolean }>();
+  /** How to close a channel given to the splicer. */
+  #spliced = new WeakMap<Socket, { close(): void }>();
   /** What the gateway speaks, learnt from the first 101: undefined until then. */
   #mode: Kind | undefined;
   #timers = new Set<NodeJS.Timeout>();
@@ -602,7 +605,9 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       if (kind === 'h2') this.#sessions.get(s)?.close(); // GOAWAY: streams in flight finish
       else if (this.#splicer) {
         // A spliced channel is closed at once unless a request went down it and no answer came yet.
-        if (!this.#spliced.get(s)?.pending()) s.destroy();
+        const spliced = this.#spliced.get(s);
+        if (spliced) spliced.close();
+        else s.destroy();
       } else if ((this.#busy.get(s) ?? 0) === 0) s.destroy();
     }
     const deadline = Date.now() + (options.graceMs ?? 5_000);

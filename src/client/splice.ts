@@ -90,6 +90,8 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
       /** No bytes either way since the last idle check. */
       let quiet = true;
       let local: Socket | undefined;
+      /** The tunnel is closing: the channel goes once the answer in flight has come. */
+      let closing = false;
       // Idle: no bytes either way for a whole period (so between one and two idle times), and no
       // request awaiting its answer. A flag per chunk, not a socket timeout re-armed per read and
       // write: this is the hot path. Spares beyond what the pool keeps close the same way.
@@ -166,6 +168,9 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
           }
           pending = false;
           quiet = false;
+          // Closing: the request is down, its answer is coming. A FIN to the service asks it to
+          // close once that answer is out (as HTTP servers do), and the channel follows.
+          if (closing && b.writable) b.end();
           if (!a.write(chunk) && a.writableLength > BUFFERED) b.pause();
         });
         a.on('drain', () => b.resume());
@@ -179,7 +184,15 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
       };
 
       channel.on('data', onFirst);
-      return { pending: () => pending };
+      return {
+        close: () => {
+          closing = true;
+          if (!pending) {
+            channel.destroy();
+            local?.destroy();
+          }
+        },
+      };
     },
   };
 }

@@ -1,4 +1,5 @@
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
@@ -8,6 +9,7 @@ import { splice, type SpliceOptions } from '../../src/client/splice.js';
 import type { ListenOptions, Tunnel } from '../../src/client/node.js';
 import { rawConnect, readUntil, request, startGateway, until, type TestGateway } from '../helpers/index.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
+import { makeCert } from '../helpers/tls.js';
 
 /**
  * `connect`'s splice mode: reversed HTTP/1.1 channels joined byte for byte to connections to the
@@ -243,6 +245,40 @@ describe('connect splices reversed HTTP/1.1 channels to the local service', () =
     expect(g.gateway.table.lookup('grow')?.channels.length).toBe(1);
     expect((await request(g.port, { host: g.host('grow') }).then(() => 'served', () => 'failed'))).toBe('served');
   }, 20_000);
+
+  it('splices to an https: service over TLS (a self-signed certificate is accepted)', async () => {
+    const g = await gateway();
+    const cert = makeCert();
+    cleanups.push(() => cert.remove());
+    const server = https.createServer({ cert: cert.cert, key: cert.key }, (req, res) => res.end(`tls ${req.url}`));
+    const port = await listenOn(server);
+    const t = splice(new URL(`https://127.0.0.1:${port}`), { gateway: g.origin, name: 'secure', backoff: 50 });
+    cleanups.push(() => t.close({ graceMs: 200 }));
+    await t.ready();
+    for (const path of ['/a', '/b']) expect((await request(g.port, { host: g.host('secure'), path })).body).toBe(`tls ${path}`);
+  });
+
+  it('close() waits for an answer in flight on a spliced channel, and closes idle ones at once', async () => {
+    const g = await gateway();
+    let answer: (() => void) | undefined;
+    const server = http.createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
+      if (req.url === '/slow') answer = () => res.end('finished');
+      else res.end('quick');
+    });
+    const port = await listenOn(server);
+    const t = await spliced(g, port, 'bye', { connections: 4 }, { spare: 1 });
+    expect((await request(g.port, { host: g.host('bye'), path: '/quick' })).body).toBe('quick');
+    const reply = request(g.port, { host: g.host('bye'), path: '/slow' });
+    await until(() => answer !== undefined, 3_000, 'the slow request at the service');
+    const closing = t.close({ graceMs: 10_000, release: false });
+    // Only the channel with the request in flight is left.
+    await until(() => t.connections === 1, 3_000, 'idle channels closed');
+    answer?.();
+    expect((await reply).body).toBe('finished');
+    // Well before the 10 s grace (the test's own deadline is shorter): the channel closed after its answer.
+    await closing;
+    expect(t.connections).toBe(0);
+  }, 8_000);
 
   it('does not close a spliced channel for idleness while a request awaits its answer', async () => {
     const g = await gateway();
