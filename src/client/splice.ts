@@ -19,8 +19,8 @@ export interface SpliceOptions {
    */
   onReach?: (err: NodeJS.ErrnoException | undefined) => void;
   /**
-   * Idle channels kept open beside the spliced ones, for the next requests (default 4): a burst
-   * grows the pool by this many per claim round trip.
+   * Idle channels kept open beside the spliced ones, for the next requests (default 2): a burst
+   * grows the pool by this many per claim round trip. They count against a key's channel cap.
    */
   spare?: number;
   /**
@@ -52,7 +52,7 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
   const host = target.hostname.replace(/^\[|\]$/g, '');
   const secure = target.protocol === 'https:';
   const port = Number(target.port || (secure ? 443 : 80));
-  const spare = options.spare ?? 4;
+  const spare = options.spare ?? 2;
   if (!Number.isInteger(spare) || spare < 1) throw new TypeError('spare must be a whole number >= 1');
   const idleTimeout = options.idleTimeout ?? 120_000;
   const onReach = options.onReach;
