@@ -35,6 +35,18 @@ export const SPLICE_CONNECTIONS = 64;
 
 function noop(): void {}
 
+/** Whether bytes start with a `101` status line (`HTTP/1.x 101 `): a look at 13 bytes, not a parse. */
+function isSwitching(chunk: Buffer): boolean {
+  return (
+    chunk.length >= 13 &&
+    chunk[9] === 0x31 &&
+    chunk[10] === 0x30 &&
+    chunk[11] === 0x31 &&
+    chunk[12] === 0x20 &&
+    chunk.toString('latin1', 0, 7) === 'HTTP/1.'
+  );
+}
+
 /**
  * Bytes a side may hold unwritten before the other side stops reading. A socket's own mark (16
  * KiB) is below one read (64 KiB): every chunk of a large body would stop and restart reading.
@@ -66,12 +78,12 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
   const dial = (): Socket => {
     if (!secure) return net.connect({ host, port, allowHalfOpen: true });
     const socket = tls.connect({
-          host,
-          port,
-          ALPNProtocols: ['http/1.1'],
-          rejectUnauthorized: options.rejectUnauthorized ?? false,
-          ...(net.isIP(host) ? {} : { servername: host }),
-        });
+      host,
+      port,
+      ALPNProtocols: ['http/1.1'],
+      rejectUnauthorized: options.rejectUnauthorized ?? false,
+      ...(net.isIP(host) ? {} : { servername: host }),
+    });
     socket.allowHalfOpen = true;
     return socket;
   };
@@ -117,10 +129,28 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
         pending = true;
         control.bound();
         quiet = false;
-        const conn = dial();
+        let joined = false;
+        // The visitor gets a 502 and the channel closes; the rest of the request is read and dropped.
+        const refuse = (err: NodeJS.ErrnoException): void => {
+          if (err.code !== undefined && UNREACHABLE.has(err.code)) onReach?.(err);
+          pending = false;
+          channel.allowHalfOpen = false;
+          channel.on('data', noop);
+          channel.resume();
+          if (!channel.destroyed) channel.end(refusal(err));
+          const t = setTimeout(() => channel.destroy(), 2_000);
+          t.unref();
+          channel.once('close', () => clearTimeout(t));
+        };
+        let conn: Socket;
+        try {
+          conn = dial();
+        } catch (err) {
+          refuse(err as NodeJS.ErrnoException);
+          return;
+        }
         local = conn;
         conn.on('error', noop);
-        let joined = false;
         const onClose = (): void => {
           conn.destroy();
         };
@@ -135,16 +165,7 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
         conn.once('error', (err: NodeJS.ErrnoException) => {
           if (joined) return;
           channel.removeListener('close', onClose);
-          if (err.code !== undefined && UNREACHABLE.has(err.code)) onReach?.(err);
-          // The visitor gets a 502 and the channel closes; the rest of the request is read and dropped.
-          pending = false;
-          channel.allowHalfOpen = false;
-          channel.on('data', noop);
-          channel.resume();
-          if (!channel.destroyed) channel.end(refusal(err));
-          const t = setTimeout(() => channel.destroy(), 2_000);
-          t.unref();
-          channel.once('close', () => clearTimeout(t));
+          refuse(err);
         });
       };
 
@@ -161,7 +182,7 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
         // local service -> gateway: answers
         b.on('data', (chunk: Buffer) => {
           // The first bytes of an answer: `HTTP/1.1 101 ` takes the channel for good (a WebSocket).
-          if (pending && !upgraded && chunk.length >= 13 && chunk[9] === 0x31 && chunk[10] === 0x30 && chunk[11] === 0x31 && chunk[12] === 0x20 && chunk.subarray(0, 8).toString('latin1').startsWith('HTTP/1.')) {
+          if (pending && !upgraded && isSwitching(chunk)) {
             upgraded = true;
             clearInterval(idle);
             control.consumed();
