@@ -11,6 +11,7 @@ import { envName, parseValue, resolveServeConfig, SERVE_OPTIONS, type ServeConfi
 import { listen, ClaimError } from './client/node.js';
 import { createKeyEntry } from './routes/access.js';
 import { createLocalProxy, parseTarget } from './client/proxy.js';
+import { canSplice, splice, SPLICE_CONNECTIONS } from './client/splice.js';
 import { startInspector, type Inspector } from './client/inspect.js';
 import { formatLine, watchEvents, type EventWatch } from './client/requestlog.js';
 import { claimMessage } from './client/messages.js';
@@ -261,9 +262,16 @@ program
   .option('-n, --name <name>', 'name to claim (default: the gateway picks one)')
   .option('-t, --token <token>', 'secret that holds the name across restarts (default: random per run)')
   .option('-l, --lease <seconds>', 'how long the gateway keeps the name while disconnected', int(0))
-  .option('-c, --connections <n>', 'reversed HTTP/1.1 connections to keep open (over HTTP/2 one connection multiplexes)', int(1), 4)
-  .option('--rewrite-host', 'send the local service its own Host instead of the public one')
-  .option('--http1', 'speak only PTTH/1.0 (reversed HTTP/1.1), even when the gateway offers HTTP/2')
+  .option(
+    '-c, --connections <n>',
+    `most reversed HTTP/1.1 connections (default: ${SPLICE_CONNECTIONS}, the pool grows to it with demand; 4, kept open, with --rewrite-host or a base path over --http1)`,
+    int(1),
+  )
+  .option('--rewrite-host', 'send the local service its own Host instead of the public one (relays requests one by one instead of splicing)')
+  .option('--http1', 'speak only PTTH/1.0 (reversed HTTP/1.1), even when the gateway offers HTTP/2 (the default unless --rewrite-host or a base path)')
+  .option('--http2', 'relay requests over one reversed HTTP/2 connection instead of splicing reversed HTTP/1.1 connections')
+  // Tests: how long a spliced connection may sit idle before the pool shrinks (ms).
+  .addOption(new Option('--splice-idle <ms>').argParser(int(1)).hideHelp())
   .option('-q, --quiet', 'do not print a line per request')
   .addOption(
     new Option(
@@ -288,21 +296,26 @@ program
       err(`ptth-proxy connect: ${(e as Error).message}`);
       process.exit(2);
     }
+    if (o['http1'] === true && o['http2'] === true) {
+      err('ptth-proxy connect: --http1 and --http2 exclude each other');
+      process.exit(2);
+    }
     const shown = `${target.origin}${target.pathname === '/' ? '' : target.pathname}`;
     // One line when the local service stops answering, one when it is back: not one per request.
     let localDown: string | undefined;
-    const proxy = createLocalProxy(target, {
-      rewriteHost: o['rewriteHost'] === true,
-      onReach: (e) => {
-        if (e && localDown === undefined) {
-          localDown = e.code ?? e.message;
-          err(`${time()} cannot reach the local service ${shown} (${localDown}): visitors get 502 until it is back`);
-        } else if (!e && localDown !== undefined) {
-          localDown = undefined;
-          out(`${time()} the local service ${shown} answers again`);
-        }
-      },
-    });
+    const onReach = (e: NodeJS.ErrnoException | undefined): void => {
+      if (e && localDown === undefined) {
+        localDown = e.code ?? e.message;
+        err(`${time()} cannot reach the local service ${shown} (${localDown}): visitors get 502 until it is back`);
+      } else if (!e && localDown !== undefined) {
+        localDown = undefined;
+        out(`${time()} the local service ${shown} answers again`);
+      }
+    };
+    // Splicing (the default) joins each reversed HTTP/1.1 connection to one local connection byte
+    // for byte; whatever must see or change a request (--rewrite-host, a base path) relays them one
+    // by one, over reversed HTTP/2 unless --http1 (or --http2 asks for that relay outright).
+    const spliced = o['rewriteHost'] !== true && o['http2'] !== true && canSplice(target);
     const gatewayUrl = o['gateway'] as string;
     let inspector: Inspector | undefined;
     if (o['inspect'] !== undefined) {
@@ -316,16 +329,21 @@ program
     }
     let tunnel;
     try {
-      tunnel = listen(proxy, {
+      const options = {
         gateway: gatewayUrl,
-        connections: o['connections'] as number,
+        ...(o['connections'] !== undefined ? { connections: o['connections'] as number } : {}),
         ...(o['name'] !== undefined ? { name: o['name'] as string } : {}),
         ...(o['token'] !== undefined ? { token: o['token'] as string } : {}),
         ...(o['lease'] !== undefined ? { lease: o['lease'] as number } : {}),
         ...(o['insecure'] === true ? { rejectUnauthorized: false } : {}),
-        ...(o['http1'] === true ? { http1: true } : {}),
         ...(typeof o['key'] === 'string' && o['key'] !== '' ? { key: o['key'] } : {}),
-      });
+      };
+      tunnel = spliced
+        ? splice(target, options, { onReach, ...(o['spliceIdle'] !== undefined ? { idleTimeout: o['spliceIdle'] as number } : {}) })
+        : listen(createLocalProxy(target, { rewriteHost: o['rewriteHost'] === true, onReach }), {
+            ...options,
+            ...(o['http1'] === true ? { http1: true } : {}),
+          });
     } catch (e) {
       err(`ptth-proxy connect: ${(e as Error).message}`);
       process.exit(2);
@@ -365,7 +383,7 @@ program
     let wasOnline = false;
     tunnel.on('online', (url) => {
       if (!wasOnline) {
-        const over = tunnel.protocol === 'h2' ? 'reversed HTTP/2' : 'reversed HTTP/1.1';
+        const over = tunnel.protocol === 'h2' ? 'reversed HTTP/2' : spliced ? 'reversed HTTP/1.1, spliced' : 'reversed HTTP/1.1';
         out(`Forwarding ${url} -> ${shown} (${over})`);
         if (inspector) out(`Inspector   ${inspector.url}`);
       }

@@ -55,6 +55,35 @@ export interface ListenOptions {
   headers?: Record<string, string>;
   /** For `https:` gateways: verify the certificate (default true). */
   rejectUnauthorized?: boolean;
+  /** Internal (see splice.ts): reversed HTTP/1.1 channels are handed to this splicer, not served here. */
+  [SPLICER]?: Splicer;
+}
+
+/** The option key under which `connect`'s splice mode hands the tunnel its splicer. */
+export const SPLICER: unique symbol = Symbol('ptth-proxy.splicer');
+
+/** What a splicer may tell the tunnel about one channel it was given. */
+export interface ChannelControl {
+  /** The channel carries bytes now (it is joined to a local connection): the pool keeps spares beside it. */
+  bound(): void;
+  /** The channel was taken by an upgrade (a WebSocket): it leaves the pool, a fresh one replaces it. */
+  consumed(): void;
+  /**
+   * Whether this idle channel may close: a bound one while the pool holds more than its spares, a
+   * spare one while there are more spares than the pool keeps beside the bound channels.
+   */
+  shrinkable(): boolean;
+}
+
+/** Joins reversed HTTP/1.1 channels to something else, byte for byte (see splice.ts). */
+export interface Splicer {
+  /** Idle (not yet bound) channels kept open beside the bound ones. */
+  readonly spare: number;
+  /**
+   * Takes a live channel; its first bytes (the head read past the 101) are already unshifted.
+   * `close()` ends the channel at once, or after the answer in flight on it.
+   */
+  attach(channel: Socket, control: ChannelControl): { close(): void };
 }
 
 /** Claim refusals that retrying cannot fix: the tunnel stops and reports them. */
@@ -122,6 +151,11 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   #busy = new WeakMap<object, number>();
   /** Dials in progress (and backoff placeholders), by the kind they ask for. */
   #dialing = new Map<{ destroy(): void }, Kind>();
+  #splicer: Splicer | undefined;
+  /** Channels the splicer has joined to a local connection. */
+  #bound = new Set<Socket>();
+  /** How to close a channel given to the splicer. */
+  #spliced = new WeakMap<Socket, { close(): void }>();
   /** What the gateway speaks, learnt from the first 101: undefined until then. */
   #mode: Kind | undefined;
   #timers = new Set<NodeJS.Timeout>();
@@ -152,7 +186,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#ready.catch(() => {});
     this.#target = target;
     this.#upstream = typeof target === 'function' ? undefined : (target as { [LOCAL_UPSTREAM]?: LocalUpstream })[LOCAL_UPSTREAM];
-    if (options.http1) this.#mode = 'h1';
+    this.#splicer = options[SPLICER];
+    if (options.http1 || this.#splicer) this.#mode = 'h1';
     this.#server = this.#makeServer(target);
     this.#fill();
   }
@@ -226,12 +261,12 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     // Until the gateway has named us (and said what it speaks), one claim at a time, so that every
     // connection shares the name.
     if (this.name === undefined || this.#mode === undefined) {
-      if (this.#live.size + this.#dialing.size === 0) this.#dial(this.#options.http1 ? 'h1' : 'h2', attempt);
+      if (this.#live.size + this.#dialing.size === 0) this.#dial(this.#mode === 'h1' ? 'h1' : 'h2', attempt);
       return;
     }
     const want: Record<Kind, number> =
       this.#mode === 'h1'
-        ? { h1: this.#size, h2: 0 }
+        ? { h1: this.#splicer ? Math.min(this.#size, this.#bound.size + this.#splicer.spare) : this.#size, h2: 0 }
         : { h2: this.#options.http2Connections ?? 1, h1: this.#options.upgradeConnections ?? (this.#wantsUpgrades() ? 1 : 0) };
     for (const kind of ['h2', 'h1'] as const) {
       while (this.#count(this.#live, kind) + this.#count(this.#dialing, kind) < want[kind]) this.#dial(kind, attempt);
@@ -364,6 +399,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
     socket.once('close', () => {
+      this.#bound.delete(socket);
       if (!this.#live.delete(socket)) return;
       this.#changed();
       if (!this.#closed) this.#fill();
@@ -383,6 +419,24 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       // The 101 (draft-kazuho-ptth-ptth: `ALPN: h2`) is what agreed on HTTP/2 here.
       if ('alpnProtocol' in socket) (socket as TLSSocket).alpnProtocol = 'h2';
       h2.emit('connection', socket);
+    } else if (this.#splicer) {
+      const control: ChannelControl = {
+        bound: () => {
+          if (!this.#live.has(socket) || this.#bound.has(socket)) return;
+          this.#bound.add(socket);
+          this.#fill();
+        },
+        consumed: () => {
+          this.#bound.delete(socket);
+          this.#consumed(socket);
+        },
+        shrinkable: () => {
+          const spare = this.#splicer?.spare ?? 0;
+          if (this.#bound.has(socket)) return this.#live.size > spare;
+          return this.#live.size - this.#bound.size > spare;
+        },
+      };
+      this.#spliced.set(socket, this.#splicer.attach(socket, control));
     } else this.#server.emit('connection', socket);
     this.#changed();
     this.#fill();
@@ -549,7 +603,12 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#dialing.clear();
     for (const [s, kind] of this.#live) {
       if (kind === 'h2') this.#sessions.get(s)?.close(); // GOAWAY: streams in flight finish
-      else if ((this.#busy.get(s) ?? 0) === 0) s.destroy();
+      else if (this.#splicer) {
+        // A spliced channel is closed at once unless a request went down it and no answer came yet.
+        const spliced = this.#spliced.get(s);
+        if (spliced) spliced.close();
+        else s.destroy();
+      } else if ((this.#busy.get(s) ?? 0) === 0) s.destroy();
     }
     const deadline = Date.now() + (options.graceMs ?? 5_000);
     while (this.#live.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));

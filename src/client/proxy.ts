@@ -18,7 +18,7 @@ export interface LocalProxyOptions {
 }
 
 /** Errors that mean the local service is not there (not a request that went wrong halfway). */
-const UNREACHABLE = new Set([
+export const UNREACHABLE: ReadonlySet<string> = new Set([
   'ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ETIMEDOUT',
 ]);
 

@@ -441,7 +441,8 @@ describe('the CLI', () => {
     servers.push(backend);
     await new Promise<void>((r) => backend.listen(0, '127.0.0.1', r));
     const port = (backend.address() as { port: number }).port;
-    const p = spawnCli(['connect', String(port), '--gateway', g.origin, '--name', 'alice', '--key', KEY_ALICE]);
+    // One channel: a spliced pool (spares beside the used ones) would take all three of alice's maxChannels.
+    const p = spawnCli(['connect', String(port), '--gateway', g.origin, '--name', 'alice', '--key', KEY_ALICE, '--connections', '1']);
     procs.push(p);
     await p.waitFor(/Forwarding http:\/\/alice\.localhost/);
     expect((await request(g.port, { host: g.host('alice') })).body).toBe('from backend');

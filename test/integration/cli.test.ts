@@ -215,10 +215,10 @@ describe('ptth-proxy CLI', () => {
     expect(p.output()).toMatch(args[0] === '--version' ? /^\d+\.\d+\.\d+\n$/ : /^Usage: ptth-proxy/);
   });
 
-  it('serve --no-http2 answers a ptth+h2 offer with PTTH/1.0, and connect then serves over HTTP/1.1', async () => {
+  it('serve --no-http2 answers a ptth+h2 offer (connect --http2) with PTTH/1.0, and connect then serves over HTTP/1.1', async () => {
     const { port } = await serve(['--no-http2']);
     const local = await backend((_req, res) => res.end('over h1'));
-    const c = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'noh2']);
+    const c = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'noh2', '--http2']);
     await c.waitFor(/Forwarding .* \(reversed HTTP\/1\.1\)/);
     expect((await request(port, { host: `noh2.localhost:${port}` })).body).toBe('over h1');
   });

@@ -164,8 +164,9 @@ describe('connect: what happens while it runs', () => {
 });
 
 describe('connect: a line per request, from the gateway\'s event stream', () => {
-  for (const extra of [[], ['--http1']]) {
-    const over = extra.length ? ' (--http1)' : '';
+  // Spliced (the default) and relayed over reversed HTTP/2.
+  for (const extra of [[], ['--http2']]) {
+    const over = extra.length ? ' (--http2)' : '';
     it(`prints time, method, path, status, ms and size per visitor request${over}`, async () => {
       const { port } = await fronted();
       const { port: local } = await backend((req, res) => {

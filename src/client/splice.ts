@@ -1,0 +1,232 @@
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import type { Socket } from 'node:net';
+import { listen, SPLICER, type ChannelControl, type ListenOptions, type Splicer, type Tunnel } from './node.js';
+import { UNREACHABLE } from './proxy.js';
+
+/**
+ * `connect`'s default mode: each reversed HTTP/1.1 (PTTH/1.0) channel is joined byte for byte to
+ * one connection to the local service, opened on the channel's first bytes from the gateway and
+ * closed with it. Nothing here parses HTTP: requests, responses, keep-alive, chunked bodies and
+ * WebSocket upgrades are bytes the gateway and the local service frame for each other.
+ */
+export interface SpliceOptions {
+  /** For an https: local service: verify its certificate (default false: it is usually self-signed). */
+  rejectUnauthorized?: boolean;
+  /**
+   * Told, per connection to the local service, whether it could be reached: the error when it
+   * could not (refused, unknown host...), undefined when it could.
+   */
+  onReach?: (err: NodeJS.ErrnoException | undefined) => void;
+  /**
+   * Idle channels kept open beside the spliced ones, for the next requests (default 2): a burst
+   * grows the pool by this many per claim round trip. They count against a key's channel cap.
+   */
+  spare?: number;
+  /**
+   * Milliseconds a spliced channel may carry no bytes, after an answer, before it closes while
+   * the pool holds more than its spares (default 120000, the gateway's own --idle-timeout).
+   */
+  idleTimeout?: number;
+}
+
+/** `connect`'s pool size when splicing: most reversed connections (the pool grows to it with demand). */
+export const SPLICE_CONNECTIONS = 64;
+
+function noop(): void {}
+
+/** Whether bytes start with a `101` status line (`HTTP/1.x 101 `): a look at 13 bytes, not a parse. */
+function isSwitching(chunk: Buffer): boolean {
+  return (
+    chunk.length >= 13 &&
+    chunk[9] === 0x31 &&
+    chunk[10] === 0x30 &&
+    chunk[11] === 0x31 &&
+    chunk[12] === 0x20 &&
+    chunk.toString('latin1', 0, 7) === 'HTTP/1.'
+  );
+}
+
+/**
+ * Bytes a side may hold unwritten before the other side stops reading. A socket's own mark (16
+ * KiB) is below one read (64 KiB): every chunk of a large body would stop and restart reading.
+ */
+const BUFFERED = 512 * 1024;
+
+/** Whether the local service can be reached byte for byte: a base path needs a parsing hop to add it. */
+export function canSplice(target: URL): boolean {
+  return (target.protocol === 'http:' || target.protocol === 'https:') && target.pathname === '/' && target.search === '';
+}
+
+/** A Splicer (see node.ts) that joins channels to connections to `target`. */
+export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer {
+  if (!canSplice(target)) throw new TypeError(`cannot splice to ${target.href}: a base path needs the parsing proxy`);
+  const host = target.hostname.replace(/^\[|\]$/g, '');
+  const secure = target.protocol === 'https:';
+  const port = Number(target.port || (secure ? 443 : 80));
+  const spare = options.spare ?? 2;
+  if (!Number.isInteger(spare) || spare < 1) throw new TypeError('spare must be a whole number >= 1');
+  const idleTimeout = options.idleTimeout ?? 120_000;
+  const onReach = options.onReach;
+  const refusal = (err: NodeJS.ErrnoException): Buffer => {
+    const body = `502 Bad Gateway: ptth-proxy connect could not reach ${target.origin} (${err.code ?? err.message}).\n`;
+    return Buffer.from(
+      'HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n' +
+        `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+    );
+  };
+  const dial = (): Socket => {
+    if (!secure) return net.connect({ host, port, allowHalfOpen: true });
+    const socket = tls.connect({
+      host,
+      port,
+      ALPNProtocols: ['http/1.1'],
+      rejectUnauthorized: options.rejectUnauthorized ?? false,
+      ...(net.isIP(host) ? {} : { servername: host }),
+    });
+    socket.allowHalfOpen = true;
+    return socket;
+  };
+
+  return {
+    spare,
+    attach(channel: Socket, control: ChannelControl) {
+      channel.on('error', noop);
+      // A spare channel the gateway ends (it closes, or restarts) is gone.
+      const onEnd = (): void => {
+        channel.destroy();
+      };
+      channel.once('end', onEnd);
+      /** A request went down and no answer byte came back since: never closed for being idle. */
+      let pending = false;
+      /** No bytes either way since the last idle check. */
+      let quiet = true;
+      let local: Socket | undefined;
+      /** The tunnel is closing: the channel goes once the answer in flight has come. */
+      let closing = false;
+      // Idle: no bytes either way for a whole period (so between one and two idle times), and no
+      // request awaiting its answer. A flag per chunk, not a socket timeout re-armed per read and
+      // write: this is the hot path. Spares beyond what the pool keeps close the same way.
+      const idle =
+        idleTimeout > 0
+          ? setInterval(() => {
+              if (quiet && !pending && control.shrinkable()) {
+                channel.destroy();
+                local?.destroy();
+              }
+              quiet = true;
+            }, idleTimeout)
+          : undefined;
+      idle?.unref();
+      channel.once('close', () => clearInterval(idle));
+      const onFirst = (first: Buffer): void => {
+        channel.removeListener('data', onFirst);
+        channel.removeListener('end', onEnd);
+        // From here each direction ends on its own (a FIN is passed on as a FIN); the channel
+        // closes when both have.
+        channel.allowHalfOpen = true;
+        channel.pause();
+        pending = true;
+        control.bound();
+        quiet = false;
+        let joined = false;
+        // The visitor gets a 502 and the channel closes; the rest of the request is read and dropped.
+        const refuse = (err: NodeJS.ErrnoException): void => {
+          if (err.code !== undefined && UNREACHABLE.has(err.code)) onReach?.(err);
+          pending = false;
+          channel.allowHalfOpen = false;
+          channel.on('data', noop);
+          channel.resume();
+          if (!channel.destroyed) channel.end(refusal(err));
+          const t = setTimeout(() => channel.destroy(), 2_000);
+          t.unref();
+          channel.once('close', () => clearTimeout(t));
+        };
+        let conn: Socket;
+        try {
+          conn = dial();
+        } catch (err) {
+          refuse(err as NodeJS.ErrnoException);
+          return;
+        }
+        local = conn;
+        conn.on('error', noop);
+        const onClose = (): void => {
+          conn.destroy();
+        };
+        channel.once('close', onClose);
+        conn.once(secure ? 'secureConnect' : 'connect', () => {
+          joined = true;
+          onReach?.(undefined);
+          conn.setNoDelay(true);
+          conn.write(first);
+          join(channel, conn);
+        });
+        conn.once('error', (err: NodeJS.ErrnoException) => {
+          if (joined) return;
+          channel.removeListener('close', onClose);
+          refuse(err);
+        });
+      };
+
+      const join = (a: Socket, b: Socket): void => {
+        // gateway -> local service: requests (and an upgraded connection's bytes)
+        a.on('data', (chunk: Buffer) => {
+          pending = true;
+          quiet = false;
+          if (!b.write(chunk) && b.writableLength > BUFFERED) a.pause();
+        });
+        b.on('drain', () => a.resume());
+        a.on('end', () => b.end());
+        let upgraded = false;
+        // local service -> gateway: answers
+        b.on('data', (chunk: Buffer) => {
+          // The first bytes of an answer: `HTTP/1.1 101 ` takes the channel for good (a WebSocket).
+          if (pending && !upgraded && isSwitching(chunk)) {
+            upgraded = true;
+            clearInterval(idle);
+            control.consumed();
+          }
+          pending = false;
+          quiet = false;
+          // Closing: the request is down, its answer is coming. A FIN to the service asks it to
+          // close once that answer is out (as HTTP servers do), and the channel follows.
+          if (closing && b.writable) b.end();
+          if (!a.write(chunk) && a.writableLength > BUFFERED) b.pause();
+        });
+        a.on('drain', () => b.resume());
+        b.on('end', () => a.end());
+        // A local connection that closes without ending (a reset) takes the channel with it; one that
+        // ended cleanly lets the channel finish writing first.
+        b.on('close', () => {
+          if (!a.writableEnded) a.destroy();
+        });
+        a.resume();
+      };
+
+      channel.on('data', onFirst);
+      return {
+        close: () => {
+          closing = true;
+          if (!pending) {
+            channel.destroy();
+            local?.destroy();
+          }
+        },
+      };
+    },
+  };
+}
+
+/**
+ * Serves the local service at `target` through a gateway by splicing reversed HTTP/1.1 channels to
+ * it: the pool keeps `local.spare` idle channels and grows with demand up to `connections` (default 32).
+ */
+export function splice(target: URL, options: ListenOptions = {}, local: SpliceOptions = {}): Tunnel {
+  return listen(noop, {
+    ...options,
+    connections: options.connections ?? SPLICE_CONNECTIONS,
+    http1: true,
+    [SPLICER]: createSplicer(target, local),
+  });
+}
