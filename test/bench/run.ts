@@ -13,9 +13,10 @@
  * gateway with `-q` carries `listen()` rows again, which prices the access log. `--queue-limit 2048`:
  * 500 visitors on 50 HTTP/1.1 channels queue up to 450 requests, above the default.
  *
- * listen() and connect run as configured by default (the client negotiates reversed HTTP/2 when
- * the gateway offers it) and forced to reversed HTTP/1.1 (`http1: true`, `--http1`) with
- * BENCH_CONNECTIONS connections. Every process is its own node process (compiled dist/, bare node);
+ * listen() runs as configured by default (the client negotiates reversed HTTP/2 when the gateway
+ * offers it) and forced to reversed HTTP/1.1 (`http1: true`) with BENCH_CONNECTIONS connections;
+ * connect with its defaults (reversed HTTP/1.1 channels spliced to the backend) and with `--http2`
+ * (the relay over one reversed HTTP/2 connection, its default before splicing). Every process is its own node process (compiled dist/, bare node);
  * the load generator is wrk (`-t1`, with test/bench/check.lua checking every status and body) when
  * installed, else autocannon in this process. The CPU time of every process of a row is read from
  * /proc (the load generator's: wrk as a reaped child, autocannon as this process) and shown per
@@ -371,7 +372,7 @@ async function expectHello(label: string, port: number, host?: string): Promise<
 // ---------------------------------------------------------------------------------------------
 // Load
 
-type TargetId = 'direct' | 'ref-node' | 'ref-undici' | 'listen' | 'listen-q' | 'listen-h1' | 'listen-h1-q' | 'connect' | 'connect-h1';
+type TargetId = 'direct' | 'ref-node' | 'ref-undici' | 'listen' | 'listen-q' | 'listen-h1' | 'listen-h1-q' | 'connect' | 'connect-h2';
 
 interface Target {
   id: TargetId;
@@ -769,13 +770,13 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
   const h2 = find(rows, 'listen', 50);
   const h2q = find(rows, 'listen-q', 50);
   const c50 = find(rows, 'connect', 50);
-  const ch1 = find(rows, 'connect-h1', 50);
+  const c50g = find(rows, 'connect', 50);
 
   let r = x(h1?.us.gateway, u50?.us.reference);
   lines.push(
     `- Gateway CPU per request on reversed HTTP/1.1 <= the undici reference proxy's (listen() http1, 50 visitors): ` +
       `${int(h1?.us.gateway)} against ${int(u50?.us.reference)} µs = ${fx(r)}: ${verdict(r === undefined ? undefined : r <= 1)}` +
-      (ch1 ? ` (connect --http1: ${int(ch1.us.gateway)} µs)` : '') +
+      (c50g ? ` (connect, spliced: ${int(c50g.us.gateway)} µs)` : '') +
       noisy(h1, u50),
   );
   const cost = (a: Row | undefined, q: Row | undefined): number | undefined => {
@@ -883,24 +884,24 @@ async function main(): Promise<number> {
   const connectArgs = (name: string): string[] => [BIN, 'connect', `127.0.0.1:${backendPort}`, '--gateway', url(gatewayPort), '--name', name];
   const app = (label: string, port: number, name: string, h1: boolean): Promise<{ proc: Proc }> =>
     start(label, 'app', ['test/bench/service.mjs', 'app', url(port), name, n, ...(h1 ? ['h1'] : [])], /^READY /);
-  const [appH2, appH1, appH2Q, appH1Q, connect, connectH1, refNode, refUndici] = await Promise.all([
+  const [appH2, appH1, appH2Q, appH1Q, connect, connectH2, refNode, refUndici] = await Promise.all([
     app('app', gatewayPort, 'bench-listen', false),
     app('app --http1', gatewayPort, 'bench-listen-h1', true),
     app('app (gateway -q)', gatewayQPort, 'bench-listen-q', false),
     app('app --http1 (gateway -q)', gatewayQPort, 'bench-listen-h1-q', true),
     start('connect', 'connect', connectArgs('bench-connect'), /^Forwarding /),
-    start('connect --http1', 'connect', [...connectArgs('bench-connect-h1'), '--http1', '--connections', n], /^Forwarding /),
+    start('connect --http2', 'connect', [...connectArgs('bench-connect-h2'), '--http2'], /^Forwarding /),
     start('reference node:http', 'reference', ['test/bench/service.mjs', 'proxy', String(backendPort), n], /^READY (\d+)$/),
     start('reference undici', 'reference', ['test/bench/service.mjs', 'undici', String(backendPort), n], /^READY (\d+)$/),
   ]);
-  const [listenVia, listenH1Via, listenQVia, listenH1QVia, connectVia, connectH1Via] = await Promise.all([
+  const [listenVia, listenH1Via, listenQVia, listenH1QVia, connectVia, connectH2Via] = await Promise.all([
     waitChannels(gatewayPort, 'bench-listen'),
     waitChannels(gatewayPort, 'bench-listen-h1', CHANNELS),
     waitChannels(gatewayQPort, 'bench-listen-q'),
     waitChannels(gatewayQPort, 'bench-listen-h1-q', CHANNELS),
     waitChannels(gatewayPort, 'bench-connect'),
-    // connect splices by default (--http1 too): its pool grows with demand, so no count to wait for.
-    waitChannels(gatewayPort, 'bench-connect-h1'),
+    // connect splices by default: its pool grows with demand, so no count to wait for.
+    waitChannels(gatewayPort, 'bench-connect-h2'),
   ]);
 
   const at = (port: number, name: string): Pick<Target, 'port' | 'host'> => ({ port, host: `${name}.localhost:${port}` });
@@ -916,13 +917,13 @@ async function main(): Promise<number> {
     'listen-h1': { id: 'listen-h1', kind: 'listen', label: 'listen() http1', ...at(gatewayPort, 'bench-listen-h1'), procs: [gw, appH1.proc] },
     'listen-h1-q': { id: 'listen-h1-q', kind: 'listen', label: 'listen() http1, gateway -q', ...at(gatewayQPort, 'bench-listen-h1-q'), procs: [gwQ, appH1Q.proc] },
     connect: { id: 'connect', kind: 'connect', label: 'connect', ...at(gatewayPort, 'bench-connect'), procs: [gw, connect.proc, be] },
-    'connect-h1': { id: 'connect-h1', kind: 'connect', label: 'connect --http1', ...at(gatewayPort, 'bench-connect-h1'), procs: [gw, connectH1.proc, be] },
+    'connect-h2': { id: 'connect-h2', kind: 'connect', label: 'connect --http2', ...at(gatewayPort, 'bench-connect-h2'), procs: [gw, connectH2.proc, be] },
   };
   for (const target of Object.values(t)) await expectHello(target.label, target.port, target.host);
   const notes = [
     `gateways: ptth-proxy serve with its defaults (metrics and access log on, stdout drained by the bench) and ${serveArgs(...gatewayFlags).slice(2).join(' ')}; "gateway -q": the same with -q`,
     `listen(): default options, channels ${listenVia} (gateway -q: ${listenQVia}); listen() http1: { http1: true, connections: ${n} }, channels ${listenH1Via} (gateway -q: ${listenH1QVia})`,
-    `connect: its defaults (a line per request on its stdout, drained), channels ${connectVia}; connect --http1: --http1 --connections ${n}, channels ${connectH1Via}`,
+    `connect: its defaults (a line per request on its stdout, drained), channels ${connectVia} (spliced reversed HTTP/1.1); connect --http2: the relay over reversed HTTP/2 (the default before splicing), channels ${connectH2Via}`,
     `references: node:http servers forwarding to the backend over ${n} keep-alive connections, no routing or header work: http.request with an Agent, and undici Pool.dispatch`,
   ];
   const via: Record<string, string> = { listen: listenVia, connect: connectVia };
@@ -937,18 +938,20 @@ async function main(): Promise<number> {
     [t.listen, 50],
     [t['listen-q'], 50],
     [t.connect, 50],
-    [t['connect-h1'], 50],
+    [t['connect-h2'], 50],
     [t.direct, 1],
     [t['ref-undici'], 1],
     [t['listen-h1'], 1],
     [t.listen, 1],
     [t.connect, 1],
+    [t['connect-h2'], 1],
     [t.direct, 500],
     [t['ref-undici'], 500],
     [t['ref-node'], 500],
     [t['listen-h1'], 500],
     [t.listen, 500],
     [t.connect, 500],
+    [t['connect-h2'], 500],
   ];
   log(`bench: load by ${WRK ? 'wrk -t1' : 'autocannon'}; warming every target up for ${PRELOAD} s at 50 visitors`);
   for (const target of Object.values(t)) await fire(target, 50, PRELOAD);
