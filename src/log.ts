@@ -92,7 +92,11 @@ export function createLogger(options: LoggerOptions = {}): Logger {
       // `error` on request lines is a PTTH_ERR_* code, not an Error object to print on its own lines.
       errorLikeObjectKeys: ['err'],
     });
-    destination = { write: (line: string) => void out.write(format(line)) };
+    const flushable = out as { flush?: (cb?: (err?: Error) => void) => void };
+    destination = {
+      write: (line: string) => void out.write(format(line)),
+      flush: (cb?: (err?: Error) => void) => (flushable.flush ? flushable.flush(cb) : cb?.()),
+    } as pino.DestinationStream;
   }
   const logger = pino({ level }, destination);
   if (stdout) {
@@ -130,8 +134,12 @@ interface SonicState {
  */
 function flushEvery(stream: ReturnType<typeof pino.destination>, ms: number): void {
   const state = stream as unknown as SonicState;
+  // On EPIPE (stdout's reader is gone for good) pino replaces the stream's write with a no-op; the
+  // lines held then are never written, and the timer stops trying.
+  const write = stream.write;
   const timer = setInterval(() => {
-    if (state._len > 0 && !state._writing) stream.flush();
+    if (stream.write !== write) clearInterval(timer);
+    else if (state._len > 0 && !state._writing) stream.flush();
   }, ms);
   timer.unref();
   stream.once('close', () => clearInterval(timer));

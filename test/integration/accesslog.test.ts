@@ -155,6 +155,22 @@ describe('serve writes its log in batches', () => {
     expect(paths).toEqual(Array.from({ length: 300 }, (_, i) => `/n${i}`));
   });
 
+  it('keeps serving once stdout\'s reader is gone for good (EPIPE)', async () => {
+    const { p, port } = await serve();
+    p.child.stdout?.destroy();
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      // Past a batch of lines: writes to the closed pipe fail, and the next lines have nowhere to go.
+      for (let i = 0; i < 80; i++) expect((await request(port, { host: `nobody.localhost:${port}`, path: `/p${i}`, agent })).status).toBe(404);
+      expect((await request(port, { path: '/healthz', agent })).status).toBe(200);
+    } finally {
+      agent.destroy();
+    }
+    expect(p.child.exitCode).toBeNull();
+    p.kill('SIGTERM');
+    expect(await p.exited()).toBe(0);
+  });
+
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     it(`the last request line before ${signal} reaches stdout`, async () => {
       const { p, port } = await serve();
@@ -164,7 +180,7 @@ describe('serve writes its log in batches', () => {
       const out = p.output();
       expect(out).toMatch(lineOf(p, `/before-${signal}`));
       // After it, the shutdown lines, all whole.
-      expect(out.indexOf(`/before-${signal}`)).toBeLessThan(out.indexOf('"msg":"closed"'));
+      expect(out.indexOf(`/before-${signal}`), out).toBeLessThan(out.indexOf('"msg":"closed"'));
       for (const l of out.split('\n')) if (l.startsWith('{')) JSON.parse(l);
     });
   }
