@@ -81,7 +81,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
         minLength: LOG_BATCH,
         maxLength: options.bufferLimit ?? LOG_BUFFER_DEFAULT,
       });
-  const out = options.destination ?? (stdout ? asBuffers(stdout) : undefined) as pino.DestinationStream;
+  const out = options.destination ?? (stdout ? batched(stdout, LOG_FLUSH_MS) : undefined) as pino.DestinationStream;
   let destination = out;
   if (pretty) {
     const format = prettyFactory({
@@ -101,48 +101,54 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   const logger = pino({ level }, destination);
   if (stdout) {
     reportDrops(stdout, logger, options.drops ?? { lines: 0 });
-    flushEvery(stdout, LOG_FLUSH_MS);
   }
   // A multistream wants each line's level and message besides the line: those keep pino's path.
   if (!(destination as unknown as { [k: symbol]: unknown })[pino.symbols.needsMetadataGsym]) lineStreams.set(logger, destination);
   return logger;
 }
 
-/**
- * `stream` (in buffer mode) as the string destination pino writes to: each line a Buffer. pino's
- * `logger.flush()` reaches the stream's flush; its exit handler holds the stream itself.
- */
-function asBuffers(stream: ReturnType<typeof pino.destination>): pino.DestinationStream {
-  return {
-    write: (line: string) => void stream.write(Buffer.from(line) as unknown as string),
-    flush: (cb?: (err?: Error) => void) => stream.flush(cb),
-    flushSync: () => stream.flushSync(),
-  } as pino.DestinationStream;
-}
-
 /** sonic-boom's state, read by the flush timer (sonic-boom 4: `_len` bytes held, `_writing` a write in flight). */
 interface SonicState {
   _len: number;
   _writing: boolean;
+  destroyed: boolean;
 }
 
 /**
- * Writes what `stream` holds below its minLength every `ms`. sonic-boom writes a batch once it
- * reaches minLength, and after a write only while more than minLength remain: the rest waits for
- * this timer. A tick with nothing held, or with a write in flight (whose end writes on or leaves
- * the rest to the next tick), does nothing.
+ * `stream` (sonic-boom in buffer mode) as the string destination pino writes to, each line a
+ * Buffer, with the timer that writes out a batch short of minLength: sonic-boom writes once a batch
+ * reaches minLength, and after a write only while more than minLength remain. The timer is armed by
+ * the first line after it last fired (an idle process has no timer at all) and unref'd; a tick
+ * during a write in flight, whose end may leave a remainder, arms it again. pino's `logger.flush()`
+ * reaches the stream's flush; pino's exit handler holds the stream itself.
  */
-function flushEvery(stream: ReturnType<typeof pino.destination>, ms: number): void {
+function batched(stream: ReturnType<typeof pino.destination>, ms: number): pino.DestinationStream {
   const state = stream as unknown as SonicState;
-  // On EPIPE (stdout's reader is gone for good) pino replaces the stream's write with a no-op; the
+  // On EPIPE (stdout's reader is gone for good) pino replaces the stream's write with a no-op: the
   // lines held then are never written, and the timer stops trying.
   const write = stream.write;
-  const timer = setInterval(() => {
-    if (stream.write !== write) clearInterval(timer);
-    else if (state._len > 0 && !state._writing) stream.flush();
-  }, ms);
+  let armed = false;
+  const tick = (): void => {
+    armed = false;
+    if (stream.write !== write || state.destroyed || state._len === 0) return;
+    if (!state._writing) stream.flush();
+    armed = true;
+    timer.refresh();
+  };
+  // Fires once at the start (nothing held then), and again after each refresh().
+  const timer = setTimeout(tick, ms);
   timer.unref();
-  stream.once('close', () => clearInterval(timer));
+  return {
+    write: (line: string) => {
+      stream.write(Buffer.from(line) as unknown as string);
+      if (!armed) {
+        armed = true;
+        timer.refresh();
+      }
+    },
+    flush: (cb?: (err?: Error) => void) => stream.flush(cb),
+    flushSync: () => stream.flushSync(),
+  } as pino.DestinationStream;
 }
 
 /** `s` as a JSON string (pino's output for a string value, quotes included). */
