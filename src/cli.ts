@@ -246,8 +246,9 @@ async function runServe(c: ServeConfig): Promise<void> {
     void gateway.close(grace).then(() => {
       admin?.close();
       logger.info({ event: 'shutdown', signal }, 'closed');
-      logger.flush();
-      process.exit(0);
+      // Exit once the log is written out: process.exit's own synchronous flush could land before a batch
+      // still being written in the background, or lose it.
+      logger.flush(() => process.exit(0));
     });
   };
   process.on('SIGINT', () => stop('SIGINT'));

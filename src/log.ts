@@ -39,9 +39,27 @@ export interface LogDrops {
 export const LOG_BUFFER_DEFAULT = 16 * 1024 * 1024;
 
 /**
+ * Bytes of lines gathered before they are written to stdout (sonic-boom's minLength): one write
+ * (a trip through libuv's thread pool and a system call) per batch instead of one per line, which
+ * is most of what an access-log line costs a busy gateway. The lines are held as Buffers (sonic-boom's
+ * buffer mode): in its string mode each line added to a batch measures the whole batch again.
+ */
+export const LOG_BATCH = 4096;
+
+/** Longest a line waits in a batch that is not full (ms): a quiet gateway's lines still show at once. */
+export const LOG_FLUSH_MS = 100;
+
+/**
+ * The stream each logger made by createLogger writes its lines to (the pretty formatter's when
+ * pretty): the access log's request lines are built as strings and written there directly.
+ */
+const lineStreams = new WeakMap<Logger, pino.DestinationStream>();
+
+/**
  * A pino logger. Lines go to stdout through pino's asynchronous destination (sonic-boom), which
  * pino flushes synchronously on exit (process.exit included), so the last lines are not lost and
- * nothing keeps the process alive. Pretty lines are formatted in this thread (pino-pretty) and go to
+ * nothing keeps the process alive. Lines are written in batches of LOG_BATCH bytes, and at most
+ * LOG_FLUSH_MS after they were logged (an unref'd timer: it keeps nothing alive either). Pretty lines are formatted in this thread (pino-pretty) and go to
  * the same destination: no worker thread (pino's transports) that could outlive the process or drop
  * its last lines.
  *
@@ -56,8 +74,14 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   const pretty = options.pretty ?? (options.destination === undefined && process.stdout.isTTY === true);
   const stdout = options.destination
     ? undefined
-    : pino.destination({ dest: 1, sync: false, maxLength: options.bufferLimit ?? LOG_BUFFER_DEFAULT });
-  const out = options.destination ?? (stdout as pino.DestinationStream);
+    : pino.destination({
+        dest: 1,
+        sync: false,
+        contentMode: 'buffer',
+        minLength: LOG_BATCH,
+        maxLength: options.bufferLimit ?? LOG_BUFFER_DEFAULT,
+      });
+  const out = options.destination ?? (stdout ? batched(stdout, LOG_FLUSH_MS) : undefined) as pino.DestinationStream;
   let destination = out;
   if (pretty) {
     const format = prettyFactory({
@@ -68,11 +92,94 @@ export function createLogger(options: LoggerOptions = {}): Logger {
       // `error` on request lines is a PTTH_ERR_* code, not an Error object to print on its own lines.
       errorLikeObjectKeys: ['err'],
     });
-    destination = { write: (line: string) => void out.write(format(line)) };
+    const flushable = out as { flush?: (cb?: (err?: Error) => void) => void };
+    destination = {
+      write: (line: string) => void out.write(format(line)),
+      flush: (cb?: (err?: Error) => void) => (flushable.flush ? flushable.flush(cb) : cb?.()),
+    } as pino.DestinationStream;
   }
   const logger = pino({ level }, destination);
-  if (stdout) reportDrops(stdout, logger, options.drops ?? { lines: 0 });
+  if (stdout) {
+    reportDrops(stdout, logger, options.drops ?? { lines: 0 });
+  }
+  // A multistream wants each line's level and message besides the line: those keep pino's path.
+  if (!(destination as unknown as { [k: symbol]: unknown })[pino.symbols.needsMetadataGsym]) lineStreams.set(logger, destination);
   return logger;
+}
+
+/** sonic-boom's state, read by the flush timer (sonic-boom 4: `_len` bytes held, `_writing` a write in flight). */
+interface SonicState {
+  _len: number;
+  _writing: boolean;
+  destroyed: boolean;
+}
+
+/**
+ * `stream` (sonic-boom in buffer mode) as the string destination pino writes to, each line a
+ * Buffer, with the timer that writes out a batch short of minLength: sonic-boom writes once a batch
+ * reaches minLength, and after a write only while more than minLength remain. The timer is armed by
+ * the first line after it last fired (an idle process has no timer at all) and unref'd; a tick
+ * during a write in flight, whose end may leave a remainder, arms it again. pino's `logger.flush()`
+ * reaches the stream's flush; pino's exit handler holds the stream itself.
+ */
+function batched(stream: ReturnType<typeof pino.destination>, ms: number): pino.DestinationStream {
+  const state = stream as unknown as SonicState;
+  // On EPIPE (stdout's reader is gone for good) pino replaces the stream's write with a no-op: the
+  // lines held then are never written, and the timer stops trying.
+  const write = stream.write;
+  let armed = false;
+  const tick = (): void => {
+    armed = false;
+    if (stream.write !== write || state.destroyed || state._len === 0) return;
+    if (!state._writing) stream.flush();
+    armed = true;
+    timer.refresh();
+  };
+  // Fires once at the start (nothing held then), and again after each refresh().
+  const timer = setTimeout(tick, ms);
+  timer.unref();
+  return {
+    write: (line: string) => {
+      stream.write(Buffer.from(line) as unknown as string);
+      if (!armed) {
+        armed = true;
+        timer.refresh();
+      }
+    },
+    flush: (cb?: (err?: Error) => void) => stream.flush(cb),
+    flushSync: () => stream.flushSync(),
+  } as pino.DestinationStream;
+}
+
+/** `s` as a JSON string (pino's output for a string value, quotes included). */
+const quote = JSON.stringify as (s: string) => string;
+
+/**
+ * A `request` line, built as one string and written straight to the logger's stream: the line
+ * pino makes from `logger.info(fields, msg)` (warn for 5xx) with the fields attachLogger logs, in
+ * the same order (level, time, pid, hostname, event, name, method, path, status, bytesIn, bytesOut,
+ * ms, remote, error when set, msg), without the fields object and pino's walk over it. Only for
+ * loggers made by createLogger, whose options (no serializers, formatters or hooks) it assumes.
+ */
+function writeRequestLine(logger: Logger, stream: pino.DestinationStream, r: RequestEvent): void {
+  const level = r.status >= 500 ? 40 : 30;
+  if (level < logger.levelVal) return;
+  const chindings = (logger as unknown as { [k: symbol]: string })[pino.symbols.chindingsSym];
+  let line =
+    '{"level":' + level +
+    ',"time":' + Date.now() +
+    chindings +
+    ',"event":"request","name":' + quote(r.name) +
+    ',"method":' + quote(r.method) +
+    ',"path":' + quote(r.path) +
+    ',"status":' + r.status +
+    ',"bytesIn":' + r.bytesIn +
+    ',"bytesOut":' + r.bytesOut +
+    ',"ms":' + Math.round(r.ms * 100) / 100 +
+    ',"remote":' + quote(r.remote);
+  if (r.error !== undefined) line += ',"error":' + quote(r.error);
+  line += ',"msg":' + quote(r.method + ' ' + r.path + ' ' + r.status) + '}\n';
+  stream.write(line);
 }
 
 /**
@@ -127,7 +234,11 @@ export function attachLogger(gateway: Gateway, logger: Logger, options: AttachOp
     detach.push(() => gateway.removeListener(event, listener as never));
   };
 
-  if (options.requests !== false) {
+  const lines = lineStreams.get(logger);
+  if (options.requests !== false && lines !== undefined) {
+    on('request', (r: RequestEvent) => writeRequestLine(logger, lines, r));
+  } else if (options.requests !== false) {
+    // Any other pino logger (its own serializers, formatters, hooks): the same fields through pino.
     on('request', (r: RequestEvent) => {
       const line = {
         event: 'request',
