@@ -220,7 +220,7 @@ export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer
 
 /**
  * Serves the local service at `target` through a gateway by splicing reversed HTTP/1.1 channels to
- * it: the pool keeps `local.spare` idle channels and grows with demand up to `connections` (default 32).
+ * it: the pool keeps `local.spare` idle channels and grows with demand up to `connections` (default SPLICE_CONNECTIONS, 64).
  */
 export function splice(target: URL, options: ListenOptions = {}, local: SpliceOptions = {}): Tunnel {
   return listen(noop, {

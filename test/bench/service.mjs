@@ -27,7 +27,9 @@ process.on('SIGINT', () => process.exit(0));
 
 if (mode === 'backend') {
   const server = http.createServer({ keepAliveTimeout: 30_000 }, handler);
-  server.listen(0, '127.0.0.1', () => process.stdout.write(`READY ${server.address().port}\n`));
+  // The same accept queue as the gateway's and the references': with node's default of 511, 500
+  // visitors overflow it and the kernel's SYN retransmits (1-3 s) become direct's p99.
+  server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () => process.stdout.write(`READY ${server.address().port}\n`));
 } else if (mode === 'app') {
   const [gateway, name, connections, h1] = args;
   const { listen } = await import('../../dist/index.js');
