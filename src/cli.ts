@@ -25,8 +25,32 @@ function int(min: number) {
   };
 }
 
-const out = (line: string): void => void process.stdout.write(`${line}\n`);
-const err = (line: string): void => void process.stderr.write(`${line}\n`);
+/**
+ * connect's request lines, written together once per turn of the event loop: under load many
+ * arrive per turn (the gateway batches its event stream the same way), and a write per line was a
+ * system call per request. Every other line writes them out first, and so does the process's exit.
+ */
+let requestLines = '';
+function requestLine(line: string): void {
+  if (requestLines === '') setImmediate(flushRequestLines);
+  requestLines += `${line}\n`;
+}
+function flushRequestLines(): void {
+  if (requestLines === '') return;
+  const text = requestLines;
+  requestLines = '';
+  process.stdout.write(text);
+}
+process.on('exit', flushRequestLines);
+
+const out = (line: string): void => {
+  flushRequestLines();
+  process.stdout.write(`${line}\n`);
+};
+const err = (line: string): void => {
+  flushRequestLines();
+  process.stderr.write(`${line}\n`);
+};
 const time = (): string => new Date().toISOString().slice(11, 19);
 
 const program = new Command()
@@ -368,7 +392,7 @@ program
         ...(o['insecure'] === true ? { rejectUnauthorized: false } : {}),
         retry: () => tunnel.online,
         onRequest: (e) => {
-          if (!quiet) out(formatLine(e));
+          if (!quiet) requestLine(formatLine(e));
           inspector?.add(e);
         },
         onDrop: (reason, delay) => {

@@ -8,7 +8,7 @@ import { ClaimError, listen } from '../../src/client/node.js';
 import { createLocalProxy, parseTarget } from '../../src/client/proxy.js';
 import { formatLine, SseParser, watchEvents } from '../../src/client/requestlog.js';
 import { startEventsFront, type EventsFront } from '../helpers/front.js';
-import { request, startGateway, type TestGateway } from '../helpers/index.js';
+import { request, startGateway, until, type TestGateway } from '../helpers/index.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
 
 /*
@@ -184,6 +184,29 @@ describe('connect: a line per request, from the gateway\'s event stream', () => 
       await c.waitFor(/^\d\d:\d\d:\d\d {2}POST {2}\/missing {2}404 {2}\d+ ms {2}4 B$/m);
     });
   }
+
+  it('a burst of requests: one line each, all printed before the closing lines on Ctrl-C', async () => {
+    // Request lines are written together once per turn of the event loop (cli.ts, requestLine):
+    // every line must still come, and come before any later line.
+    const { port } = await fronted();
+    const { port: local } = await backend((_q, r) => r.end('ok'));
+    const c = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'burst']);
+    await c.waitFor(/Forwarding/);
+    const host = `burst.localhost:${port}`;
+    await waitWhile(() => request(port, { host, path: '/warmup' }), () => /\/warmup {2}200/.test(c.output()));
+    const n = 40;
+    await Promise.all(Array.from({ length: n }, (_, i) => request(port, { host, path: `/burst/${i}` })));
+    const burstLines = (): string[] => c.output().split('\n').filter((l) => / {2}GET {2}\/burst\/\d+ {2}200 /.test(l));
+    await until(() => burstLines().length >= n, 8_000, `${n} request lines`);
+    c.kill('SIGINT');
+    expect(await c.exited()).toBe(0);
+    const lines = c.output().split('\n');
+    const burst = lines.filter((l) => / {2}GET {2}\/burst\/\d+ {2}200 /.test(l));
+    expect(new Set(burst.map((l) => / \/burst\/(\d+) /.exec(l)?.[1])).size).toBe(n);
+    expect(burst).toHaveLength(n);
+    const releasing = lines.findIndex((l) => l.includes('releasing burst'));
+    expect(releasing).toBeGreaterThan(lines.indexOf(burst.at(-1) as string));
+  });
 
   it('follows the stream again when it drops, and after a gateway restart (a new private URL)', async () => {
     const { port, front, g } = await fronted();

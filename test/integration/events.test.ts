@@ -192,6 +192,29 @@ describe('GET <private URL>/events', () => {
     expect(e1!.response).toBeUndefined();
   });
 
+  it('a burst of exchanges ending together: every event arrives once, in id order, before released', async () => {
+    // Frames that end in one turn of the event loop go out in one write (events.ts, Topic.#send):
+    // none may be lost, duplicated, reordered, or left behind by the release.
+    const gw = await gateway();
+    const t = await app(gw, echo, 'evburst');
+    const f = await follow(gw, t);
+    const n = 60;
+    const answers = await Promise.all(
+      Array.from({ length: n }, (_, i) => request(gw.port, { host: gw.host('evburst'), path: `/b/${i}` })),
+    );
+    expect(answers.every((a) => a.status === 200)).toBe(true);
+    const events = await f.next(n);
+    expect(events).toHaveLength(n);
+    expect(new Set(events.map((e) => e.url))).toEqual(new Set(answers.map((_, i) => `/b/${i}`)));
+    const ids = events.map((e) => e.id);
+    expect(ids).toEqual([...ids].sort((a, b) => a - b));
+    expect(new Set(ids).size).toBe(n);
+    await t.close();
+    await f.when(() => f.ended, 'the end of the stream');
+    expect(f.events.at(-1)).toEqual({ event: 'released', data: {} });
+    expect(f.requests()).toHaveLength(n);
+  });
+
   it('?detail=1 adds the forwarded request head, the sent response head and the first KiB of bodies', async () => {
     const gw = await gateway();
     const t = await app(gw, echo, 'ev2');
