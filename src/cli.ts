@@ -43,6 +43,9 @@ function flushRequestLines(): void {
 }
 process.on('exit', flushRequestLines);
 
+/** How long `connect`'s pool may be empty before it says that it lost the gateway. */
+const OFFLINE_GRACE_MS = 1_000;
+
 const out = (line: string): void => {
   flushRequestLines();
   process.stdout.write(`${line}\n`);
@@ -297,6 +300,8 @@ program
   .option('--http2', 'relay requests over one reversed HTTP/2 connection instead of splicing reversed HTTP/1.1 connections')
   // Tests: how long a spliced connection may sit idle before the pool shrinks (ms).
   .addOption(new Option('--splice-idle <ms>').argParser(int(1)).hideHelp())
+  // Tests only: how long the pool may be empty before connect says it lost the gateway.
+  .addOption(new Option('--offline-grace <ms>').argParser(int(0)).hideHelp())
   .option('-q, --quiet', 'do not print a line per request')
   .addOption(
     new Option(
@@ -406,23 +411,44 @@ program
       events.start();
     };
     let wasOnline = false;
+    // A pool that is empty for a moment is not a lost gateway: when every spliced channel is busy
+    // and their visitors leave (a load test stopping), the gateway closes them all and fresh ones
+    // come at once. The line waits OFFLINE_GRACE_MS, or for the first failed dial.
+    const grace = (o['offlineGrace'] as number | undefined) ?? OFFLINE_GRACE_MS;
+    let lostTimer: NodeJS.Timeout | undefined;
+    let saidLost = false;
+    const sayLost = (): void => {
+      if (lostTimer === undefined) return;
+      clearTimeout(lostTimer);
+      lostTimer = undefined;
+      saidLost = true;
+      out(`${time()} lost the gateway; reconnecting`);
+    };
     tunnel.on('online', (url) => {
       if (!wasOnline) {
         const over = tunnel.protocol === 'h2' ? 'reversed HTTP/2' : spliced ? 'reversed HTTP/1.1, spliced' : 'reversed HTTP/1.1';
         out(`Forwarding ${url} -> ${shown} (${over})`);
         if (inspector) out(`Inspector   ${inspector.url}`);
+      } else {
+        if (lostTimer !== undefined) clearTimeout(lostTimer);
+        lostTimer = undefined;
+        if (saidLost) out(`${time()} back online`);
       }
-      else out(`${time()} back online`);
+      saidLost = false;
       wasOnline = true;
       watch();
     });
-    tunnel.on('offline', () => out(`${time()} lost the gateway; reconnecting`));
+    tunnel.on('offline', () => {
+      lostTimer = setTimeout(sayLost, grace);
+      lostTimer.unref();
+    });
     // Several connections fail together (HTTP/2 plus the one for WebSocket upgrades, or --http1's
     // pool): one line per retry, not one per connection.
     let quietUntil = 0;
     let lastSaid = '';
     tunnel.on('reconnecting', ({ delay, error }) => {
       if (tunnel.online) return;
+      sayLost();
       const now = Date.now();
       if (error.message === lastSaid && now < quietUntil) return;
       lastSaid = error.message;

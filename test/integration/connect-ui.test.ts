@@ -126,6 +126,32 @@ describe('connect: what happens while it runs', () => {
     for (let i = 1; i < lines.length; i++) expect(lines[i]).not.toBe(lines[i - 1]);
   });
 
+  it('an empty pool for a moment (busy channels closed as their visitors leave) is not a lost gateway', async () => {
+    const g = await gateway();
+    const held: http.ServerResponse[] = [];
+    const { port: local } = await backend((_q, r) => void held.push(r));
+    const grace = 1_500;
+    const c = cli(['connect', String(local), '--gateway', g.origin, '--name', 'blip', '--connections', '2', '--offline-grace', String(grace), '-q']);
+    await c.waitFor(/Forwarding/);
+    const ids = (): number[] => (g.gateway.table.lookup('blip')?.channels ?? []).map((ch) => ch.id);
+    await until(() => ids().length === 2, 5_000, 'two channels');
+    const before = ids();
+    // Two visitors take both channels (the service never answers), then leave: the gateway closes
+    // both channels, the pool is empty, and connect dials two fresh ones.
+    const visitors = [0, 1].map(() => {
+      const req = http.request({ host: '127.0.0.1', port: g.port, path: '/hang', headers: { host: g.host('blip') } });
+      req.on('error', () => {});
+      req.end();
+      return req;
+    });
+    await until(() => held.length === 2, 5_000, 'both requests at the service');
+    for (const v of visitors) v.destroy();
+    await until(() => ids().length === 2 && ids().every((id) => !before.includes(id)), 5_000, 'two fresh channels');
+    // The line would come `grace` after the pool emptied: past it, nothing was said.
+    await new Promise((r) => setTimeout(r, grace + 500));
+    expect(c.output()).not.toMatch(/lost the gateway|back online/);
+  });
+
   it('says once when the local service is down, and when it answers again', async () => {
     const g = await gateway();
     const first = await backend((_q, r) => r.end('up'));
