@@ -56,6 +56,9 @@ async function start(): Promise<{ url: string; close(release: boolean): Promise<
     }
     case 'comet': {
       const app = await CometApp.start(gateway as string, { name: base.name, token: base.token }, cometHandler, 8);
+      // A poller that stops is never replaced: say so and exit, so that the run counts the crash and
+      // restarts the app, instead of the name quietly losing its pollers one by one (503s).
+      app.failed.catch((err: unknown) => fail(`a poller stopped: ${err instanceof Error ? err.message : String(err)}`));
       // CometApp.stop() always releases; leaving is just going away (the gateway notices the idle pollers).
       return { url: app.url, close: (release) => (release ? app.stop() : Promise.resolve()) };
     }

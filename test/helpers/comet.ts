@@ -130,12 +130,17 @@ export type CometHandler = (req: ParsedRequest, info: { client: string }) => Sim
  * for its reply) fails: the failure is kept, `failure` names it, `failed` rejects with it, and
  * `stop()` rethrows it, so a broken poller fails the test that uses it. Only the deliberate stop
  * ends a loop quietly: the 410 of a poll waiting when `stop()` released the registration, or the
- * 404 / cut connection of a poll or reply that `stop()` overtook.
+ * 404 / cut connection of a poll or reply that `stop()` overtook. A reply answered
+ * `404 PTTH_ERR_UNKNOWN_REQUEST_URL` (its visitor left, or the reply came too late) is counted in
+ * `lost` and the poller polls on, as docs/PROTOCOL.md 5.3 has apps do.
  */
 export class CometApp {
   url = '';
   location = '';
   #stopped = false;
+  /** Set by leave(): the app is gone, as if its process had exited; it sends nothing more. */
+  #left = false;
+  #lost = 0;
   #stopping: Promise<void> | undefined;
   #loops: Promise<void>[] = [];
   #failure: Error | undefined;
@@ -173,6 +178,11 @@ export class CometApp {
     return app;
   }
 
+  /** Replies answered 404 because no request waited for them any more (the visitor left, or it timed out). */
+  get lost(): number {
+    return this.#lost;
+  }
+
   /** The first poll loop's failure, if one failed. */
   get failure(): Error | undefined {
     return this.#failure;
@@ -201,6 +211,7 @@ export class CometApp {
       if (next === undefined) throw new Error(`poller ${n}: a delivery without rel=next`);
       const req = await parseRequestMessage(r.body);
       const reply = await handler(req, { client: String(r.headers['requesting-client']) });
+      if (this.#left) return;
       let posted: HttpReply;
       try {
         posted = await fetchRaw(url, {
@@ -213,19 +224,31 @@ export class CometApp {
         if (this.#stopped) return;
         throw new Error(`poller ${n}: reply to ${url} failed: ${String(err)}`, { cause: err });
       }
-      // stop() may have released the delivery before its reply came (404).
-      if (posted.status !== 202 && !(this.#stopped && posted.status === 404)) {
-        throw new Error(`poller ${n}: unexpected answer to its reply ${what(posted)}`);
-      }
+      // 404: no request waits at this URL any more: its visitor left, or --reply-timeout passed
+      // (docs/PROTOCOL.md 5.3), or stop() released the delivery. The reply is lost, not the poller:
+      // it polls on. (A poller that stopped here took the app down for good with visitors who give up.)
+      if (posted.status === 404 && posted.headers['x-ptth-error'] === 'PTTH_ERR_UNKNOWN_REQUEST_URL') this.#lost++;
+      else if (posted.status !== 202) throw new Error(`poller ${n}: unexpected answer to its reply ${what(posted)}`);
       url = next;
     }
+  }
+
+  /**
+   * Goes away the way an app process that exits does: without releasing the registration (the name
+   * stays, to be reclaimed with its token), every connection cut, whatever was polled or delivered
+   * left unanswered. A handler still running finishes into the void; stop() then waits for it.
+   */
+  leave(): void {
+    this.#stopped = true;
+    this.#left = true;
+    this.#agent.destroy();
   }
 
   /** Releases the registration and ends the loops; rejects with a loop's failure if one failed. */
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       this.#stopped = true;
-      if (this.location) await fetchRaw(this.location, { method: 'DELETE' }).catch(() => undefined);
+      if (this.location && !this.#left) await fetchRaw(this.location, { method: 'DELETE' }).catch(() => undefined);
       await Promise.all(this.#loops);
       this.#agent.destroy();
     })();
