@@ -3,7 +3,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Client, type Dispatcher } from 'undici';
 import { PtthError } from '../http/errors.js';
-import { clientAddress, hasToken } from '../http/headers.js';
+import { clientAddress, hasToken, rawHeader, withoutHeaders } from '../http/headers.js';
 import { leaveOnEnd, rawHead, splice } from '../http/relay.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
 
@@ -224,15 +224,6 @@ export class Http1Channel implements Channel {
   }
 }
 
-function withoutHeaders(raw: readonly string[], ...names: string[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) {
-    if (names.includes((raw[i] as string).toLowerCase())) continue;
-    out.push(raw[i] as string, raw[i + 1] as string);
-  }
-  return out;
-}
-
 /**
  * One visitor request down a channel, from dispatch to its end: undici's handler for it (the
  * legacy callbacks, which undici calls directly) and the one owner of its state and timers.
@@ -348,10 +339,8 @@ class H1Exchange {
     const more = this.res.write(chunk);
     if (!more) {
       this.waitDrain = true;
-      this.res.once('drain', () => {
-        this.waitDrain = false;
-        this.resume();
-      });
+      (this.res as ServerResponse & Drained)[EXCHANGE] = this;
+      this.res.once('drain', visitorDrained);
     }
     // While the upload goes on, the response is held after each chunk: its end must wait for the
     // body (see onHeaders), and a chunk cannot tell whether it is the last one.
@@ -422,6 +411,11 @@ class H1Exchange {
     this.finish();
   };
 
+  onVisitorDrain(): void {
+    this.waitDrain = false;
+    this.resume();
+  }
+
   resume(): void {
     if (this.done || this.waitDrain || this.waitUpload) return;
     this.resumeParser?.();
@@ -453,7 +447,7 @@ class H1Exchange {
       return;
     }
     this.fail(new PtthError('PTTH_ERR_APP_TIMEOUT', 'The app stopped reading the request body.'));
-  };
+  }
 
   // --- endings ---------------------------------------------------------------------------------
 
@@ -503,11 +497,17 @@ class H1Exchange {
 
 /** A Content-Length other than 0 among an answer's raw headers. */
 function declaresLength(headers: readonly string[]): boolean {
-  for (let i = 0; i < headers.length; i += 2) {
-    const name = headers[i] as string;
-    if (name.length === 14 && name.toLowerCase() === 'content-length') return (headers[i + 1] as string).trim() !== '0';
-  }
-  return false;
+  const length = rawHeader(headers, 'content-length');
+  return length !== undefined && length.trim() !== '0';
+}
+
+/** The exchange whose parser waits for its visitor's 'drain': one listener for all, no closure per pause. */
+const EXCHANGE = Symbol('ptth.h1exchange');
+interface Drained {
+  [EXCHANGE]?: H1Exchange;
+}
+function visitorDrained(this: ServerResponse & Drained): void {
+  this[EXCHANGE]?.onVisitorDrain();
 }
 
 function exchangeTimeout(x: H1Exchange): void {
@@ -523,11 +523,7 @@ function resumeExchange(x: H1Exchange): void {
 /** Whether a response's head is all of it (no body follows), per RFC 9112 section 6.3. */
 function noBodyFollows(status: number, headers: readonly string[], method: string | undefined): boolean {
   if (method === 'HEAD' || status === 204 || status === 304) return true;
-  for (let i = 0; i < headers.length; i += 2) {
-    const name = headers[i] as string;
-    if (name.length === 14 && name.toLowerCase() === 'content-length') return (headers[i + 1] as string).trim() === '0';
-  }
-  return false;
+  return rawHeader(headers, 'content-length')?.trim() === '0';
 }
 
 /**
@@ -596,8 +592,7 @@ class H1Upgrade {
     }
     this.refused = true;
     this.resumeParser = resume;
-    const headers = head.headers.filter((_, i, a) => (a[i - (i % 2)] as string).toLowerCase() !== 'content-length');
-    this.visitor.write(rawHead(head.status, head.reason, headers, 'Connection: close\r\n'));
+    this.visitor.write(rawHead(head.status, head.reason, withoutHeaders(head.headers, 'content-length'), 'Connection: close\r\n'));
     leaveOnEnd(this.visitor);
     return true;
   }

@@ -11,7 +11,7 @@ import {
 import type { Socket } from 'node:net';
 import { Duplex, pipeline } from 'node:stream';
 import { PtthError } from '../http/errors.js';
-import { clientAddress, hasToken, rawHeader } from '../http/headers.js';
+import { clientAddress, hasToken, rawHeader, withoutHeaders } from '../http/headers.js';
 import { leaveOnEnd, rawHead, relay, splice } from '../http/relay.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
 
@@ -579,10 +579,7 @@ export class Http2Channel implements Channel {
       finish();
     };
     this.#inflight.add(broken);
-    const raw = ex.headers.filter((_, i, a) => {
-      const n = (a[i - (i % 2)] as string).toLowerCase();
-      return n !== 'sec-websocket-key' && n !== 'connection' && n !== 'upgrade';
-    });
+    const raw = withoutHeaders(ex.headers, 'sec-websocket-key', 'connection', 'upgrade');
     let stream: ClientHttp2Stream;
     try {
       stream = this.#open(
@@ -633,8 +630,7 @@ export class Http2Channel implements Channel {
         return;
       }
       // The app declined: relay its answer and close the visitor's connection.
-      const kept = flat.filter((_, i, a) => (a[i - (i % 2)] as string).toLowerCase() !== 'content-length');
-      visitor.write(rawHead(status, head.reason, kept, 'Connection: close\r\n'));
+      visitor.write(rawHead(status, head.reason, withoutHeaders(flat, 'content-length'), 'Connection: close\r\n'));
       leaveOnEnd(visitor);
       pipeline(stream, visitor, finish);
     });

@@ -2,7 +2,7 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream';
-import { unframedBody, withBodyFraming, withoutHopByHop } from '../http/headers.js';
+import { unframedBody, withBodyFraming, withoutHeaders, withoutHopByHop } from '../http/headers.js';
 import { rawHead, relay, splice } from '../http/relay.js';
 
 export interface LocalProxyOptions {
@@ -126,7 +126,7 @@ export function createLocalProxy(target: URL, options: LocalProxyOptions = {}): 
       splice(socket, localSocket, () => {});
     });
     out.on('response', (local: http.IncomingMessage) => {
-      const raw = withoutHopByHop(local.rawHeaders).filter((_, i, a) => (a[i - (i % 2)] as string).toLowerCase() !== 'content-length');
+      const raw = withoutHeaders(withoutHopByHop(local.rawHeaders), 'content-length');
       socket.write(rawHead(local.statusCode ?? 502, local.statusMessage, raw, 'Connection: close\r\n'));
       pipeline(local, socket, () => {});
     });

@@ -74,8 +74,8 @@ export class GatewayMetrics {
     });
 
     /*
-     * Per-request figures are counted in plain fields as requests end, and each counter takes what
-     * was added since the last scrape in its collect(): a request costs a few increments, not a
+     * Per-request figures are counted in plain fields as requests end, and each counter is set to
+     * their totals in its collect() (reset, then one inc): a request costs a few increments, not a
      * label lookup and hash per counter. The duration histogram is observed as requests end.
      */
     const perRequest = {
@@ -85,19 +85,15 @@ export class GatewayMetrics {
       errors: new Map<string, number>(),
     };
     const CLASSES = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx'];
-    const seenClasses = [0, 0, 0, 0, 0, 0];
     new Counter({
       name: 'ptth_requests_total',
       help: 'Visitor requests answered, by status class (0xx: the visitor left before any response head).',
       labelNames: ['status_class'],
       registers,
       collect() {
-        for (let i = 0; i < CLASSES.length; i++) {
-          const n = (perRequest.classes[i] as number) - (seenClasses[i] as number);
-          // Every class is shown from the first scrape (at 0), so rates work from the start.
-          this.inc({ status_class: CLASSES[i] as string }, n);
-          seenClasses[i] = perRequest.classes[i] as number;
-        }
+        this.reset();
+        // Every class is shown from the first scrape (at 0), so rates work from the start.
+        for (let i = 0; i < CLASSES.length; i++) this.inc({ status_class: CLASSES[i] as string }, perRequest.classes[i] as number);
       },
     });
     const duration = new Histogram({
@@ -106,14 +102,13 @@ export class GatewayMetrics {
       buckets: [...DURATION_BUCKETS],
       registers,
     });
-    const seenBytes = { bytesIn: 0, bytesOut: 0 };
     new Counter({
       name: 'ptth_request_bytes_total',
       help: 'Request body bytes received from visitors.',
       registers,
       collect() {
-        this.inc(perRequest.bytesIn - seenBytes.bytesIn);
-        seenBytes.bytesIn = perRequest.bytesIn;
+        this.reset();
+        this.inc(perRequest.bytesIn);
       },
     });
     new Counter({
@@ -121,22 +116,18 @@ export class GatewayMetrics {
       help: 'Response body bytes sent to visitors.',
       registers,
       collect() {
-        this.inc(perRequest.bytesOut - seenBytes.bytesOut);
-        seenBytes.bytesOut = perRequest.bytesOut;
+        this.reset();
+        this.inc(perRequest.bytesOut);
       },
     });
-    const seenErrors = new Map<string, number>();
     new Counter({
       name: 'ptth_request_errors_total',
       help: 'Visitor requests the gateway itself answered with an error (or cut), by PTTH_ERR_* code.',
       labelNames: ['code'],
       registers,
       collect() {
-        for (const [code, n] of perRequest.errors) {
-          const seen = seenErrors.get(code) ?? 0;
-          if (n > seen) this.inc({ code }, n - seen);
-          seenErrors.set(code, n);
-        }
+        this.reset();
+        for (const [code, n] of perRequest.errors) this.inc({ code }, n);
       },
     });
     const claims = new Counter({

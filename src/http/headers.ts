@@ -132,6 +132,16 @@ export function withBodyFraming(headers: string[], unframed: boolean): string[] 
   return unframed ? [...headers, 'Transfer-Encoding', 'chunked'] : headers;
 }
 
+/** A flat raw header list without the fields named in `names` (lower case). */
+export function withoutHeaders(raw: readonly string[], ...names: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    if (names.includes((raw[i] as string).toLowerCase())) continue;
+    out.push(raw[i] as string, raw[i + 1] as string);
+  }
+  return out;
+}
+
 /** First value of a header in a flat raw list, case-insensitively. */
 export function rawHeader(raw: readonly string[], name: string): string | undefined {
   for (let i = 0; i < raw.length; i += 2) {
