@@ -4,12 +4,14 @@ import type { Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { MAX_MESSAGE, WebSocketChannel, WS_PROTOCOL } from '../channels/websocket.js';
 import { PtthError, isPtthError } from '../http/errors.js';
-import { sendError, writeRawError } from '../http/respond.js';
-import { queryName, readClaimParams, type ClaimParams } from '../routes/registration.js';
-import type { Registration } from '../routes/table.js';
-import { headerKey, register } from './claim.js';
+import { sendError } from '../http/respond.js';
+import { readClaimParams, type ClaimParams } from '../routes/registration.js';
+import type { ClaimLease } from '../routes/table.js';
+import { decideClaim, headerKey } from './claim.js';
 import { CometService, SERVICE_PATH } from './comet.js';
 import { privateUrlFor, publicUrlFor, type GatewayContext } from './context.js';
+import type { ClaimEvent } from './eventmap.js';
+import { claimantName, refuseClaim } from './refuse.js';
 import { clientAddress } from '../http/headers.js';
 
 /**
@@ -148,11 +150,7 @@ export class BrowserEndpoints {
   upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
     const ctx = this.#ctx;
     socket.on('error', noop);
-    const refuse = (err: PtthError): void => {
-      const name = queryName(req.url);
-      ctx.emit('refuse', { code: err.code, status: err.status, remote: socket.remoteAddress, name });
-      writeRawError(socket, err, req.headers.accept);
-    };
+    const refuse = (err: PtthError): void => refuseClaim(ctx, req, socket, err, claimantName(req, undefined));
     const key = req.headers['sec-websocket-key'];
     if (req.method !== 'GET' || !key || !/^[+/0-9A-Za-z]{22}==$/.test(key) || req.headers['sec-websocket-version'] !== '13') {
       refuse(new PtthError('PTTH_ERR_NOT_WEBSOCKET'));
@@ -170,12 +168,9 @@ export class BrowserEndpoints {
       refuse(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'));
       return;
     }
-    register(ctx, params, accessKey, socket.remoteAddress).then(
-      ({ registration: reg, created }) => {
-        if (socket.destroyed) {
-          if (created && reg.channels.length === 0) ctx.table.release(reg, 'WebSocket handshake failed');
-          return;
-        }
+    decideClaim(ctx, params, accessKey, socket.remoteAddress, true).then(
+      ({ registration: reg, lease }) => {
+        if (socket.destroyed) return lease.abandon('WebSocket handshake failed');
         const url = publicUrlFor(ctx.settings, req, reg.name);
         const location = privateUrlFor(ctx.settings, req, reg.privateId);
         this.#advertise.set(req, [`Link: <${url}>; rel="related"`, `Location: ${location}`]);
@@ -183,19 +178,20 @@ export class BrowserEndpoints {
         // ws refuses some handshakes itself (after our checks) and closes the socket without
         // calling back: a name this claim created must not stay registered with no channel.
         socket.once('close', () => {
-          if (!accepted && created && reg.channels.length === 0) ctx.table.release(reg, 'WebSocket handshake failed');
+          if (!accepted) lease.abandon('WebSocket handshake failed');
         });
         this.#wss.handleUpgrade(req, socket, head, (ws) => {
           accepted = true;
-          this.#accept(ws, req, reg, url, location);
+          this.#accept(ws, req, lease, url, location);
         });
       },
       (err: unknown) => refuse(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS')),
     );
   }
 
-  #accept(ws: WebSocket, req: IncomingMessage, reg: Registration, url: string, location: string): void {
+  #accept(ws: WebSocket, req: IncomingMessage, lease: ClaimLease, url: string, location: string): void {
     const s = this.settings;
+    const reg = lease.registration;
     const remote = `${clientAddress(req.socket.remoteAddress)}:${req.socket.remotePort ?? 0}`;
     const channel = new WebSocketChannel(ws, remote, {
       responseTimeout: this.#ctx.settings.responseTimeout,
@@ -205,8 +201,8 @@ export class BrowserEndpoints {
     });
     channel.hello({ name: reg.name, url, location });
     this.#ctx.caps.channelFrom(channel, req.socket.remoteAddress);
-    reg.addChannel(channel);
-    this.#ctx.emit('claim', { name: reg.name, url, transport: 'websocket', remote, key: reg.keyId });
+    lease.join(channel);
+    this.#ctx.emit('claim', { name: reg.name, url, transport: 'websocket', remote, key: reg.keyId } satisfies ClaimEvent);
   }
 }
 

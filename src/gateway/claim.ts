@@ -4,11 +4,12 @@ import { Http1Channel } from '../channels/http1.js';
 import { Http2Channel } from '../channels/http2.js';
 import { hasToken } from '../http/headers.js';
 import { PtthError, isPtthError } from '../http/errors.js';
-import { sendError, writeRawError } from '../http/respond.js';
 import { bearerKey } from '../routes/access.js';
-import { loggableName, normalizeName, queryName, readClaimParams, type ClaimParams } from '../routes/registration.js';
-import type { Registration } from '../routes/table.js';
+import { normalizeName, readClaimParams, type ClaimParams } from '../routes/registration.js';
+import type { ClaimLease, Registration } from '../routes/table.js';
 import { privateUrlFor, publicUrlFor, type GatewayContext } from './context.js';
+import type { ClaimEvent } from './eventmap.js';
+import { claimantName, refuseClaim } from './refuse.js';
 import { hijack, watchNextMessage } from './hijack.js';
 import { addressKey } from './ratelimit.js';
 
@@ -44,48 +45,35 @@ function claimParams(ctx: GatewayContext, req: IncomingMessage, hostName: string
   return { ...parsed, name: fromHost };
 }
 
-/**
- * A claim that brings a channel with it (native and WebSocket): the access check, the table's
- * claim, then room for one more channel (per name, and per key). Keys come as `Authorization:
- * Bearer` (docs/PROTOCOL.md section 2).
- */
-export async function register(
-  ctx: GatewayContext,
-  params: ClaimParams,
-  key: string | undefined,
-  remote: string | undefined,
-): Promise<{ registration: Registration; created: boolean }> {
-  // Before the claim: a refused channel must not leave a name behind.
-  ctx.caps.checkChannels(remote);
-  const claimed = await claimName(ctx, params, key, remote);
-  try {
-    ctx.access.checkChannels(ctx.table, claimed.registration, ctx.settings.maxChannels);
-  } catch (err) {
-    // A name made by a refused claim would sit there with no channel, counted against the key.
-    if (claimed.created) ctx.table.release(claimed.registration, 'claim refused');
-    throw err;
-  }
-  return claimed;
+/** A granted claim: its registration, and the lease that holds it until the channel is in service. */
+export interface Granted {
+  readonly registration: Registration;
+  readonly created: boolean;
+  readonly lease: ClaimLease;
 }
 
 /**
- * The table's claim under the access rules and the per-address names cap (every transport). A
- * claim that would create a name is checked against the cap first; one that reclaims a name it
- * holds is not. MemoryTable's claim creates synchronously, so the check and the creation cannot
- * interleave with another claim.
+ * The gateway's side of a claim (every transport), around the table's one decision: the client
+ * address's caps (channels, when the claim brings one; names, when it would make one), the access
+ * key, then RouteTable.decide (token, the key's limits, room for the channel, the lease). MemoryTable
+ * decides synchronously, so the address check and the creation cannot interleave with another
+ * claim. Rejects with the refusal.
  */
-export async function claimName(
+export async function decideClaim(
   ctx: GatewayContext,
   params: ClaimParams,
   key: string | undefined,
   remote: string | undefined,
-): Promise<{ registration: Registration; created: boolean }> {
+  bringsChannel: boolean,
+): Promise<Granted> {
+  if (bringsChannel) ctx.caps.checkChannels(remote);
   if (params.name === undefined || ctx.table.lookup(params.name) === undefined) ctx.caps.checkNames(remote);
   // Without a token the name is held by the claimant's address (IPv6: its /64), loopback included.
   const holder = params.token === undefined && remote ? addressKey(remote) : undefined;
-  const claimed = await ctx.access.claim(ctx.table, { ...params, holder }, key);
-  if (claimed.created) ctx.caps.holdName(claimed.registration, remote);
-  return claimed;
+  const maxPerName = bringsChannel ? ctx.settings.maxChannels : undefined;
+  const granted = await ctx.access.claim(ctx.table, { ...params, holder }, key, maxPerName);
+  if (granted.created) ctx.caps.holdName(granted.registration, remote);
+  return granted;
 }
 
 /** The access key a claim presents in `Authorization: Bearer <key>`. */
@@ -133,18 +121,14 @@ export function negotiate(upgrade: string | undefined, alpn: string | undefined,
   );
 }
 
-/** Writes the 101 exactly as docs/PROTOCOL.md section 2 shows it and puts the channel in service. */
 /**
- * A claim that made its name and then never put a channel in service (the claimant went away, or
- * lost the limits race at join time) leaves nothing behind: the name would otherwise sit for its
- * lease, counted against the key's names.
+ * Writes the 101 exactly as docs/PROTOCOL.md section 2 shows it and puts the channel in service. A
+ * claim that made its name and then never put a channel in service (the claimant went away, or lost
+ * the limits race at join time) leaves nothing behind (ClaimLease.abandon).
  */
-function abandon(ctx: GatewayContext, reg: Registration, created: boolean): void {
-  if (created && reg.channels.length === 0 && !reg.released) ctx.table.release(reg, 'claim refused');
-}
-
-function accept(ctx: GatewayContext, req: IncomingMessage, socket: Socket, reg: Registration, how: Reversal, created: boolean): void {
-  if (socket.destroyed) return abandon(ctx, reg, created);
+function accept(ctx: GatewayContext, req: IncomingMessage, socket: Socket, lease: ClaimLease, how: Reversal): void {
+  if (socket.destroyed) return lease.abandon('claim refused');
+  const reg = lease.registration;
   const link = publicUrlFor(ctx.settings, req, reg.name);
   const location = privateUrlFor(ctx.settings, req, reg.privateId);
   const head =
@@ -161,30 +145,34 @@ function accept(ctx: GatewayContext, req: IncomingMessage, socket: Socket, reg: 
     // aborts the whole process (node_http2.cc: "Assertion failed: is_write_in_progress()"). So the
     // session starts only once the 101 is out.
     socket.write(head, (err) => {
-      if (err || socket.destroyed) {
+      // Other claims of the name (or key) may have been put in service meanwhile: the limits
+      // hold at the moment the channel joins. Past them the connection closes; the client's
+      // next claim gets the 429 that says why.
+      if (err || socket.destroyed || lease.recheck() !== undefined || !roomAt(ctx, socket)) {
         socket.destroy();
-        return abandon(ctx, reg, created);
+        return lease.abandon('claim refused');
       }
-      try {
-        // Other claims of the name (or key) may have been put in service meanwhile: the limits
-        // hold at the moment the channel joins. Past them the connection closes; the client's
-        // next claim gets the 429 that says why.
-        ctx.access.checkChannels(ctx.table, reg, ctx.settings.maxChannels);
-        ctx.caps.checkChannels(socket.remoteAddress);
-      } catch {
-        socket.destroy();
-        return abandon(ctx, reg, created);
-      }
-      putInService(ctx, socket, reg, how, link);
+      putInService(ctx, socket, lease, how, link);
     });
     return;
   }
   socket.write(head);
-  putInService(ctx, socket, reg, how, link);
+  putInService(ctx, socket, lease, how, link);
 }
 
-function putInService(ctx: GatewayContext, socket: Socket, reg: Registration, how: Reversal, link: string): void {
+/** Whether the claimant's address may hold one more channel now. */
+function roomAt(ctx: GatewayContext, socket: Socket): boolean {
+  try {
+    ctx.caps.checkChannels(socket.remoteAddress);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function putInService(ctx: GatewayContext, socket: Socket, lease: ClaimLease, how: Reversal, link: string): void {
   const s = ctx.settings;
+  const reg = lease.registration;
   const channel =
     how.protocol === 'http2'
       ? new Http2Channel(socket, {
@@ -195,49 +183,35 @@ function putInService(ctx: GatewayContext, socket: Socket, reg: Registration, ho
         })
       : new Http1Channel(socket, { responseTimeout: s.responseTimeout });
   ctx.caps.channelFrom(channel, socket.remoteAddress);
-  reg.addChannel(channel);
-  ctx.emit('claim', { name: reg.name, url: link, transport: channel.transport, remote: channel.remote, key: reg.keyId });
-}
-
-/** The name a claim asks for, for the refuse line: the Host's, else the query's (form: see callers). */
-function askedName(req: IncomingMessage, hostName: string | undefined): string | undefined {
-  return loggableName(hostName) ?? queryName(req.url);
-}
-
-function refuseRaw(
-  ctx: GatewayContext,
-  req: IncomingMessage,
-  socket: Socket,
-  err: PtthError,
-  name = askedName(req, undefined),
-): void {
-  ctx.emit('refuse', { code: err.code, status: err.status, remote: socket.remoteAddress, name });
-  writeRawError(socket, err, req.headers.accept);
+  lease.join(channel);
+  const claim: ClaimEvent = { name: reg.name, url: link, transport: channel.transport, remote: channel.remote, key: reg.keyId };
+  ctx.emit('claim', claim);
 }
 
 /** `Upgrade: PTTH/1.0` with `Connection: Upgrade`: node's 'upgrade' event. */
 export function claimFromUpgrade(ctx: GatewayContext, req: IncomingMessage, socket: Socket, head: Buffer, hostName: string | undefined): void {
   socket.on('error', noop);
-  let name = askedName(req, hostName);
+  let name = claimantName(req, hostName);
+  const refuseRaw = (err: PtthError): void => refuseClaim(ctx, req, socket, err, name);
   // RFC 9110 section 7.8: Upgrade in an HTTP/1.0 request is ignored, so it is never upgraded.
   if (req.httpVersionMajor !== 1 || req.httpVersionMinor < 1) {
-    refuseRaw(ctx, req, socket, new PtthError('PTTH_ERR_HTTP10_UPGRADE'), name);
+    refuseRaw(new PtthError('PTTH_ERR_HTTP10_UPGRADE'));
     return;
   }
   let how: Reversal;
   try {
     how = negotiate(req.headers.upgrade, alpnHeader(req), ctx.settings.http2);
   } catch (err) {
-    refuseRaw(ctx, req, socket, err as PtthError, name);
+    refuseRaw(err as PtthError);
     return;
   }
   if (req.headers['transfer-encoding'] !== undefined) {
-    refuseRaw(ctx, req, socket, new PtthError('PTTH_ERR_CHUNKED_CLAIM'), name);
+    refuseRaw(new PtthError('PTTH_ERR_CHUNKED_CLAIM'));
     return;
   }
   const length = Number(req.headers['content-length'] ?? 0);
   if (length > ctx.settings.claimBodyLimit) {
-    refuseRaw(ctx, req, socket, new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE'), name);
+    refuseRaw(new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE'));
     return;
   }
   if (/100-continue/i.test(req.headers.expect ?? '')) socket.write('HTTP/1.1 100 Continue\r\n\r\n');
@@ -246,11 +220,11 @@ export function claimFromUpgrade(ctx: GatewayContext, req: IncomingMessage, sock
     .then(async (body) => {
       const params = claimParams(ctx, req, hostName, body);
       name = params.name;
-      const { registration, created } = await register(ctx, params, headerKey(req), socket.remoteAddress);
-      accept(ctx, req, socket, registration, how, created);
+      const { lease } = await decideClaim(ctx, params, headerKey(req), socket.remoteAddress, true);
+      accept(ctx, req, socket, lease, how);
     })
     .catch((err: unknown) => {
-      refuseRaw(ctx, req, socket, isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'), name);
+      refuseRaw(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'));
     });
 }
 
@@ -297,12 +271,8 @@ function earlyData(): PtthError {
 
 /** `Upgrade: PTTH/1.0` without `Connection: Upgrade`: an ordinary request that node parsed whole. */
 export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, hostName: string | undefined): void {
-  let name = askedName(req, hostName);
-  const fail = (err: PtthError): void => {
-    ctx.emit('refuse', { code: err.code, status: err.status, remote: req.socket.remoteAddress, name });
-    if (!res.headersSent) sendError(res, err, req.headers.accept, true);
-    req.resume();
-  };
+  let name = claimantName(req, hostName);
+  const fail = (err: PtthError): void => refuseClaim(ctx, req, res, err, name);
   if (req.httpVersionMajor !== 1 || req.httpVersionMinor < 1) {
     fail(new PtthError('PTTH_ERR_HTTP10_UPGRADE'));
     return;
@@ -357,21 +327,21 @@ export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res:
       fail(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'));
       return;
     }
-    register(ctx, params, headerKey(req), req.socket.remoteAddress).then(
-      ({ registration: reg, created }) => {
+    decideClaim(ctx, params, headerKey(req), req.socket.remoteAddress, true).then(
+      ({ lease }) => {
         const socket = hijack(req, res);
         if (!socket) {
-          abandon(ctx, reg, created);
+          lease.abandon('claim refused');
           fail(new PtthError('PTTH_ERR_UNSUPPORTED_UPGRADE', 'This node version cannot take over the connection: send Connection: Upgrade with Upgrade: PTTH/1.0.'));
           return;
         }
         socket.on('error', noop);
         if (socket.readableLength > 0) {
           socket.destroy();
-          abandon(ctx, reg, created);
+          lease.abandon('claim refused');
           return;
         }
-        accept(ctx, req, socket, reg, how, created);
+        accept(ctx, req, socket, lease, how);
       },
       (err: unknown) => fail(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS')),
     );

@@ -14,15 +14,32 @@ export type Route =
   /** The gateway's own endpoints. */
   | { readonly kind: 'gateway' }
   /** A WebSocket channel claim (docs/PROTOCOL.md section 6): `Upgrade: websocket` on the gateway host. */
-  | { readonly kind: 'websocket' };
+  | { readonly kind: 'websocket' }
+  /** A Comet registration (docs/PROTOCOL.md section 5): `POST /reversehttp` (or `/reversehttp/`) on the gateway host. */
+  | { readonly kind: 'comet' };
+
+/** The Gateway Service URL of the Comet protocol (docs/PROTOCOL.md section 5). */
+export const SERVICE_PATH = '/reversehttp';
 
 export interface RequestHead {
   readonly host: string | undefined;
   readonly upgrade: string | undefined;
+  /**
+   * Method and path (the target without its query) of a request node parsed whole: a Comet
+   * registration is one. Absent for an upgrade, which never is.
+   */
+  readonly method?: string | undefined;
+  readonly path?: string | undefined;
 }
 
 const GATEWAY: Route = { kind: 'gateway' };
 const WEBSOCKET: Route = { kind: 'websocket' };
+const COMET: Route = { kind: 'comet' };
+
+/** `POST /reversehttp` or `/reversehttp/`, as comet.ts takes a registration. */
+function isCometRegistration(method: string | undefined, path: string | undefined): boolean {
+  return method === 'POST' && (path === SERVICE_PATH || path === `${SERVICE_PATH}/`);
+}
 
 /** Strips the port from a Host value (`[::1]:8080`, `foo.localhost:8080`) and lower-cases it. */
 export function hostname(host: string): string {
@@ -120,6 +137,9 @@ export function isPtthUpgrade(upgrade: string | undefined): boolean {
 export function classify(head: RequestHead, domain: string): Route {
   const name = nameFromHost(head.host, domain);
   if (head.upgrade !== undefined && isPtthUpgrade(head.upgrade)) return { kind: 'claim', hostName: name };
-  if (name === undefined) return head.upgrade !== undefined && hasToken(head.upgrade, 'websocket') ? WEBSOCKET : GATEWAY;
+  if (name === undefined) {
+    if (isCometRegistration(head.method, head.path)) return COMET;
+    return head.upgrade !== undefined && hasToken(head.upgrade, 'websocket') ? WEBSOCKET : GATEWAY;
+  }
   return { kind: 'visitor', name };
 }

@@ -6,10 +6,11 @@ import { InvalidMessageError, parseResponse } from '../http/message.js';
 import { sendError } from '../http/respond.js';
 import { loggableName, lookupKey, queryName, randomSecret, readClaimParams } from '../routes/registration.js';
 import type { Registration } from '../routes/table.js';
-import type { BrowserSettings } from './browser.js';
-import { claimName, headerKey } from './claim.js';
-import { hostname } from './classify.js';
+import { decideClaim, headerKey } from './claim.js';
+import { hostname, SERVICE_PATH } from './classify.js';
 import { gatewayOrigin, privateUrlFor, publicUrlFor, requestProto, type GatewayContext } from './context.js';
+import type { ClaimEvent, CometEvent } from './eventmap.js';
+import { refuse, refuseClaim } from './refuse.js';
 import { clientAddress } from '../http/headers.js';
 
 /**
@@ -23,25 +24,15 @@ import { clientAddress } from '../http/headers.js';
  * stays idempotent) and the reply is POSTed to it; `rel="next"` names a fresh open slot. A poll
  * that times out names its own slot again.
  */
-export const SERVICE_PATH = '/reversehttp';
+export { SERVICE_PATH };
+export type { CometEvent };
 
-/**
- * One request to the Comet endpoint, for the log (event `comet`): what it was, how it was answered.
- * The session id in a request URL is a capability: `path` shows its hash's first 8 characters
- * (`/reversehttp/~1a2b3c4d/5`), enough to tell one poller from another, nothing to poll with.
- */
-export interface CometEvent {
-  /** `register` (POST /reversehttp), `poll` (GET of a request URL), `reply` (POST to one), `unknown`. */
-  readonly op: 'register' | 'poll' | 'reply' | 'unknown';
-  readonly method: string;
-  readonly path: string;
-  /** The answer's status; 0 when the client went away before one was sent (a poll it gave up). */
-  readonly status: number;
-  /** The PTTH_ERR_* code of a refusal. */
-  readonly code: string | undefined;
-  /** The registration's name when the session is known (or the name a registration asked for). */
-  readonly name: string | undefined;
-  readonly remote: string;
+/** The settings of the browser transports (BrowserSettings) that Comet reads. */
+export interface CometSettings {
+  readonly pollTimeout: number;
+  readonly replyTimeout: number;
+  readonly bufferLimit: number;
+  readonly cometIdleTimeout: number;
 }
 
 /** A Comet path with the session id hashed and every part shortened: safe to log. */
@@ -101,14 +92,14 @@ function requestOrigin(ctx: GatewayContext, req: IncomingMessage): string {
 
 export class CometService {
   #ctx: GatewayContext;
-  #settings: BrowserSettings;
+  #settings: CometSettings;
   /** Bytes of visitors' bodies buffered for Comet apps across the whole gateway. */
   #budget: { used: number; readonly max: number };
   /** By lookupKey(session id): the id is the capability of its request URLs (see lookupKey). */
   #sessions = new Map<string, Session>();
   #byReg = new Map<Registration, Session>();
 
-  constructor(ctx: GatewayContext, settings: BrowserSettings) {
+  constructor(ctx: GatewayContext, settings: CometSettings) {
     this.#ctx = ctx;
     this.#settings = settings;
     // Each request may buffer --buffer-limit; all of them together at most eight times that.
@@ -178,17 +169,15 @@ export class CometService {
 
   #register(req: IncomingMessage, res: ServerResponse): void {
     const ctx = this.#ctx;
-    if (ctx.closing()) {
-      req.resume();
-      sendError(res, new PtthError('PTTH_ERR_SHUTTING_DOWN'), req.headers.accept, true);
-      return;
-    }
+    // Comet answers its own shutting-down (the gateway's admission leaves it here) so that its
+    // `comet` event covers the answer like every other one of the endpoint's.
+    if (ctx.closing()) return refuse(req, res, new PtthError('PTTH_ERR_SHUTTING_DOWN'));
     let name = queryName(req.url);
     const fail = (err: unknown): void => {
-      const e = isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS');
-      ctx.emit('refuse', { code: e.code, status: e.status, remote: req.socket.remoteAddress, name });
+      const read = isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS');
+      const e = read.code === 'PTTH_ERR_BODY_TOO_LARGE' ? new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE') : read;
       // After a 413 or 408 the rest of the body is not read: the connection closes.
-      sendError(res, e.code === 'PTTH_ERR_BODY_TOO_LARGE' ? new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE') : e, req.headers.accept, e.status === 413 || e.status === 408);
+      refuseClaim(ctx, req, res, e, name, { drain: false, close: e.status === 413 || e.status === 408 });
     };
     readBody(req, ctx.settings.claimBodyLimit, 'The registration form is too large.', ctx.settings.claimTimeout)
       .then(async (body) => {
@@ -197,7 +186,8 @@ export class CometService {
         // The access key: Authorization: Bearer, or a `key` form field for clients that cannot set headers.
         const key = headerKey(req) ?? (params.get('key') || undefined);
         const claim = readClaimParams(params, ctx.settings.maxLease);
-        const { registration: reg, created } = await claimName(ctx, claim, key, req.socket.remoteAddress);
+        // No channel yet: the first poll brings it (#channel), under the limits in force then.
+        const { registration: reg, lease } = await decideClaim(ctx, claim, key, req.socket.remoteAddress, false);
         let session = this.#byReg.get(reg);
         if (!session) {
           session = new Session(reg);
@@ -207,19 +197,19 @@ export class CometService {
         try {
           this.#channel(session, req);
         } catch (err) {
-          // A name made by a refused registration would sit there with no channel, counted against the key.
-          if (created) ctx.table.release(reg, 'claim refused');
+          lease.abandon('claim refused');
           throw err;
         }
         const first = this.#url(req, session, session.mint());
         const related = publicUrlFor(ctx.settings, req, reg.name);
-        ctx.emit('claim', { name: reg.name, url: related, transport: 'comet', remote: req.socket.remoteAddress ?? '', key: reg.keyId });
+        const event: ClaimEvent = { name: reg.name, url: related, transport: 'comet', remote: req.socket.remoteAddress ?? '', key: reg.keyId };
+        ctx.emit('claim', event);
         // setHeader with an array writes one `Link:` line per value, names cased as given.
         res.setHeader('Link', [`<${first}>; rel="first"`, `<${related}>; rel="related"`]);
         res.setHeader('Location', privateUrlFor(ctx.settings, req, reg.privateId));
         res.setHeader('Cache-Control', 'no-store');
-        if (created) res.setHeader('Content-Length', '0');
-        res.writeHead(created ? 201 : 204);
+        if (lease.created) res.setHeader('Content-Length', '0');
+        res.writeHead(lease.created ? 201 : 204);
         res.end();
       })
       .catch(fail);
@@ -234,7 +224,8 @@ export class CometService {
     // A poll that brings the channel back is a reconnect: the access configuration in force decides
     // it, as it decides every other transport's new channels (a revoked key cannot come back).
     this.#ctx.access.recheck(reg.keyId, reg.name);
-    this.#ctx.access.checkChannels(this.#ctx.table, reg, this.#ctx.settings.maxChannels);
+    const refusal = this.#ctx.table.roomFor(reg, this.#ctx.access.channelLimits(reg, this.#ctx.settings.maxChannels));
+    if (refusal) throw refusal;
     this.#ctx.caps.checkChannels(req.socket.remoteAddress);
     const s = this.#settings;
     const channel = new CometChannel(`${clientAddress(req.socket.remoteAddress)}:${req.socket.remotePort ?? 0}`, {

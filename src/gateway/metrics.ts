@@ -1,6 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
 import type { Transport } from '../channels/channel.js';
-import type { Gateway } from './server.js';
+import type { RouteTable } from '../routes/table.js';
+import type { GatewayEventSource } from './eventmap.js';
 
 const TRANSPORTS: readonly Transport[] = ['http1', 'http2', 'websocket', 'comet'];
 
@@ -39,7 +40,7 @@ function sharedProcessMetrics(): Metric[] {
 export class GatewayMetrics {
   readonly registry = new Registry();
 
-  constructor(source: Gateway) {
+  constructor(source: GatewayEventSource & { readonly table: RouteTable }) {
     const registers = [this.registry];
     const table = source.table;
 

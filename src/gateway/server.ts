@@ -3,24 +3,24 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { createServer as createTlsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { PtthError } from '../http/errors.js';
-import { sendError, writeRawError } from '../http/respond.js';
-import { MemoryTable, type Registration, type RouteTable } from '../routes/table.js';
-import type { Channel } from '../channels/channel.js';
+import { writeRawError } from '../http/respond.js';
+import { MemoryTable, type RouteTable } from '../routes/table.js';
 import { claimFromRequest, claimFromUpgrade } from './claim.js';
 import { classify, hostProblem, originForm, type Route } from './classify.js';
-import { loggableName, queryName } from '../routes/registration.js';
+import { admit, type Admission, type Arrival, type Buckets } from './admission.js';
+import { claimantName, refuse, refuseClaim } from './refuse.js';
 import type { GatewayContext, GatewaySettings } from './context.js';
 import { gatewayHeaders, handleEndpoint, type GatewayInfo } from './endpoints.js';
 import { BrowserEndpoints, type BrowserOptions } from './browser.js';
-import type { CometEvent } from './comet.js';
+import type { GatewayEvents } from './eventmap.js';
 import { forwardRequest, forwardUpgrade, refuseVisitor } from './forward.js';
 import { VERSION } from '../version.js';
 import { GatewayMetrics } from './metrics.js';
-import type { RequestEvent } from './forward.js';
 import { AccessControl, type AccessConfig } from '../routes/access.js';
-import { SERVICE_PATH } from './comet.js';
 import { isLoopback, parseRate, RateLimiter, type RateSpec } from './ratelimit.js';
 import { AddressCaps } from './addresscaps.js';
+
+export type { GatewayEvents };
 
 /** PEM certificate chain and private key for HTTPS on the gateway's one port. */
 export interface TlsOptions {
@@ -129,23 +129,6 @@ export interface GatewayOptions extends BrowserOptions {
   metricsOnGateway?: boolean;
 }
 
-export interface GatewayEvents {
-  listening: [AddressInfo];
-  claim: [{ name: string; url: string; transport: string; remote: string; key?: string | undefined }];
-  /** A refused claim; `name` when the claim named one (query, form or Host). */
-  refuse: [{ code: string; status: number; remote: string | undefined; name?: string | undefined }];
-  /** A request to the Comet endpoint (src/gateway/comet.ts), once answered or abandoned. */
-  comet: [CometEvent];
-  register: [Registration];
-  release: [Registration, string];
-  'channel-open': [Registration, Channel];
-  'channel-close': [Registration, Channel];
-  request: [RequestEvent];
-  /** An app's `Set-Cookie` fields were dropped by the cookie guard. */
-  'cookie-dropped': [{ name: string; count: number }];
-  error: [Error];
-}
-
 function positive(name: string, value: number | undefined, fallback: number, min = 0): number {
   if (value === undefined) return fallback;
   if (!Number.isFinite(value) || value < min) throw new TypeError(`${name} must be a number >= ${min}, got ${String(value)}`);
@@ -224,6 +207,10 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   #maxHeaders: number;
   /** Largest request head in bytes (node's maxHeaderSize for the server). */
   #maxHeaderSize: number;
+  /** The rate limits, by bucket (admission.ts). */
+  #buckets: Buckets = {
+    take: (bucket, address) => (bucket === 'claims' ? this.#claimLimit : this.#requestLimit)?.take(address) ?? 0,
+  };
   /** Each connection's latest response, so an idle timeout can tell a visitor waiting for its app. */
   #current = new WeakMap<Socket, { req: IncomingMessage; res: ServerResponse }>();
 
@@ -350,34 +337,39 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const ctx = this.#ctx;
     this.#current.set(req.socket, { req, res });
-    const crowded = this.#crowded.has(req.socket);
-    const bad = crowded ? this.caps.connectionsError() : this.#badHead(req);
-    const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
-    if (route.kind === 'gateway') gatewayHeaders(req, res, pathOf(req.url));
-    if (bad) {
-      const err = bad;
-      if (route.kind === 'visitor') return refuseVisitor(ctx, req, res, route.name, err);
-      const claim = route.kind === 'claim' || (crowded && isCometRegistration(req));
-      return refuse(req, res, claim ? this.#refusedClaim(err, req, route) : err);
+    const arrival = this.#arrive(req, false);
+    const route = arrival.route;
+    // The gateway's own headers even on a refusal: its answers are never framed or sniffed.
+    if (route.kind === 'gateway' || route.kind === 'comet') gatewayHeaders(req, res, pathOf(req.url));
+    const admission = admit(arrival, this.#buckets);
+    if (!admission.admitted) {
+      if (route.kind === 'visitor') return refuseVisitor(ctx, req, res, route.name, admission.error);
+      return this.#refuse(req, res, route, admission);
     }
-    if (route.kind === 'visitor') {
-      const wait = this.#requestLimit?.take(req.socket.remoteAddress) ?? 0;
-      if (wait > 0) return refuseVisitor(ctx, req, res, route.name, rateLimited(wait, 'requests'));
-      forwardRequest(ctx, req, res, route.name);
-    } else if (route.kind === 'claim') {
-      const down = new PtthError('PTTH_ERR_SHUTTING_DOWN');
-      if (this.#closing) return refuse(req, res, this.#refusedClaim(down, req, route));
-      const wait = this.#claimLimit?.take(req.socket.remoteAddress) ?? 0;
-      if (wait > 0) return refuse(req, res, this.#claimLimited(wait, req, route));
-      claimFromRequest(ctx, req, res, route.hostName);
-    } else {
-      if (this.#claimLimit && isCometRegistration(req)) {
-        const wait = this.#claimLimit.take(req.socket.remoteAddress);
-        if (wait > 0) return refuse(req, res, this.#claimLimited(wait, req, route));
-      }
-      handleEndpoint(ctx, this.#info, req, res);
-    }
+    if (route.kind === 'visitor') forwardRequest(ctx, req, res, route.name);
+    else if (route.kind === 'claim') claimFromRequest(ctx, req, res, route.hostName);
+    else handleEndpoint(ctx, this.#info, req, res);
   };
+
+  /**
+   * What admission decides on: the road of a request or upgrade (classify.ts) and what is wrong with
+   * it already. #badHead rewrites an absolute-form target first, so every later step (classify
+   * included) sees the origin-form path.
+   */
+  #arrive(req: IncomingMessage, upgraded: boolean): Arrival {
+    const socket = req.socket;
+    const problem = this.#crowded.has(socket) ? this.caps.connectionsError() : this.#badHead(req);
+    const { host, upgrade } = req.headers;
+    const head = upgraded ? { host, upgrade } : { host, upgrade, method: req.method, path: pathOf(req.url) };
+    const route = classify(head, this.#ctx.settings.domain);
+    return { route, upgraded, upgrade, problem, closing: this.#closing, address: socket.remoteAddress };
+  }
+
+  /** A refused claim is logged and counted by reason, whichever check refused it. */
+  #refuse(req: IncomingMessage, to: ServerResponse | Socket, route: Route, refused: Admission & { admitted: false }): void {
+    if (!refused.claim) return refuse(req, to, refused.error);
+    refuseClaim(this.#ctx, req, to, refused.error, claimantName(req, route.kind === 'claim' ? route.hostName : undefined));
+  }
 
   /**
    * Heads llhttp accepts but the gateway must not: a header flood (node keeps the first
@@ -406,18 +398,6 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     return undefined;
   }
 
-  /** A rate-limited claim is a refused claim like any other: logged and counted by reason. */
-  #claimLimited(wait: number, req: IncomingMessage, route: Route): PtthError {
-    return this.#refusedClaim(rateLimited(wait, 'claims'), req, route);
-  }
-
-  /** Claims refused here, before claim.ts sees them, still reach the logs and metrics. */
-  #refusedClaim(err: PtthError, req: IncomingMessage, route: Route): PtthError {
-    const name = (route.kind === 'claim' ? loggableName(route.hostName) : undefined) ?? queryName(req.url);
-    this.#ctx.emit('refuse', { code: err.code, status: err.status, remote: req.socket.remoteAddress, name });
-    return err;
-  }
-
   /**
    * A connection with no bytes either way for `idleTimeout`: a visitor trickling its body or not
    * reading its response is cut; one whose request is complete and waits for its app's first byte
@@ -434,36 +414,14 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     // Channels and spliced upgrades live as long as their peers want; the idle timeout is for
     // plain HTTP exchanges (channels have PING, TCP keepalive and their own timers).
     socket.setTimeout(0);
-    const refuseRaw = (err: PtthError): void => {
-      socket.on('error', noop);
-      writeRawError(socket, err, req.headers.accept);
-    };
-    const bad = this.#crowded.has(socket) ? this.caps.connectionsError() : this.#badHead(req);
-    const route = classify({ host: req.headers.host, upgrade: req.headers.upgrade }, ctx.settings.domain);
-    const claim = route.kind === 'claim' || route.kind === 'websocket';
-    if (bad) return refuseRaw(claim ? this.#refusedClaim(bad, req, route) : bad);
-    const down = claim && this.#closing ? new PtthError('PTTH_ERR_SHUTTING_DOWN') : undefined;
-    if (down) return refuseRaw(this.#refusedClaim(down, req, route));
-    if (route.kind === 'claim') {
-      const wait = this.#claimLimit?.take(socket.remoteAddress) ?? 0;
-      if (wait > 0) return refuseRaw(this.#claimLimited(wait, req, route));
-      claimFromUpgrade(ctx, req, socket, head, route.hostName);
-    } else if (route.kind === 'visitor') {
-      const wait = this.#requestLimit?.take(socket.remoteAddress) ?? 0;
-      if (wait > 0) return refuseRaw(rateLimited(wait, 'requests'));
-      forwardUpgrade(ctx, req, socket, head, route.name);
-    } else if (route.kind === 'websocket') {
-      const wait = this.#claimLimit?.take(socket.remoteAddress) ?? 0;
-      if (wait > 0) return refuseRaw(this.#claimLimited(wait, req, route));
-      this.browser.upgrade(req, socket, head);
-    } else {
-      socket.on('error', noop);
-      writeRawError(
-        socket,
-        new PtthError('PTTH_ERR_UNSUPPORTED_UPGRADE', `The gateway host only upgrades to PTTH/1.0 or ptth, not to ${JSON.stringify(req.headers.upgrade ?? '')}.`),
-        req.headers.accept,
-      );
-    }
+    const arrival = this.#arrive(req, true);
+    const { route } = arrival;
+    const admission = admit(arrival, this.#buckets);
+    if (!admission.admitted) return this.#refuse(req, socket, route, admission);
+    if (route.kind === 'claim') claimFromUpgrade(ctx, req, socket, head, route.hostName);
+    else if (route.kind === 'visitor') forwardUpgrade(ctx, req, socket, head, route.name);
+    // Admission refused every other upgrade of the gateway host.
+    else this.browser.upgrade(req, socket, head);
   };
 
   /** Bad bytes from the network: a clear status when the connection can still take one, never a crash. */
@@ -585,31 +543,10 @@ function tlsContext(tls: TlsOptions): { cert: string | Buffer; key: string | Buf
   return { cert: tls.cert, key: tls.key, ...(tls.passphrase === undefined ? {} : { passphrase: tls.passphrase }) };
 }
 
-function rateLimited(wait: number, what: 'claims' | 'requests'): PtthError {
-  return new PtthError(
-    'PTTH_ERR_RATE_LIMITED',
-    `Too many ${what} from this address: retry after ${wait} s.`,
-    { retryAfter: wait },
-  );
-}
-
-/**
- * A Comet registration is a claim too (docs/PROTOCOL.md section 5),
- * at /reversehttp or /reversehttp/ as comet.ts takes it.
- */
-function isCometRegistration(req: IncomingMessage): boolean {
-  return req.method === 'POST' && pathOf(req.url).replace(/\/$/, '') === SERVICE_PATH;
-}
-
 function pathOf(url: string | undefined): string {
   if (url === undefined) return '/';
   const q = url.indexOf('?');
   return q === -1 ? url : url.slice(0, q);
-}
-
-function refuse(req: IncomingMessage, res: ServerResponse, err: PtthError): void {
-  req.resume();
-  sendError(res, err, req.headers.accept, true);
 }
 
 function noop(): void {}

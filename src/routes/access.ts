@@ -2,10 +2,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { PtthError } from '../http/errors.js';
 import { randomName, type ClaimParams } from './registration.js';
-import type { Registration, RouteTable } from './table.js';
+import type { ChannelLimits, ClaimLease, Registration, RouteTable } from './table.js';
 
 /**
- * Who may claim what (issue 5): access keys with name patterns and limits, and reserved names.
+ * Who may claim what: access keys with name patterns and limits, and reserved names.
  *
  * Keys are stored as the SHA-256 of the key only. A plain hash (no salt, no slow KDF) is enough
  * because keys are made by `generateKey()` with 192 random bits: nothing to brute-force or look up
@@ -337,7 +337,7 @@ export class AccessControl {
   /**
    * Whether `key` may claim `name` (lower-case, validated; undefined: a random name). Throws
    * PtthError: KEY_REQUIRED or KEY_INVALID (401), NAME_RESERVED or KEY_FORBIDDEN (403).
-   * The per-key limits are checked by the table (names) and `checkChannels` (channels).
+   * The per-key limits are the table's to check (RouteTable.decide), from the Grant.
    */
   authorize(key: string | undefined, name: string | undefined): Grant {
     const c = this.#compiled;
@@ -401,31 +401,27 @@ export class AccessControl {
     };
   }
 
-  /** Authorizes the claim, then claims in `table` under the key (names limit checked there). */
-  claim(table: RouteTable, params: ClaimParams, key: string | undefined): ReturnType<RouteTable['claim']> {
-    let grant: Grant;
-    try {
-      grant = this.authorize(key, params.name);
-    } catch (err) {
-      return Promise.reject(err as Error);
-    }
-    return table.claim({ ...params, keyId: grant.keyId, maxNames: grant.maxNames, pickName: grant.pickName });
+  /**
+   * Authorizes the claim, then has `table` decide it under the key's grant (its names limit, and
+   * with `maxPerName` room for the claim's channel: per name, and per key as the configuration in
+   * force says). Rejects with the refusal; resolves with the registration and its lease.
+   */
+  async claim(
+    table: RouteTable,
+    params: ClaimParams,
+    key: string | undefined,
+    maxPerName?: number,
+  ): Promise<{ registration: Registration; created: boolean; lease: ClaimLease }> {
+    const grant = this.authorize(key, params.name);
+    const channels = maxPerName === undefined ? undefined : { perName: maxPerName, perKey: grant.maxChannels };
+    const decision = await table.decide({ ...params, keyId: grant.keyId, maxNames: grant.maxNames, pickName: grant.pickName, channels });
+    if (!decision.ok) throw decision.refusal;
+    return decision;
   }
 
-  /**
-   * Throws if `reg` may not take one more channel: the gateway's per-name limit (TOO_MANY_CHANNELS)
-   * or the per-key limit of the key it is held under, as the current configuration says (KEY_CHANNELS).
-   */
-  checkChannels(table: RouteTable, reg: Registration, maxPerName: number): void {
-    if (reg.channels.length >= maxPerName) {
-      throw new PtthError('PTTH_ERR_TOO_MANY_CHANNELS', `The name "${reg.name}" already has ${reg.channels.length} channels, the most this gateway allows.`);
-    }
-    const max = this.limitsOf(reg.keyId)?.maxChannels;
-    if (max === undefined || reg.keyId === undefined) return;
-    const held = table.heldBy(reg.keyId).channels;
-    if (held >= max) {
-      throw new PtthError('PTTH_ERR_KEY_CHANNELS', `The access key "${reg.keyId}" already holds ${held} channels, the most it may (maxChannels ${max}).`);
-    }
+  /** The channel limits of `reg` under the configuration in force: the gateway's per name, its key's. */
+  channelLimits(reg: Registration, maxPerName: number): ChannelLimits {
+    return { perName: maxPerName, perKey: this.limitsOf(reg.keyId)?.maxChannels };
   }
 }
 

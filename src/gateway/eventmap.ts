@@ -1,0 +1,63 @@
+import type { AddressInfo } from 'node:net';
+import type { TableEvents } from '../routes/table.js';
+import type { RequestEvent } from './forward.js';
+
+/**
+ * One request to the Comet endpoint, for the log (event `comet`): what it was, how it was answered.
+ * The session id in a request URL is a capability: `path` shows its hash's first 8 characters
+ * (`/reversehttp/~1a2b3c4d/5`), enough to tell one poller from another, nothing to poll with.
+ */
+export interface CometEvent {
+  /** `register` (POST /reversehttp), `poll` (GET of a request URL), `reply` (POST to one), `unknown`. */
+  readonly op: 'register' | 'poll' | 'reply' | 'unknown';
+  readonly method: string;
+  readonly path: string;
+  /** The answer's status; 0 when the client went away before one was sent (a poll it gave up). */
+  readonly status: number;
+  /** The PTTH_ERR_* code of a refusal. */
+  readonly code: string | undefined;
+  /** The registration's name when the session is known (or the name a registration asked for). */
+  readonly name: string | undefined;
+  readonly remote: string;
+}
+
+/** A claim put in service: a channel joined its name (every transport). */
+export interface ClaimEvent {
+  name: string;
+  url: string;
+  transport: string;
+  remote: string;
+  key?: string | undefined;
+}
+
+/** A refused claim; `name` when the claim named one (query, form or Host). */
+export interface RefuseEvent {
+  code: string;
+  status: number;
+  remote: string | undefined;
+  name?: string | undefined;
+}
+
+/**
+ * The gateway's events and their payloads. It sits below every module that emits them (claims,
+ * Comet, the server), so each emit is checked against it without those modules importing the server.
+ */
+export interface GatewayEvents extends TableEvents {
+  listening: [AddressInfo];
+  claim: [ClaimEvent];
+  refuse: [RefuseEvent];
+  /** A request to the Comet endpoint (src/gateway/comet.ts), once answered or abandoned. */
+  comet: [CometEvent];
+  request: [RequestEvent];
+  /** An app's `Set-Cookie` fields were dropped by the cookie guard. */
+  'cookie-dropped': [{ name: string; count: number }];
+  error: [Error];
+}
+
+/** Emits one gateway event with its checked payload. */
+export type EmitGatewayEvent = <K extends keyof GatewayEvents>(event: K, ...args: GatewayEvents[K]) => void;
+
+/** Listens to gateway events: what GatewayMetrics needs of a gateway. */
+export interface GatewayEventSource {
+  on<K extends keyof GatewayEvents>(event: K, listener: (...args: GatewayEvents[K]) => void): unknown;
+}
