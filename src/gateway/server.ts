@@ -256,9 +256,10 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     (this as EventEmitter).on('newListener', (event: string | symbol) => {
       if (event === 'request') observed.requests = true;
     });
-    for (const event of ['register', 'release', 'channel-open', 'channel-close'] as const) {
-      this.table.on(event, (...args: unknown[]) => emit(event, ...args));
-    }
+    this.table.on('register', (reg) => this.emit('register', reg));
+    this.table.on('release', (reg, reason) => this.emit('release', reg, reason));
+    this.table.on('channel-open', (reg, channel) => this.emit('channel-open', reg, channel));
+    this.table.on('channel-close', (reg, channel) => this.emit('channel-close', reg, channel));
     // After the newListener hook above: the metrics' `request` listener turns per-request events on.
     this.metrics = options.metrics === false ? undefined : new GatewayMetrics(this);
     this.#info = {
@@ -302,7 +303,12 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     this.server.maxHeadersCount = this.#maxHeaders + 1;
     this.server.timeout = idle;
     this.server.on('timeout', this.#onTimeout);
-    const connection = options.tls ? 'secureConnection' : 'connection';
+    this.#listenTo(Boolean(options.tls), keepAlive);
+  }
+
+  /** What the server hears: connections (tracked and capped per address), requests, upgrades, errors. */
+  #listenTo(tls: boolean, keepAlive: number): void {
+    const connection = tls ? 'secureConnection' : 'connection';
     // Every socket, so close() can end the ones node:http no longer tracks (channels, spliced upgrades).
     this.server.on(connection, (socket: Socket) => {
       this.#sockets.add(socket);
@@ -315,7 +321,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       // Dead peers of idle channels and keep-alive connections are found by the kernel.
       if (keepAlive > 0) socket.setKeepAlive(true, keepAlive);
     });
-    if (options.tls) {
+    if (tls) {
       // A TLS handshake that fails (plain HTTP on the HTTPS port, bad client hello) only closes that socket.
       this.server.on('tlsClientError', (_err: Error, socket: Socket) => socket.destroy());
     }
@@ -324,13 +330,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     this.server.on('clientError', this.#onClientError);
     // The gateway is no forward proxy: a CONNECT gets a status that says so, not a silent close.
     this.server.on('connect', (req: IncomingMessage, socket: Socket) => {
-      socket.on('error', noop);
       socket.setTimeout(0);
-      writeRawError(
-        socket,
-        new PtthError('PTTH_ERR_METHOD_NOT_ALLOWED', 'CONNECT is not forwarded: ptth-proxy is a gateway for named apps, not a forward proxy.'),
-        req.headers.accept,
-      );
+      refuse(req, socket, new PtthError('PTTH_ERR_METHOD_NOT_ALLOWED', 'CONNECT is not forwarded: ptth-proxy is a gateway for named apps, not a forward proxy.'));
     });
   }
 
@@ -548,8 +549,6 @@ function pathOf(url: string | undefined): string {
   const q = url.indexOf('?');
   return q === -1 ? url : url.slice(0, q);
 }
-
-function noop(): void {}
 
 /** Creates a gateway (not yet listening). */
 export function createGateway(options: GatewayOptions = {}): Gateway {
