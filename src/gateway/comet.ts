@@ -24,6 +24,9 @@ import { clientAddress } from '../http/headers.js';
  * stays idempotent) and the reply is POSTed to it; `rel="next"` names a fresh open slot. A poll
  * that times out names its own slot again.
  */
+
+// The endpoint's path lives in classify.ts (a Comet registration is a road of its own) and its
+// event in eventmap.ts (below every emitter); both are re-exported for the modules that import them here.
 export { SERVICE_PATH };
 export type { CometEvent };
 

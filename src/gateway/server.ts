@@ -12,7 +12,7 @@ import { claimantName, refuse, refuseClaim } from './refuse.js';
 import type { GatewayContext, GatewaySettings } from './context.js';
 import { gatewayHeaders, handleEndpoint, type GatewayInfo } from './endpoints.js';
 import { BrowserEndpoints, type BrowserOptions } from './browser.js';
-import type { GatewayEvents } from './eventmap.js';
+import type { EmitGatewayEvent, GatewayEvents } from './eventmap.js';
 import { forwardRequest, forwardUpgrade, refuseVisitor } from './forward.js';
 import { VERSION } from '../version.js';
 import { GatewayMetrics } from './metrics.js';
@@ -227,8 +227,9 @@ export class Gateway extends EventEmitter<GatewayEvents> {
         reconnectWait: s.reconnectWait,
       });
     const observed = { requests: false };
-    const emit = (event: string, ...args: unknown[]): void => {
-      (this.emit as (e: string, ...a: unknown[]) => boolean)(event, ...args);
+    // Typed for every caller; node's emit is generic over GatewayEvents in a way a generic K cannot meet.
+    const emit: EmitGatewayEvent = (event, ...args) => {
+      (this as EventEmitter).emit(event, ...args);
     };
     this.access = new AccessControl(options.access, options.reserved);
     // Defaults a single real user never meets: browsers keep at most 256 connections in all (6 per
