@@ -153,8 +153,8 @@ export interface GatewayEvents {
 
 /**
  * The number options the constructor reads itself. Not "positive": 0 passes where `min` is 0 (it means off or no
- * cap). `fallback` and `min` repeat the options table's row (test/unit/config.test.ts checks the gateway built
- * without options against it); `numberOption` reads them from the table and is what new code calls.
+ * cap). `fallback` and `min` repeat the options table's row (test/unit/options.test.ts compares the server's head
+ * and idle limits with it); `numberOption` reads them from the table and is what new code calls.
  */
 function positive(name: NumberKey, value: number | undefined, fallback: number, min = 0): number {
   return atLeast(name, value, fallback, min);
