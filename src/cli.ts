@@ -5,10 +5,10 @@ import type { AddressInfo } from 'node:net';
 import { createAdminServer } from './gateway/endpoints.js';
 import { isLoopback } from './gateway/ratelimit.js';
 import { loadAccessConfig } from './routes/access.js';
-import { attachLogger, createLogger, type LogDrops, type LogLevel } from './log.js';
+import { attachLogger, createLogger, type LogDrops, type Logger } from './log.js';
 import { createGateway, type Gateway, type GatewayOptions, type TlsOptions } from './gateway/server.js';
-import { envName, parseValue, resolveServeConfig, SERVE_OPTIONS, type ServeConfig, type ServeOptionSpec } from './config.js';
-import { listen, ClaimError } from './client/node.js';
+import { envName, parseValue, resolveServeConfig, SERVE_OPTIONS, type ServeConfig, type ServeOptionSpec, type ServeValues } from './config.js';
+import { listen, ClaimError, type Tunnel } from './client/node.js';
 import { createKeyEntry } from './routes/access.js';
 import { createLocalProxy, parseTarget } from './client/proxy.js';
 import { canSplice, splice, SPLICE_CONNECTIONS } from './client/splice.js';
@@ -73,13 +73,12 @@ const serve = program
       'the command line wins over the environment, which wins over the file. SIGHUP reloads --keys and the TLS files.',
   );
 for (const spec of SERVE_OPTIONS) serve.addOption(commanderOption(spec));
-serve.action(async (_o: Record<string, unknown>, command: Command) => {
-  const cliValues = command.opts<ServeConfig>();
+serve.action(async (_o: unknown, command: Command) => {
   const sources: Record<string, string | undefined> = {};
   for (const spec of SERVE_OPTIONS) sources[spec.key] = command.getOptionValueSource(spec.key);
-  let config: ServeConfig;
+  let config: ServeValues;
   try {
-    config = resolveServeConfig(cliValues, sources).values;
+    config = resolveServeConfig(command.opts<ServeConfig>(), sources).values;
   } catch (e) {
     err(`ptth-proxy serve: ${(e as Error).message}`);
     process.exit(2);
@@ -118,120 +117,109 @@ function readPem(path: string, what: string): Buffer {
   }
 }
 
-async function runServe(c: ServeConfig): Promise<void> {
-  const num = (k: string): number => c[k] as number;
-  const options: GatewayOptions = {
-    domain: c['domain'] as string,
-    defaultLease: num('defaultLease'),
-    maxLease: num('maxLease'),
-    maxChannels: num('maxChannels'),
-    responseTimeout: num('responseTimeout'),
-    queueLimit: num('queueLimit'),
-    queueTimeout: num('queueTimeout'),
-    reconnectWait: num('reconnectWait'),
-    claimTimeout: num('claimTimeout'),
-    headersTimeout: num('headersTimeout'),
-    keepAliveTimeout: num('keepAliveTimeout'),
-    idleTimeout: num('idleTimeout'),
-    maxHeaderSize: num('maxHeaderSize'),
-    maxHeaders: num('maxHeaders'),
-    tcpKeepAlive: num('tcpKeepAlive'),
-    claimRate: c['claimRate'] as string,
-    requestRate: c['requestRate'] as string,
-    limitLoopback: c['limitLoopback'] === true,
-    maxConnectionsPerAddress: num('maxConnectionsPerAddress'),
-    maxNamesPerAddress: num('maxNamesPerAddress'),
-    maxChannelsPerAddress: num('maxChannelsPerAddress'),
-    http2: c['http2'] !== false,
-    cookieGuard: c['cookieGuard'] !== false,
-    maxStreams: num('maxStreams'),
-    pingInterval: num('pingInterval'),
-    pingTimeout: num('pingTimeout'),
-    pollTimeout: num('pollTimeout'),
-    bufferLimit: num('bufferLimit'),
-    cometIdleTimeout: num('cometIdleTimeout'),
-    wsMaxStreams: num('wsMaxStreams'),
-    wsWindow: num('wsWindow'),
-    wsPingInterval: num('wsPingInterval'),
-    statusList: c['statusList'] as 'loopback' | 'everyone' | 'nobody',
+/** The library's options for `serve`'s values: the same names, with the command line's few extras spelled out. */
+function gatewayOptions(c: ServeValues): GatewayOptions {
+  return {
+    domain: c.domain,
+    defaultLease: c.defaultLease,
+    maxLease: c.maxLease,
+    maxChannels: c.maxChannels,
+    responseTimeout: c.responseTimeout,
+    queueLimit: c.queueLimit,
+    queueTimeout: c.queueTimeout,
+    reconnectWait: c.reconnectWait,
+    claimTimeout: c.claimTimeout,
+    headersTimeout: c.headersTimeout,
+    keepAliveTimeout: c.keepAliveTimeout,
+    idleTimeout: c.idleTimeout,
+    maxHeaderSize: c.maxHeaderSize,
+    maxHeaders: c.maxHeaders,
+    tcpKeepAlive: c.tcpKeepAlive,
+    claimRate: c.claimRate,
+    requestRate: c.requestRate,
+    limitLoopback: c.limitLoopback,
+    maxConnectionsPerAddress: c.maxConnectionsPerAddress,
+    maxNamesPerAddress: c.maxNamesPerAddress,
+    maxChannelsPerAddress: c.maxChannelsPerAddress,
+    http2: c.http2,
+    cookieGuard: c.cookieGuard,
+    maxStreams: c.maxStreams,
+    pingInterval: c.pingInterval,
+    pingTimeout: c.pingTimeout,
+    pollTimeout: c.pollTimeout,
+    bufferLimit: c.bufferLimit,
+    cometIdleTimeout: c.cometIdleTimeout,
+    wsMaxStreams: c.wsMaxStreams,
+    wsWindow: c.wsWindow,
+    wsPingInterval: c.wsPingInterval,
+    statusList: c.statusList,
+    ...(c.publicUrl !== undefined ? { publicUrl: c.publicUrl } : {}),
+    ...(c.replyTimeout !== undefined ? { replyTimeout: c.replyTimeout } : {}),
+    metrics: c.metrics,
+    // With an admin port, /metrics is served there only.
+    ...(c.adminPort !== undefined ? { metricsOnGateway: false } : {}),
+    ...(c.reserved !== undefined && c.reserved.length > 0 ? { reserved: c.reserved } : {}),
   };
-  if (c['publicUrl'] !== undefined) options.publicUrl = c['publicUrl'] as string;
-  if (c['replyTimeout'] !== undefined) options.replyTimeout = num('replyTimeout');
-  const certPath = c['tlsCert'] as string | undefined;
-  const keyPath = c['tlsKey'] as string | undefined;
-  const loadTls = (): TlsOptions | undefined => {
+}
+
+/** Reads --tls-cert and --tls-key (at start-up and on SIGHUP); undefined without them. */
+function tlsLoader(c: ServeValues): () => TlsOptions | undefined {
+  const certPath = c.tlsCert;
+  const keyPath = c.tlsKey;
+  return () => {
     if (certPath === undefined && keyPath === undefined) return undefined;
     if (certPath === undefined || keyPath === undefined) throw new Error('--tls-cert and --tls-key go together: give both or neither');
     return { cert: readPem(certPath, 'TLS certificate'), key: readPem(keyPath, 'TLS key') };
   };
-  const keysFile = c['keys'] as string | undefined;
-  const reserved = (c['reserved'] as string[] | undefined) ?? [];
-  const adminPort = c['adminPort'] as number | undefined;
-  options.metrics = c['metrics'] !== false;
-  if (adminPort !== undefined) options.metricsOnGateway = false;
-  if (reserved.length > 0) options.reserved = reserved;
-  let gateway: Gateway;
+}
+
+/** The gateway for `serve`'s values; a bad TLS file, keys file or option ends the process with exit code 2. */
+async function createServeGateway(c: ServeValues, loadTls: () => TlsOptions | undefined): Promise<Gateway> {
+  const options = gatewayOptions(c);
   try {
     const tls = loadTls();
     if (tls) options.tls = tls;
-    const access = await loadAccessConfig({ file: keysFile, env: process.env });
+    const access = await loadAccessConfig({ file: c.keys, env: process.env });
     if (access) options.access = access;
-    gateway = createGateway(options);
+    return createGateway(options);
   } catch (e) {
     err(`ptth-proxy serve: ${(e as Error).message}`);
     process.exit(2);
   }
-  const format = c['logFormat'] as string;
-  const drops: LogDrops = { lines: 0 };
-  const logger = createLogger({
-    level: (c['quiet'] === true ? 'warn' : c['verbose'] === true ? 'debug' : c['logLevel']) as LogLevel,
-    ...(format === 'auto' ? {} : { pretty: format === 'pretty' }),
-    bufferLimit: num('logBuffer'),
-    drops,
-  });
-  gateway.metrics?.countLogDrops(() => drops.lines);
-  let addr;
+}
+
+/** Binds the admin port (--admin-port) when asked to; a port it cannot bind ends the process with exit code 1. */
+async function listenAdmin(gateway: Gateway, c: ServeValues): Promise<Server | undefined> {
+  const adminPort = c.adminPort;
+  if (adminPort === undefined) return undefined;
+  const admin = createAdminServer(gateway);
   try {
-    addr = await gateway.listen(num('port'), c['host'] as string | undefined);
+    await new Promise<void>((resolve, reject) => {
+      admin.once('error', reject);
+      admin.listen(adminPort, c.adminHost, () => resolve());
+    });
   } catch (e) {
-    err(`ptth-proxy: cannot listen on port ${String(c['port'])}: ${(e as Error).message}`);
+    err(`ptth-proxy: cannot listen on admin port ${adminPort}: ${(e as Error).message}`);
     process.exit(1);
   }
-  // One line per visitor request (an access log) at info; --quiet keeps only the 5xx ones (warn).
-  // Attached once listening, and the gateway's `listening` event replayed to it after the start-up lines
-  // below: the logger writes asynchronously (fs.write on libuv's thread pool), the start-up lines synchronously,
-  // so a `listening` line logged as the gateway started could land before or after them, as it pleased.
-  attachLogger(gateway, logger, { requests: true });
-  let admin: Server | undefined;
-  if (adminPort !== undefined) {
-    admin = createAdminServer(gateway);
-    const adminHost = c['adminHost'] as string;
-    try {
-      await new Promise<void>((resolve, reject) => {
-        admin?.once('error', reject);
-        admin?.listen(adminPort, adminHost, () => resolve());
-      });
-    } catch (e) {
-      err(`ptth-proxy: cannot listen on admin port ${adminPort}: ${(e as Error).message}`);
-      process.exit(1);
-    }
-  }
+  return admin;
+}
+
+const hostPort = (a: AddressInfo): string => `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+
+/** The start-up lines: where the gateway listens, where apps are served, how to connect one. */
+function printStartup(gateway: Gateway, addr: AddressInfo, admin: Server | undefined): void {
   const port = addr.port;
   const scheme = gateway.secure ? 'https' : 'http';
-  const defaultPort = gateway.secure ? 443 : 80;
-  const domain = gateway.settings.domain;
-  const origin = gateway.settings.publicUrl?.origin ?? `${scheme}://${domain}${port === defaultPort ? '' : `:${port}`}`;
-  const appUrl = gateway.settings.publicUrl
-    ? `${gateway.settings.publicUrl.protocol}//NAME.${gateway.settings.publicUrl.host}/`
-    : `${scheme}://NAME.${domain}${port === defaultPort ? '' : `:${port}`}/`;
-  out(`ptth-proxy ${VERSION} gateway listening on ${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${port}${gateway.secure ? ' (HTTPS)' : ''}`);
+  const portSuffix = port === (gateway.secure ? 443 : 80) ? '' : `:${port}`;
+  const { domain, publicUrl } = gateway.settings;
+  const origin = publicUrl?.origin ?? `${scheme}://${domain}${portSuffix}`;
+  const appUrl = publicUrl ? `${publicUrl.protocol}//NAME.${publicUrl.host}/` : `${scheme}://NAME.${domain}${portSuffix}/`;
+  out(`ptth-proxy ${VERSION} gateway listening on ${hostPort(addr)}${gateway.secure ? ' (HTTPS)' : ''}`);
   out(`  status page:   ${origin}/`);
   out(`  apps served at ${appUrl}`);
   out(`  expose an app: npx ptth-proxy connect 3000 --gateway ${origin}`);
-  if (admin) {
-    const a = admin.address() as AddressInfo;
-    out(`  admin:         http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}/metrics, /healthz, /readyz`);
-  }
+  if (admin) out(`  admin:         http://${hostPort(admin.address() as AddressInfo)}/metrics, /healthz, /readyz`);
   out(gateway.access.open ? '  access:        open (no keys: first come, first served)' : '  access:        access keys required to claim');
   if (!isLoopback(addr.address) && gateway.access.open) {
     err(
@@ -240,7 +228,10 @@ async function runServe(c: ServeConfig): Promise<void> {
         '  Give it --keys FILE (see `ptth-proxy key`), or bind it to 127.0.0.1 with --host.',
     );
   }
-  gateway.emit('listening', addr);
+}
+
+/** SIGHUP reloads the TLS files and the keys file; a file that does not load keeps the old one. */
+function reloadOnSighup(gateway: Gateway, logger: Logger, loadTls: () => TlsOptions | undefined, keysFile: string | undefined, addr: AddressInfo): void {
   process.on('SIGHUP', () => {
     try {
       const tls = loadTls();
@@ -251,21 +242,23 @@ async function runServe(c: ServeConfig): Promise<void> {
     } catch (e) {
       logger.error({ event: 'reload', what: 'tls' }, `SIGHUP: TLS reload failed, keeping the old certificate: ${(e as Error).message}`);
     }
-    if (keysFile !== undefined) {
-      loadAccessConfig({ file: keysFile }).then(
-        (config) => {
-          gateway.setAccess(config, keysFile);
-          logger.info({ event: 'reload', what: 'keys', keys: config?.keys?.length ?? 0 }, `SIGHUP: reloaded the access keys from ${keysFile}`);
-          if (gateway.access.open && !isLoopback(addr.address)) {
-            logger.warn({ event: 'reload', what: 'keys' }, `SIGHUP: ${keysFile} has no "keys": this gateway is now open, anyone who can reach it may claim any free name`);
-          }
-        },
-        (e: unknown) => logger.error({ event: 'reload', what: 'keys' }, `SIGHUP: keys reload failed, keeping the old keys: ${(e as Error).message}`),
-      );
-    }
+    if (keysFile === undefined) return;
+    loadAccessConfig({ file: keysFile }).then(
+      (config) => {
+        gateway.setAccess(config, keysFile);
+        logger.info({ event: 'reload', what: 'keys', keys: config?.keys?.length ?? 0 }, `SIGHUP: reloaded the access keys from ${keysFile}`);
+        if (gateway.access.open && !isLoopback(addr.address)) {
+          logger.warn({ event: 'reload', what: 'keys' }, `SIGHUP: ${keysFile} has no "keys": this gateway is now open, anyone who can reach it may claim any free name`);
+        }
+      },
+      (e: unknown) => logger.error({ event: 'reload', what: 'keys' }, `SIGHUP: keys reload failed, keeping the old keys: ${(e as Error).message}`),
+    );
   });
+}
+
+/** SIGTERM and SIGINT close the gateway within --shutdown-grace and exit 0; a second signal exits 1 at once. */
+function closeOnSignals(gateway: Gateway, logger: Logger, admin: Server | undefined, grace: number): void {
   let stopping = false;
-  const grace = num('shutdownGrace');
   const stop = (signal: string): void => {
     if (stopping) process.exit(1);
     stopping = true;
@@ -280,6 +273,251 @@ async function runServe(c: ServeConfig): Promise<void> {
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+async function runServe(c: ServeValues): Promise<void> {
+  const loadTls = tlsLoader(c);
+  const gateway = await createServeGateway(c, loadTls);
+  const drops: LogDrops = { lines: 0 };
+  const logger = createLogger({
+    level: c.quiet ? 'warn' : c.verbose ? 'debug' : c.logLevel,
+    ...(c.logFormat === 'auto' ? {} : { pretty: c.logFormat === 'pretty' }),
+    bufferLimit: c.logBuffer,
+    drops,
+  });
+  gateway.metrics?.countLogDrops(() => drops.lines);
+  let addr: AddressInfo;
+  try {
+    addr = await gateway.listen(c.port, c.host);
+  } catch (e) {
+    err(`ptth-proxy: cannot listen on port ${String(c.port)}: ${(e as Error).message}`);
+    process.exit(1);
+  }
+  // One line per visitor request (an access log) at info; --quiet keeps only the 5xx ones (warn).
+  // Attached once listening, and the gateway's `listening` event replayed to it after the start-up lines
+  // below: the logger writes asynchronously (fs.write on libuv's thread pool), the start-up lines synchronously,
+  // so a `listening` line logged as the gateway started could land before or after them, as it pleased.
+  attachLogger(gateway, logger, { requests: true });
+  const admin = await listenAdmin(gateway, c);
+  printStartup(gateway, addr, admin);
+  gateway.emit('listening', addr);
+  reloadOnSighup(gateway, logger, loadTls, c.keys, addr);
+  closeOnSignals(gateway, logger, admin, c.shutdownGrace);
+}
+
+/** `connect`'s options as commander parses them (flags without a value are `true` when given). */
+interface ConnectFlags {
+  gateway: string;
+  name?: string;
+  token?: string;
+  lease?: number;
+  connections?: number;
+  rewriteHost?: true;
+  http1?: true;
+  http2?: true;
+  spliceIdle?: number;
+  offlineGrace?: number;
+  quiet?: true;
+  inspect?: true | number;
+  insecure?: true;
+  key?: string;
+}
+
+/** The local service's URL, from `connect`'s argument; a bad one, or --http1 with --http2, exits 2. */
+function connectTarget(spec: string, o: ConnectFlags): URL {
+  let target: URL;
+  try {
+    target = parseTarget(spec);
+  } catch (e) {
+    err(`ptth-proxy connect: ${(e as Error).message}`);
+    process.exit(2);
+  }
+  if (o.http1 === true && o.http2 === true) {
+    err('ptth-proxy connect: --http1 and --http2 exclude each other');
+    process.exit(2);
+  }
+  return target;
+}
+
+/** One line when the local service stops answering, one when it is back: not one per request. */
+function reachReporter(shown: string): (e: NodeJS.ErrnoException | undefined) => void {
+  let localDown: string | undefined;
+  return (e) => {
+    if (e && localDown === undefined) {
+      localDown = e.code ?? e.message;
+      err(`${time()} cannot reach the local service ${shown} (${localDown}): visitors get 502 until it is back`);
+    } else if (!e && localDown !== undefined) {
+      localDown = undefined;
+      out(`${time()} the local service ${shown} answers again`);
+    }
+  };
+}
+
+/** The request inspector (--inspect) on 127.0.0.1, or undefined; a port it cannot bind exits 1. */
+async function connectInspector(o: ConnectFlags, target: URL): Promise<Inspector | undefined> {
+  if (o.inspect === undefined) return undefined;
+  const port = o.inspect === true ? 4040 : o.inspect;
+  try {
+    return await startInspector(port, { target, rewriteHost: o.rewriteHost === true });
+  } catch (e) {
+    err(`ptth-proxy connect: cannot serve the inspector on 127.0.0.1:${port}: ${(e as Error).message}`);
+    process.exit(1);
+  }
+}
+
+/** The tunnel, spliced or relaying; options the client refuses exit 2. */
+function openTunnel(target: URL, o: ConnectFlags, spliced: boolean, onReach: (e: NodeJS.ErrnoException | undefined) => void): Tunnel {
+  try {
+    const options = {
+      gateway: o.gateway,
+      ...(o.connections !== undefined ? { connections: o.connections } : {}),
+      ...(o.name !== undefined ? { name: o.name } : {}),
+      ...(o.token !== undefined ? { token: o.token } : {}),
+      ...(o.lease !== undefined ? { lease: o.lease } : {}),
+      ...(o.insecure === true ? { rejectUnauthorized: false } : {}),
+      ...(typeof o.key === 'string' && o.key !== '' ? { key: o.key } : {}),
+    };
+    return spliced
+      ? splice(target, options, { onReach, ...(o.spliceIdle !== undefined ? { idleTimeout: o.spliceIdle } : {}) })
+      : listen(createLocalProxy(target, { rewriteHost: o.rewriteHost === true, onReach }), {
+          ...options,
+          ...(o.http1 === true ? { http1: true } : {}),
+        });
+  } catch (e) {
+    err(`ptth-proxy connect: ${(e as Error).message}`);
+    process.exit(2);
+  }
+}
+
+/** The registration's event stream, for the request lines and the inspector: `watch` once online, again after each reconnect. */
+function requestWatcher(tunnel: Tunnel, o: ConnectFlags, inspector: Inspector | undefined): { watch(): void; close(): void } {
+  const quiet = o.quiet === true;
+  let events: EventWatch | undefined;
+  let eventsOf: string | undefined;
+  let told = false;
+  const watch = (): void => {
+    if ((quiet && !inspector) || tunnel.privateUrl === undefined) return;
+    // After a gateway restart the claim is a new registration, with a new private URL.
+    const privateUrl = new URL(tunnel.privateUrl, o.gateway).href;
+    if (events && eventsOf === privateUrl) {
+      events.start();
+      return;
+    }
+    events?.close();
+    eventsOf = privateUrl;
+    events = watchEvents(privateUrl, {
+      detail: inspector !== undefined,
+      ...(o.insecure === true ? { rejectUnauthorized: false } : {}),
+      retry: () => tunnel.online,
+      onRequest: (e) => {
+        if (!quiet) requestLine(formatLine(e));
+        inspector?.add(e);
+      },
+      onDrop: (reason, delay) => {
+        // Once per run: a gateway without the event stream (404) would otherwise say it forever.
+        if (delay === undefined && !told && tunnel.online) {
+          told = true;
+          err(`${time()} no request lines${inspector ? ' and no inspector' : ''}: ${reason} (a gateway without one?)`);
+        }
+      },
+    });
+    events.start();
+  };
+  return { watch, close: () => events?.close() };
+}
+
+interface ConnectView {
+  /** The local service as the lines show it. */
+  readonly shown: string;
+  readonly spliced: boolean;
+  readonly inspector: Inspector | undefined;
+  /** Milliseconds the pool may be empty before the line that says the gateway is lost. */
+  readonly offlineGrace: number;
+}
+
+/** The tunnel's lines: forwarding, lost and back online, retries, and the error that ends it (exit 3 for a refused claim, else 1). */
+function reportTunnel(tunnel: Tunnel, o: ConnectFlags, view: ConnectView, watch: () => void): void {
+  let wasOnline = false;
+  // A pool that is empty for a moment is not a lost gateway: when every spliced channel is busy
+  // and their visitors leave (a load test stopping), the gateway closes them all and fresh ones
+  // come at once. The line waits OFFLINE_GRACE_MS, or for the first failed dial.
+  let lostTimer: NodeJS.Timeout | undefined;
+  let saidLost = false;
+  const sayLost = (): void => {
+    if (lostTimer === undefined) return;
+    clearTimeout(lostTimer);
+    lostTimer = undefined;
+    saidLost = true;
+    out(`${time()} lost the gateway; reconnecting`);
+  };
+  tunnel.on('online', (url) => {
+    if (!wasOnline) {
+      const over = tunnel.protocol === 'h2' ? 'reversed HTTP/2' : view.spliced ? 'reversed HTTP/1.1, spliced' : 'reversed HTTP/1.1';
+      out(`Forwarding ${url} -> ${view.shown} (${over})`);
+      if (view.inspector) out(`Inspector   ${view.inspector.url}`);
+    } else {
+      if (lostTimer !== undefined) clearTimeout(lostTimer);
+      lostTimer = undefined;
+      if (saidLost) out(`${time()} back online`);
+    }
+    saidLost = false;
+    wasOnline = true;
+    watch();
+  });
+  tunnel.on('offline', () => {
+    lostTimer = setTimeout(sayLost, view.offlineGrace);
+    lostTimer.unref();
+  });
+  // Several connections fail together (HTTP/2 plus the one for WebSocket upgrades, or --http1's
+  // pool): one line per retry, not one per connection.
+  let quietUntil = 0;
+  let lastSaid = '';
+  tunnel.on('reconnecting', ({ delay, error }) => {
+    if (tunnel.online) return;
+    sayLost();
+    const now = Date.now();
+    if (error.message === lastSaid && now < quietUntil) return;
+    lastSaid = error.message;
+    quietUntil = now + delay;
+    err(`${time()} cannot reach ${o.gateway}: ${error.message}; retrying in ${(delay / 1000).toFixed(1)} s`);
+  });
+  tunnel.on('error', (e) => {
+    err(`ptth-proxy connect: ${claimMessage(e)}`);
+    process.exit(e instanceof ClaimError ? 3 : 1);
+  });
+}
+
+/** Ctrl-C (or SIGTERM) releases the name and exits 0 once requests in flight finish; a second one exits 1 at once. */
+function releaseOnSignals(tunnel: Tunnel, stopWatching: () => void, inspector: Inspector | undefined): void {
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping) process.exit(1);
+    stopping = true;
+    const name = tunnel.name ?? 'the name';
+    out(`${time()} releasing ${name}, closing (requests in flight get up to 3 s; Ctrl-C again to quit now)`);
+    stopWatching();
+    void Promise.all([tunnel.close({ graceMs: 3_000 }), inspector?.close()]).then(() => {
+      out(`${time()} released ${name}; bye`);
+      process.exit(0);
+    });
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+}
+
+async function runConnect(spec: string, o: ConnectFlags): Promise<void> {
+  const target = connectTarget(spec, o);
+  const shown = `${target.origin}${target.pathname === '/' ? '' : target.pathname}`;
+  const onReach = reachReporter(shown);
+  // Splicing (the default) joins each reversed HTTP/1.1 connection to one local connection byte
+  // for byte; whatever must see or change a request (--rewrite-host, a base path) relays them one
+  // by one, over reversed HTTP/2 unless --http1 (or --http2 asks for that relay outright).
+  const spliced = o.rewriteHost !== true && o.http2 !== true && canSplice(target);
+  const inspector = await connectInspector(o, target);
+  const tunnel = openTunnel(target, o, spliced, onReach);
+  const requests = requestWatcher(tunnel, o, inspector);
+  reportTunnel(tunnel, o, { shown, spliced, inspector, offlineGrace: o.offlineGrace ?? OFFLINE_GRACE_MS }, requests.watch);
+  releaseOnSignals(tunnel, requests.close, inspector);
 }
 
 program
@@ -318,162 +556,7 @@ program
   .addOption(new Option('--insecure', 'do not verify the gateway\'s TLS certificate'))
   // .env() rather than a default: --help must not print the key.
   .addOption(new Option('--key <key>', 'access key, for gateways that require one (ptth-proxy key makes them)').env('PTTH_KEY'))
-  .action(async (spec: string, o: Record<string, unknown>) => {
-    let target: URL;
-    try {
-      target = parseTarget(spec);
-    } catch (e) {
-      err(`ptth-proxy connect: ${(e as Error).message}`);
-      process.exit(2);
-    }
-    if (o['http1'] === true && o['http2'] === true) {
-      err('ptth-proxy connect: --http1 and --http2 exclude each other');
-      process.exit(2);
-    }
-    const shown = `${target.origin}${target.pathname === '/' ? '' : target.pathname}`;
-    // One line when the local service stops answering, one when it is back: not one per request.
-    let localDown: string | undefined;
-    const onReach = (e: NodeJS.ErrnoException | undefined): void => {
-      if (e && localDown === undefined) {
-        localDown = e.code ?? e.message;
-        err(`${time()} cannot reach the local service ${shown} (${localDown}): visitors get 502 until it is back`);
-      } else if (!e && localDown !== undefined) {
-        localDown = undefined;
-        out(`${time()} the local service ${shown} answers again`);
-      }
-    };
-    // Splicing (the default) joins each reversed HTTP/1.1 connection to one local connection byte
-    // for byte; whatever must see or change a request (--rewrite-host, a base path) relays them one
-    // by one, over reversed HTTP/2 unless --http1 (or --http2 asks for that relay outright).
-    const spliced = o['rewriteHost'] !== true && o['http2'] !== true && canSplice(target);
-    const gatewayUrl = o['gateway'] as string;
-    let inspector: Inspector | undefined;
-    if (o['inspect'] !== undefined) {
-      const port = o['inspect'] === true ? 4040 : (o['inspect'] as number);
-      try {
-        inspector = await startInspector(port, { target, rewriteHost: o['rewriteHost'] === true });
-      } catch (e) {
-        err(`ptth-proxy connect: cannot serve the inspector on 127.0.0.1:${port}: ${(e as Error).message}`);
-        process.exit(1);
-      }
-    }
-    let tunnel;
-    try {
-      const options = {
-        gateway: gatewayUrl,
-        ...(o['connections'] !== undefined ? { connections: o['connections'] as number } : {}),
-        ...(o['name'] !== undefined ? { name: o['name'] as string } : {}),
-        ...(o['token'] !== undefined ? { token: o['token'] as string } : {}),
-        ...(o['lease'] !== undefined ? { lease: o['lease'] as number } : {}),
-        ...(o['insecure'] === true ? { rejectUnauthorized: false } : {}),
-        ...(typeof o['key'] === 'string' && o['key'] !== '' ? { key: o['key'] } : {}),
-      };
-      tunnel = spliced
-        ? splice(target, options, { onReach, ...(o['spliceIdle'] !== undefined ? { idleTimeout: o['spliceIdle'] as number } : {}) })
-        : listen(createLocalProxy(target, { rewriteHost: o['rewriteHost'] === true, onReach }), {
-            ...options,
-            ...(o['http1'] === true ? { http1: true } : {}),
-          });
-    } catch (e) {
-      err(`ptth-proxy connect: ${(e as Error).message}`);
-      process.exit(2);
-    }
-    const quiet = o['quiet'] === true;
-    let events: EventWatch | undefined;
-    let eventsOf: string | undefined;
-    let told = false;
-    const watch = (): void => {
-      if ((quiet && !inspector) || tunnel.privateUrl === undefined) return;
-      // After a gateway restart the claim is a new registration, with a new private URL.
-      const privateUrl = new URL(tunnel.privateUrl, gatewayUrl).href;
-      if (events && eventsOf === privateUrl) {
-        events.start();
-        return;
-      }
-      events?.close();
-      eventsOf = privateUrl;
-      events = watchEvents(privateUrl, {
-        detail: inspector !== undefined,
-        ...(o['insecure'] === true ? { rejectUnauthorized: false } : {}),
-        retry: () => tunnel.online,
-        onRequest: (e) => {
-          if (!quiet) requestLine(formatLine(e));
-          inspector?.add(e);
-        },
-        onDrop: (reason, delay) => {
-          // Once per run: a gateway without the event stream (404) would otherwise say it forever.
-          if (delay === undefined && !told && tunnel.online) {
-            told = true;
-            err(`${time()} no request lines${inspector ? ' and no inspector' : ''}: ${reason} (a gateway without one?)`);
-          }
-        },
-      });
-      events.start();
-    };
-    let wasOnline = false;
-    // A pool that is empty for a moment is not a lost gateway: when every spliced channel is busy
-    // and their visitors leave (a load test stopping), the gateway closes them all and fresh ones
-    // come at once. The line waits OFFLINE_GRACE_MS, or for the first failed dial.
-    const grace = (o['offlineGrace'] as number | undefined) ?? OFFLINE_GRACE_MS;
-    let lostTimer: NodeJS.Timeout | undefined;
-    let saidLost = false;
-    const sayLost = (): void => {
-      if (lostTimer === undefined) return;
-      clearTimeout(lostTimer);
-      lostTimer = undefined;
-      saidLost = true;
-      out(`${time()} lost the gateway; reconnecting`);
-    };
-    tunnel.on('online', (url) => {
-      if (!wasOnline) {
-        const over = tunnel.protocol === 'h2' ? 'reversed HTTP/2' : spliced ? 'reversed HTTP/1.1, spliced' : 'reversed HTTP/1.1';
-        out(`Forwarding ${url} -> ${shown} (${over})`);
-        if (inspector) out(`Inspector   ${inspector.url}`);
-      } else {
-        if (lostTimer !== undefined) clearTimeout(lostTimer);
-        lostTimer = undefined;
-        if (saidLost) out(`${time()} back online`);
-      }
-      saidLost = false;
-      wasOnline = true;
-      watch();
-    });
-    tunnel.on('offline', () => {
-      lostTimer = setTimeout(sayLost, grace);
-      lostTimer.unref();
-    });
-    // Several connections fail together (HTTP/2 plus the one for WebSocket upgrades, or --http1's
-    // pool): one line per retry, not one per connection.
-    let quietUntil = 0;
-    let lastSaid = '';
-    tunnel.on('reconnecting', ({ delay, error }) => {
-      if (tunnel.online) return;
-      sayLost();
-      const now = Date.now();
-      if (error.message === lastSaid && now < quietUntil) return;
-      lastSaid = error.message;
-      quietUntil = now + delay;
-      err(`${time()} cannot reach ${gatewayUrl}: ${error.message}; retrying in ${(delay / 1000).toFixed(1)} s`);
-    });
-    tunnel.on('error', (e) => {
-      err(`ptth-proxy connect: ${claimMessage(e)}`);
-      process.exit(e instanceof ClaimError ? 3 : 1);
-    });
-    let stopping = false;
-    const stop = (): void => {
-      if (stopping) process.exit(1);
-      stopping = true;
-      const name = tunnel.name ?? 'the name';
-      out(`${time()} releasing ${name}, closing (requests in flight get up to 3 s; Ctrl-C again to quit now)`);
-      events?.close();
-      void Promise.all([tunnel.close({ graceMs: 3_000 }), inspector?.close()]).then(() => {
-        out(`${time()} released ${name}; bye`);
-        process.exit(0);
-      });
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
-  });
+  .action((spec: string, o: ConnectFlags) => runConnect(spec, o));
 
 program
   .command('key')
@@ -482,14 +565,14 @@ program
   .option('--names <patterns>', 'comma-separated names the key may claim: *, a prefix such as team-*, or exact names', '*')
   .option('--max-names <n>', 'names the key may hold at once (default: no limit)', int(1))
   .option('--max-channels <n>', 'channels the key may hold at once across its names (default: no limit)', int(1))
-  .action((o: Record<string, unknown>) => {
+  .action((o: { id?: string; names: string; maxNames?: number; maxChannels?: number }) => {
     let made;
     try {
       made = createKeyEntry({
-        id: o['id'] as string | undefined,
-        names: String(o['names']).split(',').map((n) => n.trim()).filter((n) => n !== ''),
-        maxNames: o['maxNames'] as number | undefined,
-        maxChannels: o['maxChannels'] as number | undefined,
+        id: o.id,
+        names: String(o.names).split(',').map((n) => n.trim()).filter((n) => n !== ''),
+        maxNames: o.maxNames,
+        maxChannels: o.maxChannels,
       });
     } catch (e) {
       err(`ptth-proxy key: ${(e as Error).message}`);

@@ -14,6 +14,7 @@ import { privateUrlFor, publicUrlFor, type GatewayContext } from './context.js';
 import type { ClaimEvent } from './eventmap.js';
 import { claimantName, refuseClaim } from './refuse.js';
 import { clientAddress } from '../http/headers.js';
+import { numberOption } from '../options.js';
 
 /**
  * Everything browsers (and plain HTTP clients) need: the Comet service (`/reversehttp`), the
@@ -47,21 +48,16 @@ export interface BrowserSettings {
   readonly wsPingInterval: number;
 }
 
-function setting(name: string, value: number | undefined, fallback: number, min: number): number {
-  if (value === undefined) return fallback;
-  if (!Number.isFinite(value) || value < min) throw new TypeError(`${name} must be a number >= ${min}, got ${String(value)}`);
-  return value;
-}
-
+/** The transports' settings from their options: defaults, bounds and errors come from the options table (src/options.ts). */
 export function browserSettingsFrom(o: BrowserOptions, responseTimeout: number): BrowserSettings {
   return {
-    pollTimeout: setting('pollTimeout', o.pollTimeout, 30_000, 1),
-    replyTimeout: setting('replyTimeout', o.replyTimeout, responseTimeout, 1),
-    bufferLimit: setting('bufferLimit', o.bufferLimit, 16 * 1024 * 1024, 0),
-    cometIdleTimeout: setting('cometIdleTimeout', o.cometIdleTimeout, 30_000, 1),
-    wsMaxStreams: setting('wsMaxStreams', o.wsMaxStreams, 128, 1),
-    wsWindow: setting('wsWindow', o.wsWindow, 256 * 1024, 1024),
-    wsPingInterval: setting('wsPingInterval', o.wsPingInterval, 30_000, 1),
+    pollTimeout: numberOption('pollTimeout', o.pollTimeout),
+    replyTimeout: numberOption('replyTimeout', o.replyTimeout, responseTimeout),
+    bufferLimit: numberOption('bufferLimit', o.bufferLimit),
+    cometIdleTimeout: numberOption('cometIdleTimeout', o.cometIdleTimeout),
+    wsMaxStreams: numberOption('wsMaxStreams', o.wsMaxStreams),
+    wsWindow: numberOption('wsWindow', o.wsWindow),
+    wsPingInterval: numberOption('wsPingInterval', o.wsPingInterval),
   };
 }
 

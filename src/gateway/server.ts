@@ -10,6 +10,7 @@ import { classify, hostProblem, originForm, type Route } from './classify.js';
 import { admit, type Admission, type Arrival, type Buckets } from './admission.js';
 import { claimantName, refuse, refuseClaim } from './refuse.js';
 import type { GatewayContext, GatewaySettings } from './context.js';
+import { atLeast, boolOption, domainOption, numberOption, publicUrlOption, SHUTDOWN_GRACE_DEFAULT, type NumberKey } from '../options.js';
 import { gatewayHeaders, handleEndpoint, type GatewayInfo } from './endpoints.js';
 import { BrowserEndpoints, type BrowserOptions } from './browser.js';
 import type { EmitGatewayEvent, GatewayEvents } from './eventmap.js';
@@ -30,7 +31,11 @@ export interface TlsOptions {
   passphrase?: string;
 }
 
-/** Options of `createGateway`; every field has a default a public gateway can live with. */
+/**
+ * Options of `createGateway`; every field has a default a public gateway can live with (the options table,
+ * src/options.ts, shared with `ptth-proxy serve`). A bad value throws an OptionError: a TypeError with the code
+ * `PTTH_ERR_BAD_OPTION`.
+ */
 export interface GatewayOptions extends BrowserOptions {
   /** Apps are served at `name.domain` (default `localhost`). */
   domain?: string;
@@ -129,10 +134,13 @@ export interface GatewayOptions extends BrowserOptions {
   metricsOnGateway?: boolean;
 }
 
-function positive(name: string, value: number | undefined, fallback: number, min = 0): number {
-  if (value === undefined) return fallback;
-  if (!Number.isFinite(value) || value < min) throw new TypeError(`${name} must be a number >= ${min}, got ${String(value)}`);
-  return value;
+/**
+ * The number options the constructor reads itself. Not "positive": 0 passes where `min` is 0 (it means off or no
+ * cap). `fallback` and `min` repeat the options table's row (test/unit/options.test.ts compares the server's head
+ * and idle limits with it); `numberOption` reads them from the table and is what new code calls.
+ */
+function positive(name: NumberKey, value: number | undefined, fallback: number, min = 0): number {
+  return atLeast(name, value, fallback, min);
 }
 
 function rateFrom(name: string, value: RateSpec | string | false | undefined, fallback: string): RateLimiter | undefined {
@@ -146,35 +154,27 @@ function rateFrom(name: string, value: RateSpec | string | false | undefined, fa
   return spec && new RateLimiter(spec);
 }
 
+/** The gateway's settings from its options: defaults, bounds and the error for a bad value come from the options table (src/options.ts). */
 function settingsFrom(o: GatewayOptions): GatewaySettings {
-  const domain = (o.domain ?? 'localhost').toLowerCase().replace(/\.$/, '');
-  if (!/^[a-z0-9.-]+$/.test(domain) || domain.startsWith('.') || domain.includes('..')) {
-    throw new TypeError(`domain must be a DNS name, got ${JSON.stringify(o.domain)}`);
-  }
-  let publicUrl: URL | undefined;
-  if (o.publicUrl !== undefined) {
-    publicUrl = new URL(o.publicUrl);
-    if (publicUrl.protocol !== 'http:' && publicUrl.protocol !== 'https:') {
-      throw new TypeError(`publicUrl must be an http or https URL, got ${o.publicUrl}`);
-    }
-  }
+  const domain = domainOption(o.domain);
+  const publicUrl = publicUrlOption(o.publicUrl);
   return {
     domain,
     publicUrl,
-    defaultLease: positive('defaultLease', o.defaultLease, 300),
-    maxLease: positive('maxLease', o.maxLease, 86_400),
-    maxChannels: positive('maxChannels', o.maxChannels, 64, 1),
-    claimBodyLimit: positive('claimBodyLimit', o.claimBodyLimit, 8192),
-    claimTimeout: positive('claimTimeout', o.claimTimeout, 10_000, 1),
-    responseTimeout: positive('responseTimeout', o.responseTimeout, 60_000, 1),
-    queueLimit: positive('queueLimit', o.queueLimit, 256),
-    queueTimeout: positive('queueTimeout', o.queueTimeout, 15_000, 1),
-    reconnectWait: positive('reconnectWait', o.reconnectWait, 5_000, 1),
-    http2: o.http2 ?? true,
-    pingInterval: positive('pingInterval', o.pingInterval, 30_000, 1),
-    pingTimeout: positive('pingTimeout', o.pingTimeout, 10_000, 1),
-    maxStreams: positive('maxStreams', o.maxStreams, 256, 1),
-    cookieDomains: o.cookieGuard === false ? undefined : [...new Set([domain, ...(publicUrl ? [publicUrl.hostname] : [])])],
+    defaultLease: numberOption('defaultLease', o.defaultLease),
+    maxLease: numberOption('maxLease', o.maxLease),
+    maxChannels: numberOption('maxChannels', o.maxChannels),
+    claimBodyLimit: numberOption('claimBodyLimit', o.claimBodyLimit),
+    claimTimeout: numberOption('claimTimeout', o.claimTimeout),
+    responseTimeout: numberOption('responseTimeout', o.responseTimeout),
+    queueLimit: numberOption('queueLimit', o.queueLimit),
+    queueTimeout: numberOption('queueTimeout', o.queueTimeout),
+    reconnectWait: numberOption('reconnectWait', o.reconnectWait),
+    http2: boolOption('http2', o.http2),
+    pingInterval: numberOption('pingInterval', o.pingInterval),
+    pingTimeout: numberOption('pingTimeout', o.pingTimeout),
+    maxStreams: numberOption('maxStreams', o.maxStreams),
+    cookieDomains: boolOption('cookieGuard', o.cookieGuard) ? [...new Set([domain, ...(publicUrl ? [publicUrl.hostname] : [])])] : undefined,
   };
 }
 
@@ -500,11 +500,11 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   }
 
   /**
-   * Stops accepting, refuses new claims, lets requests in flight finish up to `graceMs`, then
-   * releases every registration (channels close, so clients reconnect elsewhere) and closes
-   * whatever is still open.
+   * Stops accepting, refuses new claims, lets requests in flight finish up to `graceMs`
+   * (default 10000, as `serve --shutdown-grace`), then releases every registration (channels
+   * close, so clients reconnect elsewhere) and closes whatever is still open.
    */
-  async close(graceMs = 5_000): Promise<void> {
+  async close(graceMs = SHUTDOWN_GRACE_DEFAULT): Promise<void> {
     if (this.#closing) return;
     this.#closing = true;
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));

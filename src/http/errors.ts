@@ -110,6 +110,8 @@ export const ERRORS = {
     message: 'An upgrade request cannot carry a body through this gateway (send it after the switch, or without Upgrade).',
   },
   PTTH_ERR_NOT_WEBSOCKET: { status: 400, message: 'A WebSocket channel needs a valid WebSocket handshake (RFC 6455 section 4.1).' },
+  // Never sent to a peer: the code of the TypeError createGateway() throws for a bad option (src/options.ts).
+  PTTH_ERR_BAD_OPTION: { status: 500, message: 'An option of the gateway has a value it cannot use.' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -245,7 +245,7 @@ describe('resolveServeConfig', () => {
     expect(values['logFormat']).toBe('json');
     expect(values['keys']).toBe('/k.json');
     expect(values['idleTimeout']).toBe(0);
-    for (const k of ['reserved', 'limitLoopback', 'http2', 'claimRate', 'logFormat', 'keys', 'idleTimeout']) expect(sources[k]).toBe('env');
+    for (const k of ['reserved', 'limitLoopback', 'http2', 'claimRate', 'logFormat', 'keys', 'idleTimeout'] as const) expect(sources[k]).toBe('env');
   });
 
   it('a file starting with a UTF-8 byte order mark is read', () => {
