@@ -1,123 +1,87 @@
-import * as net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
-import WebSocket from 'ws';
-import { closed, rawConnect, readUntil, request, startGateway, until, type TestGateway } from '../helpers/index.js';
-import { fetchRaw, register } from '../helpers/comet.js';
+/**
+ * What a Comet app or visitor can hold in the gateway, and for how long: replies and visitor
+ * bodies are buffered whole (a poll answer and a reply both need a Content-Length), so they count
+ * against one budget of 8 x --buffer-limit while they are read, and a peer that trickles its bytes
+ * is cut after a timeout instead of holding its buffer or queue place. See cometbudget.test.ts for
+ * the budget held until the bytes have left the process.
+ */
+import { describe, expect, it } from 'vitest';
+import { fetchRaw, parseLinks, rawValues, register } from '../helpers/comet.js';
+import { closed, headEnd, rawConnect, readUntil, request, until } from '../helpers/index.js';
+import { track, useGateway, useSocket } from '../helpers/fixture.js';
 
-/** Defects a review found in the browser-facing channels, each pinned by a test. */
-let gw: TestGateway | undefined;
-const sockets: (net.Socket | WebSocket)[] = [];
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s instanceof WebSocket ? s.terminate() : s.destroy();
-  await gw?.close();
-  gw = undefined;
-});
-
-function wsApp(port: number, name: string, onRequest?: (ws: WebSocket, m: { id: number }) => void): Promise<WebSocket> {
-  const ws = new WebSocket(`ws://127.0.0.1:${port}/?name=${name}`, 'ptth.v1', { headers: { Host: `localhost:${port}` } });
-  sockets.push(ws);
-  ws.on('message', (data, binary) => {
-    if (binary) return;
-    const m = JSON.parse(String(data)) as { t: string; id: number };
-    if (m.t === 'request') onRequest?.(ws, m);
-  });
-  ws.on('error', () => {});
-  return new Promise((resolve, reject) => {
-    ws.once('open', () => resolve(ws));
-    ws.once('unexpected-response', () => reject(new Error('refused')));
-  });
-}
-
-/** The gateway's side of the next connection it accepts. */
-function serverSocket(g: TestGateway): Promise<net.Socket> {
-  return new Promise((resolve) => g.gateway.server.once('connection', (c: net.Socket) => resolve(c)));
-}
-
-const frame = (id: number, flags: number, text = ''): Buffer => {
-  const p = Buffer.from(text);
-  const b = Buffer.alloc(5 + p.length);
-  b[0] = flags;
-  b.writeUInt32BE(id, 1);
-  p.copy(b, 5);
-  return b;
-};
-
-describe('hardening of the WebSocket channel', () => {
-  it('a control frame with a long non-ASCII type closes that channel with 1002 and never the gateway', async () => {
-    gw = await startGateway();
-    const ws = await wsApp(gw.port, 'crash');
-    const code = new Promise<number>((resolve) => ws.once('close', (c) => resolve(c)));
-    ws.send(JSON.stringify({ t: '\u00e9'.repeat(60), id: 1 }));
-    expect(await code).toBe(1002);
-    // Still serving: another app claims and answers.
-    await wsApp(gw.port, 'alive', (app, m) => {
-      app.send(JSON.stringify({ t: 'response', id: m.id, status: 200, headers: ['Content-Length', '2'], body: true }));
-      app.send(frame(m.id, 1, 'ok'), { binary: true });
-    });
-    expect((await request(gw.port, { host: gw.host('alive') })).body).toBe('ok');
-  });
-
-  it('an app writing past its Content-Length cuts the visitor connection instead of forging the next response', async () => {
-    gw = await startGateway();
-    await wsApp(gw.port, 'evil', (app, m) => {
-      app.send(JSON.stringify({ t: 'response', id: m.id, status: 200, headers: ['Content-Length', '5'], body: true }));
-      app.send(frame(m.id, 0, 'helloHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged'), { binary: true });
-      app.send(frame(m.id, 1), { binary: true });
-    });
-    const s = await rawConnect(gw.port);
-    sockets.push(s);
-    const cut = closed(s, 5_000);
-    s.write(`GET / HTTP/1.1\r\nHost: ${gw.host('evil')}\r\n\r\n`);
-    // Everything the visitor gets until its connection closes (readUntil ends at the close): once
-    // closed, nothing more can come, so the absence of the forged response is final.
-    const got = (await readUntil(s, () => false, 5_000)).toString('latin1');
-    expect(await cut).toBe(true);
-    expect(got).not.toContain('forged');
-  });
-
-  it('an app ending short of its Content-Length cuts the visitor connection too', async () => {
-    gw = await startGateway();
-    await wsApp(gw.port, 'short', (app, m) => {
-      app.send(JSON.stringify({ t: 'response', id: m.id, status: 200, headers: ['Content-Length', '10'], body: true }));
-      app.send(frame(m.id, 1, 'abc'), { binary: true });
-    });
-    const s = await rawConnect(gw.port);
-    sockets.push(s);
-    s.write(`GET / HTTP/1.1\r\nHost: ${gw.host('short')}\r\n\r\n`);
-    expect(await closed(s)).toBe(true);
-  });
-});
-
-describe('hardening of WebSocket claims', () => {
-  it('a handshake that ws itself refuses leaves no registration behind', async () => {
-    gw = await startGateway();
-    const g = gw;
-    const registered: string[] = [];
-    g.gateway.on('register', (reg) => registered.push(reg.name));
-    const s = await rawConnect(gw.port);
-    sockets.push(s);
-    // Passes the gateway's own checks (GET, a key, version 13) but not ws's: Upgrade is a list here.
-    s.write(
-      `GET /?name=leftover HTTP/1.1\r\nHost: localhost:${gw.port}\r\nUpgrade: websocket, foo\r\nConnection: Upgrade\r\n` +
-        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+describe('Comet replies from apps', () => {
+  it('count against the buffer budget while they are read: past 8 x --buffer-limit a reply gets 503, not memory', async () => {
+    const g = await useGateway({ bufferLimit: 1_000, pollTimeout: 5_000, replyTimeout: 5_000, queueTimeout: 5_000 });
+    const reg = await register(g.origin, { name: 'hoarder', token: 't' });
+    expect(reg.status).toBe(201);
+    // Twelve visitors, each polled to the app (one delivery each), none answered yet.
+    const visitors = Array.from({ length: 12 }, (_, i) => request(g.port, { host: g.host('hoarder'), path: `/v${i}` }));
+    const slots: string[] = [];
+    let next = reg.links.first as string;
+    for (let i = 0; i < 12; i++) {
+      const poll = await fetchRaw(next);
+      expect(poll.status).toBe(200);
+      slots.push(next);
+      next = parseLinks(rawValues(poll.rawHeaders, 'link')).next as string;
+    }
+    // Each reply is 939 bytes, declared whole but sent short of its last byte: all are being read at once.
+    const body = 'x'.repeat(900);
+    const reply = `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
+    const posts = await Promise.all(
+      slots.map((url) => {
+        const u = new URL(url);
+        return useSocket(g.port, `POST ${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\nContent-Type: message/http\r\nContent-Length: ${reply.length}\r\n\r\n${reply.slice(0, -1)}`);
+      }),
     );
-    const got = (await readUntil(s, (b) => b.includes('\r\n\r\n'))).toString('latin1');
-    expect(got).toMatch(/^HTTP\/1\.1 400 /);
-    expect(await closed(s)).toBe(true);
-    // The claim passed the gateway's own checks (it registered the name), so ws's refusal is the
-    // path under test; the name is released once the gateway sees the socket close.
-    expect(registered).toEqual(['leftover']);
-    await until(() => g.gateway.table.lookup('leftover') === undefined, 3_000, 'the leftover name released');
+    // Eight fit in the 8,000-byte budget (7,504 bytes); the other four are refused at once. Each
+    // POST's first answer head: the four refusals come while the eight are still being read.
+    const heads: (string | undefined)[] = posts.map(() => undefined);
+    const firstHeads = posts.map((s, i) => readUntil(s, headEnd, 10_000).then((b) => void (heads[i] = b.toString())));
+    await until(() => heads.filter((h) => h !== undefined).length >= 4, 5_000, 'four replies refused');
+    const isRefusal = (h: string | undefined): boolean =>
+      h !== undefined && /^HTTP\/1\.1 503 /.test(h) && h.includes('PTTH_ERR_QUEUE_FULL');
+    const refused = heads.filter(isRefusal);
+    expect(refused).toHaveLength(4);
+    const reading = posts.filter((_, i) => heads[i] === undefined);
+    expect(reading).toHaveLength(8);
+    // The eight complete their replies: the first thing each hears is its 202 (nothing refused it
+    // meanwhile); their visitors are answered.
+    for (const s of reading) s.write(reply.slice(-1));
+    await Promise.all(firstHeads);
+    expect(heads.filter((h) => h !== undefined && /^HTTP\/1\.1 202 /.test(h))).toHaveLength(8);
+    const answers = await Promise.all(visitors);
+    expect(answers.filter((r) => r.status === 200 && r.body === body)).toHaveLength(8);
+    expect(answers.filter((r) => r.status === 503)).toHaveLength(4);
+  });
+
+  it('a reply that trickles in is cut after --reply-timeout instead of holding its buffer', async () => {
+    const g = await useGateway({ bufferLimit: 100_000, pollTimeout: 5_000, replyTimeout: 400 });
+    const reg = await register(g.origin, { name: 'trickle', token: 't' });
+    const visitor = request(g.port, { host: g.host('trickle') });
+    const poll = await fetchRaw(reg.links.first as string);
+    expect(poll.status).toBe(200);
+    const u = new URL(reg.links.first as string);
+    const s = await useSocket(g.port, `POST ${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\nContent-Length: 50000\r\n\r\nHTTP/1.1 200 OK\r\n`);
+    const timer = setInterval(() => s.write('X-Slow: 1\r\n'), 50);
+    try {
+      const got = (await readUntil(s, headEnd, 3_000)).toString();
+      expect(got).toMatch(/^HTTP\/1\.1 408 /);
+      expect(await closed(s)).toBe(true);
+    } finally {
+      clearInterval(timer);
+    }
+    // The delivery's own --reply-timeout (armed at the poll, before the POST began) answers the visitor.
+    expect((await visitor).status).toBe(504);
   });
 });
 
-describe('hardening of Comet', () => {
+describe('visitor requests to Comet apps', () => {
   it('a body that trickles in gets 408 after the queue timeout instead of holding a queue place forever', async () => {
-    gw = await startGateway({ queueTimeout: 300 });
+    const gw = await useGateway({ queueTimeout: 300 });
     const reg = await register(gw.origin, { name: 'slow', token: 't' });
     expect(reg.status).toBe(201);
-    const s = await rawConnect(gw.port);
-    sockets.push(s);
+    const s = track(await rawConnect(gw.port));
     s.write(`POST / HTTP/1.1\r\nHost: ${gw.host('slow')}\r\nContent-Length: 1000\r\n\r\nx`);
     const got = (await readUntil(s, (b) => b.includes('\r\n\r\n'), 3_000)).toString('latin1');
     expect(got).toMatch(/^HTTP\/1\.1 408 /);
@@ -125,8 +89,7 @@ describe('hardening of Comet', () => {
   });
 
   it('bodies buffered for Comet apps are capped in total (8 x --buffer-limit), past it 503', async () => {
-    const g = await startGateway({ bufferLimit: 1_000, pollTimeout: 100, queueTimeout: 2_000 });
-    gw = g;
+    const g = await useGateway({ bufferLimit: 1_000, pollTimeout: 100, queueTimeout: 2_000 });
     const reg = await register(g.origin, { name: 'hoard', token: 't' });
     // One poll that times out: the name now has a Comet channel, and nobody polls again.
     const poll = await fetchRaw(reg.links.first as string);
@@ -139,29 +102,5 @@ describe('hardening of Comet', () => {
     const refused = replies.filter((r) => r.status === 503 && r.headers['x-ptth-error'] === 'PTTH_ERR_QUEUE_FULL');
     expect(refused.length).toBe(4);
     expect(refused[0]?.body).toContain('buffering as much as it allows');
-  });
-
-  it('registrations are refused with 503 while the gateway shuts down', async () => {
-    gw = await startGateway();
-    const registered: string[] = [];
-    gw.gateway.on('register', (reg) => registered.push(reg.name));
-    const atGateway = serverSocket(gw);
-    const s = await rawConnect(gw.port);
-    sockets.push(s);
-    // Half a request, so the connection is busy (not idle) when close() starts: close() waits
-    // until the gateway has read those bytes.
-    const half = `POST /reversehttp HTTP/1.1\r\nHost: localhost:${gw.port}\r\n`;
-    s.write(half);
-    const conn = await atGateway;
-    await until(() => conn.bytesRead === half.length, 3_000, 'the half request read by the gateway');
-    const closing = gw.gateway.close(2_000);
-    s.write('Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 11\r\n\r\nname=latecm');
-    const got = (await readUntil(s, (b) => b.includes('\r\n\r\n'))).toString('latin1');
-    expect(got).toMatch(/^HTTP\/1\.1 503 /);
-    await closing;
-    // close() releases every name, so the table alone could not tell: the name was never registered.
-    expect(registered).toEqual([]);
-    expect(gw.gateway.table.lookup('latecm')).toBeUndefined();
-    gw = undefined;
   });
 });
