@@ -12,7 +12,7 @@ import { ClaimError, listen, type Tunnel } from '../../src/client/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import { AccessConfigError, hashKey, type AccessConfig } from '../../src/routes/access.js';
 import { closed, headEnd, rawConnect, readUntil, request, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
-import { fetchRaw, CometApp } from '../helpers/comet.js';
+import { fetchRaw, CometApp, register } from '../helpers/comet.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
 import { loadLibrary, RawWsApp, wsRefusal, type LibServer } from '../helpers/wsapp.js';
 
@@ -187,6 +187,15 @@ describe('native claims with keys', () => {
     expect((await nativeClaim(g.port, '?name=only-me&token=t', [bearer(KEY_EXACT)])).head).toMatch(/^HTTP\/1\.1 101 /);
   });
 
+  it('a key whose prefix is entirely reserved gets 403 for a claim without a name, and the gateway keeps serving', async () => {
+    const key = 'ptth_review-0123456789abcdefghijklmnop';
+    const g = await start({ access: { keys: [{ id: 'team', sha256: hashKey(key), names: ['team-*'] }], reserved: ['team*'] } });
+    const { head } = await nativeClaim(g.port, '', [bearer(key)]);
+    expect(head).toMatch(/^HTTP\/1\.1 403 /);
+    expect(head).toContain('X-Ptth-Error: PTTH_ERR_NAME_RESERVED');
+    expect((await request(g.port, { path: '/healthz', host: `localhost:${g.port}` })).status).toBe(200);
+  });
+
   it('reserved names apply without keys too; the gateway is otherwise open', async () => {
     const g = await start({ reserved: ['www'] });
     expectRefusal((await nativeClaim(g.port, '?name=www')).head, 403, 'PTTH_ERR_NAME_RESERVED');
@@ -354,6 +363,26 @@ describe('reloading the access configuration', () => {
   it('a bad configuration at construction fails createGateway', async () => {
     await expect(startGateway({ access: { keys: [{ id: 'x', sha256: 'short', names: ['*'] }] } })).rejects.toThrow(/keys\[0\] \(id "x"\): sha256 must be 64 hex digits/);
     await expect(startGateway({ reserved: ['not valid'] })).rejects.toThrow(AccessConfigError);
+  });
+
+  it('a Comet session whose channel went idle cannot open a new one by polling once its key is revoked', async () => {
+    const key = 'ptth_comet-0123456789abcdefghijklmnopq';
+    const g = await start({
+      access: { keys: [{ id: 'c', sha256: hashKey(key), names: ['*'] }] },
+      pollTimeout: 100,
+      cometIdleTimeout: 150,
+    });
+    const reg = await register(g.origin, { name: 'revoked', token: 't', key });
+    expect(reg.status).toBe(201);
+    const first = reg.links.first as string;
+    expect((await fetchRaw(first)).status).toBe(204);
+    const registration = g.gateway.table.lookup('revoked');
+    await until(() => registration?.channels.length === 0, 3_000, 'the idle Comet channel closed');
+    g.gateway.setAccess({ keys: [] });
+    const poll = await fetchRaw(first, { headers: { accept: 'application/json' } });
+    expect(poll.status).toBe(401);
+    expect(poll.headers['x-ptth-error']).toBe('PTTH_ERR_KEY_INVALID');
+    expect(registration?.channels).toHaveLength(0);
   });
 });
 

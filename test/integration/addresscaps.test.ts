@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { fetchRaw, register } from '../helpers/comet.js';
 import {
   closed,
@@ -8,10 +8,10 @@ import {
   rawConnect,
   readUntil,
   request,
-  startGateway,
   until,
   type TestGateway,
 } from '../helpers/index.js';
+import { cleanup, track, useGateway } from '../helpers/fixture.js';
 import { RawWsApp, wsRefusal } from '../helpers/wsapp.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 
@@ -21,20 +21,8 @@ import type { GatewayOptions } from '../../src/gateway/server.js';
  * off, so only the caps refuse). Every count is released when what it counts goes away.
  */
 
-let g: TestGateway | undefined;
-const sockets: Socket[] = [];
-const wsApps: RawWsApp[] = [];
-
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s.destroy();
-  for (const a of wsApps.splice(0)) a.close();
-  await g?.close();
-  g = undefined;
-});
-
-async function gateway(options: GatewayOptions): Promise<TestGateway> {
-  g = await startGateway({ limitLoopback: true, claimRate: false, requestRate: false, ...options });
-  return g;
+function gateway(options: GatewayOptions): Promise<TestGateway> {
+  return useGateway({ limitLoopback: true, claimRate: false, requestRate: false, ...options });
 }
 
 /** Connections the gateway's server holds now. */
@@ -60,7 +48,7 @@ function claimBytes(gw: TestGateway, query: string, extra = ''): string {
 /** A native claim; the socket stays open (it is the channel) after a 101. */
 async function claim(gw: TestGateway, query: string, extra = ''): Promise<{ socket: Socket; head: string }> {
   const c = await rawClaim(gw.port, claimBytes(gw, query, extra));
-  sockets.push(c.socket);
+  track(c.socket);
   return c;
 }
 
@@ -78,10 +66,10 @@ describe('connections per address (--max-connections-per-address)', () => {
   it('past the cap the first request gets 429 PTTH_ERR_ADDRESS_CONNECTIONS and the connection closes', async () => {
     const gw = await gateway({ maxConnectionsPerAddress: 3 });
     const held = [await rawConnect(gw.port), await rawConnect(gw.port), await rawConnect(gw.port)];
-    sockets.push(...held);
+    for (const s of held) track(s);
     await untilConnections(gw, 3);
     const over = await rawConnect(gw.port);
-    sockets.push(over);
+    track(over);
     over.write(`GET /healthz HTTP/1.1\r\nHost: localhost:${gw.port}\r\n\r\n`);
     const head = (await readUntil(over, headEnd)).toString('latin1');
     expect(head).toMatch(/^HTTP\/1\.1 429 /);
@@ -90,7 +78,7 @@ describe('connections per address (--max-connections-per-address)', () => {
     expect(await closed(over)).toBe(true);
     // A visitor request to an app host is refused the same way.
     const visitor = await rawConnect(gw.port);
-    sockets.push(visitor);
+    track(visitor);
     visitor.write(`GET / HTTP/1.1\r\nHost: ${gw.host('app')}\r\n\r\n`);
     expect(code((await readUntil(visitor, headEnd)).toString('latin1'))).toBe('PTTH_ERR_ADDRESS_CONNECTIONS');
   });
@@ -98,7 +86,7 @@ describe('connections per address (--max-connections-per-address)', () => {
   it('a claim (native or WebSocket) on a connection past the cap gets a raw 429, a refused claim', async () => {
     const gw = await gateway({ maxConnectionsPerAddress: 1 });
     const held = await rawConnect(gw.port);
-    sockets.push(held);
+    track(held);
     await untilConnections(gw, 1);
     const native = await claim(gw, 'name=over');
     expect(native.head).toMatch(/^HTTP\/1\.1 429 /);
@@ -137,7 +125,7 @@ describe('names per address (--max-names-per-address)', () => {
     const random = await claim(gw, 'token=x');
     expect(code(random.head)).toBe('PTTH_ERR_ADDRESS_NAMES');
     const h2 = await rawClaim(gw.port, claimBytes(gw, 'name=n3', 'ALPN: h2\r\n').replace('PTTH/1.0', 'ptth'));
-    sockets.push(h2.socket);
+    track(h2.socket);
     expect(code(h2.head)).toBe('PTTH_ERR_ADDRESS_NAMES');
     expect(await wsRefusal(gw.port, { name: 'n3' })).toEqual({ status: 429, code: 'PTTH_ERR_ADDRESS_NAMES' });
     const comet = await register(gw.origin, { name: 'n3' });
@@ -172,13 +160,13 @@ describe('channels per address (--max-channels-per-address)', () => {
     const gw = await gateway({ maxChannelsPerAddress: 2 });
     expect((await claim(gw, 'name=c1&token=t')).head).toMatch(/^HTTP\/1\.1 101 /);
     const ws = await RawWsApp.connect(gw.port, { name: 'c2' });
-    wsApps.push(ws);
+    cleanup(() => ws.close());
     await until(() => gw.gateway.caps.held('127.0.0.1').channels === 2, 3_000, 'two channels counted');
     const native = await claim(gw, 'name=c1&token=t');
     expect(native.head).toMatch(/^HTTP\/1\.1 429 /);
     expect(code(native.head)).toBe('PTTH_ERR_ADDRESS_CHANNELS');
     const h2 = await rawClaim(gw.port, claimBytes(gw, 'name=c3', 'ALPN: h2\r\n').replace('PTTH/1.0', 'ptth'));
-    sockets.push(h2.socket);
+    track(h2.socket);
     expect(code(h2.head)).toBe('PTTH_ERR_ADDRESS_CHANNELS');
     expect(await wsRefusal(gw.port, { name: 'c4' })).toEqual({ status: 429, code: 'PTTH_ERR_ADDRESS_CHANNELS' });
     const comet = await register(gw.origin, { name: 'c5' });
@@ -208,11 +196,10 @@ describe('channels per address (--max-channels-per-address)', () => {
 describe('exemptions and 0', () => {
   it('loopback is exempt without limitLoopback, and 0 means no cap', async () => {
     const one = { maxConnectionsPerAddress: 1, maxNamesPerAddress: 1, maxChannelsPerAddress: 1 };
-    g = await startGateway({ claimRate: false, ...one });
-    const gw = g;
+    const gw = await useGateway({ claimRate: false, ...one });
     for (const name of ['e1', 'e2', 'e3']) expect((await claim(gw, `name=${name}`)).head).toMatch(/^HTTP\/1\.1 101 /);
     expect(gw.gateway.caps.held('127.0.0.1')).toEqual({ connections: 0, names: 0, channels: 0 });
-    await g.close();
+    await gw.close();
     const open = await gateway({ maxConnectionsPerAddress: 0, maxNamesPerAddress: 0, maxChannelsPerAddress: 0 });
     for (const name of ['z1', 'z2', 'z3']) expect((await claim(open, `name=${name}`)).head).toMatch(/^HTTP\/1\.1 101 /);
     expect(open.gateway.caps.held('127.0.0.1')).toEqual({ connections: 3, names: 3, channels: 3 });

@@ -1,19 +1,11 @@
 import * as http from 'node:http';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ClaimError, listen, type Tunnel } from '../../src/client/node.js';
-import { request, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { request, until, type TestGateway } from '../helpers/index.js';
+import { cleanup, useApp, useGateway } from '../helpers/fixture.js';
 
-const gateways: TestGateway[] = [];
-const tunnels: Tunnel[] = [];
-afterEach(async () => {
-  await Promise.all(tunnels.splice(0).map((t) => t.close({ graceMs: 100 })));
-  await Promise.all(gateways.splice(0).map((g) => g.close()));
-});
-
-async function gateway(options = {}, port = 0): Promise<TestGateway> {
-  const g = await startGateway(options, port);
-  gateways.push(g);
-  return g;
+function gateway(options = {}, port = 0): Promise<TestGateway> {
+  return useGateway(options, port);
 }
 
 /**
@@ -32,9 +24,7 @@ async function gatewayOn(port: number): Promise<TestGateway> {
 }
 
 async function app(port: number, target: http.RequestListener | http.Server, options = {}): Promise<Tunnel> {
-  const t = await startApp(port, target, options);
-  tunnels.push(t);
-  return t;
+  return useApp(port, target, options);
 }
 
 describe('Node client: listen()', () => {
@@ -83,7 +73,6 @@ describe('Node client: listen()', () => {
     t.on('offline', () => events.push('offline'));
     t.on('online', () => events.push('online'));
     await gw.close();
-    gateways.splice(gateways.indexOf(gw), 1);
     await until(() => !t.online, 3_000, 'offline');
     gw = await gatewayOn(port);
     await until(() => t.online, 5_000, 'back online');
@@ -97,10 +86,9 @@ describe('Node client: listen()', () => {
     const gw = await gateway();
     const port = gw.port;
     await gw.close();
-    gateways.length = 0;
     const delays: number[] = [];
     const t = listen((_req, res) => res.end('late'), { gateway: `http://127.0.0.1:${port}`, name: 'late', backoff: 20, maxBackoff: 200, connections: 1 });
-    tunnels.push(t);
+    cleanup(() => t.close({ graceMs: 100 }));
     t.on('reconnecting', ({ delay }) => delays.push(delay));
     await until(() => delays.length >= 4, 5_000, 'four retries');
     // Exponential with jitter: each delay is within [base*2^n/2, base*2^n], capped at maxBackoff.
@@ -121,7 +109,6 @@ describe('Node client: listen()', () => {
     const delays: number[] = [];
     t.on('reconnecting', ({ delay }) => delays.push(delay));
     await gw.close();
-    gateways.length = 0;
     await until(() => delays.length >= 6, 3_000, 'six retries');
     // The first failure of each of the six slots waits between base/2 and base, not base * 2^n.
     for (const d of delays.slice(0, 6)) {
@@ -134,7 +121,7 @@ describe('Node client: listen()', () => {
     const gw = await gateway();
     await app(gw.port, (_req, res) => res.end('owner'), { name: 'taken', token: 'a' });
     const t = listen((_req, res) => res.end('intruder'), { gateway: gw.origin, name: 'taken', token: 'b', backoff: 10 });
-    tunnels.push(t);
+    cleanup(() => t.close({ graceMs: 100 }));
     const errors: Error[] = [];
     t.on('error', (e) => errors.push(e));
     const err = await t.ready().then(() => undefined, (e: unknown) => e);
@@ -198,7 +185,7 @@ describe('Node client: a gateway that never answers the claim', () => {
       backoff: 50,
       maxBackoff: 100,
     });
-    tunnels.push(tunnel);
+    cleanup(() => tunnel.close({ graceMs: 100 }));
     try {
       const error = await new Promise<Error>((resolve) => tunnel.once('reconnecting', (e: { error: Error }) => resolve(e.error)));
       expect(error.message).toBe('the gateway did not answer the claim within 200 ms');

@@ -4,29 +4,21 @@
  * are not left with 503 while pollers are polling. Found by the soak run (test/bench/soak.ts).
  */
 import * as http from 'node:http';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import { CometChannel } from '../../src/channels/comet.js';
-import { request, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { request, until, type TestGateway } from '../helpers/index.js';
+import { cleanup, useGateway } from '../helpers/fixture.js';
 import { CometApp, type CometHandler } from '../helpers/comet.js';
 
-let gw: TestGateway | undefined;
-const apps: CometApp[] = [];
-afterEach(async () => {
-  const stopped = await Promise.allSettled(apps.splice(0).map((a) => a.stop()));
-  await gw?.close();
-  gw = undefined;
-  for (const s of stopped) if (s.status === 'rejected') throw s.reason;
-});
-
-async function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
-  gw = await startGateway({ pollTimeout: 2_000, cometIdleTimeout: 1_000, responseTimeout: 1_500, queueTimeout: 3_000, ...options });
-  return gw;
+function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
+  return useGateway({ pollTimeout: 2_000, cometIdleTimeout: 1_000, responseTimeout: 1_500, queueTimeout: 3_000, ...options });
 }
 
 async function start(g: TestGateway, handler: CometHandler, pollers = 8): Promise<CometApp> {
   const app = await CometApp.start(g.origin, { name: 'back', token: 'tok' }, handler, pollers);
-  apps.push(app);
+  // A poller that failed fails its test: stop() rethrows what it met.
+  cleanup(() => app.stop());
   return app;
 }
 

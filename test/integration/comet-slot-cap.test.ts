@@ -1,6 +1,7 @@
 import * as http from 'node:http';
-import { afterEach, describe, expect, it } from 'vitest';
-import { request, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { describe, expect, it } from 'vitest';
+import { request, until } from '../helpers/index.js';
+import { track, useGateway } from '../helpers/fixture.js';
 import { fetchRaw, parseLinks, rawValues, register, serializeResponse } from '../helpers/comet.js';
 
 /*
@@ -9,17 +10,9 @@ import { fetchRaw, parseLinks, rawValues, register, serializeResponse } from '..
  * request nor being polled is dropped, and its URL answers 404 PTTH_ERR_UNKNOWN_REQUEST_URL.
  */
 const CAP = 1024;
-let gw: TestGateway | undefined;
-let agent: http.Agent | undefined;
-afterEach(async () => {
-  agent?.destroy();
-  agent = undefined;
-  await gw?.close();
-  gw = undefined;
-});
 
-/** Registers `name` again `times` times (same token); returns the `first` URL of each answer. */
-async function reregister(origin: string, name: string, times: number): Promise<string[]> {
+/** Registers `name` again `times` times (same token, over `agent`); returns the `first` URL of each answer. */
+async function reregister(origin: string, name: string, times: number, agent: http.Agent): Promise<string[]> {
   const firsts: string[] = [];
   for (let i = 0; i < times; i++) {
     const r = await register(origin, { name, token: 'tok' }, agent);
@@ -31,19 +24,18 @@ async function reregister(origin: string, name: string, times: number): Promise<
 
 describe('Comet open slots past 1024 in one session', () => {
   it('the 1025th slot drops the oldest open one (404 there); the next oldest and the newest still poll', async () => {
-    gw = await startGateway({ pollTimeout: 100 });
-    const g = gw;
-    agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const g = await useGateway({ pollTimeout: 100 });
+    const agent = track(new http.Agent({ keepAlive: true, maxSockets: 1 }));
     const first = await register(g.origin, { name: 'slots', token: 'tok' }, agent);
     expect(first.status).toBe(201);
     const oldest = first.links['first'] as string;
     // CAP - 1 more: exactly at the cap, nothing dropped yet.
-    const more = await reregister(g.origin, 'slots', CAP - 1);
+    const more = await reregister(g.origin, 'slots', CAP - 1, agent);
     const timedOut = await fetchRaw(oldest);
     expect(timedOut.status).toBe(204);
     expect(parseLinks(rawValues(timedOut.rawHeaders, 'link'))['next']).toBe(oldest);
     // One more: the oldest open slot goes.
-    const [newest] = await reregister(g.origin, 'slots', 1);
+    const [newest] = await reregister(g.origin, 'slots', 1, agent);
     const gone = await fetchRaw(oldest);
     expect(gone.status).toBe(404);
     expect(gone.headers['x-ptth-error']).toBe('PTTH_ERR_UNKNOWN_REQUEST_URL');
@@ -52,9 +44,8 @@ describe('Comet open slots past 1024 in one session', () => {
   });
 
   it('a slot with a poll waiting is kept, the next open one goes instead; the poll gets its request', async () => {
-    gw = await startGateway({ pollTimeout: 5_000 });
-    const g = gw;
-    agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const g = await useGateway({ pollTimeout: 5_000 });
+    const agent = track(new http.Agent({ keepAlive: true, maxSockets: 1 }));
     const first = await register(g.origin, { name: 'held', token: 'tok' }, agent);
     const polled = first.links['first'] as string;
     // The gateway's own listener runs first: once this one sees the poll, it waits on its slot.
@@ -65,7 +56,7 @@ describe('Comet open slots past 1024 in one session', () => {
     });
     const waiting = fetchRaw(polled);
     await until(() => arrived, 3_000, 'the poll to reach the gateway');
-    const more = await reregister(g.origin, 'held', CAP);
+    const more = await reregister(g.origin, 'held', CAP, agent);
     // The waiting poll's slot survived the cap; the oldest unpolled one did not.
     const dropped = await fetchRaw(more[0] as string);
     expect(dropped.status).toBe(404);

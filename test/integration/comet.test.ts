@@ -4,6 +4,7 @@ import type { GatewayOptions } from '../../src/gateway/server.js';
 import { CometChannel } from '../../src/channels/comet.js';
 import { rawConnect, readUntil, request, startGateway, until, type TestGateway } from '../helpers/index.js';
 import { spawnCli } from '../helpers/spawn.js';
+import { track, useGateway } from '../helpers/fixture.js';
 import { CometApp, fetchRaw, parseLinks, parseRequestMessage, rawValues, register, serializeResponse, type HttpReply } from '../helpers/comet.js';
 
 /*
@@ -41,6 +42,11 @@ const nextOf = (r: HttpReply): string => parseLinks(rawValues(r.rawHeaders, 'lin
 function cometChannel(g: TestGateway, name: string): CometChannel | undefined {
   const c = g.gateway.table.lookup(name)?.channels.find((ch) => ch.transport === 'comet');
   return c instanceof CometChannel ? c : undefined;
+}
+
+/** The gateway's side of the next connection it accepts. */
+function acceptedSocket(g: TestGateway): Promise<net.Socket> {
+  return new Promise((resolve) => g.gateway.server.once('connection', (c: net.Socket) => resolve(c)));
 }
 
 describe('Comet registration: POST /reversehttp', () => {
@@ -112,6 +118,28 @@ describe('Comet registration: POST /reversehttp', () => {
     await readUntil(s, (b) => b.includes('\r\n\r\n'));
     const r = await register(g.origin, { name: 'full', token: 't' });
     expect(r.status).toBe(429);
+  });
+
+  it('answers 503 to a registration that arrives while the gateway shuts down, and registers nothing', async () => {
+    const gw = await useGateway();
+    const registered: string[] = [];
+    gw.gateway.on('register', (reg) => registered.push(reg.name));
+    const atGateway = acceptedSocket(gw);
+    const s = track(await rawConnect(gw.port));
+    // Half a request, so the connection is busy (not idle) when close() starts: close() waits
+    // until the gateway has read those bytes.
+    const half = `POST /reversehttp HTTP/1.1\r\nHost: localhost:${gw.port}\r\n`;
+    s.write(half);
+    const conn = await atGateway;
+    await until(() => conn.bytesRead === half.length, 3_000, 'the half request read by the gateway');
+    const closing = gw.gateway.close(2_000);
+    s.write('Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 11\r\n\r\nname=latecm');
+    const got = (await readUntil(s, (b) => b.includes('\r\n\r\n'))).toString('latin1');
+    expect(got).toMatch(/^HTTP\/1\.1 503 /);
+    await closing;
+    // close() releases every name, so the table alone could not tell: the name was never registered.
+    expect(registered).toEqual([]);
+    expect(gw.gateway.table.lookup('latecm')).toBeUndefined();
   });
 });
 

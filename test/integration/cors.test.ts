@@ -1,6 +1,7 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { fetchRaw, register, type HttpReply } from '../helpers/comet.js';
-import { rawClaim, request, startApp, startGateway, type TestGateway } from '../helpers/index.js';
+import { rawClaim, request, startApp, type TestGateway } from '../helpers/index.js';
+import { useGateway } from '../helpers/fixture.js';
 
 /*
  * Cross-origin reads of the gateway's own endpoints: only what the browser clients need (Comet,
@@ -11,16 +12,8 @@ import { rawClaim, request, startApp, startGateway, type TestGateway } from '../
  */
 
 const ORIGIN = 'http://evil.example';
-let g: TestGateway | undefined;
-
-afterEach(async () => {
-  await g?.close();
-  g = undefined;
-});
-
-async function gateway(): Promise<TestGateway> {
-  g = await startGateway();
-  return g;
+function gateway(): Promise<TestGateway> {
+  return useGateway();
 }
 
 function claimBytes(name: string, port: number): string {
@@ -134,7 +127,7 @@ describe('CORS only where browsers need it', () => {
   });
 
   it('a rate-limited Comet registration is still readable cross-origin (the library reads its 429)', async () => {
-    g = await startGateway({ claimRate: '1/m', limitLoopback: true });
+    const g = await useGateway({ claimRate: '1/m', limitLoopback: true });
     const first = await register(g.origin, { name: 'rl-a' });
     expect(first.status).toBe(201);
     const second = await fetchRaw(`${g.origin}/reversehttp`, {

@@ -1,10 +1,11 @@
 import * as http from 'node:http';
 import type * as net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
 import { MAX_SUBSCRIBERS } from '../../src/gateway/events.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
-import { rawClaim, rawConnect, readUntil, request, startApp, startGateway } from '../helpers/index.js';
+import { rawClaim, rawConnect, readUntil, request, startApp } from '../helpers/index.js';
+import { cleanup, useGateway } from '../helpers/fixture.js';
 import type { TestGateway } from '../helpers/index.js';
 import { CometApp } from '../helpers/comet.js';
 import { RawWsApp } from '../helpers/wsapp.js';
@@ -15,24 +16,13 @@ import { RawWsApp } from '../helpers/wsapp.js';
  * subscribers and unsent bytes.
  */
 
-const gateways: TestGateway[] = [];
-const tunnels: Tunnel[] = [];
-const cleanups: (() => void)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0)) c();
-  await Promise.all(tunnels.splice(0).map((t) => t.close()));
-  await Promise.all(gateways.splice(0).map((g) => g.close()));
-});
-
-async function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
-  const gw = await startGateway(options);
-  gateways.push(gw);
-  return gw;
+function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
+  return useGateway(options);
 }
 
 async function app(gw: TestGateway, handler: http.RequestListener, name: string): Promise<Tunnel> {
   const t = await startApp(gw.port, handler, { name });
-  tunnels.push(t);
+  cleanup(() => t.close());
   return t;
 }
 
@@ -138,7 +128,7 @@ async function follow(gw: TestGateway, t: Tunnel, query = ''): Promise<Follower>
   const res = await get(gw, t.privateUrl ?? '', `/events${query}`, { origin: 'http://evil.example' });
   expect(res.statusCode).toBe(200);
   const f = new Follower(res);
-  cleanups.push(() => res.destroy());
+  cleanup(() => res.destroy());
   // The `: ok` comment: the subscription is in place before the test sends requests.
   await f.when(() => f.comments.length > 0, 'the ok comment');
   return f;
@@ -164,7 +154,7 @@ describe('GET <private URL>/events', () => {
     expect(res.headers['cache-control']).toBe('no-store');
     expect(Object.keys(res.headers).filter((h) => h.startsWith('access-control-'))).toEqual([]);
     const f = new Follower(res);
-    cleanups.push(() => res.destroy());
+    cleanup(() => res.destroy());
     await f.when(() => f.comments.length > 0, 'the ok comment');
     expect(f.comments[0]).toBe(': ok');
 
@@ -251,7 +241,7 @@ describe('GET <private URL>/events', () => {
     const channels = [await rawClaim(gw.port, claim()), await rawClaim(gw.port, claim())];
     for (const c of channels) {
       expect(c.head).toMatch(/^HTTP\/1\.1 101/);
-      cleanups.push(() => c.socket.destroy());
+      cleanup(() => c.socket.destroy());
       c.socket.on('error', () => {});
       c.socket.on('data', (b: Buffer) => {
         if (b.includes('GET /broken')) c.socket.destroy();
@@ -282,12 +272,12 @@ describe('GET <private URL>/events', () => {
   it('reports exchanges over every transport: HTTP/1.1, HTTP/2, WebSocket channel, Comet', async () => {
     const gw = await gateway();
     const h1 = await startApp(gw.port, echo, { name: 'ev-h1', http1: true });
-    tunnels.push(h1);
+    cleanup(() => h1.close());
     const h2 = await app(gw, echo, 'ev-h2');
     const ws = await RawWsApp.connect(gw.port, { name: 'ev-ws' });
-    cleanups.push(() => ws.close());
+    cleanup(() => ws.close());
     const comet = await CometApp.start(gw.origin, { name: 'ev-comet' }, () => ({ status: 200, body: 'comet ok' }));
-    cleanups.push(() => void comet.stop().catch(() => undefined));
+    cleanup(() => void comet.stop().catch(() => undefined));
     const apps: [string, string][] = [
       ['ev-h1', h1.privateUrl ?? ''],
       ['ev-h2', h2.privateUrl ?? ''],
@@ -343,7 +333,7 @@ describe('GET <private URL>/events', () => {
     await left;
     await new Promise((r) => setImmediate(r));
     const again = await get(gw, t.privateUrl ?? '', '/events');
-    cleanups.push(() => again.destroy());
+    cleanup(() => again.destroy());
     expect(again.statusCode).toBe(200);
   });
 
@@ -354,7 +344,7 @@ describe('GET <private URL>/events', () => {
     // The gateway's side of the subscriber's connection: its close is what this test waits for.
     const serverSide = new Promise<net.Socket>((resolve) => gw.gateway.server.once('connection', resolve));
     const stuck = await rawConnect(gw.port);
-    cleanups.push(() => stuck.destroy());
+    cleanup(() => stuck.destroy());
     stuck.write(`GET ${u.pathname}/events?detail=1 HTTP/1.1\r\nHost: ${u.host}\r\n\r\n`);
     const head = await readUntil(stuck, (b) => b.includes(': ok\n\n'));
     expect(head.toString('latin1')).toMatch(/^HTTP\/1\.1 200/);

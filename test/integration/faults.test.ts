@@ -9,35 +9,40 @@
  */
 import * as http from 'node:http';
 import * as net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import type { Registration } from '../../src/routes/table.js';
 import { CHILD_APP, spawnTs } from '../helpers/child.js';
-import { closed, rawClaim, rawConnect, readUntil, request, sleep, startApp, startGateway, until, type Reply, type TestGateway } from '../helpers/index.js';
+import { rawClaim, rawConnect, readUntil, request, sleep, startApp, until, type Reply, type TestGateway } from '../helpers/index.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
+import { cleanup, track, useGateway } from '../helpers/fixture.js';
 
+/** The running test's gateway: set by gateway(), cleared when the test finishes. */
 let gw: TestGateway | undefined;
-const procs: Spawned[] = [];
-const tunnels: Tunnel[] = [];
-const sockets: net.Socket[] = [];
-
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s.destroy();
-  for (const p of procs.splice(0)) {
-    p.kill('SIGCONT');
-    p.kill('SIGKILL');
-  }
-  await Promise.all(tunnels.splice(0).map((t) => t.close({ graceMs: 100, release: false })));
-  await gw?.close();
-  gw = undefined;
-});
 
 function noop(): void {}
 
 async function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
-  gw = await startGateway(options);
-  return gw;
+  const started = await useGateway(options);
+  gw = started;
+  cleanup(() => {
+    gw = undefined;
+  });
+  return started;
+}
+
+/** Kills `p` when the test finishes (woken first, in case the test stopped it). */
+function killAtEnd(p: Spawned): void {
+  cleanup(() => {
+    p.kill('SIGCONT');
+    p.kill('SIGKILL');
+  });
+}
+
+/** Closes `t` when the test finishes, leaving its name registered (the test may have killed its gateway). */
+function closeAtEnd(t: Tunnel): void {
+  cleanup(() => t.close({ graceMs: 100, release: false }));
 }
 
 function g(): TestGateway {
@@ -58,7 +63,7 @@ function count(text: string, re: RegExp): number {
 /** Starts the child app and waits until it is online for the `n`th time. */
 async function childApp(name: string, mode: 'h1' | 'h2', connections = 2): Promise<Spawned> {
   const p = spawnTs(CHILD_APP, [g().origin, name, 'the-token', mode, String(connections)]);
-  procs.push(p);
+  killAtEnd(p);
   await p.waitFor(/^online /m, 15_000);
   return p;
 }
@@ -119,7 +124,7 @@ describe('apps killed', () => {
       const app = await childApp('halfway', mode);
       const s = await rawConnect(g().port);
       s.on('error', noop);
-      sockets.push(s);
+      track(s);
       s.write(`GET ${path} HTTP/1.1\r\nHost: ${g().host('halfway')}\r\n\r\n`);
       const head = (await readUntil(s, (b) => b.includes('partial'), 3_000)).toString('latin1');
       expect(head).toMatch(/^HTTP\/1\.1 200 /);
@@ -173,7 +178,7 @@ async function serveOn(port: number): Promise<{ p: Spawned; port: number }> {
   const timeouts = ['--reconnect-wait', '500', '--queue-timeout', '1000', '--response-timeout', '2000'];
   for (let attempt = 1; ; attempt++) {
     const p = spawnCli([...args, ...timeouts]);
-    procs.push(p);
+    killAtEnd(p);
     try {
       const m = await p.waitFor(/listening on 127\.0\.0\.1:(\d+)/, 10_000);
       return { p, port: Number(m[1]) };
@@ -223,7 +228,7 @@ describe('the gateway restarted under load', () => {
       const { p: first, port } = await serveOn(0);
       const app = startApp(port, (_req, res) => res.end('phoenix'), { name: 'phoenix', token: 'phoenix-token', backoff: 50, maxBackoff: 300 });
       const tunnel = await app;
-      tunnels.push(tunnel);
+      closeAtEnd(tunnel);
       const url = tunnel.url;
       expect(url).toBe(`http://phoenix.localhost:${port}/`);
 
@@ -356,10 +361,10 @@ describe('network stalls', () => {
       },
       { name: 'plugged', http1: true, connections: 1 },
     );
-    tunnels.push(t);
+    closeAtEnd(t);
     const s = await rawConnect(g().port);
     s.on('error', noop);
-    sockets.push(s);
+    track(s);
     s.write(`POST / HTTP/1.1\r\nHost: ${g().host('plugged')}\r\nContent-Length: ${1 << 30}\r\n\r\n`);
     const block = Buffer.alloc(64 * 1024);
     const fill = (): void => {

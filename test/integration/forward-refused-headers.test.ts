@@ -1,8 +1,7 @@
 import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
-import type { Socket } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
-import type { Tunnel } from '../../src/client/node.js';
-import { rawClaim, rawConnect, readUntil, request, startApp, startGateway, until } from '../helpers/index.js';
+import { describe, expect, it } from 'vitest';
+import { rawClaim, rawConnect, readUntil, request, until } from '../helpers/index.js';
+import { track, useApp, useGateway } from '../helpers/fixture.js';
 import type { TestGateway } from '../helpers/index.js';
 import { serveH2 } from '../helpers/h2app.js';
 
@@ -18,16 +17,6 @@ import { serveH2 } from '../helpers/h2app.js';
  * (tab or form feed in a path, DEL, NUL or controls in a value, obs-fold: all refused by the
  * parser first, 400 HPE_*), so nothing llhttp passes makes it throw.
  */
-let gw: TestGateway | undefined;
-const tunnels: Tunnel[] = [];
-const sockets: Socket[] = [];
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s.destroy();
-  for (const t of tunnels.splice(0)) await t.close({ graceMs: 100 });
-  await gw?.close();
-  gw = undefined;
-});
-
 async function h2App(g: TestGateway, name: string, seen: IncomingHttpHeaders[]): Promise<void> {
   const c = await rawClaim(
     g.port,
@@ -36,7 +25,7 @@ async function h2App(g: TestGateway, name: string, seen: IncomingHttpHeaders[]):
   );
   expect(c.head).toMatch(/^HTTP\/1\.1 101 /);
   c.socket.on('error', () => {});
-  sockets.push(c.socket);
+  track(c.socket);
   await serveH2(
     c.socket,
     c.rest,
@@ -53,7 +42,7 @@ async function h2App(g: TestGateway, name: string, seen: IncomingHttpHeaders[]):
 
 async function raw(g: TestGateway, bytes: string): Promise<string> {
   const s = await rawConnect(g.port);
-  sockets.push(s);
+  track(s);
   s.on('error', () => {});
   s.write(bytes);
   const got = await readUntil(s, (b) => {
@@ -66,8 +55,7 @@ async function raw(g: TestGateway, bytes: string): Promise<string> {
 
 describe('a request node:http2 refuses to send', () => {
   it('Content-Type twice: 400 PTTH_ERR_BAD_PARAMS, the HTTP/2 app sees nothing, the channel serves on', async () => {
-    gw = await startGateway({ responseTimeout: 1_000 });
-    const g = gw;
+    const g = await useGateway({ responseTimeout: 1_000 });
     const seen: IncomingHttpHeaders[] = [];
     await h2App(g, 'twice', seen);
     const answer = await raw(
@@ -85,8 +73,7 @@ describe('a request node:http2 refuses to send', () => {
   });
 
   it('a WebSocket upgrade with User-Agent twice: 400 PTTH_ERR_BAD_PARAMS before any CONNECT stream opens', async () => {
-    gw = await startGateway({ responseTimeout: 1_000 });
-    const g = gw;
+    const g = await useGateway({ responseTimeout: 1_000 });
     const seen: IncomingHttpHeaders[] = [];
     await h2App(g, 'twiceup', seen);
     const answer = await raw(
@@ -102,15 +89,12 @@ describe('a request node:http2 refuses to send', () => {
   });
 
   it('over HTTP/1.1 the same request is forwarded as sent: both values reach the app', async () => {
-    gw = await startGateway({ responseTimeout: 1_000 });
-    const g = gw;
-    tunnels.push(
-      await startApp(g.port, (req, res) => res.end(JSON.stringify(req.headersDistinct['content-type'])), {
-        name: 'twice1',
-        http1: true,
-        connections: 1,
-      }),
-    );
+    const g = await useGateway({ responseTimeout: 1_000 });
+    await useApp(g.port, (req, res) => res.end(JSON.stringify(req.headersDistinct['content-type'])), {
+      name: 'twice1',
+      http1: true,
+      connections: 1,
+    });
     const answer = await raw(
       g,
       `POST /form HTTP/1.1\r\nHost: ${g.host('twice1')}\r\nContent-Type: text/plain\r\nContent-Type: text/html\r\n` +

@@ -7,27 +7,25 @@
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type * as net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
 import { createLocalProxy } from '../../src/client/proxy.js';
 import { fetchRaw, parseRequestMessage, register } from '../helpers/comet.js';
-import { closed, headEnd, rawClaim, rawConnect, readUntil, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { closed, headEnd, rawClaim, rawConnect, readUntil, until, type TestGateway } from '../helpers/index.js';
 import { RawWsApp } from '../helpers/wsapp.js';
+import { cleanup, track, useApp, useGateway } from '../helpers/fixture.js';
 
+/** The running test's gateway: set by gateway(), cleared when the test finishes. */
 let gw: TestGateway | undefined;
-const tunnels: Tunnel[] = [];
-const servers: http.Server[] = [];
-const sockets: net.Socket[] = [];
-const apps: RawWsApp[] = [];
 
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s.destroy();
-  for (const a of apps.splice(0)) a.ws.terminate();
-  await Promise.all(tunnels.splice(0).map((t) => t.close({ graceMs: 50 })));
-  for (const s of servers.splice(0)) s.close();
-  await gw?.close();
-  gw = undefined;
-});
+async function gateway(): Promise<TestGateway> {
+  const started = await useGateway();
+  gw = started;
+  cleanup(() => {
+    gw = undefined;
+  });
+  return started;
+}
 
 function g(): TestGateway {
   if (!gw) throw new Error('no gateway');
@@ -44,7 +42,7 @@ interface Seen {
  * An ordinary node:http app that records every request it parsed: behind the client library, or
  * (`local`) as a local service on its own port that `ptth-proxy connect`'s proxy forwards to.
  */
-async function recordingApp(name: string, http1: boolean, local = false): Promise<Seen[]> {
+async function recordingApp(name: string, http1: boolean, local = false): Promise<Seen[] & { tunnel?: Tunnel }> {
   const seen: Seen[] = [];
   const handler: http.RequestListener = (req, res) => {
     const chunks: Buffer[] = [];
@@ -57,19 +55,20 @@ async function recordingApp(name: string, http1: boolean, local = false): Promis
   let target: http.Server | http.RequestListener = handler;
   if (local) {
     const service = http.createServer(handler);
-    servers.push(service);
+    cleanup(() => service.close());
     await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
     target = createLocalProxy(new URL(`http://127.0.0.1:${(service.address() as AddressInfo).port}`));
   }
   // One channel: every request, smuggled or not, goes down the same connection in order.
-  tunnels.push(await startApp(g().port, target, { name, http1, connections: 1 }));
-  return seen;
+  const tunnel = await useApp(g().port, target, { name, http1, connections: 1 });
+  // Not enumerable: `seen` still compares equal to a plain list of what the app parsed.
+  return Object.defineProperty(seen, 'tunnel', { value: tunnel, enumerable: false });
 }
 
 /** Sends raw bytes as a visitor on a fresh connection and reads the whole answer (Connection: close). */
 async function visit(bytes: string): Promise<string> {
   const s = await rawConnect(g().port);
-  sockets.push(s);
+  track(s);
   s.write(bytes);
   return (await readUntil(s, () => false, 3_000)).toString('latin1');
 }
@@ -81,7 +80,7 @@ const chunked = (body: string): string => `${body.length.toString(16)}\r\n${body
 describe('a request body always reaches the app framed, whatever the method', () => {
   const METHODS = ['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'POST', 'PUT', 'PATCH'];
   it.each(METHODS)('reversed HTTP/1.1: a chunked %s body is one request with that body, never a second request', async (method) => {
-    gw = await startGateway();
+    await gateway();
     const seen = await recordingApp('smug', true);
     const answer = await visit(
       `${method} /a HTTP/1.1\r\nHost: ${g().host('smug')}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunked(SMUGGLED)}`,
@@ -97,7 +96,7 @@ describe('a request body always reaches the app framed, whatever the method', ()
   });
 
   it.each(['GET', 'DELETE'])('reversed HTTP/1.1: a %s with Content-Length keeps it as its framing', async (method) => {
-    gw = await startGateway();
+    await gateway();
     const seen = await recordingApp('cl', true);
     const answer = await visit(
       `${method} /a HTTP/1.1\r\nHost: ${g().host('cl')}\r\nContent-Length: ${SMUGGLED.length}\r\nConnection: close\r\n\r\n${SMUGGLED}`,
@@ -111,9 +110,9 @@ describe('a request body always reaches the app framed, whatever the method', ()
   });
 
   it('reversed HTTP/2: a chunked GET body is the body of one stream', async () => {
-    gw = await startGateway();
+    await gateway();
     const seen = await recordingApp('smug2', false);
-    expect(tunnels[0]?.protocol).toBe('h2');
+    expect(seen.tunnel?.protocol).toBe('h2');
     await visit(`GET /a HTTP/1.1\r\nHost: ${g().host('smug2')}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunked(SMUGGLED)}`);
     await visit(`GET /after HTTP/1.1\r\nHost: ${g().host('smug2')}\r\nConnection: close\r\n\r\n`);
     expect(seen).toEqual([
@@ -126,7 +125,7 @@ describe('a request body always reaches the app framed, whatever the method', ()
     ['reversed HTTP/1.1', true],
     ['reversed HTTP/2', false],
   ])("connect's proxy to a local service over %s: a chunked GET body is one request there too", async (_label, http1) => {
-    gw = await startGateway();
+    await gateway();
     const seen = await recordingApp('smugl', http1, true);
     await visit(`GET /a HTTP/1.1\r\nHost: ${g().host('smugl')}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunked(SMUGGLED)}`);
     await visit(`GET /after HTTP/1.1\r\nHost: ${g().host('smugl')}\r\nConnection: close\r\n\r\n`);
@@ -137,11 +136,11 @@ describe('a request body always reaches the app framed, whatever the method', ()
   });
 
   it('WebSocket channel: a chunked GET body arrives as that stream\'s body frames', async () => {
-    gw = await startGateway();
+    await gateway();
     const app = await RawWsApp.connect(g().port, { name: 'smugws' });
-    apps.push(app);
+    cleanup(() => app.ws.terminate());
     const s = await rawConnect(g().port);
-    sockets.push(s);
+    track(s);
     s.write(`GET /a HTTP/1.1\r\nHost: ${g().host('smugws')}\r\nTransfer-Encoding: chunked\r\n\r\n${chunked(SMUGGLED)}`);
     const req = await app.control('request');
     expect([req['method'], req['url'], req['body']]).toEqual(['GET', '/a', true]);
@@ -149,11 +148,11 @@ describe('a request body always reaches the app framed, whatever the method', ()
   });
 
   it('Comet: a chunked GET body is framed by its length in the message/http the poller gets', async () => {
-    gw = await startGateway();
+    await gateway();
     const r = await register(g().origin, { name: 'smugc' });
     const polled = fetchRaw(r.links['first'] as string);
     const s = await rawConnect(g().port);
-    sockets.push(s);
+    track(s);
     s.write(`GET /a HTTP/1.1\r\nHost: ${g().host('smugc')}\r\nTransfer-Encoding: chunked\r\n\r\n${chunked(SMUGGLED)}`);
     const message = (await polled).body;
     const parsed = await parseRequestMessage(message);
@@ -167,7 +166,7 @@ describe("a visitor's upgrade request never leaves bytes behind in a channel", (
   async function rawApp(name: string): Promise<net.Socket> {
     const c = await rawClaim(g().port, `GET /?name=${name}&token=t HTTP/1.1\r\nHost: localhost:${g().port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`);
     expect(c.head).toMatch(/^HTTP\/1\.1 101 /);
-    sockets.push(c.socket);
+    track(c.socket);
     c.socket.on('error', () => {});
     return c.socket;
   }
@@ -179,7 +178,7 @@ describe("a visitor's upgrade request never leaves bytes behind in a channel", (
     ['Content-Length: 60', 'Content-Length: 60\r\n', 'x'.repeat(60)],
     ['Transfer-Encoding: chunked', 'Transfer-Encoding: chunked\r\n', chunked('x'.repeat(60))],
   ])('an upgrade declaring a body (%s) is refused with 400 and never reaches the app', async (_label, header, body) => {
-    gw = await startGateway();
+    await gateway();
     const app = await rawApp('up');
     let got = '';
     app.on('data', (c: Buffer) => (got += c.toString('latin1')));
@@ -188,26 +187,26 @@ describe("a visitor's upgrade request never leaves bytes behind in a channel", (
     expect(answer).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n[^]*X-Ptth-Error: PTTH_ERR_UPGRADE_BODY\r\n/);
     // The next visitor's request is the first thing the app reads.
     const next = await rawConnect(g().port);
-    sockets.push(next);
+    track(next);
     next.write(`GET /next HTTP/1.1\r\nHost: ${g().host('up')}\r\n\r\n`);
     await until(() => got.includes('\r\n\r\n'), 3_000, 'the next request at the app');
     expect(got).toMatch(/^GET \/next HTTP\/1\.1\r\n/);
   });
 
   it('an upgrade with Content-Length: 0 is forwarded', async () => {
-    gw = await startGateway();
+    await gateway();
     const app = await rawApp('up0');
     const s = await rawConnect(g().port);
-    sockets.push(s);
+    track(s);
     s.write(upgrade(g().host('up0'), 'Content-Length: 0\r\n'));
     expect((await readUntil(app, headEnd)).toString('latin1')).toMatch(/^GET \/ws HTTP\/1\.1\r\n/);
   });
 
   it('a refusal cut short (the visitor left mid-body) retires the channel instead of reusing it mid-message', async () => {
-    gw = await startGateway();
+    await gateway();
     const app = await rawApp('cut');
     const s = await rawConnect(g().port);
-    sockets.push(s);
+    track(s);
     s.write(upgrade(g().host('cut'), ''));
     await readUntil(app, headEnd);
     // A chunked refusal whose body never ends; the visitor reads its head and leaves.
@@ -249,7 +248,7 @@ describe('the forwarding headers are the gateway\'s on every transport', () => {
 
   async function visitor(name: string): Promise<net.Socket> {
     const s = await rawConnect(g().port);
-    sockets.push(s);
+    track(s);
     s.write(`GET /f HTTP/1.1\r\nHost: ${g().host(name)}\r\n${FORGED}\r\n`);
     return s;
   }
@@ -258,17 +257,15 @@ describe('the forwarding headers are the gateway\'s on every transport', () => {
     ['reversed HTTP/1.1', true],
     ['reversed HTTP/2', false],
   ])('%s', async (_label, http1) => {
-    gw = await startGateway();
+    await gateway();
     let raw: string[] = [];
-    tunnels.push(
-      await startApp(
-        g().port,
-        (req, res) => {
-          raw = req.rawHeaders;
-          res.end('ok');
-        },
-        { name: 'fwd', http1 },
-      ),
+    await useApp(
+      g().port,
+      (req, res) => {
+        raw = req.rawHeaders;
+        res.end('ok');
+      },
+      { name: 'fwd', http1 },
     );
     const s = await visitor('fwd');
     await readUntil(s, (b) => b.includes('ok'));
@@ -276,16 +273,16 @@ describe('the forwarding headers are the gateway\'s on every transport', () => {
   });
 
   it('WebSocket channel', async () => {
-    gw = await startGateway();
+    await gateway();
     const app = await RawWsApp.connect(g().port, { name: 'fwdws' });
-    apps.push(app);
+    cleanup(() => app.ws.terminate());
     const s = await visitor('fwdws');
     const req = await app.control('request');
     expect(forwarding(req['headers'] as string[])).toEqual(expected(g().host('fwdws'), s.localPort ?? 0));
   });
 
   it('Comet', async () => {
-    gw = await startGateway();
+    await gateway();
     const r = await register(g().origin, { name: 'fwdc' });
     const polled = fetchRaw(r.links['first'] as string);
     const s = await visitor('fwdc');

@@ -1,7 +1,8 @@
 import * as https from 'node:https';
 import * as tls from 'node:tls';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { readUntil, headEnd, until, startGateway, type TestGateway } from '../helpers/index.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readUntil, headEnd, until } from '../helpers/index.js';
+import { track, useGateway } from '../helpers/fixture.js';
 import { serveH2 } from '../helpers/h2app.js';
 import { makeCert, type TestCert } from '../helpers/tls.js';
 
@@ -13,23 +14,16 @@ import { makeCert, type TestCert } from '../helpers/tls.js';
  * connection closes after its 101, and its name is not left counted twice.
  */
 let cert: TestCert;
-let gw: TestGateway | undefined;
-const sockets: tls.TLSSocket[] = [];
 beforeAll(() => {
   cert = makeCert();
 });
 afterAll(() => cert.remove());
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s.destroy();
-  await gw?.close();
-  gw = undefined;
-});
 
 function tlsConnect(port: number): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const s = tls.connect({ host: '127.0.0.1', port, ca: cert.cert, servername: 'localhost' }, () => resolve(s));
     s.once('error', reject);
-    sockets.push(s);
+    track(s);
   });
 }
 
@@ -54,8 +48,7 @@ function httpsGet(port: number, host: string): Promise<{ status: number; body: s
 
 describe('two HTTP/2 claims racing for the last channel slot', () => {
   it('only one joins under maxChannels: the other gets its 101 and then its connection closes', async () => {
-    gw = await startGateway({ tls: { cert: cert.cert, key: cert.key }, maxChannels: 1 });
-    const g = gw;
+    const g = await useGateway({ tls: { cert: cert.cert, key: cert.key }, maxChannels: 1 });
     const [a, b] = await Promise.all([tlsConnect(g.port), tlsConnect(g.port)]);
     if (!a || !b) throw new Error('no sockets');
     const opened: string[] = [];

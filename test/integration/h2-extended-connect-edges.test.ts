@@ -1,7 +1,8 @@
 import { constants, type ServerHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
 import type { Socket } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
-import { closed, rawClaim, rawConnect, readUntil, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { describe, expect, it } from 'vitest';
+import { closed, rawClaim, rawConnect, readUntil, until, type TestGateway } from '../helpers/index.js';
+import { track, useGateway } from '../helpers/fixture.js';
 import { serveH2 } from '../helpers/h2app.js';
 
 /*
@@ -10,14 +11,6 @@ import { serveH2 } from '../helpers/h2app.js';
  * then the visitor's connection closes), and an upgrade to something other than WebSocket, which
  * HTTP/2 cannot carry (502 PTTH_ERR_UPGRADE_UNSUPPORTED, nothing reaches the app).
  */
-let gw: TestGateway | undefined;
-const sockets: Socket[] = [];
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s.destroy();
-  await gw?.close();
-  gw = undefined;
-});
-
 interface Seen {
   headers: IncomingHttpHeaders;
   stream: ServerHttp2Stream;
@@ -35,7 +28,7 @@ async function h2App(g: TestGateway, name: string, onStream: OnStream): Promise<
   );
   expect(c.head).toMatch(/^HTTP\/1\.1 101 /);
   c.socket.on('error', () => {});
-  sockets.push(c.socket);
+  track(c.socket);
   const seen: Seen[] = [];
   await serveH2(
     c.socket,
@@ -55,7 +48,7 @@ async function h2App(g: TestGateway, name: string, onStream: OnStream): Promise<
 
 async function visitorUpgrade(g: TestGateway, name: string, upgrade: string, extra = ''): Promise<Socket> {
   const s = await rawConnect(g.port);
-  sockets.push(s);
+  track(s);
   s.on('error', () => {});
   s.write(
     `GET /chat HTTP/1.1\r\nHost: ${g.host(name)}\r\nConnection: Upgrade\r\nUpgrade: ${upgrade}\r\n` +
@@ -73,8 +66,7 @@ const fullAnswer = (b: Buffer): boolean => {
 
 describe('visitor upgrades over reversed HTTP/2 (extended CONNECT)', () => {
   it('not WebSocket: 502 PTTH_ERR_UPGRADE_UNSUPPORTED, no stream opened, the channel stays', async () => {
-    gw = await startGateway({ responseTimeout: 300 });
-    const g = gw;
+    const g = await useGateway({ responseTimeout: 300 });
     const seen = await h2App(g, 'notws', (s) => {
       s.respond({ ':status': 200 });
       s.end();
@@ -88,8 +80,7 @@ describe('visitor upgrades over reversed HTTP/2 (extended CONNECT)', () => {
   });
 
   it('no answer to the CONNECT: 504 PTTH_ERR_APP_TIMEOUT after responseTimeout, the stream cancelled', async () => {
-    gw = await startGateway({ responseTimeout: 300 });
-    const g = gw;
+    const g = await useGateway({ responseTimeout: 300 });
     const seen = await h2App(g, 'silentws', () => {});
     const v = await visitorUpgrade(g, 'silentws', 'websocket');
     const answer = (await readUntil(v, fullAnswer)).toString('latin1');
@@ -102,8 +93,7 @@ describe('visitor upgrades over reversed HTTP/2 (extended CONNECT)', () => {
   });
 
   it('the app declines with 403: status, headers and body reach the visitor, then the connection closes', async () => {
-    gw = await startGateway({ responseTimeout: 1_000 });
-    const g = gw;
+    const g = await useGateway({ responseTimeout: 1_000 });
     await h2App(g, 'nows', (s) => {
       s.respond({ ':status': 403, 'content-type': 'text/plain', 'x-why': 'members only' });
       s.end('go away');

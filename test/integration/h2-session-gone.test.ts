@@ -1,9 +1,9 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { constants } from 'node:http2';
-import { afterEach, describe, expect, it } from 'vitest';
-import type { Tunnel } from '../../src/client/node.js';
-import { rawClaim, request, startApp, startGateway, until, type Reply, type TestGateway } from '../helpers/index.js';
+import { describe, expect, it } from 'vitest';
+import { rawClaim, request, until, type Reply, type TestGateway } from '../helpers/index.js';
+import { track, useApp, useGateway } from '../helpers/fixture.js';
 import { DATA, END_STREAM, RawH2App, frame, serveH2 } from '../helpers/h2app.js';
 
 /*
@@ -15,16 +15,6 @@ import { DATA, END_STREAM, RawH2App, frame, serveH2 } from '../helpers/h2app.js'
  * src/routes/table.ts Exchange.retry: a request an HTTP/2 app refused unprocessed (REFUSED_STREAM)
  * while its registration was released meanwhile gets 503 PTTH_ERR_NO_CHANNEL, at once.
  */
-let gw: TestGateway | undefined;
-const tunnels: Tunnel[] = [];
-const sockets: Socket[] = [];
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s.destroy();
-  for (const t of tunnels.splice(0)) await t.close({ graceMs: 100 });
-  await gw?.close();
-  gw = undefined;
-});
-
 async function h2Claim(g: TestGateway, name: string): Promise<{ socket: Socket; rest: Buffer }> {
   const c = await rawClaim(
     g.port,
@@ -33,17 +23,16 @@ async function h2Claim(g: TestGateway, name: string): Promise<{ socket: Socket; 
   );
   expect(c.head).toMatch(/^HTTP\/1\.1 101 /);
   c.socket.on('error', () => {});
-  sockets.push(c.socket);
+  track(c.socket);
   return c;
 }
 
 describe('a request dispatched to an HTTP/2 session that is going away', () => {
   it('waits for the name\'s other channel, not failed: a broken connection costs only its own stream', async () => {
     // One stream per HTTP/2 channel: the second request must wait for a channel.
-    gw = await startGateway({ maxStreams: 1, responseTimeout: 2_000, queueTimeout: 2_000 });
-    const g = gw;
+    const g = await useGateway({ maxStreams: 1, responseTimeout: 2_000, queueTimeout: 2_000 });
     const held: ServerResponse[] = [];
-    const h1 = await startApp(
+    await useApp(
       g.port,
       (req: IncomingMessage, res: ServerResponse) => {
         if (req.url === '/hold') held.push(res);
@@ -51,7 +40,6 @@ describe('a request dispatched to an HTTP/2 session that is going away', () => {
       },
       { name: 'going', token: 't', http1: true, connections: 1 },
     );
-    tunnels.push(h1);
     const { socket, rest } = await h2Claim(g, 'going');
     const app = new RawH2App(socket, rest);
     const reg = g.gateway.table.lookup('going');
@@ -84,8 +72,7 @@ describe('a request dispatched to an HTTP/2 session that is going away', () => {
 describe('a request an HTTP/2 app refused while its name was released', () => {
   it('gets 503 PTTH_ERR_NO_CHANNEL at once; nothing hangs, and the refused stream is not sent again', async () => {
     // Waits longer than the test may run: a retry that queued instead of failing would time the test out.
-    gw = await startGateway({ responseTimeout: 2_000, queueTimeout: 60_000, reconnectWait: 60_000 });
-    const g = gw;
+    const g = await useGateway({ responseTimeout: 2_000, queueTimeout: 60_000, reconnectWait: 60_000 });
     const { socket, rest } = await h2Claim(g, 'leaving');
     const reg = g.gateway.table.lookup('leaving');
     let seen = 0;

@@ -5,35 +5,28 @@
  */
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   closed,
   headEnd,
   rawConnect,
   readUntil,
   request,
-  startGateway,
   until,
   type TestGateway,
 } from '../helpers/index.js';
+import { cleanup, track, useGateway } from '../helpers/fixture.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 
-let gw: TestGateway | undefined;
-let sockets: Socket[] = [];
 /** The gateway's end of every connection it accepted, to see what it read and wrote. */
 let accepted: Socket[] = [];
 
-afterEach(async () => {
-  for (const s of sockets) s.destroy();
-  sockets = [];
-  accepted = [];
-  await gw?.close();
-  gw = undefined;
-});
-
 async function start(options: GatewayOptions = {}): Promise<TestGateway> {
-  gw = await startGateway(options);
+  const gw = await useGateway(options);
   gw.gateway.server.on('connection', (s: Socket) => accepted.push(s));
+  cleanup(() => {
+    accepted = [];
+  });
   return gw;
 }
 
@@ -67,7 +60,7 @@ async function writeSplit(
 async function connect(port: number): Promise<Socket> {
   const s = await rawConnect(port);
   s.on('error', () => {});
-  sockets.push(s);
+  track(s);
   return s;
 }
 

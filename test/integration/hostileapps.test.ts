@@ -3,25 +3,15 @@
  * the event loop, and a reversed HTTP/2 session whose header compression the app breaks. Each one
  * must cost only its own channel: its visitors get a clear answer at once, other names are served.
  */
-import type * as net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { MAX_BINARY_MESSAGE, MAX_CONTROL_MESSAGE } from '../../src/channels/websocket.js';
 import { MAX_HEAD_BYTES, MAX_HEADER_FIELDS } from '../../src/http/response.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import type { Registration } from '../../src/routes/table.js';
-import { rawClaim, rawConnect, request, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { rawClaim, rawConnect, request, until, type TestGateway } from '../helpers/index.js';
+import { cleanup, track, useGateway } from '../helpers/fixture.js';
 import { END_HEADERS, END_STREAM, HEADERS, RawH2App, frame, headerBlock } from '../helpers/h2app.js';
 import { RawWsApp } from '../helpers/wsapp.js';
-
-let gw: TestGateway | undefined;
-const apps: RawWsApp[] = [];
-const sockets: net.Socket[] = [];
-afterEach(async () => {
-  for (const a of apps.splice(0)) a.close();
-  for (const s of sockets.splice(0)) s.destroy();
-  await gw?.close();
-  gw = undefined;
-});
 
 function noop(): void {}
 
@@ -31,9 +21,8 @@ function noop(): void {}
  */
 const PATIENT: GatewayOptions = { responseTimeout: 600_000, pingInterval: 600_000, pingTimeout: 600_000 };
 
-async function gateway(): Promise<TestGateway> {
-  gw = await startGateway(PATIENT);
-  return gw;
+function gateway(): Promise<TestGateway> {
+  return useGateway(PATIENT);
 }
 
 function reg(g: TestGateway, name: string): Registration {
@@ -44,7 +33,7 @@ function reg(g: TestGateway, name: string): Registration {
 
 async function wsApp(g: TestGateway, name: string): Promise<RawWsApp> {
   const a = await RawWsApp.connect(g.port, { name, token: 't' });
-  apps.push(a);
+  cleanup(() => a.close());
   await until(() => reg(g, name).channels.length === 1, 3_000, `${name}'s channel`);
   return a;
 }
@@ -63,7 +52,7 @@ interface Answer {
 async function visit(g: TestGateway, name: string, path = '/'): Promise<Answer> {
   const s = await rawConnect(g.port);
   s.on('error', noop);
-  sockets.push(s);
+  track(s);
   s.write(`GET ${path} HTTP/1.1\r\nHost: ${g.host(name)}\r\n\r\n`);
   return new Promise((resolve) => {
     let buf = Buffer.alloc(0);
@@ -216,7 +205,7 @@ async function rawH2App(g: TestGateway, name: string): Promise<RawH2App> {
   const c = await rawClaim(g.port, claim.join('\r\n'));
   expect(c.head).toMatch(/^HTTP\/1\.1 101 [^]*ALPN: h2/);
   c.socket.on('error', noop);
-  sockets.push(c.socket);
+  track(c.socket);
   const app = new RawH2App(c.socket, c.rest);
   await until(() => reg(g, name).channels[0]?.available === true, 3_000, `${name}'s HTTP/2 channel`);
   return app;

@@ -1,17 +1,15 @@
 import * as http from 'node:http';
 import type { Socket } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
-import type { Tunnel } from '../../src/client/node.js';
+import { describe, expect, it } from 'vitest';
 import {
   headEnd,
   rawClaim,
   rawConnect,
   readUntil,
   request,
-  startApp,
-  startGateway,
   type TestGateway,
 } from '../helpers/index.js';
+import { track, useApp, useGateway } from '../helpers/fixture.js';
 
 /*
  * Which host a request names: the Host header and, for an absolute-form target, the target's own
@@ -24,17 +22,6 @@ import {
 const CLAIM_HEADERS = 'Upgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n';
 const UPGRADE = 'Upgrade: echo\r\nConnection: Upgrade\r\n\r\n';
 
-let gw: TestGateway | undefined;
-const tunnels: Tunnel[] = [];
-const sockets: Socket[] = [];
-
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s.destroy();
-  for (const t of tunnels.splice(0)) await t.close({ graceMs: 100 });
-  await gw?.close();
-  gw = undefined;
-});
-
 interface Seen {
   url: string;
   host: string;
@@ -42,7 +29,7 @@ interface Seen {
 
 /** A gateway with two apps, `victim` and `other`, each recording what it receives (requests and upgrades). */
 async function twoApps(): Promise<{ g: TestGateway; seen: Record<string, Seen[]> }> {
-  const g = (gw = await startGateway());
+  const g = await useGateway();
   const seen: Record<string, Seen[]> = { victim: [], other: [] };
   for (const name of ['victim', 'other']) {
     const server = http.createServer((req, res) => {
@@ -54,7 +41,7 @@ async function twoApps(): Promise<{ g: TestGateway; seen: Record<string, Seen[]>
       const head = `HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n`;
       socket.end(`${head}X-Url: ${req.url ?? ''}\r\n\r\n`);
     });
-    tunnels.push(await startApp(g.port, server, { name, connections: 1 }));
+    await useApp(g.port, server, { name, connections: 1 });
   }
   return { g, seen };
 }
@@ -65,7 +52,7 @@ async function rawApp(g: TestGateway, name: string): Promise<Socket> {
     g.port,
     `POST /?name=${name} HTTP/1.1\r\nHost: localhost:${g.port}\r\n${CLAIM_HEADERS}`,
   );
-  sockets.push(socket);
+  track(socket);
   expect(head).toMatch(/^HTTP\/1\.1 101 /);
   return socket;
 }
@@ -73,7 +60,7 @@ async function rawApp(g: TestGateway, name: string): Promise<Socket> {
 /** Writes `bytes` on a new connection and reads the answer head (and what follows it, up to a short wait). */
 async function raw(port: number, bytes: string): Promise<string> {
   const s = await rawConnect(port);
-  sockets.push(s);
+  track(s);
   s.write(bytes);
   return (await readUntil(s, headEnd)).toString('latin1');
 }
@@ -97,10 +84,10 @@ describe('absolute-form request targets (RFC 9112 section 3.2.2)', () => {
   });
 
   it('a target naming the same host (any case) reaches the app in origin-form as sent, query kept', async () => {
-    const g = (gw = await startGateway());
+    const g = await useGateway();
     const app = await rawApp(g, 'same');
     const visitor = await rawConnect(g.port);
-    sockets.push(visitor);
+    track(visitor);
     const target = `http://SAME.localhost:${g.port}/p/a%2Fb/../c?q=1&r=2`;
     visitor.write(`GET ${target} HTTP/1.1\r\nHost: ${g.host('same')}\r\n\r\n`);
     const line = (await readUntil(app, headEnd)).toString('latin1').split('\r\n')[0];
@@ -133,14 +120,14 @@ describe('absolute-form request targets (RFC 9112 section 3.2.2)', () => {
     expect(seen['victim']).toEqual([]);
     const app = await rawApp(g, 'rawup');
     const visitor = await rawConnect(g.port);
-    sockets.push(visitor);
+    track(visitor);
     visitor.write(`GET http://${g.host('rawup')}/ws?x=1 HTTP/1.1\r\nHost: ${g.host('rawup')}\r\n${UPGRADE}`);
     const line = (await readUntil(app, headEnd)).toString('latin1').split('\r\n')[0];
     expect(line).toBe('GET /ws?x=1 HTTP/1.1');
   });
 
   it('a native claim with a mismatched target is refused and names nothing', async () => {
-    const g = (gw = await startGateway());
+    const g = await useGateway();
     const head = await raw(
       g.port,
       `POST http://${g.host('elsewhere')}/?name=elsewhere HTTP/1.1\r\nHost: ${g.host('claimed')}\r\n${CLAIM_HEADERS}`,
@@ -163,7 +150,7 @@ describe('a Host with a port that is not a port number (RFC 3986 section 3.2.3)'
   });
 
   it('a Host that is only ":" is refused too', async () => {
-    const g = (gw = await startGateway());
+    const g = await useGateway();
     const head = await raw(g.port, 'GET / HTTP/1.1\r\nHost: :\r\n\r\n');
     expect(head).toMatch(/^HTTP\/1\.1 400 /);
     expect(code(head)).toBe('PTTH_ERR_BAD_HOST');
@@ -178,7 +165,7 @@ describe('a Host with a port that is not a port number (RFC 3986 section 3.2.3)'
   });
 
   it('native claims (Connection: Upgrade or not, gateway host or app host): 400, nothing registered', async () => {
-    const g = (gw = await startGateway());
+    const g = await useGateway();
     const claims = [
       `POST /?name=a1 HTTP/1.1\r\nHost: localhost:abc\r\n${CLAIM_HEADERS}`,
       `POST / HTTP/1.1\r\nHost: a2.localhost:99999\r\n${CLAIM_HEADERS}`,
@@ -195,7 +182,7 @@ describe('a Host with a port that is not a port number (RFC 3986 section 3.2.3)'
   });
 
   it('WebSocket channel and Comet registration on the gateway host: 400, nothing registered', async () => {
-    const g = (gw = await startGateway());
+    const g = await useGateway();
     const ws = await raw(
       g.port,
       'GET /?name=w1 HTTP/1.1\r\nHost: localhost:abc\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +

@@ -1,30 +1,22 @@
 import * as http from 'node:http';
 import type * as net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
-import type { Tunnel } from '../../src/client/node.js';
-import { closed, rawClaim, rawConnect, readUntil, request, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { describe, expect, it } from 'vitest';
+import { closed, rawClaim, rawConnect, readUntil, request, until } from '../helpers/index.js';
+import { useApp, useGateway } from '../helpers/fixture.js';
 import { createGateway } from '../../src/gateway/server.js';
-
-let gw: TestGateway | undefined;
-let tunnel: Tunnel | undefined;
-afterEach(async () => {
-  await tunnel?.close({ graceMs: 100 });
-  await gw?.close();
-  gw = tunnel = undefined;
-});
 
 describe('gateway lifecycle', () => {
   it('close() lets a request in flight finish, refuses new claims meanwhile, then releases everything', async () => {
-    gw = await startGateway();
+    const gw = await useGateway();
     let finish!: () => void;
-    tunnel = await startApp(gw.port, (_req, res) => {
+    await useApp(gw.port, (_req, res) => {
       finish = () => res.end('completed during shutdown');
     }, { name: 'busy', connections: 1, backoff: 5_000 });
     const pending = request(gw.port, { host: gw.host('busy') });
     await until(() => typeof finish === 'function', 3_000, 'request at the app');
     // A claim whose head is half sent when the shutdown starts is refused once it completes. The
     // shutdown starts once the gateway has read that half (before, the connection would be idle).
-    const atGateway = new Promise<net.Socket>((resolve) => gw?.gateway.server.once('connection', resolve));
+    const atGateway = new Promise<net.Socket>((resolve) => gw.gateway.server.once('connection', resolve));
     const claimant = await rawConnect(gw.port);
     const half = 'POST /?name=late HTTP/1.1\r\nHost: localhost\r\n';
     claimant.write(half);
@@ -47,17 +39,16 @@ describe('gateway lifecycle', () => {
     expect(r.body).toBe('completed during shutdown');
     await closing;
     expect(gw.gateway.table.list()).toHaveLength(0);
-    gw = undefined;
   });
 
   it('close() ends spliced upgrade connections once the grace period is over', async () => {
-    gw = await startGateway();
+    const gw = await useGateway();
     const app = http.createServer();
     app.on('upgrade', (_req, socket) => {
       socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n');
       socket.pipe(socket);
     });
-    tunnel = await startApp(gw.port, app, { name: 'echo', connections: 1 });
+    await useApp(gw.port, app, { name: 'echo', connections: 1 });
     const s = await rawConnect(gw.port);
     s.write(`GET / HTTP/1.1\r\nHost: ${gw.host('echo')}\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n`);
     const head = await readUntil(s, (b) => b.includes('\r\n\r\n'));
@@ -73,11 +64,10 @@ describe('gateway lifecycle', () => {
     // once it is over: not before 300 ms (less a timer's millisecond or so), and well before 10 s
     // (closed() gives up there), a bound no busy machine gets near.
     expect(closedAt - start).toBeGreaterThanOrEqual(290);
-    gw = undefined;
   });
 
   it('a visitor hanging up frees nothing twice: the request queued behind it is not sent down the dead channel', async () => {
-    gw = await startGateway({ queueTimeout: 400, reconnectWait: 400 });
+    const gw = await useGateway({ queueTimeout: 400, reconnectWait: 400 });
     const claim = `POST /?name=solo&token=t HTTP/1.1\r\nHost: localhost\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`;
     const first = await rawClaim(gw.port, claim);
     expect(first.head).toMatch(/^HTTP\/1\.1 101 /);
@@ -110,7 +100,7 @@ describe('gateway lifecycle', () => {
   });
 
   it('advertises --public-url in Link and Location', async () => {
-    gw = await startGateway({ publicUrl: 'https://tunnel.example.com' });
+    const gw = await useGateway({ publicUrl: 'https://tunnel.example.com' });
     const { socket, head } = await rawClaim(gw.port, `POST /?name=pub HTTP/1.1\r\nHost: localhost:${gw.port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`);
     expect(head).toContain('Link: <https://pub.tunnel.example.com/>; rel="related"\r\n');
     expect(head).toMatch(/Location: https:\/\/tunnel\.example\.com\/_ptth\/[\w-]{32}\r\n/);

@@ -6,34 +6,21 @@
  */
 import * as http from 'node:http';
 import * as net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import type { Tunnel } from '../../src/client/node.js';
-import { closed, headEnd, rawConnect, readUntil, request, sleep, startApp, startGateway, until, type Reply, type TestGateway } from '../helpers/index.js';
+import { closed, headEnd, readUntil, request, sleep, startApp, startGateway, until, type Reply, type TestGateway } from '../helpers/index.js';
+import { cleanup, track, useGateway } from '../helpers/fixture.js';
 import { fetchRaw, register } from '../helpers/comet.js';
 
-let gw: TestGateway | undefined;
-const sockets: (net.Socket | WebSocket)[] = [];
-const tunnels: Tunnel[] = [];
-const servers: http.Server[] = [];
-
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s instanceof WebSocket ? s.terminate() : s.destroy();
-  await Promise.all(tunnels.splice(0).map((t) => t.close({ graceMs: 50 })));
-  for (const s of servers.splice(0)) s.close();
-  await gw?.close();
-  gw = undefined;
-});
-
-async function start(options: GatewayOptions): Promise<TestGateway> {
-  gw = await startGateway(options);
-  return gw;
+function start(options: GatewayOptions): Promise<TestGateway> {
+  return useGateway(options);
 }
 
 async function app(port: number, target: http.RequestListener | http.Server, options: Parameters<typeof startApp>[2] = {}): Promise<Tunnel> {
   const t = await startApp(port, target, options);
-  tunnels.push(t);
+  cleanup(() => t.close({ graceMs: 50 }));
   return t;
 }
 
@@ -43,7 +30,7 @@ function connectFrom(port: number, from = '127.0.0.1'): Promise<net.Socket> {
     const s = net.connect({ port, host: '127.0.0.1', localAddress: from }, () => resolve(s));
     s.once('error', reject);
     s.on('error', () => {});
-    sockets.push(s);
+    track(s);
   });
 }
 
@@ -82,7 +69,7 @@ const nativeClaim = (port: number, name: string, connection = true): string =>
 /** A WebSocket channel claim (docs/PROTOCOL.md section 6); resolves with the socket or the refusal. */
 function wsClaim(port: number, name: string): Promise<{ ws: WebSocket } | { status: number; headers: http.IncomingHttpHeaders }> {
   const ws = new WebSocket(`ws://127.0.0.1:${port}/?name=${name}`, 'ptth.v1', { headers: { Host: `localhost:${port}` } });
-  sockets.push(ws);
+  track(ws);
   ws.on('error', () => {});
   return new Promise((resolve) => {
     ws.once('open', () => resolve({ ws }));
@@ -276,7 +263,7 @@ describe('visitor request rate per client address', () => {
   it('visitor upgrades draw on the same bucket and get a raw 429', async () => {
     const g = await start({ requestRate: '2/h', limitLoopback: true, claimRate: false });
     const server = http.createServer((_req, res) => res.end('ok'));
-    servers.push(server);
+    cleanup(() => server.close());
     server.on('upgrade', (_req, socket: net.Socket) => {
       socket.end('HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n');
     });
@@ -449,7 +436,7 @@ describe('header count limit', () => {
     const g = await start({ maxHeaders: 5 });
     let upgrades = 0;
     const server = http.createServer((_req, res) => res.end('ok'));
-    servers.push(server);
+    cleanup(() => server.close());
     server.on('upgrade', (_req, socket: net.Socket) => {
       upgrades++;
       socket.end('HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n');

@@ -1,31 +1,22 @@
 import type { IncomingMessage } from 'node:http';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { mayList } from '../../src/gateway/endpoints.js';
 import { createGateway } from '../../src/gateway/server.js';
-import { request, startApp, startGateway, type TestGateway } from '../helpers/index.js';
-import type { Tunnel } from '../../src/client/node.js';
+import { request } from '../helpers/index.js';
+import { cleanup, useApp, useGateway } from '../helpers/fixture.js';
 
 /*
  * The status page lists names, channels and app addresses only to whom --status-list allows:
  * random names are unguessable URLs, and a public list would give every tunnel away.
  */
-let gw: TestGateway | undefined;
-let app: Tunnel | undefined;
-afterEach(async () => {
-  await app?.close({ graceMs: 100 });
-  await gw?.close();
-  gw = undefined;
-  app = undefined;
-});
-
 /** The text of an HTML page, tags removed. */
 function text(html: string): string {
   return html.replace(/<[^>]*>/g, '');
 }
 
 async function page(statusList: 'loopback' | 'everyone' | 'nobody'): Promise<{ json: Record<string, unknown>; html: string }> {
-  gw = await startGateway({ statusList });
-  app = await startApp(gw.port, (_req, res) => res.end('x'), { name: 'secretname4242' });
+  const gw = await useGateway({ statusList });
+  await useApp(gw.port, (_req, res) => res.end('x'), { name: 'secretname4242' });
   const host = `localhost:${gw.port}`;
   const json = JSON.parse((await request(gw.port, { host, headers: { accept: 'application/json' } })).body) as Record<string, unknown>;
   const html = (await request(gw.port, { host, headers: { accept: 'text/html' } })).body;
@@ -65,8 +56,8 @@ describe('status page: who sees the registrations', () => {
 
 describe('status page: the URLs and addresses it shows', () => {
   it('gives the app URL as claims do: with the port the page was reached on', async () => {
-    gw = await startGateway();
-    app = await startApp(gw.port, (_req, res) => res.end('x'), { name: 'ported' });
+    const gw = await useGateway();
+    await useApp(gw.port, (_req, res) => res.end('x'), { name: 'ported' });
     const html = (await request(gw.port, { host: `localhost:${gw.port}`, headers: { accept: 'text/html' } })).body;
     expect(text(html)).toContain(`serves HTTP at http://NAME.localhost:${gw.port}/.`);
     expect(html).toContain(`href="http://ported.localhost:${gw.port}/"`);
@@ -75,8 +66,8 @@ describe('status page: the URLs and addresses it shows', () => {
   });
 
   it('gives the app URL under --public-url (scheme and host), in the pattern and in the list', async () => {
-    gw = await startGateway({ publicUrl: 'https://tunnel.example.com:8443' });
-    app = await startApp(gw.port, (_req, res) => res.end('x'), { name: 'behind' });
+    const gw = await useGateway({ publicUrl: 'https://tunnel.example.com:8443' });
+    await useApp(gw.port, (_req, res) => res.end('x'), { name: 'behind' });
     const html = (await request(gw.port, { host: `localhost:${gw.port}`, headers: { accept: 'text/html' } })).body;
     expect(text(html)).toContain('serves HTTP at https://NAME.tunnel.example.com:8443/.');
     expect(html).toContain('href="https://behind.tunnel.example.com:8443/"');
@@ -86,14 +77,8 @@ describe('status page: the URLs and addresses it shows', () => {
   it('shows an IPv4 client on a dual-stack listener as 127.0.0.1, as the logs do, not ::ffff:127.0.0.1', async () => {
     const gateway = createGateway({ reconnectWait: 500 });
     const addr = await gateway.listen(0, '::');
-    gw = {
-      gateway,
-      port: addr.port,
-      origin: `http://127.0.0.1:${addr.port}`,
-      host: (n) => `${n}.localhost:${addr.port}`,
-      close: () => gateway.close(200),
-    };
-    app = await startApp(addr.port, (_req, res) => res.end('x'), { name: 'dualstack' });
+    cleanup(() => gateway.close(200));
+    await useApp(addr.port, (_req, res) => res.end('x'), { name: 'dualstack' });
     const got = await request(addr.port, { host: `localhost:${addr.port}`, headers: { accept: 'application/json' } });
     const regs = (JSON.parse(got.body) as { registrations: { channels: { remote: string }[] }[] }).registrations;
     const remotes = regs.flatMap((r) => r.channels.map((c) => c.remote));

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
-import { closed, rawConnect, readUntil, request, startGateway, type TestGateway } from '../helpers/index.js';
+import { describe, expect, it } from 'vitest';
+import { closed, rawConnect, readUntil, request } from '../helpers/index.js';
+import { track, useGateway } from '../helpers/fixture.js';
 import { fetchRaw, parseLinks, rawValues, register } from '../helpers/comet.js';
 
 /*
@@ -8,14 +9,6 @@ import { fetchRaw, parseLinks, rawValues, register } from '../helpers/comet.js';
  * refused with 413 as soon as it grows past the limit, whichever endpoint reads it: the Comet
  * registration form, a private URL's PUT, and a Comet app's reply.
  */
-let gw: TestGateway | undefined;
-const sockets: Socket[] = [];
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s.destroy();
-  await gw?.close();
-  gw = undefined;
-});
-
 /** Sends a chunked request head and the first chunk, then more chunks: the body grows past `limit`. */
 const CRLF = Buffer.from('\r\n');
 
@@ -23,7 +16,7 @@ type Upload = Promise<{ socket: Socket; answer: string }>;
 
 async function chunkedUpload(port: number, head: string, chunks: Buffer[]): Upload {
   const socket = await rawConnect(port);
-  sockets.push(socket);
+  track(socket);
   socket.on('error', () => {});
   socket.write(`${head}Transfer-Encoding: chunked\r\n\r\n`);
   for (const c of chunks) socket.write(Buffer.concat([Buffer.from(`${c.length.toString(16)}\r\n`), c, CRLF]));
@@ -41,8 +34,7 @@ const header = (answer: string, name: string): string | undefined =>
 
 describe('a chunked body that grows past the limit', () => {
   it('a Comet registration form: 413 PTTH_ERR_CLAIM_BODY_TOO_LARGE, connection closed, no name made', async () => {
-    gw = await startGateway({ claimBodyLimit: 100 });
-    const g = gw;
+    const g = await useGateway({ claimBodyLimit: 100 });
     const { socket, answer } = await chunkedUpload(
       g.port,
       `POST /reversehttp HTTP/1.1\r\nHost: localhost:${g.port}\r\nContent-Type: application/x-www-form-urlencoded\r\n`,
@@ -59,8 +51,7 @@ describe('a chunked body that grows past the limit', () => {
   });
 
   it('a PUT to a private URL: 413 PTTH_ERR_CLAIM_BODY_TOO_LARGE, and the lease is unchanged', async () => {
-    gw = await startGateway({ claimBodyLimit: 64 });
-    const g = gw;
+    const g = await useGateway({ claimBodyLimit: 64 });
     const r = await register(g.origin, { name: 'leased', lease: '30' });
     expect(r.status).toBe(201);
     const priv = new URL(r.location as string);
@@ -75,8 +66,7 @@ describe('a chunked body that grows past the limit', () => {
   });
 
   it('a Comet reply over --buffer-limit: 413 PTTH_ERR_BODY_TOO_LARGE to the app, 502 to its visitor', async () => {
-    gw = await startGateway({ bufferLimit: 1024 });
-    const g = gw;
+    const g = await useGateway({ bufferLimit: 1024 });
     const r = await register(g.origin, { name: 'replier' });
     const url = r.links['first'] as string;
     const polled = fetchRaw(url);

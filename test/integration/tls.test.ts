@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer, type ClientOptions } from 'ws';
 import { createGateway, type Gateway, type GatewayOptions } from '../../src/gateway/server.js';
 import { listen, type ListenOptions, type Tunnel } from '../../src/client/node.js';
-import { FAST, headEnd, readUntil, until } from '../helpers/index.js';
+import { closed, FAST, headEnd, rawConnect, readUntil, until } from '../helpers/index.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
 import { makeCert, type TestCert } from '../helpers/tls.js';
 
@@ -171,6 +171,18 @@ describe('HTTPS on the gateway port (--tls-cert / --tls-key)', () => {
     expect(got.toString('latin1')).not.toContain('HTTP/1.1 200');
     expect(s.destroyed || s.readableEnded).toBe(true);
     expect((await get(port, `stays.${DOMAIN}:${port}`)).status).toBe(200);
+  });
+
+  it.each([
+    ['sends nothing', ''],
+    ['sends half a ClientHello', '\x16\x03\x01\x02\x00\x01'],
+  ])('a connection that %s is closed within --headers-timeout, as on plain HTTP (slowloris on the handshake)', async (_label, bytes) => {
+    const { port } = await startTlsGateway({ headersTimeout: 300 });
+    const s = await rawConnect(port);
+    s.on('error', () => {});
+    cleanups.push(() => s.destroy());
+    if (bytes) s.write(bytes);
+    expect(await closed(s, 3_000)).toBe(true);
   });
 
   it('setTls swaps the certificate for new connections; a bad pair is refused and the old one kept', async () => {

@@ -6,24 +6,16 @@
  */
 import * as http from 'node:http';
 import * as net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { MemoryTable } from '../../src/routes/table.js';
-import { headEnd, readUntil, request, startGateway, until, type TestGateway } from '../helpers/index.js';
-
-let gw: TestGateway | undefined;
-const sockets: net.Socket[] = [];
-
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s.destroy();
-  await gw?.close();
-  gw = undefined;
-});
+import { headEnd, readUntil, request, until, type TestGateway } from '../helpers/index.js';
+import { track, useGateway } from '../helpers/fixture.js';
 
 function connectFrom(port: number, localAddress: string): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const s = net.connect({ port, host: '127.0.0.1', localAddress }, () => resolve(s));
     s.once('error', reject);
-    sockets.push(s);
+    track(s);
   });
 }
 
@@ -78,13 +70,13 @@ async function refusal(
 
 describe('a name claimed without a token', () => {
   it('127.0.0.2 is usable as a second loopback source address here', async () => {
-    gw = await startGateway();
+    const gw = await useGateway();
     const s = await connectFrom(gw.port, '127.0.0.2');
     expect(s.localAddress).toBe('127.0.0.2');
   });
 
   it('comes back to its claimant after the app closes the reversed connection; another address gets 403', async () => {
-    const g = (gw = await startGateway());
+    const g = await useGateway();
     const first = await claimRaw(g.port, '?name=npmapp');
     expect(first.head).toMatch(/^HTTP\/1\.1 101 /);
     serveOnce(first.socket, 'one');
@@ -115,7 +107,7 @@ describe('a name claimed without a token', () => {
   });
 
   it('another address gets 403 while the claimant is connected too; the claimant may add channels', async () => {
-    const g = (gw = await startGateway());
+    const g = await useGateway();
     const a = await claimRaw(g.port, '?name=busy');
     expect(a.head).toMatch(/^HTTP\/1\.1 101 /);
     const b = await claimRaw(g.port, '?name=busy');
@@ -127,7 +119,7 @@ describe('a name claimed without a token', () => {
   });
 
   it('a name claimed from 127.0.0.2 without a token is held by 127.0.0.2, not by the rest of loopback', async () => {
-    const g = (gw = await startGateway());
+    const g = await useGateway();
     const a = await claimRaw(g.port, '?name=two', '127.0.0.2');
     expect(a.head).toMatch(/^HTTP\/1\.1 101 /);
     expect((await refusal(g.port, '?name=two', '127.0.0.1')).code).toBe('PTTH_ERR_TOKEN_MISMATCH');
@@ -136,7 +128,7 @@ describe('a name claimed without a token', () => {
   });
 
   it('a tokenless claim never matches a name claimed with a token, even from the same address', async () => {
-    const g = (gw = await startGateway());
+    const g = await useGateway();
     const a = await claimRaw(g.port, '?name=tok&token=s3cret');
     expect(a.head).toMatch(/^HTTP\/1\.1 101 /);
     const r = await refusal(g.port, '?name=tok', '127.0.0.1');
@@ -145,7 +137,7 @@ describe('a name claimed without a token', () => {
   });
 
   it('setting a token through the private URL makes the token, not the address, hold the name', async () => {
-    const g = (gw = await startGateway());
+    const g = await useGateway();
     const a = await claimRaw(g.port, '?name=later');
     const location = /Location: http:\/\/[^/]+(\/_ptth\/\S+)/.exec(a.head)?.[1] ?? '';
     const put = await request(g.port, {

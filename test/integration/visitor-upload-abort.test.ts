@@ -1,8 +1,8 @@
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
-import type { Tunnel } from '../../src/client/node.js';
-import { rawConnect, readUntil, request, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { describe, expect, it } from 'vitest';
+import { rawConnect, readUntil, request, until } from '../helpers/index.js';
+import { cleanup, track, useApp, useGateway } from '../helpers/fixture.js';
 import { RawWsApp } from '../helpers/wsapp.js';
 
 /*
@@ -11,22 +11,10 @@ import { RawWsApp } from '../helpers/wsapp.js';
  * connection is mid-message, so it is closed (the app's request is aborted) and the app dials a
  * fresh one. Either way the gateway keeps serving.
  */
-let gw: TestGateway | undefined;
-const apps: RawWsApp[] = [];
-const tunnels: Tunnel[] = [];
-const sockets: Socket[] = [];
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s.destroy();
-  for (const a of apps.splice(0)) a.close();
-  for (const t of tunnels.splice(0)) await t.close({ graceMs: 100 });
-  await gw?.close();
-  gw = undefined;
-});
-
 /** Starts an upload of `declared` bytes, sends `sent` of them, and returns the visitor's socket. */
 async function partialUpload(port: number, host: string, declared: number, sent: number): Promise<Socket> {
   const s = await rawConnect(port);
-  sockets.push(s);
+  track(s);
   s.on('error', () => {});
   s.write(`POST /upload HTTP/1.1\r\nHost: ${host}\r\nContent-Length: ${declared}\r\n\r\n`);
   s.write(Buffer.alloc(sent, 0x78));
@@ -35,10 +23,9 @@ async function partialUpload(port: number, host: string, declared: number, sent:
 
 describe('a visitor that disconnects mid-upload', () => {
   it('WebSocket channel: the app gets an abort for the stream; the channel stays and serves the next', async () => {
-    gw = await startGateway({ responseTimeout: 2_000 });
-    const g = gw;
+    const g = await useGateway({ responseTimeout: 2_000 });
     const app = await RawWsApp.connect(g.port, { name: 'wsabort' });
-    apps.push(app);
+    cleanup(() => app.close());
     const visitor = await partialUpload(g.port, g.host('wsabort'), 10_000, 1_000);
     const req = await app.control('request');
     const id = req['id'] as number;
@@ -63,10 +50,9 @@ describe('a visitor that disconnects mid-upload', () => {
   });
 
   it('HTTP/1.1 channel: the app sees its request aborted, the channel is replaced, the next is served', async () => {
-    gw = await startGateway({ responseTimeout: 2_000 });
-    const g = gw;
+    const g = await useGateway({ responseTimeout: 2_000 });
     const seen: { url: string; aborted: boolean; got: number }[] = [];
-    const tunnel = await startApp(
+    await useApp(
       g.port,
       (req: IncomingMessage, res) => {
         const rec = { url: req.url ?? '', aborted: false, got: 0 };
@@ -80,7 +66,6 @@ describe('a visitor that disconnects mid-upload', () => {
       },
       { name: 'h1abort', http1: true, connections: 1 },
     );
-    tunnels.push(tunnel);
     const opened: number[] = [];
     g.gateway.on('channel-open', (_reg, ch) => opened.push(ch.id));
     const closed: number[] = [];
@@ -104,12 +89,11 @@ describe('a visitor that disconnects mid-upload', () => {
   });
 
   it('a chunked body malformed mid-upload: 400 to the visitor, abort to the WebSocket app, channel kept', async () => {
-    gw = await startGateway({ responseTimeout: 2_000 });
-    const g = gw;
+    const g = await useGateway({ responseTimeout: 2_000 });
     const app = await RawWsApp.connect(g.port, { name: 'badchunk' });
-    apps.push(app);
+    cleanup(() => app.close());
     const visitor = await rawConnect(g.port);
-    sockets.push(visitor);
+    track(visitor);
     visitor.write(`POST /c HTTP/1.1\r\nHost: ${g.host('badchunk')}\r\nTransfer-Encoding: chunked\r\n\r\n`);
     visitor.write('5\r\nhello\r\n');
     const req = await app.control('request');

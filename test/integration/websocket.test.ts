@@ -1,28 +1,20 @@
 import * as http from 'node:http';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
 import type { Tunnel } from '../../src/client/node.js';
-import { rawConnect, readUntil, headEnd, request, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
-
-let gw: TestGateway | undefined;
-let tunnel: Tunnel | undefined;
-let wss: WebSocketServer | undefined;
-afterEach(async () => {
-  wss?.close();
-  await tunnel?.close({ graceMs: 100 });
-  await gw?.close();
-  gw = tunnel = wss = undefined;
-});
+import { rawConnect, readUntil, headEnd, request, until, type TestGateway } from '../helpers/index.js';
+import { cleanup, useApp, useGateway } from '../helpers/fixture.js';
 
 async function echoApp(name: string): Promise<{ gw: TestGateway; tunnel: Tunnel }> {
-  gw = await startGateway();
+  const gw = await useGateway();
   const server = http.createServer((_req, res) => res.end('plain http'));
-  wss = new WebSocketServer({ server, path: '/chat' });
+  const wss = new WebSocketServer({ server, path: '/chat' });
+  cleanup(() => wss.close());
   wss.on('connection', (ws, req) => {
     ws.send(`hello ${String(req.headers['x-forwarded-for'])}`);
     ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
   });
-  tunnel = await startApp(gw.port, server, { name, connections: 2 });
+  const tunnel = await useApp(gw.port, server, { name, connections: 2 });
   return { gw, tunnel };
 }
 
@@ -99,7 +91,7 @@ describe('visitor WebSocket upgrades', () => {
   });
 
   it('to an unknown name get a 404 and a closed connection', async () => {
-    gw = await startGateway();
+    const gw = await useGateway();
     const s = await rawConnect(gw.port);
     s.write(`GET / HTTP/1.1\r\nHost: ${gw.host('ghost')}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n`);
     const got = (await readUntil(s, headEnd)).toString('latin1');

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import type { Socket } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
-import { rawConnect, readUntil, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { describe, expect, it } from 'vitest';
+import { rawConnect, readUntil, until } from '../helpers/index.js';
+import { cleanup, track, useGateway } from '../helpers/fixture.js';
 import { RawWsApp } from '../helpers/wsapp.js';
 
 /*
@@ -12,24 +12,13 @@ import { RawWsApp } from '../helpers/wsapp.js';
  * the upload, credit never holds the body back: only the high-water mark does.
  */
 const TOTAL = 16 * 1024 * 1024;
-let gw: TestGateway | undefined;
-const apps: RawWsApp[] = [];
-const sockets: Socket[] = [];
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s.destroy();
-  for (const a of apps.splice(0)) a.close();
-  await gw?.close();
-  gw = undefined;
-});
-
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 describe('a WebSocket-channel app that stops reading while a visitor uploads', () => {
   it('the gateway stops reading the visitor, resumes once the app reads, and the body arrives whole', async () => {
-    gw = await startGateway({ wsWindow: 2 * TOTAL, responseTimeout: 5_000 });
-    const g = gw;
+    const g = await useGateway({ wsWindow: 2 * TOTAL, responseTimeout: 5_000 });
     const app = await RawWsApp.connect(g.port, { name: 'slowws' });
-    apps.push(app);
+    cleanup(() => app.close());
     // The gateway's side of the visitor's request, to see how much of the upload it has read.
     let upload: IncomingMessage | undefined;
     g.gateway.server.on('request', (req: IncomingMessage) => {
@@ -40,7 +29,7 @@ describe('a WebSocket-channel app that stops reading while a visitor uploads', (
     const body = Buffer.alloc(TOTAL);
     for (let i = 0; i < TOTAL; i += 4) body.writeUInt32BE(i, i);
     const visitor = await rawConnect(g.port);
-    sockets.push(visitor);
+    track(visitor);
     visitor.on('error', () => {});
     visitor.write(`PUT /upload HTTP/1.1\r\nHost: ${g.host('slowws')}\r\nContent-Length: ${TOTAL}\r\n\r\n`);
     visitor.write(body);

@@ -4,6 +4,8 @@ import type * as net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import { closed, rawConnect, readUntil, request, startGateway, until, type TestGateway } from '../helpers/index.js';
+import WebSocket from 'ws';
+import { track, useGateway } from '../helpers/fixture.js';
 import { loadLibrary, RawWsApp, wsRefusal, type BodyFrame, type LibServer } from '../helpers/wsapp.js';
 
 /*
@@ -37,6 +39,35 @@ async function app(g: TestGateway, query: Record<string, string>): Promise<RawWs
   apps.push(a);
   return a;
 }
+
+/**
+ * A WebSocket channel app written with ws directly: it answers each request frame with
+ * `onRequest`, so a test can send any frames, valid or not. Terminated when the test finishes.
+ */
+function plainWsApp(port: number, name: string, onRequest?: (ws: WebSocket, m: { id: number }) => void): Promise<WebSocket> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/?name=${name}`, 'ptth.v1', { headers: { Host: `localhost:${port}` } });
+  track(ws);
+  ws.on('message', (data, binary) => {
+    if (binary) return;
+    const m = JSON.parse(String(data)) as { t: string; id: number };
+    if (m.t === 'request') onRequest?.(ws, m);
+  });
+  ws.on('error', () => {});
+  return new Promise((resolve, reject) => {
+    ws.once('open', () => resolve(ws));
+    ws.once('unexpected-response', () => reject(new Error('refused')));
+  });
+}
+
+/** A body frame of the WebSocket channel: flags, then the stream id, then the payload. */
+const frame = (id: number, flags: number, text = ''): Buffer => {
+  const p = Buffer.from(text);
+  const b = Buffer.alloc(5 + p.length);
+  b[0] = flags;
+  b.writeUInt32BE(id, 1);
+  p.copy(b, 5);
+  return b;
+};
 
 describe('WebSocket channel claims', () => {
   it('register like a native claim: a hello with the public and private URLs, Link and Location on the 101', async () => {
@@ -127,6 +158,25 @@ describe('WebSocket channel claims', () => {
     const del = await fetch(String(a.hello?.['location']).replace(/^http:\/\/localhost/, 'http://127.0.0.1'), { method: 'DELETE' });
     expect(del.status).toBe(204);
     expect(await a.closed()).toBe(1001);
+  });
+
+  it('a handshake that ws itself refuses leaves no registration behind', async () => {
+    const g = await useGateway();
+    const registered: string[] = [];
+    g.gateway.on('register', (reg) => registered.push(reg.name));
+    const s = track(await rawConnect(g.port));
+    // Passes the gateway's own checks (GET, a key, version 13) but not ws's: Upgrade is a list here.
+    s.write(
+      `GET /?name=leftover HTTP/1.1\r\nHost: localhost:${g.port}\r\nUpgrade: websocket, foo\r\nConnection: Upgrade\r\n` +
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+    );
+    const got = (await readUntil(s, (b) => b.includes('\r\n\r\n'))).toString('latin1');
+    expect(got).toMatch(/^HTTP\/1\.1 400 /);
+    expect(await closed(s)).toBe(true);
+    // The claim passed the gateway's own checks (it registered the name), so ws's refusal is the
+    // path under test; the name is released once the gateway sees the socket close.
+    expect(registered).toEqual(['leftover']);
+    await until(() => g.gateway.table.lookup('leftover') === undefined, 3_000, 'the leftover name released');
   });
 });
 
@@ -305,6 +355,50 @@ describe('WebSocket channel requests', () => {
     expect((await visits[2])?.body).toBe('three');
     a.close();
     await Promise.allSettled(visits);
+  });
+});
+
+describe('WebSocket channel apps that break the rules', () => {
+  it('a control frame with a long non-ASCII type closes that channel with 1002 and never the gateway', async () => {
+    const gw = await useGateway();
+    const ws = await plainWsApp(gw.port, 'crash');
+    const code = new Promise<number>((resolve) => ws.once('close', (c) => resolve(c)));
+    ws.send(JSON.stringify({ t: '\u00e9'.repeat(60), id: 1 }));
+    expect(await code).toBe(1002);
+    // Still serving: another app claims and answers.
+    await plainWsApp(gw.port, 'alive', (app, m) => {
+      app.send(JSON.stringify({ t: 'response', id: m.id, status: 200, headers: ['Content-Length', '2'], body: true }));
+      app.send(frame(m.id, 1, 'ok'), { binary: true });
+    });
+    expect((await request(gw.port, { host: gw.host('alive') })).body).toBe('ok');
+  });
+
+  it('an app writing past its Content-Length cuts the visitor connection instead of forging the next response', async () => {
+    const gw = await useGateway();
+    await plainWsApp(gw.port, 'evil', (app, m) => {
+      app.send(JSON.stringify({ t: 'response', id: m.id, status: 200, headers: ['Content-Length', '5'], body: true }));
+      app.send(frame(m.id, 0, 'helloHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged'), { binary: true });
+      app.send(frame(m.id, 1), { binary: true });
+    });
+    const s = track(await rawConnect(gw.port));
+    const cut = closed(s, 5_000);
+    s.write(`GET / HTTP/1.1\r\nHost: ${gw.host('evil')}\r\n\r\n`);
+    // Everything the visitor gets until its connection closes (readUntil ends at the close): once
+    // closed, nothing more can come, so the absence of the forged response is final.
+    const got = (await readUntil(s, () => false, 5_000)).toString('latin1');
+    expect(await cut).toBe(true);
+    expect(got).not.toContain('forged');
+  });
+
+  it('an app ending short of its Content-Length cuts the visitor connection too', async () => {
+    const gw = await useGateway();
+    await plainWsApp(gw.port, 'short', (app, m) => {
+      app.send(JSON.stringify({ t: 'response', id: m.id, status: 200, headers: ['Content-Length', '10'], body: true }));
+      app.send(frame(m.id, 1, 'abc'), { binary: true });
+    });
+    const s = track(await rawConnect(gw.port));
+    s.write(`GET / HTTP/1.1\r\nHost: ${gw.host('short')}\r\n\r\n`);
+    expect(await closed(s)).toBe(true);
   });
 });
 

@@ -1,7 +1,7 @@
 import { constants } from 'node:http2';
-import { afterEach, describe, expect, it } from 'vitest';
-import type { Tunnel } from '../../src/client/node.js';
-import { rawClaim, rawConnect, request, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { describe, expect, it } from 'vitest';
+import { rawClaim, rawConnect, request, startApp, until } from '../helpers/index.js';
+import { cleanup, useApp, useGateway } from '../helpers/fixture.js';
 import { serveH2 } from '../helpers/h2app.js';
 import { CometApp } from '../helpers/comet.js';
 
@@ -10,29 +10,18 @@ import { CometApp } from '../helpers/comet.js';
  * its GOAWAY) was not processed and may be retried. A visitor whose request met an app that was
  * closing its reversed HTTP/2 connection is sent down another channel instead of getting 502.
  */
-let gw: TestGateway | undefined;
-const tunnels: Tunnel[] = [];
-const cleanups: (() => unknown)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0)) await c();
-  for (const t of tunnels.splice(0)) await t.close({ graceMs: 100 });
-  await gw?.close();
-  gw = undefined;
-});
-
 async function h2Claim(port: number, name: string): Promise<{ socket: import('node:net').Socket; rest: Buffer }> {
   const c = await rawClaim(port, `POST /?name=${name}&token=t HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: ptth\r\nALPN: h2\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`);
   expect(c.head).toMatch(/^HTTP\/1\.1 101 /);
-  cleanups.push(() => c.socket.destroy());
+  cleanup(() => c.socket.destroy());
   return c;
 }
 
 describe('requests an HTTP/2 app refused unprocessed', () => {
   it('go to the name\'s other channel: an app closing its HTTP/2 connection costs visitors no 502', async () => {
-    gw = await startGateway();
-    const g = gw;
+    const g = await useGateway();
     // One HTTP/1.1 app and one HTTP/2 app share the name; the HTTP/2 one takes requests first.
-    tunnels.push(await startApp(g.port, (_req, res) => res.end('h1'), { name: 'closing', http1: true, token: 't', connections: 1 }));
+    await useApp(g.port, (_req, res) => res.end('h1'), { name: 'closing', http1: true, token: 't', connections: 1 });
     const { socket, rest } = await h2Claim(g.port, 'closing');
     let refusedCount = 0;
     await serveH2(socket, rest, (stream) => {
@@ -46,9 +35,8 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
   });
 
   it('listen() closing its HTTP/2 connection under load (GOAWAY): visitors are served by the name\'s other app, none gets 502', async () => {
-    gw = await startGateway();
-    const g = gw;
-    tunnels.push(await startApp(g.port, (_req, res) => res.end('stays'), { name: 'shared', http1: true, token: 't', connections: 4 }));
+    const g = await useGateway();
+    await useApp(g.port, (_req, res) => res.end('stays'), { name: 'shared', http1: true, token: 't', connections: 4 });
     // The leaving app answers after 20 ms, so requests are always in flight on its connection.
     const leaving = await startApp(g.port, (_req, res) => setTimeout(() => res.end('leaves'), 20), { name: 'shared', token: 't' });
     expect(leaving.protocol).toBe('h2');
@@ -89,8 +77,7 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
   });
 
   it('never go back to the channel that refused them: with no other channel they wait for one (503 after the queue timeout), never loop', async () => {
-    gw = await startGateway();
-    const g = gw;
+    const g = await useGateway();
     const { socket, rest } = await h2Claim(g.port, 'refuser');
     let seen = 0;
     await serveH2(socket, rest, (stream) => {
@@ -105,8 +92,7 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
   });
 
   it('a refused request waiting for another channel holds up no later request: the refusing channel serves them at once', async () => {
-    gw = await startGateway({ queueTimeout: 3_000 });
-    const g = gw;
+    const g = await useGateway({ queueTimeout: 3_000 });
     const { socket, rest } = await h2Claim(g.port, 'onerefusal');
     let seen = 0;
     await serveH2(socket, rest, (stream) => {
@@ -129,13 +115,10 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
   });
 
   it('a visitor upgrade waiting for the busy upgradable channel holds up no plain request an idle channel can serve', async () => {
-    gw = await startGateway({ queueTimeout: 3_000 });
-    const g = gw;
+    const g = await useGateway({ queueTimeout: 3_000 });
     // An HTTP/1.1 channel (can carry upgrades) kept busy, and an HTTP/2 one without extended CONNECT.
     let release: (() => void) | undefined;
-    tunnels.push(
-      await startApp(g.port, (_req, res) => void (release = () => res.end('slow')), { name: 'mixed', http1: true, token: 't', connections: 1 }),
-    );
+    await useApp(g.port, (_req, res) => void (release = () => res.end('slow')), { name: 'mixed', http1: true, token: 't', connections: 1 });
     // Busy before the HTTP/2 channel joins (plain requests prefer HTTP/2 channels).
     const slow = request(g.port, { host: g.host('mixed'), path: '/slow' });
     await until(() => release !== undefined, 3_000, 'the slow request to reach the HTTP/1.1 app');
@@ -146,7 +129,7 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
     });
     await until(() => g.gateway.table.lookup('mixed')?.channels.length === 2, 3_000, 'both channels');
     const visitor = await rawConnect(g.port);
-    cleanups.push(() => visitor.destroy());
+    cleanup(() => visitor.destroy());
     visitor.write(`GET /ws HTTP/1.1\r\nHost: ${g.host('mixed')}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`);
     await until(() => g.gateway.table.lookup('mixed')?.waiting === 1, 3_000, 'the upgrade to wait');
     const plain = await request(g.port, { host: g.host('mixed'), path: '/plain' });
@@ -157,8 +140,7 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
   });
 
   it('a refused request retried onto a Comet channel of the name is delivered to its poller (its body was already read to the end)', async () => {
-    gw = await startGateway({ queueTimeout: 3_000, pollTimeout: 5_000 });
-    const g = gw;
+    const g = await useGateway({ queueTimeout: 3_000, pollTimeout: 5_000 });
     const { socket, rest } = await h2Claim(g.port, 'cometmix');
     let seen = 0;
     await serveH2(socket, rest, (stream) => {
@@ -166,7 +148,7 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
       stream.close(constants.NGHTTP2_REFUSED_STREAM);
     });
     const comet = await CometApp.start(g.origin, { name: 'cometmix', token: 't' }, (req) => ({ status: 200, body: `comet ${req.url}` }));
-    cleanups.push(() => comet.stop());
+    cleanup(() => comet.stop());
     expect(g.gateway.table.lookup('cometmix')?.channels.map((c) => c.transport).sort()).toEqual(['comet', 'http2']);
     // Plain requests prefer the HTTP/2 channel, which refuses the stream: the retry goes to Comet.
     const r = await request(g.port, { host: g.host('cometmix'), path: '/mixed' });
@@ -176,21 +158,19 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
   });
 
   it('wait for the app\'s next channel when it reconnects, and are served there', async () => {
-    gw = await startGateway({ queueTimeout: 3_000 });
-    const g = gw;
+    const g = await useGateway({ queueTimeout: 3_000 });
     const { socket, rest } = await h2Claim(g.port, 'phoenix2');
     await serveH2(socket, rest, (stream) => stream.close(constants.NGHTTP2_REFUSED_STREAM));
     const pending = request(g.port, { host: g.host('phoenix2'), path: '/again' });
     await new Promise((r) => setTimeout(r, 200));
-    tunnels.push(await startApp(g.port, (req, res) => res.end(`second channel ${req.url}`), { name: 'phoenix2', token: 't' }));
+    await useApp(g.port, (req, res) => res.end(`second channel ${req.url}`), { name: 'phoenix2', token: 't' });
     const r = await pending;
     expect(r.status).toBe(200);
     expect(r.body).toBe('second channel /again');
   });
 
   it('a request with a body is not retried (its body may have been read): 502', async () => {
-    gw = await startGateway();
-    const g = gw;
+    const g = await useGateway();
     const { socket, rest } = await h2Claim(g.port, 'bodyrefuser');
     let seen = 0;
     await serveH2(socket, rest, (stream) => {

@@ -9,7 +9,9 @@ import { MemoryTable, type QueueOptions, type Registration } from '../../src/rou
 
 /*
  * The queueing in Registration (src/routes/table.ts: #pick, #enqueue, #drain, #giveUp) against
- * fake channels: which channel a request goes to, who waits, in what order, and for how long.
+ * fake channels, through its public API only (dispatch, upgrade, addChannel, a channel's
+ * available/closed events, end through the table's release): which channel a request goes to, who
+ * waits, in what order, and for how long. Fake timers: no test waits in real time.
  */
 
 let nextId = 1000;
@@ -112,6 +114,11 @@ const OPTIONS: QueueOptions & { defaultLease: number } = {
   defaultLease: 60,
 };
 
+/**
+ * A registration named `app` with these queue options, made as the gateway makes one: through its
+ * table's claim. The one place that knows how a Registration comes to be, so a change to claims
+ * changes only this function.
+ */
 async function registration(options: Partial<QueueOptions> = {}): Promise<{ table: MemoryTable; reg: Registration }> {
   const table = new MemoryTable({ ...OPTIONS, ...options });
   const { registration: reg } = await table.claim({ name: 'app', token: 't' });
@@ -120,7 +127,7 @@ async function registration(options: Partial<QueueOptions> = {}): Promise<{ tabl
 
 const labels = (list: readonly Exchange[]): string[] => list.map((e) => (e as unknown as { label: string }).label);
 
-describe('Registration queueing', () => {
+describe('a registration spreading and queueing requests over its channels', () => {
   let table: MemoryTable | undefined;
   beforeEach(() => {
     vi.useFakeTimers();
@@ -347,5 +354,93 @@ describe('Registration queueing', () => {
     vi.advanceTimersByTime(60_000);
     expect(r.reg.released).toBe(true);
     expect(r.table.lookup('app')).toBeUndefined();
+  });
+
+  it('round robin skips busy channels and keeps its place', async () => {
+    const r = await registration();
+    table = r.table;
+    const [a, b, c] = [new FakeChannel('http1'), new FakeChannel('http1', { free: false }), new FakeChannel('http1')];
+    for (const ch of [a, b, c]) r.reg.addChannel(ch);
+    for (const l of ['1', '2', '3']) r.reg.dispatch(exchange(l));
+    expect(labels(a.dispatched)).toEqual(['1', '3']);
+    expect(b.dispatched).toEqual([]);
+    expect(labels(c.dispatched)).toEqual(['2']);
+    b.free = true;
+    r.reg.dispatch(exchange('4'));
+    expect(labels(b.dispatched)).toEqual(['4']);
+  });
+
+  it('a request that arrives while others wait queues behind them, even with a channel free', async () => {
+    const r = await registration();
+    table = r.table;
+    const ch = new FakeChannel('http1', { free: false });
+    r.reg.addChannel(ch);
+    r.reg.dispatch(exchange('first'));
+    // The channel is free again but has not said so yet: the newcomer must not jump the queue.
+    ch.free = true;
+    r.reg.dispatch(exchange('second'));
+    expect(labels(ch.dispatched)).toEqual(['first', 'second']);
+    expect(r.reg.waiting).toBe(0);
+  });
+
+  it('counts queued upgrades against queueLimit as well', async () => {
+    const r = await registration({ queueLimit: 2 });
+    table = r.table;
+    r.reg.addChannel(new FakeChannel('http1', { free: false }));
+    const up = upgradeExchange('up');
+    const first = exchange('1');
+    const second = exchange('2');
+    r.reg.upgrade(up);
+    r.reg.dispatch(first);
+    r.reg.dispatch(second);
+    expect(r.reg.waiting).toBe(2);
+    expect([up.failed, first.failed, second.failed]).toEqual([[], [], ['PTTH_ERR_QUEUE_FULL']]);
+    const late = upgradeExchange('late');
+    r.reg.upgrade(late);
+    expect(late.failed).toEqual(['PTTH_ERR_QUEUE_FULL']);
+    expect(late.doneCount).toBe(1);
+  });
+
+  it('a channel that fails leaves the rotation; requests queued meanwhile wait for the next channel, in order', async () => {
+    const r = await registration({ queueTimeout: 1_000, reconnectWait: 100 });
+    table = r.table;
+    const broken = new FakeChannel('http1');
+    const busy = new FakeChannel('http1', { free: false });
+    r.reg.addChannel(broken);
+    r.reg.addChannel(busy);
+    broken.close();
+    expect(r.reg.channels).toEqual([busy]);
+    const queued = ['a', 'b'].map(exchange);
+    for (const ex of queued) r.reg.dispatch(ex);
+    expect(broken.dispatched).toEqual([]);
+    expect(r.reg.waiting).toBe(2);
+    // The last channel fails too: the queued requests keep their deadline (queueTimeout, set when
+    // they were queued), not the shorter reconnect wait, and the next channel takes them in order.
+    busy.close();
+    expect(r.reg.channels).toEqual([]);
+    vi.advanceTimersByTime(500);
+    expect(queued.map((q) => q.failed)).toEqual([[], []]);
+    const next = new FakeChannel('http1');
+    r.reg.addChannel(next);
+    expect(labels(next.dispatched)).toEqual(['a', 'b']);
+    expect(r.reg.waiting).toBe(0);
+    vi.advanceTimersByTime(1_000);
+    expect(queued.map((q) => q.failed)).toEqual([[], []]);
+  });
+
+  it('ending the registration directly closes its channels and fails what waits with 404 PTTH_ERR_NOT_FOUND', async () => {
+    const r = await registration();
+    table = r.table;
+    const ch = new FakeChannel('http1', { free: false });
+    r.reg.addChannel(ch);
+    const waiting = exchange('w');
+    r.reg.dispatch(waiting);
+    r.reg.end();
+    expect(ch.closed).toBe(true);
+    expect(r.reg.channels).toEqual([]);
+    expect(waiting.failed).toEqual(['PTTH_ERR_NOT_FOUND']);
+    expect(waiting.doneCount).toBe(1);
+    expect(r.reg.released).toBe(true);
+    expect(r.reg.expiresAt).toBeUndefined();
   });
 });
