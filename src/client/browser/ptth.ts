@@ -13,6 +13,9 @@
  * cannot be opened. It reconnects with exponential backoff and keeps its name across reconnects.
  */
 
+import { parseLinks } from '../../shared/link.js';
+import { FLAG_END, FRAME_HEADER, MAX_CHUNK, WS_PROTOCOL } from '../../shared/wsframing.js';
+
 export type Transport = 'websocket' | 'comet';
 
 export interface ServeOptions {
@@ -82,7 +85,8 @@ export interface PtthServer {
 export class ServeError extends Error {
   readonly status: number;
   readonly code: string | undefined;
-  constructor(message: string, status: number, code?: string) {
+  // The Node library's ClaimError's order (status, message, code): one shape for both clients.
+  constructor(status: number, message: string, code?: string) {
     super(message);
     this.name = 'ServeError';
     this.status = status;
@@ -90,11 +94,7 @@ export class ServeError extends Error {
   }
 }
 
-// WebSocket channel framing (README "WebSocket channel framing").
-const WS_PROTOCOL = 'ptth.v1';
-const FLAG_END = 0x01;
-const FRAME_HEADER = 5;
-const MAX_CHUNK = 64 * 1024;
+/** Unsent bytes over which a response body waits for the WebSocket to send what it holds. */
 const HIGH_WATER = 1024 * 1024;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -114,14 +114,6 @@ function latin1(bytes: Uint8Array): string {
 function fromLatin1(s: string): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(s.length);
   for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i) & 0xff;
-  return out;
-}
-
-/** `Link` values, as separate lines or one comma-joined line (fetch joins them). */
-export function parseLinks(value: string | null): Record<string, string> {
-  const out: Record<string, string> = {};
-  if (!value) return out;
-  for (const m of value.matchAll(/<([^>]*)>\s*;\s*rel="?([^",;]+)"?/g)) out[m[2] as string] = m[1] as string;
   return out;
 }
 
@@ -606,11 +598,13 @@ class Server implements PtthServer {
     const res = await fetch(new URL('/reversehttp', this.#gateway), { method: 'POST', body: this.#params(), signal: this.#stop.signal });
     if (res.status !== 201 && res.status !== 204) {
       const text = await res.text().catch(() => '');
-      throw new ServeError(text.trim() || `the gateway answered ${res.status}`, res.status, res.headers.get('x-ptth-error') ?? undefined);
+      throw new ServeError(res.status, text.trim() || `the gateway answered ${res.status}`, res.headers.get('x-ptth-error') ?? undefined);
     }
     const links = parseLinks(res.headers.get('link'));
-    if (!links['first'] || !links['related']) throw new Error('the registration answer has no Link rel="first" and rel="related"');
-    return { first: links['first'], related: links['related'], location: res.headers.get('location') ?? '', created: res.status === 201 };
+    const first = links.get('first');
+    const related = links.get('related');
+    if (!first || !related) throw new Error('the registration answer has no Link rel="first" and rel="related"');
+    return { first, related, location: res.headers.get('location') ?? '', created: res.status === 201 };
   }
 
   /** One Comet session: a registration and its pollers; true if it came online. */
@@ -635,7 +629,7 @@ class Server implements PtthServer {
         if (!this.#stopped) this.error(err);
         return;
       }
-      const next = parseLinks(res.headers.get('link'))['next'];
+      const next = parseLinks(res.headers.get('link')).get('next');
       if (res.status === 204 && next) {
         url = next;
         continue;
