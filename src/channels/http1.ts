@@ -82,8 +82,8 @@ export class Http1Channel implements Channel {
   /** @internal */ activeCount = 0;
   #served = 0;
   #closed = false;
-  /** False once the app said it will close the connection after the current response. */
-  /** @internal */ reusable = true;
+  /** @internal False once the app said it will close the connection after the current response. */
+  reusable = true;
 
   constructor(socket: Socket, options: Http1ChannelOptions) {
     this.socket = socket;

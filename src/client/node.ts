@@ -183,7 +183,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       this.#resolveReady = resolve;
       this.#rejectReady = reject;
     });
-    this.#ready.catch(() => {});
+    this.#ready.catch(noop);
     this.#target = target;
     this.#upstream = typeof target === 'function' ? undefined : (target as { [LOCAL_UPSTREAM]?: LocalUpstream })[LOCAL_UPSTREAM];
     this.#splicer = options[SPLICER];
@@ -596,7 +596,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#live.clear();
     this.#memAgent?.destroy();
     // Released last, so that requests in flight finish before the gateway drops the name.
-    if ((options.release ?? true) && this.privateUrl) await this.#release(this.privateUrl).catch(() => {});
+    if ((options.release ?? true) && this.privateUrl) await this.#release(this.privateUrl).catch(noop);
     this.#online = false;
     this.emit('close');
   }

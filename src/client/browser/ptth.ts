@@ -14,6 +14,7 @@
  */
 
 import { parseLinks } from '../../shared/link.js';
+import { noop } from '../../shared/noop.js';
 import { FLAG_END, FRAME_HEADER, MAX_CHUNK, WS_PROTOCOL } from '../../shared/wsframing.js';
 
 export type Transport = 'websocket' | 'comet';
@@ -421,7 +422,7 @@ class WsSession {
       return;
     }
     const reader = (response.body as ReadableStream<Uint8Array>).getReader();
-    stream.abort.signal.addEventListener('abort', () => void reader.cancel().catch(() => undefined));
+    stream.abort.signal.addEventListener('abort', () => void reader.cancel().catch(noop));
     try {
       for (;;) {
         const { done, value } = await reader.read();
@@ -492,7 +493,7 @@ class Server implements PtthServer {
       this.#rejectUrl = reject;
     });
     // An unobserved rejection is not an error of the page: onError and finished report it too.
-    this.url.catch(() => undefined);
+    this.url.catch(noop);
     options.signal?.addEventListener('abort', () => void this.close());
     this.finished = this.#run();
   }
@@ -590,7 +591,7 @@ class Server implements PtthServer {
         if (session.hello && !this.#stopped) this.error(new Error('the WebSocket to the gateway closed'));
         resolve(session.hello !== undefined);
       };
-      ws.onerror = () => undefined;
+      ws.onerror = noop;
     });
   }
 
@@ -666,7 +667,7 @@ class Server implements PtthServer {
       this.#stop.abort();
       this.#closeWs?.();
       if ((options.release ?? true) && this.#location) {
-        await fetch(this.#location, { method: 'DELETE' }).catch(() => undefined);
+        await fetch(this.#location, { method: 'DELETE' }).catch(noop);
       }
     }
     await this.finished;
