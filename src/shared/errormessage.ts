@@ -4,6 +4,8 @@
  * one and falls back to the value as a string.
  */
 export function errorMessage(err: unknown): string {
-  if (typeof err === 'object' && err !== null && 'message' in err && typeof err.message === 'string') return err.message;
+  if (typeof err === 'object' && err !== null && 'message' in err && typeof err.message === 'string') {
+    return err.message;
+  }
   return String(err);
 }
