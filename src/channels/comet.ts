@@ -1,7 +1,9 @@
 import type { ServerResponse } from 'node:http';
+import { BoundedBody, budgetFull, declaresMoreThan, type BufferBudget } from '../http/body.js';
 import { PtthError } from '../http/errors.js';
 import { clientAddress, requestingClient } from '../http/headers.js';
 import { serializeRequest, type ParsedResponse } from '../http/message.js';
+import { noop } from '../shared/noop.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
 
 export interface CometChannelOptions {
@@ -16,7 +18,7 @@ export interface CometChannelOptions {
   /** Largest request body buffered for a poller, in bytes (413 past it). */
   readonly bufferLimit: number;
   /** Bytes buffered by every Comet channel together (shared): past `max`, requests get 503. */
-  readonly budget: { used: number; readonly max: number };
+  readonly budget: BufferBudget;
   /** Milliseconds without a poll (and nothing in flight) after which the channel counts as gone. */
   readonly idleTimeout: number;
 }
@@ -198,10 +200,8 @@ export class CometChannel implements Channel {
       if (item.state !== 'done') this.finish(item);
     });
     const limit = this.#options.bufferLimit;
-    if (Number(req.headers['content-length'] ?? 0) > limit) return this.#tooLarge(item);
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const budget = this.#options.budget;
+    if (declaresMoreThan(req, limit)) return this.#tooLarge(item);
+    const body = new BoundedBody(limit, this.#options.budget);
     // The whole body must be here before a poller can have it: a body that trickles in must not
     // hold a queue place (and its memory) forever.
     item.timer = setTimeout(() => {
@@ -212,22 +212,21 @@ export class CometChannel implements Channel {
     }, this.#options.queueTimeout);
     req.on('data', (c: Buffer) => {
       if (item.state !== 'reading') return;
-      size += c.length;
-      if (size > limit) return this.#tooLarge(item);
-      if (budget.used + c.length > budget.max) {
+      const verdict = body.add(c);
+      if (verdict === 'too-large') return this.#tooLarge(item);
+      if (verdict === 'over-budget') {
         if (!res.headersSent) res.setHeader('Connection', 'close');
-        this.#fail(item, new PtthError('PTTH_ERR_QUEUE_FULL', 'The gateway is already buffering as much as it allows for Comet apps.'));
+        this.#fail(item, budgetFull());
         req.resume();
         return;
       }
-      budget.used += c.length;
+      // The item hands these bytes back to the budget when it ends (see finish).
       item.bytes += c.length;
-      chunks.push(c);
     });
     const onEnd = (): void => {
       if (item.state !== 'reading') return;
       clearTimeout(item.timer);
-      item.message = serializeRequest(req, ex.headers, Buffer.concat(chunks, size));
+      item.message = serializeRequest(req, ex.headers, body.take());
       item.state = 'queued';
       item.timer = setTimeout(() => {
         if (item.state === 'queued') this.#fail(item, new PtthError('PTTH_ERR_NO_CHANNEL', 'No poller asked for this request in time.'));
@@ -390,5 +389,3 @@ export class CometChannel implements Channel {
     this.events?.closed(this);
   }
 }
-
-function noop(): void {}

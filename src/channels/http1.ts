@@ -4,6 +4,7 @@ import type { Duplex } from 'node:stream';
 import { Client, type Dispatcher } from 'undici';
 import { PtthError } from '../http/errors.js';
 import { clientAddress, hasToken, rawHeader, withoutHeaders } from '../http/headers.js';
+import { noop } from '../shared/noop.js';
 import { leaveOnEnd, rawHead, splice } from '../http/relay.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
 
@@ -81,8 +82,8 @@ export class Http1Channel implements Channel {
   /** @internal */ activeCount = 0;
   #served = 0;
   #closed = false;
-  /** False once the app said it will close the connection after the current response. */
-  /** @internal */ reusable = true;
+  /** @internal False once the app said it will close the connection after the current response. */
+  reusable = true;
 
   constructor(socket: Socket, options: Http1ChannelOptions) {
     this.socket = socket;
@@ -501,7 +502,10 @@ function declaresLength(headers: readonly string[]): boolean {
   return length !== undefined && length.trim() !== '0';
 }
 
-/** The exchange whose parser waits for its visitor's 'drain': one listener for all, no closure per pause. */
+/**
+ * Where a visitor's response points at the exchange whose parser waits for its 'drain', so that
+ * one listener function (visitorDrained) serves every pause: no closure per pause.
+ */
 const EXCHANGE = Symbol('ptth.h1exchange');
 interface Drained {
   [EXCHANGE]?: H1Exchange;
@@ -664,5 +668,3 @@ class H1Upgrade {
     this.channel.finished();
   }
 }
-
-function noop(): void {}

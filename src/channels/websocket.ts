@@ -1,7 +1,9 @@
 import type WebSocket from 'ws';
 import { PtthError } from '../http/errors.js';
 import { MAX_HEAD_BYTES } from '../http/response.js';
-import { requestingClient } from '../http/headers.js';
+import { clientAddress, requestingClient } from '../http/headers.js';
+import { noop } from '../shared/noop.js';
+import { FLAG_END, FRAME_HEADER, MAX_CHUNK } from '../shared/wsframing.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
 
 /**
@@ -16,7 +18,8 @@ import { channelId, type Channel, type ChannelEvents, type Exchange, type Upgrad
  *      both ways       `abort`    {id, message} the sender gives the stream up
  *    `headers` is a flat [name, value, name, value...] list; `body: false` means no body frames follow.
  *  - binary frames carry body bytes: 1 byte of flags (bit 0: END, the last frame of this body), the
- *    stream id as a 32-bit big-endian integer, then up to 64 KiB of payload.
+ *    stream id as a 32-bit big-endian integer, then up to 64 KiB of payload (the constants are in
+ *    src/shared/wsframing.ts, which the browser library shares).
  *  - a text frame is at most MAX_CONTROL_MESSAGE bytes, a binary one MAX_BINARY_MESSAGE: past
  *    either the channel closes with 1009, before anything is parsed.
  *
@@ -25,10 +28,7 @@ import { channelId, type Channel, type ChannelEvents, type Exchange, type Upgrad
  * stops reading visitors while the WebSocket's own send buffer is over a high-water mark.
  */
 
-export const WS_PROTOCOL = 'ptth.v1';
-export const FLAG_END = 0x01;
-export const FRAME_HEADER = 5;
-export const MAX_CHUNK = 64 * 1024;
+export { WS_PROTOCOL } from '../shared/wsframing.js';
 /** The largest binary message: a body frame's header and a full chunk. */
 export const MAX_BINARY_MESSAGE = FRAME_HEADER + MAX_CHUNK;
 /**
@@ -69,7 +69,7 @@ interface Stream {
   /** Response bytes received and not yet credited back. */
   unacked: number;
   /** The visitor's socket is full: credit waits for its 'drain'. */
-  draining: boolean;
+  waitDrain: boolean;
   timer: NodeJS.Timeout | undefined;
   finished: boolean;
 }
@@ -180,14 +180,13 @@ export class WebSocketChannel implements Channel {
       requestSent: !hasBody,
       responded: false,
       unacked: 0,
-      draining: false,
+      waitDrain: false,
       timer: undefined,
       finished: false,
     };
     this.#streams.set(id, s);
     const socket = req.socket;
-    let address = socket.remoteAddress ?? '';
-    if (address.startsWith('::ffff:') && address.includes('.')) address = address.slice(7);
+    const address = clientAddress(socket.remoteAddress);
     this.#json({
       t: 'request',
       id,
@@ -285,7 +284,8 @@ export class WebSocketChannel implements Channel {
     if (s.timer) clearTimeout(s.timer);
     s.out.length = 0;
     this.#blocked.delete(s);
-    // A body the app no longer wants (it answered early, or the stream failed) is drained, not left paused.
+    // A body the app no longer wants (it answered early, or the stream failed) is read and
+    // discarded, not left paused.
     if (!s.requestEnded) s.ex.req.resume();
     const wasAvailable = this.available;
     this.#streams.delete(s.id);
@@ -406,13 +406,13 @@ export class WebSocketChannel implements Channel {
         this.#finish(s);
         return;
       }
-      if (!ok && !s.draining) {
-        s.draining = true;
+      if (!ok && !s.waitDrain) {
+        s.waitDrain = true;
         res.once('drain', () => {
-          s.draining = false;
+          s.waitDrain = false;
           this.#ack(s, true);
         });
-      } else if (!s.draining) {
+      } else if (!s.waitDrain) {
         this.#ack(s, false);
       }
     }
@@ -441,5 +441,3 @@ export class WebSocketChannel implements Channel {
     this.events?.closed(this);
   };
 }
-
-function noop(): void {}

@@ -1,7 +1,10 @@
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { BodyPrefix } from '../http/body.js';
 import { withoutHopByHop } from '../http/headers.js';
+import { errorMessage } from '../shared/errormessage.js';
+import { targetPath } from '../shared/target.js';
 import type { ExchangeEvent } from './requestlog.js';
 import { INSPECTOR_PAGE } from './inspectpage.js';
 
@@ -10,6 +13,8 @@ import { INSPECTOR_PAGE } from './inspectpage.js';
  * stream with ?detail=1), live over SSE, with a replay button that sends a request again straight
  * to the local service.
  */
+
+/** What `startInspector` serves and how. */
 export interface InspectorOptions {
   /** The local service (connect's target). */
   target: URL;
@@ -94,25 +99,20 @@ export function replay(e: ExchangeEvent, target: URL, rewriteHost = false): Prom
         ...(target.protocol === 'https:' ? { rejectUnauthorized: false } : {}),
       });
     } catch (err) {
-      done({ status: 0, headers: [], body: '', bodyBytes: 0, truncated: false, error: (err as Error).message });
+      done({ status: 0, headers: [], body: '', bodyBytes: 0, truncated: false, error: errorMessage(err) });
       return;
     }
     req.on('timeout', () => req.destroy(new Error('no answer within 30 s')));
     req.on('response', (res) => {
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on('data', (c: Buffer) => {
-        if (size < KIB) chunks.push(c);
-        size += c.length;
-      });
+      const prefix = new BodyPrefix(KIB);
+      res.on('data', (c: Buffer) => prefix.add(c));
       const finish = (error: string | null): void => {
-        const all = Buffer.concat(chunks);
         done({
           status: res.statusCode ?? 0,
           headers: res.rawHeaders,
-          body: all.subarray(0, KIB).toString('base64'),
-          bodyBytes: size,
-          truncated: size > KIB,
+          body: prefix.kept().subarray(0, KIB).toString('base64'),
+          bodyBytes: prefix.size,
+          truncated: prefix.size > KIB,
           error,
         });
       };
@@ -149,7 +149,7 @@ export async function startInspector(port: number, options: InspectorOptions): P
       res.end('Use http://127.0.0.1 to open the inspector.\n');
       return;
     }
-    const path = (req.url ?? '/').split('?')[0];
+    const path = targetPath(req.url);
     const common = { 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' };
     if (req.method === 'GET' && path === '/') {
       res.writeHead(200, {

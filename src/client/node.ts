@@ -4,6 +4,8 @@ import * as https from 'node:https';
 import type { TLSSocket } from 'node:tls';
 import * as http2 from 'node:http2';
 import { pipeline } from 'node:stream';
+import { BodyPrefix } from '../http/body.js';
+import { fromH2Headers, toH2Headers } from '../http/h2headers.js';
 import { withBodyFraming, withoutHopByHop } from '../http/headers.js';
 import { relay } from '../http/relay.js';
 import { duplexPair } from './pair.js';
@@ -11,12 +13,16 @@ import { LOCAL_UPSTREAM, type LocalUpstream } from './proxy.js';
 import type { Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { PtthError, type ErrorCode } from '../http/errors.js';
+import { parseLinks } from '../shared/link.js';
+import { noop } from '../shared/noop.js';
 
 /**
  * The app side of PTTH/1.0, the mirror image of the gateway: dial the gateway, claim a name with
  * `Upgrade: PTTH/1.0`, then serve the requests that arrive on that same connection with an
  * ordinary node:http server (the socket is handed to it with `emit('connection')`).
  */
+
+/** Options of `listen()`. */
 export interface ListenOptions {
   /** The gateway's URL (default `http://localhost:8080`). */
   gateway?: string | URL;
@@ -89,6 +95,10 @@ export interface Splicer {
 /** Claim refusals that retrying cannot fix: the tunnel stops and reports them. */
 const FATAL = new Set([400, 401, 403, 404, 405, 413]);
 
+/**
+ * The gateway refused the claim: its status and `X-Ptth-Error` code. Its arguments come in the
+ * browser library's ServeError's order (status, message, code).
+ */
 export class ClaimError extends Error {
   readonly status: number;
   readonly code: string | undefined;
@@ -115,16 +125,6 @@ export interface TunnelEvents {
 }
 
 type Target = http.Server | http.RequestListener;
-
-/** Link: <url>; rel="related" (also inside a comma-joined Link list). */
-function linkRel(value: string | undefined, rel: string): string | undefined {
-  if (!value) return undefined;
-  const re = /<([^>]*)>\s*;([^,]*)/g;
-  for (let m = re.exec(value); m; m = re.exec(value)) {
-    if (new RegExp(`rel="?${rel}"?`, 'i').test(m[2] as string)) return m[1];
-  }
-  return undefined;
-}
 
 /**
  * A live claim: a pool of reversed connections for one name. Created by `listen()`.
@@ -183,7 +183,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       this.#resolveReady = resolve;
       this.#rejectReady = reject;
     });
-    this.#ready.catch(() => {});
+    this.#ready.catch(noop);
     this.#target = target;
     this.#upstream = typeof target === 'function' ? undefined : (target as { [LOCAL_UPSTREAM]?: LocalUpstream })[LOCAL_UPSTREAM];
     this.#splicer = options[SPLICER];
@@ -361,8 +361,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       }
       // The gateway's answer decides the mode (it may change across gateway restarts).
       if (kind === 'h2' || this.#mode === undefined) this.#mode = got;
-      const rawLink = res.headers.link;
-      const link = linkRel(Array.isArray(rawLink) ? rawLink.join(', ') : rawLink, 'related');
+      const link = parseLinks(res.headers.link).get('related');
       if (link) {
         this.url = link;
         if (this.name === undefined) this.name = new URL(link).hostname.split('.')[0];
@@ -372,14 +371,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     });
     req.on('response', (res: http.IncomingMessage) => {
       clearTimeout(deadline);
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on('data', (c: Buffer) => {
-        if (size < 4096) chunks.push(c);
-        size += c.length;
-      });
+      const prefix = new BodyPrefix(4096);
+      res.on('data', (c: Buffer) => prefix.add(c));
       res.on('end', () => {
-        const body = Buffer.concat(chunks).toString('utf8').trim().slice(0, 500);
+        const body = prefix.kept().toString('utf8').trim().slice(0, 500);
         const code = res.headers['x-ptth-error'];
         // The gateway's bodies start with the status ("403 Forbidden: ..."): do not say it twice.
         const status = String(res.statusCode ?? 0);
@@ -477,14 +472,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       for (let i = 0; i < rawHeaders.length; i += 2) {
         if ((rawHeaders[i] as string).charCodeAt(0) !== 58 /* : */) raw.push(rawHeaders[i] as string, rawHeaders[i + 1] as string);
       }
-    } else {
-      for (const name of Object.keys(headers)) {
-        if (name.charCodeAt(0) === 58) continue;
-        const value = headers[name];
-        if (Array.isArray(value)) for (const v of value) raw.push(name, v);
-        else if (value !== undefined) raw.push(name, String(value));
-      }
-    }
+    } else fromH2Headers(headers, raw);
     const up = this.#upstream;
     raw = withBodyFraming(raw, unframed);
     let out: http.ClientRequest;
@@ -515,15 +503,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       return;
     }
     out.on('response', (res: http.IncomingMessage) => {
-      const h: http2.OutgoingHttpHeaders = { ':status': res.statusCode ?? 502 };
-      const kept = withoutHopByHop(res.rawHeaders);
-      for (let i = 0; i < kept.length; i += 2) {
-        const name = (kept[i] as string).toLowerCase();
-        const prev = h[name];
-        if (prev === undefined) h[name] = kept[i + 1] as string;
-        else if (Array.isArray(prev)) prev.push(kept[i + 1] as string);
-        else h[name] = [String(prev), kept[i + 1] as string];
-      }
+      const h = toH2Headers(withoutHopByHop(res.rawHeaders), { ':status': res.statusCode ?? 502 }, false);
       if (stream.destroyed) {
         res.destroy();
         return;
@@ -616,7 +596,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#live.clear();
     this.#memAgent?.destroy();
     // Released last, so that requests in flight finish before the gateway drops the name.
-    if ((options.release ?? true) && this.privateUrl) await this.#release(this.privateUrl).catch(() => {});
+    if ((options.release ?? true) && this.privateUrl) await this.#release(this.privateUrl).catch(noop);
     this.#online = false;
     this.emit('close');
   }
@@ -664,8 +644,6 @@ class MemoryAgent extends http.Agent {
     return true;
   }
 }
-
-function noop(): void {}
 
 /**
  * Serves `target` (an `http.Server` such as an Express or Fastify app's, or a request listener)

@@ -4,6 +4,7 @@ import type { Socket } from 'node:net';
 import { pipeline } from 'node:stream';
 import { unframedBody, withBodyFraming, withoutHeaders, withoutHopByHop } from '../http/headers.js';
 import { rawHead, relay, splice } from '../http/relay.js';
+import { noop } from '../shared/noop.js';
 
 export interface LocalProxyOptions {
   /** Replace the Host header with the local service's (some dev servers check it). Default false. */
@@ -92,7 +93,7 @@ export function createLocalProxy(target: URL, options: LocalProxyOptions = {}): 
     const out = mod.request({ host, port, method: req.method, path: base + (req.url ?? '/'), headers, setHost: false, agent, ...tls });
     out.on('response', (local) => {
       res.writeHead(local.statusCode ?? 502, local.statusMessage, withoutHopByHop(local.rawHeaders));
-      relay(local, res, () => {});
+      relay(local, res, noop);
     });
     out.on('error', (err: NodeJS.ErrnoException) => {
       if (res.headersSent) {
@@ -103,11 +104,11 @@ export function createLocalProxy(target: URL, options: LocalProxyOptions = {}): 
       res.writeHead(502, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(body) });
       res.end(body);
     });
-    relay(req, out, () => {});
+    relay(req, out, noop);
   });
 
   server.on('upgrade', (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
-    socket.on('error', () => {});
+    socket.on('error', noop);
     const out = mod.request({
       host,
       port,
@@ -122,13 +123,13 @@ export function createLocalProxy(target: URL, options: LocalProxyOptions = {}): 
       socket.write(rawHead(101, local.statusMessage, local.rawHeaders));
       if (localHead.length > 0) socket.write(localHead);
       if (head.length > 0) localSocket.write(head);
-      localSocket.on('error', () => {});
-      splice(socket, localSocket, () => {});
+      localSocket.on('error', noop);
+      splice(socket, localSocket, noop);
     });
     out.on('response', (local: http.IncomingMessage) => {
       const raw = withoutHeaders(withoutHopByHop(local.rawHeaders), 'content-length');
       socket.write(rawHead(local.statusCode ?? 502, local.statusMessage, raw, 'Connection: close\r\n'));
-      pipeline(local, socket, () => {});
+      pipeline(local, socket, noop);
     });
     out.on('error', (err: NodeJS.ErrnoException) => {
       const body = `502 Bad Gateway: ptth-proxy connect could not reach ${target.origin} (${err.code ?? err.message}).\n`;

@@ -6,6 +6,8 @@ import * as https from 'node:https';
  * `request` event per visitor exchange, `released` when the name is given up. `connect` prints a
  * line per event and feeds its inspector from it, whatever transport the tunnel speaks.
  */
+
+/** A request's or response's head and the start of its body, as a detail event carries them. */
 export interface ExchangeHead {
   /** Flat [name, value, ...] as the gateway saw them. */
   headers: string[];

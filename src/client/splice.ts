@@ -3,6 +3,7 @@ import * as tls from 'node:tls';
 import type { Socket } from 'node:net';
 import { listen, SPLICER, type ChannelControl, type ListenOptions, type Splicer, type Tunnel } from './node.js';
 import { UNREACHABLE } from './proxy.js';
+import { noop } from '../shared/noop.js';
 
 /**
  * `connect`'s default mode: each reversed HTTP/1.1 (PTTH/1.0) channel is joined byte for byte to
@@ -10,6 +11,8 @@ import { UNREACHABLE } from './proxy.js';
  * closed with it. Nothing here parses HTTP: requests, responses, keep-alive, chunked bodies and
  * WebSocket upgrades are bytes the gateway and the local service frame for each other.
  */
+
+/** Options of `createSplicer()` and `splice()`. */
 export interface SpliceOptions {
   /** For an https: local service: verify its certificate (default false: it is usually self-signed). */
   rejectUnauthorized?: boolean;
@@ -32,8 +35,6 @@ export interface SpliceOptions {
 
 /** `connect`'s pool size when splicing: most reversed connections (the pool grows to it with demand). */
 export const SPLICE_CONNECTIONS = 64;
-
-function noop(): void {}
 
 /** Whether bytes start with a `101` status line (`HTTP/1.x 101 `): a look at 13 bytes, not a parse. */
 function isSwitching(chunk: Buffer): boolean {

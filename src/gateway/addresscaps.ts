@@ -1,6 +1,7 @@
 import type { Channel } from '../channels/channel.js';
 import { PtthError } from '../http/errors.js';
 import type { Registration, RouteTable } from '../routes/table.js';
+import { noop } from '../shared/noop.js';
 import { addressKey } from './ratelimit.js';
 
 /** What one client address may hold at once; 0 means no cap. */
@@ -162,5 +163,3 @@ export class AddressCaps {
     return n;
   }
 }
-
-function noop(): void {}

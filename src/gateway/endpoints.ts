@@ -10,6 +10,8 @@ import { DEMO_HTML } from './browser.js';
 import { formParams, readBody } from '../http/body.js';
 import { SERVICE_PATH } from './comet.js';
 import { EVENTS_SUFFIX, followEvents } from './events.js';
+import { errorMessage } from '../shared/errormessage.js';
+import { targetPath } from '../shared/target.js';
 
 /**
  * The gateway's own endpoints (Host is the domain, an IP literal, or outside the domain):
@@ -23,6 +25,8 @@ import { EVENTS_SUFFIX, followEvents } from './events.js';
  * the names, app addresses and counts the status page shows to loopback. (A WebSocket handshake is
  * not subject to CORS: the channel needs nothing here.)
  */
+
+/** The answer headers a page on another origin may read (`Access-Control-Expose-Headers`). */
 const CORS_EXPOSE = 'Link, Location, Requesting-Client, Retry-After, X-Ptth-Error';
 
 function cors(req: IncomingMessage, res: ServerResponse): void {
@@ -99,7 +103,7 @@ export const HEALTH_PATHS = ['/healthz', '/readyz', '/metrics'] as const;
 
 /**
  * `/healthz` (liveness: the process answers), `/readyz` (readiness: 503 once the gateway stopped
- * accepting, so a load balancer drains it) and `/metrics` (Prometheus text format). Returns false
+ * accepting, so a load balancer stops sending it new work) and `/metrics` (Prometheus text format). Returns false
  * for any other path (or /metrics when `metrics` is undefined), leaving the request untouched.
  */
 export function handleHealth(req: IncomingMessage, res: ServerResponse, path: string, ready: boolean, metrics: MetricsText | undefined): boolean {
@@ -118,7 +122,7 @@ export function handleHealth(req: IncomingMessage, res: ServerResponse, path: st
       (err: unknown) => {
         // A collector that throws must not leave the scraper hanging.
         res.writeHead(500, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' });
-        res.end(req.method === 'HEAD' ? undefined : `metrics could not be collected: ${(err as Error).message}\n`);
+        res.end(req.method === 'HEAD' ? undefined : `metrics could not be collected: ${errorMessage(err)}\n`);
       },
     );
     return true;
@@ -133,13 +137,11 @@ export function handleHealth(req: IncomingMessage, res: ServerResponse, path: st
 /**
  * A server for operators on a separate (private) port: only /metrics, /healthz and /readyz of one
  * gateway, nothing a visitor or claimant can reach. The caller listens and closes it; it outlives
- * the gateway's close() so a load balancer sees /readyz turn 503 while the gateway drains.
+ * the gateway's close() so a load balancer sees /readyz turn 503 while the gateway shuts down.
  */
 export function createAdminServer(gateway: HealthSource): Server {
   const server = createServer((req, res) => {
-    const url = req.url ?? '/';
-    const q = url.indexOf('?');
-    const path = q === -1 ? url : url.slice(0, q);
+    const path = targetPath(req.url);
     if (handleHealth(req, res, path, gateway.ready, gateway.metrics)) return;
     req.resume();
     sendError(res, new PtthError('PTTH_ERR_NO_ENDPOINT', 'The admin port serves /metrics, /healthz and /readyz only.'), req.headers.accept);
@@ -152,9 +154,7 @@ export function createAdminServer(gateway: HealthSource): Server {
 }
 
 export function handleEndpoint(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage, res: ServerResponse): void {
-  const url = req.url ?? '/';
-  const q = url.indexOf('?');
-  const path = q === -1 ? url : url.slice(0, q);
+  const path = targetPath(req.url);
   const corsAllowed = gatewayHeaders(req, res, path);
   // Preflights only where CORS applies; elsewhere OPTIONS is a method the endpoint refuses (405).
   if (req.method === 'OPTIONS' && corsAllowed) {
@@ -204,7 +204,7 @@ interface RegistrationState extends StatusRegistration {
   readonly channels: readonly (StatusRegistration['channels'][number] & { id: number; openedAt: string })[];
 }
 
-function describe(ctx: GatewayContext, req: IncomingMessage, reg: Registration): RegistrationState {
+function registrationState(ctx: GatewayContext, req: IncomingMessage, reg: Registration): RegistrationState {
   return {
     name: reg.name,
     url: publicUrlFor(ctx.settings, req, reg.name),
@@ -226,7 +226,7 @@ function describe(ctx: GatewayContext, req: IncomingMessage, reg: Registration):
 function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage, res: ServerResponse): void {
   const all = ctx.table.list();
   const listed = mayList(info, req);
-  const regs = listed ? all.map((r) => describe(ctx, req, r)) : [];
+  const regs = listed ? all.map((r) => registrationState(ctx, req, r)) : [];
   // JSON by Accept, or by ?format=json for a link a person can click.
   if (wantsJson(req.headers.accept) || /[?&]format=json(&|$)/.test(req.url ?? '')) {
     const body = JSON.stringify({
@@ -243,7 +243,7 @@ function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage
     version: info.version,
     uptime: Math.round((Date.now() - info.startedAt) / 1000),
     count: all.length,
-    registrations: listed ? all.map((r) => describe(ctx, req, r)) : undefined,
+    registrations: listed ? all.map((r) => registrationState(ctx, req, r)) : undefined,
     appUrl: publicUrlFor(ctx.settings, req, 'NAME'),
     gateway: gatewayOrigin(ctx.settings, req),
     metricsLink: info.metrics !== undefined && info.metricsPublic !== false,
@@ -258,7 +258,7 @@ function privateUrl(ctx: GatewayContext, reg: Registration, req: IncomingMessage
     case 'GET':
     case 'HEAD': {
       req.resume();
-      const state = describe(ctx, req, reg);
+      const state = registrationState(ctx, req, reg);
       const accept = req.headers.accept ?? '';
       let type: string;
       let body: string;

@@ -5,6 +5,8 @@ import { PtthError } from '../http/errors.js';
 import { clientAddress, forwardRequestHeaders } from '../http/headers.js';
 import { sendError, writeRawError } from '../http/respond.js';
 import { checkResponseHead, type ResponseHead } from '../http/response.js';
+import { noop } from '../shared/noop.js';
+import { targetPath } from '../shared/target.js';
 import { requestProto, type GatewayContext } from './context.js';
 import { Capture, followed, topicOf, type Topic } from './events.js';
 
@@ -242,12 +244,11 @@ class ObservedExchange extends VisitorExchange {
     this.#reported = true;
     const { req, res } = this;
     const url = req.url ?? '/';
-    const q = url.indexOf('?');
     const event: RequestEvent = {
       name: this.name,
       method: req.method ?? 'GET',
       url,
-      path: q === -1 ? url : url.slice(0, q),
+      path: targetPath(url),
       status: res.headersSent ? res.statusCode : 0,
       ms: performance.now() - this.#started,
       bytesIn: this.#bytesIn,
@@ -298,5 +299,3 @@ export function forwardUpgrade(ctx: GatewayContext, req: IncomingMessage, socket
   reg.upgrade(ex);
 }
 
-
-function noop(): void {}

@@ -16,6 +16,8 @@ import type { Socket } from 'node:net';
  * claim fail with a clear refusal (`undefined`) rather than corrupting the connection. The test
  * suite covers it on every node version CI runs.
  */
+
+/** The parts of node's internal HTTPParser that `hijack` uses, each checked before use. */
 interface InternalParser {
   unconsume?: () => void;
   remove?: () => void;

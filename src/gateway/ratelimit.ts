@@ -12,9 +12,10 @@ interface Bucket {
 }
 
 /**
- * Token buckets per client address, for claims and for visitor requests (issue 5: 429 with
- * `Retry-After`). IPv6 addresses count per /64, since one host usually holds a whole /64 and could
- * otherwise rotate addresses to dodge the limit.
+ * Token buckets per client address, for claims and for visitor requests: an address past its
+ * rate gets 429 with `Retry-After` rather than the capacity every other client shares. IPv6
+ * addresses count per /64, since one host usually holds a whole /64 and could otherwise rotate
+ * addresses to dodge the limit.
  *
  * Memory is bounded: buckets that have refilled completely carry no state worth keeping and are
  * swept, and past `maxAddresses` the oldest bucket is dropped (a Map iterates in insertion order,

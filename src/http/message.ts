@@ -78,7 +78,7 @@ export function parseResponse(bytes: Buffer, method: string): Promise<ParsedResp
         size += c.length;
       });
       res.on('aborted', () => fail('the body is shorter than its framing says'));
-      res.on('error', (err: NodeJS.ErrnoException) => fail(describe(err)));
+      res.on('error', (err: NodeJS.ErrnoException) => fail(parseFailure(err)));
       res.on('end', () => {
         if (!res.complete) return fail('the body is shorter than its framing says');
         // node's client destroys the connection at once when a second response follows the first
@@ -106,12 +106,13 @@ export function parseResponse(bytes: Buffer, method: string): Promise<ParsedResp
       });
     });
     req.on('upgrade', () => fail('a 101 cannot be relayed over this transport'));
-    req.on('error', (err: NodeJS.ErrnoException) => fail(describe(err)));
+    req.on('error', (err: NodeJS.ErrnoException) => fail(parseFailure(err)));
     req.end();
   });
 }
 
-function describe(err: NodeJS.ErrnoException): string {
+/** Why llhttp (or the connection under it) gave up on a reply, in words for the app's 400. */
+function parseFailure(err: NodeJS.ErrnoException): string {
   if (typeof err.code === 'string' && err.code.startsWith('HPE_')) return `${err.code}: ${err.message.replace(/^Parse Error: /, '')}`;
   if (err.code === 'ECONNRESET') return 'no complete response (it ended before its head, or had only interim 1xx responses)';
   return err.message;

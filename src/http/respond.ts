@@ -7,6 +7,8 @@ import { PtthError } from './errors.js';
  * Gateway-made responses: a short body that says what happened, as HTML for browsers, JSON when
  * `Accept` asks for it, plain text otherwise (docs/PROTOCOL.md section 9).
  */
+
+/** A gateway-made body and its Content-Type. */
 export interface Rendered {
   readonly contentType: string;
   readonly body: string;

@@ -54,7 +54,7 @@ export function checkResponseHead(
   upgrade = false,
 ): ResponseHead | PtthError {
   if (typeof status !== 'number' || !Number.isInteger(status) || ((status < 200 || status > 599) && !(upgrade && status === 101))) {
-    return bad(`status ${describe(status)} is not a final HTTP status (200 to 599)`);
+    return bad(`status ${shortForm(status)} is not a final HTTP status (200 to 599)`);
   }
   if (reason !== undefined && typeof reason !== 'string') return bad('the reason phrase is not text');
   if (reason && BAD_TEXT.test(reason)) return bad('the reason phrase holds a control character');
@@ -101,7 +101,8 @@ function bad(why: string): PtthError {
   return new PtthError('PTTH_ERR_BAD_RESPONSE', `The app sent an invalid response: ${why}.`);
 }
 
-function describe(v: unknown): string {
+/** A value the app sent, short enough to quote in a refusal: a number, a string's start, else its type. */
+function shortForm(v: unknown): string {
   return typeof v === 'number' ? String(v) : typeof v === 'string' ? JSON.stringify(v.slice(0, 20)) : typeof v;
 }
 

@@ -13,6 +13,10 @@
  * cannot be opened. It reconnects with exponential backoff and keeps its name across reconnects.
  */
 
+import { parseLinks } from '../../shared/link.js';
+import { noop } from '../../shared/noop.js';
+import { FLAG_END, FRAME_HEADER, MAX_CHUNK, WS_PROTOCOL } from '../../shared/wsframing.js';
+
 export type Transport = 'websocket' | 'comet';
 
 export interface ServeOptions {
@@ -82,7 +86,8 @@ export interface PtthServer {
 export class ServeError extends Error {
   readonly status: number;
   readonly code: string | undefined;
-  constructor(message: string, status: number, code?: string) {
+  // The Node library's ClaimError's order (status, message, code): one shape for both clients.
+  constructor(status: number, message: string, code?: string) {
     super(message);
     this.name = 'ServeError';
     this.status = status;
@@ -90,11 +95,7 @@ export class ServeError extends Error {
   }
 }
 
-// WebSocket channel framing (README "WebSocket channel framing").
-const WS_PROTOCOL = 'ptth.v1';
-const FLAG_END = 0x01;
-const FRAME_HEADER = 5;
-const MAX_CHUNK = 64 * 1024;
+/** Unsent bytes over which a response body waits for the WebSocket to send what it holds. */
 const HIGH_WATER = 1024 * 1024;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -114,14 +115,6 @@ function latin1(bytes: Uint8Array): string {
 function fromLatin1(s: string): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(s.length);
   for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i) & 0xff;
-  return out;
-}
-
-/** `Link` values, as separate lines or one comma-joined line (fetch joins them). */
-export function parseLinks(value: string | null): Record<string, string> {
-  const out: Record<string, string> = {};
-  if (!value) return out;
-  for (const m of value.matchAll(/<([^>]*)>\s*;\s*rel="?([^",;]+)"?/g)) out[m[2] as string] = m[1] as string;
   return out;
 }
 
@@ -429,7 +422,7 @@ class WsSession {
       return;
     }
     const reader = (response.body as ReadableStream<Uint8Array>).getReader();
-    stream.abort.signal.addEventListener('abort', () => void reader.cancel().catch(() => undefined));
+    stream.abort.signal.addEventListener('abort', () => void reader.cancel().catch(noop));
     try {
       for (;;) {
         const { done, value } = await reader.read();
@@ -500,7 +493,7 @@ class Server implements PtthServer {
       this.#rejectUrl = reject;
     });
     // An unobserved rejection is not an error of the page: onError and finished report it too.
-    this.url.catch(() => undefined);
+    this.url.catch(noop);
     options.signal?.addEventListener('abort', () => void this.close());
     this.finished = this.#run();
   }
@@ -598,7 +591,7 @@ class Server implements PtthServer {
         if (session.hello && !this.#stopped) this.error(new Error('the WebSocket to the gateway closed'));
         resolve(session.hello !== undefined);
       };
-      ws.onerror = () => undefined;
+      ws.onerror = noop;
     });
   }
 
@@ -606,11 +599,13 @@ class Server implements PtthServer {
     const res = await fetch(new URL('/reversehttp', this.#gateway), { method: 'POST', body: this.#params(), signal: this.#stop.signal });
     if (res.status !== 201 && res.status !== 204) {
       const text = await res.text().catch(() => '');
-      throw new ServeError(text.trim() || `the gateway answered ${res.status}`, res.status, res.headers.get('x-ptth-error') ?? undefined);
+      throw new ServeError(res.status, text.trim() || `the gateway answered ${res.status}`, res.headers.get('x-ptth-error') ?? undefined);
     }
     const links = parseLinks(res.headers.get('link'));
-    if (!links['first'] || !links['related']) throw new Error('the registration answer has no Link rel="first" and rel="related"');
-    return { first: links['first'], related: links['related'], location: res.headers.get('location') ?? '', created: res.status === 201 };
+    const first = links.get('first');
+    const related = links.get('related');
+    if (!first || !related) throw new Error('the registration answer has no Link rel="first" and rel="related"');
+    return { first, related, location: res.headers.get('location') ?? '', created: res.status === 201 };
   }
 
   /** One Comet session: a registration and its pollers; true if it came online. */
@@ -635,7 +630,7 @@ class Server implements PtthServer {
         if (!this.#stopped) this.error(err);
         return;
       }
-      const next = parseLinks(res.headers.get('link'))['next'];
+      const next = parseLinks(res.headers.get('link')).get('next');
       if (res.status === 204 && next) {
         url = next;
         continue;
@@ -672,7 +667,7 @@ class Server implements PtthServer {
       this.#stop.abort();
       this.#closeWs?.();
       if ((options.release ?? true) && this.#location) {
-        await fetch(this.#location, { method: 'DELETE' }).catch(() => undefined);
+        await fetch(this.#location, { method: 'DELETE' }).catch(noop);
       }
     }
     await this.finished;
