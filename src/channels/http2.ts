@@ -230,7 +230,7 @@ export class Http2Channel implements Channel {
   #ping: NodeJS.Timeout | undefined;
   #pingDeadline: NodeJS.Timeout | undefined;
   /** Exchanges in flight, each with what ends it when the connection breaks under it. */
-  #inflight = new Set<(err: PtthError) => void>();
+  #inflight = new Set<Breakable>();
   /** What node:http2 reads and writes: the socket, or FrameWatch around it (WATCH_GOAWAY). */
   #watch: Socket | FrameWatch;
 
@@ -350,7 +350,7 @@ export class Http2Channel implements Channel {
     const err = new PtthError('PTTH_ERR_BAD_RESPONSE', `The app broke the HTTP/2 connection (${why}); the gateway closed it.`);
     // Nothing new goes down it: the exchanges failing below would otherwise hand it queued requests.
     this.#draining = true;
-    for (const broken of [...this.#inflight]) broken(err);
+    for (const exchange of [...this.#inflight]) exchange.broken(err);
     this.#session.destroy();
     this.#socket.destroy();
   }
@@ -384,170 +384,39 @@ export class Http2Channel implements Channel {
 
   dispatch(ex: Exchange): void {
     this.#active++;
-    const { req, res } = ex;
-    let finished = false;
-    let timer: NodeJS.Timeout | undefined;
-    const finish = (): void => {
-      if (finished) return;
-      finished = true;
-      this.#inflight.delete(broken);
-      if (timer) clearTimeout(timer);
-      this.#active--;
-      this.#served++;
-      ex.done();
-      if (!this.#closed && !this.#draining) this.events?.available(this);
-    };
-    // The connection broke: before the head the visitor gets the error, after it a cut connection.
-    const broken = (err: PtthError): void => {
-      if (finished) return;
-      if (responded) res.destroy();
-      else ex.fail(err);
-      finish();
-    };
-    this.#inflight.add(broken);
-    const bodyless = req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined;
-    const encrypted = (req.socket as { encrypted?: boolean }).encrypted === true;
-    let stream: ClientHttp2Stream;
-    try {
-      const headers = h2Headers(ex.headers, {
-        ':method': req.method ?? 'GET',
-        ':path': h2Path(req.url),
-        ':scheme': encrypted ? 'https' : 'http',
-        ':authority': rawHeader(ex.headers, 'host') ?? 'localhost',
-      });
-      stream = this.#open(headers, bodyless);
-    } catch (err) {
-      // The session is already going away (GOAWAY received, not yet seen): nothing was sent.
-      const code = (err as NodeJS.ErrnoException).code;
-      const gone = code === 'ERR_HTTP2_GOAWAY_SESSION' || code === 'ERR_HTTP2_INVALID_SESSION';
-      if (gone && ex.retry) {
-        finished = true;
-        this.#inflight.delete(broken);
-        this.#active--;
-        ex.retry(this);
-        return;
-      }
-      ex.fail(
-        gone
-          ? new PtthError('PTTH_ERR_CHANNEL_LOST')
-          : new PtthError('PTTH_ERR_BAD_PARAMS', `The request could not be forwarded over HTTP/2: ${(err as Error).message}`),
-      );
-      finish();
-      return;
-    }
-    let responded = false;
-    // Node 20 sends no RST_STREAM for close() while our side of the stream is still open: a cut
-    // upload is reset with destroy(err), so the app never sees it as a complete body.
-    const cancel = (): void => {
-      if (stream.destroyed) return;
-      if (stream.writableEnded) stream.close(NGHTTP2_CANCEL);
-      else stream.destroy(new Error('The visitor went away.'));
-    };
-    const startTimer = (): void => {
-      if (responded || finished) return;
-      timer = setTimeout(() => {
-        ex.fail(new PtthError('PTTH_ERR_APP_TIMEOUT'));
-        stream.close(NGHTTP2_CANCEL);
-        finish();
-        this.#probe();
-      }, this.#options.responseTimeout);
-    };
+    const exchange = new H2Exchange(this, ex);
+    this.#inflight.add(exchange);
+    exchange.start();
+  }
 
-    stream.on('response', (headers: IncomingHttpHeaders & IncomingHttpStatusHeader) => {
-      responded = true;
-      if (timer) clearTimeout(timer);
-      const status = Number(headers[':status']);
-      // A bad head costs this stream only: HTTP/2 framing keeps the connection's other streams whole.
-      if (ex.respond(status, undefined, flatResponseHeaders(headers, status))) {
-        stream.close(NGHTTP2_CANCEL);
-        finish();
-        return;
-      }
-      // When the connection dies mid-body (the app crashed), node ends the stream as if its body
-      // were complete: no 'error', no 'aborted', only rstCode says so. Registered before the
-      // relay's pipe, so the visitor's connection is cut before the pipe could end the response
-      // (a chunked one would otherwise look whole).
-      stream.once('end', () => {
-        if (stream.rstCode !== undefined && stream.rstCode !== NGHTTP2_NO_ERROR) res.destroy();
-      });
-      // A slow visitor slows only this stream: the relay stops reading, HTTP/2 flow control holds the app.
-      relay(stream, res, (err) => {
-        if (err) res.destroy();
-        // The app answered before the visitor's body was complete: when the visitor goes away,
-        // the rest of the upload will never come, so the stream is reset.
-        else if (!req.complete) {
-          if (req.socket.destroyed) cancel();
-          else req.socket.once('close', cancel);
-        }
-        finish();
-      });
-    });
-    // The app refused the stream without processing it (it is closing: GOAWAY, or RST_STREAM
-    // REFUSED_STREAM): nothing was read of a bodyless request, so it is safe to send it again
-    // down another channel (RFC 9113 section 8.7) rather than answer 502.
-    const refused = (): boolean => {
-      if (finished || responded || !bodyless || stream.rstCode !== NGHTTP2_REFUSED_STREAM || !ex.retry) return false;
-      finished = true;
-      this.#inflight.delete(broken);
-      if (timer) clearTimeout(timer);
-      this.#active--;
-      ex.retry(this);
-      if (!this.#closed && !this.#draining) this.events?.available(this);
-      return true;
-    };
-    stream.on('error', (err: NodeJS.ErrnoException) => {
-      if (finished || responded || refused()) return;
-      ex.fail(
-        err.code === 'ERR_HTTP2_STREAM_ERROR' && !this.#closed
-          ? new PtthError('PTTH_ERR_BAD_RESPONSE', `The app reset the stream (${err.message}).`)
-          : // Node 22 and later destroy the streams with the session's error before reporting it.
-            err.code === 'ERR_HTTP2_ERROR'
-            ? new PtthError('PTTH_ERR_BAD_RESPONSE', `The app broke the HTTP/2 connection (${err.message.toLowerCase()}).`)
-            : new PtthError('PTTH_ERR_CHANNEL_LOST'),
-      );
-      finish();
-    });
-    stream.on('close', () => {
-      if (!responded && !finished && !refused()) {
-        ex.fail(new PtthError('PTTH_ERR_CHANNEL_LOST'));
-        finish();
-      }
-    });
-    res.on('close', () => {
-      // The visitor left: cancel this stream only; the connection carries on.
-      if (!res.writableFinished && !finished) {
-        cancel();
-        finish();
-      }
-    });
-    if (bodyless) {
-      req.resume();
-      startTimer();
-    } else {
-      relay(
-        req,
-        stream,
-        (err) => {
-          if (err) {
-            cancel();
-            if (!finished) finish();
-            return;
-          }
-          startTimer();
-        },
-        {
-          // An app that takes none of the body for responseTimeout (its stream window stays
-          // shut) never will: the response timer only starts once the body is sent.
-          ms: this.#options.responseTimeout,
-          onStall: () => {
-            if (!finished) ex.fail(new PtthError('PTTH_ERR_APP_TIMEOUT', 'The app stopped reading the request body.'));
-            cancel();
-            if (!finished) finish();
-            this.#probe();
-          },
-        },
-      );
-    }
+  /** Opens a stream for an exchange; throws as `session.request` does. */
+  open(headers: OutgoingHttpHeaders, endStream: boolean): ClientHttp2Stream {
+    return this.#open(headers, endStream);
+  }
+
+  get responseTimeout(): number {
+    return this.#options.responseTimeout;
+  }
+
+  /** See #probe: a stream timed out, the connection may be dead. */
+  probe(): void {
+    this.#probe();
+  }
+
+  /** An exchange is over or went back to its registration: its stream no longer counts. */
+  release(exchange: Breakable, served: boolean): void {
+    this.#inflight.delete(exchange);
+    this.#active--;
+    if (served) this.#served++;
+  }
+
+  /** Tells the registration the channel can take another request, unless it is going away. */
+  offer(): void {
+    if (!this.#closed && !this.#draining) this.events?.available(this);
+  }
+
+  get gone(): boolean {
+    return this.#closed;
   }
 
   /** A visitor's WebSocket upgrade as RFC 8441 extended CONNECT; the gateway writes the 101. */
@@ -566,7 +435,7 @@ export class Http2Channel implements Channel {
     const finish = (): void => {
       if (finished) return;
       finished = true;
-      this.#inflight.delete(broken);
+      this.#inflight.delete(entry);
       this.#active--;
       this.#served++;
       ex.done();
@@ -578,7 +447,8 @@ export class Http2Channel implements Channel {
       else ex.fail(err);
       finish();
     };
-    this.#inflight.add(broken);
+    const entry: Breakable = { broken };
+    this.#inflight.add(entry);
     const raw = withoutHeaders(ex.headers, 'sec-websocket-key', 'connection', 'upgrade');
     let stream: ClientHttp2Stream;
     try {
@@ -642,6 +512,225 @@ export class Http2Channel implements Channel {
       finish();
     });
   }
+}
+
+/** What the channel ends when the connection breaks under it: an exchange or an upgrade. */
+interface Breakable {
+  broken(err: PtthError): void;
+}
+
+/**
+ * One visitor request on a reversed HTTP/2 connection, start to end: its stream, its response
+ * timer, and the once-only transitions (finish, hand-back) that give the stream back to the channel.
+ */
+class H2Exchange implements Breakable {
+  readonly #channel: Http2Channel;
+  readonly #ex: Exchange;
+  readonly #bodyless: boolean;
+  #stream: ClientHttp2Stream | undefined;
+  #finished = false;
+  #responded = false;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(channel: Http2Channel, ex: Exchange) {
+    this.#channel = channel;
+    this.#ex = ex;
+    const h = ex.req.headers;
+    this.#bodyless = h['content-length'] === undefined && h['transfer-encoding'] === undefined;
+  }
+
+  start(): void {
+    const stream = this.#open();
+    if (!stream) return;
+    this.#stream = stream;
+    stream.on('response', this.#onResponse);
+    stream.on('error', this.#onStreamError);
+    stream.on('close', this.#onStreamClose);
+    this.#ex.res.on('close', this.#onVisitorClose);
+    const { req } = this.#ex;
+    if (this.#bodyless) {
+      req.resume();
+      this.#startTimer();
+    } else {
+      relay(req, stream, this.#onUploadEnd, {
+        // An app that takes none of the body for responseTimeout (its stream window stays
+        // shut) never will: the response timer only starts once the body is sent.
+        ms: this.#channel.responseTimeout,
+        onStall: this.#onUploadStall,
+      });
+    }
+  }
+
+  /** The connection broke: before the head the visitor gets the error, after it a cut connection. */
+  broken(err: PtthError): void {
+    if (this.#finished) return;
+    if (this.#responded) this.#ex.res.destroy();
+    else this.#ex.fail(err);
+    this.#finish();
+  }
+
+  #finish(): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#channel.release(this, true);
+    this.#ex.done();
+    this.#channel.offer();
+  }
+
+  /** Back to the registration, unserved: the app provably did not process it. */
+  #handBack(retry: (refusedBy: Channel) => void, available: boolean): void {
+    this.#finished = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#channel.release(this, false);
+    retry(this.#channel);
+    if (available) this.#channel.offer();
+  }
+
+  #open(): ClientHttp2Stream | undefined {
+    const ex = this.#ex;
+    const { req } = ex;
+    const encrypted = (req.socket as { encrypted?: boolean }).encrypted === true;
+    try {
+      const headers = h2Headers(ex.headers, {
+        ':method': req.method ?? 'GET',
+        ':path': h2Path(req.url),
+        ':scheme': encrypted ? 'https' : 'http',
+        ':authority': rawHeader(ex.headers, 'host') ?? 'localhost',
+      });
+      return this.#channel.open(headers, this.#bodyless);
+    } catch (err) {
+      // The session is already going away (GOAWAY received, not yet seen): nothing was sent.
+      const code = (err as NodeJS.ErrnoException).code;
+      const gone = code === 'ERR_HTTP2_GOAWAY_SESSION' || code === 'ERR_HTTP2_INVALID_SESSION';
+      if (gone && ex.retry) {
+        this.#handBack(ex.retry, false);
+        return undefined;
+      }
+      ex.fail(
+        gone
+          ? new PtthError('PTTH_ERR_CHANNEL_LOST')
+          : new PtthError('PTTH_ERR_BAD_PARAMS', `The request could not be forwarded over HTTP/2: ${(err as Error).message}`),
+      );
+      this.#finish();
+      return undefined;
+    }
+  }
+
+  /**
+   * Node 20 sends no RST_STREAM for close() while our side of the stream is still open: a cut
+   * upload is reset with destroy(err), so the app never sees it as a complete body.
+   */
+  #cancel = (): void => {
+    const stream = this.#stream;
+    if (!stream || stream.destroyed) return;
+    if (stream.writableEnded) stream.close(NGHTTP2_CANCEL);
+    else stream.destroy(new Error('The visitor went away.'));
+  };
+
+  #startTimer(): void {
+    if (this.#responded || this.#finished) return;
+    this.#timer = setTimeout(this.#onTimeout, this.#channel.responseTimeout);
+  }
+
+  #onTimeout = (): void => {
+    this.#ex.fail(new PtthError('PTTH_ERR_APP_TIMEOUT'));
+    this.#stream?.close(NGHTTP2_CANCEL);
+    this.#finish();
+    this.#channel.probe();
+  };
+
+  #onResponse = (headers: IncomingHttpHeaders & IncomingHttpStatusHeader): void => {
+    const stream = this.#stream as ClientHttp2Stream;
+    const { res } = this.#ex;
+    this.#responded = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    const status = Number(headers[':status']);
+    // A bad head costs this stream only: HTTP/2 framing keeps the connection's other streams whole.
+    if (this.#ex.respond(status, undefined, flatResponseHeaders(headers, status))) {
+      stream.close(NGHTTP2_CANCEL);
+      this.#finish();
+      return;
+    }
+    // When the connection dies mid-body (the app crashed), node ends the stream as if its body
+    // were complete: no 'error', no 'aborted', only rstCode says so. Registered before the
+    // relay's pipe, so the visitor's connection is cut before the pipe could end the response
+    // (a chunked one would otherwise look whole).
+    stream.once('end', () => {
+      if (stream.rstCode !== undefined && stream.rstCode !== NGHTTP2_NO_ERROR) res.destroy();
+    });
+    // A slow visitor slows only this stream: the relay stops reading, HTTP/2 flow control holds the app.
+    relay(stream, res, this.#onDownloadEnd);
+  };
+
+  #onDownloadEnd = (err?: Error | null): void => {
+    const { req, res } = this.#ex;
+    if (err) res.destroy();
+    // The app answered before the visitor's body was complete: when the visitor goes away,
+    // the rest of the upload will never come, so the stream is reset.
+    else if (!req.complete) {
+      if (req.socket.destroyed) this.#cancel();
+      else req.socket.once('close', this.#cancel);
+    }
+    this.#finish();
+  };
+
+  /**
+   * The app refused the stream without processing it (it is closing: GOAWAY, or RST_STREAM
+   * REFUSED_STREAM): nothing was read of a bodyless request, so it is safe to send it again
+   * down another channel (RFC 9113 section 8.7) rather than answer 502.
+   */
+  #refused(): boolean {
+    const { retry } = this.#ex;
+    if (this.#finished || this.#responded || !this.#bodyless || !retry) return false;
+    if (this.#stream?.rstCode !== NGHTTP2_REFUSED_STREAM) return false;
+    this.#handBack(retry, true);
+    return true;
+  }
+
+  #onStreamError = (err: NodeJS.ErrnoException): void => {
+    if (this.#finished || this.#responded || this.#refused()) return;
+    this.#ex.fail(
+      err.code === 'ERR_HTTP2_STREAM_ERROR' && !this.#channel.gone
+        ? new PtthError('PTTH_ERR_BAD_RESPONSE', `The app reset the stream (${err.message}).`)
+        : // Node 22 and later destroy the streams with the session's error before reporting it.
+          err.code === 'ERR_HTTP2_ERROR'
+          ? new PtthError('PTTH_ERR_BAD_RESPONSE', `The app broke the HTTP/2 connection (${err.message.toLowerCase()}).`)
+          : new PtthError('PTTH_ERR_CHANNEL_LOST'),
+    );
+    this.#finish();
+  };
+
+  #onStreamClose = (): void => {
+    if (!this.#responded && !this.#finished && !this.#refused()) {
+      this.#ex.fail(new PtthError('PTTH_ERR_CHANNEL_LOST'));
+      this.#finish();
+    }
+  };
+
+  /** The visitor left: cancel this stream only; the connection carries on. */
+  #onVisitorClose = (): void => {
+    if (!this.#ex.res.writableFinished && !this.#finished) {
+      this.#cancel();
+      this.#finish();
+    }
+  };
+
+  #onUploadEnd = (err?: Error | null): void => {
+    if (err) {
+      this.#cancel();
+      this.#finish();
+      return;
+    }
+    this.#startTimer();
+  };
+
+  #onUploadStall = (): void => {
+    if (!this.#finished) this.#ex.fail(new PtthError('PTTH_ERR_APP_TIMEOUT', 'The app stopped reading the request body.'));
+    this.#cancel();
+    this.#finish();
+    this.#channel.probe();
+  };
 }
 
 function noop(): void {}
