@@ -16,6 +16,7 @@ import { startInspector, type Inspector } from './client/inspect.js';
 import { formatLine, watchEvents, type EventWatch } from './client/requestlog.js';
 import { claimMessage } from './client/messages.js';
 import { VERSION } from './version.js';
+import { errorMessage } from './shared/errormessage.js';
 
 /** The only module that prints. */
 function int(min: number) {
@@ -80,7 +81,7 @@ serve.action(async (_o: unknown, command: Command) => {
   try {
     config = resolveServeConfig(command.opts<ServeConfig>(), sources).values;
   } catch (e) {
-    err(`ptth-proxy serve: ${(e as Error).message}`);
+    err(`ptth-proxy serve: ${errorMessage(e)}`);
     process.exit(2);
   }
   await runServe(config);
@@ -101,7 +102,7 @@ function commanderOption(spec: ServeOptionSpec): Option {
       try {
         return parseValue(spec, value);
       } catch (e) {
-        throw new InvalidArgumentError((e as Error).message);
+        throw new InvalidArgumentError(errorMessage(e));
       }
     });
   }
@@ -113,7 +114,7 @@ function readPem(path: string, what: string): Buffer {
   try {
     return readFileSync(path);
   } catch (e) {
-    throw new Error(`cannot read ${what} ${path}: ${(e as Error).message}`);
+    throw new Error(`cannot read ${what} ${path}: ${errorMessage(e)}`);
   }
 }
 
@@ -183,7 +184,7 @@ async function createServeGateway(c: ServeValues, loadTls: () => TlsOptions | un
     if (access) options.access = access;
     return createGateway(options);
   } catch (e) {
-    err(`ptth-proxy serve: ${(e as Error).message}`);
+    err(`ptth-proxy serve: ${errorMessage(e)}`);
     process.exit(2);
   }
 }
@@ -199,7 +200,7 @@ async function listenAdmin(gateway: Gateway, c: ServeValues): Promise<Server | u
       admin.listen(adminPort, c.adminHost, () => resolve());
     });
   } catch (e) {
-    err(`ptth-proxy: cannot listen on admin port ${adminPort}: ${(e as Error).message}`);
+    err(`ptth-proxy: cannot listen on admin port ${adminPort}: ${errorMessage(e)}`);
     process.exit(1);
   }
   return admin;
@@ -240,7 +241,7 @@ function reloadOnSighup(gateway: Gateway, logger: Logger, loadTls: () => TlsOpti
         logger.info({ event: 'reload', what: 'tls' }, 'SIGHUP: reloaded the TLS certificate and key');
       }
     } catch (e) {
-      logger.error({ event: 'reload', what: 'tls' }, `SIGHUP: TLS reload failed, keeping the old certificate: ${(e as Error).message}`);
+      logger.error({ event: 'reload', what: 'tls' }, `SIGHUP: TLS reload failed, keeping the old certificate: ${errorMessage(e)}`);
     }
     if (keysFile === undefined) return;
     loadAccessConfig({ file: keysFile }).then(
@@ -251,7 +252,7 @@ function reloadOnSighup(gateway: Gateway, logger: Logger, loadTls: () => TlsOpti
           logger.warn({ event: 'reload', what: 'keys' }, `SIGHUP: ${keysFile} has no "keys": this gateway is now open, anyone who can reach it may claim any free name`);
         }
       },
-      (e: unknown) => logger.error({ event: 'reload', what: 'keys' }, `SIGHUP: keys reload failed, keeping the old keys: ${(e as Error).message}`),
+      (e: unknown) => logger.error({ event: 'reload', what: 'keys' }, `SIGHUP: keys reload failed, keeping the old keys: ${errorMessage(e)}`),
     );
   });
 }
@@ -290,7 +291,7 @@ async function runServe(c: ServeValues): Promise<void> {
   try {
     addr = await gateway.listen(c.port, c.host);
   } catch (e) {
-    err(`ptth-proxy: cannot listen on port ${String(c.port)}: ${(e as Error).message}`);
+    err(`ptth-proxy: cannot listen on port ${String(c.port)}: ${errorMessage(e)}`);
     process.exit(1);
   }
   // One line per visitor request (an access log) at info; --quiet keeps only the 5xx ones (warn).
@@ -329,7 +330,7 @@ function connectTarget(spec: string, o: ConnectFlags): URL {
   try {
     target = parseTarget(spec);
   } catch (e) {
-    err(`ptth-proxy connect: ${(e as Error).message}`);
+    err(`ptth-proxy connect: ${errorMessage(e)}`);
     process.exit(2);
   }
   if (o.http1 === true && o.http2 === true) {
@@ -360,7 +361,7 @@ async function connectInspector(o: ConnectFlags, target: URL): Promise<Inspector
   try {
     return await startInspector(port, { target, rewriteHost: o.rewriteHost === true });
   } catch (e) {
-    err(`ptth-proxy connect: cannot serve the inspector on 127.0.0.1:${port}: ${(e as Error).message}`);
+    err(`ptth-proxy connect: cannot serve the inspector on 127.0.0.1:${port}: ${errorMessage(e)}`);
     process.exit(1);
   }
 }
@@ -384,7 +385,7 @@ function openTunnel(target: URL, o: ConnectFlags, spliced: boolean, onReach: (e:
           ...(o.http1 === true ? { http1: true } : {}),
         });
   } catch (e) {
-    err(`ptth-proxy connect: ${(e as Error).message}`);
+    err(`ptth-proxy connect: ${errorMessage(e)}`);
     process.exit(2);
   }
 }
@@ -575,7 +576,7 @@ program
         maxChannels: o.maxChannels,
       });
     } catch (e) {
-      err(`ptth-proxy key: ${(e as Error).message}`);
+      err(`ptth-proxy key: ${errorMessage(e)}`);
       process.exit(2);
     }
     out('Access key (give it to the app: ptth-proxy connect --key KEY, or PTTH_KEY; the gateway keeps only its hash):');
@@ -587,6 +588,6 @@ program
 program.parseAsync().catch((e: unknown) => {
   // Commander has printed its message already; --help and --version come here too, with exit code 0.
   if (e instanceof CommanderError) process.exit(e.exitCode === 0 ? 0 : 2);
-  err(`ptth-proxy: ${(e as Error).message}`);
+  err(`ptth-proxy: ${errorMessage(e)}`);
   process.exit(1);
 });

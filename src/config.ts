@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { parseRate } from './gateway/ratelimit.js';
+import { errorMessage } from './shared/errormessage.js';
 
 /**
  * `ptth-proxy serve`'s side of the options table (src/options.ts): each option's value from the
@@ -93,7 +94,7 @@ function readConfigFile(path: string, readFile: (path: string) => string): Parti
     // Some editors start a UTF-8 file with a byte order mark, which JSON.parse refuses.
     json = JSON.parse(readFile(path).replace(/^\uFEFF/, ''));
   } catch (e) {
-    throw new TypeError(`config file ${path}: ${(e as Error).message}`);
+    throw new TypeError(`config file ${path}: ${errorMessage(e)}`);
   }
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw new TypeError(`config file ${path}: expected a JSON object of options`);
@@ -108,7 +109,7 @@ function readConfigFile(path: string, readFile: (path: string) => string): Parti
     try {
       file[spec.key] = parseValue(spec, raw);
     } catch (e) {
-      throw new TypeError(`config file ${path}: ${key}: ${(e as Error).message}`);
+      throw new TypeError(`config file ${path}: ${key}: ${errorMessage(e)}`);
     }
   }
   return file;
@@ -131,7 +132,7 @@ export function resolveServeConfig(
     try {
       return parseValue(spec, raw);
     } catch (e) {
-      throw new TypeError(`${name}: ${(e as Error).message}`);
+      throw new TypeError(`${name}: ${errorMessage(e)}`);
     }
   };
   const onCli = (key: ServeKey): boolean => cliSources[key] === 'cli';

@@ -2,7 +2,7 @@ import pino from 'pino';
 import { isColorSupported, prettyFactory } from 'pino-pretty';
 import type { AddressInfo } from 'node:net';
 import type { Channel } from './channels/channel.js';
-import type { RequestEvent } from './gateway/forward.js';
+import type { RequestEvent } from './gateway/eventmap.js';
 import type { Gateway, GatewayEvents } from './gateway/server.js';
 import type { Registration } from './routes/table.js';
 import type { CometEvent } from './gateway/comet.js';

@@ -12,8 +12,11 @@ import type { Socket } from 'node:net';
 import { Duplex, pipeline } from 'node:stream';
 import { PtthError } from '../http/errors.js';
 import { clientAddress, hasToken, rawHeader, withoutHeaders } from '../http/headers.js';
+import { fromH2Headers, toH2Headers } from '../http/h2headers.js';
 import { leaveOnEnd, rawHead, relay, splice } from '../http/relay.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
+import { noop } from '../shared/noop.js';
+import { errorMessage } from '../shared/errormessage.js';
 
 export interface Http2ChannelOptions {
   /** Milliseconds from the end of the request body to the app's response head (504 past it). */
@@ -176,35 +179,10 @@ export function h2Path(url: string | undefined): string {
   return rest.startsWith('/') ? rest : `/${rest}`;
 }
 
-/** Converts the forward-ready flat header list into an HTTP/2 header object (lower-case names). */
-function h2Headers(raw: readonly string[], pseudo: OutgoingHttpHeaders): OutgoingHttpHeaders {
-  const out: OutgoingHttpHeaders = pseudo;
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = (raw[i] as string).toLowerCase();
-    const value = raw[i + 1] as string;
-    if (name === 'host') continue; // carried as :authority (RFC 9113 section 8.3.1)
-    const prev = out[name];
-    if (prev === undefined) out[name] = value;
-    else if (name === 'cookie') out[name] = `${String(prev)}; ${value}`; // RFC 9113 section 8.2.3
-    else if (Array.isArray(prev)) prev.push(value);
-    else out[name] = [String(prev), value];
-  }
-  return out;
-}
-
 /** An HTTP/2 response header object as a flat list for node:http's writeHead (pseudo-headers dropped). */
 function flatResponseHeaders(headers: IncomingHttpHeaders, status: number): string[] {
-  const out: string[] = [];
   // RFC 9110 section 8.6: no Content-Length in a 1xx or 204 response.
-  const noLength = status < 200 || status === 204;
-  for (const name of Object.keys(headers)) {
-    if (name.charCodeAt(0) === 58 /* : */ || (noLength && name === 'content-length')) continue;
-    const value = headers[name];
-    if (value === undefined) continue;
-    if (Array.isArray(value)) for (const v of value) out.push(name, v);
-    else out.push(name, String(value));
-  }
-  return out;
+  return fromH2Headers(headers, [], status < 200 || status === 204 ? 'content-length' : undefined);
 }
 
 /**
@@ -224,7 +202,7 @@ export class Http2Channel implements Channel {
   #active = 0;
   #served = 0;
   #closed = false;
-  #draining = false;
+  #closing = false;
   /** The app's SETTINGS have arrived. */
   #settled = false;
   #ping: NodeJS.Timeout | undefined;
@@ -264,7 +242,7 @@ export class Http2Channel implements Channel {
     });
     // The app is going away: finish what is in flight, take nothing new.
     session.on('goaway', () => {
-      this.#draining = true;
+      this.#closing = true;
     });
     session.on('close', this.#onClose);
     // Not the socket's own 'close': bytes it read may still be on their way through the watch.
@@ -291,7 +269,7 @@ export class Http2Channel implements Channel {
     // A session node:http2 already closed or destroyed (a connection error, its 'close' not yet
     // run) opens no stream: a request handed to it would fail with 502 though nothing was sent.
     const session = this.#session;
-    return !this.#closed && !this.#draining && !session.closed && !session.destroyed && this.#active < this.capacity;
+    return !this.#closed && !this.#closing && !session.closed && !session.destroyed && this.#active < this.capacity;
   }
   /** RFC 8441: the app said it accepts extended CONNECT. */
   get upgradable(): boolean {
@@ -349,7 +327,7 @@ export class Http2Channel implements Channel {
     if (this.#closed) return;
     const err = new PtthError('PTTH_ERR_BAD_RESPONSE', `The app broke the HTTP/2 connection (${why}); the gateway closed it.`);
     // Nothing new goes down it: the exchanges failing below would otherwise hand it queued requests.
-    this.#draining = true;
+    this.#closing = true;
     for (const exchange of [...this.#inflight]) exchange.broken(err);
     this.#session.destroy();
     this.#socket.destroy();
@@ -372,7 +350,7 @@ export class Http2Channel implements Channel {
   /** GOAWAY: streams in flight finish, then the connection closes (the client reconnects). */
   close(): void {
     if (this.#closed) return;
-    this.#draining = true;
+    this.#closing = true;
     this.#session.close();
     const timer = setTimeout(() => this.#socket.destroy(), 5_000);
     timer.unref();
@@ -412,7 +390,7 @@ export class Http2Channel implements Channel {
 
   /** Tells the registration the channel can take another request, unless it is going away. */
   offer(): void {
-    if (!this.#closed && !this.#draining) this.events?.available(this);
+    if (!this.#closed && !this.#closing) this.events?.available(this);
   }
 
   get gone(): boolean {
@@ -439,7 +417,7 @@ export class Http2Channel implements Channel {
       this.#active--;
       this.#served++;
       ex.done();
-      if (!this.#closed && !this.#draining) this.events?.available(this);
+      if (!this.#closed && !this.#closing) this.events?.available(this);
     };
     const broken = (err: PtthError): void => {
       if (finished) return;
@@ -453,17 +431,17 @@ export class Http2Channel implements Channel {
     let stream: ClientHttp2Stream;
     try {
       stream = this.#open(
-        h2Headers(raw, {
+        toH2Headers(raw, {
           ':method': 'CONNECT',
           ':protocol': 'websocket',
           ':scheme': (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http',
           ':path': req.url ?? '/',
           ':authority': rawHeader(ex.headers, 'host') ?? 'localhost',
-        }),
+        }, true),
         false,
       );
     } catch (err) {
-      ex.fail(new PtthError('PTTH_ERR_BAD_PARAMS', `The upgrade could not be forwarded: ${(err as Error).message}`));
+      ex.fail(new PtthError('PTTH_ERR_BAD_PARAMS', `The upgrade could not be forwarded: ${errorMessage(err)}`));
       finish();
       return;
     }
@@ -592,12 +570,12 @@ class H2Exchange implements Breakable {
     const { req } = ex;
     const encrypted = (req.socket as { encrypted?: boolean }).encrypted === true;
     try {
-      const headers = h2Headers(ex.headers, {
+      const headers = toH2Headers(ex.headers, {
         ':method': req.method ?? 'GET',
         ':path': h2Path(req.url),
         ':scheme': encrypted ? 'https' : 'http',
         ':authority': rawHeader(ex.headers, 'host') ?? 'localhost',
-      });
+      }, true);
       return this.#channel.open(headers, this.#bodyless);
     } catch (err) {
       // The session is already going away (GOAWAY received, not yet seen): nothing was sent.
@@ -610,7 +588,7 @@ class H2Exchange implements Breakable {
       ex.fail(
         gone
           ? new PtthError('PTTH_ERR_CHANNEL_LOST')
-          : new PtthError('PTTH_ERR_BAD_PARAMS', `The request could not be forwarded over HTTP/2: ${(err as Error).message}`),
+          : new PtthError('PTTH_ERR_BAD_PARAMS', `The request could not be forwarded over HTTP/2: ${errorMessage(err)}`),
       );
       this.#finish();
       return undefined;
@@ -733,4 +711,3 @@ class H2Exchange implements Breakable {
   };
 }
 
-function noop(): void {}

@@ -28,7 +28,6 @@ import { channelId, type Channel, type ChannelEvents, type Exchange, type Upgrad
  * stops reading visitors while the WebSocket's own send buffer is over a high-water mark.
  */
 
-export { WS_PROTOCOL } from '../shared/wsframing.js';
 /** The largest binary message: a body frame's header and a full chunk. */
 export const MAX_BINARY_MESSAGE = FRAME_HEADER + MAX_CHUNK;
 /**

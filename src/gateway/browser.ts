@@ -2,7 +2,8 @@ import { readFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { MAX_MESSAGE, WebSocketChannel, WS_PROTOCOL } from '../channels/websocket.js';
+import { MAX_MESSAGE, WebSocketChannel } from '../channels/websocket.js';
+import { WS_PROTOCOL } from '../shared/wsframing.js';
 import { PtthError, isPtthError } from '../http/errors.js';
 import { sendError } from '../http/respond.js';
 import { readClaimParams, type ClaimParams } from '../routes/registration.js';
@@ -15,6 +16,8 @@ import type { ClaimEvent } from './eventmap.js';
 import { claimantName, refuseClaim } from './refuse.js';
 import { clientAddress } from '../http/headers.js';
 import { numberOption } from '../options.js';
+import { noop } from '../shared/noop.js';
+import { targetQuery } from '../shared/target.js';
 
 /**
  * Everything browsers (and plain HTTP clients) need: the Comet service (`/reversehttp`), the
@@ -156,9 +159,7 @@ export class BrowserEndpoints {
     let params: ClaimParams;
     let accessKey: string | undefined;
     try {
-      const url = req.url ?? '/';
-      const q = url.indexOf('?');
-      const query = new URLSearchParams(q === -1 ? '' : url.slice(q + 1));
+      const query = new URLSearchParams(targetQuery(req.url));
       params = readClaimParams(query, ctx.settings.maxLease);
       accessKey = headerKey(req) ?? (query.get('key') || undefined);
     } catch (err) {
@@ -203,7 +204,6 @@ export class BrowserEndpoints {
   }
 }
 
-function noop(): void {}
 
 /**
  * The live demo on the gateway's home page: the tab claims a name with /ptth.js and answers

@@ -12,6 +12,9 @@ import type { ClaimEvent } from './eventmap.js';
 import { claimantName, refuseClaim } from './refuse.js';
 import { hijack, watchNextMessage } from './hijack.js';
 import { addressKey } from './ratelimit.js';
+import { targetQuery } from '../shared/target.js';
+import { noop } from '../shared/noop.js';
+import { BoundedBody, declaresMoreThan } from '../http/body.js';
 
 /**
  * Native claims (docs/PROTOCOL.md section 2): `Upgrade: PTTH/1.0` on any path of the gateway host or
@@ -26,9 +29,7 @@ import { addressKey } from './ratelimit.js';
 function claimParams(ctx: GatewayContext, req: IncomingMessage, hostName: string | undefined, body: Buffer | undefined): ClaimParams {
   let params: URLSearchParams;
   try {
-    const url = req.url ?? '/';
-    const q = url.indexOf('?');
-    params = new URLSearchParams(q === -1 ? '' : url.slice(q + 1));
+    params = new URLSearchParams(targetQuery(req.url));
     const type = req.headers['content-type'] ?? '';
     if (body && body.length > 0 && type.toLowerCase().startsWith('application/x-www-form-urlencoded')) {
       for (const [k, v] of new URLSearchParams(body.toString('latin1'))) if (!params.has(k)) params.set(k, v);
@@ -286,13 +287,11 @@ export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res:
   }
   const nextMessage = watchNextMessage(req);
   const limit = ctx.settings.claimBodyLimit;
-  const declared = Number(req.headers['content-length'] ?? 0);
-  if (declared > limit) {
+  if (declaresMoreThan(req, limit)) {
     fail(new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE'));
     return;
   }
-  const chunks: Buffer[] = [];
-  let got = 0;
+  const body = new BoundedBody(limit);
   let failed = false;
   const timer = setTimeout(() => {
     failed = true;
@@ -301,14 +300,12 @@ export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res:
   }, ctx.settings.claimTimeout);
   req.on('data', (chunk: Buffer) => {
     if (failed) return;
-    got += chunk.length;
-    if (got > limit) {
+    if (body.add(chunk) === 'too-large') {
       failed = true;
       clearTimeout(timer);
       fail(new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE'));
       return;
     }
-    chunks.push(chunk);
   });
   req.on('error', () => clearTimeout(timer));
   req.on('end', () => {
@@ -321,7 +318,7 @@ export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res:
     }
     let params: ClaimParams;
     try {
-      params = claimParams(ctx, req, hostName, Buffer.concat(chunks, got));
+      params = claimParams(ctx, req, hostName, body.take());
       name = params.name;
     } catch (err) {
       fail(isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'));
@@ -353,4 +350,3 @@ function alpnHeader(req: IncomingMessage): string | undefined {
   return Array.isArray(v) ? v.join(',') : v;
 }
 
-function noop(): void {}

@@ -2,6 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import type { AccessControl } from '../routes/access.js';
 import type { AddressCaps } from './addresscaps.js';
+import type { EmitGatewayEvent } from './eventmap.js';
 import type { RouteTable } from '../routes/table.js';
 import { hostname } from './classify.js';
 
@@ -48,7 +49,7 @@ export interface GatewayContext {
   /** Names, channels and connections one client address may hold at once. */
   readonly caps: AddressCaps;
   /** Emits a gateway event for the CLI or the embedding program. */
-  emit(event: string, ...args: unknown[]): void;
+  readonly emit: EmitGatewayEvent;
   /** Whether anyone listens to per-request events (kept off the hot path otherwise). */
   readonly observed: { requests: boolean };
   /** True once close() began: new registrations of any kind are refused with 503. */

@@ -1,6 +1,30 @@
 import type { AddressInfo } from 'node:net';
 import type { TableEvents } from '../routes/table.js';
-import type { RequestEvent } from './forward.js';
+
+/**
+ * One visitor request as the `request` event reports it (built only while someone listens).
+ * `status` is 0 when the visitor left before any response head went out.
+ */
+export interface RequestEvent {
+  /** The app name from the Host header (registered or not). */
+  name: string;
+  method: string;
+  /** The request target as sent, query string included. */
+  url: string;
+  /** `url` without its query string (what logs show; queries may carry secrets). */
+  path: string;
+  status: number;
+  /** Milliseconds from the request reaching the gateway to the end of its response. */
+  ms: number;
+  /** Request body bytes read from the visitor. */
+  bytesIn: number;
+  /** Response body bytes written to the visitor. */
+  bytesOut: number;
+  /** The visitor's address. */
+  remote: string;
+  /** The PTTH_ERR_* code when the gateway answered (X-Ptth-Error) or cut the response. */
+  error: string | undefined;
+}
 
 /**
  * One request to the Comet endpoint, for the log (event `comet`): what it was, how it was answered.

@@ -5,6 +5,7 @@ import { sendError, writeRawError } from '../http/respond.js';
 import { loggableName, queryName } from '../routes/registration.js';
 import type { GatewayContext } from './context.js';
 import type { RefuseEvent } from './eventmap.js';
+import { noop } from '../shared/noop.js';
 
 /**
  * The one way a request or upgrade is turned away before it reaches an app, as ws's abortHandshake
@@ -47,4 +48,3 @@ export function refuseClaim(
   refuse(req, to, err, options);
 }
 
-function noop(): void {}

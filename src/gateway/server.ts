@@ -20,6 +20,8 @@ import { GatewayMetrics } from './metrics.js';
 import { AccessControl, type AccessConfig } from '../routes/access.js';
 import { isLoopback, parseRate, RateLimiter, type RateSpec } from './ratelimit.js';
 import { AddressCaps } from './addresscaps.js';
+import { targetPath } from '../shared/target.js';
+import { errorMessage } from '../shared/errormessage.js';
 
 export type { GatewayEvents };
 
@@ -149,7 +151,7 @@ function rateFrom(name: string, value: RateSpec | string | false | undefined, fa
   try {
     spec = typeof value === 'object' ? value : parseRate(value ?? fallback);
   } catch (e) {
-    throw new TypeError(`${name}: ${(e as Error).message}`);
+    throw new TypeError(`${name}: ${errorMessage(e)}`);
   }
   return spec && new RateLimiter(spec);
 }
@@ -342,7 +344,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const arrival = this.#arrive(req, false);
     const route = arrival.route;
     // The gateway's own headers even on a refusal: its answers are never framed or sniffed.
-    if (route.kind === 'gateway' || route.kind === 'comet') gatewayHeaders(req, res, pathOf(req.url));
+    if (route.kind === 'gateway' || route.kind === 'comet') gatewayHeaders(req, res, targetPath(req.url));
     const admission = admit(arrival, this.#buckets);
     if (!admission.admitted) {
       if (route.kind === 'visitor') return refuseVisitor(ctx, req, res, route.name, admission.error);
@@ -362,7 +364,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const socket = req.socket;
     const problem = this.#crowded.has(socket) ? this.caps.connectionsError() : this.#badHead(req);
     const { host, upgrade } = req.headers;
-    const head = upgraded ? { host, upgrade } : { host, upgrade, method: req.method, path: pathOf(req.url) };
+    const head = upgraded ? { host, upgrade } : { host, upgrade, method: req.method, path: targetPath(req.url) };
     const route = classify(head, this.#ctx.settings.domain);
     return { route, upgraded, upgrade, problem, closing: this.#closing, address: socket.remoteAddress };
   }
@@ -543,12 +545,6 @@ export function reloadTls(server: Server | HttpsServer, tls: TlsOptions): void {
 
 function tlsContext(tls: TlsOptions): { cert: string | Buffer; key: string | Buffer; passphrase?: string } {
   return { cert: tls.cert, key: tls.key, ...(tls.passphrase === undefined ? {} : { passphrase: tls.passphrase }) };
-}
-
-function pathOf(url: string | undefined): string {
-  if (url === undefined) return '/';
-  const q = url.indexOf('?');
-  return q === -1 ? url : url.slice(0, q);
 }
 
 /** Creates a gateway (not yet listening). */

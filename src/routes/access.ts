@@ -3,6 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { PtthError } from '../http/errors.js';
 import { randomName, type ClaimParams } from './registration.js';
 import type { ChannelLimits, ClaimLease, Registration, RouteTable } from './table.js';
+import { errorMessage } from '../shared/errormessage.js';
 
 /**
  * Who may claim what: access keys with name patterns and limits, and reserved names.
@@ -126,13 +127,13 @@ export function bearerKey(header: string | undefined): string | undefined {
   return m ? m[1] : undefined;
 }
 
-function describe(value: unknown): string {
+function quoted(value: unknown): string {
   const s = JSON.stringify(value);
   return s === undefined ? String(value) : s.length > 60 ? `${s.slice(0, 57)}...` : s;
 }
 
 function compilePattern(raw: unknown, where: string, allowAny: boolean): Pattern {
-  if (typeof raw !== 'string') throw new AccessConfigError(`${where}: a pattern must be a string, got ${describe(raw)}`);
+  if (typeof raw !== 'string') throw new AccessConfigError(`${where}: a pattern must be a string, got ${quoted(raw)}`);
   const p = raw.toLowerCase();
   if (p === '*') {
     if (!allowAny) throw new AccessConfigError(`${where}: "*" would reserve every name`);
@@ -142,14 +143,14 @@ function compilePattern(raw: unknown, where: string, allowAny: boolean): Pattern
     const prefix = p.slice(0, -1);
     if (!PREFIX.test(prefix)) {
       throw new AccessConfigError(
-        `${where}: ${describe(raw)} is not a valid pattern: a prefix pattern is the start of a name (letters, digits, hyphens) followed by one "*", e.g. "team-*"`,
+        `${where}: ${quoted(raw)} is not a valid pattern: a prefix pattern is the start of a name (letters, digits, hyphens) followed by one "*", e.g. "team-*"`,
       );
     }
     return { source: p, kind: 'prefix', value: prefix };
   }
   if (!LABEL.test(p)) {
     throw new AccessConfigError(
-      `${where}: ${describe(raw)} is not a valid name or pattern: use "*", a prefix such as "team-*", or one DNS label (1 to 63 letters, digits or hyphens, not starting or ending with a hyphen)`,
+      `${where}: ${quoted(raw)} is not a valid name or pattern: use "*", a prefix such as "team-*", or one DNS label (1 to 63 letters, digits or hyphens, not starting or ending with a hyphen)`,
     );
   }
   return { source: p, kind: 'exact', value: p };
@@ -166,7 +167,7 @@ function limit(entry: Record<string, unknown>, field: string, where: string): nu
   const v = entry[field];
   if (v === undefined) return undefined;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) {
-    throw new AccessConfigError(`${where}: ${field} must be a whole number >= 1 (leave it out for no limit), got ${describe(v)}`);
+    throw new AccessConfigError(`${where}: ${field} must be a whole number >= 1 (leave it out for no limit), got ${quoted(v)}`);
   }
   return v;
 }
@@ -188,19 +189,19 @@ export function validateAccessConfig(value: unknown, source = 'access config'): 
 }
 
 function compile(value: unknown, source: string): Compiled {
-  if (!isObject(value)) throw new AccessConfigError(`${source}: must be a JSON object with "keys" and/or "reserved", got ${describe(value)}`);
+  if (!isObject(value)) throw new AccessConfigError(`${source}: must be a JSON object with "keys" and/or "reserved", got ${quoted(value)}`);
   for (const k of Object.keys(value)) {
-    if (!TOP_FIELDS.has(k)) throw new AccessConfigError(`${source}: unknown field ${describe(k)} (expected "keys" and/or "reserved")`);
+    if (!TOP_FIELDS.has(k)) throw new AccessConfigError(`${source}: unknown field ${quoted(k)} (expected "keys" and/or "reserved")`);
   }
   const reservedRaw = value['reserved'];
   if (reservedRaw !== undefined && !Array.isArray(reservedRaw)) {
-    throw new AccessConfigError(`${source}: "reserved" must be an array of names, got ${describe(reservedRaw)}`);
+    throw new AccessConfigError(`${source}: "reserved" must be an array of names, got ${quoted(reservedRaw)}`);
   }
   const reserved = (reservedRaw ?? []).map((r: unknown, i: number) => compilePattern(r, `${source}: reserved[${i}]`, false));
 
   const keysRaw = value['keys'];
   if (keysRaw !== undefined && !Array.isArray(keysRaw)) {
-    throw new AccessConfigError(`${source}: "keys" must be an array of key entries, got ${describe(keysRaw)}`);
+    throw new AccessConfigError(`${source}: "keys" must be an array of key entries, got ${quoted(keysRaw)}`);
   }
   let keys: Map<string, CompiledKey> | undefined;
   const byId = new Map<string, CompiledKey>();
@@ -208,30 +209,30 @@ function compile(value: unknown, source: string): Compiled {
   if (keysRaw !== undefined) {
     keys = new Map();
     (keysRaw as unknown[]).forEach((entry, i) => {
-      const named = isObject(entry) && typeof entry['id'] === 'string' ? ` (id ${describe(entry['id'])})` : '';
+      const named = isObject(entry) && typeof entry['id'] === 'string' ? ` (id ${quoted(entry['id'])})` : '';
       const where = `${source}: keys[${i}]${named}`;
-      if (!isObject(entry)) throw new AccessConfigError(`${where}: a key entry must be an object, got ${describe(entry)}`);
+      if (!isObject(entry)) throw new AccessConfigError(`${where}: a key entry must be an object, got ${quoted(entry)}`);
       for (const k of Object.keys(entry)) {
         if (!KEY_FIELDS.has(k)) {
-          throw new AccessConfigError(`${where}: unknown field ${describe(k)} (expected id, sha256, names, maxNames, maxChannels)`);
+          throw new AccessConfigError(`${where}: unknown field ${quoted(k)} (expected id, sha256, names, maxNames, maxChannels)`);
         }
       }
       const id = entry['id'];
       if (typeof id !== 'string' || !KEY_ID.test(id)) {
-        throw new AccessConfigError(`${where}: id must be 1 to 64 letters, digits or . _ @ - (starting with a letter or digit), got ${describe(id)}`);
+        throw new AccessConfigError(`${where}: id must be 1 to 64 letters, digits or . _ @ - (starting with a letter or digit), got ${quoted(id)}`);
       }
-      if (byId.has(id)) throw new AccessConfigError(`${where}: the id ${describe(id)} is used by another key too`);
+      if (byId.has(id)) throw new AccessConfigError(`${where}: the id ${quoted(id)} is used by another key too`);
       const hash = entry['sha256'];
       if (typeof hash !== 'string' || !SHA256_HEX.test(hash)) {
         throw new AccessConfigError(
-          `${where}: sha256 must be 64 hex digits, the SHA-256 of the key (ptth-proxy key prints it), got ${describe(hash)}`,
+          `${where}: sha256 must be 64 hex digits, the SHA-256 of the key (ptth-proxy key prints it), got ${quoted(hash)}`,
         );
       }
       const sha256 = hash.toLowerCase();
       if (keys?.has(sha256)) throw new AccessConfigError(`${where}: the same key (sha256) is listed twice`);
       const names = entry['names'];
       if (!Array.isArray(names) || names.length === 0) {
-        throw new AccessConfigError(`${where}: names must be a non-empty array of patterns ("*", "team-*", "alice"), got ${describe(names)}`);
+        throw new AccessConfigError(`${where}: names must be a non-empty array of patterns ("*", "team-*", "alice"), got ${quoted(names)}`);
       }
       const patterns = names.map((p: unknown, j: number) => compilePattern(p, `${where}: names[${j}]`, true));
       const compiled: CompiledKey = {
@@ -264,7 +265,7 @@ export function parseAccessConfig(text: string, source = 'access config'): Acces
   try {
     value = JSON.parse(text);
   } catch (err) {
-    throw new AccessConfigError(`${source}: not valid JSON: ${(err as Error).message}`);
+    throw new AccessConfigError(`${source}: not valid JSON: ${errorMessage(err)}`);
   }
   return validateAccessConfig(value, source);
 }
@@ -275,7 +276,7 @@ export async function readAccessFile(path: string): Promise<AccessConfig> {
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    throw new AccessConfigError(`${path}: cannot read the keys file: ${(err as Error).message}`);
+    throw new AccessConfigError(`${path}: cannot read the keys file: ${errorMessage(err)}`);
   }
   return parseAccessConfig(text, path);
 }
@@ -303,7 +304,7 @@ export class AccessControl {
   #fixedReserved: readonly Pattern[];
 
   constructor(config: AccessConfig | undefined = undefined, reserved: readonly string[] = []) {
-    this.#fixedReserved = reserved.map((r, i) => compilePattern(r, `reserved[${i}] (${describe(r)})`, false));
+    this.#fixedReserved = reserved.map((r, i) => compilePattern(r, `reserved[${i}] (${quoted(r)})`, false));
     this.#compiled = compile(config ?? {}, 'access config');
   }
 

@@ -1,5 +1,6 @@
 import { randomBytes, timingSafeEqual, createHash } from 'node:crypto';
 import { PtthError } from '../http/errors.js';
+import { targetQuery } from '../shared/target.js';
 
 /** One DNS label (RFC 1034 / RFC 1123 section 2.1): letters, digits, hyphen; 1-63; no hyphen at either end. */
 const LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
@@ -28,10 +29,9 @@ export function loggableName(raw: string | null | undefined): string | undefined
 
 /** `loggableName` of the `name` in a request target's query string. */
 export function queryName(url: string | undefined): string | undefined {
-  const q = url?.indexOf('?') ?? -1;
-  if (url === undefined || q === -1) return undefined;
+  if (url === undefined || !url.includes('?')) return undefined;
   try {
-    return loggableName(new URLSearchParams(url.slice(q + 1)).get('name'));
+    return loggableName(new URLSearchParams(targetQuery(url)).get('name'));
   } catch {
     return undefined;
   }

@@ -152,11 +152,11 @@ export class Registration {
     this.channels.push(channel);
     if (channel.transport === 'http2') this.#multiplexed++;
     channel.events = {
-      available: (ch) => this.#drain(ch),
+      available: (ch) => this.#serveWaiting(ch),
       closed: (ch) => this.#remove(ch),
     };
     this.#table.emit('channel-open', this, channel);
-    this.#drain(channel);
+    this.#serveWaiting(channel);
   }
 
   #remove(channel: Channel): void {
@@ -262,7 +262,7 @@ export class Registration {
     // channel that refused it, an upgrade waiting for an upgradable channel), and an idle channel
     // signals nothing more: without this, every later request would queue behind it until its
     // timeout while that channel sat idle.
-    if (this.#waiting > 1) for (const ch of [...this.channels]) if (ch.available) this.#drain(ch);
+    if (this.#waiting > 1) for (const ch of [...this.channels]) if (ch.available) this.#serveWaiting(ch);
   }
 
   #giveUp(p: Pending, err: PtthError | undefined): void {
@@ -273,12 +273,12 @@ export class Registration {
     if (err) p.ex.fail(err);
     p.ex.done();
     // Out of the queue at once: a queue that never empties (a busy name) would otherwise keep every
-    // visitor that gave up, with its request and response, and #drain would scan them all.
+    // visitor that gave up, with its request and response, and #serveWaiting would scan them all.
     const i = this.#queue.indexOf(p);
     if (i !== -1) this.#queue.splice(i, 1);
   }
 
-  #drain(channel: Channel): void {
+  #serveWaiting(channel: Channel): void {
     while (this.#waiting > 0 && channel.available) {
       const idx = this.#queue.findIndex((p) => !p.gone && (p.upgrade ? channel.upgradable : p.avoid !== channel));
       if (idx === -1) return;

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
-import type { RequestEvent } from '../../src/gateway/forward.js';
+import type { RequestEvent } from '../../src/gateway/eventmap.js';
 import { attachLogger, createLogger, LOG_BATCH } from '../../src/log.js';
 import { request, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';

@@ -5,7 +5,7 @@ import type * as net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createAdminServer } from '../../src/gateway/endpoints.js';
-import type { RequestEvent } from '../../src/gateway/forward.js';
+import type { RequestEvent } from '../../src/gateway/eventmap.js';
 import { createGateway, type Gateway, type GatewayOptions } from '../../src/gateway/server.js';
 import type { Tunnel } from '../../src/client/node.js';
 import { attachLogger, createLogger } from '../../src/log.js';
