@@ -6,7 +6,7 @@
 export { createGateway, Gateway, type GatewayOptions, type GatewayEvents, type TlsOptions } from './gateway/server.js';
 export { createAdminServer } from './gateway/endpoints.js';
 export { GatewayMetrics } from './gateway/metrics.js';
-export type { RequestEvent } from './gateway/forward.js';
+export type { RequestEvent } from './gateway/eventmap.js';
 export {
   createLogger,
   attachLogger,
@@ -26,13 +26,24 @@ export {
   parseAccessConfig,
   type AccessConfig,
   type AccessKey,
-} from './routes/access.js';
+} from './table/access.js';
 export { parseRate, type RateSpec } from './gateway/ratelimit.js';
 export type { GatewaySettings } from './gateway/context.js';
 export type { BrowserOptions } from './gateway/browser.js';
 export { listen, Tunnel, ClaimError, type ListenOptions, type TunnelEvents } from './client/node.js';
 export { createLocalProxy, parseTarget, type LocalProxyOptions } from './client/proxy.js';
-export { MemoryTable, Registration, type RouteTable, type TableOptions } from './routes/table.js';
+export {
+  MemoryTable,
+  type RouteTable,
+  type TableOptions,
+  type TableEvents,
+  type ClaimDecision,
+  type ClaimLease,
+  type ClaimRequest,
+  type ChannelLimits,
+} from './table/table.js';
+export { Registration, type QueueOptions, type RegistrationOwner } from './table/registration.js';
 export type { Channel, Transport } from './channels/channel.js';
 export { ERRORS, PtthError, isPtthError, type ErrorCode } from './http/errors.js';
+export { OptionError } from './options.js';
 export { VERSION } from './version.js';

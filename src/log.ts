@@ -4,8 +4,8 @@ import type { AddressInfo } from 'node:net';
 import type { Channel } from './channels/channel.js';
 import type { RequestEvent } from './gateway/eventmap.js';
 import type { Gateway, GatewayEvents } from './gateway/server.js';
-import type { Registration } from './routes/table.js';
-import type { CometEvent } from './gateway/comet.js';
+import type { Registration } from './table/registration.js';
+import type { CometEvent } from './gateway/eventmap.js';
 import { clientAddress } from './http/headers.js';
 
 export type Logger = pino.Logger;

@@ -1,6 +1,7 @@
 import type { Channel } from '../channels/channel.js';
 import { PtthError } from '../http/errors.js';
-import type { Registration, RouteTable } from '../routes/table.js';
+import type { RouteTable } from '../table/table.js';
+import type { Registration } from '../table/registration.js';
 import { noop } from '../shared/noop.js';
 import { addressKey } from './ratelimit.js';
 

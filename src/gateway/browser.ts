@@ -6,8 +6,8 @@ import { MAX_MESSAGE, WebSocketChannel } from '../channels/websocket.js';
 import { WS_PROTOCOL } from '../shared/wsframing.js';
 import { PtthError, isPtthError } from '../http/errors.js';
 import { sendError } from '../http/respond.js';
-import { readClaimParams, type ClaimParams } from '../routes/registration.js';
-import type { ClaimLease } from '../routes/table.js';
+import { readClaimParams, type ClaimParams } from '../table/names.js';
+import type { ClaimLease } from '../table/table.js';
 import { decideClaim, headerKey } from './claim.js';
 import { SERVICE_PATH } from './classify.js';
 import { CometService } from './comet.js';
@@ -64,7 +64,7 @@ export function browserSettingsFrom(o: BrowserOptions, responseTimeout: number):
   };
 }
 
-/** The browser library, built by `npm run build` (tsconfig.browser.json) next to the gateway's own code. */
+/** The browser library, one file bundled by `npm run build` (esbuild, with src/shared) next to the gateway's own code. */
 const LIBRARY_CANDIDATES = [
   new URL('../browser/ptth.js', import.meta.url), // dist/gateway -> dist/browser
   new URL('../../dist/browser/ptth.js', import.meta.url), // src/gateway (tests run the sources)

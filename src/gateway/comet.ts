@@ -4,8 +4,8 @@ import { readBody, formParams } from '../http/body.js';
 import { PtthError, isPtthError } from '../http/errors.js';
 import { InvalidMessageError, parseResponse } from '../http/message.js';
 import { sendError } from '../http/respond.js';
-import { loggableName, lookupKey, queryName, randomSecret, readClaimParams } from '../routes/registration.js';
-import type { Registration } from '../routes/table.js';
+import { loggableName, lookupKey, queryName, randomSecret, readClaimParams } from '../table/names.js';
+import type { Registration } from '../table/registration.js';
 import { decideClaim, headerKey } from './claim.js';
 import { hostname, SERVICE_PATH } from './classify.js';
 import { gatewayOrigin, privateUrlFor, publicUrlFor, requestProto, type GatewayContext } from './context.js';
@@ -24,11 +24,6 @@ import { clientAddress } from '../http/headers.js';
  * stays idempotent) and the reply is POSTed to it; `rel="next"` names a fresh open slot. A poll
  * that times out names its own slot again.
  */
-
-// The endpoint's path lives in classify.ts (a Comet registration is a road of its own) and its
-// event in eventmap.ts (below every emitter); both are re-exported for the modules that import them here.
-export { SERVICE_PATH };
-export type { CometEvent };
 
 /** The settings of the browser transports (BrowserSettings) that Comet reads. */
 export interface CometSettings {

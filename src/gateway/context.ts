@@ -1,9 +1,9 @@
 import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
-import type { AccessControl } from '../routes/access.js';
+import type { AccessControl } from '../table/access.js';
 import type { AddressCaps } from './addresscaps.js';
 import type { EmitGatewayEvent } from './eventmap.js';
-import type { RouteTable } from '../routes/table.js';
+import type { RouteTable } from '../table/table.js';
 import { hostname } from './classify.js';
 
 /** Every setting of the gateway, resolved (defaults applied). */

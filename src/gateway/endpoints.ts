@@ -2,13 +2,13 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { isLoopback } from './ratelimit.js';
 import { PtthError, isPtthError } from '../http/errors.js';
 import { escapeHtml, sendError, wantsJson } from '../http/respond.js';
-import { parseLease, validateToken } from '../routes/registration.js';
-import type { Registration } from '../routes/table.js';
+import { parseLease, validateToken } from '../table/names.js';
+import type { Registration } from '../table/registration.js';
 import { gatewayOrigin, PRIVATE_PREFIX, publicUrlFor, type GatewayContext } from './context.js';
 import { renderStatusPage, type StatusRegistration } from './statuspage.js';
 import { DEMO_HTML } from './browser.js';
 import { formParams, readBody } from '../http/body.js';
-import { SERVICE_PATH } from './comet.js';
+import { SERVICE_PATH } from './classify.js';
 import { EVENTS_SUFFIX, followEvents } from './events.js';
 import { errorMessage } from '../shared/errormessage.js';
 import { targetPath } from '../shared/target.js';

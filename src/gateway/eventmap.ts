@@ -1,5 +1,5 @@
 import type { AddressInfo } from 'node:net';
-import type { TableEvents } from '../routes/table.js';
+import type { TableEvents } from '../table/table.js';
 
 /**
  * One visitor request as the `request` event reports it (built only while someone listens).

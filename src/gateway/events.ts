@@ -1,7 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { PtthError } from '../http/errors.js';
 import { sendError } from '../http/respond.js';
-import type { Registration, RouteTable } from '../routes/table.js';
+import type { RouteTable } from '../table/table.js';
+import type { Registration } from '../table/registration.js';
 import type { GatewayContext } from './context.js';
 
 /**

@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
 import type { Transport } from '../channels/channel.js';
-import type { RouteTable } from '../routes/table.js';
+import type { RouteTable } from '../table/table.js';
 import type { GatewayEventSource } from './eventmap.js';
 
 const TRANSPORTS: readonly Transport[] = ['http1', 'http2', 'websocket', 'comet'];

@@ -2,7 +2,7 @@ import { ServerResponse, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { PtthError } from '../http/errors.js';
 import { sendError, writeRawError } from '../http/respond.js';
-import { loggableName, queryName } from '../routes/registration.js';
+import { loggableName, queryName } from '../table/names.js';
 import type { GatewayContext } from './context.js';
 import type { RefuseEvent } from './eventmap.js';
 import { noop } from '../shared/noop.js';

@@ -4,20 +4,20 @@ import { createServer as createTlsServer, type Server as HttpsServer } from 'nod
 import type { AddressInfo, Socket } from 'node:net';
 import { PtthError } from '../http/errors.js';
 import { writeRawError } from '../http/respond.js';
-import { MemoryTable, type RouteTable } from '../routes/table.js';
+import { MemoryTable, type RouteTable } from '../table/table.js';
 import { claimFromRequest, claimFromUpgrade } from './claim.js';
 import { classify, hostProblem, originForm, type Route } from './classify.js';
 import { admit, type Admission, type Arrival, type Buckets } from './admission.js';
 import { claimantName, refuse, refuseClaim } from './refuse.js';
 import type { GatewayContext, GatewaySettings } from './context.js';
-import { atLeast, boolOption, domainOption, numberOption, publicUrlOption, SHUTDOWN_GRACE_DEFAULT, type NumberKey } from '../options.js';
+import { boolOption, domainOption, numberOption, OPTIONS, OptionError, publicUrlOption, SHUTDOWN_GRACE_DEFAULT } from '../options.js';
 import { gatewayHeaders, handleEndpoint, type GatewayInfo } from './endpoints.js';
 import { BrowserEndpoints, type BrowserOptions } from './browser.js';
 import type { EmitGatewayEvent, GatewayEvents } from './eventmap.js';
 import { forwardRequest, forwardUpgrade, refuseVisitor } from './forward.js';
 import { VERSION } from '../version.js';
 import { GatewayMetrics } from './metrics.js';
-import { AccessControl, type AccessConfig } from '../routes/access.js';
+import { AccessControl, type AccessConfig } from '../table/access.js';
 import { isLoopback, parseRate, RateLimiter, type RateSpec } from './ratelimit.js';
 import { AddressCaps } from './addresscaps.js';
 import { targetPath } from '../shared/target.js';
@@ -136,22 +136,13 @@ export interface GatewayOptions extends BrowserOptions {
   metricsOnGateway?: boolean;
 }
 
-/**
- * The number options the constructor reads itself. Not "positive": 0 passes where `min` is 0 (it means off or no
- * cap). `fallback` and `min` repeat the options table's row (test/unit/options.test.ts compares the server's head
- * and idle limits with it); `numberOption` reads them from the table and is what new code calls.
- */
-function positive(name: NumberKey, value: number | undefined, fallback: number, min = 0): number {
-  return atLeast(name, value, fallback, min);
-}
-
 function rateFrom(name: string, value: RateSpec | string | false | undefined, fallback: string): RateLimiter | undefined {
   if (value === false) return undefined;
   let spec: RateSpec | undefined;
   try {
     spec = typeof value === 'object' ? value : parseRate(value ?? fallback);
   } catch (e) {
-    throw new TypeError(`${name}: ${errorMessage(e)}`);
+    throw new OptionError(name, `${name}: ${errorMessage(e)}`, { cause: e });
   }
   return spec && new RateLimiter(spec);
 }
@@ -239,9 +230,9 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     // apps at the default 4 HTTP/1.1 channels each (100 x 4 = 400).
     this.caps = new AddressCaps(
       {
-        connections: positive('maxConnectionsPerAddress', options.maxConnectionsPerAddress, 2048),
-        names: positive('maxNamesPerAddress', options.maxNamesPerAddress, 100),
-        channels: positive('maxChannelsPerAddress', options.maxChannelsPerAddress, 512),
+        connections: numberOption('maxConnectionsPerAddress', options.maxConnectionsPerAddress),
+        names: numberOption('maxNamesPerAddress', options.maxNamesPerAddress),
+        channels: numberOption('maxChannelsPerAddress', options.maxChannelsPerAddress),
       },
       this.table,
     );
@@ -271,19 +262,19 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       browser: this.browser,
       metrics: this.metrics,
       metricsPublic: options.metricsOnGateway !== false,
-      statusList: options.statusList ?? 'loopback',
+      statusList: options.statusList ?? OPTIONS.statusList.default,
     };
 
-    this.#claimLimit = rateFrom('claimRate', options.claimRate, '60/m');
-    this.#requestLimit = rateFrom('requestRate', options.requestRate, '100/s:400');
+    this.#claimLimit = rateFrom('claimRate', options.claimRate, OPTIONS.claimRate.default);
+    this.#requestLimit = rateFrom('requestRate', options.requestRate, OPTIONS.requestRate.default);
     if (options.limitLoopback !== true) {
       this.#claimLimit?.exempt(isLoopback);
       this.#requestLimit?.exempt(isLoopback);
     }
-    this.#maxHeaders = positive('maxHeaders', options.maxHeaders, 100, 1);
-    const idle = positive('idleTimeout', options.idleTimeout, 120_000);
-    const keepAlive = positive('tcpKeepAlive', options.tcpKeepAlive, 30_000);
-    const headersTimeout = positive('headersTimeout', options.headersTimeout, 30_000, 1);
+    this.#maxHeaders = numberOption('maxHeaders', options.maxHeaders);
+    const idle = numberOption('idleTimeout', options.idleTimeout);
+    const keepAlive = numberOption('tcpKeepAlive', options.tcpKeepAlive);
+    const headersTimeout = numberOption('headersTimeout', options.headersTimeout);
     const serverOptions = {
       // Visitors' bodies stream for as long as they take; slow heads are cut by headersTimeout,
       // stalled bodies by the idle timeout.
@@ -292,8 +283,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       // node checks headersTimeout only this often (30 s by default): a slowloris head would
       // otherwise live up to 30 s past the configured timeout.
       connectionsCheckingInterval: Math.min(30_000, Math.max(100, Math.floor(headersTimeout / 4))),
-      keepAliveTimeout: positive('keepAliveTimeout', options.keepAliveTimeout, 5_000),
-      maxHeaderSize: positive('maxHeaderSize', options.maxHeaderSize, 16_384, 1024),
+      keepAliveTimeout: numberOption('keepAliveTimeout', options.keepAliveTimeout),
+      maxHeaderSize: numberOption('maxHeaderSize', options.maxHeaderSize),
     };
     this.#maxHeaderSize = serverOptions.maxHeaderSize;
     this.server = options.tls

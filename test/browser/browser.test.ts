@@ -4,7 +4,7 @@ import type { Duplex } from 'node:stream';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { GatewayOptions } from '../../src/gateway/server.js';
-import { hashKey, type AccessConfig } from '../../src/routes/access.js';
+import { hashKey, type AccessConfig } from '../../src/table/access.js';
 import { request, startGateway, until, type TestGateway } from '../helpers/index.js';
 
 /*

@@ -10,7 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { ClaimError, listen, type Tunnel } from '../../src/client/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
-import { AccessConfigError, hashKey, type AccessConfig } from '../../src/routes/access.js';
+import { AccessConfigError, hashKey, type AccessConfig } from '../../src/table/access.js';
 import { closed, headEnd, rawConnect, readUntil, request, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
 import { fetchRaw, CometApp, register } from '../helpers/comet.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';

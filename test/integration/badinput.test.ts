@@ -17,7 +17,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import type { Tunnel } from '../../src/client/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
-import type { Registration } from '../../src/routes/table.js';
+import type { Registration } from '../../src/table/registration.js';
 import { closed, headEnd, rawClaim, rawConnect, readUntil, request, sleep, startApp, startGateway, until, type Reply, type TestGateway } from '../helpers/index.js';
 import {
   DATA,

@@ -6,7 +6,7 @@
 import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { GatewayOptions } from '../../src/gateway/server.js';
-import { hashKey } from '../../src/routes/access.js';
+import { hashKey } from '../../src/table/access.js';
 import { headEnd, rawConnect, readUntil, startGateway, type TestGateway } from '../helpers/index.js';
 
 const KEY = 'ptth_decide-0123456789abcdefghijklmnop';

@@ -4,7 +4,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { hashKey } from '../../src/routes/access.js';
+import { hashKey } from '../../src/table/access.js';
 import { headEnd, rawConnect, readUntil, request } from '../helpers/index.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
 

@@ -1,7 +1,7 @@
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { hashKey } from '../../src/routes/access.js';
+import { hashKey } from '../../src/table/access.js';
 import { replay, replayHeaders, startInspector } from '../../src/client/inspect.js';
 import { claimMessage } from '../../src/client/messages.js';
 import { ClaimError, listen } from '../../src/client/node.js';

@@ -12,7 +12,7 @@ import * as net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
-import type { Registration } from '../../src/routes/table.js';
+import type { Registration } from '../../src/table/registration.js';
 import { CHILD_APP, spawnTs } from '../helpers/child.js';
 import { rawClaim, rawConnect, readUntil, request, sleep, startApp, until, type Reply, type TestGateway } from '../helpers/index.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';

@@ -12,7 +12,7 @@ import { DATA, END_STREAM, RawH2App, frame, serveH2 } from '../helpers/h2app.js'
  * must not pull the name's queued requests into it (they would get 502 though nothing was sent):
  * those wait for, and go down, the name's other channel.
  *
- * src/routes/table.ts Exchange.retry: a request an HTTP/2 app refused unprocessed (REFUSED_STREAM)
+ * src/table/registration.ts Exchange.retry: a request an HTTP/2 app refused unprocessed (REFUSED_STREAM)
  * while its registration was released meanwhile gets 503 PTTH_ERR_NO_CHANNEL, at once.
  */
 async function h2Claim(g: TestGateway, name: string): Promise<{ socket: Socket; rest: Buffer }> {

@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { MAX_BINARY_MESSAGE, MAX_CONTROL_MESSAGE } from '../../src/channels/websocket.js';
 import { MAX_HEAD_BYTES, MAX_HEADER_FIELDS } from '../../src/http/response.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
-import type { Registration } from '../../src/routes/table.js';
+import type { Registration } from '../../src/table/registration.js';
 import { rawClaim, rawConnect, request, until, type TestGateway } from '../helpers/index.js';
 import { cleanup, track, useGateway } from '../helpers/fixture.js';
 import { END_HEADERS, END_STREAM, HEADERS, RawH2App, frame, headerBlock } from '../helpers/h2app.js';

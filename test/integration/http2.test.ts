@@ -17,7 +17,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import type { Channel } from '../../src/channels/channel.js';
 import type { Tunnel } from '../../src/client/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
-import type { Registration } from '../../src/routes/table.js';
+import type { Registration } from '../../src/table/registration.js';
 import {
   headEnd,
   rawClaim,

@@ -2,7 +2,7 @@ import * as http from 'node:http';
 import type * as net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
-import type { Registration } from '../../src/routes/table.js';
+import type { Registration } from '../../src/table/registration.js';
 import {
   closed,
   rawClaim,

@@ -7,7 +7,7 @@
 import * as http from 'node:http';
 import * as net from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { MemoryTable } from '../../src/routes/table.js';
+import { MemoryTable } from '../../src/table/table.js';
 import { headEnd, readUntil, request, until, type TestGateway } from '../helpers/index.js';
 import { track, useGateway } from '../helpers/fixture.js';
 

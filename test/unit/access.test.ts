@@ -15,10 +15,10 @@ import {
   readAccessFile,
   validateAccessConfig,
   type AccessConfig,
-} from '../../src/routes/access.js';
+} from '../../src/table/access.js';
 import { PtthError } from '../../src/http/errors.js';
-import { normalizeName } from '../../src/routes/registration.js';
-import { MemoryTable } from '../../src/routes/table.js';
+import { normalizeName } from '../../src/table/names.js';
+import { MemoryTable } from '../../src/table/table.js';
 
 /*
  * Access keys and reserved names (README "Access keys"): the file format and its validation, the

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { AddressCaps } from '../../src/gateway/addresscaps.js';
 import { isLoopback } from '../../src/gateway/ratelimit.js';
-import { MemoryTable } from '../../src/routes/table.js';
+import { MemoryTable } from '../../src/table/table.js';
 
 /* What one client address holds, keyed as the rate limiter keys it: IPv6 per /64, IPv4-mapped as IPv4. */
 function caps(limits = { connections: 2, names: 1, channels: 1 }): AddressCaps {

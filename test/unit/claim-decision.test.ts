@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import type { Channel, ChannelEvents, Transport } from '../../src/channels/channel.js';
-import { MemoryTable, type ClaimDecision, type ClaimRequest } from '../../src/routes/table.js';
+import { MemoryTable, type ClaimDecision, type ClaimRequest } from '../../src/table/table.js';
 
 /*
- * RouteTable.decide (src/routes/table.ts), the one decision of a claim: the token rule, the key's
+ * RouteTable.decide (src/table/table.ts), the one decision of a claim: the token rule, the key's
  * names, room for the claim's channel, the lease; and the ClaimLease a granted claim holds.
  */
 

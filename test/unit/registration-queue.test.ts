@@ -5,10 +5,11 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Channel, ChannelEvents, Exchange, Transport, UpgradeExchange } from '../../src/channels/channel.js';
 import type { PtthError } from '../../src/http/errors.js';
 import type { ResponseHead } from '../../src/http/response.js';
-import { MemoryTable, type QueueOptions, type Registration } from '../../src/routes/table.js';
+import { MemoryTable } from '../../src/table/table.js';
+import { type QueueOptions, type Registration } from '../../src/table/registration.js';
 
 /*
- * The queueing in Registration (src/routes/table.ts: #pick, #enqueue, #drain, #giveUp) against
+ * The queueing in Registration (src/table/registration.ts: #pick, #enqueue, #serveWaiting, #giveUp) against
  * fake channels, through its public API only (dispatch, upgrade, addChannel, a channel's
  * available/closed events, end through the table's release): which channel a request goes to, who
  * waits, in what order, and for how long. Fake timers: no test waits in real time.

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { normalizeName, parseLease, randomName, randomSecret, readClaimParams, secretsEqual, validateToken } from '../../src/routes/registration.js';
+import { normalizeName, parseLease, randomName, randomSecret, readClaimParams, secretsEqual, validateToken } from '../../src/table/names.js';
 import { PtthError } from '../../src/http/errors.js';
 
 function code(fn: () => unknown): string | undefined {

@@ -88,13 +88,13 @@ export interface ClaimParams {
   readonly token?: string | undefined;
   /**
    * The claimant's address key (ratelimit.ts addressKey) when it sent no token: a tokenless name is
-   * held by that address (src/routes/table.ts, Registration.holder). Absent: the name gets a
+   * held by that address (src/table/registration.ts, Registration.holder). Absent: the name gets a
    * random token no one knows (a claim whose address is unknown).
    */
   readonly holder?: string | undefined;
   /** Seconds, already clamped. */
   readonly lease?: number | undefined;
-  /** The access key the claim was authorized under (src/routes/access.ts); absent on an open gateway. */
+  /** The access key the claim was authorized under (src/table/access.ts); absent on an open gateway. */
   readonly keyId?: string | undefined;
   /** Names the key may hold at once (429 PTTH_ERR_KEY_NAMES past it). */
   readonly maxNames?: number | undefined;

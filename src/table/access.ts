@@ -1,8 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { PtthError } from '../http/errors.js';
-import { randomName, type ClaimParams } from './registration.js';
-import type { ChannelLimits, ClaimLease, Registration, RouteTable } from './table.js';
+import { randomName, type ClaimParams } from './names.js';
+import type { ChannelLimits, ClaimLease, RouteTable } from './table.js';
+import type { Registration } from './registration.js';
 import { errorMessage } from '../shared/errormessage.js';
 
 /**
