@@ -93,6 +93,17 @@ export class SseParser {
   }
 }
 
+/** A `request` event's data, or undefined when it is not one (the gateway's JSON, checked all the same). */
+function exchangeOf(data: string): ExchangeEvent | undefined {
+  let parsed: ExchangeEvent;
+  try {
+    parsed = JSON.parse(data) as ExchangeEvent;
+  } catch {
+    return undefined;
+  }
+  return parsed && typeof parsed === 'object' && typeof parsed.method === 'string' ? parsed : undefined;
+}
+
 /** Follows `<privateUrl>/events`, reconnecting with backoff while `retry()` says so. */
 export function watchEvents(privateUrl: string, options: EventWatchOptions): EventWatch {
   const url = new URL(`${privateUrl.replace(/\/$/, '')}/events${options.detail ? '?detail=1' : ''}`);
@@ -158,13 +169,8 @@ export function watchEvents(privateUrl: string, options: EventWatchOptions): Eve
         }
         if (event !== 'request') return;
         attempt = 0; // a working stream resets the backoff
-        let parsed: ExchangeEvent;
-        try {
-          parsed = JSON.parse(data) as ExchangeEvent;
-        } catch {
-          return;
-        }
-        if (parsed && typeof parsed === 'object' && typeof parsed.method === 'string') options.onRequest(parsed);
+        const exchange = exchangeOf(data);
+        if (exchange) options.onRequest(exchange);
       });
       res.on('data', (c: string) => parser.push(c));
       res.on('end', () => end('the event stream ended'));

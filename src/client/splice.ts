@@ -59,164 +59,209 @@ export function canSplice(target: URL): boolean {
   return (target.protocol === 'http:' || target.protocol === 'https:') && target.pathname === '/' && target.search === '';
 }
 
-/** A Splicer (see node.ts) that joins channels to connections to `target`. */
-export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer {
-  if (!canSplice(target)) throw new TypeError(`cannot splice to ${target.href}: a base path needs the parsing proxy`);
-  const host = target.hostname.replace(/^\[|\]$/g, '');
-  const secure = target.protocol === 'https:';
-  const port = Number(target.port || (secure ? 443 : 80));
-  const spare = options.spare ?? 2;
-  if (!Number.isInteger(spare) || spare < 1) throw new TypeError('spare must be a whole number >= 1');
-  const idleTimeout = options.idleTimeout ?? 120_000;
-  const onReach = options.onReach;
-  const refusal = (err: NodeJS.ErrnoException): Buffer => {
-    const body = `502 Bad Gateway: ptth-proxy connect could not reach ${target.origin} (${err.code ?? err.message}).\n`;
-    return Buffer.from(
-      'HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n' +
-        `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-    );
-  };
-  const dial = (): Socket => {
-    if (!secure) return net.connect({ host, port, allowHalfOpen: true });
+/** Where spliced channels go: the local service, how to dial it and what to say when it cannot be reached. */
+class LocalService {
+  readonly target: URL;
+  readonly secure: boolean;
+  readonly idleTimeout: number;
+  readonly onReach: SpliceOptions['onReach'];
+  readonly #host: string;
+  readonly #port: number;
+  readonly #rejectUnauthorized: boolean;
+
+  constructor(target: URL, options: SpliceOptions) {
+    this.target = target;
+    this.#host = target.hostname.replace(/^\[|\]$/g, '');
+    this.secure = target.protocol === 'https:';
+    this.#port = Number(target.port || (this.secure ? 443 : 80));
+    this.idleTimeout = options.idleTimeout ?? 120_000;
+    this.onReach = options.onReach;
+    this.#rejectUnauthorized = options.rejectUnauthorized ?? false;
+  }
+
+  dial(): Socket {
+    const host = this.#host;
+    const port = this.#port;
+    if (!this.secure) return net.connect({ host, port, allowHalfOpen: true });
     const socket = tls.connect({
       host,
       port,
       ALPNProtocols: ['http/1.1'],
-      rejectUnauthorized: options.rejectUnauthorized ?? false,
+      rejectUnauthorized: this.#rejectUnauthorized,
       ...(net.isIP(host) ? {} : { servername: host }),
     });
     socket.allowHalfOpen = true;
     return socket;
-  };
+  }
 
+  /** The 502 a visitor gets when the local service cannot be reached (a raw refusal). */
+  refusal(err: NodeJS.ErrnoException): Buffer {
+    const body = `502 Bad Gateway: ptth-proxy connect could not reach ${this.target.origin} (${err.code ?? err.message}).\n`;
+    return Buffer.from(
+      'HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n' +
+        `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+    );
+  }
+}
+
+/** A Splicer (see node.ts) that joins channels to connections to `target`. */
+export function createSplicer(target: URL, options: SpliceOptions = {}): Splicer {
+  if (!canSplice(target)) throw new TypeError(`cannot splice to ${target.href}: a base path needs the parsing proxy`);
+  const spare = options.spare ?? 2;
+  if (!Number.isInteger(spare) || spare < 1) throw new TypeError('spare must be a whole number >= 1');
+  const service = new LocalService(target, options);
   return {
     spare,
     attach(channel: Socket, control: ChannelControl) {
-      channel.on('error', noop);
-      // A spare channel the gateway ends (it closes, or restarts) is gone.
-      const onEnd = (): void => {
-        channel.destroy();
-      };
-      channel.once('end', onEnd);
-      /** A request went down and no answer byte came back since: never closed for being idle. */
-      let pending = false;
-      /** No bytes either way since the last idle check. */
-      let quiet = true;
-      let local: Socket | undefined;
-      /** The tunnel is closing: the channel goes once the answer in flight has come. */
-      let closing = false;
-      // Idle: no bytes either way for a whole period (so between one and two idle times), and no
-      // request awaiting its answer. A flag per chunk, not a socket timeout re-armed per read and
-      // write: this is the hot path. Spares beyond what the pool keeps close the same way.
-      const idle =
-        idleTimeout > 0
-          ? setInterval(() => {
-              if (quiet && !pending && control.shrinkable()) {
-                channel.destroy();
-                local?.destroy();
-              }
-              quiet = true;
-            }, idleTimeout)
-          : undefined;
-      idle?.unref();
-      channel.once('close', () => clearInterval(idle));
-      const onFirst = (first: Buffer): void => {
-        channel.removeListener('data', onFirst);
-        channel.removeListener('end', onEnd);
-        // From here each direction ends on its own (a FIN is passed on as a FIN); the channel
-        // closes when both have.
-        channel.allowHalfOpen = true;
-        channel.pause();
-        pending = true;
-        control.bound();
-        quiet = false;
-        let joined = false;
-        // The visitor gets a 502 and the channel closes; the rest of the request is read and dropped.
-        const refuse = (err: NodeJS.ErrnoException): void => {
-          if (err.code !== undefined && UNREACHABLE.has(err.code)) onReach?.(err);
-          pending = false;
-          channel.allowHalfOpen = false;
-          channel.on('data', noop);
-          channel.resume();
-          if (!channel.destroyed) channel.end(refusal(err));
-          const t = setTimeout(() => channel.destroy(), 2_000);
-          t.unref();
-          channel.once('close', () => clearTimeout(t));
-        };
-        let conn: Socket;
-        try {
-          conn = dial();
-        } catch (err) {
-          refuse(err as NodeJS.ErrnoException);
-          return;
-        }
-        local = conn;
-        conn.on('error', noop);
-        const onClose = (): void => {
-          conn.destroy();
-        };
-        channel.once('close', onClose);
-        conn.once(secure ? 'secureConnect' : 'connect', () => {
-          joined = true;
-          onReach?.(undefined);
-          conn.setNoDelay(true);
-          conn.write(first);
-          join(channel, conn);
-        });
-        conn.once('error', (err: NodeJS.ErrnoException) => {
-          if (joined) return;
-          channel.removeListener('close', onClose);
-          refuse(err);
-        });
-      };
-
-      const join = (a: Socket, b: Socket): void => {
-        // gateway -> local service: requests (and an upgraded connection's bytes)
-        a.on('data', (chunk: Buffer) => {
-          pending = true;
-          quiet = false;
-          if (!b.write(chunk) && b.writableLength > BUFFERED) a.pause();
-        });
-        b.on('drain', () => a.resume());
-        a.on('end', () => b.end());
-        let upgraded = false;
-        // local service -> gateway: answers
-        b.on('data', (chunk: Buffer) => {
-          // The first bytes of an answer: `HTTP/1.1 101 ` takes the channel for good (a WebSocket).
-          if (pending && !upgraded && isSwitching(chunk)) {
-            upgraded = true;
-            clearInterval(idle);
-            control.consumed();
-          }
-          pending = false;
-          quiet = false;
-          // Closing: the request is down, its answer is coming. A FIN to the service asks it to
-          // close once that answer is out (as HTTP servers do), and the channel follows.
-          if (closing && b.writable) b.end();
-          if (!a.write(chunk) && a.writableLength > BUFFERED) b.pause();
-        });
-        a.on('drain', () => b.resume());
-        b.on('end', () => a.end());
-        // A local connection that closes without ending (a reset) takes the channel with it; one that
-        // ended cleanly lets the channel finish writing first.
-        b.on('close', () => {
-          if (!a.writableEnded) a.destroy();
-        });
-        a.resume();
-      };
-
-      channel.on('data', onFirst);
-      return {
-        close: () => {
-          closing = true;
-          if (!pending) {
-            channel.destroy();
-            local?.destroy();
-          }
-        },
-      };
+      return new SplicedChannel(service, channel, control);
     },
   };
+}
+
+/**
+ * One reversed channel, spare until its first bytes, then joined to its own connection to the
+ * local service until either closes.
+ */
+class SplicedChannel {
+  readonly #service: LocalService;
+  readonly #channel: Socket;
+  readonly #control: ChannelControl;
+  /** A request went down and no answer byte came back since: never closed for being idle. */
+  #pending = false;
+  /** No bytes either way since the last idle check. */
+  #quiet = true;
+  #local: Socket | undefined;
+  /** The tunnel is closing: the channel goes once the answer in flight has come. */
+  #closing = false;
+  #idle: NodeJS.Timeout | undefined;
+
+  constructor(service: LocalService, channel: Socket, control: ChannelControl) {
+    this.#service = service;
+    this.#channel = channel;
+    this.#control = control;
+    channel.on('error', noop);
+    // A spare channel the gateway ends (it closes, or restarts) is gone.
+    channel.once('end', this.#onSpareEnd);
+    // Idle: no bytes either way for a whole period (so between one and two idle times), and no
+    // request awaiting its answer. A flag per chunk, not a socket timeout re-armed per read and
+    // write: this is the hot path. Spares beyond what the pool keeps close the same way.
+    if (service.idleTimeout > 0) {
+      const idle = setInterval(this.#checkIdle, service.idleTimeout);
+      idle.unref();
+      this.#idle = idle;
+      channel.once('close', () => clearInterval(idle));
+    }
+    channel.on('data', this.#onFirst);
+  }
+
+  close(): void {
+    this.#closing = true;
+    if (!this.#pending) {
+      this.#channel.destroy();
+      this.#local?.destroy();
+    }
+  }
+
+  #onSpareEnd = (): void => {
+    this.#channel.destroy();
+  };
+
+  #checkIdle = (): void => {
+    if (this.#quiet && !this.#pending && this.#control.shrinkable()) {
+      this.#channel.destroy();
+      this.#local?.destroy();
+    }
+    this.#quiet = true;
+  };
+
+  #onFirst = (first: Buffer): void => {
+    const channel = this.#channel;
+    channel.removeListener('data', this.#onFirst);
+    channel.removeListener('end', this.#onSpareEnd);
+    // From here each direction ends on its own (a FIN is passed on as a FIN); the channel
+    // closes when both have.
+    channel.allowHalfOpen = true;
+    channel.pause();
+    this.#pending = true;
+    this.#control.bound();
+    this.#quiet = false;
+    let conn: Socket;
+    try {
+      conn = this.#service.dial();
+    } catch (err) {
+      this.#refuse(err as NodeJS.ErrnoException);
+      return;
+    }
+    this.#local = conn;
+    conn.on('error', noop);
+    const onClose = (): void => {
+      conn.destroy();
+    };
+    channel.once('close', onClose);
+    let joined = false;
+    conn.once(this.#service.secure ? 'secureConnect' : 'connect', () => {
+      joined = true;
+      this.#service.onReach?.(undefined);
+      conn.setNoDelay(true);
+      conn.write(first);
+      this.#join(conn);
+    });
+    conn.once('error', (err: NodeJS.ErrnoException) => {
+      if (joined) return;
+      channel.removeListener('close', onClose);
+      this.#refuse(err);
+    });
+  };
+
+  /** The visitor gets a 502 and the channel closes; the rest of the request is read and dropped. */
+  #refuse(err: NodeJS.ErrnoException): void {
+    const channel = this.#channel;
+    if (err.code !== undefined && UNREACHABLE.has(err.code)) this.#service.onReach?.(err);
+    this.#pending = false;
+    channel.allowHalfOpen = false;
+    channel.on('data', noop);
+    channel.resume();
+    if (!channel.destroyed) channel.end(this.#service.refusal(err));
+    const t = setTimeout(() => channel.destroy(), 2_000);
+    t.unref();
+    channel.once('close', () => clearTimeout(t));
+  }
+
+  #join(b: Socket): void {
+    const a = this.#channel;
+    // gateway -> local service: requests (and an upgraded connection's bytes)
+    a.on('data', (chunk: Buffer) => {
+      this.#pending = true;
+      this.#quiet = false;
+      if (!b.write(chunk) && b.writableLength > BUFFERED) a.pause();
+    });
+    b.on('drain', () => a.resume());
+    a.on('end', () => b.end());
+    let upgraded = false;
+    // local service -> gateway: answers
+    b.on('data', (chunk: Buffer) => {
+      // The first bytes of an answer: `HTTP/1.1 101 ` takes the channel for good (a WebSocket).
+      if (this.#pending && !upgraded && isSwitching(chunk)) {
+        upgraded = true;
+        clearInterval(this.#idle);
+        this.#control.consumed();
+      }
+      this.#pending = false;
+      this.#quiet = false;
+      // Closing: the request is down, its answer is coming. A FIN to the service asks it to
+      // close once that answer is out (as HTTP servers do), and the channel follows.
+      if (this.#closing && b.writable) b.end();
+      if (!a.write(chunk) && a.writableLength > BUFFERED) b.pause();
+    });
+    a.on('drain', () => b.resume());
+    b.on('end', () => a.end());
+    // A local connection that closes without ending (a reset) takes the channel with it; one that
+    // ended cleanly lets the channel finish writing first.
+    b.on('close', () => {
+      if (!a.writableEnded) a.destroy();
+    });
+    a.resume();
+  }
 }
 
 /**
