@@ -1,9 +1,14 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { bearerKey } from '../routes/access.js';
+import { bearerKey } from '../table/access.js';
 import { readBody } from '../http/body.js';
+import { clientAddress } from '../http/headers.js';
+import { targetPath } from '../shared/target.js';
+import { errorMessage } from '../shared/errormessage.js';
 import { PtthError } from '../http/errors.js';
 import { sendError } from '../http/respond.js';
-import type { RelayPattern } from './relay-policy.js';
+import type { RelayEvent } from './eventmap.js';
+import { boolOption, numberOption } from '../options.js';
+import type { RelayPattern } from '../http/relay-policy.js';
 import {
   parseRelayRequest,
   parseRelayTarget,
@@ -12,7 +17,7 @@ import {
   systemResolver,
   type RelayLimits,
   type Resolver,
-} from './relay-target.js';
+} from '../http/relay-target.js';
 
 /**
  * The RelayHttp endpoint (docs/PROTOCOL.md section 10), off unless `serve --relay`:
@@ -22,6 +27,36 @@ import {
  */
 
 export const RELAY_PREFIX = '/relay/';
+
+/** The library's relay options (the `--relay*` rows of src/options.ts). */
+export interface RelayOptions {
+  /** Serve `POST /relay/HOST[:PORT]` (default false). Needs access keys with a `relay` list. */
+  relay?: boolean;
+  /** Largest relayed request, head and body, in bytes (default 1 MiB; 413 past it). */
+  relayMaxRequest?: number;
+  /** Largest target response relayed, in bytes (default 8 MiB; 502 past it). */
+  relayMaxResponse?: number;
+  /** Milliseconds to resolve a target and connect (default 5000; 504 past it). */
+  relayConnectTimeout?: number;
+  /** Milliseconds a target has to send its whole response (default 30000; 504 past it). */
+  relayTimeout?: number;
+  /** Relays one access key may have in flight at once (default 16; 429 past it). */
+  relayMaxPerKey?: number;
+}
+
+/** The settings of an enabled relay endpoint from the library's options (undefined: off). */
+export function relaySettingsFrom(o: RelayOptions, maxHeaderSize: number, bodyTimeout: number): RelaySettings | undefined {
+  if (!boolOption('relay', o.relay)) return undefined;
+  return {
+    maxRequestBytes: numberOption('relayMaxRequest', o.relayMaxRequest),
+    maxResponseBytes: numberOption('relayMaxResponse', o.relayMaxResponse),
+    connectTimeout: numberOption('relayConnectTimeout', o.relayConnectTimeout),
+    responseTimeout: numberOption('relayTimeout', o.relayTimeout),
+    maxPerKey: numberOption('relayMaxPerKey', o.relayMaxPerKey),
+    maxHeaderSize,
+    bodyTimeout,
+  };
+}
 
 export interface RelaySettings extends RelayLimits {
   /** Bytes of the envelope (the relayed request, head and body) the gateway reads at most. */
@@ -36,22 +71,6 @@ export interface RelaySettings extends RelayLimits {
 export interface RelayKey {
   readonly id: string;
   readonly patterns: readonly RelayPattern[];
-}
-
-/** What the endpoint reports of each relay, for the access log and metrics. */
-export interface RelayEvent {
-  readonly keyId: string | undefined;
-  /** `host[:port]` as asked for ('' when the URL named none). */
-  readonly target: string;
-  readonly method: string;
-  readonly path: string;
-  readonly status: number;
-  /** The error code when the gateway answered for the target (refused, timed out, ...). */
-  readonly error: string | undefined;
-  readonly ms: number;
-  readonly bytesIn: number;
-  readonly bytesOut: number;
-  readonly remote: string;
 }
 
 export interface RelayDeps {
@@ -76,8 +95,15 @@ export class RelayEndpoint {
     return this.#inflight.get(keyId) ?? 0;
   }
 
-  /** Serves one request under RELAY_PREFIX; never rejects. */
-  async handle(req: IncomingMessage, res: ServerResponse, remote: string): Promise<void> {
+  /** Takes the requests under RELAY_PREFIX (false for any other path). */
+  handle(req: IncomingMessage, res: ServerResponse, path: string): boolean {
+    if (!path.startsWith(RELAY_PREFIX)) return false;
+    void this.#serve(req, res, clientAddress(req.socket.remoteAddress));
+    return true;
+  }
+
+  /** Serves one relay; never rejects. */
+  async #serve(req: IncomingMessage, res: ServerResponse, remote: string): Promise<void> {
     const started = performance.now();
     const url = req.url ?? '/';
     const targetText = decodeTarget(url.slice(RELAY_PREFIX.length).split('?')[0] ?? '');
@@ -97,6 +123,7 @@ export class RelayEndpoint {
       });
     };
     let held: string | undefined;
+    let reading = false;
     try {
       const key = this.#authorize(req);
       event.keyId = key.id;
@@ -106,21 +133,25 @@ export class RelayEndpoint {
       checkMediaType(req.headers['content-type']);
       held = this.#hold(key.id);
       const { settings } = this.#deps;
+      reading = true;
       const body = await readBody(req, settings.maxRequestBytes, ERR_TOO_LARGE, settings.bodyTimeout).catch((err: PtthError) => {
         throw err.code === 'PTTH_ERR_BODY_TOO_LARGE' ? new PtthError('PTTH_ERR_RELAY_REQUEST_TOO_LARGE') : err;
       });
       event.bytesIn = body.length;
       const request = await parseRelayRequest(body, settings.maxHeaderSize);
       event.method = request.method;
-      event.path = request.path;
+      event.path = targetPath(request.path);
       const response = await relayRequest(target, request, key.patterns, settings, this.#deps.resolve ?? systemResolver);
       const bytes = serializeRelayResponse(response);
       res.writeHead(200, { 'Content-Type': 'message/http', 'Content-Length': bytes.length, 'Cache-Control': 'no-store' });
       res.end(bytes);
       finish(response.status, undefined, bytes.length);
     } catch (err) {
-      const e = err instanceof PtthError ? err : new PtthError('PTTH_ERR_RELAY_UNREACHABLE', (err as Error).message);
-      if (!res.headersSent) sendError(res, e, req.headers.accept, !req.complete);
+      const e = err instanceof PtthError ? err : new PtthError('PTTH_ERR_RELAY_UNREACHABLE', errorMessage(err));
+      // Refused before its body was read: the body is read and dropped, as the other endpoints do.
+      // Refused while it was being read (too large, too slow): the connection closes after the answer.
+      if (!reading) req.resume();
+      if (!res.headersSent) sendError(res, e, req.headers.accept, reading && !req.complete);
       else res.destroy();
       finish(e.status, e.code, 0);
     } finally {

@@ -2,7 +2,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PtthError } from '../../src/http/errors.js';
-import { parseRelayPattern } from '../../src/gateway/relay-policy.js';
+import { parseRelayPattern } from '../../src/http/relay-policy.js';
 import {
   parseRelayRequest,
   parseRelayTarget,
@@ -10,7 +10,7 @@ import {
   serializeRelayResponse,
   type RelayLimits,
   type Resolver,
-} from '../../src/gateway/relay-target.js';
+} from '../../src/http/relay-target.js';
 
 const limits: RelayLimits = { maxResponseBytes: 64 * 1024, connectTimeout: 500, responseTimeout: 500, maxHeaderSize: 16 * 1024 };
 const servers: Server[] = [];

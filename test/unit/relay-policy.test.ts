@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { addressAllowed, addressKind, matchTarget, parseRelayPattern } from '../../src/gateway/relay-policy.js';
+import { addressAllowed, addressKind, matchTarget, parseRelayPattern } from '../../src/http/relay-policy.js';
 
 describe('relay allow-list patterns', () => {
   it('parses host, wildcard, port, IPv4 and bracketed or bare IPv6 forms', () => {

@@ -4,8 +4,8 @@ import { connect as netConnect, isIP, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
 import { Client } from 'undici';
-import { PtthError } from '../http/errors.js';
-import { withoutHeaders, withoutHopByHop } from '../http/headers.js';
+import { PtthError } from './errors.js';
+import { withoutHeaders, withoutHopByHop } from './headers.js';
 import { addressAllowed, addressKind, matchTarget, type RelayPattern } from './relay-policy.js';
 
 /**
