@@ -276,6 +276,12 @@ export function attachLogger(gateway: Gateway, logger: Logger, options: AttachOp
     if (c.status >= 400 && !(c.op === 'register' && c.method === 'POST')) logger.warn(line, msg);
     else logger.debug(line, msg);
   });
+  on('relay', (r) => {
+    const line = { event: 'relay', ...r, ms: Math.round(r.ms) };
+    const msg = `relay ${r.keyId ?? '-'} ${r.method || '-'} ${r.target}${r.path} ${r.status}${r.error ? ` ${r.error}` : ''}`;
+    if (r.error !== undefined && r.status >= 500) logger.warn(line, msg);
+    else logger.info(line, msg);
+  });
   on('cookie-dropped', (c) =>
     logger.warn(
       { event: 'cookie-dropped', name: c.name, count: c.count },

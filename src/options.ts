@@ -104,6 +104,16 @@ export const OPTIONS = {
   wsMaxStreams: { flag: '--ws-max-streams', type: 'int', unit: 'count', min: 1, default: 128, description: 'requests in flight at once on one WebSocket channel' },
   wsWindow: { flag: '--ws-window', type: 'int', unit: 'bytes', min: 1024, default: 256 * 1024, description: 'body bytes in flight per request and direction on a WebSocket channel' },
   wsPingInterval: { flag: '--ws-ping-interval', type: 'int', unit: 'ms', min: 1, default: 30_000, description: 'time between WebSocket pings; a channel that misses one is closed' },
+  relay: {
+    flag: '--relay', type: 'bool', default: false,
+    description: 'serve the RelayHttp endpoint (POST /relay/HOST[:PORT] with a message/http request): browser programs make outbound ' +
+      'requests through the gateway, each with an access key whose "relay" list names the target (needs --keys)',
+  },
+  relayMaxRequest: { flag: '--relay-max-request', type: 'int', unit: 'bytes', min: 1, default: 1024 * 1024, description: 'largest relayed request, head and body (413 past it)' },
+  relayMaxResponse: { flag: '--relay-max-response', type: 'int', unit: 'bytes', min: 1, default: 8 * 1024 * 1024, description: "largest target response the gateway relays (502 past it)" },
+  relayConnectTimeout: { flag: '--relay-connect-timeout', type: 'int', unit: 'ms', min: 1, default: 5_000, description: 'time to resolve a relay target and connect to it (504 past it)' },
+  relayTimeout: { flag: '--relay-timeout', type: 'int', unit: 'ms', min: 1, default: 30_000, description: 'time a relay target has to send its whole response (504 past it)' },
+  relayMaxPerKey: { flag: '--relay-max-per-key', type: 'int', unit: 'count', min: 1, default: 16, description: 'relays one access key may have in flight at once (429 past it)' },
   cookieGuard: { flag: '--cookie-guard', type: 'bool', default: true, description: "relay apps' Set-Cookie headers whose Domain is the gateway's domain or a parent of it (by default they are dropped: browsers would send them to every app, so one tenant could set cookies for the others)" },
   statusList: { flag: '--status-list', type: 'choice', arg: '<who>', default: 'loopback', choices: ['loopback', 'everyone', 'nobody'], description: 'who sees the names, channels and app addresses on the status page (loopback: this machine only, others see the count; behind a local reverse proxy use nobody)' },
   metrics: { flag: '--metrics', type: 'bool', default: true, description: 'no Prometheus metrics (by default they are served at /metrics on the gateway host, or on --admin-port)' },

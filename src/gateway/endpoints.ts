@@ -9,6 +9,7 @@ import { renderStatusPage, type StatusRegistration } from './statuspage.js';
 import { DEMO_HTML } from './browser.js';
 import { formParams, readBody } from '../http/body.js';
 import { SERVICE_PATH } from './classify.js';
+import { RELAY_PREFIX } from './relay.js';
 import { EVENTS_SUFFIX, followEvents } from './events.js';
 import { errorMessage } from '../shared/errormessage.js';
 import { targetPath } from '../shared/target.js';
@@ -16,10 +17,11 @@ import { targetPath } from '../shared/target.js';
 /**
  * The gateway's own endpoints (Host is the domain, an IP literal, or outside the domain):
  *  - `GET /`: what the gateway is doing (HTML, or JSON with `Accept: application/json`);
- *  - `/_ptth/<id>`: a registration's private URL, GET state, PUT lease/token, DELETE release.
+ *  - `/_ptth/<id>`: a registration's private URL, GET state, PUT lease/token, DELETE release;
+ *  - `/relay/HOST[:PORT]`: the RelayHttp endpoint, with `serve --relay` (src/gateway/relay.ts).
  *
- * CORS only where browser clients on other origins need it (docs/PROTOCOL.md sections 5 and 7): the Comet
- * endpoint, `/ptth.js` (module scripts are fetched in cors mode) and DELETE of a private URL (the
+ * CORS only where browser clients on other origins need it (docs/PROTOCOL.md sections 5, 7 and 10): the Comet
+ * endpoint, `/ptth.js` (module scripts are fetched in cors mode), the relay endpoint and DELETE of a private URL (the
  * browser library releases its name with it). The status page, metrics, health and the rest of the
  * private URL send none: any page open in a browser on the gateway's machine could otherwise read
  * the names, app addresses and counts the status page shows to loopback. (A WebSocket handshake is
@@ -36,9 +38,9 @@ function cors(req: IncomingMessage, res: ServerResponse): void {
   res.setHeader('Access-Control-Expose-Headers', CORS_EXPOSE);
 }
 
-/** Comet and the browser library: the paths any origin may read. */
+/** Comet, the browser library and the relay endpoint: the paths any origin may read. */
 function browserPath(path: string): boolean {
-  return path === SERVICE_PATH || path.startsWith(`${SERVICE_PATH}/`) || path === '/ptth.js';
+  return path === SERVICE_PATH || path.startsWith(`${SERVICE_PATH}/`) || path === '/ptth.js' || path.startsWith(RELAY_PREFIX);
 }
 
 /** A DELETE of a private URL, or its preflight: the browser library's release on close(). */
@@ -67,6 +69,8 @@ export interface GatewayInfo {
   readonly startedAt: number;
   /** Comet (`/reversehttp`) and the browser library (`/ptth.js`). */
   readonly browser?: { handle(req: IncomingMessage, res: ServerResponse, path: string): boolean };
+  /** The RelayHttp endpoint (`/relay/`), when on. */
+  readonly relay?: { handle(req: IncomingMessage, res: ServerResponse, path: string): boolean } | undefined;
   /** Prometheus metrics, when on. */
   readonly metrics?: MetricsText | undefined;
   /** Whether `/metrics` is served on the gateway host (false when only an admin port serves it). */
@@ -168,6 +172,7 @@ export function handleEndpoint(ctx: GatewayContext, info: GatewayInfo, req: Inco
     return;
   }
   if (info.browser?.handle(req, res, path)) return;
+  if (info.relay?.handle(req, res, path)) return;
   if (handleHealth(req, res, path, !ctx.closing(), info.metricsPublic === false ? undefined : info.metrics)) return;
   if (path === '/') {
     if (req.method !== 'GET' && req.method !== 'HEAD') return methodNotAllowed(req, res, 'GET, HEAD');

@@ -26,6 +26,22 @@ export interface RequestEvent {
   error: string | undefined;
 }
 
+
+/** What the endpoint reports of each relay, for the access log and metrics. */
+export interface RelayEvent {
+  readonly keyId: string | undefined;
+  /** `host[:port]` as asked for ('' when the URL named none). */
+  readonly target: string;
+  readonly method: string;
+  readonly path: string;
+  readonly status: number;
+  /** The error code when the gateway answered for the target (refused, timed out, ...). */
+  readonly error: string | undefined;
+  readonly ms: number;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  readonly remote: string;
+}
 /**
  * One request to the Comet endpoint, for the log (event `comet`): what it was, how it was answered.
  * The session id in a request URL is a capability: `path` shows its hash's first 8 characters
@@ -73,6 +89,8 @@ export interface GatewayEvents extends TableEvents {
   /** A request to the Comet endpoint (src/gateway/comet.ts), once answered or abandoned. */
   comet: [CometEvent];
   request: [RequestEvent];
+  /** A request to the RelayHttp endpoint, once answered (src/gateway/relay.ts). */
+  relay: [RelayEvent];
   /** An app's `Set-Cookie` fields were dropped by the cookie guard. */
   'cookie-dropped': [{ name: string; count: number }];
   error: [Error];

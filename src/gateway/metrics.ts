@@ -47,6 +47,7 @@ export class GatewayMetrics {
     tableGauges(source.table, registers);
     requestFigures(source, registers);
     claimCounters(source, registers);
+    relayCounters(source, registers);
     for (const m of sharedProcessMetrics()) this.registry.registerMetric(m);
   }
 
@@ -243,4 +244,27 @@ function claimCounters(source: GatewayEventSource, registers: Registry[]): void 
   source.on('release', (_r, reason) => released.inc({ reason }));
   source.on('channel-open', (_r, c) => opened.inc({ transport: c.transport }));
   source.on('channel-close', (_r, c) => closed.inc({ transport: c.transport }));
+}
+
+/** The RelayHttp endpoint: relays by outcome, and the bytes they carried. */
+function relayCounters(source: GatewayEventSource, registers: Registry[]): void {
+  const relays = new Counter({
+    name: 'ptth_relay_requests_total',
+    help: "Requests to the relay endpoint, by status (the target's, or the gateway's refusal) and PTTH_ERR_* code ('' when the target answered).",
+    labelNames: ['status', 'code'],
+    registers,
+  });
+  const bytes = new Counter({
+    name: 'ptth_relay_bytes_total',
+    help: 'Bytes through the relay endpoint: the relayed requests (in) and the responses sent back (out).',
+    labelNames: ['direction'],
+    registers,
+  });
+  bytes.inc({ direction: 'in' }, 0);
+  bytes.inc({ direction: 'out' }, 0);
+  source.on('relay', (r) => {
+    relays.inc({ status: String(r.status), code: r.error ?? '' });
+    bytes.inc({ direction: 'in' }, r.bytesIn);
+    bytes.inc({ direction: 'out' }, r.bytesOut);
+  });
 }

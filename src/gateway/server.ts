@@ -13,6 +13,7 @@ import type { GatewayContext, GatewaySettings } from './context.js';
 import { boolOption, domainOption, numberOption, OPTIONS, OptionError, publicUrlOption, SHUTDOWN_GRACE_DEFAULT } from '../options.js';
 import { gatewayHeaders, handleEndpoint, type GatewayInfo } from './endpoints.js';
 import { BrowserEndpoints, type BrowserOptions } from './browser.js';
+import { RelayEndpoint, relaySettingsFrom, type RelayOptions } from './relay.js';
 import type { EmitGatewayEvent, GatewayEvents } from './eventmap.js';
 import { forwardRequest, forwardUpgrade, refuseVisitor } from './forward.js';
 import { VERSION } from '../version.js';
@@ -38,7 +39,7 @@ export interface TlsOptions {
  * src/options.ts, shared with `ptth-proxy serve`). A bad value throws an OptionError: a TypeError with the code
  * `PTTH_ERR_BAD_OPTION`.
  */
-export interface GatewayOptions extends BrowserOptions {
+export interface GatewayOptions extends BrowserOptions, RelayOptions {
   /** Apps are served at `name.domain` (default `localhost`). */
   domain?: string;
   /** Base of advertised URLs behind a proxy or TLS terminator, e.g. `https://tunnel.example.com`. */
@@ -185,6 +186,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   #info: GatewayInfo;
   /** Comet, the WebSocket channel and /ptth.js (docs/PROTOCOL.md sections 5 and 6). */
   readonly browser: BrowserEndpoints;
+  /** The RelayHttp endpoint (docs/PROTOCOL.md section 10), with `relay: true`. */
+  readonly relay: RelayEndpoint | undefined;
   /** Prometheus metrics (undefined with `metrics: false`). */
   readonly metrics: GatewayMetrics | undefined;
   /** Who may claim what; `setAccess()` replaces its configuration. */
@@ -247,6 +250,10 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       closing: () => this.#closing,
     };
     this.browser = new BrowserEndpoints(this.#ctx, options);
+    const relay = relaySettingsFrom(options, numberOption('maxHeaderSize', options.maxHeaderSize), s.claimTimeout);
+    this.relay = relay
+      ? new RelayEndpoint({ settings: relay, lookup: (key) => this.access.relayKey(key), report: (e) => emit('relay', e) })
+      : undefined;
     (this as EventEmitter).on('newListener', (event: string | symbol) => {
       if (event === 'request') observed.requests = true;
     });
@@ -260,6 +267,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       version: VERSION,
       startedAt: Date.now(),
       browser: this.browser,
+      relay: this.relay,
       metrics: this.metrics,
       metricsPublic: options.metricsOnGateway !== false,
       statusList: options.statusList ?? OPTIONS.statusList.default,

@@ -112,6 +112,22 @@ export const ERRORS = {
   PTTH_ERR_NOT_WEBSOCKET: { status: 400, message: 'A WebSocket channel needs a valid WebSocket handshake (RFC 6455 section 4.1).' },
   // Never sent to a peer: the code of the TypeError createGateway() throws for a bad option (src/options.ts).
   PTTH_ERR_BAD_OPTION: { status: 500, message: 'An option of the gateway has a value it cannot use.' },
+  PTTH_ERR_RELAY_KEY_REQUIRED: {
+    status: 401,
+    message: 'The relay endpoint needs an access key on every request: send Authorization: Bearer <key>.',
+  },
+  PTTH_ERR_RELAY_FORBIDDEN: { status: 403, message: "This target is not in the access key's relay allow-list." },
+  PTTH_ERR_RELAY_BAD_TARGET: { status: 400, message: 'The relay URL is /relay/HOST or /relay/HOST:PORT.' },
+  PTTH_ERR_RELAY_BAD_MESSAGE: { status: 400, message: 'The relayed request is not one valid HTTP/1.1 request.' },
+  PTTH_ERR_RELAY_MEDIA_TYPE: {
+    status: 415,
+    message: 'The relay endpoint takes one request as message/http; application/http pipelines are not served.',
+  },
+  PTTH_ERR_RELAY_REQUEST_TOO_LARGE: { status: 413, message: 'The relayed request is larger than this gateway relays (--relay-max-request).' },
+  PTTH_ERR_RELAY_TOO_LARGE: { status: 502, message: "The target's response is larger than this gateway relays (--relay-max-response)." },
+  PTTH_ERR_RELAY_UNREACHABLE: { status: 502, message: 'The relay target could not be reached.' },
+  PTTH_ERR_RELAY_TIMEOUT: { status: 504, message: 'The relay target did not answer in time.' },
+  PTTH_ERR_RELAY_BUSY: { status: 429, message: 'This access key already has as many relays in flight as it may.' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -5,6 +5,7 @@ import { randomName, type ClaimParams } from './names.js';
 import type { ChannelLimits, ClaimLease, RouteTable } from './table.js';
 import type { Registration } from './registration.js';
 import { errorMessage } from '../shared/errormessage.js';
+import { parseRelayPattern, type RelayPattern } from '../http/relay-policy.js';
 
 /**
  * Who may claim what: access keys with name patterns and limits, and reserved names.
@@ -31,6 +32,11 @@ export interface AccessKey {
   readonly maxNames?: number | undefined;
   /** Channels the key may hold at once across all its names (default unlimited; 429 past it). */
   readonly maxChannels?: number | undefined;
+  /**
+   * Targets the RelayHttp endpoint (`serve --relay`) may reach for this key: `host[:port]`
+   * patterns, `*.` allowed as a prefix (docs/PROTOCOL.md section 10). Absent: none.
+   */
+  readonly relay?: readonly string[] | undefined;
 }
 
 /** The access file (`--keys FILE`) or `PTTH_KEYS`, as JSON. */
@@ -69,6 +75,7 @@ interface Pattern {
 interface CompiledKey {
   readonly id: string;
   readonly patterns: readonly Pattern[];
+  readonly relay: readonly RelayPattern[];
   readonly maxNames: number | undefined;
   readonly maxChannels: number | undefined;
 }
@@ -173,8 +180,21 @@ function limit(entry: Record<string, unknown>, field: string, where: string): nu
   return v;
 }
 
-const KEY_FIELDS = new Set(['id', 'sha256', 'names', 'maxNames', 'maxChannels']);
+const KEY_FIELDS = new Set(['id', 'sha256', 'names', 'maxNames', 'maxChannels', 'relay']);
 const TOP_FIELDS = new Set(['keys', 'reserved']);
+
+/** A key's `relay` array: `host[:port]` patterns (src/http/relay-policy.ts). */
+function relayPatterns(value: unknown, where: string): RelayPattern[] {
+  if (value === undefined) return [];
+  if (!Array.isArray(value)) throw new AccessConfigError(`${where}: relay must be an array of "host[:port]" patterns, got ${quoted(value)}`);
+  return value.map((p: unknown, j: number) => {
+    try {
+      return parseRelayPattern(p as string);
+    } catch (err) {
+      throw new AccessConfigError(`${where}: relay[${j}]: ${errorMessage(err)}`);
+    }
+  });
+}
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -215,7 +235,7 @@ function compile(value: unknown, source: string): Compiled {
       if (!isObject(entry)) throw new AccessConfigError(`${where}: a key entry must be an object, got ${quoted(entry)}`);
       for (const k of Object.keys(entry)) {
         if (!KEY_FIELDS.has(k)) {
-          throw new AccessConfigError(`${where}: unknown field ${quoted(k)} (expected id, sha256, names, maxNames, maxChannels)`);
+          throw new AccessConfigError(`${where}: unknown field ${quoted(k)} (expected id, sha256, names, maxNames, maxChannels, relay)`);
         }
       }
       const id = entry['id'];
@@ -241,6 +261,7 @@ function compile(value: unknown, source: string): Compiled {
         patterns,
         maxNames: limit(entry, 'maxNames', where),
         maxChannels: limit(entry, 'maxChannels', where),
+        relay: relayPatterns(entry['relay'], where),
       };
       keys?.set(sha256, compiled);
       byId.set(id, compiled);
@@ -250,6 +271,7 @@ function compile(value: unknown, source: string): Compiled {
         names: patterns.map((p) => p.source),
         ...(compiled.maxNames === undefined ? {} : { maxNames: compiled.maxNames }),
         ...(compiled.maxChannels === undefined ? {} : { maxChannels: compiled.maxChannels }),
+        ...(entry['relay'] === undefined ? {} : { relay: compiled.relay.map((p) => p.text) }),
       });
     });
   }
@@ -419,6 +441,24 @@ export class AccessControl {
     const decision = await table.decide({ ...params, keyId: grant.keyId, maxNames: grant.maxNames, pickName: grant.pickName, channels });
     if (!decision.ok) throw decision.refusal;
     return decision;
+  }
+
+  /**
+   * The relay rights of `key` (the RelayHttp endpoint asks for a key on every request, whatever
+   * the claim rules). Throws 401 PTTH_ERR_KEY_INVALID for a key the gateway does not know, and
+   * on a gateway without keys, where no key can carry an allow-list.
+   */
+  relayKey(key: string): { id: string; patterns: readonly RelayPattern[] } {
+    const keys = this.#compiled.keys;
+    if (keys === undefined) {
+      throw new PtthError(
+        'PTTH_ERR_KEY_INVALID',
+        'This gateway has no access keys, and the relay endpoint serves only keys that list their targets (--keys).',
+      );
+    }
+    const k = keys.get(hashKey(key));
+    if (!k) throw new PtthError('PTTH_ERR_KEY_INVALID');
+    return { id: k.id, patterns: k.relay };
   }
 
   /** The channel limits of `reg` under the configuration in force: the gateway's per name, its key's. */
