@@ -12,7 +12,7 @@ import { once } from 'node:events';
 import * as http from 'node:http';
 import * as http2 from 'node:http2';
 import type * as net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
 import type { Channel } from '../../src/channels/channel.js';
 import type { Tunnel } from '../../src/client/node.js';
@@ -26,36 +26,35 @@ import {
   request,
   sleep,
   startApp,
-  startGateway,
   until,
   type RequestSpec,
   type TestGateway,
 } from '../helpers/index.js';
+import { cleanup, track, useGateway } from '../helpers/fixture.js';
 
+/** The running test's gateway: set by gateway(), cleared when the test finishes. */
 let gw: TestGateway | undefined;
-const sockets: net.Socket[] = [];
-const tunnels: Tunnel[] = [];
-const cleanups: (() => unknown)[] = [];
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) {
-    try {
-      await c();
-    } catch {
-      // best effort
-    }
-  }
-  for (const s of sockets.splice(0)) s.destroy();
-  await Promise.all(tunnels.splice(0).map((t) => t.close({ graceMs: 100 })));
-  await gw?.close();
-  gw = undefined;
-});
 
 function noop(): void {}
 
 async function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
-  gw = await startGateway(options);
-  return gw;
+  const started = await useGateway(options);
+  gw = started;
+  cleanup(() => {
+    gw = undefined;
+  });
+  return started;
+}
+
+/** Runs `fn` when the test finishes, ignoring its errors (best effort). */
+function bestEffort(fn: () => unknown): void {
+  cleanup(async () => {
+    try {
+      await fn();
+    } catch {
+      // best effort
+    }
+  });
 }
 
 function g(): TestGateway {
@@ -111,7 +110,7 @@ interface Claimed {
 async function claim(bytes: string): Promise<Claimed> {
   const c = await rawClaim(g().port, bytes);
   c.socket.on('error', noop);
-  sockets.push(c.socket);
+  track(c.socket);
   return c;
 }
 
@@ -177,7 +176,7 @@ async function serveH2(socket: net.Socket, already: Buffer, onStream: StreamHand
   server.emit('connection', socket);
   if (!session) throw new Error('no HTTP/2 session');
   app.session = session;
-  cleanups.push(() => session?.destroy());
+  bestEffort(() => session?.destroy());
   // The gateway has acknowledged our SETTINGS: its channel knows our limits from now on.
   const deadline = sleep(5_000).then(() => Promise.reject(new Error('no SETTINGS ACK')));
   await Promise.race([once(session, 'localSettings'), deadline]);
@@ -516,7 +515,7 @@ describe('flow control', () => {
     // The slow visitor reads the head and a few bytes, then stops reading.
     const slow = await rawConnect(gw.port);
     slow.on('error', noop);
-    sockets.push(slow);
+    track(slow);
     slow.write(`GET /big HTTP/1.1\r\nHost: ${gw.host('flow')}\r\n\r\n`);
     const head = (await readUntil(slow, headEnd, 5_000)).toString('latin1');
     expect(head).toMatch(/^HTTP\/1\.1 200 /);
@@ -619,7 +618,7 @@ describe('PING', () => {
       thrown.push(err);
     };
     process.on('uncaughtException', onUncaught);
-    cleanups.push(() => process.removeListener('uncaughtException', onUncaught));
+    bestEffort(() => process.removeListener('uncaughtException', onUncaught));
     for (let i = 0; i < 30; i++) {
       const app = await h2App(`ping${i}`, (stream) => text(stream, 'x'));
       if (i % 2 === 0) app.session.close(); // GOAWAY on an idle connection
@@ -804,7 +803,7 @@ describe('errors over HTTP/2', () => {
     const ch = reg('leave').channels[0];
     const v = await rawConnect(gw.port);
     v.on('error', noop);
-    sockets.push(v);
+    track(v);
     v.write(`GET /partial HTTP/1.1\r\nHost: ${gw.host('leave')}\r\n\r\n`);
     const got = await readUntil(v, (b) => b.length > 1_000, 2_000);
     expect(got.toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
@@ -844,7 +843,7 @@ describe('errors over HTTP/2', () => {
     for (const path of ['/silent', '/answering']) {
       const v = await rawConnect(gw.port);
       v.on('error', noop);
-      sockets.push(v);
+      track(v);
       v.write(`POST ${path} HTTP/1.1\r\nHost: ${gw.host('cutup')}\r\nContent-Length: 1000000\r\n\r\n`);
       v.write(Buffer.alloc(100_000, 'u'));
       await until(() => (seen[path]?.got ?? 0) > 0, 2_000, `the upload to ${path} to reach the app`);
@@ -880,7 +879,7 @@ describe('visitor upgrades on HTTP/2 channels', () => {
     expect(reg('noconnect').channels[0]?.upgradable).toBe(false);
     const v = await rawConnect(gw.port);
     v.on('error', noop);
-    sockets.push(v);
+    track(v);
     v.write(wsRequest(gw.host('noconnect')));
     const got = (await readUntil(v, () => false, 10_000)).toString('latin1');
     expect(got).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n/);
@@ -911,7 +910,7 @@ describe('visitor upgrades on HTTP/2 channels', () => {
     expect(reg('xconnect').channels[0]?.upgradable).toBe(true);
     const v = await rawConnect(gw.port);
     v.on('error', noop);
-    sockets.push(v);
+    track(v);
     v.write(wsRequest(gw.host('xconnect'), '/chat?room=1'));
     const head = await readUntil(v, headEnd, 2_000);
     const end = head.indexOf('\r\n\r\n');
@@ -947,7 +946,7 @@ describe('visitor upgrades on HTTP/2 channels', () => {
 
 async function app(target: http.RequestListener | http.Server, options: Parameters<typeof startApp>[2] = {}): Promise<Tunnel> {
   const t = await startApp(g().port, target, options);
-  tunnels.push(t);
+  cleanup(() => t.close({ graceMs: 100 }));
   return t;
 }
 
@@ -966,7 +965,7 @@ function acceptLog(): net.Socket[] {
  */
 async function acceptedBefore(seen: net.Socket[]): Promise<net.Socket[]> {
   const probe = await rawConnect(g().port);
-  sockets.push(probe);
+  track(probe);
   await until(() => seen.some((s) => s.remotePort === probe.localPort), 5_000, 'the gateway to accept the probe');
   return seen.slice(0, seen.findIndex((s) => s.remotePort === probe.localPort));
 }
@@ -1026,7 +1025,7 @@ describe('the Node client: HTTP/2 by default, HTTP/1.1 when needed', () => {
     const gw = await gateway();
     const server = http.createServer((_req, res) => res.end('plain'));
     const wss = new WebSocketServer({ server });
-    cleanups.push(() => wss.close());
+    bestEffort(() => wss.close());
     wss.on('connection', (ws) => ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary })));
     const t = await app(server, { name });
     expect(t.protocol).toBe('h2');
@@ -1052,7 +1051,7 @@ describe('the Node client: HTTP/2 by default, HTTP/1.1 when needed', () => {
     const open = (): Promise<WebSocket> =>
       new Promise((resolve, reject) => {
         const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/`, { headers: { Host: gw.host('mix') } });
-        cleanups.push(() => ws.terminate());
+        bestEffort(() => ws.terminate());
         ws.once('open', () => resolve(ws));
         ws.once('error', reject);
       });
@@ -1146,7 +1145,7 @@ describe('the Node client over HTTP/2 preserves what the app needs', () => {
       }
     });
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-    cleanups.push(() => agent.destroy());
+    bestEffort(() => agent.destroy());
     const host = gw.host('statuses');
     const cookies = await fetchBytes(gw.port, { host, path: '/cookies', agent });
     expect(cookies.headers['set-cookie']).toEqual(['a=1; Path=/', 'b=2; HttpOnly']);
@@ -1206,7 +1205,7 @@ describe('the Node client over HTTP/2 preserves what the app needs', () => {
       else req.resume().on('end', () => res.end('later'));
     }, { name: 'early' });
     let closedByTest = false;
-    cleanups.push(() => (closedByTest ? undefined : t.close({ graceMs: 100 })));
+    bestEffort(() => (closedByTest ? undefined : t.close({ graceMs: 100 })));
     expect(t.protocol).toBe('h2');
     const r = await fetchBytes(gw.port, { host: gw.host('early'), method: 'POST', path: '/early', body: UP, headers: { 'content-length': UP.length } });
     expect(r.status).toBe(200);
