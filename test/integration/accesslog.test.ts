@@ -11,7 +11,7 @@ import { request, startApp, startGateway, until, type TestGateway } from '../hel
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
 
 /*
- * The access log's cheap path (issue 11, "Speed"): a `request` line is built as one string and
+ * The access log's cheap path: a `request` line is built as one string and
  * written straight to the logger's stream, and stdout gets its lines in batches, flushed by a
  * timer and on exit. Consumers parse these lines: they must stay exactly what pino writes for the
  * same fields, and no line may be lost or held back for long.

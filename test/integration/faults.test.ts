@@ -1,5 +1,5 @@
 /**
- * Faults (issue 5, "Proof"): apps killed mid-request and mid-response, the gateway killed and
+ * Faults: apps killed mid-request and mid-response, the gateway killed and
  * restarted under load, and connections that stall without closing.
  *
  * Apps run in their own processes (test/helpers/child-app.ts, the library's listen()), so SIGKILL

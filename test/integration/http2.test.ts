@@ -1,5 +1,5 @@
 /**
- * Reversed HTTP/2 (docs/PROTOCOL.md section 4, draft-kazuho-ptth-ptth; issue 4): the `Upgrade: ptth` +
+ * Reversed HTTP/2 (docs/PROTOCOL.md section 4, draft-kazuho-ptth-ptth): the `Upgrade: ptth` +
  * `ALPN` handshake byte for byte, many concurrent streams on one connection, flow control, PING,
  * GOAWAY both ways, errors, visitor upgrades (RFC 8441 extended CONNECT), and the Node client's
  * choice between HTTP/2 and HTTP/1.1.

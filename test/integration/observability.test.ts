@@ -15,7 +15,7 @@ import { RawWsApp, wsRefusal } from '../helpers/wsapp.js';
 import { fetchRaw, register } from '../helpers/comet.js';
 
 /*
- * Logs, metrics and health (issue 5, "Operations"): /metrics scraped after real traffic through
+ * Logs, metrics and health: /metrics scraped after real traffic through
  * real apps, /healthz and /readyz on the gateway host and on an admin server, and the pino lines
  * a gateway's events become.
  */
