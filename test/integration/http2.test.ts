@@ -17,7 +17,6 @@ import WebSocket, { WebSocketServer } from 'ws';
 import type { Channel } from '../../src/channels/channel.js';
 import type { Tunnel } from '../../src/client/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
-import type { Registration } from '../../src/routes/table.js';
 import {
   headEnd,
   rawClaim,
@@ -60,12 +59,6 @@ function bestEffort(fn: () => unknown): void {
 function g(): TestGateway {
   if (!gw) throw new Error('no gateway started');
   return gw;
-}
-
-function reg(name: string): Registration {
-  const r = g().gateway.table.lookup(name);
-  if (!r) throw new Error(`no registration ${name}`);
-  return r;
 }
 
 function transports(name: string): string[] {
@@ -260,7 +253,7 @@ describe('handshake variants (docs/PROTOCOL.md section 4, draft-kazuho-ptth-ptth
     const gw = await gateway();
     const c = await claim(claimBytes(gw.port, '?name=hx&token=t', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: h2']));
     expect(c.head).toMatch(exact101('hx', gw.port, 'ptth', 'h2'));
-    expect(reg('hx').channels.map((ch) => ch.transport)).toEqual(['http2']);
+    expect(g().registration('hx').channels.map((ch) => ch.transport)).toEqual(['http2']);
     const already = await expectPreface(c);
     let seen: http2.IncomingHttpHeaders | undefined;
     await serveH2(c.socket, already, (stream, headers) => {
@@ -417,7 +410,7 @@ async function answerInBatches(name: string, h: Holder, total: number, size: num
     const queued = total - answered - size;
     const ready = (): boolean => {
       expect(h.held.length, `never more than ${size} streams at the app at once`).toBeLessThanOrEqual(size);
-      return h.held.length === size && reg(name).waiting === queued;
+      return h.held.length === size && g().registration(name).waiting === queued;
     };
     await until(ready, 10_000, `${size} streams at the app, ${queued} queued`);
     for (const s of h.held.splice(0)) text(s, 'ok');
@@ -446,7 +439,7 @@ describe('concurrency on one HTTP/2 connection', () => {
     }
     expect(app.streams).toBe(N);
     expect(held).toHaveLength(N);
-    expect(reg('many').channels).toHaveLength(1);
+    expect(g().registration('many').channels).toHaveLength(1);
   });
 
   it("respects the app's SETTINGS_MAX_CONCURRENT_STREAMS (5): never more than 5 in flight at the app, the rest queue and are served", async () => {
@@ -535,7 +528,7 @@ describe('flow control', () => {
     const fast = await fetchBytes(gw.port, { host: gw.host('flow'), path: '/small' });
     expect(fast.status).toBe(200);
     expect(sha(fast.body)).toBe(sha(SMALL));
-    expect(reg('flow').channels).toHaveLength(1);
+    expect(g().registration('flow').channels).toHaveLength(1);
     // 2 MB of another stream's frames went over the connection since the stall: had the big one
     // been given window meanwhile, it would have moved. It is still held at both ends.
     expect(stalled(), 'still stalled after the other stream was served').toBe(true);
@@ -633,13 +626,13 @@ describe('PING', () => {
   it('a healthy app with the same PING settings stays connected through ten PINGs and keeps serving', async () => {
     const gw = await gateway(PING);
     const app = await h2App('alive', (stream) => text(stream, 'alive'));
-    const first = reg('alive').channels[0];
+    const first = g().registration('alive').channels[0];
     let pings = 0;
     app.session.on('ping', () => pings++);
     // Counted, not slept: the gateway sends a PING only once the previous one was acknowledged, so
     // the eleventh PING received means ten round trips the gateway accepted (over a second at 100 ms).
     await until(() => pings >= 11, 10_000, 'eleven PINGs');
-    expect(reg('alive').channels).toEqual([first]);
+    expect(g().registration('alive').channels).toEqual([first]);
     expect(first?.closed).toBe(false);
     expect((await request(gw.port, { host: gw.host('alive') })).body).toBe('alive');
   });
@@ -722,8 +715,8 @@ describe('GOAWAY', () => {
     const r = await first;
     expect(r.status).toBe(200);
     expect(r.body).toBe('first done');
-    await until(() => !reg('drain').channels.includes(goingChannel as Channel), 2_000, 'the drained channel to leave');
-    expect(reg('drain').channels).toHaveLength(1);
+    await until(() => !g().registration('drain').channels.includes(goingChannel as Channel), 2_000, 'the drained channel to leave');
+    expect(g().registration('drain').channels).toHaveLength(1);
   });
 });
 
@@ -751,9 +744,9 @@ describe('errors over HTTP/2', () => {
     const r = await request(gw.port, { host: gw.host('reset'), path: '/reset' });
     expect(r.status).toBe(502);
     expect(r.headers['x-ptth-error']).toMatch(/^PTTH_ERR_/);
-    const ch = reg('reset').channels[0];
+    const ch = g().registration('reset').channels[0];
     expect((await request(gw.port, { host: gw.host('reset'), path: '/ok' })).body).toBe('fine');
-    expect(reg('reset').channels).toEqual([ch]);
+    expect(g().registration('reset').channels).toEqual([ch]);
   });
 
   it('the app never answers: 504 after responseTimeout, the stream is cancelled at the app, the connection keeps serving', async () => {
@@ -780,7 +773,7 @@ describe('errors over HTTP/2', () => {
     expect(ms).toBeLessThan(10 * responseTimeout);
     await until(() => cancelled, 5_000, 'the app stream to be cancelled');
     expect((await request(gw.port, { host: gw.host('mute'), path: '/ok' })).body).toBe('spoke');
-    expect(reg('mute').channels).toHaveLength(1);
+    expect(g().registration('mute').channels).toHaveLength(1);
   });
 
   it("a visitor going away mid-response cancels the app's stream while the connection keeps serving others", async () => {
@@ -800,7 +793,7 @@ describe('errors over HTTP/2', () => {
       }
       text(stream, 'others fine');
     });
-    const ch = reg('leave').channels[0];
+    const ch = g().registration('leave').channels[0];
     const v = await rawConnect(gw.port);
     v.on('error', noop);
     track(v);
@@ -810,7 +803,7 @@ describe('errors over HTTP/2', () => {
     v.destroy();
     await until(() => partial.closed, 1_000, "the app's stream to close");
     expect((await request(gw.port, { host: gw.host('leave'), path: '/ok' })).body).toBe('others fine');
-    expect(reg('leave').channels).toEqual([ch]);
+    expect(g().registration('leave').channels).toEqual([ch]);
     expect(ch?.active).toBe(0);
   });
 
@@ -839,7 +832,7 @@ describe('errors over HTTP/2', () => {
         stream.write('partial answer');
       }
     });
-    const ch = reg('cutup').channels[0];
+    const ch = g().registration('cutup').channels[0];
     for (const path of ['/silent', '/answering']) {
       const v = await rawConnect(gw.port);
       v.on('error', noop);
@@ -853,7 +846,7 @@ describe('errors over HTTP/2', () => {
       expect(seen[path]?.ended, `${path}: a cut upload must not look complete to the app`).toBe(false);
     }
     expect((await request(gw.port, { host: gw.host('cutup'), path: '/ok' })).body).toBe('still serving');
-    expect(reg('cutup').channels).toEqual([ch]);
+    expect(g().registration('cutup').channels).toEqual([ch]);
     expect(ch?.active).toBe(0);
   });
 });
@@ -876,7 +869,7 @@ describe('visitor upgrades on HTTP/2 channels', () => {
     // is a minute long, and the answer must come (and the connection close) within 10 s.
     const gw = await gateway({ queueTimeout: 60_000, responseTimeout: 60_000, reconnectWait: 60_000 });
     await h2App('noconnect', (stream) => text(stream, 'plain'));
-    expect(reg('noconnect').channels[0]?.upgradable).toBe(false);
+    expect(g().registration('noconnect').channels[0]?.upgradable).toBe(false);
     const v = await rawConnect(gw.port);
     v.on('error', noop);
     track(v);
@@ -907,7 +900,7 @@ describe('visitor upgrades on HTTP/2 channels', () => {
       },
       { enableConnectProtocol: true },
     );
-    expect(reg('xconnect').channels[0]?.upgradable).toBe(true);
+    expect(g().registration('xconnect').channels[0]?.upgradable).toBe(true);
     const v = await rawConnect(gw.port);
     v.on('error', noop);
     track(v);
@@ -938,7 +931,7 @@ describe('visitor upgrades on HTTP/2 channels', () => {
     expect(back2.toString('latin1')).toBe('echo:again');
     // Plain requests share the connection.
     expect((await request(gw.port, { host: gw.host('xconnect') })).body).toBe('plain');
-    expect(reg('xconnect').channels).toHaveLength(1);
+    expect(g().registration('xconnect').channels).toHaveLength(1);
   });
 });
 
@@ -1030,8 +1023,8 @@ describe('the Node client: HTTP/2 by default, HTTP/1.1 when needed', () => {
     const t = await app(server, { name });
     expect(t.protocol).toBe('h2');
     await until(() => transports(name).join() === 'http1,http2', 2_000, 'h2 + h1 channels');
-    const h2ch = reg(name).channels.find((c) => c.transport === 'http2') as Channel;
-    const h1ch = reg(name).channels.find((c) => c.transport === 'http1') as Channel;
+    const h2ch = g().registration(name).channels.find((c) => c.transport === 'http2') as Channel;
+    const h1ch = g().registration(name).channels.find((c) => c.transport === 'http1') as Channel;
     return { gw, h2ch, h1ch };
   }
 
@@ -1063,11 +1056,11 @@ describe('the Node client: HTTP/2 by default, HTTP/1.1 when needed', () => {
     };
     const ws1 = await open();
     expect(await echo(ws1, 'one')).toBe('one');
-    expect(reg('mix').channels, 'the HTTP/1.1 channel was consumed by the upgrade').not.toContain(h1ch);
-    expect(reg('mix').channels).toContain(h2ch);
+    expect(g().registration('mix').channels, 'the HTTP/1.1 channel was consumed by the upgrade').not.toContain(h1ch);
+    expect(g().registration('mix').channels).toContain(h2ch);
     expect(h2ch.served, 'the upgrade did not go over HTTP/2').toBe(h2served);
     await until(
-      () => reg('mix').channels.some((c) => c.transport === 'http1' && c !== h1ch) && reg('mix').channels.length === 2,
+      () => g().registration('mix').channels.some((c) => c.transport === 'http1' && c !== h1ch) && g().registration('mix').channels.length === 2,
       3_000,
       'a replacement HTTP/1.1 channel',
     );
