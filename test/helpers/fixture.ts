@@ -48,7 +48,11 @@ export async function useSocket(port: number, bytes?: string | Buffer): Promise<
 }
 
 /** An app served through the gateway with the Node client (startApp), closed when the test finishes. */
-export async function useApp(port: number, target: http.RequestListener | http.Server, options: ListenOptions = {}): Promise<Tunnel> {
+export async function useApp(
+  port: number,
+  target: http.RequestListener | http.Server,
+  options: ListenOptions = {},
+): Promise<Tunnel> {
   const tunnel = await startApp(port, target, options);
   cleanup(() => tunnel.close({ graceMs: 100 }));
   return tunnel;

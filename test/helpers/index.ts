@@ -2,6 +2,7 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import { createGateway, type Gateway, type GatewayOptions } from '../../src/gateway/server.js';
 import { listen, type ListenOptions, type Tunnel } from '../../src/client/node.js';
+import type { Registration } from '../../src/table/registration.js';
 
 /** Short timeouts for tests: nothing waits out a production default. */
 export const FAST: GatewayOptions = {
@@ -18,6 +19,8 @@ export interface TestGateway {
   origin: string;
   /** `NAME.localhost:PORT`, the Host header visitors of NAME send. */
   host(name: string): string;
+  /** The live registration of `name`; throws when there is none. */
+  registration(name: string): Registration;
   close(): Promise<void>;
 }
 
@@ -30,6 +33,11 @@ export async function startGateway(options: GatewayOptions = {}, port = 0): Prom
     port: addr.port,
     origin: `http://127.0.0.1:${addr.port}`,
     host: (name) => `${name}.${gateway.settings.domain}:${addr.port}`,
+    registration: (name) => {
+      const reg = gateway.table.lookup(name);
+      if (!reg) throw new Error(`no registration named ${name}`);
+      return reg;
+    },
     close: () => gateway.close(200),
   };
 }

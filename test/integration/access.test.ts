@@ -6,15 +6,16 @@
  */
 import type { Socket } from 'node:net';
 import * as http from 'node:http';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { ClaimError, listen, type Tunnel } from '../../src/client/node.js';
+import { ClaimError, listen } from '../../src/client/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import { AccessConfigError, hashKey, type AccessConfig } from '../../src/table/access.js';
 import { closed, headEnd, rawConnect, readUntil, request, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { cleanup, track, useGateway } from '../helpers/fixture.js';
 import { fetchRaw, CometApp, register } from '../helpers/comet.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
-import { loadLibrary, RawWsApp, wsRefusal, type LibServer } from '../helpers/wsapp.js';
+import { loadLibrary, RawWsApp, wsRefusal } from '../helpers/wsapp.js';
 
 const KEY_ALICE = 'ptth_alice-0123456789abcdefghijklmnop';
 const KEY_OPS = 'ptth_ops-0123456789abcdefghijklmnopqrs';
@@ -30,30 +31,8 @@ const KEYS: AccessConfig = {
   reserved: ['www', 'admin-*'],
 };
 
-let gw: TestGateway | undefined;
-const sockets: Socket[] = [];
-const tunnels: Tunnel[] = [];
-const cometApps: CometApp[] = [];
-const wsApps: RawWsApp[] = [];
-const libServers: LibServer[] = [];
-const procs: Spawned[] = [];
-const servers: http.Server[] = [];
-
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s.destroy();
-  for (const a of wsApps.splice(0)) a.close();
-  for (const p of procs.splice(0)) p.kill('SIGKILL');
-  await Promise.all(tunnels.splice(0).map((t) => t.close({ graceMs: 100 })));
-  await Promise.all(cometApps.splice(0).map((a) => a.stop()));
-  await Promise.all(libServers.splice(0).map((s) => s.close()));
-  for (const s of servers.splice(0)) s.close();
-  await gw?.close();
-  gw = undefined;
-});
-
-async function start(options: GatewayOptions = { access: KEYS }): Promise<TestGateway> {
-  gw = await startGateway(options);
-  return gw;
+function start(options: GatewayOptions = { access: KEYS }): Promise<TestGateway> {
+  return useGateway(options);
 }
 
 /** A native claim written byte for byte; `connection: false` takes node's request path instead. */
@@ -65,7 +44,7 @@ async function nativeClaim(
 ): Promise<{ socket: Socket; head: string; rest: string }> {
   const socket = await rawConnect(port);
   socket.on('error', () => {});
-  sockets.push(socket);
+  track(socket);
   const lines = [
     `POST /${query} HTTP/1.1`,
     `Host: ${opts.host ?? `localhost:${port}`}`,
@@ -99,7 +78,7 @@ function comet(origin: string, form: Record<string, string>, headers: http.Outgo
 
 async function wsApp(port: number, query: Record<string, string>): Promise<RawWsApp> {
   const a = await RawWsApp.connect(port, query);
-  wsApps.push(a);
+  cleanup(() => a.close());
   return a;
 }
 
@@ -294,7 +273,7 @@ describe('Comet registrations with keys', () => {
   it('a Comet app with a key serves visitors; polls need no key (the request URL is the capability)', async () => {
     const g = await start();
     const app = await CometApp.start(g.origin, { name: 'team-comet', token: 't', key: KEY_ALICE }, () => ({ status: 200, body: 'comet ok' }));
-    cometApps.push(app);
+    cleanup(() => app.stop());
     const r = await request(g.port, { host: g.host('team-comet') });
     expect([r.status, r.body]).toEqual([200, 'comet ok']);
   });
@@ -335,7 +314,7 @@ describe('reloading the access configuration', () => {
   it('new claims use the new keys at once; existing registrations keep serving', async () => {
     const g = await start();
     const app = await startApp(g.port, (_req, res) => res.end('still here'), { name: 'alice', key: KEY_ALICE, connections: 1, http1: true });
-    tunnels.push(app);
+    cleanup(() => app.close({ graceMs: 100 }));
     // alice's key is revoked; ops stays; www is no longer reserved.
     g.gateway.setAccess({ keys: [{ id: 'ops', sha256: hashKey(KEY_OPS), names: ['*'] }] });
     expectRefusal((await nativeClaim(g.port, '?name=team-z&token=t', [bearer(KEY_ALICE)])).head, 401, 'PTTH_ERR_KEY_INVALID');
@@ -390,15 +369,15 @@ describe('clients with keys', () => {
   it('the Node client sends its key (HTTP/2 and HTTP/1.1) and serves visitors', async () => {
     const g = await start();
     const h2 = await startApp(g.port, (_req, res) => res.end('h2 app'), { name: 'alice', key: KEY_ALICE });
-    tunnels.push(h2);
+    cleanup(() => h2.close({ graceMs: 100 }));
     expect(h2.protocol).toBe('h2');
     const h1 = await startApp(g.port, (_req, res) => res.end('h1 app'), { name: 'team-one', key: KEY_ALICE, http1: true });
-    tunnels.push(h1);
+    cleanup(() => h1.close({ graceMs: 100 }));
     expect((await request(g.port, { host: g.host('alice') })).body).toBe('h2 app');
     expect((await request(g.port, { host: g.host('team-one') })).body).toBe('h1 app');
     // Without a name, the key's prefix pattern names it.
     const unnamed = await startApp(g.port, (_req, res) => res.end('x'), { key: KEY_OPS });
-    tunnels.push(unnamed);
+    cleanup(() => unnamed.close({ graceMs: 100 }));
     expect(unnamed.url).toMatch(/^http:\/\/[a-z][a-z0-9]{11}\.localhost:\d+\/$/);
   });
 
@@ -424,14 +403,14 @@ describe('clients with keys', () => {
     const serve = await loadLibrary();
     for (const transport of ['websocket', 'comet'] as const) {
       const s = serve({ gateway: g.origin, name: `team-${transport}`, key: KEY_ALICE, transport }, () => new Response(`lib ${transport}`));
-      libServers.push(s);
+      cleanup(() => s.close());
       await s.url;
       expect(s.transport).toBe(transport);
       expect((await request(g.port, { host: g.host(`team-${transport}`) })).body).toBe(`lib ${transport}`);
     }
     // Comet reports the refusal (a browser WebSocket cannot see the status of a refused handshake).
     const refused = serve({ gateway: g.origin, name: 'bob', key: KEY_ALICE, transport: 'comet' }, () => new Response(''));
-    libServers.push(refused);
+    cleanup(() => refused.close());
     await expect(refused.url).rejects.toMatchObject({ status: 403, code: 'PTTH_ERR_KEY_FORBIDDEN' });
   });
 });
@@ -439,7 +418,7 @@ describe('clients with keys', () => {
 describe('the CLI', () => {
   it('`ptth-proxy key` prints a key and an entry that a gateway accepts', async () => {
     const p = spawnCli(['key', '--id', 'ci', '--names', 'ci-*, docs', '--max-names', '2', '--max-channels', '5']);
-    procs.push(p);
+    cleanup(() => p.kill('SIGKILL'));
     expect(await p.exited()).toBe(0);
     const out = p.output();
     const key = /^ {2}(ptth_[A-Za-z0-9_-]{32})$/m.exec(out)?.[1];
@@ -455,11 +434,11 @@ describe('the CLI', () => {
 
   it('`ptth-proxy key` refuses bad patterns and ids with exit code 2', async () => {
     const p = spawnCli(['key', '--names', 'a.b']);
-    procs.push(p);
+    cleanup(() => p.kill('SIGKILL'));
     expect(await p.exited()).toBe(2);
     expect(p.output()).toMatch(/ptth-proxy key: new key: keys\[0\] \(id "key-[0-9a-f]{8}"\): names\[0\]: "a\.b" is not a valid name or pattern/);
     const q = spawnCli(['key', '--id', 'bad id']);
-    procs.push(q);
+    cleanup(() => q.kill('SIGKILL'));
     expect(await q.exited()).toBe(2);
     expect(q.output()).toMatch(/id must be/);
   });
@@ -467,12 +446,12 @@ describe('the CLI', () => {
   it('`connect --key` (and PTTH_KEY) claims with the key; a refused key exits 3', async () => {
     const g = await start();
     const backend = http.createServer((_req, res) => res.end('from backend'));
-    servers.push(backend);
+    cleanup(() => backend.close());
     await new Promise<void>((r) => backend.listen(0, '127.0.0.1', r));
     const port = (backend.address() as { port: number }).port;
     // One channel: a spliced pool (spares beside the used ones) would take all three of alice's maxChannels.
     const p = spawnCli(['connect', String(port), '--gateway', g.origin, '--name', 'alice', '--key', KEY_ALICE, '--connections', '1']);
-    procs.push(p);
+    cleanup(() => p.kill('SIGKILL'));
     await p.waitFor(/Forwarding http:\/\/alice\.localhost/);
     expect((await request(g.port, { host: g.host('alice') })).body).toBe('from backend');
     // The key from the environment (the child inherits it at spawn time).
@@ -483,10 +462,10 @@ describe('the CLI', () => {
     } finally {
       delete process.env['PTTH_KEY'];
     }
-    procs.push(q);
+    cleanup(() => q.kill('SIGKILL'));
     await q.waitFor(/Forwarding http:\/\/team-env\.localhost/);
     const bad = spawnCli(['connect', String(port), '--gateway', g.origin, '--name', 'bob', '--key', KEY_ALICE]);
-    procs.push(bad);
+    cleanup(() => bad.kill('SIGKILL'));
     expect(await bad.exited()).toBe(3);
     expect(bad.output()).toMatch(/403.*may not claim "bob"/);
     // --help names the variable but never prints a key.
@@ -497,7 +476,7 @@ describe('the CLI', () => {
     } finally {
       delete process.env['PTTH_KEY'];
     }
-    procs.push(help);
+    cleanup(() => help.kill('SIGKILL'));
     await help.exited();
     expect(help.output()).toContain('PTTH_KEY');
     expect(help.output()).not.toContain(KEY_ALICE);

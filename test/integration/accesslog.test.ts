@@ -4,26 +4,24 @@ import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Tunnel } from '../../src/client/node.js';
 import type { RequestEvent } from '../../src/gateway/eventmap.js';
 import { attachLogger, createLogger, LOG_BATCH } from '../../src/log.js';
-import { request, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { request, startApp, until } from '../helpers/index.js';
+import { cleanup, useGateway } from '../helpers/fixture.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
 
 /*
- * The access log's cheap path (issue 11, "Speed"): a `request` line is built as one string and
+ * The access log's cheap path: a `request` line is built as one string and
  * written straight to the logger's stream, and stdout gets its lines in batches, flushed by a
  * timer and on exit. Consumers parse these lines: they must stay exactly what pino writes for the
  * same fields, and no line may be lost or held back for long.
  */
 
-const gateways: TestGateway[] = [];
-const tunnels: Tunnel[] = [];
+// Gateways and apps close through the fixture's hooks, which run after afterEach: a killed
+// `serve` process is gone before the apps connected to it close.
 const procs: Spawned[] = [];
-afterEach(async () => {
+afterEach(() => {
   for (const p of procs.splice(0)) p.kill('SIGKILL');
-  await Promise.all(tunnels.splice(0).map((t) => t.close()));
-  await Promise.all(gateways.splice(0).map((g) => g.close()));
 });
 
 /** Every string a destination receives, in order. */
@@ -46,8 +44,7 @@ function pinoLines(): { out: string[]; logger: pino.Logger } {
 
 describe('request lines', () => {
   it('are byte for byte the lines pino writes for the same fields, whatever the strings hold', async () => {
-    const gw = await startGateway();
-    gateways.push(gw);
+    const gw = await useGateway();
     const fast = collect();
     attachLogger(gw.gateway, createLogger({ destination: fast }));
     const reference = pinoLines();
@@ -76,8 +73,7 @@ describe('request lines', () => {
   });
 
   it('match pino\'s for real requests through a real app, and honour the logger\'s level', async () => {
-    const gw = await startGateway();
-    gateways.push(gw);
+    const gw = await useGateway();
     const fast = collect();
     attachLogger(gw.gateway, createLogger({ destination: fast }));
     const warnOnly = collect();
@@ -89,7 +85,7 @@ describe('request lines', () => {
       if (req.url === '/fail') res.writeHead(503).end('down');
       else res.end('hello');
     }, { name: 'real' });
-    tunnels.push(tunnel);
+    cleanup(() => tunnel.close());
     expect((await request(gw.port, { host: gw.host('real'), method: 'POST', path: '/a?secret=1', body: 'body' })).status).toBe(200);
     expect((await request(gw.port, { host: gw.host('real'), path: '/fail' })).status).toBe(503);
     expect((await request(gw.port, { host: gw.host('nobody'), path: '/n' })).status).toBe(404);
@@ -103,8 +99,7 @@ describe('request lines', () => {
   });
 
   it('go through pino when the destination needs each line\'s level (a multistream)', async () => {
-    const gw = await startGateway();
-    gateways.push(gw);
+    const gw = await useGateway();
     const info: string[] = [];
     const warn: string[] = [];
     const sink = (to: string[]): Writable => new Writable({ write: (c: Buffer, _e, cb) => { to.push(c.toString()); cb(); } });
@@ -190,7 +185,7 @@ describe('serve writes its log in batches', () => {
     // A request the app never answers keeps the shutdown waiting for its grace.
     let arrived = false;
     const tunnel = await startApp(port, () => void (arrived = true), { name: 'held' });
-    tunnels.push(tunnel);
+    cleanup(() => tunnel.close());
     expect((await request(port, { host: `nobody.localhost:${port}`, path: '/answered' })).status).toBe(404);
     const held = request(port, { host: `held.localhost:${port}`, path: '/held' }).catch(() => undefined);
     await until(() => arrived, 3_000, 'the held request at the app');

@@ -17,7 +17,6 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import type { Tunnel } from '../../src/client/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
-import type { Registration } from '../../src/table/registration.js';
 import { closed, headEnd, rawClaim, rawConnect, readUntil, request, sleep, startApp, startGateway, until, type Reply, type TestGateway } from '../helpers/index.js';
 import {
   DATA,
@@ -224,12 +223,6 @@ async function send(bytes: string | Buffer, ms?: number): Promise<Seen> {
   const s = await connect();
   s.write(bytes);
   return outcome(s, ms);
-}
-
-function reg(name: string): Registration {
-  const r = gw.gateway.table.lookup(name);
-  if (!r) throw new Error(`no registration ${name}`);
-  return r;
 }
 
 let names = 0;
@@ -511,7 +504,7 @@ describe('claimants sending bad bytes', () => {
       s.write(Buffer.from([0x8f, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00]));
       await readUntil(s, () => false, 2_000);
       expect(s.destroyed).toBe(true);
-      await until(() => reg(name).channels.length === 0, 2_000, 'the channel to leave the registration');
+      await until(() => gw.registration(name).channels.length === 0, 2_000, 'the channel to leave the registration');
     });
   });
 
@@ -529,8 +522,8 @@ describe('claimants sending bad bytes', () => {
       // visitor waited for one as during a reconnect, and the name has none when that wait ends.
       expect(seen.status).toBe(503);
       expect(seen.text).toContain('X-Ptth-Error: PTTH_ERR_NO_CHANNEL');
-      await until(() => reg(name).channels.length === 0, 2_000, 'the channel to close');
-      expect(reg(name).waiting).toBe(0);
+      await until(() => gw.registration(name).channels.length === 0, 2_000, 'the channel to close');
+      expect(gw.registration(name).waiting).toBe(0);
     });
   });
 
@@ -623,9 +616,9 @@ describe('apps answering with invalid responses over reversed HTTP/1.1', () => {
       else app.write(answer);
       check(await outcome(visitor), expected, code);
       // Nothing leaks: no request waits, and a channel that misbehaved is gone.
-      expect(reg(name).waiting).toBe(0);
+      expect(gw.registration(name).waiting).toBe(0);
       if (expected === 'closed' || code !== undefined) {
-        await until(() => reg(name).channels.length === 0, 2_000, 'the misbehaving channel to close');
+        await until(() => gw.registration(name).channels.length === 0, 2_000, 'the misbehaving channel to close');
       }
     });
   });
@@ -654,11 +647,11 @@ describe('apps answering with invalid responses over reversed HTTP/1.1', () => {
       check(seen, expected, code);
       // An upgrade's answer always ends the visitor connection (spliced, refused, or failed).
       expect(await closed(visitor), 'the visitor connection ends').toBe(true);
-      expect(reg(name).waiting).toBe(0);
+      expect(gw.registration(name).waiting).toBe(0);
       if (expected === 403) {
         // An ordinary answer leaves the channel as it was: back in the pool.
-        await until(() => reg(name).channels[0]?.available === true, 2_000, 'the channel to be free again');
-      } else await until(() => reg(name).channels.length === 0, 2_000, 'the channel the upgrade used to leave the pool');
+        await until(() => gw.registration(name).channels[0]?.available === true, 2_000, 'the channel to be free again');
+      } else await until(() => gw.registration(name).channels.length === 0, 2_000, 'the channel the upgrade used to leave the pool');
     });
   });
 
@@ -672,7 +665,7 @@ describe('apps answering with invalid responses over reversed HTTP/1.1', () => {
       const first = await outcome(visitor);
       expect(first.status).toBe(200);
       expect(first.text.endsWith('\r\n\r\nok')).toBe(true);
-      await until(() => reg(name).channels.length === 0, 2_000, 'the desynchronised channel to close');
+      await until(() => gw.registration(name).channels.length === 0, 2_000, 'the desynchronised channel to close');
       const next = await outcome(await visitSocket(name));
       expect(next.text).not.toContain('forged');
       expect(next.status).toBe(503);
@@ -769,17 +762,17 @@ describe('apps answering with invalid responses over reversed HTTP/2', () => {
       const name = fresh('h2app');
       const { socket, rest } = await h2Claim(name);
       const app = new RawH2App(socket, rest);
-      await until(() => reg(name).channels[0]?.available === true, 2_000, 'the HTTP/2 channel to be ready');
+      await until(() => gw.registration(name).channels[0]?.available === true, 2_000, 'the HTTP/2 channel to be ready');
       const visitor = await visitSocket(name);
       answer(app, await app.request());
       check(await outcome(visitor), expected, code);
-      expect(reg(name).waiting).toBe(0);
+      expect(gw.registration(name).waiting).toBe(0);
       if (connectionError === true || code === 'PTTH_ERR_CHANNEL_LOST') {
         // The connection is dead (or going): the channel leaves.
-        await until(() => reg(name).channels.length === 0, 2_000, 'the broken connection to close');
+        await until(() => gw.registration(name).channels.length === 0, 2_000, 'the broken connection to close');
       } else {
         // A stream error: the connection itself carries on, as RFC 9113 section 5.4.2 says.
-        expect(reg(name).channels.length).toBe(1);
+        expect(gw.registration(name).channels.length).toBe(1);
         const next = await visitSocket(name);
         const id = await app.request(2);
         app.write(hdrs(id, [[':status', '200'], ['content-length', '0']]));
@@ -793,7 +786,7 @@ describe('apps answering with invalid responses over reversed HTTP/2', () => {
       const name = fresh('h2crlf');
       const { socket, rest } = await h2Claim(name);
       const app = new RawH2App(socket, rest);
-      await until(() => reg(name).channels[0]?.available === true, 2_000, 'the HTTP/2 channel to be ready');
+      await until(() => gw.registration(name).channels[0]?.available === true, 2_000, 'the HTTP/2 channel to be ready');
       const visitor = await visitSocket(name);
       const id = await app.request();
       app.write(hdrs(id, [[':status', '200'], ['x-a', 'a\r\nx-injected: 1'], ['content-length', '0']]));
@@ -840,7 +833,7 @@ describe('apps answering with invalid responses over reversed HTTP/2', () => {
       expect(seen.status).toBe(200);
       expect(seen.text).toContain('partial');
       expect((await visit(name, '/next')).body).toBe('fine');
-      expect(reg(name).waiting).toBe(0);
+      expect(gw.registration(name).waiting).toBe(0);
     });
   });
 
@@ -850,7 +843,7 @@ describe('apps answering with invalid responses over reversed HTTP/2', () => {
       const { socket, rest } = await h2Claim(name);
       await serveH2(socket, rest, (_stream, _headers, session) => session.goaway(http2.constants.NGHTTP2_PROTOCOL_ERROR, 0));
       check(await outcome(await visitSocket(name)), 502, 'PTTH_ERR_CHANNEL_LOST');
-      await until(() => reg(name).channels.length === 0, 2_000, 'the channel to go');
+      await until(() => gw.registration(name).channels.length === 0, 2_000, 'the channel to go');
       check(await outcome(await visitSocket(name)), 503, 'PTTH_ERR_NO_CHANNEL');
     });
   });
@@ -920,12 +913,12 @@ describe('slow peers', () => {
       clearInterval(trickle);
       a.write('y'.repeat(1000 - sent));
       await until(() => seen.endsWith('y'), 2_000, 'the rest of the upload at the app');
-      await until(() => reg(name).channels[0]?.available === true, 2_000, 'the channel to be free');
+      await until(() => gw.registration(name).channels[0]?.available === true, 2_000, 'the channel to be free');
       const c = await visitSocket(name, '/c');
       await until(() => seen.includes('GET /c'), 2_000, 'request C at the app');
       app.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
       check(await outcome(c), 200);
-      expect(reg(name).waiting).toBe(0);
+      expect(gw.registration(name).waiting).toBe(0);
     });
   });
 
@@ -1023,7 +1016,7 @@ describe('slow peers', () => {
       expect(seen).toBe(1);
       // Bounded: the upload stopped at buffer sizes, far short of the gigabyte declared.
       expect(sent).toBeLessThan(64 * 1024 * 1024);
-      expect(reg(name).waiting).toBe(0);
+      expect(gw.registration(name).waiting).toBe(0);
     });
   });
 });
@@ -1059,7 +1052,7 @@ describe('claim floods from one address', () => {
       expect(accepted).toBeLessThanOrEqual(OPTIONS.maxChannels!);
       expect(accepted).toBeGreaterThan(0);
       for (const l of lines) expect(l).toMatch(/^HTTP\/1\.1 (101|429) /);
-      expect(reg('flood-one').channels.length).toBe(accepted);
+      expect(gw.registration('flood-one').channels.length).toBe(accepted);
     });
   });
 

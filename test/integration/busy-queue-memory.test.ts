@@ -16,7 +16,7 @@ function collectGarbage(): void {
 }
 
 describe('the queue of a busy name', () => {
-  it('lets go of visitors that gave up waiting, even while it never empties (memory any visitor controls)', async () => {
+  it('lets go of visitors that gave up waiting while it never empties (memory any visitor controls)', async () => {
     const g = await useGateway({ queueTimeout: 20_000, queueLimit: 1_000 });
     const held: http.ServerResponse[] = [];
     const app = http.createServer((_req, res) => void held.push(res));

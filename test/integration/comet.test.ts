@@ -1,10 +1,10 @@
 import type * as net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import { CometChannel } from '../../src/channels/comet.js';
-import { rawConnect, readUntil, request, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { rawConnect, readUntil, request, until, type TestGateway } from '../helpers/index.js';
 import { spawnCli } from '../helpers/spawn.js';
-import { track, useGateway } from '../helpers/fixture.js';
+import { cleanup, track, useGateway } from '../helpers/fixture.js';
 import { CometApp, fetchRaw, parseLinks, parseRequestMessage, rawValues, register, serializeResponse, type HttpReply } from '../helpers/comet.js';
 
 /*
@@ -12,21 +12,22 @@ import { CometApp, fetchRaw, parseLinks, parseRequestMessage, rawValues, registe
  * long polls, replies, every status, the limits and timeouts, several pollers, and CORS.
  */
 
-let gw: TestGateway | undefined;
-const apps: CometApp[] = [];
-const sockets: net.Socket[] = [];
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s.destroy();
-  // A poller that failed fails its test (CometApp.stop() rethrows), once the gateway is closed.
-  const stopped = await Promise.allSettled(apps.splice(0).map((a) => a.stop()));
-  await gw?.close();
-  gw = undefined;
-  for (const s of stopped) if (s.status === 'rejected') throw s.reason;
-});
+function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
+  return useGateway({ pollTimeout: 5_000, ...options });
+}
 
-async function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
-  gw = await startGateway({ pollTimeout: 5_000, ...options });
-  return gw;
+/**
+ * Stops the apps of one name together when the test finishes: one stopping alone would release
+ * the name under the others' waiting polls (410). A poller that failed fails its test
+ * (CometApp.stop() rethrows). Fills as the test adds to it.
+ */
+function stopTogetherAtEnd(): CometApp[] {
+  const apps: CometApp[] = [];
+  cleanup(async () => {
+    const stopped = await Promise.allSettled(apps.map((a) => a.stop()));
+    for (const s of stopped) if (s.status === 'rejected') throw s.reason;
+  });
+  return apps;
 }
 
 function names(raw: readonly string[]): string[] {
@@ -113,7 +114,7 @@ describe('Comet registration: POST /reversehttp', () => {
   it('answers 429 when the name already holds --max-channels channels', async () => {
     const g = await gateway({ maxChannels: 1 });
     const s = await rawConnect(g.port);
-    sockets.push(s);
+    track(s);
     s.write(`POST /?name=full&token=t HTTP/1.1\r\nHost: localhost\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`);
     await readUntil(s, (b) => b.includes('\r\n\r\n'));
     const r = await register(g.origin, { name: 'full', token: 't' });
@@ -149,7 +150,7 @@ describe('Comet polls and replies', () => {
     const r = await register(g.origin, { name: 'echo' });
     const polled = poll(r.links['first'] as string);
     const visitor = await rawConnect(g.port);
-    sockets.push(visitor);
+    track(visitor);
     const sent =
       `GET /hello?x=1 HTTP/1.1\r\nHost: ${g.host('echo')}\r\nX-Mixed-Case: Value\r\nAccept: */*\r\ncookie: a=b\r\n` + 'Connection: keep-alive\r\n\r\n';
     visitor.write(sent);
@@ -182,7 +183,7 @@ describe('Comet polls and replies', () => {
     const r = await register(g.origin, { name: 'chunks' });
     const polled = poll(r.links['first'] as string);
     const visitor = await rawConnect(g.port);
-    sockets.push(visitor);
+    track(visitor);
     visitor.write(`POST /up HTTP/1.1\r\nHost: ${g.host('chunks')}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n`);
     const p = await polled;
     const message = p.body.toString('latin1');
@@ -365,8 +366,9 @@ describe('Comet with several pollers', () => {
     // A poll timeout far past the test: no poll leaves the line (204) and comes back meanwhile.
     const g = await gateway({ pollTimeout: 60_000 });
     const seen: string[] = [];
+    const pool = stopTogetherAtEnd();
     for (const who of ['A', 'B']) {
-      apps.push(
+      pool.push(
         await CometApp.start(g.origin, { name: 'pool', token: 't' }, (req) => {
           seen.push(who);
           return { status: 200, body: `${who} ${req.url}` };
@@ -391,8 +393,9 @@ describe('Comet with several pollers', () => {
   it('never hands a visitor connection\'s next request out before its previous one was answered', async () => {
     const g = await gateway({ pollTimeout: 60_000 });
     const order: string[] = [];
+    const pool = stopTogetherAtEnd();
     for (const who of ['A', 'B']) {
-      apps.push(
+      pool.push(
         await CometApp.start(g.origin, { name: 'order', token: 't' }, async (req) => {
           order.push(`start ${req.url}`);
           // The first request is held at its poller until the gateway has the second one too
@@ -409,7 +412,7 @@ describe('Comet with several pollers', () => {
     }
     await until(() => cometChannel(g, 'order')?.polls === 2, 3_000, 'both pollers waiting');
     const s = await rawConnect(g.port);
-    sockets.push(s);
+    track(s);
     const host = g.host('order');
     // Two pipelined requests on one connection.
     s.write(`GET /1 HTTP/1.1\r\nHost: ${host}\r\n\r\nGET /2 HTTP/1.1\r\nHost: ${host}\r\n\r\n`);

@@ -8,7 +8,8 @@ import { ClaimError, listen } from '../../src/client/node.js';
 import { createLocalProxy, parseTarget } from '../../src/client/proxy.js';
 import { formatLine, SseParser, watchEvents } from '../../src/client/requestlog.js';
 import { startEventsFront, type EventsFront } from '../helpers/front.js';
-import { request, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { request, until, type TestGateway } from '../helpers/index.js';
+import { cleanup, useGateway } from '../helpers/fixture.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
 
 /*
@@ -17,18 +18,10 @@ import { spawnCli, type Spawned } from '../helpers/spawn.js';
  * lets a test cut that stream as a network hiccup would.
  */
 
+// The CLI processes are killed here, before the fixture's hooks close what they connected to.
 const procs: Spawned[] = [];
-const servers: http.Server[] = [];
-const gateways: TestGateway[] = [];
-const fronts: EventsFront[] = [];
-afterEach(async () => {
+afterEach(() => {
   for (const p of procs.splice(0)) p.kill('SIGKILL');
-  for (const s of servers.splice(0)) {
-    s.closeAllConnections();
-    s.close();
-  }
-  for (const f of fronts.splice(0)) await f.close();
-  for (const g of gateways.splice(0)) await g.close();
 });
 
 function cli(args: string[], env?: NodeJS.ProcessEnv): Spawned {
@@ -37,23 +30,24 @@ function cli(args: string[], env?: NodeJS.ProcessEnv): Spawned {
   return p;
 }
 
-async function gateway(options: Parameters<typeof startGateway>[0] = {}): Promise<TestGateway> {
-  const g = await startGateway(options);
-  gateways.push(g);
-  return g;
+function gateway(options: Parameters<typeof useGateway>[0] = {}): Promise<TestGateway> {
+  return useGateway(options);
 }
 
 /** A gateway behind the events front: connect and visitors use the front's port. */
 async function fronted(): Promise<{ port: number; front: EventsFront; g: TestGateway }> {
   const g = await gateway();
   const front = await startEventsFront(g.port);
-  fronts.push(front);
+  cleanup(() => front.close());
   return { port: front.port, front, g };
 }
 
 async function backend(handler: http.RequestListener, port = 0): Promise<{ server: http.Server; port: number }> {
   const s = http.createServer(handler);
-  servers.push(s);
+  cleanup(() => {
+    s.closeAllConnections();
+    s.close();
+  });
   await new Promise<void>((resolve, reject) => {
     s.once('error', reject);
     s.listen(port, '127.0.0.1', () => resolve());
@@ -117,7 +111,6 @@ describe('connect: what happens while it runs', () => {
     const c = cli(['connect', String(local), '--gateway', g.origin, '--name', 'gone', '--http1', '--connections', '4']);
     await c.waitFor(/Forwarding/);
     await g.close();
-    gateways.splice(gateways.indexOf(g), 1);
     await c.waitFor(/(cannot reach [^\n]*\n[^\n]*){3}/, 10_000);
     const lines = c.output().split('\n').filter((l) => l.includes('cannot reach'));
     // Four connections fail at once: the first round (delays under 0.25 s) is said once.
@@ -246,11 +239,10 @@ describe('connect: a line per request, from the gateway\'s event stream', () => 
     await waitWhile(() => request(port, { host, path: '/two' }), () => /\/two {2}200/.test(c.output()));
     // The gateway restarts on its port: the claim is a new registration with a new private URL.
     await g.close();
-    gateways.splice(gateways.indexOf(g), 1);
     await c.waitFor(/lost the gateway/);
     for (let attempt = 0; ; attempt++) {
       try {
-        gateways.push(await startGateway({}, g.port));
+        await useGateway({}, g.port);
         break;
       } catch (e) {
         if (attempt > 20) throw e;

@@ -1,5 +1,5 @@
 /**
- * Faults (issue 5, "Proof"): apps killed mid-request and mid-response, the gateway killed and
+ * Faults: apps killed mid-request and mid-response, the gateway killed and
  * restarted under load, and connections that stall without closing.
  *
  * Apps run in their own processes (test/helpers/child-app.ts, the library's listen()), so SIGKILL
@@ -12,7 +12,6 @@ import * as net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
-import type { Registration } from '../../src/table/registration.js';
 import { CHILD_APP, spawnTs } from '../helpers/child.js';
 import { rawClaim, rawConnect, readUntil, request, sleep, startApp, until, type Reply, type TestGateway } from '../helpers/index.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
@@ -50,12 +49,6 @@ function g(): TestGateway {
   return gw;
 }
 
-function reg(name: string): Registration {
-  const r = g().gateway.table.lookup(name);
-  if (!r) throw new Error(`no registration ${name}`);
-  return r;
-}
-
 function count(text: string, re: RegExp): number {
   return text.match(re)?.length ?? 0;
 }
@@ -74,7 +67,7 @@ function visit(name: string, path = '/hello'): Promise<Reply> {
 
 /** Nothing of the app's last exchanges is left in the gateway: no request waits, no channel is busy. */
 function noLeaks(name: string): void {
-  const r = reg(name);
+  const r = g().registration(name);
   expect(r.waiting, 'requests waiting').toBe(0);
   for (const c of r.channels) expect(c.active, `requests in flight on channel ${c.id}`).toBe(0);
 }
@@ -86,7 +79,7 @@ describe('apps killed', () => {
       await gateway({ reconnectWait: 300 });
       const app = await childApp('victim', mode);
       expect((await visit('victim')).body).toMatch(/^hello from \d+$/);
-      const registration = reg('victim');
+      const registration = g().registration('victim');
 
       const hung = visit('victim', '/hang');
       await app.waitFor(/^request \/hang$/m);
@@ -95,7 +88,7 @@ describe('apps killed', () => {
       expect(r.status).toBe(502);
       expect(r.headers['x-ptth-error']).toBe('PTTH_ERR_CHANNEL_LOST');
 
-      await until(() => reg('victim').channels.length === 0, 2_000, 'the dead app channels to go');
+      await until(() => g().registration('victim').channels.length === 0, 2_000, 'the dead app channels to go');
       noLeaks('victim');
       // The lease holds the name; a visitor in the gap waits reconnectWait, then 503.
       const gap = await visit('victim');
@@ -107,7 +100,7 @@ describe('apps killed', () => {
       const back = await visit('victim');
       expect(back.status).toBe(200);
       expect(back.body).toBe(`hello from ${again.child.pid ?? 0}`);
-      expect(reg('victim'), 'the same registration, kept by its token').toBe(registration);
+      expect(g().registration('victim'), 'the same registration, kept by its token').toBe(registration);
       noLeaks('victim');
     },
   );
@@ -137,7 +130,7 @@ describe('apps killed', () => {
       const got = (await rest).toString('latin1');
       expect(got).not.toContain('0\r\n\r\n');
       expect(s.destroyed, 'the visitor connection is closed').toBe(true);
-      await until(() => reg('halfway').channels.length === 0, 2_000, 'the dead app channels to go');
+      await until(() => g().registration('halfway').channels.length === 0, 2_000, 'the dead app channels to go');
       noLeaks('halfway');
 
       await childApp('halfway', mode);
@@ -153,14 +146,14 @@ describe('apps killed', () => {
     await app.waitFor(/^request \/hang$/m);
     // The only channel is busy: these wait in the registration's queue.
     const queued = Array.from({ length: 5 }, () => visit('crowded'));
-    await until(() => reg('crowded').waiting === 5, 2_000, 'five queued requests');
+    await until(() => g().registration('crowded').waiting === 5, 2_000, 'five queued requests');
     app.kill('SIGKILL');
     expect((await hung).status).toBe(502);
     // Each gets a status that says what happened: the channel was lost under it (502), or no
     // channel came back while it waited (503).
     const outcomes = (await Promise.all(queued)).map((r) => `${r.status} ${String(r.headers['x-ptth-error'])}`);
     for (const o of outcomes) expect(['502 PTTH_ERR_CHANNEL_LOST', '503 PTTH_ERR_NO_CHANNEL']).toContain(o);
-    await until(() => reg('crowded').channels.length === 0, 2_000, 'the dead app channels to go');
+    await until(() => g().registration('crowded').channels.length === 0, 2_000, 'the dead app channels to go');
     noLeaks('crowded');
   });
 });
@@ -301,7 +294,7 @@ describe('network stalls', () => {
     await gateway({ pingInterval, pingTimeout, reconnectWait: 300 });
     const app = await childApp('frozen', 'h2');
     expect((await visit('frozen')).status).toBe(200);
-    expect(reg('frozen').channels.map((c) => c.transport)).toEqual(['http2']);
+    expect(g().registration('frozen').channels.map((c) => c.transport)).toEqual(['http2']);
 
     app.kill('SIGSTOP');
     const stoppedAt = Date.now();
@@ -310,7 +303,7 @@ describe('network stalls', () => {
     // sent just before the stop may have been on its way: half of it), well within
     // 10 x (pingInterval + pingTimeout).
     const bound = 10 * (pingInterval + pingTimeout);
-    await until(() => reg('frozen').channels.length === 0, bound, 'the stalled HTTP/2 channel to be declared dead');
+    await until(() => g().registration('frozen').channels.length === 0, bound, 'the stalled HTTP/2 channel to be declared dead');
     expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(pingTimeout / 2);
     const during = await visit('frozen');
     expect(during.status).toBe(503);
@@ -339,7 +332,7 @@ describe('network stalls', () => {
     expect(took).toBeGreaterThanOrEqual(responseTimeout - 50);
     expect(took).toBeLessThan(10 * responseTimeout);
     // The channel that held the request is closed (it is mid-message), not returned to the pool.
-    await until(() => reg('stuck').channels.length === 0, 5_000, 'the stalled channel to close');
+    await until(() => g().registration('stuck').channels.length === 0, 5_000, 'the stalled channel to close');
     noLeaks('stuck');
 
     app.kill('SIGCONT');

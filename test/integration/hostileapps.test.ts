@@ -7,7 +7,6 @@ import { describe, expect, it } from 'vitest';
 import { MAX_BINARY_MESSAGE, MAX_CONTROL_MESSAGE } from '../../src/channels/websocket.js';
 import { MAX_HEAD_BYTES, MAX_HEADER_FIELDS } from '../../src/http/response.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
-import type { Registration } from '../../src/table/registration.js';
 import { rawClaim, rawConnect, request, until, type TestGateway } from '../helpers/index.js';
 import { cleanup, track, useGateway } from '../helpers/fixture.js';
 import { END_HEADERS, END_STREAM, HEADERS, RawH2App, frame, headerBlock } from '../helpers/h2app.js';
@@ -25,16 +24,10 @@ function gateway(): Promise<TestGateway> {
   return useGateway(PATIENT);
 }
 
-function reg(g: TestGateway, name: string): Registration {
-  const r = g.gateway.table.lookup(name);
-  if (!r) throw new Error(`no registration ${name}`);
-  return r;
-}
-
 async function wsApp(g: TestGateway, name: string): Promise<RawWsApp> {
   const a = await RawWsApp.connect(g.port, { name, token: 't' });
   cleanup(() => a.close());
-  await until(() => reg(g, name).channels.length === 1, 3_000, `${name}'s channel`);
+  await until(() => g.registration(name).channels.length === 1, 3_000, `${name}'s channel`);
   return a;
 }
 
@@ -207,7 +200,7 @@ async function rawH2App(g: TestGateway, name: string): Promise<RawH2App> {
   c.socket.on('error', noop);
   track(c.socket);
   const app = new RawH2App(c.socket, c.rest);
-  await until(() => reg(g, name).channels[0]?.available === true, 3_000, `${name}'s HTTP/2 channel`);
+  await until(() => g.registration(name).channels[0]?.available === true, 3_000, `${name}'s HTTP/2 channel`);
   return app;
 }
 
@@ -227,7 +220,7 @@ describe('reversed HTTP/2: an app that breaks the connection', () => {
       expect(seen.status).toBe(502);
       expect(seen.head).toContain('X-Ptth-Error: PTTH_ERR_BAD_RESPONSE');
     }
-    await until(() => reg(g, 'h2hpack').channels.length === 0, 3_000, 'the broken session to be released');
+    await until(() => g.registration('h2hpack').channels.length === 0, 3_000, 'the broken session to be released');
     const other = visit(g, 'h2bystander');
     const next = await bystander.request(1);
     const ok = headerBlock([[':status', '200'], ['content-length', '0']]);

@@ -1,5 +1,5 @@
 /**
- * Reversed HTTP/2 (docs/PROTOCOL.md section 4, draft-kazuho-ptth-ptth; issue 4): the `Upgrade: ptth` +
+ * Reversed HTTP/2 (docs/PROTOCOL.md section 4, draft-kazuho-ptth-ptth): the `Upgrade: ptth` +
  * `ALPN` handshake byte for byte, many concurrent streams on one connection, flow control, PING,
  * GOAWAY both ways, errors, visitor upgrades (RFC 8441 extended CONNECT), and the Node client's
  * choice between HTTP/2 and HTTP/1.1.
@@ -12,12 +12,11 @@ import { once } from 'node:events';
 import * as http from 'node:http';
 import * as http2 from 'node:http2';
 import type * as net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
 import type { Channel } from '../../src/channels/channel.js';
 import type { Tunnel } from '../../src/client/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
-import type { Registration } from '../../src/table/registration.js';
 import {
   headEnd,
   rawClaim,
@@ -26,47 +25,40 @@ import {
   request,
   sleep,
   startApp,
-  startGateway,
   until,
   type RequestSpec,
   type TestGateway,
 } from '../helpers/index.js';
+import { cleanup, track, useGateway } from '../helpers/fixture.js';
 
+/** The running test's gateway: set by gateway(), cleared when the test finishes. */
 let gw: TestGateway | undefined;
-const sockets: net.Socket[] = [];
-const tunnels: Tunnel[] = [];
-const cleanups: (() => unknown)[] = [];
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) {
-    try {
-      await c();
-    } catch {
-      // best effort
-    }
-  }
-  for (const s of sockets.splice(0)) s.destroy();
-  await Promise.all(tunnels.splice(0).map((t) => t.close({ graceMs: 100 })));
-  await gw?.close();
-  gw = undefined;
-});
 
 function noop(): void {}
 
 async function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
-  gw = await startGateway(options);
-  return gw;
+  const started = await useGateway(options);
+  gw = started;
+  cleanup(() => {
+    gw = undefined;
+  });
+  return started;
+}
+
+/** Runs `fn` when the test finishes, ignoring its errors (best effort). */
+function bestEffort(fn: () => unknown): void {
+  cleanup(async () => {
+    try {
+      await fn();
+    } catch {
+      // best effort
+    }
+  });
 }
 
 function g(): TestGateway {
   if (!gw) throw new Error('no gateway started');
   return gw;
-}
-
-function reg(name: string): Registration {
-  const r = g().gateway.table.lookup(name);
-  if (!r) throw new Error(`no registration ${name}`);
-  return r;
 }
 
 function transports(name: string): string[] {
@@ -111,7 +103,7 @@ interface Claimed {
 async function claim(bytes: string): Promise<Claimed> {
   const c = await rawClaim(g().port, bytes);
   c.socket.on('error', noop);
-  sockets.push(c.socket);
+  track(c.socket);
   return c;
 }
 
@@ -177,7 +169,7 @@ async function serveH2(socket: net.Socket, already: Buffer, onStream: StreamHand
   server.emit('connection', socket);
   if (!session) throw new Error('no HTTP/2 session');
   app.session = session;
-  cleanups.push(() => session?.destroy());
+  bestEffort(() => session?.destroy());
   // The gateway has acknowledged our SETTINGS: its channel knows our limits from now on.
   const deadline = sleep(5_000).then(() => Promise.reject(new Error('no SETTINGS ACK')));
   await Promise.race([once(session, 'localSettings'), deadline]);
@@ -261,7 +253,7 @@ describe('handshake variants (docs/PROTOCOL.md section 4, draft-kazuho-ptth-ptth
     const gw = await gateway();
     const c = await claim(claimBytes(gw.port, '?name=hx&token=t', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: h2']));
     expect(c.head).toMatch(exact101('hx', gw.port, 'ptth', 'h2'));
-    expect(reg('hx').channels.map((ch) => ch.transport)).toEqual(['http2']);
+    expect(g().registration('hx').channels.map((ch) => ch.transport)).toEqual(['http2']);
     const already = await expectPreface(c);
     let seen: http2.IncomingHttpHeaders | undefined;
     await serveH2(c.socket, already, (stream, headers) => {
@@ -418,7 +410,7 @@ async function answerInBatches(name: string, h: Holder, total: number, size: num
     const queued = total - answered - size;
     const ready = (): boolean => {
       expect(h.held.length, `never more than ${size} streams at the app at once`).toBeLessThanOrEqual(size);
-      return h.held.length === size && reg(name).waiting === queued;
+      return h.held.length === size && g().registration(name).waiting === queued;
     };
     await until(ready, 10_000, `${size} streams at the app, ${queued} queued`);
     for (const s of h.held.splice(0)) text(s, 'ok');
@@ -447,7 +439,7 @@ describe('concurrency on one HTTP/2 connection', () => {
     }
     expect(app.streams).toBe(N);
     expect(held).toHaveLength(N);
-    expect(reg('many').channels).toHaveLength(1);
+    expect(g().registration('many').channels).toHaveLength(1);
   });
 
   it("respects the app's SETTINGS_MAX_CONCURRENT_STREAMS (5): never more than 5 in flight at the app, the rest queue and are served", async () => {
@@ -516,7 +508,7 @@ describe('flow control', () => {
     // The slow visitor reads the head and a few bytes, then stops reading.
     const slow = await rawConnect(gw.port);
     slow.on('error', noop);
-    sockets.push(slow);
+    track(slow);
     slow.write(`GET /big HTTP/1.1\r\nHost: ${gw.host('flow')}\r\n\r\n`);
     const head = (await readUntil(slow, headEnd, 5_000)).toString('latin1');
     expect(head).toMatch(/^HTTP\/1\.1 200 /);
@@ -536,7 +528,7 @@ describe('flow control', () => {
     const fast = await fetchBytes(gw.port, { host: gw.host('flow'), path: '/small' });
     expect(fast.status).toBe(200);
     expect(sha(fast.body)).toBe(sha(SMALL));
-    expect(reg('flow').channels).toHaveLength(1);
+    expect(g().registration('flow').channels).toHaveLength(1);
     // 2 MB of another stream's frames went over the connection since the stall: had the big one
     // been given window meanwhile, it would have moved. It is still held at both ends.
     expect(stalled(), 'still stalled after the other stream was served').toBe(true);
@@ -619,7 +611,7 @@ describe('PING', () => {
       thrown.push(err);
     };
     process.on('uncaughtException', onUncaught);
-    cleanups.push(() => process.removeListener('uncaughtException', onUncaught));
+    bestEffort(() => process.removeListener('uncaughtException', onUncaught));
     for (let i = 0; i < 30; i++) {
       const app = await h2App(`ping${i}`, (stream) => text(stream, 'x'));
       if (i % 2 === 0) app.session.close(); // GOAWAY on an idle connection
@@ -634,13 +626,13 @@ describe('PING', () => {
   it('a healthy app with the same PING settings stays connected through ten PINGs and keeps serving', async () => {
     const gw = await gateway(PING);
     const app = await h2App('alive', (stream) => text(stream, 'alive'));
-    const first = reg('alive').channels[0];
+    const first = g().registration('alive').channels[0];
     let pings = 0;
     app.session.on('ping', () => pings++);
     // Counted, not slept: the gateway sends a PING only once the previous one was acknowledged, so
     // the eleventh PING received means ten round trips the gateway accepted (over a second at 100 ms).
     await until(() => pings >= 11, 10_000, 'eleven PINGs');
-    expect(reg('alive').channels).toEqual([first]);
+    expect(g().registration('alive').channels).toEqual([first]);
     expect(first?.closed).toBe(false);
     expect((await request(gw.port, { host: gw.host('alive') })).body).toBe('alive');
   });
@@ -723,8 +715,8 @@ describe('GOAWAY', () => {
     const r = await first;
     expect(r.status).toBe(200);
     expect(r.body).toBe('first done');
-    await until(() => !reg('drain').channels.includes(goingChannel as Channel), 2_000, 'the drained channel to leave');
-    expect(reg('drain').channels).toHaveLength(1);
+    await until(() => !g().registration('drain').channels.includes(goingChannel as Channel), 2_000, 'the drained channel to leave');
+    expect(g().registration('drain').channels).toHaveLength(1);
   });
 });
 
@@ -752,9 +744,9 @@ describe('errors over HTTP/2', () => {
     const r = await request(gw.port, { host: gw.host('reset'), path: '/reset' });
     expect(r.status).toBe(502);
     expect(r.headers['x-ptth-error']).toMatch(/^PTTH_ERR_/);
-    const ch = reg('reset').channels[0];
+    const ch = g().registration('reset').channels[0];
     expect((await request(gw.port, { host: gw.host('reset'), path: '/ok' })).body).toBe('fine');
-    expect(reg('reset').channels).toEqual([ch]);
+    expect(g().registration('reset').channels).toEqual([ch]);
   });
 
   it('the app never answers: 504 after responseTimeout, the stream is cancelled at the app, the connection keeps serving', async () => {
@@ -781,7 +773,7 @@ describe('errors over HTTP/2', () => {
     expect(ms).toBeLessThan(10 * responseTimeout);
     await until(() => cancelled, 5_000, 'the app stream to be cancelled');
     expect((await request(gw.port, { host: gw.host('mute'), path: '/ok' })).body).toBe('spoke');
-    expect(reg('mute').channels).toHaveLength(1);
+    expect(g().registration('mute').channels).toHaveLength(1);
   });
 
   it("a visitor going away mid-response cancels the app's stream while the connection keeps serving others", async () => {
@@ -801,17 +793,17 @@ describe('errors over HTTP/2', () => {
       }
       text(stream, 'others fine');
     });
-    const ch = reg('leave').channels[0];
+    const ch = g().registration('leave').channels[0];
     const v = await rawConnect(gw.port);
     v.on('error', noop);
-    sockets.push(v);
+    track(v);
     v.write(`GET /partial HTTP/1.1\r\nHost: ${gw.host('leave')}\r\n\r\n`);
     const got = await readUntil(v, (b) => b.length > 1_000, 2_000);
     expect(got.toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
     v.destroy();
     await until(() => partial.closed, 1_000, "the app's stream to close");
     expect((await request(gw.port, { host: gw.host('leave'), path: '/ok' })).body).toBe('others fine');
-    expect(reg('leave').channels).toEqual([ch]);
+    expect(g().registration('leave').channels).toEqual([ch]);
     expect(ch?.active).toBe(0);
   });
 
@@ -840,11 +832,11 @@ describe('errors over HTTP/2', () => {
         stream.write('partial answer');
       }
     });
-    const ch = reg('cutup').channels[0];
+    const ch = g().registration('cutup').channels[0];
     for (const path of ['/silent', '/answering']) {
       const v = await rawConnect(gw.port);
       v.on('error', noop);
-      sockets.push(v);
+      track(v);
       v.write(`POST ${path} HTTP/1.1\r\nHost: ${gw.host('cutup')}\r\nContent-Length: 1000000\r\n\r\n`);
       v.write(Buffer.alloc(100_000, 'u'));
       await until(() => (seen[path]?.got ?? 0) > 0, 2_000, `the upload to ${path} to reach the app`);
@@ -854,7 +846,7 @@ describe('errors over HTTP/2', () => {
       expect(seen[path]?.ended, `${path}: a cut upload must not look complete to the app`).toBe(false);
     }
     expect((await request(gw.port, { host: gw.host('cutup'), path: '/ok' })).body).toBe('still serving');
-    expect(reg('cutup').channels).toEqual([ch]);
+    expect(g().registration('cutup').channels).toEqual([ch]);
     expect(ch?.active).toBe(0);
   });
 });
@@ -877,10 +869,10 @@ describe('visitor upgrades on HTTP/2 channels', () => {
     // is a minute long, and the answer must come (and the connection close) within 10 s.
     const gw = await gateway({ queueTimeout: 60_000, responseTimeout: 60_000, reconnectWait: 60_000 });
     await h2App('noconnect', (stream) => text(stream, 'plain'));
-    expect(reg('noconnect').channels[0]?.upgradable).toBe(false);
+    expect(g().registration('noconnect').channels[0]?.upgradable).toBe(false);
     const v = await rawConnect(gw.port);
     v.on('error', noop);
-    sockets.push(v);
+    track(v);
     v.write(wsRequest(gw.host('noconnect')));
     const got = (await readUntil(v, () => false, 10_000)).toString('latin1');
     expect(got).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n/);
@@ -908,10 +900,10 @@ describe('visitor upgrades on HTTP/2 channels', () => {
       },
       { enableConnectProtocol: true },
     );
-    expect(reg('xconnect').channels[0]?.upgradable).toBe(true);
+    expect(g().registration('xconnect').channels[0]?.upgradable).toBe(true);
     const v = await rawConnect(gw.port);
     v.on('error', noop);
-    sockets.push(v);
+    track(v);
     v.write(wsRequest(gw.host('xconnect'), '/chat?room=1'));
     const head = await readUntil(v, headEnd, 2_000);
     const end = head.indexOf('\r\n\r\n');
@@ -939,7 +931,7 @@ describe('visitor upgrades on HTTP/2 channels', () => {
     expect(back2.toString('latin1')).toBe('echo:again');
     // Plain requests share the connection.
     expect((await request(gw.port, { host: gw.host('xconnect') })).body).toBe('plain');
-    expect(reg('xconnect').channels).toHaveLength(1);
+    expect(g().registration('xconnect').channels).toHaveLength(1);
   });
 });
 
@@ -947,7 +939,7 @@ describe('visitor upgrades on HTTP/2 channels', () => {
 
 async function app(target: http.RequestListener | http.Server, options: Parameters<typeof startApp>[2] = {}): Promise<Tunnel> {
   const t = await startApp(g().port, target, options);
-  tunnels.push(t);
+  cleanup(() => t.close({ graceMs: 100 }));
   return t;
 }
 
@@ -966,7 +958,7 @@ function acceptLog(): net.Socket[] {
  */
 async function acceptedBefore(seen: net.Socket[]): Promise<net.Socket[]> {
   const probe = await rawConnect(g().port);
-  sockets.push(probe);
+  track(probe);
   await until(() => seen.some((s) => s.remotePort === probe.localPort), 5_000, 'the gateway to accept the probe');
   return seen.slice(0, seen.findIndex((s) => s.remotePort === probe.localPort));
 }
@@ -1026,13 +1018,13 @@ describe('the Node client: HTTP/2 by default, HTTP/1.1 when needed', () => {
     const gw = await gateway();
     const server = http.createServer((_req, res) => res.end('plain'));
     const wss = new WebSocketServer({ server });
-    cleanups.push(() => wss.close());
+    bestEffort(() => wss.close());
     wss.on('connection', (ws) => ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary })));
     const t = await app(server, { name });
     expect(t.protocol).toBe('h2');
     await until(() => transports(name).join() === 'http1,http2', 2_000, 'h2 + h1 channels');
-    const h2ch = reg(name).channels.find((c) => c.transport === 'http2') as Channel;
-    const h1ch = reg(name).channels.find((c) => c.transport === 'http1') as Channel;
+    const h2ch = g().registration(name).channels.find((c) => c.transport === 'http2') as Channel;
+    const h1ch = g().registration(name).channels.find((c) => c.transport === 'http1') as Channel;
     return { gw, h2ch, h1ch };
   }
 
@@ -1052,7 +1044,7 @@ describe('the Node client: HTTP/2 by default, HTTP/1.1 when needed', () => {
     const open = (): Promise<WebSocket> =>
       new Promise((resolve, reject) => {
         const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/`, { headers: { Host: gw.host('mix') } });
-        cleanups.push(() => ws.terminate());
+        bestEffort(() => ws.terminate());
         ws.once('open', () => resolve(ws));
         ws.once('error', reject);
       });
@@ -1064,11 +1056,11 @@ describe('the Node client: HTTP/2 by default, HTTP/1.1 when needed', () => {
     };
     const ws1 = await open();
     expect(await echo(ws1, 'one')).toBe('one');
-    expect(reg('mix').channels, 'the HTTP/1.1 channel was consumed by the upgrade').not.toContain(h1ch);
-    expect(reg('mix').channels).toContain(h2ch);
+    expect(g().registration('mix').channels, 'the HTTP/1.1 channel was consumed by the upgrade').not.toContain(h1ch);
+    expect(g().registration('mix').channels).toContain(h2ch);
     expect(h2ch.served, 'the upgrade did not go over HTTP/2').toBe(h2served);
     await until(
-      () => reg('mix').channels.some((c) => c.transport === 'http1' && c !== h1ch) && reg('mix').channels.length === 2,
+      () => g().registration('mix').channels.some((c) => c.transport === 'http1' && c !== h1ch) && g().registration('mix').channels.length === 2,
       3_000,
       'a replacement HTTP/1.1 channel',
     );
@@ -1146,7 +1138,7 @@ describe('the Node client over HTTP/2 preserves what the app needs', () => {
       }
     });
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-    cleanups.push(() => agent.destroy());
+    bestEffort(() => agent.destroy());
     const host = gw.host('statuses');
     const cookies = await fetchBytes(gw.port, { host, path: '/cookies', agent });
     expect(cookies.headers['set-cookie']).toEqual(['a=1; Path=/', 'b=2; HttpOnly']);
@@ -1206,7 +1198,7 @@ describe('the Node client over HTTP/2 preserves what the app needs', () => {
       else req.resume().on('end', () => res.end('later'));
     }, { name: 'early' });
     let closedByTest = false;
-    cleanups.push(() => (closedByTest ? undefined : t.close({ graceMs: 100 })));
+    bestEffort(() => (closedByTest ? undefined : t.close({ graceMs: 100 })));
     expect(t.protocol).toBe('h2');
     const r = await fetchBytes(gw.port, { host: gw.host('early'), method: 'POST', path: '/early', body: UP, headers: { 'content-length': UP.length } });
     expect(r.status).toBe(200);

@@ -3,44 +3,30 @@ import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type * as net from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createAdminServer } from '../../src/gateway/endpoints.js';
 import type { RequestEvent } from '../../src/gateway/eventmap.js';
 import { createGateway, type Gateway, type GatewayOptions } from '../../src/gateway/server.js';
 import type { Tunnel } from '../../src/client/node.js';
 import { attachLogger, createLogger } from '../../src/log.js';
-import { rawClaim, rawConnect, readUntil, request, startApp, startGateway, until, type Reply, type TestGateway } from '../helpers/index.js';
+import { rawClaim, rawConnect, readUntil, request, startApp, until, type Reply, type TestGateway } from '../helpers/index.js';
+import { cleanup, track, useGateway } from '../helpers/fixture.js';
 import { RawWsApp, wsRefusal } from '../helpers/wsapp.js';
 import { fetchRaw, register } from '../helpers/comet.js';
 
 /*
- * Logs, metrics and health (issue 5, "Operations"): /metrics scraped after real traffic through
+ * Logs, metrics and health: /metrics scraped after real traffic through
  * real apps, /healthz and /readyz on the gateway host and on an admin server, and the pino lines
  * a gateway's events become.
  */
 
-const gateways: TestGateway[] = [];
-const tunnels: Tunnel[] = [];
-const sockets: net.Socket[] = [];
-const servers: http.Server[] = [];
-const wsApps: RawWsApp[] = [];
-afterEach(async () => {
-  for (const s of sockets.splice(0)) s.destroy();
-  for (const a of wsApps.splice(0)) a.ws.terminate();
-  await Promise.all(tunnels.splice(0).map((t) => t.close()));
-  await Promise.all(servers.splice(0).map((s) => new Promise((r) => s.close(r))));
-  await Promise.all(gateways.splice(0).map((g) => g.close()));
-});
-
-async function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
-  const gw = await startGateway(options);
-  gateways.push(gw);
-  return gw;
+function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
+  return useGateway(options);
 }
 
 async function app(gw: TestGateway, handler: http.RequestListener, options: Parameters<typeof startApp>[2] = {}): Promise<Tunnel> {
   const t = await startApp(gw.port, handler, options);
-  tunnels.push(t);
+  cleanup(() => t.close());
   return t;
 }
 
@@ -81,7 +67,7 @@ function nextRequest(g: Gateway, name: string): Promise<RequestEvent> {
 
 function listenAdmin(g: Gateway): Promise<number> {
   const server = createAdminServer(g);
-  servers.push(server);
+  cleanup(() => new Promise((r) => server.close(r)));
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port)));
 }
 
@@ -170,7 +156,7 @@ describe('/metrics', () => {
     await until(() => gw.gateway.table.lookup('one')?.channels.length === 2, 3_000, 'two HTTP/1.1 channels');
     await app(gw, echo, { name: 'two' });
     const ws = await RawWsApp.connect(gw.port, { name: 'three' });
-    wsApps.push(ws);
+    cleanup(() => ws.ws.terminate());
     const m = await scrape(gw.port);
     expect(value(m, 'ptth_registrations')).toBe(3);
     expect(value(m, 'ptth_registered_total')).toBe(3);
@@ -196,11 +182,11 @@ describe('/metrics', () => {
     const claim = (query: string): string =>
       `POST /?${query} HTTP/1.1\r\nHost: localhost:${gw.port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`;
     const bad = await rawClaim(gw.port, claim('name=-bad-'));
-    sockets.push(bad.socket);
+    track(bad.socket);
     expect(bad.head).toMatch(/^HTTP\/1\.1 400 /);
     for (let i = 0; i < 2; i++) {
       const wrong = await rawClaim(gw.port, claim('name=held&token=wrong-token'));
-      sockets.push(wrong.socket);
+      track(wrong.socket);
       expect(wrong.head).toMatch(/^HTTP\/1\.1 403 /);
     }
     const m = await scrape(gw.port);
@@ -218,11 +204,11 @@ describe('/metrics', () => {
     await until(() => gw.gateway.table.lookup('slow')?.channels.length === 1, 3_000, 'one channel');
     // The only channel is busy with the first request: the second waits in the queue.
     const first = await rawConnect(gw.port);
-    sockets.push(first);
+    track(first);
     first.write(`GET / HTTP/1.1\r\nHost: ${gw.host('slow')}\r\n\r\n`);
     await until(() => arrived === 1, 3_000, 'the first request at the app');
     const second = await rawConnect(gw.port);
-    sockets.push(second);
+    track(second);
     second.write(`GET /q HTTP/1.1\r\nHost: ${gw.host('slow')}\r\n\r\n`);
     await until(() => gw.gateway.table.lookup('slow')?.waiting === 1, 3_000, 'a queued request');
     expect(value(await scrape(gw.port), 'ptth_queue_depth')).toBe(1);
@@ -317,7 +303,8 @@ describe('/healthz and /readyz', () => {
     gw.gateway.server.on('connection', (s: net.Socket) => accepted.push(s));
     const ready = await rawConnect(gw.port);
     const live = await rawConnect(gw.port);
-    sockets.push(ready, live);
+    track(ready);
+    track(live);
     ready.write(`GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:${gw.port}\r\n`);
     live.write(`GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:${gw.port}\r\n`);
     await until(() => accepted.length === 2 && accepted.every((s) => s.bytesRead > 0), 3_000, 'both heads begun at the gateway');
@@ -439,7 +426,7 @@ describe('logs', () => {
       gw.port,
       `POST /?name=life&token=other HTTP/1.1\r\nHost: localhost:${gw.port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`,
     );
-    sockets.push(refused.socket);
+    track(refused.socket);
     await t.close();
     await until(() => dest.lines.some((l) => l.event === 'release'), 3_000, 'the release line');
 
@@ -471,7 +458,7 @@ describe('logs', () => {
     detach();
     expect(gw.gateway.listenerCount('error')).toBe(0);
     const refused = await rawClaim(gw.port, `POST /?name=-x- HTTP/1.1\r\nHost: localhost:${gw.port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`);
-    sockets.push(refused.socket);
+    track(refused.socket);
     expect(dest.lines).toHaveLength(1);
   });
 
@@ -484,11 +471,11 @@ describe('logs', () => {
       'Connection: Upgrade\r\nContent-Length: 0\r\n\r\n';
     const refusedLines = (n: number): Promise<void> =>
       until(() => dest.lines.filter((l) => l.event === 'refuse').length >= n, 3_000, `${n} refuse lines`);
-    sockets.push((await rawClaim(gw.port, claim('/?name=InQuery&lease=soon', `localhost:${gw.port}`))).socket);
+    track((await rawClaim(gw.port, claim('/?name=InQuery&lease=soon', `localhost:${gw.port}`))).socket);
     await refusedLines(1);
-    sockets.push((await rawClaim(gw.port, claim('/?lease=soon', `fromhost.localhost:${gw.port}`))).socket);
+    track((await rawClaim(gw.port, claim('/?lease=soon', `fromhost.localhost:${gw.port}`))).socket);
     await refusedLines(2);
-    sockets.push((await rawClaim(gw.port, claim('/?name=-bad-', `localhost:${gw.port}`))).socket);
+    track((await rawClaim(gw.port, claim('/?name=-bad-', `localhost:${gw.port}`))).socket);
     await refusedLines(3);
     const comet = await fetchRaw(`${gw.origin}/reversehttp`, {
       method: 'POST',

@@ -2,7 +2,6 @@ import * as http from 'node:http';
 import type * as net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
-import type { Registration } from '../../src/table/registration.js';
 import {
   closed,
   rawClaim,
@@ -46,12 +45,6 @@ function g(): TestGateway {
 // HTTP/2 path has its own file (http2.test.ts).
 async function app(target: http.RequestListener | http.Server, options: Parameters<typeof useApp>[2] = {}): Promise<Tunnel> {
   return useApp(g().port, target, { http1: true, ...options });
-}
-
-function reg(name: string): Registration {
-  const r = g().gateway.table.lookup(name);
-  if (!r) throw new Error(`no registration named ${name}`);
-  return r;
 }
 
 /** A visitor request for the app `name` through the gateway. */
@@ -487,7 +480,7 @@ describe('spreading requests over channels', () => {
     const b = await claimRaw('rr', 'rr-token', 'B');
     a.autoReply = () => ok('A');
     b.autoReply = () => ok('B');
-    expect(reg('rr').channels).toHaveLength(2);
+    expect(g().registration('rr').channels).toHaveLength(2);
     const bodies: string[] = [];
     for (let i = 0; i < 6; i++) {
       const r = await visit('rr', { path: `/${i}` });
@@ -529,7 +522,7 @@ describe('queueing', () => {
     expect(r1.url).toBe('/slow');
     const fast = visit('q', { path: '/fast' });
     // Queued, not sent: a request waiting in the registration's queue has not gone down a channel.
-    await until(() => reg('q').waiting === 1, 5_000, 'the second request to queue');
+    await until(() => g().registration('q').waiting === 1, 5_000, 'the second request to queue');
     expect(ch.unread).toBe(0);
     ch.write(ok('slow done'));
     const r2 = await ch.next();
@@ -544,8 +537,8 @@ describe('queueing', () => {
     expect(f.status).toBe(200);
     expect(f.body).toBe('fast done');
     expect(ch.socket.destroyed).toBe(false);
-    expect(reg('q').channels).toHaveLength(1);
-    expect(reg('q').channels[0]?.served).toBe(2);
+    expect(g().registration('q').channels).toHaveLength(1);
+    expect(g().registration('q').channels[0]?.served).toBe(2);
   });
 
   it('past queueTimeout the waiting request gets 503 with Retry-After naming PTTH_ERR_NO_CHANNEL (JSON on request)', async () => {
@@ -589,9 +582,9 @@ describe('queueing', () => {
     const first = visit('ql', { path: '/1' });
     await ch.next();
     const second = visit('ql', { path: '/2' });
-    await until(() => reg('ql').waiting === 1, 5_000, 'the second request to queue');
+    await until(() => g().registration('ql').waiting === 1, 5_000, 'the second request to queue');
     const third = await visit('ql', { path: '/3', headers: { accept: 'application/json' } });
-    expect(reg('ql').waiting, 'the third never joined the queue').toBe(1);
+    expect(g().registration('ql').waiting, 'the third never joined the queue').toBe(1);
     expect(third.status).toBe(503);
     expect(third.headers['retry-after']).toMatch(/^\d+$/);
     expect((JSON.parse(third.body) as { error: { code: string } }).error.code).toBe('PTTH_ERR_QUEUE_FULL');
@@ -609,9 +602,9 @@ describe('lease gap', () => {
     await gateway({ reconnectWait: 10_000 });
     const ch1 = await claimRaw('gap', 'gap-token');
     ch1.socket.destroy();
-    await until(() => reg('gap').channels.length === 0, 5_000, 'the channel to drop');
+    await until(() => g().registration('gap').channels.length === 0, 5_000, 'the channel to drop');
     const during = visit('gap', { path: '/during-gap' });
-    await until(() => reg('gap').waiting === 1, 5_000, 'the visitor to wait');
+    await until(() => g().registration('gap').waiting === 1, 5_000, 'the visitor to wait');
     const ch2 = await claimRaw('gap', 'gap-token');
     const r = await ch2.next();
     expect(r.url).toBe('/during-gap');
@@ -626,7 +619,7 @@ describe('lease gap', () => {
     await gateway({ reconnectWait, queueTimeout: 60_000 });
     const ch = await claimRaw('gone', 'gone-token');
     ch.socket.destroy();
-    await until(() => reg('gone').channels.length === 0, 5_000, 'the channel to drop');
+    await until(() => g().registration('gone').channels.length === 0, 5_000, 'the channel to drop');
     const started = Date.now();
     const res = await visit('gone');
     const elapsed = Date.now() - started;
@@ -788,8 +781,8 @@ describe('keep-alive on channels', () => {
     }
     expect(ch.received).toHaveLength(3);
     expect(ch.socket.destroyed).toBe(false);
-    expect(reg('ka').channels).toHaveLength(1);
-    expect(reg('ka').channels[0]?.served).toBe(3);
+    expect(g().registration('ka').channels).toHaveLength(1);
+    expect(g().registration('ka').channels[0]?.served).toBe(3);
   });
 
   it("the app's Keep-Alive: timeout=1 hint does not make the gateway close the channel", async () => {
@@ -802,7 +795,7 @@ describe('keep-alive on channels', () => {
     const first = visit('hint', { path: '/first' });
     await ch.next();
     ch.write(ok('first', 'Connection: keep-alive\r\nKeep-Alive: timeout=1\r\n'));
-    const channel = reg('hint').channels[0];
+    const channel = g().registration('hint').channels[0];
     expect((await first).status).toBe(200);
     // The gateway's own clock says when 1 s has passed, not a sleep in the test: a request to
     // another app, sent now and never answered, gets its 504 from a responseTimeout (1.5 s) timer
@@ -815,7 +808,7 @@ describe('keep-alive on channels', () => {
     expect(tick.body).toContain('PTTH_ERR_APP_TIMEOUT');
     expect(closedAt).toBeUndefined();
     expect(channel?.closed).toBe(false);
-    expect(reg('hint').channels).toEqual([channel]);
+    expect(g().registration('hint').channels).toEqual([channel]);
     const second = visit('hint', { path: '/second' });
     const r = await ch.next();
     expect(r.url).toBe('/second');
@@ -851,7 +844,7 @@ describe('keep-alive on channels', () => {
       expect(r.status).toBe(200);
       expect(r.body).toBe(other);
     }
-    await until(() => reg('retire').channels.length === 1, 5_000, 'the retired channel to leave the registration');
+    await until(() => g().registration('retire').channels.length === 1, 5_000, 'the retired channel to leave the registration');
     expect((retired === 'A' ? a : b).received).toHaveLength(1);
   });
 
@@ -866,15 +859,15 @@ describe('keep-alive on channels', () => {
     expect((await y.next()).url).toBe('/2');
     expect((await x.next()).url).toBe('/1');
     const r3 = visit('retq', { path: '/3' });
-    await until(() => reg('retq').waiting === 1, 5_000, 'the third request to queue');
+    await until(() => g().registration('retq').waiting === 1, 5_000, 'the third request to queue');
     // x answers and closes its end, as a server does after Connection: close.
     x.write('HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nbye 1');
     x.socket.end();
     const res1 = await r1;
     expect(res1.status).toBe(200);
     expect(res1.body).toBe('bye 1');
-    await until(() => reg('retq').channels.length === 1, 5_000, 'the retired channel to leave the registration');
-    expect(reg('retq').waiting).toBe(1);
+    await until(() => g().registration('retq').channels.length === 1, 5_000, 'the retired channel to leave the registration');
+    expect(g().registration('retq').waiting).toBe(1);
     y.write(ok('two'));
     expect((await r2).body).toBe('two');
     expect((await y.next()).url).toBe('/3');
@@ -911,13 +904,13 @@ describe('private URL', () => {
     const form = { 'content-type': 'application/x-www-form-urlencoded' };
     const put = await privateReq(ch.location, { method: 'PUT', headers: form, body: 'lease=5' });
     expect(put.status).toBe(204);
-    expect(reg('lease').lease).toBe(5);
+    expect(g().registration('lease').lease).toBe(5);
     const state = JSON.parse((await privateReq(ch.location, { headers: { accept: 'application/json' } })).body) as { lease: number };
     expect(state.lease).toBe(5);
     const bad = await privateReq(ch.location, { method: 'PUT', headers: { ...form, accept: 'application/json' }, body: 'lease=abc' });
     expect(bad.status).toBe(400);
     expect((JSON.parse(bad.body) as { error: { code: string } }).error.code).toBe('PTTH_ERR_BAD_LEASE');
-    expect(reg('lease').lease).toBe(5);
+    expect(g().registration('lease').lease).toBe(5);
   });
 
   it('DELETE releases the name: 204, the name is free for another token, the private URL then answers 404', async () => {

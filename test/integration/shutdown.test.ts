@@ -5,7 +5,7 @@ import { request, until } from '../helpers/index.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
 
 /*
- * `ptth-proxy serve` under SIGTERM/SIGINT (issue 5, graceful shutdown): stop accepting, let
+ * `ptth-proxy serve` under SIGTERM/SIGINT (graceful shutdown): stop accepting, let
  * requests in flight finish up to --shutdown-grace, tell native channels (GOAWAY for HTTP/2,
  * close for HTTP/1.1) so clients reconnect elsewhere, then exit 0.
  */

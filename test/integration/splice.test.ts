@@ -3,32 +3,26 @@ import * as https from 'node:https';
 import * as net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
 import { splice, type SpliceOptions } from '../../src/client/splice.js';
 import type { ListenOptions, Tunnel } from '../../src/client/node.js';
-import { rawConnect, readUntil, request, startGateway, until, type TestGateway } from '../helpers/index.js';
-import { spawnCli, type Spawned } from '../helpers/spawn.js';
+import { rawConnect, readUntil, request, until, type TestGateway } from '../helpers/index.js';
+import { cleanup, useGateway } from '../helpers/fixture.js';
+import { spawnCli } from '../helpers/spawn.js';
 import { makeCert } from '../helpers/tls.js';
 
 /**
  * `connect`'s splice mode: reversed HTTP/1.1 channels joined byte for byte to connections to the
  * local service (src/client/splice.ts), against a real gateway and real local servers.
  */
-const cleanups: (() => unknown)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-async function gateway(): Promise<TestGateway> {
-  const g = await startGateway();
-  cleanups.push(() => g.close());
-  return g;
+function gateway(): Promise<TestGateway> {
+  return useGateway();
 }
 
 async function listenOn(server: net.Server): Promise<number> {
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  cleanups.push(() => {
+  cleanup(() => {
     (server as http.Server).closeAllConnections?.();
     return new Promise((r) => server.close(() => r(undefined)));
   });
@@ -37,7 +31,7 @@ async function listenOn(server: net.Server): Promise<number> {
 
 async function spliced(g: TestGateway, port: number, name: string, options: ListenOptions = {}, local: SpliceOptions = {}): Promise<Tunnel> {
   const t = splice(new URL(`http://127.0.0.1:${port}`), { gateway: g.origin, name, backoff: 50, maxBackoff: 500, ...options }, local);
-  cleanups.push(() => t.close({ graceMs: 200 }));
+  cleanup(() => t.close({ graceMs: 200 }));
   await t.ready();
   return t;
 }
@@ -103,7 +97,7 @@ describe('connect splices reversed HTTP/1.1 channels to the local service', () =
     const port = await listenOn(server);
     await spliced(g, port, 'chunks');
     const s = await rawConnect(g.port);
-    cleanups.push(() => s.destroy());
+    cleanup(() => s.destroy());
     s.write(`GET / HTTP/1.1\r\nHost: ${g.host('chunks')}\r\n\r\n`);
     const head = await readUntil(s, (b) => b.includes('first,'));
     expect(head.toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
@@ -144,12 +138,12 @@ describe('connect splices reversed HTTP/1.1 channels to the local service', () =
     const server = http.createServer((_req, res) => res.end('plain'));
     const wss = new WebSocketServer({ server });
     wss.on('connection', (ws) => ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary })));
-    cleanups.push(() => wss.close());
+    cleanup(() => wss.close());
     const port = await listenOn(server);
     const t = await spliced(g, port, 'sock', { connections: 4 }, { spare: 1 });
     await until(() => t.connections === 1, 3_000, 'one spare channel');
     const ws = new WebSocket(`ws://127.0.0.1:${g.port}/`, { headers: { Host: g.host('sock') } });
-    cleanups.push(() => ws.terminate());
+    cleanup(() => ws.terminate());
     await new Promise<void>((resolve, reject) => {
       ws.once('open', () => resolve());
       ws.once('error', reject);
@@ -174,7 +168,7 @@ describe('connect splices reversed HTTP/1.1 channels to the local service', () =
     const reach: (string | undefined)[] = [];
     const t = await spliced(g, port, 'down', {}, { onReach: (e) => reach.push(e?.code) });
     const s = await rawConnect(g.port);
-    cleanups.push(() => s.destroy());
+    cleanup(() => s.destroy());
     s.write(`GET / HTTP/1.1\r\nHost: ${g.host('down')}\r\n\r\n`);
     const got = (await readUntil(s, (b) => b.includes('ECONNREFUSED).\n'))).toString('latin1');
     expect(got).toMatch(/^HTTP\/1\.1 502 /);
@@ -183,7 +177,7 @@ describe('connect splices reversed HTTP/1.1 channels to the local service', () =
     // The refused channel closed; the pool still serves once the service is back on that port.
     const server = http.createServer((_req, res) => res.end('back'));
     await new Promise<void>((r) => server.listen(port, '127.0.0.1', () => r()));
-    cleanups.push(() => {
+    cleanup(() => {
       server.closeAllConnections();
       return new Promise((r) => server.close(() => r(undefined)));
     });
@@ -249,11 +243,11 @@ describe('connect splices reversed HTTP/1.1 channels to the local service', () =
   it('splices to an https: service over TLS (a self-signed certificate is accepted)', async () => {
     const g = await gateway();
     const cert = makeCert();
-    cleanups.push(() => cert.remove());
+    cleanup(() => cert.remove());
     const server = https.createServer({ cert: cert.cert, key: cert.key }, (req, res) => res.end(`tls ${req.url}`));
     const port = await listenOn(server);
     const t = splice(new URL(`https://127.0.0.1:${port}`), { gateway: g.origin, name: 'secure', backoff: 50 });
-    cleanups.push(() => t.close({ graceMs: 200 }));
+    cleanup(() => t.close({ graceMs: 200 }));
     await t.ready();
     for (const path of ['/a', '/b']) expect((await request(g.port, { host: g.host('secure'), path })).body).toBe(`tls ${path}`);
   });
@@ -305,20 +299,15 @@ describe('connect splices reversed HTTP/1.1 channels to the local service', () =
 });
 
 describe('ptth-proxy connect (spliced by default)', () => {
-  const children: Spawned[] = [];
-  afterEach(() => {
-    for (const c of children.splice(0)) c.kill('SIGKILL');
-  });
-
   it('says it splices, serves, and refuses --http1 with --http2', async () => {
     const g = await gateway();
     const port = await listenOn(http.createServer((_req, res) => res.end('spliced')));
     const c = spawnCli(['connect', String(port), '--gateway', g.origin, '--name', 'cli-splice', '-q']);
-    children.push(c);
+    cleanup(() => c.kill('SIGKILL'));
     await c.waitFor(/Forwarding http:\/\/cli-splice\.localhost:\d+\/ -> http:\/\/localhost:\d+ \(reversed HTTP\/1\.1, spliced\)/);
     expect((await request(g.port, { host: g.host('cli-splice') })).body).toBe('spliced');
     const both = spawnCli(['connect', '3000', '--http1', '--http2']);
-    children.push(both);
+    cleanup(() => both.kill('SIGKILL'));
     expect(await both.exited()).toBe(2);
     expect(both.output()).toMatch(/--http1 and --http2 exclude each other/);
   });
@@ -327,7 +316,7 @@ describe('ptth-proxy connect (spliced by default)', () => {
     const g = await gateway();
     const port = await listenOn(http.createServer((_req, res) => res.end('relayed')));
     const c = spawnCli(['connect', String(port), '--gateway', g.origin, '--name', 'cli-h2', '-q', '--http2']);
-    children.push(c);
+    cleanup(() => c.kill('SIGKILL'));
     await c.waitFor(/Forwarding .* \(reversed HTTP\/2\)/);
     expect((await request(g.port, { host: g.host('cli-h2') })).body).toBe('relayed');
   });

@@ -1,7 +1,8 @@
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
-import { startApp, startGateway, type TestGateway } from '../helpers/index.js';
+import { type TestGateway } from '../helpers/index.js';
+import { useApp, useGateway } from '../helpers/fixture.js';
 
 /*
  * The status page in real headless Chromium: the app URL it advertises is the one claims get (port
@@ -22,9 +23,7 @@ const ARGS = [
 const SHOTS = process.env['STATUS_SHOTS'] !== '0';
 
 let browser: Browser;
-let gw: TestGateway | undefined;
 let page: Page | undefined;
-const tunnels: Tunnel[] = [];
 
 beforeAll(async () => {
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
@@ -34,23 +33,19 @@ afterAll(async () => {
   await browser?.close();
 });
 
+// The page closes here, before the fixture's hooks close the apps and the gateway it shows.
 afterEach(async () => {
   await page?.close();
   page = undefined;
-  await Promise.all(tunnels.splice(0).map((t) => t.close({ graceMs: 100 })));
-  await gw?.close();
-  gw = undefined;
 });
 
 async function app(g: TestGateway, name: string, body: string): Promise<Tunnel> {
-  const t = await startApp(g.port, (_req, res) => res.end(body), { name, connections: 1 });
-  tunnels.push(t);
-  return t;
+  return useApp(g.port, (_req, res) => res.end(body), { name, connections: 1 });
 }
 
 describe('status page in Chromium', () => {
   it('shows the app URL with the port and lists a new registration without a reload', async () => {
-    const g = (gw = await startGateway());
+    const g = await useGateway();
     await app(g, 'first-app', 'one');
     page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     let navigations = 0;
@@ -88,13 +83,12 @@ describe('status page in Chromium', () => {
   }, 40_000);
 
   it('a release disappears from the list without a reload; the empty list says so', async () => {
-    const g = (gw = await startGateway());
+    const g = await useGateway();
     const t = await app(g, 'going-away', 'bye');
     page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     await page.goto(`${g.origin}/`);
     await page.locator('#rows a', { hasText: 'going-away' }).waitFor();
     await t.close({ graceMs: 100 });
-    tunnels.splice(tunnels.indexOf(t), 1);
     await page.locator('#rows tr.empty', { hasText: 'No app is connected.' }).waitFor({ timeout: 10_000 });
     expect(await page.locator('#count').textContent()).toBe('0');
   }, 40_000);

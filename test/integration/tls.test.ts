@@ -9,6 +9,7 @@ import { WebSocket, WebSocketServer, type ClientOptions } from 'ws';
 import { createGateway, type Gateway, type GatewayOptions } from '../../src/gateway/server.js';
 import { listen, type ListenOptions, type Tunnel } from '../../src/client/node.js';
 import { closed, FAST, headEnd, rawConnect, readUntil, until } from '../helpers/index.js';
+import { cleanup } from '../helpers/fixture.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
 import { makeCert, type TestCert } from '../helpers/tls.js';
 
@@ -24,15 +25,11 @@ afterAll(() => {
   other.remove();
 });
 
-const cleanups: (() => unknown)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
 
 async function startTlsGateway(options: GatewayOptions = {}): Promise<{ gateway: Gateway; port: number }> {
   const gateway = createGateway({ ...FAST, domain: DOMAIN, tls: { cert: cert.cert, key: cert.key }, ...options });
   const { port } = await gateway.listen(0, '127.0.0.1');
-  cleanups.push(() => gateway.close(200));
+  cleanup(() => gateway.close(200));
   return { gateway, port };
 }
 
@@ -45,7 +42,7 @@ async function startTlsApp(port: number, target: http.RequestListener | http.Ser
     maxBackoff: 500,
     ...options,
   });
-  cleanups.push(() => tunnel.close({ graceMs: 200 }));
+  cleanup(() => tunnel.close({ graceMs: 200 }));
   await tunnel.ready();
   return tunnel;
 }
@@ -128,7 +125,7 @@ describe('HTTPS on the gateway port (--tls-cert / --tls-key)', () => {
   it('accepts a PTTH/1.0 claim without Connection: Upgrade over TLS and sends requests down it', async () => {
     const { port } = await startTlsGateway();
     const socket = tls.connect({ host: '127.0.0.1', port, servername: DOMAIN, ca: cert.cert });
-    cleanups.push(() => socket.destroy());
+    cleanup(() => socket.destroy());
     await new Promise<void>((resolve, reject) => {
       socket.once('secureConnect', () => resolve());
       socket.once('error', reject);
@@ -151,7 +148,7 @@ describe('HTTPS on the gateway port (--tls-cert / --tls-key)', () => {
     wss.on('connection', (ws) => ws.on('message', (m: Buffer) => ws.send(`echo ${m.toString()}`)));
     await startTlsApp(port, server, { name: 'wsapp', http1: true });
     const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { headers: { host: `wsapp.${DOMAIN}:${port}` }, servername: `wsapp.${DOMAIN}`, ca: cert.cert } as ClientOptions);
-    cleanups.push(() => ws.terminate());
+    cleanup(() => ws.terminate());
     await new Promise<void>((resolve, reject) => {
       ws.once('open', () => resolve());
       ws.once('error', reject);
@@ -180,7 +177,7 @@ describe('HTTPS on the gateway port (--tls-cert / --tls-key)', () => {
     const { port } = await startTlsGateway({ headersTimeout: 300 });
     const s = await rawConnect(port);
     s.on('error', () => {});
-    cleanups.push(() => s.destroy());
+    cleanup(() => s.destroy());
     if (bytes) s.write(bytes);
     expect(await closed(s, 3_000)).toBe(true);
   });

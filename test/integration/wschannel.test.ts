@@ -1,12 +1,12 @@
 import { createHash } from 'node:crypto';
 import * as http from 'node:http';
 import type * as net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { GatewayOptions } from '../../src/gateway/server.js';
-import { closed, rawConnect, readUntil, request, startGateway, until, type TestGateway } from '../helpers/index.js';
+import { closed, rawConnect, readUntil, request, until, type TestGateway } from '../helpers/index.js';
 import WebSocket from 'ws';
-import { track, useGateway } from '../helpers/fixture.js';
-import { loadLibrary, RawWsApp, wsRefusal, type BodyFrame, type LibServer } from '../helpers/wsapp.js';
+import { cleanup, track, useGateway } from '../helpers/fixture.js';
+import { loadLibrary, RawWsApp, wsRefusal, type BodyFrame } from '../helpers/wsapp.js';
 
 /*
  * The WebSocket channel (docs/PROTOCOL.md section 6, README "WebSocket channel framing"): claims with
@@ -14,19 +14,8 @@ import { loadLibrary, RawWsApp, wsRefusal, type BodyFrame, type LibServer } from
  * per-stream credit, and every failure path.
  */
 
-let gw: TestGateway | undefined;
-const apps: RawWsApp[] = [];
-const servers: LibServer[] = [];
-afterEach(async () => {
-  for (const a of apps.splice(0)) a.close();
-  await Promise.all(servers.splice(0).map((s) => s.close()));
-  await gw?.close();
-  gw = undefined;
-});
-
-async function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
-  gw = await startGateway(options);
-  return gw;
+function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
+  return useGateway(options);
 }
 
 /** The gateway's side of the next connection it accepts. */
@@ -36,7 +25,7 @@ function accepted(g: TestGateway): Promise<net.Socket> {
 
 async function app(g: TestGateway, query: Record<string, string>): Promise<RawWsApp> {
   const a = await RawWsApp.connect(g.port, query);
-  apps.push(a);
+  cleanup(() => a.close());
   return a;
 }
 
@@ -121,7 +110,7 @@ describe('WebSocket channel claims', () => {
   it('close a channel whose app stops answering pings (--ws-ping-interval)', async () => {
     const g = await gateway({ wsPingInterval: 100 });
     const a = await RawWsApp.connect(g.port, { name: 'mute' }, { autoPong: false });
-    apps.push(a);
+    cleanup(() => a.close());
     await until(() => g.gateway.table.lookup('mute')?.channels.length === 1);
     expect(await a.closed(5_000)).toBe(1006);
     await until(() => g.gateway.table.lookup('mute')?.channels.length === 0);
@@ -149,7 +138,6 @@ describe('WebSocket channel claims', () => {
     a.respond(r['id'] as number, 200, 'finished during shutdown');
     expect((await busy).body).toBe('finished during shutdown');
     await closing;
-    gw = undefined;
   });
 
   it('close with 1001 when the registration is deleted', async () => {
@@ -224,7 +212,7 @@ describe('WebSocket channel requests', () => {
       });
       return new Response(body, { headers: { 'x-digest': digest, 'x-size': String(got.length) } });
     });
-    servers.push(server);
+    cleanup(() => server.close());
     await server.url;
     const res = await new Promise<{ headers: http.IncomingHttpHeaders; body: Buffer }>((resolve, reject) => {
       const req = http.request({ host: '127.0.0.1', port: g.port, method: 'POST', path: '/up', headers: { host: g.host('bulk') } }, (r) => {
@@ -415,11 +403,10 @@ describe('the browser library\'s code, run in Node over ws', () => {
     const serve = await loadLibrary();
     const listens: string[] = [];
     const server = serve({ gateway: g.origin, name: 'phoenix', transport: 'websocket', onListen: (i: { transport: string }) => listens.push(i.transport) }, () => new Response('alive'));
-    servers.push(server);
+    cleanup(() => server.close());
     await server.url;
     await g.close();
-    gw = await startGateway({}, port);
-    const again = gw;
+    const again = await useGateway({}, port);
     await until(() => again.gateway.table.lookup('phoenix')?.channels.length === 1, 5_000, 'reconnect');
     expect((await request(port, { host: again.host('phoenix') })).body).toBe('alive');
     expect(listens).toEqual(['websocket', 'websocket']);
@@ -433,7 +420,7 @@ describe('the browser library\'s code, run in Node over ws', () => {
     const serve = await loadLibrary();
     const errors: { status?: number; code?: string }[] = [];
     const server = serve({ gateway: g.origin, name: 'owned', token: 'yours', onError: (e: { status?: number; code?: string }) => errors.push(e) }, () => new Response('x'));
-    servers.push(server);
+    cleanup(() => server.close());
     await expect(server.url).rejects.toMatchObject({ name: 'ServeError', status: 403, code: 'PTTH_ERR_TOKEN_MISMATCH' });
     expect(errors.some((e) => e.status === 403)).toBe(true);
   });

@@ -402,7 +402,7 @@ describe('a registration spreading and queueing requests over its channels', () 
     expect(late.doneCount).toBe(1);
   });
 
-  it('a channel that fails leaves the rotation; requests queued meanwhile wait for the next channel, in order', async () => {
+  it('a failed channel leaves the rotation; requests queued meanwhile wait for the next one, in order', async () => {
     const r = await registration({ queueTimeout: 1_000, reconnectWait: 100 });
     table = r.table;
     const broken = new FakeChannel('http1');
@@ -429,7 +429,7 @@ describe('a registration spreading and queueing requests over its channels', () 
     expect(queued.map((q) => q.failed)).toEqual([[], []]);
   });
 
-  it('ending the registration directly closes its channels and fails what waits with 404 PTTH_ERR_NOT_FOUND', async () => {
+  it('end() closes its channels and fails what waits with 404 PTTH_ERR_NOT_FOUND', async () => {
     const r = await registration();
     table = r.table;
     const ch = new FakeChannel('http1', { free: false });
