@@ -679,3 +679,6 @@ export function serve(options: ServeOptions, handler: Handler): PtthServer {
   return new Server(options, handler);
 }
 
+
+// RelayHttp from a page: fetch() through the gateway (docs/PROTOCOL.md section 10).
+export { relay, RelayError, type RelayInit } from './relay.js';
