@@ -186,12 +186,15 @@ export function isPtthUpgrade(upgrade: string | undefined): boolean {
 /**
  * The road a request takes. `urls` (default host): path names apps on the gateway host too
  * (`path` and `both`); `path` alone also makes `name.domain` an ordinary gateway host for
- * visitors. A native claim keeps naming its app by Host in every mode (docs/PROTOCOL.md section 2).
+ * visitors, and `both` the host of `--public-url` (`publicHost`) even when it lies under the
+ * domain, since path URLs live there. A native claim keeps naming its app by Host in every mode
+ * (docs/PROTOCOL.md section 2).
  */
-export function classify(head: RequestHead, domain: string, urls: UrlMode = 'host'): Route {
+export function classify(head: RequestHead, domain: string, urls: UrlMode = 'host', publicHost?: string): Route {
   const hostName = nameFromHost(head.host, domain);
   if (head.upgrade !== undefined && isPtthUpgrade(head.upgrade)) return { kind: 'claim', hostName };
-  const name = urls === 'path' ? undefined : hostName;
+  const own = urls === 'path' || (urls === 'both' && publicHost !== undefined && head.host !== undefined && hostname(head.host).replace(/\.$/, '') === publicHost);
+  const name = own ? undefined : hostName;
   if (name !== undefined) return { kind: 'visitor', name };
   if (urls !== 'host') {
     const named = nameFromPath(head.path);

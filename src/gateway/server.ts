@@ -375,8 +375,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     // The path of an upgrade too: with path URLs on, a visitor's WebSocket to /NAME/ is the app's.
     const path = targetPath(req.url);
     const head = upgraded ? { host, upgrade, path } : { host, upgrade, method: req.method, path };
-    const { domain, urls } = this.#ctx.settings;
-    const route = classify(head, domain, urls);
+    const { domain, urls, publicUrl } = this.#ctx.settings;
+    const route = classify(head, domain, urls, publicUrl?.hostname);
     return { route, upgraded, upgrade, problem, closing: this.#closing, address: socket.remoteAddress };
   }
 

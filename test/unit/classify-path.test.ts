@@ -63,6 +63,14 @@ describe('classify with path URLs', () => {
     });
   });
 
+  it("both mode treats --public-url's host as the gateway's even under the domain: path URLs live there", () => {
+    const head = { host: 'gw.localhost:8080', upgrade: undefined, method: 'GET', path: '/app/' };
+    expect(classify(head, 'localhost', 'both', 'gw.localhost')).toEqual({ kind: 'visitor', name: 'app', via: { prefix: '/app', bare: false } });
+    expect(classify(head, 'localhost', 'both', 'other.localhost')).toEqual({ kind: 'visitor', name: 'gw' });
+    // Host mode is as before: the public URL's host under the domain is an app host.
+    expect(classify(head, 'localhost', 'host', 'gw.localhost')).toEqual({ kind: 'visitor', name: 'gw' });
+  });
+
   it('both mode answers the host shape and the path shape', () => {
     expect(classify({ host: 'app.localhost', upgrade: undefined, method: 'GET', path: '/other/' }, 'localhost', 'both')).toEqual({ kind: 'visitor', name: 'app' });
     expect(classify({ ...gw, upgrade: undefined, method: 'GET', path: '/app/' }, 'localhost', 'both')).toEqual({
