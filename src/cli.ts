@@ -222,15 +222,16 @@ function printStartup(gateway: Gateway, addr: AddressInfo, admin: Server | undef
   out(`ptth-proxy ${VERSION} gateway listening on ${hostPort(addr)}${gateway.secure ? ' (HTTPS)' : ''}`);
   out(`  status page:   ${origin}/`);
   out(`  apps served at ${appUrl}`);
-  if (urls !== 'host') {
-    err(
-      `WARNING: apps are served at paths of one origin (--urls ${urls}): every app shares ${origin} in the browser,\n` +
-        "  so any app can read the others' cookies and storage. Use --urls host for apps that do not trust each other.",
-    );
-  }
   out(`  expose an app: npx ptth-proxy connect 3000 --gateway ${origin}`);
   if (admin) out(`  admin:         http://${hostPort(admin.address() as AddressInfo)}/metrics, /healthz, /readyz`);
   out(gateway.access.open ? '  access:        open (no keys: first come, first served)' : '  access:        access keys required to claim');
+  if (urls !== 'host') {
+    const who = urls === 'path' ? 'every app shares' : 'apps reached at their path URLs share';
+    err(
+      `WARNING: apps are served at paths of one origin (--urls ${urls}): ${who} ${origin} in the browser,\n` +
+        "  so any app can read the others' cookies and storage. Use --urls host for apps that do not trust each other.",
+    );
+  }
   if (!isLoopback(addr.address) && gateway.access.open) {
     err(
       `WARNING: this gateway is reachable from other machines (bound to ${addr.address}) and has no access keys:\n` +
