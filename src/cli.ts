@@ -160,6 +160,7 @@ function gatewayOptions(c: ServeValues): GatewayOptions {
     relayConnectTimeout: c.relayConnectTimeout,
     relayTimeout: c.relayTimeout,
     relayMaxPerKey: c.relayMaxPerKey,
+    urls: c.urls,
     ...(c.publicUrl !== undefined ? { publicUrl: c.publicUrl } : {}),
     ...(c.replyTimeout !== undefined ? { replyTimeout: c.replyTimeout } : {}),
     metrics: c.metrics,
@@ -219,15 +220,24 @@ function printStartup(gateway: Gateway, addr: AddressInfo, admin: Server | undef
   const port = addr.port;
   const scheme = gateway.secure ? 'https' : 'http';
   const portSuffix = port === (gateway.secure ? 443 : 80) ? '' : `:${port}`;
-  const { domain, publicUrl } = gateway.settings;
+  const { domain, publicUrl, urls } = gateway.settings;
   const origin = publicUrl?.origin ?? `${scheme}://${domain}${portSuffix}`;
-  const appUrl = publicUrl ? `${publicUrl.protocol}//NAME.${publicUrl.host}/` : `${scheme}://NAME.${domain}${portSuffix}/`;
+  const hostUrl = publicUrl ? `${publicUrl.protocol}//NAME.${publicUrl.host}/` : `${scheme}://NAME.${domain}${portSuffix}/`;
+  const pathUrl = `${origin}/NAME/`;
+  const appUrl = urls === 'host' ? hostUrl : urls === 'path' ? pathUrl : `${hostUrl} and ${pathUrl}`;
   out(`ptth-proxy ${VERSION} gateway listening on ${hostPort(addr)}${gateway.secure ? ' (HTTPS)' : ''}`);
   out(`  status page:   ${origin}/`);
   out(`  apps served at ${appUrl}`);
   out(`  expose an app: npx ptth-proxy connect 3000 --gateway ${origin}`);
   if (admin) out(`  admin:         http://${hostPort(admin.address() as AddressInfo)}/metrics, /healthz, /readyz`);
   out(gateway.access.open ? '  access:        open (no keys: first come, first served)' : '  access:        access keys required to claim');
+  if (urls !== 'host') {
+    const who = urls === 'path' ? 'every app shares' : 'apps reached at their path URLs share';
+    err(
+      `WARNING: apps are served at paths of one origin (--urls ${urls}): ${who} ${origin} in the browser,\n` +
+        "  so any app can read the others' cookies and storage. Use --urls host for apps that do not trust each other.",
+    );
+  }
   if (!isLoopback(addr.address) && gateway.access.open) {
     err(
       `WARNING: this gateway is reachable from other machines (bound to ${addr.address}) and has no access keys:\n` +

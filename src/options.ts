@@ -50,6 +50,7 @@ export const OPTIONS = {
   host: { flag: '--host', short: '-H', type: 'string', arg: '<address>', description: 'address to bind (default: all interfaces)' },
   domain: { flag: '--domain', short: '-d', type: 'string', arg: '<domain>', default: 'localhost', description: 'apps are served at NAME.<domain>' },
   publicUrl: { flag: '--public-url', type: 'string', arg: '<url>', description: 'base of advertised URLs when behind a proxy or TLS terminator, e.g. https://tunnel.example.com' },
+  urls: { flag: '--urls', type: 'choice', arg: '<mode>', default: 'host', choices: ['host', 'path', 'both'], description: 'shape of public URLs, host, path or both: host serves apps at NAME.<domain>, path at GATEWAY/NAME/ (no wildcard DNS or certificate needed, but every app shares one browser origin), both answers either and advertises the host shape' },
   tlsCert: { flag: '--tls-cert', type: 'string', arg: '<file>', description: 'PEM certificate chain: serve HTTPS on the same port (reloaded on SIGHUP)' },
   tlsKey: { flag: '--tls-key', type: 'string', arg: '<file>', description: 'PEM private key for --tls-cert (reloaded on SIGHUP)' },
   keys: { flag: '--keys', env: 'PTTH_KEYS_FILE', type: 'string', arg: '<file>', description: 'JSON file of access keys that may claim names (reloaded on SIGHUP; inline JSON in PTTH_KEYS works too); without keys anyone may claim a free name' },

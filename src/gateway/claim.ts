@@ -9,6 +9,7 @@ import { normalizeName, readClaimParams, type ClaimParams } from '../table/names
 import type { ClaimLease } from '../table/table.js';
 import type { Registration } from '../table/registration.js';
 import { privateUrlFor, publicUrlFor, type GatewayContext } from './context.js';
+import { isGatewaySegment } from './classify.js';
 import type { ClaimEvent } from './eventmap.js';
 import { claimantName, refuseClaim } from './refuse.js';
 import { hijack, watchNextMessage } from './hijack.js';
@@ -68,6 +69,7 @@ export async function decideClaim(
   remote: string | undefined,
   bringsChannel: boolean,
 ): Promise<Granted> {
+  if (params.name !== undefined && ctx.settings.urls !== 'host' && isGatewaySegment(params.name)) throw gatewayPathName(params.name);
   if (bringsChannel) ctx.caps.checkChannels(remote);
   if (params.name === undefined || ctx.table.lookup(params.name) === undefined) ctx.caps.checkNames(remote);
   // Without a token the name is held by the claimant's address (IPv6: its /64), loopback included.
@@ -76,6 +78,17 @@ export async function decideClaim(
   const granted = await ctx.access.claim(ctx.table, { ...params, holder }, key, maxPerName);
   if (granted.created) ctx.caps.holdName(granted.registration, remote);
   return granted;
+}
+
+/**
+ * With path URLs on, `/metrics` (and the gateway's other own paths) cannot be an app's public URL:
+ * the name is refused on every transport (random names are 12 characters or more, never one of these).
+ */
+function gatewayPathName(name: string): PtthError {
+  return new PtthError(
+    'PTTH_ERR_NAME_RESERVED',
+    `The name "${name}" is reserved: /${name} is one of the gateway's own paths, and this gateway serves apps at /NAME/.`,
+  );
 }
 
 /** The access key a claim presents in `Authorization: Bearer <key>`. */

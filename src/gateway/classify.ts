@@ -1,16 +1,18 @@
 import { isIP, isIPv6 } from 'node:net';
 import { hasToken } from '../http/headers.js';
+import { loggableName } from '../table/names.js';
 
 /**
  * Pure classification of an incoming request (no I/O): which of the gateway's roads it takes.
  * docs/PROTOCOL.md section 1: a Host that is the domain, an IP literal, or outside the domain goes to the
- * gateway's own endpoints; `name.domain` is the app `name`.
+ * gateway's own endpoints; `name.domain` is the app `name`. With path URLs on (`urls` path or both),
+ * a path on the gateway host whose first segment is a name (`/name/...`) is the app `name` too.
  */
 export type Route =
   /** A native claim: `Upgrade: PTTH/1.0` or `ptth` (name from the Host when it is an app host). */
   | { readonly kind: 'claim'; readonly hostName: string | undefined }
-  /** An ordinary request (or upgrade) for the app `name`. */
-  | { readonly kind: 'visitor'; readonly name: string }
+  /** An ordinary request (or upgrade) for the app `name`; `via` when the path named it. */
+  | { readonly kind: 'visitor'; readonly name: string; readonly via?: PathPrefix }
   /** The gateway's own endpoints. */
   | { readonly kind: 'gateway' }
   /** A WebSocket channel claim (docs/PROTOCOL.md section 6): `Upgrade: websocket` on the gateway host. */
@@ -21,14 +23,61 @@ export type Route =
 /** The Gateway Service URL of the Comet protocol (docs/PROTOCOL.md section 5). */
 export const SERVICE_PATH = '/reversehttp';
 
+/** Shape of public URLs: `NAME.domain`, `GATEWAY/NAME/`, or either (docs/PROTOCOL.md section 1). */
+export type UrlMode = 'host' | 'path' | 'both';
+
+/** A visitor's request that a path named: `/name/...`, or `/name` alone (`bare`). */
+export interface PathPrefix {
+  /** `/name`, exactly as the visitor sent it: removed from the path, told the app in X-Forwarded-Prefix. */
+  readonly prefix: string;
+  /** The path was `/name` with nothing after it (the query aside). */
+  readonly bare: boolean;
+}
+
+/**
+ * First path segments the gateway serves on its own host: with path URLs on they are never app
+ * names (claims of them are refused, PTTH_ERR_NAME_RESERVED) and never routed to an app. The
+ * Comet service, private URLs, the browser library, the health and metrics endpoints, and the
+ * RelayHttp endpoint. `_ptth` and `ptth.js` are no valid names anyway; they are listed so this is
+ * the one list of what the gateway keeps for itself.
+ */
+export const GATEWAY_SEGMENTS: ReadonlySet<string> = new Set([
+  SERVICE_PATH.slice(1),
+  '_ptth',
+  'ptth.js',
+  'metrics',
+  'healthz',
+  'readyz',
+  'relay',
+]);
+
+/** Whether `name` is one of the gateway's own first path segments (GATEWAY_SEGMENTS). */
+export function isGatewaySegment(name: string): boolean {
+  return GATEWAY_SEGMENTS.has(name);
+}
+
+/**
+ * The app a gateway-host path names, or undefined when it names none: the first segment must be
+ * a name as names are spelled (one lower-case DNS label: paths are case-sensitive, RFC 3986
+ * section 6.2.2.1, so `/Foo/` is not `/foo/`), and not one of the gateway's own segments.
+ */
+export function nameFromPath(path: string | undefined): { name: string; via: PathPrefix } | undefined {
+  if (path === undefined || !path.startsWith('/')) return undefined;
+  const end = path.indexOf('/', 1);
+  const segment = end === -1 ? path.slice(1) : path.slice(1, end);
+  if (segment === '' || loggableName(segment) !== segment || isGatewaySegment(segment)) return undefined;
+  return { name: segment, via: { prefix: `/${segment}`, bare: end === -1 } };
+}
+
 export interface RequestHead {
   readonly host: string | undefined;
   readonly upgrade: string | undefined;
   /**
-   * Method and path (the target without its query) of a request node parsed whole: a Comet
-   * registration is one. Absent for an upgrade, which never is.
+   * Method of a request node parsed whole: a Comet registration is one. Absent for an upgrade,
+   * which never is.
    */
   readonly method?: string | undefined;
+  /** The target without its query: a Comet registration's, and with path URLs on an app's. */
   readonly path?: string | undefined;
 }
 
@@ -134,12 +183,23 @@ export function isPtthUpgrade(upgrade: string | undefined): boolean {
   return hasToken(upgrade, 'PTTH/1.0') || hasToken(upgrade, 'ptth');
 }
 
-export function classify(head: RequestHead, domain: string): Route {
-  const name = nameFromHost(head.host, domain);
-  if (head.upgrade !== undefined && isPtthUpgrade(head.upgrade)) return { kind: 'claim', hostName: name };
-  if (name === undefined) {
-    if (isCometRegistration(head.method, head.path)) return COMET;
-    return head.upgrade !== undefined && hasToken(head.upgrade, 'websocket') ? WEBSOCKET : GATEWAY;
+/**
+ * The road a request takes. `urls` (default host): path names apps on the gateway host too
+ * (`path` and `both`); `path` alone also makes `name.domain` an ordinary gateway host for
+ * visitors, and `both` the host of `--public-url` (`publicHost`) even when it lies under the
+ * domain, since path URLs live there. A native claim keeps naming its app by Host in every mode
+ * (docs/PROTOCOL.md section 2).
+ */
+export function classify(head: RequestHead, domain: string, urls: UrlMode = 'host', publicHost?: string): Route {
+  const hostName = nameFromHost(head.host, domain);
+  if (head.upgrade !== undefined && isPtthUpgrade(head.upgrade)) return { kind: 'claim', hostName };
+  const own = urls === 'path' || (urls === 'both' && publicHost !== undefined && head.host !== undefined && hostname(head.host).replace(/\.$/, '') === publicHost);
+  const name = own ? undefined : hostName;
+  if (name !== undefined) return { kind: 'visitor', name };
+  if (urls !== 'host') {
+    const named = nameFromPath(head.path);
+    if (named) return { kind: 'visitor', name: named.name, via: named.via };
   }
-  return { kind: 'visitor', name };
+  if (isCometRegistration(head.method, head.path)) return COMET;
+  return head.upgrade !== undefined && hasToken(head.upgrade, 'websocket') ? WEBSOCKET : GATEWAY;
 }

@@ -1,10 +1,11 @@
 import type { IncomingMessage } from 'node:http';
+import { isIP } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { AccessControl } from '../table/access.js';
 import type { AddressCaps } from './addresscaps.js';
 import type { EmitGatewayEvent } from './eventmap.js';
 import type { RouteTable } from '../table/table.js';
-import { hostname } from './classify.js';
+import { hostname, type UrlMode } from './classify.js';
 
 /** Every setting of the gateway, resolved (defaults applied). */
 export interface GatewaySettings {
@@ -12,6 +13,11 @@ export interface GatewaySettings {
   readonly domain: string;
   /** Base of advertised URLs when the gateway sits behind a proxy or TLS terminator. */
   readonly publicUrl: URL | undefined;
+  /**
+   * Shape of public URLs (docs/PROTOCOL.md section 1): `host` (`NAME.domain`), `path`
+   * (`GATEWAY/NAME/`), or `both` (either reaches the app; the host shape is advertised).
+   */
+  readonly urls: UrlMode;
   /** Longest lease a claim may ask for, in seconds. */
   readonly maxLease: number;
   readonly defaultLease: number;
@@ -81,22 +87,42 @@ function portSuffix(req: IncomingMessage, proto: string): string {
 
 /**
  * The gateway's own origin for URLs it advertises: `--public-url` when set, otherwise the scheme
- * and port the request reached the gateway with, and the configured domain.
+ * and port the request reached the gateway with, and the configured domain (with path URLs on, an
+ * IP literal the request came to: pathOrigin).
  */
 export function gatewayOrigin(settings: GatewaySettings, req: IncomingMessage): string {
+  if (settings.urls !== 'host') return pathOrigin(settings, req);
   if (settings.publicUrl) return settings.publicUrl.origin;
   const proto = requestProto(req);
   return `${proto}://${settings.domain}${portSuffix(req, proto)}`;
 }
 
-/** An app's public URL (docs/PROTOCOL.md section 1): clients read it from `Link`, never build it. */
+/**
+ * An app's public URL (docs/PROTOCOL.md section 1): clients read it from `Link`, never build it.
+ * `host` and `both` advertise the host shape (`NAME.domain`, which needs no prefix handling by the
+ * app and keeps apps on origins of their own); `path` advertises `GATEWAY/NAME/`.
+ */
 export function publicUrlFor(settings: GatewaySettings, req: IncomingMessage, name: string): string {
+  if (settings.urls === 'path') return `${pathOrigin(settings, req)}/${name}/`;
   if (settings.publicUrl) {
     const u = settings.publicUrl;
     return `${u.protocol}//${name}.${u.host}/`;
   }
   const proto = requestProto(req);
   return `${proto}://${name}.${settings.domain}${portSuffix(req, proto)}/`;
+}
+
+/**
+ * The origin path-shaped URLs live under: `--public-url` when set; otherwise the request's own
+ * host when it is an IP literal (a gateway on a laptop reached by address, where the domain would
+ * name the wrong machine), else the domain; with the scheme and port the request came with.
+ */
+export function pathOrigin(settings: GatewaySettings, req: IncomingMessage): string {
+  if (settings.publicUrl) return settings.publicUrl.origin;
+  const proto = requestProto(req);
+  const host = req.headers.host === undefined ? undefined : hostname(req.headers.host);
+  const literal = host !== undefined && (host.startsWith('[') || isIP(host) !== 0) ? host : undefined;
+  return `${proto}://${literal ?? settings.domain}${portSuffix(req, proto)}`;
 }
 
 export const PRIVATE_PREFIX = '/_ptth/';

@@ -235,7 +235,7 @@ function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage
   // JSON by Accept, or by ?format=json for a link a person can click.
   if (wantsJson(req.headers.accept) || /[?&]format=json(&|$)/.test(req.url ?? '')) {
     const body = JSON.stringify({
-      gateway: { version: info.version, domain: ctx.settings.domain, uptime: Math.round((Date.now() - info.startedAt) / 1000) },
+      gateway: { version: info.version, domain: ctx.settings.domain, urls: ctx.settings.urls, uptime: Math.round((Date.now() - info.startedAt) / 1000) },
       count: all.length,
       // Absent (not empty) when this client may not see the list: the count is still there.
       ...(listed ? { registrations: regs } : {}),
@@ -252,6 +252,7 @@ function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage
     appUrl: publicUrlFor(ctx.settings, req, 'NAME'),
     gateway: gatewayOrigin(ctx.settings, req),
     metricsLink: info.metrics !== undefined && info.metricsPublic !== false,
+    sharedOrigin: ctx.settings.urls === 'host' ? undefined : gatewayOrigin(ctx.settings, req),
     demo: DEMO_HTML,
   });
   res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });

@@ -2,11 +2,12 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Exchange, UpgradeExchange } from '../channels/channel.js';
 import { PtthError } from '../http/errors.js';
-import { clientAddress, forwardRequestHeaders } from '../http/headers.js';
+import { clientAddress, forwardRequestHeaders, withoutHeaders } from '../http/headers.js';
 import { sendError, writeRawError } from '../http/respond.js';
 import { checkResponseHead, type ResponseHead } from '../http/response.js';
 import { noop } from '../shared/noop.js';
 import { targetPath } from '../shared/target.js';
+import type { PathPrefix } from './classify.js';
 import { requestProto, type GatewayContext } from './context.js';
 import { Capture, followed, topicOf, type Topic } from './events.js';
 import type { RequestEvent } from './eventmap.js';
@@ -14,31 +15,74 @@ import type { RequestEvent } from './eventmap.js';
 /**
  * Visitors' requests: look the name up, build the header list once, and hand the exchange to the
  * registration, which picks a channel or queues. The response streams back inside the channel.
+ * `via`: the path named the app (docs/PROTOCOL.md section 1).
  */
-export function forwardRequest(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, name: string): void {
+export function forwardRequest(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, name: string, via?: PathPrefix): void {
   const reg = ctx.table.lookup(name);
-  if (!reg) {
-    const err = new PtthError('PTTH_ERR_NOT_FOUND', `No app is registered under the name "${name}".`);
-    if (ctx.observed.requests) {
-      const ex = new ObservedExchange(ctx, name, req, res, EMPTY, undefined);
-      ex.fail(err);
-      ex.done();
-    } else sendError(res, err, req.headers.accept);
+  // Someone follows a name: one read of a module variable per request while nobody does.
+  const topic = reg !== undefined && followed() ? topicOf(ctx, reg) : undefined;
+  const observed = ctx.observed.requests || topic !== undefined;
+  if (!reg || via?.bare === true) {
     req.resume();
+    const ex = observed ? new ObservedExchange(ctx, name, req, res, EMPTY, topic, req.url) : undefined;
+    if (reg) redirectToSlash(req, res, via?.prefix ?? '');
+    else {
+      const err = new PtthError('PTTH_ERR_NOT_FOUND', `No app is registered under the name "${name}".`);
+      if (ex) ex.fail(err);
+      else sendError(res, err, req.headers.accept);
+    }
+    ex?.done();
     return;
   }
-  const headers = forwardRequestHeaders(req.rawHeaders, {
-    clientAddress: clientAddress(req.socket.remoteAddress),
-    clientPort: req.socket.remotePort ?? 0,
+  const url = req.url;
+  const headers = appHeaders(ctx, req, req.socket, via, undefined);
+  reg.dispatch(observed ? new ObservedExchange(ctx, name, req, res, headers, topic, url) : new VisitorExchange(ctx, name, req, res, headers));
+}
+
+/**
+ * The header list for the app and, with path URLs on, the one place a path-routed request loses
+ * its `/NAME` prefix (docs/PROTOCOL.md section 1): every channel, and a visitor's upgrade, reads
+ * the target from `req.url`, so each transport sees the same path. The app learns the prefix from
+ * `X-Forwarded-Prefix`, the convention Express, Spring and Traefik follow; a visitor's own
+ * `X-Forwarded-Prefix` is dropped whenever path URLs are on, since there the gateway asserts it.
+ */
+function appHeaders(ctx: GatewayContext, req: IncomingMessage, socket: Socket, via: PathPrefix | undefined, upgrade: string | undefined): string[] {
+  let headers = forwardRequestHeaders(req.rawHeaders, {
+    clientAddress: clientAddress(socket.remoteAddress),
+    clientPort: socket.remotePort ?? 0,
     proto: requestProto(req),
+    upgrade,
   });
-  // Someone follows a name: one read of a module variable per request while nobody does.
-  const topic = followed() ? topicOf(ctx, reg) : undefined;
-  reg.dispatch(
-    ctx.observed.requests || topic !== undefined
-      ? new ObservedExchange(ctx, name, req, res, headers, topic)
-      : new VisitorExchange(ctx, name, req, res, headers),
-  );
+  if (ctx.settings.urls === 'host') return headers;
+  if (req.headers['x-forwarded-prefix'] !== undefined) headers = withoutHeaders(headers, 'x-forwarded-prefix');
+  if (via !== undefined) {
+    headers.push('X-Forwarded-Prefix', via.prefix);
+    req.url = stripPrefix(req.url ?? '/', via.prefix);
+  }
+  return headers;
+}
+
+/** `/name/a?b` without `/name`: `/a?b`; `/name?b` (an upgrade to the bare prefix): `/?b`. */
+export function stripPrefix(url: string, prefix: string): string {
+  const rest = url.slice(prefix.length);
+  return rest.startsWith('/') ? rest : `/${rest}`;
+}
+
+/**
+ * `/NAME` with no slash after it: 308 to `/NAME/`, query kept. Served as the app's `/`, the page's
+ * relative links (`href="style.css"`) would resolve against `/` and leave the app's prefix; a 308
+ * keeps the method and body (RFC 9110 section 15.4.9), so a POST survives it.
+ */
+function redirectToSlash(req: IncomingMessage, res: ServerResponse, prefix: string): void {
+  const location = `${prefix}/${(req.url ?? prefix).slice(prefix.length)}`;
+  const body = `308 Permanent Redirect: the app is at ${location}\n`;
+  res.writeHead(308, {
+    Location: location,
+    'Content-Type': 'text/plain; charset=utf-8',
+    'Content-Length': Buffer.byteLength(body),
+    'X-Content-Type-Options': 'nosniff',
+  });
+  res.end(req.method === 'HEAD' ? undefined : body);
 }
 
 /**
@@ -50,7 +94,7 @@ export function refuseVisitor(ctx: GatewayContext, req: IncomingMessage, res: Se
   const reg = followed() ? ctx.table.lookup(name) : undefined;
   const topic = reg === undefined ? undefined : topicOf(ctx, reg);
   if (ctx.observed.requests || topic !== undefined) {
-    const ex = new ObservedExchange(ctx, name, req, res, EMPTY, topic);
+    const ex = new ObservedExchange(ctx, name, req, res, EMPTY, topic, req.url);
     ex.fail(err, true);
     ex.done();
   } else sendError(res, err, req.headers.accept, true);
@@ -140,6 +184,8 @@ function byteLength(chunk: unknown, encoding?: unknown): number {
 class ObservedExchange extends VisitorExchange {
   readonly #started = performance.now();
   readonly #remote: string;
+  /** The target as the visitor sent it (a path-routed one reaches the app without its prefix). */
+  readonly #url: string;
   #reported = false;
   #bytesIn = 0;
   #bytesOut = 0;
@@ -189,8 +235,10 @@ class ObservedExchange extends VisitorExchange {
     res: ServerResponse,
     headers: string[],
     topic: Topic | undefined,
+    url: string | undefined,
   ) {
     super(ctx, name, req, res, headers);
+    this.#url = url ?? '/';
     this.#topic = topic;
     this.#capture = topic?.detail === true ? new Capture() : undefined;
     this.#remote = clientAddress(req.socket.remoteAddress);
@@ -219,7 +267,7 @@ class ObservedExchange extends VisitorExchange {
     if (this.#reported) return;
     this.#reported = true;
     const { req, res } = this;
-    const url = req.url ?? '/';
+    const url = this.#url;
     const event: RequestEvent = {
       name: this.name,
       method: req.method ?? 'GET',
@@ -237,8 +285,8 @@ class ObservedExchange extends VisitorExchange {
   }
 }
 
-/** Visitors' upgrade requests (WebSocket and others): spliced to the app after its 101. */
-export function forwardUpgrade(ctx: GatewayContext, req: IncomingMessage, socket: Socket, head: Buffer, name: string): void {
+/** Visitors' upgrade requests (WebSocket and others): spliced to the app after its 101. `via`: the path named the app. */
+export function forwardUpgrade(ctx: GatewayContext, req: IncomingMessage, socket: Socket, head: Buffer, name: string, via?: PathPrefix): void {
   socket.on('error', noop);
   const reg = ctx.table.lookup(name);
   if (!reg) {
@@ -262,16 +310,12 @@ export function forwardUpgrade(ctx: GatewayContext, req: IncomingMessage, socket
     req,
     socket,
     head,
-    headers: forwardRequestHeaders(req.rawHeaders, {
-      clientAddress: clientAddress(socket.remoteAddress),
-      clientPort: socket.remotePort ?? 0,
-      proto: requestProto(req),
-      upgrade: req.headers.upgrade,
-    }),
+    // An upgrade cannot follow a redirect (browsers fail a WebSocket handshake answered with
+    // one): `/NAME` alone reaches the app as `/`.
+    headers: appHeaders(ctx, req, socket, via, req.headers.upgrade),
     fail: (err) => writeRawError(socket, err, req.headers.accept),
     check: (status, reason, headers) => checkHead(ctx, name, status, reason, headers, true),
     done: noop,
   };
   reg.upgrade(ex);
 }
-

@@ -6,7 +6,7 @@ import { PtthError } from '../http/errors.js';
 import { writeRawError } from '../http/respond.js';
 import { MemoryTable, type RouteTable } from '../table/table.js';
 import { claimFromRequest, claimFromUpgrade } from './claim.js';
-import { classify, hostProblem, originForm, type Route } from './classify.js';
+import { classify, hostProblem, originForm, type Route, type UrlMode } from './classify.js';
 import { admit, type Admission, type Arrival, type Buckets } from './admission.js';
 import { claimantName, refuse, refuseClaim } from './refuse.js';
 import type { GatewayContext, GatewaySettings } from './context.js';
@@ -44,6 +44,14 @@ export interface GatewayOptions extends BrowserOptions, RelayOptions {
   domain?: string;
   /** Base of advertised URLs behind a proxy or TLS terminator, e.g. `https://tunnel.example.com`. */
   publicUrl?: string;
+  /**
+   * Shape of public URLs (default `'host'`): `'host'` serves apps at `NAME.domain`, `'path'` at
+   * `GATEWAY/NAME/` (one host name, no wildcard DNS or certificate; every app then shares one browser
+   * origin and can read the others' cookies and storage), `'both'` answers either shape and
+   * advertises the host shape. Path-routed requests reach the app without their `/NAME` prefix, which
+   * comes in `X-Forwarded-Prefix` (docs/PROTOCOL.md section 1).
+   */
+  urls?: UrlMode;
   /** Lease in seconds for claims that name none (default 300). */
   defaultLease?: number;
   /** Longest lease a claim may ask for, in seconds (default 86400). */
@@ -148,6 +156,14 @@ function rateFrom(name: string, value: RateSpec | string | false | undefined, fa
   return spec && new RateLimiter(spec);
 }
 
+/** `urls`: one of the table's choices (src/options.ts), its default when unset. */
+function urlsOption(value: string | undefined): UrlMode {
+  const choices: readonly string[] = OPTIONS.urls.choices;
+  const mode = value ?? OPTIONS.urls.default;
+  if (!choices.includes(mode)) throw new OptionError('urls', `urls must be one of ${choices.join(', ')}, got ${JSON.stringify(value)}`);
+  return mode as UrlMode;
+}
+
 /** The gateway's settings from its options: defaults, bounds and the error for a bad value come from the options table (src/options.ts). */
 function settingsFrom(o: GatewayOptions): GatewaySettings {
   const domain = domainOption(o.domain);
@@ -155,6 +171,7 @@ function settingsFrom(o: GatewayOptions): GatewaySettings {
   return {
     domain,
     publicUrl,
+    urls: urlsOption(o.urls),
     defaultLease: numberOption('defaultLease', o.defaultLease),
     maxLease: numberOption('maxLease', o.maxLease),
     maxChannels: numberOption('maxChannels', o.maxChannels),
@@ -349,7 +366,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       if (route.kind === 'visitor') return refuseVisitor(ctx, req, res, route.name, admission.error);
       return this.#refuse(req, res, route, admission);
     }
-    if (route.kind === 'visitor') forwardRequest(ctx, req, res, route.name);
+    if (route.kind === 'visitor') forwardRequest(ctx, req, res, route.name, route.via);
     else if (route.kind === 'claim') claimFromRequest(ctx, req, res, route.hostName);
     else handleEndpoint(ctx, this.#info, req, res);
   };
@@ -363,8 +380,11 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const socket = req.socket;
     const problem = this.#crowded.has(socket) ? this.caps.connectionsError() : this.#badHead(req);
     const { host, upgrade } = req.headers;
-    const head = upgraded ? { host, upgrade } : { host, upgrade, method: req.method, path: targetPath(req.url) };
-    const route = classify(head, this.#ctx.settings.domain);
+    // The path of an upgrade too: with path URLs on, a visitor's WebSocket to /NAME/ is the app's.
+    const path = targetPath(req.url);
+    const head = upgraded ? { host, upgrade, path } : { host, upgrade, method: req.method, path };
+    const { domain, urls, publicUrl } = this.#ctx.settings;
+    const route = classify(head, domain, urls, publicUrl?.hostname);
     return { route, upgraded, upgrade, problem, closing: this.#closing, address: socket.remoteAddress };
   }
 
@@ -422,7 +442,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const admission = admit(arrival, this.#buckets);
     if (!admission.admitted) return this.#refuse(req, socket, route, admission);
     if (route.kind === 'claim') claimFromUpgrade(ctx, req, socket, head, route.hostName);
-    else if (route.kind === 'visitor') forwardUpgrade(ctx, req, socket, head, route.name);
+    else if (route.kind === 'visitor') forwardUpgrade(ctx, req, socket, head, route.name, route.via);
     // Admission refused every other upgrade of the gateway host.
     else this.browser.upgrade(req, socket, head);
   };

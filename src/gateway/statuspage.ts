@@ -36,6 +36,11 @@ export interface StatusView {
   /** What `connect --gateway` takes: the gateway's origin as advertised (gatewayOrigin). */
   readonly gateway: string;
   readonly metricsLink: boolean;
+  /**
+   * The one browser origin every path-routed app shares (`serve --urls path` or `both`), shown as a
+   * warning; undefined while apps each have a host of their own.
+   */
+  readonly sharedOrigin?: string | undefined;
   /** The live demo's section (src/gateway/browser.ts). */
   readonly demo: string;
 }
@@ -108,6 +113,7 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 .chan small{white-space:nowrap}
 tr.empty td{color:var(--muted);font-style:italic}
 .note{color:var(--muted);font-style:italic}
+.warn{border:1px solid #d08a00;border-left-width:4px;border-radius:4px;padding:.5rem .75rem;background:var(--card)}
 footer{margin-top:2.5rem;border-top:1px solid var(--line);padding-top:.75rem;color:var(--muted);font-size:.85rem}
 input,button{font:inherit}
 @media (max-width:40rem){
@@ -189,6 +195,13 @@ export function renderStatusPage(v: StatusView): string {
 <tbody id="rows">
 ${list.length === 0 ? EMPTY_ROW : list.map(rowHtml).join('\n')}
 </tbody></table>`;
+  const shared =
+    v.sharedOrigin === undefined
+      ? ''
+      : `<p class="warn" id="shared-origin"><strong>Warning: apps share one origin.</strong> Apps are served at paths of ` +
+        `<code>${escapeHtml(v.sharedOrigin)}</code> (serve --urls), so they all share that browser origin, with this page: ` +
+        'any app can read the cookies and storage of every other app, and act in its name in a visitor&#39;s browser. ' +
+        'Serve apps that do not trust each other at host-based URLs (--urls host).</p>\n';
   // NAME is where the app's name goes; the rest is the URL exactly as a claim's Link would give it.
   const appUrl = escapeHtml(v.appUrl).replace('NAME', '<var>NAME</var>');
   return `<!doctype html>
@@ -198,7 +211,7 @@ ${list.length === 0 ? EMPTY_ROW : list.map(rowHtml).join('\n')}
 </head><body>
 <header><h1>ptth-proxy</h1><p class="sub">reverse HTTP gateway &middot; ${escapeHtml(v.version)}</p></header>
 <p>A program with only an HTTP client claims a name here and serves HTTP at <code id="app-url">${appUrl}</code>.</p>
-<p>Expose a local web app:<code class="cmd">npx ptth-proxy connect 3000 --gateway ${escapeHtml(v.gateway)}</code></p>
+${shared}<p>Expose a local web app:<code class="cmd">npx ptth-proxy connect 3000 --gateway ${escapeHtml(v.gateway)}</code></p>
 <h2><span>Live registrations (<span id="count">${v.count}</span>)</span>
 <span id="live" class="live" hidden>live</span></h2>
 ${table}
