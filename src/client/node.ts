@@ -364,7 +364,9 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       const link = parseLinks(res.headers.link).get('related');
       if (link) {
         this.url = link;
-        if (this.name === undefined) this.name = new URL(link).hostname.split('.')[0];
+        // The public URL names the app (docs/PROTOCOL.md section 1): its first path segment in path mode
+        // (`http://gateway/NAME/`), its first host label otherwise (`http://NAME.domain/`).
+        if (this.name === undefined) this.name = nameFromPublicUrl(link);
       }
       if (res.headers.location) this.privateUrl = res.headers.location;
       this.#adopt(socket, head, got);
@@ -643,6 +645,12 @@ class MemoryAgent extends http.Agent {
   override keepSocketAlive(): boolean {
     return true;
   }
+}
+
+/** The app's name in its public URL: the first path segment of a path URL, else the first host label. */
+export function nameFromPublicUrl(link: string): string | undefined {
+  const u = new URL(link);
+  return decodeURIComponent(u.pathname.split('/')[1] ?? '') || u.hostname.split('.')[0];
 }
 
 /**

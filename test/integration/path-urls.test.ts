@@ -291,10 +291,14 @@ describe('path URLs: both mode and host mode', () => {
     }
   });
 
-  it.todo(
-    'listen() and connect without a name keep their random name in path mode: src/client/node.ts takes the name from ' +
-      "the Link's first host label (and /ptth.js's Comet session does the same), which is the gateway's in path mode",
-  );
+  it('listen() without a name keeps its random name in path mode: every connection joins the one registration', async () => {
+    const gw = await useGateway({ urls: 'path' });
+    const tunnel = await useApp(gw.port, prefixAwareApp(), { http1: true, connections: 2 });
+    await until(() => gw.gateway.table.list()[0]?.channels.length === 2);
+    const names = gw.gateway.table.list().map((r) => r.name);
+    expect(names).toHaveLength(1);
+    expect(tunnel.url).toBe(`http://127.0.0.1:${gw.port}/${names[0]}/`);
+  });
 
   it('--public-url gives the origin of path URLs', async () => {
     const gw = await useGateway({ urls: 'path', publicUrl: 'https://tunnel.example.com' });
