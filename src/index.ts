@@ -29,6 +29,7 @@ export {
 } from './table/access.js';
 export { parseRate, type RateSpec } from './gateway/ratelimit.js';
 export type { GatewaySettings } from './gateway/context.js';
+export type { UrlMode } from './gateway/classify.js';
 export type { BrowserOptions } from './gateway/browser.js';
 export { listen, Tunnel, ClaimError, type ListenOptions, type TunnelEvents } from './client/node.js';
 export { createLocalProxy, parseTarget, type LocalProxyOptions } from './client/proxy.js';
