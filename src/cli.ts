@@ -583,7 +583,7 @@ program
   .option('--max-names <n>', 'names the key may hold at once (default: no limit)', int(1))
   .option('--max-channels <n>', 'channels the key may hold at once across its names (default: no limit)', int(1))
   .action((o: { id?: string; names: string; maxNames?: number; maxChannels?: number }) => {
-    let made;
+    let made: ReturnType<typeof createKeyEntry>;
     try {
       made = createKeyEntry({
         id: o.id,

@@ -149,10 +149,12 @@ export function resolveServeConfig(
     const given = cli[k];
     let v: ConfigValue | undefined;
     let source: Source = 'default';
+    const env = onCli(k) && given !== undefined ? undefined : fromEnv(spec);
     if (onCli(k) && given !== undefined) {
       v = given;
       source = 'cli';
-    } else if ((v = fromEnv(spec)) !== undefined) {
+    } else if (env !== undefined) {
+      v = env;
       source = 'env';
     } else if (file[k] !== undefined) {
       v = file[k];

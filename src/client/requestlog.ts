@@ -65,8 +65,7 @@ export class SseParser {
   constructor(private readonly onEvent: (event: string, data: string) => void) {}
   push(chunk: string): void {
     this.#buf += chunk;
-    let nl: number;
-    while ((nl = this.#buf.search(/\r\n|\r|\n/)) >= 0) {
+    for (let nl = this.#buf.search(/\r\n|\r|\n/); nl >= 0; nl = this.#buf.search(/\r\n|\r|\n/)) {
       const line = this.#buf.slice(0, nl);
       const len = this.#buf.startsWith('\r\n', nl) ? 2 : 1;
       // A lone CR at the end of the buffer may be the first half of a CRLF: wait for more.

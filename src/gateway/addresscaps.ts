@@ -156,7 +156,10 @@ export class AddressCaps {
 
   #change(key: string, what: keyof AddressHeld, by: number): number {
     let h = this.#held.get(key);
-    if (!h) this.#held.set(key, (h = { connections: 0, names: 0, channels: 0 }));
+    if (!h) {
+      h = { connections: 0, names: 0, channels: 0 };
+      this.#held.set(key, h);
+    }
     h[what] += by;
     const n = h[what];
     // Addresses holding nothing carry no state: the map stays as large as what is held now.

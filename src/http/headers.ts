@@ -27,7 +27,9 @@ export function connectionOptions(raw: readonly unknown[]): Set<string> | undefi
     if (typeof name === 'string' && name.length === 10 && typeof value === 'string' && name.toLowerCase() === 'connection') {
       for (const token of value.split(',')) {
         const t = token.trim().toLowerCase();
-        if (t && t !== 'close' && t !== 'keep-alive' && t !== 'upgrade') (extra ??= new Set()).add(t);
+        if (!t || t === 'close' || t === 'keep-alive' || t === 'upgrade') continue;
+        extra ??= new Set();
+        extra.add(t);
       }
     }
   }

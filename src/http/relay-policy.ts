@@ -104,7 +104,10 @@ const KINDS: [AddressKind, string, number, 'ipv4' | 'ipv6'][] = [
 const LISTS = new Map<AddressKind, BlockList>();
 for (const [kind, net, prefix, family] of KINDS) {
   let list = LISTS.get(kind);
-  if (!list) LISTS.set(kind, (list = new BlockList()));
+  if (!list) {
+    list = new BlockList();
+    LISTS.set(kind, list);
+  }
   list.addSubnet(net, prefix, family);
 }
 

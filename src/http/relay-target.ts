@@ -41,12 +41,10 @@ export interface RelayTarget {
 
 /** `HOST[:PORT]` from the endpoint's path (`/relay/HOST[:PORT]`); undefined when it is not one. */
 export function parseRelayTarget(text: string): RelayTarget | undefined {
-  let host: string;
-  let portText: string | undefined;
   const m = /^\[([0-9a-fA-F:.]+)\](?::(\d{1,5}))?$/.exec(text) ?? /^([A-Za-z0-9.-]+)(?::(\d{1,5}))?$/.exec(text);
   if (!m) return undefined;
-  host = (m[1] as string).toLowerCase();
-  portText = m[2];
+  const host = (m[1] as string).toLowerCase();
+  const portText = m[2];
   if (text.startsWith('[') && isIP(host) !== 6) return undefined;
   if (host.length > 253 || host.startsWith('.') || host.endsWith('.') || host.includes('..')) return undefined;
   const port = portText === undefined ? 80 : Number(portText);

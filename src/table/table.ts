@@ -211,7 +211,10 @@ export class MemoryTable extends EventEmitter<TableEvents> implements RouteTable
   #indexKey(reg: Registration): void {
     if (reg.keyId === undefined) return;
     let set = this.#byKey.get(reg.keyId);
-    if (!set) this.#byKey.set(reg.keyId, (set = new Set()));
+    if (!set) {
+      set = new Set();
+      this.#byKey.set(reg.keyId, set);
+    }
     set.add(reg);
   }
 

@@ -1031,7 +1031,9 @@ describe('claim floods from one address', () => {
 
   async function claimAll(bytes: (i: number) => string): Promise<string[]> {
     const conns = await Promise.all(Array.from({ length: CLAIMS }, () => connect()));
-    conns.forEach((s, i) => s.write(bytes(i)));
+    conns.forEach((s, i) => {
+      s.write(bytes(i));
+    });
     const heads = await Promise.all(conns.map((s) => readUntil(s, headEnd, 5_000)));
     return heads.map((h) => h.toString('latin1').split('\r\n')[0] ?? '');
   }
@@ -1066,7 +1068,9 @@ describe('claim floods from one address', () => {
             ? wsClaim(g, `?name=flood-w${i}&lease=1`)
             : cometForm(g, `name=flood-c${i}&lease=1`),
       );
-      lines.forEach((l, i) => expect(l).toMatch(i % 3 === 2 ? /^HTTP\/1\.1 (201|429) / : /^HTTP\/1\.1 (101|429) /));
+      lines.forEach((l, i) => {
+        expect(l).toMatch(i % 3 === 2 ? /^HTTP\/1\.1 (201|429) / : /^HTTP\/1\.1 (101|429) /);
+      });
     });
   });
 

@@ -57,7 +57,10 @@ describe('gateway lifecycle', () => {
     expect((await readUntil(s, (b) => b.includes('ping'))).toString()).toBe('ping');
     const start = Date.now();
     let closedAt = 0;
-    const cut = closed(s, 10_000).then((c) => ((closedAt = Date.now()), c));
+    const cut = closed(s, 10_000).then((c) => {
+      closedAt = Date.now();
+      return c;
+    });
     await gw.gateway.close(300);
     expect(await cut).toBe(true);
     // Time is the behaviour: the spliced connection lives through the grace period and is ended

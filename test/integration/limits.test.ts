@@ -218,9 +218,9 @@ describe('claim rate per client address', () => {
     expect(refused).toHaveLength(4);
     // The name where the refused request gave one before its body (the query): none for the Comet form.
     const names = ['two', 'three', 'four', undefined];
-    refused.forEach((r, i) =>
-      expect(r).toEqual({ code: 'PTTH_ERR_RATE_LIMITED', status: 429, remote: '127.0.0.1', name: names[i] }),
-    );
+    refused.forEach((r, i) => {
+      expect(r).toEqual({ code: 'PTTH_ERR_RATE_LIMITED', status: 429, remote: '127.0.0.1', name: names[i] });
+    });
   });
 });
 

@@ -238,7 +238,14 @@ describe('WebSocket channel requests', () => {
     expect(r['body']).toBe(true);
     const first: BodyFrame[] = [];
     const sent = (): number => first.reduce((n, f) => n + f.payload.length, 0);
-    await until(() => (first.push(...a.takeFrames(id)), sent() >= 64 * 1024), 3_000, 'a window of body');
+    await until(
+      () => {
+        first.push(...a.takeFrames(id));
+        return sent() >= 64 * 1024;
+      },
+      3_000,
+      'a window of body',
+    );
     // The gateway holds more of the body than the window (read from the visitor: well past 64 KiB
     // plus the request head), and a ping's pong, which leaves after every frame sent before it,
     // has come back: a gateway ignoring the window would have sent more by now.
