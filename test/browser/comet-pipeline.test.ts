@@ -31,7 +31,7 @@ let open;
 const gate = new Promise((r) => (open = r));
 window.release = () => open();
 window.gated = false;
-window.server = serve({ gateway, name: q.get('name'), transport: 'comet', pollers: Number(q.get('pollers')), backoff: 50,
+window.server = serve({ gateway, name: q.get('name'), transport: 'comet', pollers: Number(q.get('pollers')), pipeline: q.get('pipeline') !== '0', backoff: 50,
   onError: (e) => window.errors.push(String(e && e.message)) }, async (request, info) => {
   const url = new URL(request.url);
   if (url.pathname === '/gate') {
@@ -71,23 +71,25 @@ afterEach(async () => {
 /** What the gateway answered on its Comet request URLs: poll answers' types, and reply POSTs. */
 interface CometTraffic {
   pipelines: number;
+  singles: number;
   replies: number;
 }
 
-async function openTab(name: string, pollers: number): Promise<{ g: TestGateway; p: Page; traffic: CometTraffic }> {
+async function openTab(name: string, pollers: number, pipeline = true): Promise<{ g: TestGateway; p: Page; traffic: CometTraffic }> {
   const g = await startGateway({ pollTimeout: 2_000 });
   gw = g;
-  const traffic: CometTraffic = { pipelines: 0, replies: 0 };
+  const traffic: CometTraffic = { pipelines: 0, singles: 0, replies: 0 };
   g.gateway.server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
     if (!req.url?.startsWith('/reversehttp/')) return;
     res.once('finish', () => {
       if (req.method === 'POST' && res.statusCode === 202) traffic.replies++;
       if (req.method === 'GET' && res.getHeader('content-type') === 'application/http') traffic.pipelines++;
+      if (req.method === 'GET' && res.getHeader('content-type') === 'message/http') traffic.singles++;
     });
   });
   const p = await browser.newPage();
   page = p;
-  await p.goto(`${siteOrigin}/?${new URLSearchParams({ gateway: g.origin, name, pollers: String(pollers) }).toString()}`);
+  await p.goto(`${siteOrigin}/?${new URLSearchParams({ gateway: g.origin, name, pollers: String(pollers), pipeline: pipeline ? '1' : '0' }).toString()}`);
   await p.waitForFunction(() => 'ready' in globalThis, undefined, { timeout: 10_000 });
   const url = await p.evaluate(() => (globalThis as unknown as { ready: Promise<string> }).ready);
   expect(url).toBe(`http://${name}.localhost:${g.port}/`);
@@ -141,5 +143,14 @@ describe('the browser library with pipelined Comet polls, in headless Chromium',
       else expect(v.body.startsWith(`/m${i} ${i % 3 === 0 ? `b${i}` : ''} `)).toBe(true);
     }
     expect(await p.evaluate(() => (globalThis as unknown as { errors: string[] }).errors)).toEqual([]);
+  });
+
+  it('with pipeline: false it polls for one request at a time (message/http), as before', async () => {
+    const { g, traffic } = await openTab('tab-single', 2, false);
+    const got = await Promise.all(Array.from({ length: 6 }, (_, i) => request(g.port, { host: g.host('tab-single'), path: `/s${i}` })));
+    expect(got.map((v) => v.headers['x-path'])).toEqual(Array.from({ length: 6 }, (_, i) => `/s${i}`));
+    expect(traffic.pipelines).toBe(0);
+    expect(traffic.singles).toBe(6);
+    expect(traffic.replies).toBe(6);
   });
 });

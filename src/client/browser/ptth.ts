@@ -40,6 +40,11 @@ export interface ServeOptions {
    * reply POST must find one free while the polls wait: keep this at 4 or less.
    */
   pollers?: number;
+  /**
+   * Ask for pipelined Comet polls (default true): every request queued at the gateway comes in one
+   * poll (`Accept: application/http`), and their responses go back in one POST.
+   */
+  pipeline?: boolean;
   /** First reconnect delay in ms (default 250); doubles per failure up to `maxBackoff` (default 30000). */
   backoff?: number;
   maxBackoff?: number;
@@ -668,7 +673,8 @@ class Server implements PtthServer {
       try {
         // Accept: application/http asks for every queued request at once (section 5.7); it is a
         // CORS-safelisted header, so the poll needs no preflight.
-        res = await fetch(url, { cache: 'no-store', headers: { accept: 'application/http' }, signal: this.#stop.signal });
+        const headers: Record<string, string> = this.#options.pipeline === false ? {} : { accept: 'application/http' };
+        res = await fetch(url, { cache: 'no-store', headers, signal: this.#stop.signal });
       } catch (err) {
         if (!this.#stopped) this.error(err);
         return;
