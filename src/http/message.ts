@@ -136,7 +136,12 @@ interface LlhttpParserClass {
   readonly kOnMessageComplete: number;
   readonly kLenientKeepAlive: number;
 }
-const { HTTPParser } = createRequire(import.meta.url)('_http_common') as { HTTPParser: LlhttpParserClass };
+let parserClass: LlhttpParserClass | undefined;
+/** Loaded on first use: a node without it costs the pipelined replies (400 to the app), not the start-up. */
+function llhttp(): LlhttpParserClass {
+  parserClass ??= (createRequire(import.meta.url)('_http_common') as { HTTPParser: LlhttpParserClass }).HTTPParser;
+  return parserClass;
+}
 
 /** What an `application/http` reply pipeline held: its complete responses, in order. */
 export interface ParsedPipeline {
@@ -159,6 +164,7 @@ export function parseResponses(bytes: Buffer, methods: readonly string[]): Parse
   let head: { status: number; statusMessage: string; rawHeaders: string[] } | undefined;
   let pending: string[] = [];
   let chunks: Buffer[] = [];
+  const HTTPParser = llhttp();
   const parser = new HTTPParser();
   // Keep-alive leniency: a response saying `Connection: close` (or an HTTP/1.0 one with a length)
   // ends its own message, not the pipeline; whatever follows is still parsed and counted.

@@ -34,11 +34,16 @@ async function registered(g: TestGateway, name: string): Promise<string> {
   return nextOf(opened);
 }
 
-/** `n` visitors of `name` (paths /0 .. /n-1), once all of them wait in the Comet queue. */
+/** `n` visitors of `name` (paths /0 .. /n-1), once all of them wait in the Comet queue, in that order. */
 async function queued(g: TestGateway, name: string, n: number, spec: (i: number) => { method?: string; body?: string } = () => ({})): Promise<Promise<Reply>[]> {
-  const before = cometChannel(g, name).queued;
-  const visitors = Array.from({ length: n }, (_, i) => request(g.port, { host: g.host(name), path: `/${i}`, ...spec(i) }));
-  await until(() => cometChannel(g, name).queued === before + n, 5_000, `${n} requests queued`);
+  const channel = cometChannel(g, name);
+  const visitors: Promise<Reply>[] = [];
+  for (let i = 0; i < n; i++) {
+    // One at a time: a request queues once its body is in, so a large body could overtake.
+    const before = channel.queued;
+    visitors.push(request(g.port, { host: g.host(name), path: `/${i}`, ...spec(i) }));
+    await until(() => channel.queued === before + 1, 5_000, `request ${i} queued`);
+  }
   return visitors;
 }
 
