@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { CometChannel, type Delivery, type PipelineBound } from '../channels/comet.js';
 import { readBody, formParams } from '../http/body.js';
 import { PtthError, isPtthError } from '../http/errors.js';
-import { InvalidMessageError, parseResponse, parseResponses, type ParsedResponse } from '../http/message.js';
+import { InvalidMessageError, parseResponse, parseResponses, pipelineParserAvailable, type ParsedResponse } from '../http/message.js';
 import { sendError } from '../http/respond.js';
 import { loggableName, lookupKey, queryName, randomSecret, readClaimParams } from '../table/names.js';
 import type { Registration } from '../table/registration.js';
@@ -121,7 +121,8 @@ export class CometService {
   #settings: CometSettings;
   /** Bytes of visitors' bodies buffered for Comet apps across the whole gateway. */
   #budget: { used: number; readonly max: number };
-  #pipeline: PipelineBound;
+  /** The bound of a pipelined poll answer; undefined when this node cannot parse reply pipelines. */
+  #pipeline: PipelineBound | undefined;
   /** By lookupKey(session id): the id is the capability of its request URLs (see lookupKey). */
   #sessions = new Map<string, Session>();
   #byReg = new Map<Registration, Session>();
@@ -131,7 +132,8 @@ export class CometService {
     this.#settings = settings;
     // Each request may buffer --buffer-limit; all of them together at most eight times that.
     this.#budget = { used: 0, max: 8 * settings.bufferLimit };
-    this.#pipeline = { count: settings.pipelineCount ?? PIPELINE_COUNT, bytes: settings.pipelineBytes ?? PIPELINE_BYTES };
+    const bound = { count: settings.pipelineCount ?? PIPELINE_COUNT, bytes: settings.pipelineBytes ?? PIPELINE_BYTES };
+    this.#pipeline = pipelineParserAvailable() ? bound : undefined;
     ctx.table.on('release', (reg: Registration) => {
       const s = this.#byReg.get(reg);
       if (!s) return;

@@ -136,11 +136,26 @@ interface LlhttpParserClass {
   readonly kOnMessageComplete: number;
   readonly kLenientKeepAlive: number;
 }
-let parserClass: LlhttpParserClass | undefined;
-/** Loaded on first use: a node without it costs the pipelined replies (400 to the app), not the start-up. */
-function llhttp(): LlhttpParserClass {
-  parserClass ??= (createRequire(import.meta.url)('_http_common') as { HTTPParser: LlhttpParserClass }).HTTPParser;
+let parserClass: LlhttpParserClass | null | undefined;
+/**
+ * node's llhttp binding, loaded on first use; null on a node that no longer exports it (the
+ * `_http_*` modules are deprecated in the documentation, DEP0199): the gateway then offers no
+ * pipelines (pipelineParserAvailable) and every poll gets message/http.
+ */
+function llhttp(): LlhttpParserClass | null {
+  if (parserClass !== undefined) return parserClass;
+  try {
+    const { HTTPParser } = createRequire(import.meta.url)('_http_common') as { HTTPParser?: LlhttpParserClass };
+    parserClass = typeof HTTPParser === 'function' && typeof HTTPParser.RESPONSE === 'number' ? HTTPParser : null;
+  } catch {
+    parserClass = null;
+  }
   return parserClass;
+}
+
+/** Whether this node can parse reply pipelines (parseResponses): without it, no poll is answered with one. */
+export function pipelineParserAvailable(): boolean {
+  return llhttp() !== null;
 }
 
 /** What an `application/http` reply pipeline held: its complete responses, in order. */
@@ -165,6 +180,7 @@ export function parseResponses(bytes: Buffer, methods: readonly string[]): Parse
   let pending: string[] = [];
   let chunks: Buffer[] = [];
   const HTTPParser = llhttp();
+  if (!HTTPParser) throw new InvalidMessageError('this gateway cannot read application/http pipelines');
   const parser = new HTTPParser();
   // Keep-alive leniency: a response saying `Connection: close` (or an HTTP/1.0 one with a length)
   // ends its own message, not the pipeline; whatever follows is still parsed and counted.

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { acceptsPipeline } from '../../src/gateway/comet.js';
 import { InvalidMessageError, parseResponses } from '../../src/http/message.js';
 
@@ -59,6 +59,33 @@ describe('parseResponses (llhttp)', () => {
     for (const [bytes, why] of bad) {
       expect(() => parseResponses(Buffer.from(bytes), ['GET'])).toThrow(InvalidMessageError);
       expect(() => parseResponses(Buffer.from(bytes), ['GET'])).toThrow(why);
+    }
+  });
+});
+
+describe('a node without the llhttp binding (_http_common, deprecated in the documentation)', () => {
+  it('offers no pipelines: pipelineParserAvailable is false and a reply pipeline is refused, not a crash', async () => {
+    vi.resetModules();
+    vi.doMock('node:module', async (load) => {
+      const real = await load<typeof import('node:module')>();
+      return {
+        ...real,
+        createRequire: (from: string | URL) => {
+          const req = real.createRequire(from);
+          return Object.assign((id: string): unknown => {
+            if (id === '_http_common') throw new Error(`Cannot find module '${id}'`);
+            return req(id);
+          }, req);
+        },
+      };
+    });
+    try {
+      const fresh = await import('../../src/http/message.js');
+      expect(fresh.pipelineParserAvailable()).toBe(false);
+      expect(() => fresh.parseResponses(Buffer.from('HTTP/1.1 200 OK\r\n\r\n'), ['GET'])).toThrow(fresh.InvalidMessageError);
+    } finally {
+      vi.doUnmock('node:module');
+      vi.resetModules();
     }
   });
 });
