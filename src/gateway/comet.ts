@@ -22,7 +22,9 @@ import { clientAddress } from '../http/headers.js';
  * registration) is the capability; a slot is one step of a poller's chain. An open slot is polled;
  * the request it yields binds it, so a repeated GET of that URL gets the same request again (GET
  * stays idempotent) and the reply is POSTed to it; `rel="next"` names a fresh open slot. A poll
- * that times out names its own slot again.
+ * that times out names its own slot again. A poll that says `Accept: application/http` may take
+ * several requests at once as one pipeline, and its slot then takes one pipeline of responses
+ * (section 5.7).
  */
 
 /** The settings of the browser transports (BrowserSettings) that Comet reads. */
