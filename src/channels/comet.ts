@@ -49,9 +49,20 @@ export interface Delivery {
   onSettle: (() => void) | undefined;
 }
 
+/** The most requests one pipelined poll takes (docs/PROTOCOL.md section 5.7). */
+export interface PipelineBound {
+  /** Requests at most. */
+  readonly count: number;
+  /** Bytes of their `message/http` serializations at most; a bigger single request still goes alone. */
+  readonly bytes: number;
+}
+
 /** One long poll (a `GET` on a request URL) waiting for a request. */
 export interface Poll {
-  deliver(delivery: Delivery): void;
+  /** Set when the poll takes an `application/http` pipeline: every queued request up to this bound. */
+  readonly pipeline?: PipelineBound | undefined;
+  /** The requests for this poll, in queue order: exactly one unless it asked for a pipeline. */
+  deliver(deliveries: readonly Delivery[]): void;
   /** The poll timeout passed with nothing to deliver (204). */
   timeout(): void;
   /** The channel closed under the poll: its registration was released (410). */
@@ -180,6 +191,10 @@ export class CometChannel implements Channel {
   get served(): number {
     return this.#served;
   }
+  /** Requests read whole and waiting for a poll now. */
+  get queued(): number {
+    return this.#queue.length;
+  }
   /** Pollers waiting now. */
   get polls(): number {
     return this.#waiters.length;
@@ -284,22 +299,49 @@ export class CometChannel implements Channel {
   /** Hands queued requests to waiting polls: oldest poll first, each visitor connection in order. */
   #pump(): void {
     while (this.#waiters.length > 0) {
-      const i = this.#queue.findIndex((it) => !this.#busy.has(it.conn));
-      if (i === -1) return;
-      const item = this.#queue[i] as Item;
-      this.#queue.splice(i, 1);
+      const items = this.#take((this.#waiters[0] as Waiter).poll.pipeline);
+      if (items.length === 0) return;
       const waiter = this.#waiters.shift() as Waiter;
       clearTimeout(waiter.timer);
-      if (item.timer) clearTimeout(item.timer);
-      item.state = 'delivered';
-      this.#busy.add(item.conn);
-      this.#delivered++;
-      const delivery = new DeliveryImpl(this, item, item.message as Buffer, this.#options.budget);
-      item.delivery = delivery;
-      item.message = undefined;
-      item.timer = setTimeout(() => delivery.fail(new PtthError('PTTH_ERR_APP_TIMEOUT', 'The app did not post its reply in time.')), this.#options.replyTimeout);
-      waiter.poll.deliver(delivery);
+      waiter.poll.deliver(items.map((item) => this.#deliver(item)));
     }
+  }
+
+  /**
+   * Takes the requests for one poll out of the queue: the first whose visitor connection has none
+   * at a poller, and for a pipelined poll the following ones too, up to its bound (the first one
+   * always goes, however large). Two requests of one connection never travel together.
+   */
+  #take(bound: PipelineBound | undefined): Item[] {
+    const taken: Item[] = [];
+    const conns = new Set<object>();
+    let bytes = 0;
+    for (let i = 0; i < this.#queue.length; ) {
+      const item = this.#queue[i] as Item;
+      const size = (item.message as Buffer).length;
+      if (this.#busy.has(item.conn) || conns.has(item.conn)) {
+        i++;
+        continue;
+      }
+      if (taken.length > 0 && (!bound || taken.length >= bound.count || bytes + size > bound.bytes)) break;
+      this.#queue.splice(i, 1);
+      taken.push(item);
+      conns.add(item.conn);
+      bytes += size;
+    }
+    return taken;
+  }
+
+  #deliver(item: Item): DeliveryImpl {
+    if (item.timer) clearTimeout(item.timer);
+    item.state = 'delivered';
+    this.#busy.add(item.conn);
+    this.#delivered++;
+    const delivery = new DeliveryImpl(this, item, item.message as Buffer, this.#options.budget);
+    item.delivery = delivery;
+    item.message = undefined;
+    item.timer = setTimeout(() => delivery.fail(new PtthError('PTTH_ERR_APP_TIMEOUT', 'The app did not post its reply in time.')), this.#options.replyTimeout);
+    return delivery;
   }
 
   #tooLarge(item: Item): void {

@@ -1,8 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { CometChannel, type Delivery } from '../channels/comet.js';
+import { CometChannel, type Delivery, type PipelineBound } from '../channels/comet.js';
 import { readBody, formParams } from '../http/body.js';
 import { PtthError, isPtthError } from '../http/errors.js';
-import { InvalidMessageError, parseResponse } from '../http/message.js';
+import { InvalidMessageError, parseResponse, parseResponses, pipelineParserAvailable, type ParsedResponse } from '../http/message.js';
 import { sendError } from '../http/respond.js';
 import { loggableName, lookupKey, queryName, randomSecret, readClaimParams } from '../table/names.js';
 import type { Registration } from '../table/registration.js';
@@ -22,7 +22,9 @@ import { clientAddress } from '../http/headers.js';
  * registration) is the capability; a slot is one step of a poller's chain. An open slot is polled;
  * the request it yields binds it, so a repeated GET of that URL gets the same request again (GET
  * stays idempotent) and the reply is POSTed to it; `rel="next"` names a fresh open slot. A poll
- * that times out names its own slot again.
+ * that times out names its own slot again. A poll that says `Accept: application/http` may take
+ * several requests at once as one pipeline, and its slot then takes one pipeline of responses
+ * (section 5.7).
  */
 
 /** The settings of the browser transports (BrowserSettings) that Comet reads. */
@@ -31,6 +33,31 @@ export interface CometSettings {
   readonly replyTimeout: number;
   readonly bufferLimit: number;
   readonly cometIdleTimeout: number;
+  /** Requests one `application/http` poll answer carries at most (section 5.7); default PIPELINE_COUNT. */
+  readonly pipelineCount?: number;
+  /** Bytes of requests one `application/http` poll answer carries at most (section 5.7); default PIPELINE_BYTES. */
+  readonly pipelineBytes?: number;
+}
+
+/** Default bound of a pipelined poll answer (docs/PROTOCOL.md section 5.7): requests... */
+export const PIPELINE_COUNT = 32;
+/** ...and bytes of their serializations (one larger request still goes, alone). */
+export const PIPELINE_BYTES = 1024 * 1024;
+
+/**
+ * Whether a poll's `Accept` names `application/http` (with a q other than 0): only then may its
+ * answer be a pipeline (section 5.7). `*\/*` does not count: clients that do not ask get
+ * `message/http`, as ReverseHttp clients always did.
+ */
+export function acceptsPipeline(accept: string | undefined): boolean {
+  if (!accept) return false;
+  for (const range of accept.split(',')) {
+    const [type = '', ...params] = range.split(';').map((p) => p.trim().toLowerCase());
+    if (type !== 'application/http') continue;
+    const q = params.find((p) => p.startsWith('q='));
+    if (q === undefined || Number(q.slice(2)) > 0) return true;
+  }
+  return false;
 }
 
 /** A Comet path with the session id hashed and every part shortened: safe to log. */
@@ -48,7 +75,10 @@ export function cometPathShape(path: string): string {
 const MAX_OPEN_SLOTS = 1024;
 
 interface Slot {
-  delivery: Delivery | undefined;
+  /** The requests this slot delivered, in order: one, or an `application/http` pipeline's. */
+  deliveries: readonly Delivery[] | undefined;
+  /** True when they went out as a pipeline: the reply is then a pipeline too. */
+  pipeline: boolean;
   /** The slot named by this one's `rel="next"` once it was bound. */
   next: string | undefined;
   /** Polls waiting on this open slot now (normally one). */
@@ -66,10 +96,10 @@ class Session {
   }
   mint(): string {
     const id = (this.#seq++).toString(36);
-    this.slots.set(id, { delivery: undefined, next: undefined, polls: new Set() });
+    this.slots.set(id, { deliveries: undefined, pipeline: false, next: undefined, polls: new Set() });
     if (this.slots.size > MAX_OPEN_SLOTS) {
       for (const [k, s] of this.slots) {
-        if (!s.delivery && s.polls.size === 0) {
+        if (!s.deliveries && s.polls.size === 0) {
           this.slots.delete(k);
           break;
         }
@@ -93,6 +123,8 @@ export class CometService {
   #settings: CometSettings;
   /** Bytes of visitors' bodies buffered for Comet apps across the whole gateway. */
   #budget: { used: number; readonly max: number };
+  /** The bound of a pipelined poll answer; undefined when this node cannot parse reply pipelines. */
+  #pipeline: PipelineBound | undefined;
   /** By lookupKey(session id): the id is the capability of its request URLs (see lookupKey). */
   #sessions = new Map<string, Session>();
   #byReg = new Map<Registration, Session>();
@@ -102,6 +134,8 @@ export class CometService {
     this.#settings = settings;
     // Each request may buffer --buffer-limit; all of them together at most eight times that.
     this.#budget = { used: 0, max: 8 * settings.bufferLimit };
+    const bound = { count: settings.pipelineCount ?? PIPELINE_COUNT, bytes: settings.pipelineBytes ?? PIPELINE_BYTES };
+    this.#pipeline = pipelineParserAvailable() ? bound : undefined;
     ctx.table.on('release', (reg: Registration) => {
       const s = this.#byReg.get(reg);
       if (!s) return;
@@ -243,9 +277,9 @@ export class CometService {
 
   #poll(session: Session, slotId: string, slot: Slot, req: IncomingMessage, res: ServerResponse): void {
     req.resume();
-    if (slot.delivery) {
-      // A repeated GET of a bound URL: the same request again (the first answer may have been lost).
-      this.#deliver(req, res, session, slot.delivery, slot.next as string);
+    if (slot.deliveries) {
+      // A repeated GET of a bound URL: the same request(s) again (the first answer may have been lost).
+      this.#deliver(req, res, session, slot, slot.next as string);
       return;
     }
     let channel: CometChannel;
@@ -275,14 +309,19 @@ export class CometService {
       noContent(session.mint());
     };
     slot.polls.add(displace);
+    const pipeline = acceptsPipeline(req.headers.accept) ? this.#pipeline : undefined;
     const cancel = channel.poll({
-      deliver: (d) => {
+      pipeline,
+      deliver: (ds) => {
         settle();
-        slot.delivery = d;
+        slot.deliveries = ds;
+        slot.pipeline = pipeline !== undefined;
         slot.next = session.mint();
-        d.onSettle = () => session.slots.delete(slotId);
+        // The URL is spent once every request it delivered is settled.
+        let open = ds.length;
+        for (const d of ds) d.onSettle = () => void (--open === 0 && session.slots.delete(slotId));
         for (const other of [...slot.polls]) other();
-        this.#deliver(req, res, session, d, slot.next);
+        this.#deliver(req, res, session, slot, slot.next);
       },
       timeout: () => {
         if (settle()) noContent(slotId);
@@ -296,19 +335,25 @@ export class CometService {
     });
   }
 
-  #deliver(req: IncomingMessage, res: ServerResponse, session: Session, d: Delivery, next: string): void {
-    res.setHeader('Content-Type', 'message/http');
-    res.setHeader('Content-Length', String(d.message.length));
-    res.setHeader('Requesting-Client', d.client);
+  #deliver(req: IncomingMessage, res: ServerResponse, session: Session, slot: Slot, next: string): void {
+    const ds = slot.deliveries ?? [];
+    // A pipeline (section 5.7): the requests' message/http serializations back to back; the
+    // Requesting-Client header lists their visitors in the same order.
+    const message = slot.pipeline ? Buffer.concat(ds.map((d) => d.message)) : (ds[0] as Delivery).message;
+    res.setHeader('Content-Type', slot.pipeline ? 'application/http' : 'message/http');
+    res.setHeader('Content-Length', String(message.length));
+    res.setHeader('Requesting-Client', ds.map((d) => d.client).join(', '));
     res.setHeader('Link', `<${this.#url(req, session, next)}>; rel="next"`);
     res.setHeader('Cache-Control', 'no-store');
     res.writeHead(200);
-    d.sending(res);
-    res.end(d.message);
+    for (const d of ds) d.sending(res);
+    res.end(message);
   }
 
   #reply(slot: Slot, req: IncomingMessage, res: ServerResponse): void {
-    const d = slot.delivery;
+    const ds = slot.deliveries;
+    if (ds && slot.pipeline) return this.#replyPipeline(ds, req, res);
+    const d = ds?.[0];
     if (!d || d.settled) {
       req.resume();
       sendError(res, new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL', 'No request is waiting for a reply at this URL: poll it with GET first.'), req.headers.accept);
@@ -349,18 +394,69 @@ export class CometService {
         },
         (err: unknown) => {
           release();
-          // readBody's refusals (too large, too slow, past the budget): that status, and the connection closes.
-          const cut = isPtthError(err) ? err : undefined;
-          const why = err instanceof InvalidMessageError ? err.message : cut?.code === 'PTTH_ERR_BODY_TOO_LARGE' ? 'it is too large' : 'it could not be read';
-          d.fail(cut?.code === 'PTTH_ERR_QUEUE_FULL' ? cut : new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's reply was not a valid HTTP response: ${why}.`));
-          if (req.socket.destroyed) return;
-          sendError(
-            res,
-            cut ?? new PtthError('PTTH_ERR_INVALID_REPLY', `The reply is not a valid HTTP response message: ${why}.`),
-            req.headers.accept,
-            cut !== undefined,
-          );
+          refuseReply(err, [d], req, res);
         },
       );
   }
+
+  /**
+   * The reply to a pipelined poll (section 5.7): an `application/http` pipeline of responses in the
+   * order of the requests. The first responses go to their visitors; requests it has no response
+   * for lost their connection (502 PTTH_ERR_CHANNEL_LOST). More responses than requests, or bytes
+   * llhttp refuses, and no visitor gets anything from it: they get 502, the app 400.
+   */
+  #replyPipeline(ds: readonly Delivery[], req: IncomingMessage, res: ServerResponse): void {
+    if (ds.every((d) => d.settled)) {
+      req.resume();
+      sendError(res, new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL', 'No request is waiting for a reply at this URL: poll it with GET first.'), req.headers.accept);
+      return;
+    }
+    const limit = this.#settings.bufferLimit;
+    const budget = this.#budget;
+    let held = 0;
+    readBody(req, limit, `The reply is over ${limit} bytes, the most this gateway buffers for a Comet reply.`, this.#settings.replyTimeout, budget)
+      .then((body) => {
+        held = body.length;
+        return parseResponses(body, ds.map((d) => d.method)).responses;
+      })
+      .then(
+        (responses) => {
+          const refusals = relayPipeline(ds, responses);
+          // Each response's body stays counted until it has left (Delivery.respond); the heads now.
+          budget.used -= held - responses.reduce((n, r) => n + r.body.length, 0);
+          held = 0;
+          if (refusals.length > 0) return sendError(res, new PtthError('PTTH_ERR_INVALID_REPLY', refusals.join(' ')), req.headers.accept);
+          res.setHeader('Cache-Control', 'no-store');
+          res.writeHead(202, { 'Content-Length': '0' });
+          res.end();
+        },
+        (err: unknown) => {
+          budget.used -= held;
+          held = 0;
+          refuseReply(err, ds, req, res);
+        },
+      );
+  }
+}
+
+/** Hands a reply pipeline's responses to their visitors; the rest lost their connection. Returns the refusals. */
+function relayPipeline(ds: readonly Delivery[], responses: readonly ParsedResponse[]): string[] {
+  const refusals: string[] = [];
+  ds.forEach((d, i) => {
+    const reply = responses[i];
+    if (!reply) return d.fail(new PtthError('PTTH_ERR_CHANNEL_LOST', "The app's reply pipeline ended before the response to this request."));
+    const refused = d.respond(reply, reply.body.length);
+    if (refused) refusals.push(`Response ${i + 1}: ${refused.message}`);
+  });
+  return refusals;
+}
+
+/** A reply that could not be read or parsed: its visitors get 502 (or 503), the app that status. */
+function refuseReply(err: unknown, ds: readonly Delivery[], req: IncomingMessage, res: ServerResponse): void {
+  // readBody's refusals (too large, too slow, past the budget): that status, and the connection closes.
+  const cut = isPtthError(err) ? err : undefined;
+  const why = err instanceof InvalidMessageError ? err.message : cut?.code === 'PTTH_ERR_BODY_TOO_LARGE' ? 'it is too large' : 'it could not be read';
+  for (const d of ds) d.fail(cut?.code === 'PTTH_ERR_QUEUE_FULL' ? cut : new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's reply was not a valid HTTP response: ${why}.`));
+  if (req.socket.destroyed) return;
+  sendError(res, cut ?? new PtthError('PTTH_ERR_INVALID_REPLY', `The reply is not a valid HTTP response message: ${why}.`), req.headers.accept, cut !== undefined);
 }

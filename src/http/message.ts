@@ -1,4 +1,5 @@
 import { request, type IncomingMessage } from 'node:http';
+import { createRequire } from 'node:module';
 import { Duplex } from 'node:stream';
 
 /**
@@ -116,4 +117,112 @@ function parseFailure(err: NodeJS.ErrnoException): string {
   if (typeof err.code === 'string' && err.code.startsWith('HPE_')) return `${err.code}: ${err.message.replace(/^Parse Error: /, '')}`;
   if (err.code === 'ECONNRESET') return 'no complete response (it ended before its head, or had only interim 1xx responses)';
   return err.message;
+}
+
+/** node's own llhttp binding, the parser node:http runs (`_http_common` exports it). */
+interface LlhttpParser {
+  initialize(type: number, resource: object, maxHeaderSize: number, lenient: number): void;
+  execute(bytes: Buffer): number | Error;
+  finish(): undefined | Error;
+  close(): void;
+  [callback: number]: unknown;
+}
+interface LlhttpParserClass {
+  new (): LlhttpParser;
+  readonly RESPONSE: number;
+  readonly kOnHeaders: number;
+  readonly kOnHeadersComplete: number;
+  readonly kOnBody: number;
+  readonly kOnMessageComplete: number;
+  readonly kLenientKeepAlive: number;
+}
+let parserClass: LlhttpParserClass | null | undefined;
+/**
+ * node's llhttp binding, loaded on first use; null on a node that no longer exports it (the
+ * `_http_*` modules are deprecated in the documentation, DEP0199): the gateway then offers no
+ * pipelines (pipelineParserAvailable) and every poll gets message/http.
+ */
+function llhttp(): LlhttpParserClass | null {
+  if (parserClass !== undefined) return parserClass;
+  try {
+    const { HTTPParser } = createRequire(import.meta.url)('_http_common') as { HTTPParser?: LlhttpParserClass };
+    parserClass = typeof HTTPParser === 'function' && typeof HTTPParser.RESPONSE === 'number' ? HTTPParser : null;
+  } catch {
+    parserClass = null;
+  }
+  return parserClass;
+}
+
+/** Whether this node can parse reply pipelines (parseResponses): without it, no poll is answered with one. */
+export function pipelineParserAvailable(): boolean {
+  return llhttp() !== null;
+}
+
+/** What an `application/http` reply pipeline held: its complete responses, in order. */
+export interface ParsedPipeline {
+  readonly responses: ParsedResponse[];
+}
+
+/**
+ * Parses an `application/http` pipeline of HTTP/1.x responses (docs/PROTOCOL.md section 5.7) with
+ * llhttp. `methods` are the requests they answer, in order (a reply to HEAD has no body). Interim
+ * 1xx responses are skipped. Fewer responses than methods is not an error (the caller decides);
+ * more, a 101, a truncated response or anything llhttp refuses is InvalidMessageError.
+ *
+ * node's HTTP client (parseResponse) drops its connection when a second response follows the
+ * first, so the sequence is read by the parser node:http itself runs, driven directly: it reports
+ * each message's head, body and end through the callbacks node's own client uses.
+ */
+export function parseResponses(bytes: Buffer, methods: readonly string[]): ParsedPipeline {
+  const responses: ParsedResponse[] = [];
+  let failure: string | undefined;
+  let head: { status: number; statusMessage: string; rawHeaders: string[] } | undefined;
+  let pending: string[] = [];
+  let chunks: Buffer[] = [];
+  const HTTPParser = llhttp();
+  if (!HTTPParser) throw new InvalidMessageError('this gateway cannot read application/http pipelines');
+  const parser = new HTTPParser();
+  // Keep-alive leniency: a response saying `Connection: close` (or an HTTP/1.0 one with a length)
+  // ends its own message, not the pipeline; whatever follows is still parsed and counted.
+  parser.initialize(HTTPParser.RESPONSE, {}, 0, HTTPParser.kLenientKeepAlive);
+  parser[HTTPParser.kOnHeaders] = (headers: string[]): void => {
+    pending = pending.concat(headers);
+  };
+  parser[HTTPParser.kOnHeadersComplete] = (major: number, _minor: number, headers: string[] | undefined, _m: unknown, _u: unknown, status: number, statusMessage: string, upgrade: boolean): number => {
+    const rawHeaders = headers ?? pending;
+    pending = [];
+    if (failure === undefined) {
+      if (upgrade || status === 101) failure = 'a 101 cannot be relayed over this transport';
+      else if (major !== 1) failure = `HTTP/${major} is not HTTP/1.x`;
+      else if (status < 100 || status > 599) failure = `${status} is not an HTTP status code (RFC 9110 section 15)`;
+      else if (status >= 200 && responses.length >= methods.length) failure = `more responses than the ${methods.length} requests delivered`;
+    }
+    head = { status, statusMessage, rawHeaders };
+    chunks = [];
+    // 1: the message has no body (a reply to HEAD); llhttp's own rules cover 1xx, 204 and 304.
+    return status >= 200 && methods[responses.length] === 'HEAD' ? 1 : 0;
+  };
+  parser[HTTPParser.kOnBody] = (chunk: Buffer): void => {
+    if (failure === undefined) chunks.push(chunk);
+  };
+  parser[HTTPParser.kOnMessageComplete] = (): void => {
+    if (head && head.status >= 200 && failure === undefined) responses.push({ ...head, body: chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks) });
+    head = undefined;
+    chunks = [];
+  };
+  try {
+    const ran = parser.execute(bytes);
+    const ended = ran instanceof Error ? ran : parser.finish();
+    if (ended instanceof Error) failure ??= pipelineFailure(ended as NodeJS.ErrnoException & { reason?: unknown });
+  } finally {
+    parser.close();
+  }
+  if (failure !== undefined) throw new InvalidMessageError(failure);
+  return { responses };
+}
+
+/** Why llhttp gave up on a reply pipeline, in words for the app's 400. */
+function pipelineFailure(err: NodeJS.ErrnoException & { reason?: unknown }): string {
+  if (err.code === 'HPE_INVALID_EOF_STATE') return 'a response is shorter than its framing says';
+  return `${err.code ?? 'HPE_ERROR'}: ${typeof err.reason === 'string' ? err.reason : err.message}`;
 }

@@ -4,6 +4,9 @@
 //   node test/bench/browser.mjs comet <gatewayUrl> <name> <pollers>
 //       a ReverseHttp Comet app: <pollers> registrations, each a loop of long poll -> reply POST
 //       over keep-alive connections; prints `READY <pollers>`
+//   node test/bench/browser.mjs comet-pipe <gatewayUrl> <name> <pollers>
+//       the same with pipelined polls (docs/PROTOCOL.md section 5.7): each poll says
+//       `Accept: application/http` and takes every queued request; one reply POST answers them all
 //   node test/bench/browser.mjs ws <gatewayUrl> <name> <channels>
 //       <channels> WebSocket channels answering every request with one response frame and one
 //       body frame; prints `READY <channels>` once every channel got its hello
@@ -26,17 +29,20 @@ const fail = (why) => {
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
 
-function send(url, method, body) {
+function send(url, method, body, accept) {
   return new Promise((resolve, reject) => {
     const u = new URL(url);
     const req = http.request({ host: u.hostname === 'localhost' ? '127.0.0.1' : u.hostname, port: u.port, path: u.pathname + u.search, method, agent, headers: { host: u.host } });
     req.on('response', (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode, links: res.headers.link ?? '', body: Buffer.concat(chunks) }));
+      res.on('end', () =>
+        resolve({ status: res.statusCode, links: res.headers.link ?? '', type: res.headers['content-type'], clients: res.headers['requesting-client'] ?? '', body: Buffer.concat(chunks) }),
+      );
     });
     req.on('error', reject);
-    if (body) req.setHeader('content-type', 'message/http');
+    if (body) req.setHeader('content-type', accept ? 'application/http' : 'message/http');
+    if (accept) req.setHeader('accept', 'application/http');
     req.end(body);
   });
 }
@@ -46,7 +52,7 @@ const rel = (links, want) => {
   return undefined;
 };
 
-async function comet(pollers) {
+async function comet(pollers, pipelined) {
   const firsts = [];
   for (let i = 0; i < pollers; i++) {
     const r = await send(`${gateway}/reversehttp?name=${name}&token=bench`, 'POST');
@@ -58,8 +64,11 @@ async function comet(pollers) {
     firsts.map(async (first) => {
       let url = first;
       for (;;) {
-        const r = await send(url, 'GET');
-        if (r.status === 200) await send(url, 'POST', REPLY);
+        const r = await send(url, 'GET', undefined, pipelined);
+        // Every request of the benchmark is a bodyless GET: a pipeline's size is the length of its
+        // Requesting-Client list, and one REPLY per request answers it.
+        const n = r.type === 'application/http' ? String(r.clients).split(', ').length : 1;
+        if (r.status === 200) await send(url, 'POST', n === 1 ? REPLY : Buffer.concat(Array(n).fill(REPLY)), pipelined);
         else if (r.status !== 204) fail(`poll answered ${r.status}`);
         url = rel(r.links, 'next') ?? url;
       }
@@ -109,7 +118,7 @@ async function native(connections, h1) {
   tunnel.on('error', (err) => fail(`tunnel error: ${err.message}`));
 }
 
-if (mode === 'comet') await comet(Number(count));
+if (mode === 'comet' || mode === 'comet-pipe') await comet(Number(count), mode === 'comet-pipe');
 else if (mode === 'ws') ws(Number(count));
 else if (mode === 'native') await native(Number(count), process.argv[6] === 'h1');
-else fail('usage: browser.mjs comet|ws|native <gatewayUrl> <name> <count>');
+else fail('usage: browser.mjs comet|comet-pipe|ws|native <gatewayUrl> <name> <count>');

@@ -4,9 +4,13 @@
  *
  *   native     autocannon -> gateway -> app served through listen() (test/bench/browser.mjs native),
  *              with its defaults (the ratios' baseline) and with reversed HTTP/1.1 only
- *   comet      autocannon -> gateway -> a Node ReverseHttp Comet app (test/bench/browser.mjs comet)
+ *   comet      autocannon -> gateway -> a Node ReverseHttp Comet app (test/bench/browser.mjs comet), one
+ *              request per poll, and pipelined (comet-pipe: Accept: application/http, PROTOCOL.md 5.7)
  *   websocket  autocannon -> gateway -> a Node WebSocket-channel app (test/bench/browser.mjs ws)
- *   chromium   autocannon -> gateway -> /ptth.js in headless Chromium (WebSocket channel, then Comet)
+ *   chromium   autocannon -> gateway -> /ptth.js in headless Chromium (WebSocket channel, then Comet
+ *              pipelined and with `pipeline: false`)
+ *
+ * Rows run at c=50 and c=1; the native baseline and the Comet rows also at c=500.
  *
  * The gateway and the Node apps run in their own node processes (compiled dist/); autocannon and
  * playwright run here. Knobs: BENCH_DURATION=<seconds> (default 5; `--quick` makes it 1),
@@ -114,20 +118,28 @@ async function main(): Promise<number> {
     start('native app', ['test/bench/browser.mjs', 'native', gateway, 'bench-native', String(NATIVE_CHANNELS)], /^READY /),
     start('native http1 app', ['test/bench/browser.mjs', 'native', gateway, 'bench-native-h1', String(NATIVE_CHANNELS), 'h1'], /^READY /),
     start('comet app', ['test/bench/browser.mjs', 'comet', gateway, 'bench-comet', String(POLLERS)], /^READY /),
+    start('pipelined comet app', ['test/bench/browser.mjs', 'comet-pipe', gateway, 'bench-comet-pipe', String(POLLERS)], /^READY /),
     start('websocket app', ['test/bench/browser.mjs', 'ws', gateway, 'bench-ws', String(WS_CHANNELS)], /^READY /),
   ]);
   let browser: Browser | undefined;
   try {
     browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
-    const page = await browser.newPage();
-    await page.goto(`${gateway}/ptth.js`);
-    for (const [name, transport] of [['bench-chromium-ws', 'websocket'], ['bench-chromium-comet', 'comet']] as const) {
+    const tabs = [
+      ['bench-chromium-ws', 'websocket', true],
+      ['bench-chromium-comet', 'comet', false],
+      ['bench-chromium-comet-pipe', 'comet', true],
+    ] as const;
+    for (const [name, transport, pipeline] of tabs) {
+      // A context each: Chromium allows 6 connections per host in one network context, and two
+      // Comet tabs' 8 waiting polls would leave their reply POSTs none.
+      const page = await (await browser.newContext()).newPage();
+      await page.goto(`${gateway}/ptth.js`);
       await page.evaluate(
-        async ([g, n, t, body]) => {
+        async ([g, n, t, p, body]) => {
           const lib = (await import(`${g}/ptth.js`)) as { serve: (o: object, h: () => Response) => { url: Promise<string> } };
-          await lib.serve({ gateway: g, name: n, transport: t, pollers: 4 }, () => new Response(body, { headers: { 'content-type': 'text/plain' } })).url;
+          await lib.serve({ gateway: g, name: n, transport: t, pollers: 4, pipeline: p }, () => new Response(body, { headers: { 'content-type': 'text/plain' } })).url;
         },
-        [gateway, name, transport, BODY] as const,
+        [gateway, name, transport, pipeline, BODY] as const,
       );
     }
     const at = (name: string): [number, string] => [port, `${name}.localhost:${port}`];
@@ -135,12 +147,17 @@ async function main(): Promise<number> {
       ['native (listen())', 'bench-native'],
       ['native http1 (listen())', 'bench-native-h1'],
       ['comet (Node)', 'bench-comet'],
+      ['comet pipelined (Node)', 'bench-comet-pipe'],
       ['websocket (Node)', 'bench-ws'],
       ['chromium websocket', 'bench-chromium-ws'],
       ['chromium comet', 'bench-chromium-comet'],
+      ['chromium comet pipelined', 'bench-chromium-comet-pipe'],
     ];
+    // At 500 visitors at once: the baseline and the Comet rows, with and without pipelining. (Not
+    // native http1: 500 visitors on its 50 connections overflow the name's --queue-limit, 503s.)
+    const at500 = new Set(['native (listen())', 'comet (Node)', 'comet pipelined (Node)', 'chromium comet', 'chromium comet pipelined']);
     const rows: Row[] = [];
-    for (const c of [50, 1]) for (const [label, name] of targets) rows.push(await measure(label, ...at(name), c));
+    for (const c of [50, 1, 500]) for (const [label, name] of targets) if (c !== 500 || at500.has(label)) rows.push(await measure(label, ...at(name), c));
     report(rows);
     return rows.some((r) => r.problems > 0) ? 1 : 0;
   } finally {
@@ -153,7 +170,7 @@ function report(rows: Row[]): void {
   out(
     `ptth-proxy browser-channel benchmark: node ${process.version}, ${availableParallelism()} cores, ${DURATION} s per row after a 1 s warm-up, ` +
       `GET / -> ${BODY.length}-byte body; native: listen() defaults (reversed HTTP/2 when offered), native http1: ${NATIVE_CHANNELS} reversed HTTP/1.1 connections; Node Comet app: ${POLLERS} pollers; ` +
-      `Node WebSocket app: ${WS_CHANNELS} channel(s); Chromium: /ptth.js (Comet with 4 pollers)`,
+      `Node WebSocket app: ${WS_CHANNELS} channel(s); Chromium: /ptth.js (Comet with 4 pollers); pipelined: Accept: application/http (up to 32 requests per poll)`,
   );
   out('');
   out('| row | concurrency | req/s | p50 ms | p99 ms | req/s vs native | p50 vs native | req/s vs native http1 | problems |');

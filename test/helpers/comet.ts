@@ -107,6 +107,39 @@ export function parseRequestMessage(bytes: Buffer): Promise<ParsedRequest> {
   });
 }
 
+/**
+ * Parses an `application/http` pipeline of requests (docs/PROTOCOL.md section 5.7) with llhttp: node's
+ * server over an in-memory connection reads pipelined requests, each in turn.
+ */
+export function parseRequestPipeline(bytes: Buffer): Promise<ParsedRequest[]> {
+  return new Promise((resolve, reject) => {
+    const [a, b] = duplexPair();
+    const parsed: Promise<ParsedRequest>[] = [];
+    const server = new http.Server((req, res) => {
+      parsed.push(
+        new Promise((done) => {
+          const chunks: Buffer[] = [];
+          req.on('data', (c: Buffer) => chunks.push(c));
+          req.on('end', () => {
+            done({ method: req.method ?? '', url: req.url ?? '', httpVersion: req.httpVersion, rawHeaders: req.rawHeaders, body: Buffer.concat(chunks) });
+            res.end();
+          });
+        }),
+      );
+    });
+    server.on('clientError', (err) => {
+      reject(err);
+      a.destroy();
+    });
+    server.emit('connection', a);
+    b.on('data', () => {});
+    b.on('error', () => {});
+    // The server ends its side once the input ended and every response went out.
+    b.on('end', () => void Promise.all(parsed).then(resolve, reject));
+    b.end(bytes);
+  });
+}
+
 export interface SimpleResponse {
   status: number;
   headers?: [string, string][];
@@ -156,8 +189,14 @@ export class CometApp {
     this.failed.catch(() => undefined);
   }
 
-  static async start(origin: string, form: Record<string, string>, handler: CometHandler, pollers = 1): Promise<CometApp> {
+  /** Requests per poll answer so far, in order (1 each unless pipelining). */
+  readonly batches: number[] = [];
+  #pipeline = false;
+
+  /** `options.pipeline`: poll with `Accept: application/http` and answer pipelines (section 5.7). */
+  static async start(origin: string, form: Record<string, string>, handler: CometHandler, pollers = 1, options: { pipeline?: boolean } = {}): Promise<CometApp> {
     const app = new CometApp();
+    app.#pipeline = options.pipeline ?? false;
     for (let i = 0; i < pollers; i++) {
       const r = await register(origin, form, app.#agent);
       if (r.status !== 201 && r.status !== 204) {
@@ -194,7 +233,7 @@ export class CometApp {
     while (!this.#stopped) {
       let r: HttpReply;
       try {
-        r = await fetchRaw(url, { agent: this.#agent });
+        r = await fetchRaw(url, { agent: this.#agent, ...(this.#pipeline ? { headers: { accept: 'application/http' } } : {}) });
       } catch (err) {
         if (this.#stopped) return;
         throw new Error(`poller ${n}: poll of ${url} failed: ${String(err)}`, { cause: err });
@@ -209,15 +248,18 @@ export class CometApp {
       if (r.status !== 200) throw new Error(`poller ${n}: unexpected poll answer ${what(r)}`);
       const next = parseLinks(rawValues(r.rawHeaders, 'link'))['next'];
       if (next === undefined) throw new Error(`poller ${n}: a delivery without rel=next`);
-      const req = await parseRequestMessage(r.body);
-      const reply = await handler(req, { client: String(r.headers['requesting-client']) });
+      const pipelined = r.headers['content-type'] === 'application/http';
+      const reqs = pipelined ? await parseRequestPipeline(r.body) : [await parseRequestMessage(r.body)];
+      this.batches.push(reqs.length);
+      const clients = String(r.headers['requesting-client']).split(', ');
+      const replies = await Promise.all(reqs.map(async (req, i) => serializeResponse(await handler(req, { client: clients[i] ?? '' }))));
       if (this.#left) return;
       let posted: HttpReply;
       try {
         posted = await fetchRaw(url, {
           method: 'POST',
-          headers: { 'content-type': 'message/http' },
-          body: serializeResponse(reply),
+          headers: { 'content-type': pipelined ? 'application/http' : 'message/http' },
+          body: Buffer.concat(replies),
           agent: this.#agent,
         });
       } catch (err) {

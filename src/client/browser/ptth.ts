@@ -40,6 +40,11 @@ export interface ServeOptions {
    * reply POST must find one free while the polls wait: keep this at 4 or less.
    */
   pollers?: number;
+  /**
+   * Ask for pipelined Comet polls (default true): every request queued at the gateway comes in one
+   * poll (`Accept: application/http`), and their responses go back in one POST.
+   */
+  pipeline?: boolean;
   /** First reconnect delay in ms (default 250); doubles per failure up to `maxBackoff` (default 30000). */
   backoff?: number;
   maxBackoff?: number;
@@ -166,20 +171,24 @@ function responseHeaders(response: Response): string[] {
 // as an HTTP/1.1 response with a Content-Length.
 // ------------------------------------------------------------------------------------------------
 
-function indexOfCrlfCrlf(b: Uint8Array): number {
-  for (let i = 0; i + 3 < b.length; i++) if (b[i] === 13 && b[i + 1] === 10 && b[i + 2] === 13 && b[i + 3] === 10) return i;
+function indexOfCrlfCrlf(b: Uint8Array, from = 0): number {
+  for (let i = from; i + 3 < b.length; i++) if (b[i] === 13 && b[i + 1] === 10 && b[i + 2] === 13 && b[i + 3] === 10) return i;
   return -1;
 }
 
-function dechunk(b: Uint8Array): Uint8Array<ArrayBuffer> {
+/** A chunked body from `at`: its bytes, and where the message ends (after the last chunk's CRLF). */
+function dechunk(b: Uint8Array, at: number): { body: Uint8Array<ArrayBuffer>; end: number } {
   const parts: Uint8Array[] = [];
-  let at = 0;
   let total = 0;
   for (;;) {
     let eol = at;
     while (eol + 1 < b.length && !(b[eol] === 13 && b[eol + 1] === 10)) eol++;
     const size = parseInt(latin1(b.subarray(at, eol)).split(';')[0] ?? '', 16);
-    if (!Number.isFinite(size) || size <= 0) break;
+    if (!Number.isFinite(size) || size <= 0) {
+      // The last chunk, then (no trailers: the gateway relays none) the final CRLF.
+      at = Math.min(b.length, eol + 4);
+      break;
+    }
     parts.push(b.subarray(eol + 2, eol + 2 + size));
     total += size;
     at = eol + 2 + size + 2;
@@ -190,13 +199,18 @@ function dechunk(b: Uint8Array): Uint8Array<ArrayBuffer> {
     out.set(p, o);
     o += p.length;
   }
-  return out;
+  return { body: out, end: at };
 }
 
-export function parseRequestMessage(bytes: Uint8Array): Incoming {
-  const end = indexOfCrlfCrlf(bytes);
+/**
+ * One request message from `at`: the request and where it ends. Without framing, the body is the
+ * rest of the bytes when `rest` is set (a lone message/http), else empty (RFC 9112 section 6.3: a
+ * request without Content-Length or Transfer-Encoding has no body).
+ */
+function parseRequestAt(bytes: Uint8Array, at: number, rest: boolean): { inc: Incoming; end: number } {
+  const end = indexOfCrlfCrlf(bytes, at);
   if (end === -1) throw new Error('not an HTTP request message');
-  const lines = latin1(bytes.subarray(0, end)).split('\r\n');
+  const lines = latin1(bytes.subarray(at, end)).split('\r\n');
   const [method = 'GET', target = '/'] = (lines[0] ?? '').split(' ');
   const headers: [string, string][] = [];
   let length: number | undefined;
@@ -211,9 +225,30 @@ export function parseRequestMessage(bytes: Uint8Array): Incoming {
     if (lower === 'transfer-encoding' && /chunked\s*$/i.test(value)) chunked = true;
     headers.push([name, value]);
   }
-  const rest = bytes.subarray(end + 4);
-  const body = chunked ? dechunk(rest) : rest.slice(0, length ?? rest.length);
-  return { method, target, headers, body: body.length > 0 ? body : null };
+  const start = end + 4;
+  if (chunked) {
+    const { body, end: after } = dechunk(bytes, start);
+    return { inc: { method, target, headers, body: body.length > 0 ? body : null }, end: after };
+  }
+  const size = length ?? (rest ? bytes.length - start : 0);
+  if (!Number.isSafeInteger(size) || size < 0 || start + size > bytes.length) throw new Error('an HTTP request message is shorter than its framing');
+  const body = bytes.slice(start, start + size);
+  return { inc: { method, target, headers, body: body.length > 0 ? body : null }, end: start + size };
+}
+
+export function parseRequestMessage(bytes: Uint8Array): Incoming {
+  return parseRequestAt(bytes, 0, true).inc;
+}
+
+/** An `application/http` pipeline of requests (docs/PROTOCOL.md section 5.7), in order. */
+export function parseRequestPipeline(bytes: Uint8Array): Incoming[] {
+  const out: Incoming[] = [];
+  for (let at = 0; at < bytes.length; ) {
+    const { inc, end } = parseRequestAt(bytes, at, false);
+    out.push(inc);
+    at = end;
+  }
+  return out;
 }
 
 async function serializeResponse(response: Response, method: string): Promise<Uint8Array<ArrayBuffer>> {
@@ -235,6 +270,17 @@ async function serializeResponse(response: Response, method: string): Promise<Ui
   message.set(headBytes, 0);
   message.set(body, headBytes.length);
   return message;
+}
+
+function concat(parts: readonly Uint8Array[]): Uint8Array<ArrayBuffer> {
+  if (parts.length === 1) return parts[0] as Uint8Array<ArrayBuffer>;
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -625,7 +671,10 @@ class Server implements PtthServer {
     while (!this.#stopped) {
       let res: Response;
       try {
-        res = await fetch(url, { cache: 'no-store', signal: this.#stop.signal });
+        // Accept: application/http asks for every queued request at once (section 5.7); it is a
+        // CORS-safelisted header, so the poll needs no preflight.
+        const headers: Record<string, string> = this.#options.pipeline === false ? {} : { accept: 'application/http' };
+        res = await fetch(url, { cache: 'no-store', headers, signal: this.#stop.signal });
       } catch (err) {
         if (!this.#stopped) this.error(err);
         return;
@@ -637,17 +686,18 @@ class Server implements PtthServer {
       }
       if (res.status !== 200 || !next) return; // 404, 410: the registration is gone; reconnect
       const bytes = new Uint8Array(await res.arrayBuffer());
-      const info: RequestInfo = { remoteAddr: res.headers.get('requesting-client') ?? '', transport: 'comet' };
+      const pipelined = (res.headers.get('content-type') ?? '').toLowerCase().startsWith('application/http');
+      const clients = (res.headers.get('requesting-client') ?? '').split(', ');
       let reply: Uint8Array<ArrayBuffer>;
-      let method = 'GET';
       try {
-        const inc = parseRequestMessage(bytes);
-        method = inc.method;
-        const response = await this.handle(buildRequest(base, inc, this.#stop.signal), info);
-        reply = await serializeResponse(response, method);
+        const incs = pipelined ? parseRequestPipeline(bytes) : [parseRequestMessage(bytes)];
+        // A pipeline's requests are handled concurrently; their responses go back in order, in one POST.
+        reply = concat(await Promise.all(incs.map((inc, i) => this.#answer(inc, base, clients[i] ?? ''))));
       } catch (err) {
+        // Requests that cannot even be read: an empty pipeline answers none of them (the gateway
+        // gives their visitors 502), a lone message gets a 500.
         this.error(err);
-        reply = await serializeResponse(errorResponse(500, 'Internal Server Error'), method);
+        reply = pipelined ? new Uint8Array(0) : await serializeResponse(errorResponse(500, 'Internal Server Error'), 'GET');
       }
       try {
         // A CORS-safelisted Content-Type: no preflight for each new request URL. The gateway takes
@@ -658,6 +708,18 @@ class Server implements PtthServer {
         return;
       }
       url = next;
+    }
+  }
+
+  /** One request of a poll answer: the handler's response as HTTP/1.1 bytes (a 500 if it threw). */
+  async #answer(inc: Incoming, base: string, remoteAddr: string): Promise<Uint8Array<ArrayBuffer>> {
+    const info: RequestInfo = { remoteAddr, transport: 'comet' };
+    try {
+      const response = await this.handle(buildRequest(base, inc, this.#stop.signal), info);
+      return await serializeResponse(response, inc.method);
+    } catch (err) {
+      this.error(err);
+      return serializeResponse(errorResponse(500, 'Internal Server Error'), inc.method);
     }
   }
 
