@@ -150,6 +150,8 @@ function gatewayOptions(c: ServeValues): GatewayOptions {
     pollTimeout: c.pollTimeout,
     bufferLimit: c.bufferLimit,
     cometIdleTimeout: c.cometIdleTimeout,
+    cometPipelineCount: c.cometPipelineCount,
+    cometPipelineBytes: c.cometPipelineBytes,
     wsMaxStreams: c.wsMaxStreams,
     wsWindow: c.wsWindow,
     wsPingInterval: c.wsPingInterval,

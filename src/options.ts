@@ -101,6 +101,8 @@ export const OPTIONS = {
   pollTimeout: { flag: '--poll-timeout', type: 'int', unit: 'ms', min: 1, default: 30_000, description: 'how long a Comet long poll waits for a request before its 204' },
   replyTimeout: { flag: '--reply-timeout', type: 'int', unit: 'ms', min: 1, description: 'time a Comet app has to POST its reply (504 past it; default: --response-timeout)' },
   bufferLimit: { flag: '--buffer-limit', type: 'int', unit: 'bytes', min: 0, default: 16 * 1024 * 1024, description: 'largest body buffered whole for a Comet exchange (413 past it; all Comet bodies together get 8 times this)' },
+  cometPipelineCount: { flag: '--comet-pipeline-count', type: 'int', unit: 'count', min: 1, default: 32, description: 'requests one pipelined Comet poll answer (Accept: application/http) carries at most' },
+  cometPipelineBytes: { flag: '--comet-pipeline-bytes', type: 'int', unit: 'bytes', min: 1, default: 1024 * 1024, description: 'bytes of requests one pipelined Comet poll answer carries at most (one larger request still goes, alone)' },
   cometIdleTimeout: { flag: '--comet-idle-timeout', type: 'int', unit: 'ms', min: 1, default: 30_000, description: 'how long after its last poll a Comet app counts as gone (its lease starts)' },
   wsMaxStreams: { flag: '--ws-max-streams', type: 'int', unit: 'count', min: 1, default: 128, description: 'requests in flight at once on one WebSocket channel' },
   wsWindow: { flag: '--ws-window', type: 'int', unit: 'bytes', min: 1024, default: 256 * 1024, description: 'body bytes in flight per request and direction on a WebSocket channel' },

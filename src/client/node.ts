@@ -13,7 +13,7 @@ import { LOCAL_UPSTREAM, type LocalUpstream } from './proxy.js';
 import type { Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { PtthError, type ErrorCode } from '../http/errors.js';
-import { parseLinks } from '../shared/link.js';
+import { nameFromPublicUrl, parseLinks } from '../shared/link.js';
 import { noop } from '../shared/noop.js';
 
 /**
@@ -645,12 +645,6 @@ class MemoryAgent extends http.Agent {
   override keepSocketAlive(): boolean {
     return true;
   }
-}
-
-/** The app's name in its public URL: the first path segment of a path URL, else the first host label. */
-export function nameFromPublicUrl(link: string): string | undefined {
-  const u = new URL(link);
-  return decodeURIComponent(u.pathname.split('/')[1] ?? '') || u.hostname.split('.')[0];
 }
 
 /**

@@ -33,6 +33,10 @@ export interface BrowserOptions {
   bufferLimit?: number;
   /** Milliseconds after its last poll that an idle Comet channel counts as gone and the lease starts (default 30000). */
   cometIdleTimeout?: number;
+  /** Requests one pipelined Comet poll answer (`Accept: application/http`) carries at most (default 32). */
+  cometPipelineCount?: number;
+  /** Bytes of requests one pipelined Comet poll answer carries at most (default 1 MiB; a larger request goes alone). */
+  cometPipelineBytes?: number;
   /** Requests in flight at once on one WebSocket channel (default 128). */
   wsMaxStreams?: number;
   /** Bytes of body in flight per request and direction on a WebSocket channel before credit returns (default 262144). */
@@ -46,6 +50,8 @@ export interface BrowserSettings {
   readonly replyTimeout: number;
   readonly bufferLimit: number;
   readonly cometIdleTimeout: number;
+  readonly pipelineCount: number;
+  readonly pipelineBytes: number;
   readonly wsMaxStreams: number;
   readonly wsWindow: number;
   readonly wsPingInterval: number;
@@ -58,6 +64,8 @@ export function browserSettingsFrom(o: BrowserOptions, responseTimeout: number):
     replyTimeout: numberOption('replyTimeout', o.replyTimeout, responseTimeout),
     bufferLimit: numberOption('bufferLimit', o.bufferLimit),
     cometIdleTimeout: numberOption('cometIdleTimeout', o.cometIdleTimeout),
+    pipelineCount: numberOption('cometPipelineCount', o.cometPipelineCount),
+    pipelineBytes: numberOption('cometPipelineBytes', o.cometPipelineBytes),
     wsMaxStreams: numberOption('wsMaxStreams', o.wsMaxStreams),
     wsWindow: numberOption('wsWindow', o.wsWindow),
     wsPingInterval: numberOption('wsPingInterval', o.wsPingInterval),

@@ -33,16 +33,11 @@ export interface CometSettings {
   readonly replyTimeout: number;
   readonly bufferLimit: number;
   readonly cometIdleTimeout: number;
-  /** Requests one `application/http` poll answer carries at most (section 5.7); default PIPELINE_COUNT. */
-  readonly pipelineCount?: number;
-  /** Bytes of requests one `application/http` poll answer carries at most (section 5.7); default PIPELINE_BYTES. */
-  readonly pipelineBytes?: number;
+  /** Requests one `application/http` poll answer carries at most (section 5.7; `--comet-pipeline-count`). */
+  readonly pipelineCount: number;
+  /** Bytes of requests one `application/http` poll answer carries at most (`--comet-pipeline-bytes`). */
+  readonly pipelineBytes: number;
 }
-
-/** Default bound of a pipelined poll answer (docs/PROTOCOL.md section 5.7): requests... */
-export const PIPELINE_COUNT = 32;
-/** ...and bytes of their serializations (one larger request still goes, alone). */
-export const PIPELINE_BYTES = 1024 * 1024;
 
 /**
  * Whether a poll's `Accept` names `application/http` (with a q other than 0): only then may its
@@ -134,7 +129,7 @@ export class CometService {
     this.#settings = settings;
     // Each request may buffer --buffer-limit; all of them together at most eight times that.
     this.#budget = { used: 0, max: 8 * settings.bufferLimit };
-    const bound = { count: settings.pipelineCount ?? PIPELINE_COUNT, bytes: settings.pipelineBytes ?? PIPELINE_BYTES };
+    const bound = { count: settings.pipelineCount, bytes: settings.pipelineBytes };
     this.#pipeline = pipelineParserAvailable() ? bound : undefined;
     ctx.table.on('release', (reg: Registration) => {
       const s = this.#byReg.get(reg);

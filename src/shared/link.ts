@@ -19,3 +19,12 @@ export function parseLinks(value: string | readonly string[] | null | undefined)
   }
   return out;
 }
+
+/**
+ * The app's name in its public URL (docs/PROTOCOL.md section 1): the first path segment of a path URL
+ * (`http://gateway/NAME/`), else the first host label (`http://NAME.domain/`).
+ */
+export function nameFromPublicUrl(link: string): string {
+  const u = new URL(link);
+  return decodeURIComponent(u.pathname.split('/')[1] ?? '') || (u.hostname.split('.')[0] ?? '');
+}

@@ -1,6 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { CometChannel } from '../../src/channels/comet.js';
-import { PIPELINE_BYTES, PIPELINE_COUNT } from '../../src/gateway/comet.js';
+import { OPTIONS } from '../../src/options.js';
+import type { GatewayOptions } from '../../src/gateway/server.js';
+
+const PIPELINE_COUNT = OPTIONS.cometPipelineCount.default;
+const PIPELINE_BYTES = OPTIONS.cometPipelineBytes.default;
 import { request, until, type Reply, type TestGateway } from '../helpers/index.js';
 import { cleanup, useGateway } from '../helpers/fixture.js';
 import { CometApp, fetchRaw, parseLinks, parseRequestMessage, parseRequestPipeline, rawValues, register, serializeResponse, type HttpReply } from '../helpers/comet.js';
@@ -47,9 +51,9 @@ async function queued(g: TestGateway, name: string, n: number, spec: (i: number)
   return visitors;
 }
 
-async function gateway(): Promise<TestGateway> {
+async function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
   // A poll that finds nothing comes back quickly: registered() opens the channel with one.
-  return useGateway({ pollTimeout: 200, replyTimeout: 5_000, cometIdleTimeout: 10_000 });
+  return useGateway({ pollTimeout: 200, replyTimeout: 5_000, cometIdleTimeout: 10_000, ...options });
 }
 
 describe('Comet polls with Accept: application/http', () => {
@@ -109,6 +113,22 @@ describe('Comet polls with Accept: application/http', () => {
     }
     expect(sizes).toEqual([PIPELINE_COUNT, 3]);
     expect((await Promise.all(visitors)).map((v) => v.body)).toEqual(Array.from({ length: n }, (_, i) => `/${i}`));
+  });
+
+  it('takes its bounds from cometPipelineCount (--comet-pipeline-count)', async () => {
+    const g = await gateway({ cometPipelineCount: 2 });
+    let url = await registered(g, 'two');
+    const visitors = await queued(g, 'two', 5);
+    const sizes: number[] = [];
+    while (sizes.reduce((a, b) => a + b, 0) < 5) {
+      const r = await poll(url, PIPE);
+      const reqs = await parseRequestPipeline(r.body);
+      sizes.push(reqs.length);
+      expect((await post(url, Buffer.concat(reqs.map((q) => serializeResponse({ status: 200, body: q.url }))))).status).toBe(202);
+      url = nextOf(r);
+    }
+    expect(sizes).toEqual([2, 2, 1]);
+    expect((await Promise.all(visitors)).map((v) => v.body)).toEqual(['/0', '/1', '/2', '/3', '/4']);
   });
 
   it(`is bounded to ${PIPELINE_BYTES} bytes of requests; a larger request still goes, alone`, async () => {

@@ -92,3 +92,13 @@ describe('the shared WebSocket framing and noop', () => {
     expect(noop()).toBeUndefined();
   });
 });
+
+describe('nameFromPublicUrl', () => {
+  it('reads the name from a path URL, else from the first host label', async () => {
+    const { nameFromPublicUrl } = await import('../../src/shared/link.js');
+    expect(nameFromPublicUrl('http://127.0.0.1:8080/my-app/')).toBe('my-app');
+    expect(nameFromPublicUrl('https://tunnel.example.com/x/')).toBe('x');
+    expect(nameFromPublicUrl('http://my-app.localhost:8080/')).toBe('my-app');
+    expect(nameFromPublicUrl('https://my-app.tunnel.example.com/')).toBe('my-app');
+  });
+});

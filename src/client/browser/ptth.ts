@@ -13,7 +13,8 @@
  * cannot be opened. It reconnects with exponential backoff and keeps its name across reconnects.
  */
 
-import { parseLinks } from '../../shared/link.js';
+import { nameFromPublicUrl, parseLinks } from '../../shared/link.js';
+import { fromLatin1, latin1 } from '../../shared/latin1.js';
 import { noop } from '../../shared/noop.js';
 import { FLAG_END, FRAME_HEADER, MAX_CHUNK, WS_PROTOCOL } from '../../shared/wsframing.js';
 
@@ -109,18 +110,6 @@ function randomToken(): string {
   const bytes = new Uint8Array(18);
   crypto.getRandomValues(bytes);
   return btoa(String.fromCharCode(...bytes)).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
-}
-
-function latin1(bytes: Uint8Array): string {
-  let s = '';
-  for (let i = 0; i < bytes.length; i += 8192) s += String.fromCharCode(...bytes.subarray(i, i + 8192));
-  return s;
-}
-
-function fromLatin1(s: string): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(s.length);
-  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i) & 0xff;
-  return out;
 }
 
 /** A request head and body for the handler, whichever transport carried it. */
@@ -657,7 +646,7 @@ class Server implements PtthServer {
   /** One Comet session: a registration and its pollers; true if it came online. */
   async #comet(): Promise<boolean> {
     const reg = await this.#register();
-    const name = new URL(reg.related).hostname.split('.')[0] ?? '';
+    const name = nameFromPublicUrl(reg.related);
     this.listening({ url: reg.related, name, location: reg.location, transport: 'comet' });
     const chains = [reg.first];
     // Every poller has a chain of its own: one registration refresh each.
