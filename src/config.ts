@@ -59,7 +59,7 @@ export function parseValue(spec: ServeOptionSpec, raw: unknown): ConfigValue {
     }
     case 'list': {
       const items = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',') : undefined;
-      if (!items || !items.every((i): i is string => typeof i === 'string')) {
+      if (!items?.every((i): i is string => typeof i === 'string')) {
         throw new TypeError(`expected a comma-separated list or an array of strings, got ${JSON.stringify(raw)}`);
       }
       return items.map((i) => i.trim()).filter((i) => i !== '');

@@ -177,8 +177,8 @@ function writeRequestLine(logger: Logger, stream: pino.DestinationStream, r: Req
     ',"bytesOut":' + r.bytesOut +
     ',"ms":' + Math.round(r.ms * 100) / 100 +
     ',"remote":' + quote(r.remote);
-  if (r.error !== undefined) line += ',"error":' + quote(r.error);
-  line += ',"msg":' + quote(r.method + ' ' + r.path + ' ' + r.status) + '}\n';
+  if (r.error !== undefined) line += `,"error":${quote(r.error)}`;
+  line += `,"msg":${quote(`${r.method} ${r.path} ${r.status}`)}}\n`;
   stream.write(line);
 }
 

@@ -3,7 +3,6 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import type { TLSSocket } from 'node:tls';
 import * as http2 from 'node:http2';
-import { pipeline } from 'node:stream';
 import { BodyPrefix } from '../http/body.js';
 import { fromH2Headers, toH2Headers } from '../http/h2headers.js';
 import { withBodyFraming, withoutHopByHop } from '../http/headers.js';

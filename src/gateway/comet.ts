@@ -439,7 +439,10 @@ function relayPipeline(ds: readonly Delivery[], responses: readonly ParsedRespon
   const refusals: string[] = [];
   ds.forEach((d, i) => {
     const reply = responses[i];
-    if (!reply) return d.fail(new PtthError('PTTH_ERR_CHANNEL_LOST', "The app's reply pipeline ended before the response to this request."));
+    if (!reply) {
+      d.fail(new PtthError('PTTH_ERR_CHANNEL_LOST', "The app's reply pipeline ended before the response to this request."));
+      return;
+    }
     const refused = d.respond(reply, reply.body.length);
     if (refused) refusals.push(`Response ${i + 1}: ${refused.message}`);
   });

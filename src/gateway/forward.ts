@@ -205,7 +205,6 @@ class ObservedExchange extends VisitorExchange {
    * without a stream in the path. The wrappers are shared (no closure per request); the instance
    * only gains a reference to its exchange.
    */
-  // biome-ignore lint/complexity/noThisInStatic: `this` is the request or response the method is installed on, not the class
   static #countPush(this: IncomingMessage & Counted, chunk: unknown, encoding?: BufferEncoding): boolean {
     const ex = this[EXCHANGE];
     ex.#bytesIn += byteLength(chunk, encoding);
@@ -213,7 +212,6 @@ class ObservedExchange extends VisitorExchange {
     return ex.#push.call(this, chunk, encoding);
   }
 
-  // biome-ignore lint/complexity/noThisInStatic: `this` is the request or response the method is installed on, not the class
   static #countWrite(this: ServerResponse & Counted, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
     const ex = this[EXCHANGE];
     ex.#bytesOut += byteLength(chunk, encoding);
@@ -221,7 +219,6 @@ class ObservedExchange extends VisitorExchange {
     return ex.#write.call(this, chunk, encoding, cb);
   }
 
-  // biome-ignore lint/complexity/noThisInStatic: `this` is the request or response the method is installed on, not the class
   static #countEnd(this: ServerResponse & Counted, chunk?: unknown, encoding?: unknown, cb?: unknown): ServerResponse {
     const ex = this[EXCHANGE];
     if (typeof chunk !== 'function') {

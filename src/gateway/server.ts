@@ -428,7 +428,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
    */
   #onTimeout = (socket: Socket): void => {
     const cur = this.#current.get(socket);
-    if (cur && cur.req.complete && !cur.res.headersSent && !cur.res.writableEnded && !socket.destroyed) return;
+    if (cur?.req.complete && !cur.res.headersSent && !cur.res.writableEnded && !socket.destroyed) return;
     socket.destroy();
   };
 

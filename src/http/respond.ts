@@ -1,7 +1,7 @@
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { PtthError } from './errors.js';
+import type { PtthError } from './errors.js';
 
 /**
  * Gateway-made responses: a short body that says what happened, as HTML for browsers, JSON when

@@ -1,6 +1,6 @@
 import type { Channel, Exchange, UpgradeExchange } from '../channels/channel.js';
-import { PtthError, isPtthError } from '../http/errors.js';
-import { lookupKey, randomSecret, secretsEqual, type ClaimParams } from './names.js';
+import { PtthError, } from '../http/errors.js';
+import { randomSecret, secretsEqual, type ClaimParams } from './names.js';
 
 /**
  * What a registration tells the table that holds it: a channel came or went (the table's events),

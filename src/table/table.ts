@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
-import type { Channel, Exchange, UpgradeExchange } from '../channels/channel.js';
+import type { Channel, } from '../channels/channel.js';
 import { PtthError, isPtthError } from '../http/errors.js';
-import { lookupKey, randomName, randomSecret, secretsEqual, type ClaimParams } from './names.js';
+import { lookupKey, randomName, randomSecret, type ClaimParams } from './names.js';
 
 import { Registration, type QueueOptions } from './registration.js';
 

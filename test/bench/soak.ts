@@ -295,7 +295,7 @@ function sampleAppCpu(): number {
 /** The gateway's own counters from /metrics (Prometheus text), if it serves them; series -> value. */
 async function scrapeMetrics(): Promise<Map<string, number> | undefined> {
   const r = await fetchRaw(`http://127.0.0.1:${port}/metrics`).catch(() => undefined);
-  if (!r || r.status !== 200) return undefined;
+  if (r?.status !== 200) return undefined;
   const series = new Map<string, number>();
   for (const line of r.body.toString('utf8').split('\n')) {
     const m = line.match(/^(ptth_[a-z_]+(?:\{[^}]*\})?) (\S+)$/);

@@ -123,7 +123,7 @@ describe('serve writes its log in batches', () => {
     return { p, port: Number(m[1]) };
   }
 
-  const lineOf = (p: Spawned, path: string): RegExp => new RegExp(`\\{"level":30,[^\\n]*"event":"request"[^\\n]*"path":"${path}"[^\\n]*\\}\\n`);
+  const lineOf = (_p: Spawned, path: string): RegExp => new RegExp(`\\{"level":30,[^\\n]*"event":"request"[^\\n]*"path":"${path}"[^\\n]*\\}\\n`);
 
   it('a quiet gateway\'s one line, far short of a batch, still shows (the flush timer)', async () => {
     const { p, port } = await serve();

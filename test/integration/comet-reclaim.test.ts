@@ -28,7 +28,7 @@ function cometChannel(g: TestGateway): CometChannel | undefined {
 }
 
 const hello: CometHandler = () => ({ status: 200, body: 'hello' });
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const _sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 async function visits(g: TestGateway, n: number, path = '/'): Promise<number[]> {
   return Promise.all(Array.from({ length: n }, () => request(g.port, { host: g.host('back'), path, agent: false }).then((r) => r.status)));

@@ -152,7 +152,7 @@ describe('Comet polls and replies', () => {
     const visitor = await rawConnect(g.port);
     track(visitor);
     const sent =
-      `GET /hello?x=1 HTTP/1.1\r\nHost: ${g.host('echo')}\r\nX-Mixed-Case: Value\r\nAccept: */*\r\ncookie: a=b\r\n` + 'Connection: keep-alive\r\n\r\n';
+      `GET /hello?x=1 HTTP/1.1\r\nHost: ${g.host('echo')}\r\nX-Mixed-Case: Value\r\nAccept: */*\r\ncookie: a=b\r\nConnection: keep-alive\r\n\r\n`;
     visitor.write(sent);
     const p = await polled;
     expect(p.status).toBe(200);

@@ -8,7 +8,7 @@
  * `ptth-proxy serve` in a child of its own where it must be killed and restarted on the same port.
  */
 import * as http from 'node:http';
-import * as net from 'node:net';
+import type * as net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';

@@ -607,7 +607,7 @@ describe('idle timeout', () => {
     await idleCut(g);
     expect(s.destroyed, 'still open between requests').toBe(false);
     // The second request stalls its body: cut after idleTimeout, long before keepAliveTimeout.
-    s.write(crlf(['POST / HTTP/1.1', `Host: ${g.host('ka')}`, 'Content-Length: 10']) + 'ab');
+    s.write(`${crlf(['POST / HTTP/1.1', `Host: ${g.host('ka')}`, 'Content-Length: 10'])}ab`);
     const after = await closesAfter(s, 10_000);
     expect(after).toBeGreaterThanOrEqual(200 - EARLY);
     expect(after, 'cut by idleTimeout, not by keepAliveTimeout').toBeLessThan(10_000);
@@ -627,7 +627,7 @@ describe('idle timeout', () => {
   it('idleTimeout: 0 turns it off', async () => {
     const g = await start({ idleTimeout: 0, keepAliveTimeout: 60_000, headersTimeout: 60_000 });
     const s = await connectFrom(g.port);
-    s.write(crlf(['POST / HTTP/1.1', `Host: ${g.host('nobody')}`, 'Content-Length: 10']) + 'abc');
+    s.write(`${crlf(['POST / HTTP/1.1', `Host: ${g.host('nobody')}`, 'Content-Length: 10'])}abc`);
     expect(await closed(s, 800)).toBe(false);
   });
 

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import * as http from 'node:http';
+import type * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type * as net from 'node:net';
 import { fileURLToPath } from 'node:url';

@@ -75,7 +75,7 @@ describe('connect splices reversed HTTP/1.1 channels to the local service', () =
   it('reuses one local connection for keep-alive requests on a channel', async () => {
     const g = await gateway();
     let connections = 0;
-    const server = http.createServer({ keepAliveTimeout: 60_000 }, (req, res) => res.end(String(connections)));
+    const server = http.createServer({ keepAliveTimeout: 60_000 }, (_req, res) => res.end(String(connections)));
     server.on('connection', () => connections++);
     const port = await listenOn(server);
     await spliced(g, port, 'keep', { connections: 2 }, { spare: 1 });

@@ -1,7 +1,7 @@
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
-import { type TestGateway } from '../helpers/index.js';
+import type { TestGateway } from '../helpers/index.js';
 import { useApp, useGateway } from '../helpers/fixture.js';
 
 /*

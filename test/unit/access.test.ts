@@ -138,10 +138,10 @@ describe('the access file', () => {
   });
 
   it('accepts "*", prefix patterns and exact names, and refuses any other pattern', () => {
-    for (const good of ['*', 'a*', 'team-*', 'x'.repeat(62) + '*', 'alice', 'a-b-c', '9']) {
+    for (const good of ['*', 'a*', 'team-*', `${'x'.repeat(62)}*`, 'alice', 'a-b-c', '9']) {
       expect(() => validateAccessConfig({ keys: [entry({ names: [good] })] })).not.toThrow();
     }
-    for (const bad of ['', '**', '*foo', 'a*b', '-a*', 'foo.bar', 'a_b', '-a', 'a-', 'x'.repeat(64), 'x'.repeat(63) + '*', ' a', 'caf\u00e9']) {
+    for (const bad of ['', '**', '*foo', 'a*b', '-a*', 'foo.bar', 'a_b', '-a', 'a-', 'x'.repeat(64), `${'x'.repeat(63)}*`, ' a', 'caf\u00e9']) {
       expect(configError({ keys: [entry({ names: [bad] })] })).toMatch(/names\[0\]: .* is not a valid/);
     }
   });
@@ -251,9 +251,9 @@ describe('AccessControl.authorize', () => {
       expect(normalizeName(n)).toBe(n);
       expect(ac.authorize(KEY_A, n).keyId).toBe('alice');
     }
-    const only = new AccessControl({ keys: [{ id: 'c', sha256: hashKey(KEY_A), names: ['carol', 'x'.repeat(56) + '*'] }] });
-    expect(() => only.authorize(KEY_A, undefined)).toThrow('The access key "c" may only claim the names it lists (carol, ' + 'x'.repeat(56) + '*): name one in the claim.');
-    const long = new AccessControl({ keys: [{ id: 'c', sha256: hashKey(KEY_A), names: ['x'.repeat(55) + '*'] }] });
+    const only = new AccessControl({ keys: [{ id: 'c', sha256: hashKey(KEY_A), names: ['carol', `${'x'.repeat(56)}*`] }] });
+    expect(() => only.authorize(KEY_A, undefined)).toThrow(`The access key "c" may only claim the names it lists (carol, ${'x'.repeat(56)}*): name one in the claim.`);
+    const long = new AccessControl({ keys: [{ id: 'c', sha256: hashKey(KEY_A), names: [`${'x'.repeat(55)}*`] }] });
     const n = (long.authorize(KEY_A, undefined).pickName as () => string)();
     expect(n).toHaveLength(63);
     expect(normalizeName(n)).toBe(n);

@@ -6,7 +6,7 @@ import type { Channel, ChannelEvents, Exchange, Transport, UpgradeExchange } fro
 import type { PtthError } from '../../src/http/errors.js';
 import type { ResponseHead } from '../../src/http/response.js';
 import { MemoryTable } from '../../src/table/table.js';
-import { type QueueOptions, type Registration } from '../../src/table/registration.js';
+import type { QueueOptions, Registration } from '../../src/table/registration.js';
 
 /*
  * The queueing in Registration (src/table/registration.ts: #pick, #enqueue, #serveWaiting, #giveUp) against
