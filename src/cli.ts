@@ -7,7 +7,15 @@ import { isLoopback } from './gateway/ratelimit.js';
 import { loadAccessConfig } from './table/access.js';
 import { attachLogger, createLogger, type LogDrops, type Logger } from './log.js';
 import { createGateway, type Gateway, type GatewayOptions, type TlsOptions } from './gateway/server.js';
-import { envName, parseValue, resolveServeConfig, SERVE_OPTIONS, type ServeConfig, type ServeOptionSpec, type ServeValues } from './config.js';
+import {
+  envName,
+  parseValue,
+  resolveServeConfig,
+  SERVE_OPTIONS,
+  type ServeConfig,
+  type ServeOptionSpec,
+  type ServeValues,
+} from './config.js';
 import { listen, ClaimError, type Tunnel } from './client/node.js';
 import { createKeyEntry } from './table/access.js';
 import { createLocalProxy, parseTarget } from './client/proxy.js';
@@ -21,7 +29,8 @@ import { errorMessage } from './shared/errormessage.js';
 /** The only module that prints. */
 function int(min: number) {
   return (value: string): number => {
-    if (!/^\d+$/.test(value) || Number(value) < min) throw new InvalidArgumentError(`expected a whole number >= ${min}`);
+    if (!/^\d+$/.test(value) || Number(value) < min)
+      throw new InvalidArgumentError(`expected a whole number >= ${min}`);
     return Number(value);
   };
 }
@@ -59,7 +68,9 @@ const time = (): string => new Date().toISOString().slice(11, 19);
 
 const program = new Command()
   .name('ptth-proxy')
-  .description('Reverse HTTP gateway: programs with only an HTTP client claim a public hostname and serve HTTP through it.')
+  .description(
+    'Reverse HTTP gateway: programs with only an HTTP client claim a public hostname and serve HTTP through it.',
+  )
   .version(VERSION)
   // Usage errors (a bad value, an unknown option, a missing argument) exit 2, as the README says, where
   // commander's own exit is 1: it throws instead of exiting, here and in every subcommand added below
@@ -178,7 +189,8 @@ function tlsLoader(c: ServeValues): () => TlsOptions | undefined {
   const keyPath = c.tlsKey;
   return () => {
     if (certPath === undefined && keyPath === undefined) return undefined;
-    if (certPath === undefined || keyPath === undefined) throw new Error('--tls-cert and --tls-key go together: give both or neither');
+    if (certPath === undefined || keyPath === undefined)
+      throw new Error('--tls-cert and --tls-key go together: give both or neither');
     return { cert: readPem(certPath, 'TLS certificate'), key: readPem(keyPath, 'TLS key') };
   };
 }
@@ -224,7 +236,9 @@ function printStartup(gateway: Gateway, addr: AddressInfo, admin: Server | undef
   const portSuffix = port === (gateway.secure ? 443 : 80) ? '' : `:${port}`;
   const { domain, publicUrl, urls } = gateway.settings;
   const origin = publicUrl?.origin ?? `${scheme}://${domain}${portSuffix}`;
-  const hostUrl = publicUrl ? `${publicUrl.protocol}//NAME.${publicUrl.host}/` : `${scheme}://NAME.${domain}${portSuffix}/`;
+  const hostUrl = publicUrl
+    ? `${publicUrl.protocol}//NAME.${publicUrl.host}/`
+    : `${scheme}://NAME.${domain}${portSuffix}/`;
   const pathUrl = `${origin}/NAME/`;
   const appUrl = urls === 'host' ? hostUrl : urls === 'path' ? pathUrl : `${hostUrl} and ${pathUrl}`;
   out(`ptth-proxy ${VERSION} gateway listening on ${hostPort(addr)}${gateway.secure ? ' (HTTPS)' : ''}`);
@@ -232,7 +246,11 @@ function printStartup(gateway: Gateway, addr: AddressInfo, admin: Server | undef
   out(`  apps served at ${appUrl}`);
   out(`  expose an app: npx ptth-proxy connect 3000 --gateway ${origin}`);
   if (admin) out(`  admin:         http://${hostPort(admin.address() as AddressInfo)}/metrics, /healthz, /readyz`);
-  out(gateway.access.open ? '  access:        open (no keys: first come, first served)' : '  access:        access keys required to claim');
+  out(
+    gateway.access.open
+      ? '  access:        open (no keys: first come, first served)'
+      : '  access:        access keys required to claim',
+  );
   if (urls !== 'host') {
     const who = urls === 'path' ? 'every app shares' : 'apps reached at their path URLs share';
     err(
@@ -250,7 +268,13 @@ function printStartup(gateway: Gateway, addr: AddressInfo, admin: Server | undef
 }
 
 /** SIGHUP reloads the TLS files and the keys file; a file that does not load keeps the old one. */
-function reloadOnSighup(gateway: Gateway, logger: Logger, loadTls: () => TlsOptions | undefined, keysFile: string | undefined, addr: AddressInfo): void {
+function reloadOnSighup(
+  gateway: Gateway,
+  logger: Logger,
+  loadTls: () => TlsOptions | undefined,
+  keysFile: string | undefined,
+  addr: AddressInfo,
+): void {
   process.on('SIGHUP', () => {
     try {
       const tls = loadTls();
@@ -259,18 +283,31 @@ function reloadOnSighup(gateway: Gateway, logger: Logger, loadTls: () => TlsOpti
         logger.info({ event: 'reload', what: 'tls' }, 'SIGHUP: reloaded the TLS certificate and key');
       }
     } catch (e) {
-      logger.error({ event: 'reload', what: 'tls' }, `SIGHUP: TLS reload failed, keeping the old certificate: ${errorMessage(e)}`);
+      logger.error(
+        { event: 'reload', what: 'tls' },
+        `SIGHUP: TLS reload failed, keeping the old certificate: ${errorMessage(e)}`,
+      );
     }
     if (keysFile === undefined) return;
     loadAccessConfig({ file: keysFile }).then(
       (config) => {
         gateway.setAccess(config, keysFile);
-        logger.info({ event: 'reload', what: 'keys', keys: config?.keys?.length ?? 0 }, `SIGHUP: reloaded the access keys from ${keysFile}`);
+        logger.info(
+          { event: 'reload', what: 'keys', keys: config?.keys?.length ?? 0 },
+          `SIGHUP: reloaded the access keys from ${keysFile}`,
+        );
         if (gateway.access.open && !isLoopback(addr.address)) {
-          logger.warn({ event: 'reload', what: 'keys' }, `SIGHUP: ${keysFile} has no "keys": this gateway is now open, anyone who can reach it may claim any free name`);
+          logger.warn(
+            { event: 'reload', what: 'keys' },
+            `SIGHUP: ${keysFile} has no "keys": this gateway is now open, anyone who can reach it may claim any free name`,
+          );
         }
       },
-      (e: unknown) => logger.error({ event: 'reload', what: 'keys' }, `SIGHUP: keys reload failed, keeping the old keys: ${errorMessage(e)}`),
+      (e: unknown) =>
+        logger.error(
+          { event: 'reload', what: 'keys' },
+          `SIGHUP: keys reload failed, keeping the old keys: ${errorMessage(e)}`,
+        ),
     );
   });
 }
@@ -281,7 +318,10 @@ function closeOnSignals(gateway: Gateway, logger: Logger, admin: Server | undefi
   const stop = (signal: string): void => {
     if (stopping) process.exit(1);
     stopping = true;
-    logger.info({ event: 'shutdown', signal, graceMs: grace }, `${signal}: closing (in-flight requests get up to ${(grace / 1000).toFixed(1)} s)`);
+    logger.info(
+      { event: 'shutdown', signal, graceMs: grace },
+      `${signal}: closing (in-flight requests get up to ${(grace / 1000).toFixed(1)} s)`,
+    );
     void gateway.close(grace).then(() => {
       admin?.close();
       logger.info({ event: 'shutdown', signal }, 'closed');
@@ -385,7 +425,12 @@ async function connectInspector(o: ConnectFlags, target: URL): Promise<Inspector
 }
 
 /** The tunnel, spliced or relaying; options the client refuses exit 2. */
-function openTunnel(target: URL, o: ConnectFlags, spliced: boolean, onReach: (e: NodeJS.ErrnoException | undefined) => void): Tunnel {
+function openTunnel(
+  target: URL,
+  o: ConnectFlags,
+  spliced: boolean,
+  onReach: (e: NodeJS.ErrnoException | undefined) => void,
+): Tunnel {
   try {
     const options = {
       gateway: o.gateway,
@@ -409,7 +454,11 @@ function openTunnel(target: URL, o: ConnectFlags, spliced: boolean, onReach: (e:
 }
 
 /** The registration's event stream, for the request lines and the inspector: `watch` once online, again after each reconnect. */
-function requestWatcher(tunnel: Tunnel, o: ConnectFlags, inspector: Inspector | undefined): { watch(): void; close(): void } {
+function requestWatcher(
+  tunnel: Tunnel,
+  o: ConnectFlags,
+  inspector: Inspector | undefined,
+): { watch(): void; close(): void } {
   const quiet = o.quiet === true;
   let events: EventWatch | undefined;
   let eventsOf: string | undefined;
@@ -471,7 +520,12 @@ function reportTunnel(tunnel: Tunnel, o: ConnectFlags, view: ConnectView, watch:
   };
   tunnel.on('online', (url) => {
     if (!wasOnline) {
-      const over = tunnel.protocol === 'h2' ? 'reversed HTTP/2' : view.spliced ? 'reversed HTTP/1.1, spliced' : 'reversed HTTP/1.1';
+      const over =
+        tunnel.protocol === 'h2'
+          ? 'reversed HTTP/2'
+          : view.spliced
+            ? 'reversed HTTP/1.1, spliced'
+            : 'reversed HTTP/1.1';
       out(`Forwarding ${url} -> ${view.shown} (${over})`);
       if (view.inspector) out(`Inspector   ${view.inspector.url}`);
     } else {
@@ -535,7 +589,12 @@ async function runConnect(spec: string, o: ConnectFlags): Promise<void> {
   const inspector = await connectInspector(o, target);
   const tunnel = openTunnel(target, o, spliced, onReach);
   const requests = requestWatcher(tunnel, o, inspector);
-  reportTunnel(tunnel, o, { shown, spliced, inspector, offlineGrace: o.offlineGrace ?? OFFLINE_GRACE_MS }, requests.watch);
+  reportTunnel(
+    tunnel,
+    o,
+    { shown, spliced, inspector, offlineGrace: o.offlineGrace ?? OFFLINE_GRACE_MS },
+    requests.watch,
+  );
   releaseOnSignals(tunnel, requests.close, inspector);
 }
 
@@ -552,9 +611,18 @@ program
     `most reversed HTTP/1.1 connections (default: ${SPLICE_CONNECTIONS}, the pool grows to it with demand; 4, kept open, with --rewrite-host or a base path over --http1)`,
     int(1),
   )
-  .option('--rewrite-host', 'send the local service its own Host instead of the public one (relays requests one by one instead of splicing)')
-  .option('--http1', 'speak only PTTH/1.0 (reversed HTTP/1.1), even when the gateway offers HTTP/2 (the default unless --rewrite-host or a base path)')
-  .option('--http2', 'relay requests over one reversed HTTP/2 connection instead of splicing reversed HTTP/1.1 connections')
+  .option(
+    '--rewrite-host',
+    'send the local service its own Host instead of the public one (relays requests one by one instead of splicing)',
+  )
+  .option(
+    '--http1',
+    'speak only PTTH/1.0 (reversed HTTP/1.1), even when the gateway offers HTTP/2 (the default unless --rewrite-host or a base path)',
+  )
+  .option(
+    '--http2',
+    'relay requests over one reversed HTTP/2 connection instead of splicing reversed HTTP/1.1 connections',
+  )
   // Tests: how long a spliced connection may sit idle before the pool shrinks (ms).
   .addOption(new Option('--splice-idle <ms>').argParser(int(1)).hideHelp())
   // Tests only: how long the pool may be empty before connect says it lost the gateway.
@@ -564,24 +632,29 @@ program
     new Option(
       '--inspect [port]',
       'serve a page on 127.0.0.1 listing recent requests, with replay (default port 4040; 0: any free port)',
-    )
-      .argParser((value: string) => {
-        if (!/^\d+$/.test(value) || Number(value) > 65535) {
-          throw new InvalidArgumentError('expected a port number from 0 to 65535');
-        }
-        return Number(value);
-      }),
+    ).argParser((value: string) => {
+      if (!/^\d+$/.test(value) || Number(value) > 65535) {
+        throw new InvalidArgumentError('expected a port number from 0 to 65535');
+      }
+      return Number(value);
+    }),
   )
-  .addOption(new Option('--insecure', 'do not verify the gateway\'s TLS certificate'))
+  .addOption(new Option('--insecure', "do not verify the gateway's TLS certificate"))
   // .env() rather than a default: --help must not print the key.
-  .addOption(new Option('--key <key>', 'access key, for gateways that require one (ptth-proxy key makes them)').env('PTTH_KEY'))
+  .addOption(
+    new Option('--key <key>', 'access key, for gateways that require one (ptth-proxy key makes them)').env('PTTH_KEY'),
+  )
   .action((spec: string, o: ConnectFlags) => runConnect(spec, o));
 
 program
   .command('key')
-  .description('make a new access key: prints the key (for the app) and its entry for the gateway\'s keys file')
-  .option('--id <id>', 'the key\'s id in logs and events (default: key- and 8 random hex digits)')
-  .option('--names <patterns>', 'comma-separated names the key may claim: *, a prefix such as team-*, or exact names', '*')
+  .description("make a new access key: prints the key (for the app) and its entry for the gateway's keys file")
+  .option('--id <id>', "the key's id in logs and events (default: key- and 8 random hex digits)")
+  .option(
+    '--names <patterns>',
+    'comma-separated names the key may claim: *, a prefix such as team-*, or exact names',
+    '*',
+  )
   .option('--max-names <n>', 'names the key may hold at once (default: no limit)', int(1))
   .option('--max-channels <n>', 'channels the key may hold at once across its names (default: no limit)', int(1))
   .action((o: { id?: string; names: string; maxNames?: number; maxChannels?: number }) => {
@@ -589,7 +662,10 @@ program
     try {
       made = createKeyEntry({
         id: o.id,
-        names: String(o.names).split(',').map((n) => n.trim()).filter((n) => n !== ''),
+        names: String(o.names)
+          .split(',')
+          .map((n) => n.trim())
+          .filter((n) => n !== ''),
         maxNames: o.maxNames,
         maxChannels: o.maxChannels,
       });

@@ -71,7 +71,8 @@ export function parseValue(spec: ServeOptionSpec, raw: unknown): ConfigValue {
       return raw;
     }
     case 'string': {
-      if (typeof raw !== 'string' || raw === '') throw new TypeError(`expected a non-empty string, got ${JSON.stringify(raw)}`);
+      if (typeof raw !== 'string' || raw === '')
+        throw new TypeError(`expected a non-empty string, got ${JSON.stringify(raw)}`);
       return raw;
     }
   }

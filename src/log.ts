@@ -81,7 +81,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
         minLength: LOG_BATCH,
         maxLength: options.bufferLimit ?? LOG_BUFFER_DEFAULT,
       });
-  const out = options.destination ?? (stdout ? batched(stdout, LOG_FLUSH_MS) : undefined) as pino.DestinationStream;
+  const out = options.destination ?? ((stdout ? batched(stdout, LOG_FLUSH_MS) : undefined) as pino.DestinationStream);
   let destination = out;
   if (pretty) {
     const format = prettyFactory({
@@ -103,7 +103,8 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     reportDrops(stdout, logger, options.drops ?? { lines: 0 });
   }
   // A multistream wants each line's level and message besides the line: those keep pino's path.
-  if (!(destination as unknown as { [k: symbol]: unknown })[pino.symbols.needsMetadataGsym]) lineStreams.set(logger, destination);
+  if (!(destination as unknown as { [k: symbol]: unknown })[pino.symbols.needsMetadataGsym])
+    lineStreams.set(logger, destination);
   return logger;
 }
 
@@ -166,17 +167,27 @@ function writeRequestLine(logger: Logger, stream: pino.DestinationStream, r: Req
   if (level < logger.levelVal) return;
   const chindings = (logger as unknown as { [k: symbol]: string })[pino.symbols.chindingsSym];
   let line =
-    '{"level":' + level +
-    ',"time":' + Date.now() +
+    '{"level":' +
+    level +
+    ',"time":' +
+    Date.now() +
     chindings +
-    ',"event":"request","name":' + quote(r.name) +
-    ',"method":' + quote(r.method) +
-    ',"path":' + quote(r.path) +
-    ',"status":' + r.status +
-    ',"bytesIn":' + r.bytesIn +
-    ',"bytesOut":' + r.bytesOut +
-    ',"ms":' + Math.round(r.ms * 100) / 100 +
-    ',"remote":' + quote(r.remote);
+    ',"event":"request","name":' +
+    quote(r.name) +
+    ',"method":' +
+    quote(r.method) +
+    ',"path":' +
+    quote(r.path) +
+    ',"status":' +
+    r.status +
+    ',"bytesIn":' +
+    r.bytesIn +
+    ',"bytesOut":' +
+    r.bytesOut +
+    ',"ms":' +
+    Math.round(r.ms * 100) / 100 +
+    ',"remote":' +
+    quote(r.remote);
   if (r.error !== undefined) line += `,"error":${quote(r.error)}`;
   line += `,"msg":${quote(`${r.method} ${r.path} ${r.status}`)}}\n`;
   stream.write(line);
@@ -294,12 +305,21 @@ export function attachLogger(gateway: Gateway, logger: Logger, options: AttachOp
   );
   const channel = (event: 'channel-open' | 'channel-close', reg: Registration, ch: Channel): void =>
     logger.info(
-      { event, name: reg.name, transport: ch.transport, remote: ch.remote, channel: ch.id, channels: reg.channels.length },
+      {
+        event,
+        name: reg.name,
+        transport: ch.transport,
+        remote: ch.remote,
+        channel: ch.id,
+        channels: reg.channels.length,
+      },
       `${ch.transport} channel ${event === 'channel-open' ? 'opened' : 'closed'} (${reg.channels.length} open)`,
     );
   on('channel-open', (reg, ch) => channel('channel-open', reg, ch));
   on('channel-close', (reg, ch) => channel('channel-close', reg, ch));
-  on('listening', (a: AddressInfo) => logger.info({ event: 'listening', address: a.address, port: a.port }, `listening on ${a.address} port ${a.port}`));
+  on('listening', (a: AddressInfo) =>
+    logger.info({ event: 'listening', address: a.address, port: a.port }, `listening on ${a.address} port ${a.port}`),
+  );
   on('error', (err: Error) => logger.error({ event: 'error', err }, err.message));
   return () => {
     for (const d of detach.splice(0)) d();

@@ -208,7 +208,15 @@ export class CometChannel implements Channel {
 
   dispatch(ex: Exchange): void {
     const { req, res } = ex;
-    const item: Item = { ex, conn: req.socket, state: 'reading', message: undefined, timer: undefined, delivery: undefined, bytes: 0 };
+    const item: Item = {
+      ex,
+      conn: req.socket,
+      state: 'reading',
+      message: undefined,
+      timer: undefined,
+      delivery: undefined,
+      bytes: 0,
+    };
     this.#items.add(item);
     res.once('close', () => {
       // The visitor left (or its response finished): whatever stage the request was at, it is over.
@@ -244,7 +252,8 @@ export class CometChannel implements Channel {
       item.message = serializeRequest(req, ex.headers, body.take());
       item.state = 'queued';
       item.timer = setTimeout(() => {
-        if (item.state === 'queued') this.#fail(item, new PtthError('PTTH_ERR_NO_CHANNEL', 'No poller asked for this request in time.'));
+        if (item.state === 'queued')
+          this.#fail(item, new PtthError('PTTH_ERR_NO_CHANNEL', 'No poller asked for this request in time.'));
       }, this.#options.queueTimeout);
       this.#queue.push(item);
       this.#pump();
@@ -340,7 +349,10 @@ export class CometChannel implements Channel {
     const delivery = new DeliveryImpl(this, item, item.message as Buffer, this.#options.budget);
     item.delivery = delivery;
     item.message = undefined;
-    item.timer = setTimeout(() => delivery.fail(new PtthError('PTTH_ERR_APP_TIMEOUT', 'The app did not post its reply in time.')), this.#options.replyTimeout);
+    item.timer = setTimeout(
+      () => delivery.fail(new PtthError('PTTH_ERR_APP_TIMEOUT', 'The app did not post its reply in time.')),
+      this.#options.replyTimeout,
+    );
     return delivery;
   }
 
@@ -348,7 +360,13 @@ export class CometChannel implements Channel {
     const { req, res } = item.ex;
     // The rest of the body is not worth reading: the connection closes after the 413.
     if (!res.headersSent) res.setHeader('Connection', 'close');
-    this.#fail(item, new PtthError('PTTH_ERR_BODY_TOO_LARGE', `The request body is over ${this.#options.bufferLimit} bytes, the most this gateway buffers for a Comet app.`));
+    this.#fail(
+      item,
+      new PtthError(
+        'PTTH_ERR_BODY_TOO_LARGE',
+        `The request body is over ${this.#options.bufferLimit} bytes, the most this gateway buffers for a Comet app.`,
+      ),
+    );
     req.resume();
   }
 
@@ -422,7 +440,12 @@ export class CometChannel implements Channel {
       this.#fail(
         item,
         item.state === 'delivered'
-          ? new PtthError('PTTH_ERR_CHANNEL_LOST', released ? 'The registration was released before the app replied.' : 'The app stopped polling before it replied.')
+          ? new PtthError(
+              'PTTH_ERR_CHANNEL_LOST',
+              released
+                ? 'The registration was released before the app replied.'
+                : 'The app stopped polling before it replied.',
+            )
           : released
             ? new PtthError('PTTH_ERR_NOT_FOUND', 'The registration was released.')
             : new PtthError('PTTH_ERR_NO_CHANNEL', 'The app stopped polling.'),

@@ -34,7 +34,11 @@ class ChannelGoneError extends Error {
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 
 /** undici's codes for an answer that is not valid HTTP/1.1 (llhttp's own codes start with HPE_). */
-const BAD_ANSWER = new Set(['UND_ERR_HEADERS_OVERFLOW', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'UND_ERR_RES_EXCEEDED_MAX_SIZE']);
+const BAD_ANSWER = new Set([
+  'UND_ERR_HEADERS_OVERFLOW',
+  'UND_ERR_RES_CONTENT_LENGTH_MISMATCH',
+  'UND_ERR_RES_EXCEEDED_MAX_SIZE',
+]);
 
 function badAnswer(err: Error & { code?: unknown }): boolean {
   // llhttp's errors (HTTPParserError) carry no code for some kinds (an invalid status line).
@@ -49,7 +53,9 @@ function badAnswer(err: Error & { code?: unknown }): boolean {
 /** undici's raw header list (Buffers) as the strings node:http would have given (latin1). */
 function headerStrings(raw: readonly Buffer[] | readonly string[] | null): string[] {
   const out: string[] = [];
-  if (raw) for (let i = 0; i < raw.length; i++) out.push(typeof raw[i] === 'string' ? (raw[i] as string) : (raw[i] as Buffer).toString('latin1'));
+  if (raw)
+    for (let i = 0; i < raw.length; i++)
+      out.push(typeof raw[i] === 'string' ? (raw[i] as string) : (raw[i] as Buffer).toString('latin1'));
   return out;
 }
 
@@ -298,7 +304,12 @@ class H1Exchange {
       }
       if (status !== 101) return true; // interim answers (102, 103) are not relayed
       // A 101 llhttp did not take for an upgrade: the app broke the exchange either way.
-      this.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', 'The app answered 101 Switching Protocols to a request that asked for no upgrade.'));
+      this.fail(
+        new PtthError(
+          'PTTH_ERR_BAD_RESPONSE',
+          'The app answered 101 Switching Protocols to a request that asked for no upgrade.',
+        ),
+      );
       return false;
     }
     this.responded = true;
@@ -596,7 +607,9 @@ class H1Upgrade {
     }
     this.refused = true;
     this.resumeParser = resume;
-    this.visitor.write(rawHead(head.status, head.reason, withoutHeaders(head.headers, 'content-length'), 'Connection: close\r\n'));
+    this.visitor.write(
+      rawHead(head.status, head.reason, withoutHeaders(head.headers, 'content-length'), 'Connection: close\r\n'),
+    );
     leaveOnEnd(this.visitor);
     return true;
   }

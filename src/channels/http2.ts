@@ -40,9 +40,20 @@ const SESSION_WINDOW = 16 << 20;
 
 /** RFC 9113 section 7, by code. */
 const ERROR_NAMES = [
-  'NO_ERROR', 'PROTOCOL_ERROR', 'INTERNAL_ERROR', 'FLOW_CONTROL_ERROR', 'SETTINGS_TIMEOUT', 'STREAM_CLOSED',
-  'FRAME_SIZE_ERROR', 'REFUSED_STREAM', 'CANCEL', 'COMPRESSION_ERROR', 'CONNECT_ERROR', 'ENHANCE_YOUR_CALM',
-  'INADEQUATE_SECURITY', 'HTTP_1_1_REQUIRED',
+  'NO_ERROR',
+  'PROTOCOL_ERROR',
+  'INTERNAL_ERROR',
+  'FLOW_CONTROL_ERROR',
+  'SETTINGS_TIMEOUT',
+  'STREAM_CLOSED',
+  'FRAME_SIZE_ERROR',
+  'REFUSED_STREAM',
+  'CANCEL',
+  'COMPRESSION_ERROR',
+  'CONNECT_ERROR',
+  'ENHANCE_YOUR_CALM',
+  'INADEQUATE_SECURITY',
+  'HTTP_1_1_REQUIRED',
 ];
 /** The client connection preface (RFC 9113 section 3.4): 24 bytes before the first frame. */
 const PREFACE_LENGTH = 24;
@@ -325,7 +336,10 @@ export class Http2Channel implements Channel {
   /** The app broke the connection: everything in flight fails with 502 at once, and it closes. */
   #broken(why: string): void {
     if (this.#closed) return;
-    const err = new PtthError('PTTH_ERR_BAD_RESPONSE', `The app broke the HTTP/2 connection (${why}); the gateway closed it.`);
+    const err = new PtthError(
+      'PTTH_ERR_BAD_RESPONSE',
+      `The app broke the HTTP/2 connection (${why}); the gateway closed it.`,
+    );
     // Nothing new goes down it: the exchanges failing below would otherwise hand it queued requests.
     this.#closing = true;
     for (const exchange of [...this.#inflight]) exchange.broken(err);
@@ -402,7 +416,12 @@ export class Http2Channel implements Channel {
     const { req, socket: visitor } = ex;
     const key = req.headers['sec-websocket-key'];
     if (!hasToken(req.headers.upgrade, 'websocket') || typeof key !== 'string') {
-      ex.fail(new PtthError('PTTH_ERR_UPGRADE_UNSUPPORTED', 'Over HTTP/2 the gateway can only carry WebSocket upgrades (RFC 8441).'));
+      ex.fail(
+        new PtthError(
+          'PTTH_ERR_UPGRADE_UNSUPPORTED',
+          'Over HTTP/2 the gateway can only carry WebSocket upgrades (RFC 8441).',
+        ),
+      );
       ex.done();
       if (!this.#closed) this.events?.available(this);
       return;
@@ -431,13 +450,17 @@ export class Http2Channel implements Channel {
     let stream: ClientHttp2Stream;
     try {
       stream = this.#open(
-        toH2Headers(raw, {
-          ':method': 'CONNECT',
-          ':protocol': 'websocket',
-          ':scheme': (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http',
-          ':path': req.url ?? '/',
-          ':authority': rawHeader(ex.headers, 'host') ?? 'localhost',
-        }, true),
+        toH2Headers(
+          raw,
+          {
+            ':method': 'CONNECT',
+            ':protocol': 'websocket',
+            ':scheme': (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http',
+            ':path': req.url ?? '/',
+            ':authority': rawHeader(ex.headers, 'host') ?? 'localhost',
+          },
+          true,
+        ),
         false,
       );
     } catch (err) {
@@ -463,7 +486,11 @@ export class Http2Channel implements Channel {
       answered = true;
       const head = ex.check(Number(headers[':status']), undefined, flatResponseHeaders(headers, 200));
       if (head instanceof PtthError || head.status === 101) {
-        ex.fail(head instanceof PtthError ? head : new PtthError('PTTH_ERR_BAD_RESPONSE', 'An HTTP/2 app answered 101 (RFC 9113 section 8.6).'));
+        ex.fail(
+          head instanceof PtthError
+            ? head
+            : new PtthError('PTTH_ERR_BAD_RESPONSE', 'An HTTP/2 app answered 101 (RFC 9113 section 8.6).'),
+        );
         stream.close(NGHTTP2_CANCEL);
         finish();
         return;
@@ -472,7 +499,15 @@ export class Http2Channel implements Channel {
       if (status >= 200 && status < 300) {
         const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64');
         visitor.write(
-          rawHead(101, 'Switching Protocols', ['Upgrade', 'websocket', 'Connection', 'Upgrade', 'Sec-WebSocket-Accept', accept, ...flat]),
+          rawHead(101, 'Switching Protocols', [
+            'Upgrade',
+            'websocket',
+            'Connection',
+            'Upgrade',
+            'Sec-WebSocket-Accept',
+            accept,
+            ...flat,
+          ]),
         );
         splice(visitor, stream, finish);
         return;
@@ -570,12 +605,16 @@ class H2Exchange implements Breakable {
     const { req } = ex;
     const encrypted = (req.socket as { encrypted?: boolean }).encrypted === true;
     try {
-      const headers = toH2Headers(ex.headers, {
-        ':method': req.method ?? 'GET',
-        ':path': h2Path(req.url),
-        ':scheme': encrypted ? 'https' : 'http',
-        ':authority': rawHeader(ex.headers, 'host') ?? 'localhost',
-      }, true);
+      const headers = toH2Headers(
+        ex.headers,
+        {
+          ':method': req.method ?? 'GET',
+          ':path': h2Path(req.url),
+          ':scheme': encrypted ? 'https' : 'http',
+          ':authority': rawHeader(ex.headers, 'host') ?? 'localhost',
+        },
+        true,
+      );
       return this.#channel.open(headers, this.#bodyless);
     } catch (err) {
       // The session is already going away (GOAWAY received, not yet seen): nothing was sent.
@@ -588,7 +627,10 @@ class H2Exchange implements Breakable {
       ex.fail(
         gone
           ? new PtthError('PTTH_ERR_CHANNEL_LOST')
-          : new PtthError('PTTH_ERR_BAD_PARAMS', `The request could not be forwarded over HTTP/2: ${errorMessage(err)}`),
+          : new PtthError(
+              'PTTH_ERR_BAD_PARAMS',
+              `The request could not be forwarded over HTTP/2: ${errorMessage(err)}`,
+            ),
       );
       this.#finish();
       return undefined;
@@ -673,7 +715,10 @@ class H2Exchange implements Breakable {
         ? new PtthError('PTTH_ERR_BAD_RESPONSE', `The app reset the stream (${err.message}).`)
         : // Node 22 and later destroy the streams with the session's error before reporting it.
           err.code === 'ERR_HTTP2_ERROR'
-          ? new PtthError('PTTH_ERR_BAD_RESPONSE', `The app broke the HTTP/2 connection (${err.message.toLowerCase()}).`)
+          ? new PtthError(
+              'PTTH_ERR_BAD_RESPONSE',
+              `The app broke the HTTP/2 connection (${err.message.toLowerCase()}).`,
+            )
           : new PtthError('PTTH_ERR_CHANNEL_LOST'),
     );
     this.#finish();
@@ -704,10 +749,10 @@ class H2Exchange implements Breakable {
   };
 
   #onUploadStall = (): void => {
-    if (!this.#finished) this.#ex.fail(new PtthError('PTTH_ERR_APP_TIMEOUT', 'The app stopped reading the request body.'));
+    if (!this.#finished)
+      this.#ex.fail(new PtthError('PTTH_ERR_APP_TIMEOUT', 'The app stopped reading the request body.'));
     this.#cancel();
     this.#finish();
     this.#channel.probe();
   };
 }
-

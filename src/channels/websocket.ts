@@ -216,7 +216,7 @@ export class WebSocketChannel implements Channel {
       });
       req.on('error', () => {
         if (s.finished) return;
-        this.#json({ t: 'abort', id, message: 'the visitor\'s request body failed' });
+        this.#json({ t: 'abort', id, message: "the visitor's request body failed" });
         this.#finish(s);
       });
     } else {
@@ -227,7 +227,9 @@ export class WebSocketChannel implements Channel {
 
   upgrade(ex: UpgradeExchange): void {
     // Never picked (upgradable is false).
-    ex.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', 'The app serves over a WebSocket channel, which does not carry upgrades.'));
+    ex.fail(
+      new PtthError('PTTH_ERR_BAD_RESPONSE', 'The app serves over a WebSocket channel, which does not carry upgrades.'),
+    );
     ex.done();
   }
 
@@ -333,7 +335,8 @@ export class WebSocketChannel implements Channel {
         return;
       case 'credit': {
         const bytes = msg['bytes'];
-        if (typeof bytes !== 'number' || !Number.isInteger(bytes) || bytes <= 0) return this.#violation('credit needs a positive byte count');
+        if (typeof bytes !== 'number' || !Number.isInteger(bytes) || bytes <= 0)
+          return this.#violation('credit needs a positive byte count');
         if (!s) return;
         s.credit += bytes;
         this.#pump(s);
@@ -341,7 +344,12 @@ export class WebSocketChannel implements Channel {
       }
       case 'abort':
         if (!s) return;
-        s.ex.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', `The app gave up on the request${typeof msg['message'] === 'string' ? `: ${msg['message'].slice(0, 200)}` : ''}.`));
+        s.ex.fail(
+          new PtthError(
+            'PTTH_ERR_BAD_RESPONSE',
+            `The app gave up on the request${typeof msg['message'] === 'string' ? `: ${msg['message'].slice(0, 200)}` : ''}.`,
+          ),
+        );
         this.#finish(s);
         return;
       default:
@@ -359,7 +367,13 @@ export class WebSocketChannel implements Channel {
     // Content-Length, or an app could write past its response into the visitor's next one.
     s.ex.res.strictContentLength = true;
     if (!Array.isArray(headers) || s.ex.respond(msg['status'], msg['statusText'] ?? undefined, headers)) {
-      if (!Array.isArray(headers)) s.ex.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', 'The app sent an invalid response: headers must be a flat list of strings.'));
+      if (!Array.isArray(headers))
+        s.ex.fail(
+          new PtthError(
+            'PTTH_ERR_BAD_RESPONSE',
+            'The app sent an invalid response: headers must be a flat list of strings.',
+          ),
+        );
       // The frames around it are intact: only this stream ends.
       this.#json({ t: 'abort', id: s.id, message: 'invalid response head' });
       this.#finish(s);

@@ -184,7 +184,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     });
     this.#ready.catch(noop);
     this.#target = target;
-    this.#upstream = typeof target === 'function' ? undefined : (target as { [LOCAL_UPSTREAM]?: LocalUpstream })[LOCAL_UPSTREAM];
+    this.#upstream =
+      typeof target === 'function' ? undefined : (target as { [LOCAL_UPSTREAM]?: LocalUpstream })[LOCAL_UPSTREAM];
     this.#splicer = options[SPLICER];
     if (options.http1 || this.#splicer) this.#mode = 'h1';
     this.#server = this.#makeServer(target);
@@ -266,7 +267,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     const want: Record<Kind, number> =
       this.#mode === 'h1'
         ? { h1: this.#splicer ? Math.min(this.#size, this.#bound.size + this.#splicer.spare) : this.#size, h2: 0 }
-        : { h2: this.#options.http2Connections ?? 1, h1: this.#options.upgradeConnections ?? (this.#wantsUpgrades() ? 1 : 0) };
+        : {
+            h2: this.#options.http2Connections ?? 1,
+            h1: this.#options.upgradeConnections ?? (this.#wantsUpgrades() ? 1 : 0),
+          };
     for (const kind of ['h2', 'h1'] as const) {
       while (this.#count(this.#live, kind) + this.#count(this.#dialing, kind) < want[kind]) this.#dial(kind, attempt);
     }
@@ -318,7 +322,14 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       // Offering both tokens lets a gateway without HTTP/2 pick PTTH/1.0 in the same round trip.
       headers:
         kind === 'h2'
-          ? { ...this.#options.headers, ...auth, Upgrade: 'ptth, PTTH/1.0', ALPN: 'h2', Connection: 'Upgrade', 'Content-Length': '0' }
+          ? {
+              ...this.#options.headers,
+              ...auth,
+              Upgrade: 'ptth, PTTH/1.0',
+              ALPN: 'h2',
+              Connection: 'Upgrade',
+              'Content-Length': '0',
+            }
           : { ...this.#options.headers, ...auth, Upgrade: 'PTTH/1.0', Connection: 'Upgrade', 'Content-Length': '0' },
       ...(g.protocol === 'https:' ? { rejectUnauthorized: this.#options.rejectUnauthorized ?? true } : {}),
     });
@@ -349,13 +360,21 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         return;
       }
       const upgrade = (res.headers.upgrade ?? '').trim().toLowerCase();
-      const alpn = String(res.headers['alpn'] ?? '').trim().toLowerCase();
+      const alpn = String(res.headers['alpn'] ?? '')
+        .trim()
+        .toLowerCase();
       let got: Kind;
       if (upgrade === 'ptth' && alpn === 'h2' && kind === 'h2') got = 'h2';
       else if (upgrade === 'ptth/1.0' || (upgrade === 'ptth' && (alpn === '' || alpn === 'http/1.1'))) got = 'h1';
       else {
         socket.destroy();
-        this.#schedule(new Error(`the gateway upgraded to ${JSON.stringify(res.headers.upgrade)} (ALPN ${alpn || 'none'}), which this client does not speak`), kind, attempt);
+        this.#schedule(
+          new Error(
+            `the gateway upgraded to ${JSON.stringify(res.headers.upgrade)} (ALPN ${alpn || 'none'}), which this client does not speak`,
+          ),
+          kind,
+          attempt,
+        );
         return;
       }
       // The gateway's answer decides the mode (it may change across gateway restarts).
@@ -446,21 +465,34 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
    */
   #h2(): http2.Http2Server {
     if (this.#h2server) return this.#h2server;
-    const server = http2.createServer({ settings: { maxConcurrentStreams: this.#options.maxStreams ?? 256, initialWindowSize: 1 << 20 } });
+    const server = http2.createServer({
+      settings: { maxConcurrentStreams: this.#options.maxStreams ?? 256, initialWindowSize: 1 << 20 },
+    });
     this.#memAgent = new MemoryAgent(this.#server);
     server.on('session', (session: http2.ServerHttp2Session) => {
       session.on('error', noop);
       session.on('connect', () => session.setLocalWindowSize(16 << 20));
     });
     // node passes the raw header list as a 4th argument (not in @types/node 20).
-    server.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, flags: number, rawHeaders?: readonly string[]) =>
-      this.#bridge(stream, headers, flags, rawHeaders),
+    server.on(
+      'stream',
+      (
+        stream: http2.ServerHttp2Stream,
+        headers: http2.IncomingHttpHeaders,
+        flags: number,
+        rawHeaders?: readonly string[],
+      ) => this.#bridge(stream, headers, flags, rawHeaders),
     );
     this.#h2server = server;
     return server;
   }
 
-  #bridge(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, flags: number, rawHeaders: readonly string[] | undefined): void {
+  #bridge(
+    stream: http2.ServerHttp2Stream,
+    headers: http2.IncomingHttpHeaders,
+    flags: number,
+    rawHeaders: readonly string[] | undefined,
+  ): void {
     stream.on('error', noop);
     // A body follows the HEADERS frame: without a declared length it must be framed explicitly on
     // the HTTP/1.1 side (see withBodyFraming), or a GET's body would reach the server as a request.
@@ -471,7 +503,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     if (rawHeaders) {
       // Fields in the order and number they came (HTTP/2 names are lower-case by definition).
       for (let i = 0; i < rawHeaders.length; i += 2) {
-        if ((rawHeaders[i] as string).charCodeAt(0) !== 58 /* : */) raw.push(rawHeaders[i] as string, rawHeaders[i + 1] as string);
+        if ((rawHeaders[i] as string).charCodeAt(0) !== 58 /* : */)
+          raw.push(rawHeaders[i] as string, rawHeaders[i + 1] as string);
       }
     } else fromH2Headers(headers, raw);
     const up = this.#upstream;
@@ -529,7 +562,11 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       if (!stream.headersSent && !stream.destroyed) {
         if (up) {
           const body = up.unreachable(err);
-          stream.respond({ ':status': 502, 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body) });
+          stream.respond({
+            ':status': 502,
+            'content-type': 'text/plain; charset=utf-8',
+            'content-length': Buffer.byteLength(body),
+          });
           stream.end(body);
         } else stream.respond({ ':status': 502 }, { endStream: true });
       } else if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
@@ -583,7 +620,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     for (const req of this.#dialing.keys()) req.destroy();
     this.#dialing.clear();
     for (const [s, kind] of this.#live) {
-      if (kind === 'h2') this.#sessions.get(s)?.close(); // GOAWAY: streams in flight finish
+      if (kind === 'h2')
+        this.#sessions.get(s)?.close(); // GOAWAY: streams in flight finish
       else if (this.#splicer) {
         // A spliced channel is closed at once unless a request went down it and no answer came yet.
         const spliced = this.#spliced.get(s);

@@ -20,7 +20,13 @@ export interface LocalProxyOptions {
 
 /** Errors that mean the local service is not there (not a request that went wrong halfway). */
 export const UNREACHABLE: ReadonlySet<string> = new Set([
-  'ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ETIMEDOUT',
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EADDRNOTAVAIL',
+  'ETIMEDOUT',
 ]);
 
 /** Where a local proxy sends requests; the Node client's HTTP/2 side uses it directly (see node.ts). */
@@ -90,7 +96,16 @@ export function createLocalProxy(target: URL, options: LocalProxyOptions = {}): 
   };
   server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
     const headers = withBodyFraming(headersFor(req), unframedBody(req));
-    const out = mod.request({ host, port, method: req.method, path: base + (req.url ?? '/'), headers, setHost: false, agent, ...tls });
+    const out = mod.request({
+      host,
+      port,
+      method: req.method,
+      path: base + (req.url ?? '/'),
+      headers,
+      setHost: false,
+      agent,
+      ...tls,
+    });
     out.on('response', (local) => {
       res.writeHead(local.statusCode ?? 502, local.statusMessage, withoutHopByHop(local.rawHeaders));
       relay(local, res, noop);
@@ -133,7 +148,9 @@ export function createLocalProxy(target: URL, options: LocalProxyOptions = {}): 
     });
     out.on('error', (err: NodeJS.ErrnoException) => {
       const body = `502 Bad Gateway: ptth-proxy connect could not reach ${target.origin} (${err.code ?? err.message}).\n`;
-      socket.end(`HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      socket.end(
+        `HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      );
     });
     out.end();
   });
@@ -165,7 +182,8 @@ export function parseTarget(spec: string): URL {
     } catch {
       throw new TypeError(`"${spec}" is not a valid URL: ${TARGET_HINT}`);
     }
-    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new TypeError(`only http and https services can be exposed, got ${u.protocol}`);
+    if (u.protocol !== 'http:' && u.protocol !== 'https:')
+      throw new TypeError(`only http and https services can be exposed, got ${u.protocol}`);
     return u;
   }
   const hostPort = /^(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?):(\d+)$/i.exec(spec);

@@ -56,7 +56,9 @@ const BUFFERED = 512 * 1024;
 
 /** Whether the local service can be reached byte for byte: a base path needs a parsing hop to add it. */
 export function canSplice(target: URL): boolean {
-  return (target.protocol === 'http:' || target.protocol === 'https:') && target.pathname === '/' && target.search === '';
+  return (
+    (target.protocol === 'http:' || target.protocol === 'https:') && target.pathname === '/' && target.search === ''
+  );
 }
 
 /** Where spliced channels go: the local service, how to dial it and what to say when it cannot be reached. */

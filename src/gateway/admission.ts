@@ -64,12 +64,17 @@ export function admit(a: Arrival, buckets: Buckets): Admission {
   if (bucket !== undefined && wait > 0) return { admitted: false, error: rateLimited(wait, bucket), claim };
   if (a.upgraded && !claim && a.route.kind !== 'visitor') {
     const offered = JSON.stringify(a.upgrade ?? '');
-    const error = new PtthError('PTTH_ERR_UNSUPPORTED_UPGRADE', `The gateway host only upgrades to PTTH/1.0 or ptth, not to ${offered}.`);
+    const error = new PtthError(
+      'PTTH_ERR_UNSUPPORTED_UPGRADE',
+      `The gateway host only upgrades to PTTH/1.0 or ptth, not to ${offered}.`,
+    );
     return { admitted: false, error, claim };
   }
   return ADMITTED;
 }
 
 export function rateLimited(wait: number, what: Bucket): PtthError {
-  return new PtthError('PTTH_ERR_RATE_LIMITED', `Too many ${what} from this address: retry after ${wait} s.`, { retryAfter: wait });
+  return new PtthError('PTTH_ERR_RATE_LIMITED', `Too many ${what} from this address: retry after ${wait} s.`, {
+    retryAfter: wait,
+  });
 }

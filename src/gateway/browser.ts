@@ -134,7 +134,11 @@ export class BrowserEndpoints {
       }
       void loadLibrary().then((code) => {
         if (!code) {
-          sendError(res, new PtthError('PTTH_ERR_NO_ENDPOINT', 'The browser library is not built: run `npm run build`.'), req.headers.accept);
+          sendError(
+            res,
+            new PtthError('PTTH_ERR_NO_ENDPOINT', 'The browser library is not built: run `npm run build`.'),
+            req.headers.accept,
+          );
           return;
         }
         res.writeHead(200, {
@@ -160,7 +164,12 @@ export class BrowserEndpoints {
     socket.on('error', noop);
     const refuse = (err: PtthError): void => refuseClaim(ctx, req, socket, err, claimantName(req, undefined));
     const key = req.headers['sec-websocket-key'];
-    if (req.method !== 'GET' || !key || !/^[+/0-9A-Za-z]{22}==$/.test(key) || req.headers['sec-websocket-version'] !== '13') {
+    if (
+      req.method !== 'GET' ||
+      !key ||
+      !/^[+/0-9A-Za-z]{22}==$/.test(key) ||
+      req.headers['sec-websocket-version'] !== '13'
+    ) {
       refuse(new PtthError('PTTH_ERR_NOT_WEBSOCKET'));
       return;
     }
@@ -208,10 +217,15 @@ export class BrowserEndpoints {
     channel.hello({ name: reg.name, url, location });
     this.#ctx.caps.channelFrom(channel, req.socket.remoteAddress);
     lease.join(channel);
-    this.#ctx.emit('claim', { name: reg.name, url, transport: 'websocket', remote, key: reg.keyId } satisfies ClaimEvent);
+    this.#ctx.emit('claim', {
+      name: reg.name,
+      url,
+      transport: 'websocket',
+      remote,
+      key: reg.keyId,
+    } satisfies ClaimEvent);
   }
 }
-
 
 /**
  * The live demo on the gateway's home page: the tab claims a name with /ptth.js and answers

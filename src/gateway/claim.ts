@@ -28,7 +28,12 @@ import { BoundedBody, declaresMoreThan } from '../http/body.js';
  */
 
 /** Merges query and form parameters (a form body may carry them too) and resolves the name. */
-function claimParams(ctx: GatewayContext, req: IncomingMessage, hostName: string | undefined, body: Buffer | undefined): ClaimParams {
+function claimParams(
+  ctx: GatewayContext,
+  req: IncomingMessage,
+  hostName: string | undefined,
+  body: Buffer | undefined,
+): ClaimParams {
   let params: URLSearchParams;
   try {
     params = new URLSearchParams(targetQuery(req.url));
@@ -69,7 +74,8 @@ export async function decideClaim(
   remote: string | undefined,
   bringsChannel: boolean,
 ): Promise<Granted> {
-  if (params.name !== undefined && ctx.settings.urls !== 'host' && isGatewaySegment(params.name)) throw gatewayPathName(params.name);
+  if (params.name !== undefined && ctx.settings.urls !== 'host' && isGatewaySegment(params.name))
+    throw gatewayPathName(params.name);
   if (bringsChannel) ctx.caps.checkChannels(remote);
   if (params.name === undefined || ctx.table.lookup(params.name) === undefined) ctx.caps.checkNames(remote);
   // Without a token the name is held by the claimant's address (IPv6: its /64), loopback included.
@@ -199,12 +205,24 @@ function putInService(ctx: GatewayContext, socket: Socket, lease: ClaimLease, ho
       : new Http1Channel(socket, { responseTimeout: s.responseTimeout });
   ctx.caps.channelFrom(channel, socket.remoteAddress);
   lease.join(channel);
-  const claim: ClaimEvent = { name: reg.name, url: link, transport: channel.transport, remote: channel.remote, key: reg.keyId };
+  const claim: ClaimEvent = {
+    name: reg.name,
+    url: link,
+    transport: channel.transport,
+    remote: channel.remote,
+    key: reg.keyId,
+  };
   ctx.emit('claim', claim);
 }
 
 /** `Upgrade: PTTH/1.0` with `Connection: Upgrade`: node's 'upgrade' event. */
-export function claimFromUpgrade(ctx: GatewayContext, req: IncomingMessage, socket: Socket, head: Buffer, hostName: string | undefined): void {
+export function claimFromUpgrade(
+  ctx: GatewayContext,
+  req: IncomingMessage,
+  socket: Socket,
+  head: Buffer,
+  hostName: string | undefined,
+): void {
   socket.on('error', noop);
   let name = claimantName(req, hostName);
   const refuseRaw = (err: PtthError): void => refuseClaim(ctx, req, socket, err, name);
@@ -281,11 +299,19 @@ function readDeclaredBody(socket: Socket, head: Buffer, length: number, timeout:
 }
 
 function earlyData(): PtthError {
-  return new PtthError('PTTH_ERR_BAD_PARAMS', 'Bytes arrived after the claim request and before the 101: wait for the 101 before sending anything.');
+  return new PtthError(
+    'PTTH_ERR_BAD_PARAMS',
+    'Bytes arrived after the claim request and before the 101: wait for the 101 before sending anything.',
+  );
 }
 
 /** `Upgrade: PTTH/1.0` without `Connection: Upgrade`: an ordinary request that node parsed whole. */
-export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, hostName: string | undefined): void {
+export function claimFromRequest(
+  ctx: GatewayContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+  hostName: string | undefined,
+): void {
   let name = claimantName(req, hostName);
   const fail = (err: PtthError): void => refuseClaim(ctx, req, res, err, name);
   if (req.httpVersionMajor !== 1 || req.httpVersionMinor < 1) {
@@ -343,7 +369,12 @@ export function claimFromRequest(ctx: GatewayContext, req: IncomingMessage, res:
         const socket = hijack(req, res);
         if (!socket) {
           lease.abandon('claim refused');
-          fail(new PtthError('PTTH_ERR_UNSUPPORTED_UPGRADE', 'This node version cannot take over the connection: send Connection: Upgrade with Upgrade: PTTH/1.0.'));
+          fail(
+            new PtthError(
+              'PTTH_ERR_UNSUPPORTED_UPGRADE',
+              'This node version cannot take over the connection: send Connection: Upgrade with Upgrade: PTTH/1.0.',
+            ),
+          );
           return;
         }
         socket.on('error', noop);
@@ -363,4 +394,3 @@ function alpnHeader(req: IncomingMessage): string | undefined {
   const v = req.headers['alpn'];
   return Array.isArray(v) ? v.join(',') : v;
 }
-

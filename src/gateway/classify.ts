@@ -117,8 +117,10 @@ export function hostProblem(host: string | undefined): string | undefined {
   const port = m?.[2];
   if (!m || (literal !== undefined && !isIPv6(literal)) || (port !== undefined && Number(port) > 65_535)) {
     const shown = JSON.stringify(host.slice(0, 100));
-    return `The Host header ${shown} is not a host name or IP address with an optional port number ` +
-      '(RFC 3986 section 3.2).';
+    return (
+      `The Host header ${shown} is not a host name or IP address with an optional port number ` +
+      '(RFC 3986 section 3.2).'
+    );
   }
   return undefined;
 }
@@ -193,7 +195,12 @@ export function isPtthUpgrade(upgrade: string | undefined): boolean {
 export function classify(head: RequestHead, domain: string, urls: UrlMode = 'host', publicHost?: string): Route {
   const hostName = nameFromHost(head.host, domain);
   if (head.upgrade !== undefined && isPtthUpgrade(head.upgrade)) return { kind: 'claim', hostName };
-  const own = urls === 'path' || (urls === 'both' && publicHost !== undefined && head.host !== undefined && hostname(head.host).replace(/\.$/, '') === publicHost);
+  const own =
+    urls === 'path' ||
+    (urls === 'both' &&
+      publicHost !== undefined &&
+      head.host !== undefined &&
+      hostname(head.host).replace(/\.$/, '') === publicHost);
   const name = own ? undefined : hostName;
   if (name !== undefined) return { kind: 'visitor', name };
   if (urls !== 'host') {

@@ -2,7 +2,13 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { CometChannel, type Delivery, type PipelineBound } from '../channels/comet.js';
 import { readBody, formParams } from '../http/body.js';
 import { PtthError, isPtthError } from '../http/errors.js';
-import { InvalidMessageError, parseResponse, parseResponses, pipelineParserAvailable, type ParsedResponse } from '../http/message.js';
+import {
+  InvalidMessageError,
+  parseResponse,
+  parseResponses,
+  pipelineParserAvailable,
+  type ParsedResponse,
+} from '../http/message.js';
 import { sendError } from '../http/respond.js';
 import { loggableName, lookupKey, queryName, randomSecret, readClaimParams } from '../table/names.js';
 import type { Registration } from '../table/registration.js';
@@ -103,7 +109,6 @@ class Session {
     return id;
   }
 }
-
 
 /** The gateway origin for request URLs: as the client addressed it, so a page on 127.0.0.1 keeps polling 127.0.0.1. */
 function requestOrigin(ctx: GatewayContext, req: IncomingMessage): string {
@@ -229,7 +234,13 @@ export class CometService {
         }
         const first = this.#url(req, session, session.mint());
         const related = publicUrlFor(ctx.settings, req, reg.name);
-        const event: ClaimEvent = { name: reg.name, url: related, transport: 'comet', remote: req.socket.remoteAddress ?? '', key: reg.keyId };
+        const event: ClaimEvent = {
+          name: reg.name,
+          url: related,
+          transport: 'comet',
+          remote: req.socket.remoteAddress ?? '',
+          key: reg.keyId,
+        };
         ctx.emit('claim', event);
         // setHeader with an array writes one `Link:` line per value, names cased as given.
         res.setHeader('Link', [`<${first}>; rel="first"`, `<${related}>; rel="related"`]);
@@ -351,7 +362,14 @@ export class CometService {
     const d = ds?.[0];
     if (!d || d.settled) {
       req.resume();
-      sendError(res, new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL', 'No request is waiting for a reply at this URL: poll it with GET first.'), req.headers.accept);
+      sendError(
+        res,
+        new PtthError(
+          'PTTH_ERR_UNKNOWN_REQUEST_URL',
+          'No request is waiting for a reply at this URL: poll it with GET first.',
+        ),
+        req.headers.accept,
+      );
       return;
     }
     const limit = this.#settings.bufferLimit;
@@ -365,7 +383,13 @@ export class CometService {
     };
     // Replies are buffered whole like visitors' bodies, so they share their budget; one that is not
     // in after --reply-timeout is too late for its visitor anyway and must not hold its buffer.
-    readBody(req, limit, `The reply is over ${limit} bytes, the most this gateway buffers for a Comet reply.`, this.#settings.replyTimeout, budget)
+    readBody(
+      req,
+      limit,
+      `The reply is over ${limit} bytes, the most this gateway buffers for a Comet reply.`,
+      this.#settings.replyTimeout,
+      budget,
+    )
       .then((body) => {
         held = body.length;
         return parseResponse(body, d.method);
@@ -374,7 +398,14 @@ export class CometService {
         (reply) => {
           if (d.settled) {
             release();
-            sendError(res, new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL', 'The request was already answered, or its visitor gave up.'), req.headers.accept);
+            sendError(
+              res,
+              new PtthError(
+                'PTTH_ERR_UNKNOWN_REQUEST_URL',
+                'The request was already answered, or its visitor gave up.',
+              ),
+              req.headers.accept,
+            );
             return;
           }
           const refused = d.respond(reply, held);
@@ -403,16 +434,32 @@ export class CometService {
   #replyPipeline(ds: readonly Delivery[], req: IncomingMessage, res: ServerResponse): void {
     if (ds.every((d) => d.settled)) {
       req.resume();
-      sendError(res, new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL', 'No request is waiting for a reply at this URL: poll it with GET first.'), req.headers.accept);
+      sendError(
+        res,
+        new PtthError(
+          'PTTH_ERR_UNKNOWN_REQUEST_URL',
+          'No request is waiting for a reply at this URL: poll it with GET first.',
+        ),
+        req.headers.accept,
+      );
       return;
     }
     const limit = this.#settings.bufferLimit;
     const budget = this.#budget;
     let held = 0;
-    readBody(req, limit, `The reply is over ${limit} bytes, the most this gateway buffers for a Comet reply.`, this.#settings.replyTimeout, budget)
+    readBody(
+      req,
+      limit,
+      `The reply is over ${limit} bytes, the most this gateway buffers for a Comet reply.`,
+      this.#settings.replyTimeout,
+      budget,
+    )
       .then((body) => {
         held = body.length;
-        return parseResponses(body, ds.map((d) => d.method)).responses;
+        return parseResponses(
+          body,
+          ds.map((d) => d.method),
+        ).responses;
       })
       .then(
         (responses) => {
@@ -420,7 +467,8 @@ export class CometService {
           // Each response's body stays counted until it has left (Delivery.respond); the heads now.
           budget.used -= held - responses.reduce((n, r) => n + r.body.length, 0);
           held = 0;
-          if (refusals.length > 0) return sendError(res, new PtthError('PTTH_ERR_INVALID_REPLY', refusals.join(' ')), req.headers.accept);
+          if (refusals.length > 0)
+            return sendError(res, new PtthError('PTTH_ERR_INVALID_REPLY', refusals.join(' ')), req.headers.accept);
           res.setHeader('Cache-Control', 'no-store');
           res.writeHead(202, { 'Content-Length': '0' });
           res.end();
@@ -440,7 +488,9 @@ function relayPipeline(ds: readonly Delivery[], responses: readonly ParsedRespon
   ds.forEach((d, i) => {
     const reply = responses[i];
     if (!reply) {
-      d.fail(new PtthError('PTTH_ERR_CHANNEL_LOST', "The app's reply pipeline ended before the response to this request."));
+      d.fail(
+        new PtthError('PTTH_ERR_CHANNEL_LOST', "The app's reply pipeline ended before the response to this request."),
+      );
       return;
     }
     const refused = d.respond(reply, reply.body.length);
@@ -453,8 +503,23 @@ function relayPipeline(ds: readonly Delivery[], responses: readonly ParsedRespon
 function refuseReply(err: unknown, ds: readonly Delivery[], req: IncomingMessage, res: ServerResponse): void {
   // readBody's refusals (too large, too slow, past the budget): that status, and the connection closes.
   const cut = isPtthError(err) ? err : undefined;
-  const why = err instanceof InvalidMessageError ? err.message : cut?.code === 'PTTH_ERR_BODY_TOO_LARGE' ? 'it is too large' : 'it could not be read';
-  for (const d of ds) d.fail(cut?.code === 'PTTH_ERR_QUEUE_FULL' ? cut : new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's reply was not a valid HTTP response: ${why}.`));
+  const why =
+    err instanceof InvalidMessageError
+      ? err.message
+      : cut?.code === 'PTTH_ERR_BODY_TOO_LARGE'
+        ? 'it is too large'
+        : 'it could not be read';
+  for (const d of ds)
+    d.fail(
+      cut?.code === 'PTTH_ERR_QUEUE_FULL'
+        ? cut
+        : new PtthError('PTTH_ERR_BAD_RESPONSE', `The app's reply was not a valid HTTP response: ${why}.`),
+    );
   if (req.socket.destroyed) return;
-  sendError(res, cut ?? new PtthError('PTTH_ERR_INVALID_REPLY', `The reply is not a valid HTTP response message: ${why}.`), req.headers.accept, cut !== undefined);
+  sendError(
+    res,
+    cut ?? new PtthError('PTTH_ERR_INVALID_REPLY', `The reply is not a valid HTTP response message: ${why}.`),
+    req.headers.accept,
+    cut !== undefined,
+  );
 }

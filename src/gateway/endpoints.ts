@@ -40,7 +40,9 @@ function cors(req: IncomingMessage, res: ServerResponse): void {
 
 /** Comet, the browser library and the relay endpoint: the paths any origin may read. */
 function browserPath(path: string): boolean {
-  return path === SERVICE_PATH || path.startsWith(`${SERVICE_PATH}/`) || path === '/ptth.js' || path.startsWith(RELAY_PREFIX);
+  return (
+    path === SERVICE_PATH || path.startsWith(`${SERVICE_PATH}/`) || path === '/ptth.js' || path.startsWith(RELAY_PREFIX)
+  );
 }
 
 /** A DELETE of a private URL, or its preflight: the browser library's release on close(). */
@@ -110,7 +112,13 @@ export const HEALTH_PATHS = ['/healthz', '/readyz', '/metrics'] as const;
  * accepting, so a load balancer stops sending it new work) and `/metrics` (Prometheus text format). Returns false
  * for any other path (or /metrics when `metrics` is undefined), leaving the request untouched.
  */
-export function handleHealth(req: IncomingMessage, res: ServerResponse, path: string, ready: boolean, metrics: MetricsText | undefined): boolean {
+export function handleHealth(
+  req: IncomingMessage,
+  res: ServerResponse,
+  path: string,
+  ready: boolean,
+  metrics: MetricsText | undefined,
+): boolean {
   if (path !== '/healthz' && path !== '/readyz' && (path !== '/metrics' || !metrics)) return false;
   req.resume();
   if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -120,7 +128,11 @@ export function handleHealth(req: IncomingMessage, res: ServerResponse, path: st
   if (path === '/metrics' && metrics) {
     metrics.text().then(
       (body) => {
-        res.writeHead(200, { 'Content-Type': metrics.contentType, 'Cache-Control': 'no-store', 'Content-Length': Buffer.byteLength(body) });
+        res.writeHead(200, {
+          'Content-Type': metrics.contentType,
+          'Cache-Control': 'no-store',
+          'Content-Length': Buffer.byteLength(body),
+        });
         res.end(req.method === 'HEAD' ? undefined : body);
       },
       (err: unknown) => {
@@ -133,7 +145,11 @@ export function handleHealth(req: IncomingMessage, res: ServerResponse, path: st
   }
   const ok = path === '/healthz' || ready;
   const body = ok ? 'ok\n' : 'shutting down\n';
-  res.writeHead(ok ? 200 : 503, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store', 'Content-Length': body.length });
+  res.writeHead(ok ? 200 : 503, {
+    'Content-Type': 'text/plain; charset=utf-8',
+    'Cache-Control': 'no-store',
+    'Content-Length': body.length,
+  });
   res.end(req.method === 'HEAD' ? undefined : body);
   return true;
 }
@@ -148,7 +164,11 @@ export function createAdminServer(gateway: HealthSource): Server {
     const path = targetPath(req.url);
     if (handleHealth(req, res, path, gateway.ready, gateway.metrics)) return;
     req.resume();
-    sendError(res, new PtthError('PTTH_ERR_NO_ENDPOINT', 'The admin port serves /metrics, /healthz and /readyz only.'), req.headers.accept);
+    sendError(
+      res,
+      new PtthError('PTTH_ERR_NO_ENDPOINT', 'The admin port serves /metrics, /healthz and /readyz only.'),
+      req.headers.accept,
+    );
   });
   // Scrapers keep connections alive; these must not hold a closing process open.
   server.keepAliveTimeout = 5_000;
@@ -157,7 +177,12 @@ export function createAdminServer(gateway: HealthSource): Server {
   return server;
 }
 
-export function handleEndpoint(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage, res: ServerResponse): void {
+export function handleEndpoint(
+  ctx: GatewayContext,
+  info: GatewayInfo,
+  req: IncomingMessage,
+  res: ServerResponse,
+): void {
   const path = targetPath(req.url);
   const corsAllowed = gatewayHeaders(req, res, path);
   // Preflights only where CORS applies; elsewhere OPTIONS is a method the endpoint refuses (405).
@@ -186,7 +211,11 @@ export function handleEndpoint(ctx: GatewayContext, info: GatewayInfo, req: Inco
     const reg = ctx.table.byPrivateId(events ? id.slice(0, -EVENTS_SUFFIX.length) : id);
     if (!reg) {
       req.resume();
-      sendError(res, new PtthError('PTTH_ERR_NOT_FOUND', 'No registration has this private URL (it may have been released).'), req.headers.accept);
+      sendError(
+        res,
+        new PtthError('PTTH_ERR_NOT_FOUND', 'No registration has this private URL (it may have been released).'),
+        req.headers.accept,
+      );
       return;
     }
     if (events) followEvents(ctx, reg, req, res);
@@ -235,7 +264,12 @@ function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage
   // JSON by Accept, or by ?format=json for a link a person can click.
   if (wantsJson(req.headers.accept) || /[?&]format=json(&|$)/.test(req.url ?? '')) {
     const body = JSON.stringify({
-      gateway: { version: info.version, domain: ctx.settings.domain, urls: ctx.settings.urls, uptime: Math.round((Date.now() - info.startedAt) / 1000) },
+      gateway: {
+        version: info.version,
+        domain: ctx.settings.domain,
+        urls: ctx.settings.urls,
+        uptime: Math.round((Date.now() - info.startedAt) / 1000),
+      },
       count: all.length,
       // Absent (not empty) when this client may not see the list: the count is still there.
       ...(listed ? { registrations: regs } : {}),
@@ -284,7 +318,11 @@ function privateUrl(ctx: GatewayContext, reg: Registration, req: IncomingMessage
           requests: String(reg.requests),
         }).toString();
       }
-      res.writeHead(200, { 'Content-Type': type, 'Cache-Control': 'no-store', Link: `<${String(state['url'])}>; rel="related"` });
+      res.writeHead(200, {
+        'Content-Type': type,
+        'Cache-Control': 'no-store',
+        Link: `<${String(state['url'])}>; rel="related"`,
+      });
       res.end(req.method === 'HEAD' ? undefined : body);
       return;
     }
@@ -304,7 +342,8 @@ function privateUrl(ctx: GatewayContext, reg: Registration, req: IncomingMessage
           res.writeHead(204, { Link: `<${publicUrlFor(ctx.settings, req, reg.name)}>; rel="related"` });
           res.end();
         },
-        (err: unknown) => sendError(res, isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'), req.headers.accept, true),
+        (err: unknown) =>
+          sendError(res, isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'), req.headers.accept, true),
       );
       return;
     case 'DELETE':
@@ -323,6 +362,8 @@ async function readForm(req: IncomingMessage, limit: number, timeout: number): P
   try {
     return formParams(req, await readBody(req, limit, 'The request body is too large.', timeout));
   } catch (err) {
-    throw isPtthError(err) && err.code === 'PTTH_ERR_BODY_TOO_LARGE' ? new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE', 'The request body is too large.') : err;
+    throw isPtthError(err) && err.code === 'PTTH_ERR_BODY_TOO_LARGE'
+      ? new PtthError('PTTH_ERR_CLAIM_BODY_TOO_LARGE', 'The request body is too large.')
+      : err;
   }
 }

@@ -26,7 +26,6 @@ export interface RequestEvent {
   error: string | undefined;
 }
 
-
 /** What the endpoint reports of each relay, for the access log and metrics. */
 export interface RelayEvent {
   readonly keyId: string | undefined;

@@ -79,8 +79,7 @@ function keep(into: Buffer[], have: number, chunk: unknown, encoding: unknown): 
   let buf: Buffer;
   if (typeof chunk === 'string') {
     buf = Buffer.from(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8');
-  }
-  else if (chunk instanceof Uint8Array) buf = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  } else if (chunk instanceof Uint8Array) buf = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
   else return 0;
   const part = buf.subarray(0, CAPTURE_BYTES - have);
   // A copy: the chunk's memory may be reused once it is written.

@@ -17,7 +17,13 @@ import type { RequestEvent } from './eventmap.js';
  * registration, which picks a channel or queues. The response streams back inside the channel.
  * `via`: the path named the app (docs/PROTOCOL.md section 1).
  */
-export function forwardRequest(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, name: string, via?: PathPrefix): void {
+export function forwardRequest(
+  ctx: GatewayContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+  name: string,
+  via?: PathPrefix,
+): void {
   const reg = ctx.table.lookup(name);
   // Someone follows a name: one read of a module variable per request while nobody does.
   const topic = reg !== undefined && followed() ? topicOf(ctx, reg) : undefined;
@@ -36,7 +42,11 @@ export function forwardRequest(ctx: GatewayContext, req: IncomingMessage, res: S
   }
   const url = req.url;
   const headers = appHeaders(ctx, req, req.socket, via, undefined);
-  reg.dispatch(observed ? new ObservedExchange(ctx, name, req, res, headers, topic, url) : new VisitorExchange(ctx, name, req, res, headers));
+  reg.dispatch(
+    observed
+      ? new ObservedExchange(ctx, name, req, res, headers, topic, url)
+      : new VisitorExchange(ctx, name, req, res, headers),
+  );
 }
 
 /**
@@ -46,7 +56,13 @@ export function forwardRequest(ctx: GatewayContext, req: IncomingMessage, res: S
  * `X-Forwarded-Prefix`, the convention Express, Spring and Traefik follow; a visitor's own
  * `X-Forwarded-Prefix` is dropped whenever path URLs are on, since there the gateway asserts it.
  */
-function appHeaders(ctx: GatewayContext, req: IncomingMessage, socket: Socket, via: PathPrefix | undefined, upgrade: string | undefined): string[] {
+function appHeaders(
+  ctx: GatewayContext,
+  req: IncomingMessage,
+  socket: Socket,
+  via: PathPrefix | undefined,
+  upgrade: string | undefined,
+): string[] {
   let headers = forwardRequestHeaders(req.rawHeaders, {
     clientAddress: clientAddress(socket.remoteAddress),
     clientPort: socket.remotePort ?? 0,
@@ -89,7 +105,13 @@ function redirectToSlash(req: IncomingMessage, res: ServerResponse, prefix: stri
  * A visitor request the gateway refuses before routing it (a rate limit, a header flood): answered
  * with `err` and `Connection: close`, and reported in `request` events and metrics like any other.
  */
-export function refuseVisitor(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, name: string, err: PtthError): void {
+export function refuseVisitor(
+  ctx: GatewayContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+  name: string,
+  err: PtthError,
+): void {
   req.resume();
   const reg = followed() ? ctx.table.lookup(name) : undefined;
   const topic = reg === undefined ? undefined : topicOf(ctx, reg);
@@ -156,7 +178,8 @@ function checkHead(
   upgrade: boolean,
 ): ResponseHead | PtthError {
   const head = checkResponseHead(status, reason, headers, ctx.settings.cookieDomains, upgrade);
-  if (!(head instanceof PtthError) && head.cookiesDropped > 0) ctx.emit('cookie-dropped', { name, count: head.cookiesDropped });
+  if (!(head instanceof PtthError) && head.cookiesDropped > 0)
+    ctx.emit('cookie-dropped', { name, count: head.cookiesDropped });
   return head;
 }
 
@@ -173,7 +196,8 @@ interface Counted {
 }
 
 function byteLength(chunk: unknown, encoding?: unknown): number {
-  if (typeof chunk === 'string') return Buffer.byteLength(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8');
+  if (typeof chunk === 'string')
+    return Buffer.byteLength(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8');
   return chunk instanceof Uint8Array ? chunk.byteLength : 0;
 }
 
@@ -286,11 +310,22 @@ class ObservedExchange extends VisitorExchange {
 }
 
 /** Visitors' upgrade requests (WebSocket and others): spliced to the app after its 101. `via`: the path named the app. */
-export function forwardUpgrade(ctx: GatewayContext, req: IncomingMessage, socket: Socket, head: Buffer, name: string, via?: PathPrefix): void {
+export function forwardUpgrade(
+  ctx: GatewayContext,
+  req: IncomingMessage,
+  socket: Socket,
+  head: Buffer,
+  name: string,
+  via?: PathPrefix,
+): void {
   socket.on('error', noop);
   const reg = ctx.table.lookup(name);
   if (!reg) {
-    writeRawError(socket, new PtthError('PTTH_ERR_NOT_FOUND', `No app is registered under the name "${name}".`), req.headers.accept);
+    writeRawError(
+      socket,
+      new PtthError('PTTH_ERR_NOT_FOUND', `No app is registered under the name "${name}".`),
+      req.headers.accept,
+    );
     return;
   }
   if (req.httpVersionMajor !== 1 || req.httpVersionMinor < 1) {

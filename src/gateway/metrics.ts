@@ -9,7 +9,9 @@ const TRANSPORTS: readonly Transport[] = ['http1', 'http2', 'websocket', 'comet'
  * Latency from a visitor's request reaching the gateway to the end of the response, in seconds:
  * from a cached answer on the same machine to a long download or an app near its response timeout.
  */
-export const DURATION_BUCKETS: readonly number[] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+export const DURATION_BUCKETS: readonly number[] = [
+  0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+];
 
 /**
  * Process metrics (CPU, memory, event loop lag, GC, handles) describe the process, not a gateway,
@@ -138,7 +140,8 @@ function requestFigures(source: GatewayEventSource, registers: Registry[]): void
     collect() {
       this.reset();
       // Every class is shown from the first scrape (at 0), so rates work from the start.
-      for (let i = 0; i < CLASSES.length; i++) this.inc({ status_class: CLASSES[i] as string }, perRequest.classes[i] as number);
+      for (let i = 0; i < CLASSES.length; i++)
+        this.inc({ status_class: CLASSES[i] as string }, perRequest.classes[i] as number);
     },
   });
   const duration = new Histogram({

@@ -30,8 +30,10 @@ export class RateLimiter {
   #exempt: ((address: string) => boolean) | undefined;
 
   constructor(spec: RateSpec, maxAddresses = 100_000) {
-    if (!(spec.rate > 0) || !Number.isFinite(spec.rate)) throw new TypeError(`rate must be a number > 0, got ${String(spec.rate)}`);
-    if (!(spec.burst >= 1) || !Number.isFinite(spec.burst)) throw new TypeError(`burst must be a number >= 1, got ${String(spec.burst)}`);
+    if (!(spec.rate > 0) || !Number.isFinite(spec.rate))
+      throw new TypeError(`rate must be a number > 0, got ${String(spec.rate)}`);
+    if (!(spec.burst >= 1) || !Number.isFinite(spec.burst))
+      throw new TypeError(`burst must be a number >= 1, got ${String(spec.burst)}`);
     this.#rate = spec.rate;
     this.#burst = spec.burst;
     this.#max = maxAddresses;
@@ -145,9 +147,13 @@ export function parseRate(text: string): RateSpec | undefined {
   const t = text.trim().toLowerCase();
   if (t === '0' || t === 'off') return undefined;
   const m = /^(\d+(?:\.\d+)?)\s*\/\s*(s|sec|second|m|min|minute|h|hour)(?::(\d+))?$/.exec(t);
-  if (!m) throw new TypeError(`expected a rate like 60/m, 10/s or 1000/h (optionally :BURST), or 0 for no limit; got ${JSON.stringify(text)}`);
+  if (!m)
+    throw new TypeError(
+      `expected a rate like 60/m, 10/s or 1000/h (optionally :BURST), or 0 for no limit; got ${JSON.stringify(text)}`,
+    );
   const n = Number(m[1]);
-  if (!(n > 0)) throw new TypeError(`a rate must be more than 0 (use 0 or off for no limit), got ${JSON.stringify(text)}`);
+  if (!(n > 0))
+    throw new TypeError(`a rate must be more than 0 (use 0 or off for no limit), got ${JSON.stringify(text)}`);
   const unit = m[2] as string;
   const per = unit.startsWith('s') ? 1 : unit.startsWith('m') ? 60 : 3600;
   const burst = m[3] === undefined ? Math.max(1, n) : Number(m[3]);

@@ -19,7 +19,12 @@ export interface RefuseOptions {
   readonly drain?: boolean;
 }
 
-export function refuse(req: IncomingMessage, to: ServerResponse | Socket, err: PtthError, options: RefuseOptions = {}): void {
+export function refuse(
+  req: IncomingMessage,
+  to: ServerResponse | Socket,
+  err: PtthError,
+  options: RefuseOptions = {},
+): void {
   if (to instanceof ServerResponse) {
     if (options.drain !== false) req.resume();
     // A response already begun (a claim whose connection was taken over) has nothing more to say.
@@ -44,7 +49,11 @@ export function refuseClaim(
   name: string | undefined,
   options?: RefuseOptions,
 ): void {
-  ctx.emit('refuse', { code: err.code, status: err.status, remote: req.socket.remoteAddress, name } satisfies RefuseEvent);
+  ctx.emit('refuse', {
+    code: err.code,
+    status: err.status,
+    remote: req.socket.remoteAddress,
+    name,
+  } satisfies RefuseEvent);
   refuse(req, to, err, options);
 }
-

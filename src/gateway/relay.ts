@@ -45,7 +45,11 @@ export interface RelayOptions {
 }
 
 /** The settings of an enabled relay endpoint from the library's options (undefined: off). */
-export function relaySettingsFrom(o: RelayOptions, maxHeaderSize: number, bodyTimeout: number): RelaySettings | undefined {
+export function relaySettingsFrom(
+  o: RelayOptions,
+  maxHeaderSize: number,
+  bodyTimeout: number,
+): RelaySettings | undefined {
   if (!boolOption('relay', o.relay)) return undefined;
   return {
     maxRequestBytes: numberOption('relayMaxRequest', o.relayMaxRequest),
@@ -134,16 +138,28 @@ export class RelayEndpoint {
       held = this.#hold(key.id);
       const { settings } = this.#deps;
       reading = true;
-      const body = await readBody(req, settings.maxRequestBytes, ERR_TOO_LARGE, settings.bodyTimeout).catch((err: PtthError) => {
-        throw err.code === 'PTTH_ERR_BODY_TOO_LARGE' ? new PtthError('PTTH_ERR_RELAY_REQUEST_TOO_LARGE') : err;
-      });
+      const body = await readBody(req, settings.maxRequestBytes, ERR_TOO_LARGE, settings.bodyTimeout).catch(
+        (err: PtthError) => {
+          throw err.code === 'PTTH_ERR_BODY_TOO_LARGE' ? new PtthError('PTTH_ERR_RELAY_REQUEST_TOO_LARGE') : err;
+        },
+      );
       event.bytesIn = body.length;
       const request = await parseRelayRequest(body, settings.maxHeaderSize);
       event.method = request.method;
       event.path = targetPath(request.path);
-      const response = await relayRequest(target, request, key.patterns, settings, this.#deps.resolve ?? systemResolver);
+      const response = await relayRequest(
+        target,
+        request,
+        key.patterns,
+        settings,
+        this.#deps.resolve ?? systemResolver,
+      );
       const bytes = serializeRelayResponse(response);
-      res.writeHead(200, { 'Content-Type': 'message/http', 'Content-Length': bytes.length, 'Cache-Control': 'no-store' });
+      res.writeHead(200, {
+        'Content-Type': 'message/http',
+        'Content-Length': bytes.length,
+        'Cache-Control': 'no-store',
+      });
       res.end(bytes);
       finish(response.status, undefined, bytes.length);
     } catch (err) {
@@ -168,7 +184,10 @@ export class RelayEndpoint {
   #hold(keyId: string): string {
     const n = this.#inflight.get(keyId) ?? 0;
     if (n >= this.#deps.settings.maxPerKey) {
-      throw new PtthError('PTTH_ERR_RELAY_BUSY', `The access key "${keyId}" already has ${n} relays in flight, the most it may.`);
+      throw new PtthError(
+        'PTTH_ERR_RELAY_BUSY',
+        `The access key "${keyId}" already has ${n} relays in flight, the most it may.`,
+      );
     }
     this.#inflight.set(keyId, n + 1);
     return keyId;

@@ -10,7 +10,15 @@ import { classify, hostProblem, originForm, type Route, type UrlMode } from './c
 import { admit, type Admission, type Arrival, type Buckets } from './admission.js';
 import { claimantName, refuse, refuseClaim } from './refuse.js';
 import type { GatewayContext, GatewaySettings } from './context.js';
-import { boolOption, domainOption, numberOption, OPTIONS, OptionError, publicUrlOption, SHUTDOWN_GRACE_DEFAULT } from '../options.js';
+import {
+  boolOption,
+  domainOption,
+  numberOption,
+  OPTIONS,
+  OptionError,
+  publicUrlOption,
+  SHUTDOWN_GRACE_DEFAULT,
+} from '../options.js';
 import { gatewayHeaders, handleEndpoint, type GatewayInfo } from './endpoints.js';
 import { BrowserEndpoints, type BrowserOptions } from './browser.js';
 import { RelayEndpoint, relaySettingsFrom, type RelayOptions } from './relay.js';
@@ -145,7 +153,11 @@ export interface GatewayOptions extends BrowserOptions, RelayOptions {
   metricsOnGateway?: boolean;
 }
 
-function rateFrom(name: string, value: RateSpec | string | false | undefined, fallback: string): RateLimiter | undefined {
+function rateFrom(
+  name: string,
+  value: RateSpec | string | false | undefined,
+  fallback: string,
+): RateLimiter | undefined {
   if (value === false) return undefined;
   let spec: RateSpec | undefined;
   try {
@@ -160,7 +172,8 @@ function rateFrom(name: string, value: RateSpec | string | false | undefined, fa
 function urlsOption(value: string | undefined): UrlMode {
   const choices: readonly string[] = OPTIONS.urls.choices;
   const mode = value ?? OPTIONS.urls.default;
-  if (!choices.includes(mode)) throw new OptionError('urls', `urls must be one of ${choices.join(', ')}, got ${JSON.stringify(value)}`);
+  if (!choices.includes(mode))
+    throw new OptionError('urls', `urls must be one of ${choices.join(', ')}, got ${JSON.stringify(value)}`);
   return mode as UrlMode;
 }
 
@@ -185,7 +198,9 @@ function settingsFrom(o: GatewayOptions): GatewaySettings {
     pingInterval: numberOption('pingInterval', o.pingInterval),
     pingTimeout: numberOption('pingTimeout', o.pingTimeout),
     maxStreams: numberOption('maxStreams', o.maxStreams),
-    cookieDomains: boolOption('cookieGuard', o.cookieGuard) ? [...new Set([domain, ...(publicUrl ? [publicUrl.hostname] : [])])] : undefined,
+    cookieDomains: boolOption('cookieGuard', o.cookieGuard)
+      ? [...new Set([domain, ...(publicUrl ? [publicUrl.hostname] : [])])]
+      : undefined,
   };
 }
 
@@ -269,7 +284,11 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     this.browser = new BrowserEndpoints(this.#ctx, options);
     const relay = relaySettingsFrom(options, numberOption('maxHeaderSize', options.maxHeaderSize), s.claimTimeout);
     this.relay = relay
-      ? new RelayEndpoint({ settings: relay, lookup: (key) => this.access.relayKey(key), report: (e) => emit('relay', e) })
+      ? new RelayEndpoint({
+          settings: relay,
+          lookup: (key) => this.access.relayKey(key),
+          report: (e) => emit('relay', e),
+        })
       : undefined;
     (this as EventEmitter).on('newListener', (event: string | symbol) => {
       if (event === 'request') observed.requests = true;
@@ -350,7 +369,14 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     // The gateway is no forward proxy: a CONNECT gets a status that says so, not a silent close.
     this.server.on('connect', (req: IncomingMessage, socket: Socket) => {
       socket.setTimeout(0);
-      refuse(req, socket, new PtthError('PTTH_ERR_METHOD_NOT_ALLOWED', 'CONNECT is not forwarded: ptth-proxy is a gateway for named apps, not a forward proxy.'));
+      refuse(
+        req,
+        socket,
+        new PtthError(
+          'PTTH_ERR_METHOD_NOT_ALLOWED',
+          'CONNECT is not forwarded: ptth-proxy is a gateway for named apps, not a forward proxy.',
+        ),
+      );
     });
   }
 
@@ -389,9 +415,20 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   }
 
   /** A refused claim is logged and counted by reason, whichever check refused it. */
-  #refuse(req: IncomingMessage, to: ServerResponse | Socket, route: Route, refused: Admission & { admitted: false }): void {
+  #refuse(
+    req: IncomingMessage,
+    to: ServerResponse | Socket,
+    route: Route,
+    refused: Admission & { admitted: false },
+  ): void {
     if (!refused.claim) return refuse(req, to, refused.error);
-    refuseClaim(this.#ctx, req, to, refused.error, claimantName(req, route.kind === 'claim' ? route.hostName : undefined));
+    refuseClaim(
+      this.#ctx,
+      req,
+      to,
+      refused.error,
+      claimantName(req, route.kind === 'claim' ? route.hostName : undefined),
+    );
   }
 
   /**
@@ -461,7 +498,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       return;
     }
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-    const reason = status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request';
+    const reason =
+      status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request';
     const body = `${status} ${reason}: the request could not be parsed (${err.code ?? 'error'}).\n`;
     socket.end(
       `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n` +
@@ -558,7 +596,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
  * open ones keep theirs. Throws, keeping the old pair, when the PEM does not load.
  */
 export function reloadTls(server: Server | HttpsServer, tls: TlsOptions): void {
-  if (!('setSecureContext' in server)) throw new TypeError('this gateway was started without TLS; restart it with a certificate to serve HTTPS');
+  if (!('setSecureContext' in server))
+    throw new TypeError('this gateway was started without TLS; restart it with a certificate to serve HTTPS');
   server.setSecureContext(tlsContext(tls));
 }
 

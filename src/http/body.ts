@@ -127,7 +127,13 @@ export class BodyPrefix {
  * the bytes count against it while they are read (503 past it), as visitors' bodies do; a body
  * read whole stays counted, and the caller gives its length back once the bytes are gone.
  */
-export function readBody(req: IncomingMessage, limit: number, message: string, timeout?: number, budget?: BufferBudget): Promise<Buffer> {
+export function readBody(
+  req: IncomingMessage,
+  limit: number,
+  message: string,
+  timeout?: number,
+  budget?: BufferBudget,
+): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     if (declaresMoreThan(req, limit)) {
       req.resume();

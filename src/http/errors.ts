@@ -107,9 +107,13 @@ export const ERRORS = {
   PTTH_ERR_TOO_MANY_HEADERS: { status: 431, message: 'The request has more header fields than this gateway accepts.' },
   PTTH_ERR_UPGRADE_BODY: {
     status: 400,
-    message: 'An upgrade request cannot carry a body through this gateway (send it after the switch, or without Upgrade).',
+    message:
+      'An upgrade request cannot carry a body through this gateway (send it after the switch, or without Upgrade).',
   },
-  PTTH_ERR_NOT_WEBSOCKET: { status: 400, message: 'A WebSocket channel needs a valid WebSocket handshake (RFC 6455 section 4.1).' },
+  PTTH_ERR_NOT_WEBSOCKET: {
+    status: 400,
+    message: 'A WebSocket channel needs a valid WebSocket handshake (RFC 6455 section 4.1).',
+  },
   // Never sent to a peer: the code of the TypeError createGateway() throws for a bad option (src/options.ts).
   PTTH_ERR_BAD_OPTION: { status: 500, message: 'An option of the gateway has a value it cannot use.' },
   PTTH_ERR_RELAY_KEY_REQUIRED: {
@@ -123,8 +127,14 @@ export const ERRORS = {
     status: 415,
     message: 'The relay endpoint takes one request as message/http; application/http pipelines are not served.',
   },
-  PTTH_ERR_RELAY_REQUEST_TOO_LARGE: { status: 413, message: 'The relayed request is larger than this gateway relays (--relay-max-request).' },
-  PTTH_ERR_RELAY_TOO_LARGE: { status: 502, message: "The target's response is larger than this gateway relays (--relay-max-response)." },
+  PTTH_ERR_RELAY_REQUEST_TOO_LARGE: {
+    status: 413,
+    message: 'The relayed request is larger than this gateway relays (--relay-max-request).',
+  },
+  PTTH_ERR_RELAY_TOO_LARGE: {
+    status: 502,
+    message: "The target's response is larger than this gateway relays (--relay-max-response).",
+  },
   PTTH_ERR_RELAY_UNREACHABLE: { status: 502, message: 'The relay target could not be reached.' },
   PTTH_ERR_RELAY_TIMEOUT: { status: 504, message: 'The relay target did not answer in time.' },
   PTTH_ERR_RELAY_BUSY: { status: 429, message: 'This access key already has as many relays in flight as it may.' },

@@ -24,7 +24,12 @@ export function connectionOptions(raw: readonly unknown[]): Set<string> | undefi
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i];
     const value = raw[i + 1];
-    if (typeof name === 'string' && name.length === 10 && typeof value === 'string' && name.toLowerCase() === 'connection') {
+    if (
+      typeof name === 'string' &&
+      name.length === 10 &&
+      typeof value === 'string' &&
+      name.toLowerCase() === 'connection'
+    ) {
       for (const token of value.split(',')) {
         const t = token.trim().toLowerCase();
         if (!t || t === 'close' || t === 'keep-alive' || t === 'upgrade') continue;

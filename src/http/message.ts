@@ -70,7 +70,13 @@ export function parseResponse(bytes: Buffer, method: string): Promise<ParsedResp
         callback();
       },
     });
-    const req = request({ createConnection: () => conn, method, path: '/', setHost: false, headers: { connection: 'close' } });
+    const req = request({
+      createConnection: () => conn,
+      method,
+      path: '/',
+      setHost: false,
+      headers: { connection: 'close' },
+    });
     req.on('response', (res: IncomingMessage) => {
       const chunks: Buffer[] = [];
       let size = 0;
@@ -102,7 +108,12 @@ export function parseResponse(bytes: Buffer, method: string): Promise<ParsedResp
           // A body llhttp handed over in one piece is a view of `bytes`: no copy of a large reply.
           const body = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, size);
           chunks.length = 0;
-          resolve({ status: res.statusCode ?? 0, statusMessage: res.statusMessage ?? '', rawHeaders: res.rawHeaders, body });
+          resolve({
+            status: res.statusCode ?? 0,
+            statusMessage: res.statusMessage ?? '',
+            rawHeaders: res.rawHeaders,
+            body,
+          });
         });
       });
     });
@@ -114,8 +125,10 @@ export function parseResponse(bytes: Buffer, method: string): Promise<ParsedResp
 
 /** Why llhttp (or the connection under it) gave up on a reply, in words for the app's 400. */
 function parseFailure(err: NodeJS.ErrnoException): string {
-  if (typeof err.code === 'string' && err.code.startsWith('HPE_')) return `${err.code}: ${err.message.replace(/^Parse Error: /, '')}`;
-  if (err.code === 'ECONNRESET') return 'no complete response (it ended before its head, or had only interim 1xx responses)';
+  if (typeof err.code === 'string' && err.code.startsWith('HPE_'))
+    return `${err.code}: ${err.message.replace(/^Parse Error: /, '')}`;
+  if (err.code === 'ECONNRESET')
+    return 'no complete response (it ended before its head, or had only interim 1xx responses)';
   return err.message;
 }
 
@@ -188,14 +201,24 @@ export function parseResponses(bytes: Buffer, methods: readonly string[]): Parse
   parser[HTTPParser.kOnHeaders] = (headers: string[]): void => {
     pending = pending.concat(headers);
   };
-  parser[HTTPParser.kOnHeadersComplete] = (major: number, _minor: number, headers: string[] | undefined, _m: unknown, _u: unknown, status: number, statusMessage: string, upgrade: boolean): number => {
+  parser[HTTPParser.kOnHeadersComplete] = (
+    major: number,
+    _minor: number,
+    headers: string[] | undefined,
+    _m: unknown,
+    _u: unknown,
+    status: number,
+    statusMessage: string,
+    upgrade: boolean,
+  ): number => {
     const rawHeaders = headers ?? pending;
     pending = [];
     if (failure === undefined) {
       if (upgrade || status === 101) failure = 'a 101 cannot be relayed over this transport';
       else if (major !== 1) failure = `HTTP/${major} is not HTTP/1.x`;
       else if (status < 100 || status > 599) failure = `${status} is not an HTTP status code (RFC 9110 section 15)`;
-      else if (status >= 200 && responses.length >= methods.length) failure = `more responses than the ${methods.length} requests delivered`;
+      else if (status >= 200 && responses.length >= methods.length)
+        failure = `more responses than the ${methods.length} requests delivered`;
     }
     head = { status, statusMessage, rawHeaders };
     chunks = [];
@@ -206,7 +229,8 @@ export function parseResponses(bytes: Buffer, methods: readonly string[]): Parse
     if (failure === undefined) chunks.push(chunk);
   };
   parser[HTTPParser.kOnMessageComplete] = (): void => {
-    if (head && head.status >= 200 && failure === undefined) responses.push({ ...head, body: chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks) });
+    if (head && head.status >= 200 && failure === undefined)
+      responses.push({ ...head, body: chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks) });
     head = undefined;
     chunks = [];
   };

@@ -33,7 +33,8 @@ const HOST_NAME = /^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z
  * what is wrong; the keys-file validator adds where it was.
  */
 export function parseRelayPattern(text: string): RelayPattern {
-  if (typeof text !== 'string' || text.length === 0) throw new Error('a relay pattern is a non-empty "host[:port]" string');
+  if (typeof text !== 'string' || text.length === 0)
+    throw new Error('a relay pattern is a non-empty "host[:port]" string');
   let host: string;
   let portText: string | undefined;
   if (text.startsWith('[')) {

@@ -29,7 +29,8 @@ export interface RelayLimits {
 /** All addresses a host name resolves to (tests give one that answers what they need). */
 export type Resolver = (host: string) => Promise<string[]>;
 
-export const systemResolver: Resolver = async (host) => (await lookup(host, { all: true, verbatim: true })).map((a) => a.address);
+export const systemResolver: Resolver = async (host) =>
+  (await lookup(host, { all: true, verbatim: true })).map((a) => a.address);
 
 export interface RelayTarget {
   /** Host as written, lower case; an IPv6 address without brackets. */
@@ -80,7 +81,9 @@ export function parseRelayRequest(bytes: Buffer, maxHeaderSize: number): Promise
       if (settled) return;
       settled = true;
       conn.destroy();
-      reject(new PtthError('PTTH_ERR_RELAY_BAD_MESSAGE', `The relayed request is not one valid HTTP/1.1 request: ${why}.`));
+      reject(
+        new PtthError('PTTH_ERR_RELAY_BAD_MESSAGE', `The relayed request is not one valid HTTP/1.1 request: ${why}.`),
+      );
     };
     let fed = false;
     const conn = new Duplex({
@@ -96,13 +99,16 @@ export function parseRelayRequest(bytes: Buffer, maxHeaderSize: number): Promise
       },
     });
     const server = new Server({ maxHeaderSize, requestTimeout: 0, headersTimeout: 0, keepAliveTimeout: 0 });
-    server.on('clientError', (err: NodeJS.ErrnoException) => bad(err.code?.startsWith('HPE_') ? `${err.code}` : err.message));
+    server.on('clientError', (err: NodeJS.ErrnoException) =>
+      bad(err.code?.startsWith('HPE_') ? `${err.code}` : err.message),
+    );
     server.on('upgrade', () => bad('an upgrade cannot be relayed'));
     server.on('connect', () => bad('CONNECT cannot be relayed'));
     server.on('request', (req: IncomingMessage) => {
       if (++seen > 1) return bad('more than one request (send one per envelope)');
       const url = req.url ?? '/';
-      if (!url.startsWith('/')) return bad('the request target must be a path (origin-form); the host is in the relay URL');
+      if (!url.startsWith('/'))
+        return bad('the request target must be a path (origin-form); the host is in the relay URL');
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
@@ -153,7 +159,10 @@ export async function relayRequest(
   resolve: Resolver = systemResolver,
 ): Promise<RelayResponse> {
   if (!matchTarget(patterns, target.host, target.port)) {
-    throw new PtthError('PTTH_ERR_RELAY_FORBIDDEN', `${targetAuthority(target)} is not in this key's relay allow-list.`);
+    throw new PtthError(
+      'PTTH_ERR_RELAY_FORBIDDEN',
+      `${targetAuthority(target)} is not in this key's relay allow-list.`,
+    );
   }
   const origin = `${target.tls ? 'https' : 'http'}://${targetAuthority(target)}`;
   const client = new Client(origin, {
@@ -178,7 +187,13 @@ export async function relayRequest(
   }
 }
 
-async function send(client: Client, request: RelayRequest, headers: string[], limits: RelayLimits, signal: AbortSignal): Promise<RelayResponse> {
+async function send(
+  client: Client,
+  request: RelayRequest,
+  headers: string[],
+  limits: RelayLimits,
+  signal: AbortSignal,
+): Promise<RelayResponse> {
   let res: Awaited<ReturnType<Client['request']>>;
   const bodyless = request.body.length === 0 && !['POST', 'PUT', 'PATCH'].includes(request.method);
   try {
@@ -235,7 +250,10 @@ function outboundError(err: unknown): PtthError {
       return new PtthError('PTTH_ERR_RELAY_TOO_LARGE');
     default:
       if (e.name === 'TimeoutError' || e.name === 'AbortError') return new PtthError('PTTH_ERR_RELAY_TIMEOUT');
-      return new PtthError('PTTH_ERR_RELAY_UNREACHABLE', `The relay target could not be reached (${e.code ?? e.message}).`);
+      return new PtthError(
+        'PTTH_ERR_RELAY_UNREACHABLE',
+        `The relay target could not be reached (${e.code ?? e.message}).`,
+      );
   }
 }
 
@@ -244,14 +262,22 @@ function outboundError(err: unknown): PtthError {
  * here, at connect time, and connected to by address: nothing resolves the name a second time
  * between the check and the connection (DNS rebinding).
  */
-async function openChecked(target: RelayTarget, patterns: readonly RelayPattern[], timeout: number, resolve: Resolver): Promise<Socket> {
+async function openChecked(
+  target: RelayTarget,
+  patterns: readonly RelayPattern[],
+  timeout: number,
+  resolve: Resolver,
+): Promise<Socket> {
   const started = Date.now();
   let addresses: string[];
   try {
     addresses = isIP(target.host) ? [target.host] : await withTimeout(resolve(target.host), timeout);
   } catch (err) {
     if (err instanceof PtthError) throw err;
-    throw new PtthError('PTTH_ERR_RELAY_UNREACHABLE', `${target.host} does not resolve (${(err as NodeJS.ErrnoException).code ?? 'no address'}).`);
+    throw new PtthError(
+      'PTTH_ERR_RELAY_UNREACHABLE',
+      `${target.host} does not resolve (${(err as NodeJS.ErrnoException).code ?? 'no address'}).`,
+    );
   }
   const allowed = addresses.find((a) => addressAllowed(patterns, a, target.port));
   if (allowed === undefined) {
@@ -264,7 +290,12 @@ async function openChecked(target: RelayTarget, patterns: readonly RelayPattern[
   const left = Math.max(1, timeout - (Date.now() - started));
   return new Promise((ok, fail) => {
     const socket = target.tls
-      ? tlsConnect({ host: allowed, port: target.port, servername: isIP(target.host) ? '' : target.host, ALPNProtocols: ['http/1.1'] })
+      ? tlsConnect({
+          host: allowed,
+          port: target.port,
+          servername: isIP(target.host) ? '' : target.host,
+          ALPNProtocols: ['http/1.1'],
+        })
       : netConnect({ host: allowed, port: target.port });
     const timer = setTimeout(() => socket.destroy(new PtthError('PTTH_ERR_RELAY_TIMEOUT')), left);
     socket.once(target.tls ? 'secureConnect' : 'connect', () => {
@@ -274,7 +305,14 @@ async function openChecked(target: RelayTarget, patterns: readonly RelayPattern[
     });
     const onError = (err: Error): void => {
       clearTimeout(timer);
-      fail(err instanceof PtthError ? err : new PtthError('PTTH_ERR_RELAY_UNREACHABLE', `${targetAuthority(target)}: ${(err as NodeJS.ErrnoException).code ?? err.message}.`));
+      fail(
+        err instanceof PtthError
+          ? err
+          : new PtthError(
+              'PTTH_ERR_RELAY_UNREACHABLE',
+              `${targetAuthority(target)}: ${(err as NodeJS.ErrnoException).code ?? err.message}.`,
+            ),
+      );
     };
     socket.once('error', onError);
   });

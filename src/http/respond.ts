@@ -87,7 +87,9 @@ export function sendError(res: ServerResponse, err: PtthError, accept: string | 
  * event of every request, a bodyless GET's included: llhttp reports the head before the end.)
  */
 function unreadBody(req: IncomingMessage): boolean {
-  return !req.complete && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
+  return (
+    !req.complete && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined)
+  );
 }
 
 /** How long a connection closing under an unfinished upload keeps reading before it is cut. */

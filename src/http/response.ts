@@ -53,7 +53,11 @@ export function checkResponseHead(
   cookieDomains: readonly string[] | undefined,
   upgrade = false,
 ): ResponseHead | PtthError {
-  if (typeof status !== 'number' || !Number.isInteger(status) || ((status < 200 || status > 599) && !(upgrade && status === 101))) {
+  if (
+    typeof status !== 'number' ||
+    !Number.isInteger(status) ||
+    ((status < 200 || status > 599) && !(upgrade && status === 101))
+  ) {
     return bad(`status ${shortForm(status)} is not a final HTTP status (200 to 599)`);
   }
   if (reason !== undefined && typeof reason !== 'string') return bad('the reason phrase is not text');
@@ -117,7 +121,10 @@ export function dropsCookie(setCookie: string, domain: string): boolean {
   for (const part of setCookie.split(';').slice(1)) {
     const eq = part.indexOf('=');
     if (eq === -1 || part.slice(0, eq).trim().toLowerCase() !== 'domain') continue;
-    let d = part.slice(eq + 1).trim().toLowerCase();
+    let d = part
+      .slice(eq + 1)
+      .trim()
+      .toLowerCase();
     if (d.startsWith('.')) d = d.slice(1);
     if (d.endsWith('.')) d = d.slice(0, -1);
     // An empty Domain attribute is ignored (RFC 6265 section 5.2.3). Browsers use the last one;

@@ -112,7 +112,14 @@ export function generateKey(): { key: string; sha256: string } {
  * A new key and its entry for the access file (`ptth-proxy key`). `names` defaults to `["*"]`, the
  * id to `key-` and 8 random hex digits. Throws AccessConfigError for a bad id, pattern or limit.
  */
-export function createKeyEntry(options: { id?: string | undefined; names?: readonly string[] | undefined; maxNames?: number | undefined; maxChannels?: number | undefined } = {}): {
+export function createKeyEntry(
+  options: {
+    id?: string | undefined;
+    names?: readonly string[] | undefined;
+    maxNames?: number | undefined;
+    maxChannels?: number | undefined;
+  } = {},
+): {
   key: string;
   entry: AccessKey;
 } {
@@ -175,7 +182,9 @@ function limit(entry: Record<string, unknown>, field: string, where: string): nu
   const v = entry[field];
   if (v === undefined) return undefined;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) {
-    throw new AccessConfigError(`${where}: ${field} must be a whole number >= 1 (leave it out for no limit), got ${quoted(v)}`);
+    throw new AccessConfigError(
+      `${where}: ${field} must be a whole number >= 1 (leave it out for no limit), got ${quoted(v)}`,
+    );
   }
   return v;
 }
@@ -186,7 +195,8 @@ const TOP_FIELDS = new Set(['keys', 'reserved']);
 /** A key's `relay` array: `host[:port]` patterns (src/http/relay-policy.ts). */
 function relayPatterns(value: unknown, where: string): RelayPattern[] {
   if (value === undefined) return [];
-  if (!Array.isArray(value)) throw new AccessConfigError(`${where}: relay must be an array of "host[:port]" patterns, got ${quoted(value)}`);
+  if (!Array.isArray(value))
+    throw new AccessConfigError(`${where}: relay must be an array of "host[:port]" patterns, got ${quoted(value)}`);
   return value.map((p: unknown, j: number) => {
     try {
       return parseRelayPattern(p as string);
@@ -210,15 +220,19 @@ export function validateAccessConfig(value: unknown, source = 'access config'): 
 }
 
 function compile(value: unknown, source: string): Compiled {
-  if (!isObject(value)) throw new AccessConfigError(`${source}: must be a JSON object with "keys" and/or "reserved", got ${quoted(value)}`);
+  if (!isObject(value))
+    throw new AccessConfigError(`${source}: must be a JSON object with "keys" and/or "reserved", got ${quoted(value)}`);
   for (const k of Object.keys(value)) {
-    if (!TOP_FIELDS.has(k)) throw new AccessConfigError(`${source}: unknown field ${quoted(k)} (expected "keys" and/or "reserved")`);
+    if (!TOP_FIELDS.has(k))
+      throw new AccessConfigError(`${source}: unknown field ${quoted(k)} (expected "keys" and/or "reserved")`);
   }
   const reservedRaw = value['reserved'];
   if (reservedRaw !== undefined && !Array.isArray(reservedRaw)) {
     throw new AccessConfigError(`${source}: "reserved" must be an array of names, got ${quoted(reservedRaw)}`);
   }
-  const reserved = (reservedRaw ?? []).map((r: unknown, i: number) => compilePattern(r, `${source}: reserved[${i}]`, false));
+  const reserved = (reservedRaw ?? []).map((r: unknown, i: number) =>
+    compilePattern(r, `${source}: reserved[${i}]`, false),
+  );
 
   const keysRaw = value['keys'];
   if (keysRaw !== undefined && !Array.isArray(keysRaw)) {
@@ -232,15 +246,20 @@ function compile(value: unknown, source: string): Compiled {
     (keysRaw as unknown[]).forEach((entry, i) => {
       const named = isObject(entry) && typeof entry['id'] === 'string' ? ` (id ${quoted(entry['id'])})` : '';
       const where = `${source}: keys[${i}]${named}`;
-      if (!isObject(entry)) throw new AccessConfigError(`${where}: a key entry must be an object, got ${quoted(entry)}`);
+      if (!isObject(entry))
+        throw new AccessConfigError(`${where}: a key entry must be an object, got ${quoted(entry)}`);
       for (const k of Object.keys(entry)) {
         if (!KEY_FIELDS.has(k)) {
-          throw new AccessConfigError(`${where}: unknown field ${quoted(k)} (expected id, sha256, names, maxNames, maxChannels, relay)`);
+          throw new AccessConfigError(
+            `${where}: unknown field ${quoted(k)} (expected id, sha256, names, maxNames, maxChannels, relay)`,
+          );
         }
       }
       const id = entry['id'];
       if (typeof id !== 'string' || !KEY_ID.test(id)) {
-        throw new AccessConfigError(`${where}: id must be 1 to 64 letters, digits or . _ @ - (starting with a letter or digit), got ${quoted(id)}`);
+        throw new AccessConfigError(
+          `${where}: id must be 1 to 64 letters, digits or . _ @ - (starting with a letter or digit), got ${quoted(id)}`,
+        );
       }
       if (byId.has(id)) throw new AccessConfigError(`${where}: the id ${quoted(id)} is used by another key too`);
       const hash = entry['sha256'];
@@ -253,7 +272,9 @@ function compile(value: unknown, source: string): Compiled {
       if (keys?.has(sha256)) throw new AccessConfigError(`${where}: the same key (sha256) is listed twice`);
       const names = entry['names'];
       if (!Array.isArray(names) || names.length === 0) {
-        throw new AccessConfigError(`${where}: names must be a non-empty array of patterns ("*", "team-*", "alice"), got ${quoted(names)}`);
+        throw new AccessConfigError(
+          `${where}: names must be a non-empty array of patterns ("*", "team-*", "alice"), got ${quoted(names)}`,
+        );
       }
       const patterns = names.map((p: unknown, j: number) => compilePattern(p, `${where}: names[${j}]`, true));
       const compiled: CompiledKey = {
@@ -309,7 +330,9 @@ export async function readAccessFile(path: string): Promise<AccessConfig> {
  * otherwise `PTTH_KEYS` from `env` (the same JSON inline), otherwise undefined (open gateway).
  * Throws AccessConfigError with a message that names the file or variable and the bad entry.
  */
-export async function loadAccessConfig(options: { file?: string | undefined; env?: NodeJS.ProcessEnv | undefined } = {}): Promise<AccessConfig | undefined> {
+export async function loadAccessConfig(
+  options: { file?: string | undefined; env?: NodeJS.ProcessEnv | undefined } = {},
+): Promise<AccessConfig | undefined> {
   if (options.file !== undefined) return readAccessFile(options.file);
   const inline = options.env?.['PTTH_KEYS'];
   if (inline !== undefined && inline.trim() !== '') return parseAccessConfig(inline, 'PTTH_KEYS');
@@ -372,13 +395,19 @@ export class AccessControl {
       if (!k) throw new PtthError('PTTH_ERR_KEY_INVALID');
     }
     if (name !== undefined && this.reserved(name)) {
-      throw new PtthError('PTTH_ERR_NAME_RESERVED', `The name "${name}" is reserved by this gateway and cannot be claimed.`);
+      throw new PtthError(
+        'PTTH_ERR_NAME_RESERVED',
+        `The name "${name}" is reserved by this gateway and cannot be claimed.`,
+      );
     }
     if (!k) return { keyId: undefined, maxNames: undefined, maxChannels: undefined, pickName: this.#picker('') };
     const grant = { keyId: k.id, maxNames: k.maxNames, maxChannels: k.maxChannels };
     if (name !== undefined) {
       if (!matches(k.patterns, name)) {
-        throw new PtthError('PTTH_ERR_KEY_FORBIDDEN', `The access key "${k.id}" may not claim "${name}": it may claim ${list(k.patterns)}.`);
+        throw new PtthError(
+          'PTTH_ERR_KEY_FORBIDDEN',
+          `The access key "${k.id}" may not claim "${name}": it may claim ${list(k.patterns)}.`,
+        );
       }
       return { ...grant, pickName: undefined };
     }
@@ -399,12 +428,23 @@ export class AccessControl {
    * that join a registration without a claim of their own: a Comet poll after its channel idled out.
    */
   recheck(keyId: string | undefined, name: string): void {
-    if (this.reserved(name)) throw new PtthError('PTTH_ERR_NAME_RESERVED', `The name "${name}" is reserved by this gateway and cannot be claimed.`);
+    if (this.reserved(name))
+      throw new PtthError(
+        'PTTH_ERR_NAME_RESERVED',
+        `The name "${name}" is reserved by this gateway and cannot be claimed.`,
+      );
     if (this.#compiled.keys === undefined) return;
     const k = keyId === undefined ? undefined : this.#compiled.byId.get(keyId);
-    if (!k) throw new PtthError('PTTH_ERR_KEY_INVALID', `The access key the name "${name}" was claimed with is no longer accepted: register again with a valid key.`);
+    if (!k)
+      throw new PtthError(
+        'PTTH_ERR_KEY_INVALID',
+        `The access key the name "${name}" was claimed with is no longer accepted: register again with a valid key.`,
+      );
     if (!matches(k.patterns, name)) {
-      throw new PtthError('PTTH_ERR_KEY_FORBIDDEN', `The access key "${k.id}" may no longer hold "${name}": it may claim ${list(k.patterns)}.`);
+      throw new PtthError(
+        'PTTH_ERR_KEY_FORBIDDEN',
+        `The access key "${k.id}" may no longer hold "${name}": it may claim ${list(k.patterns)}.`,
+      );
     }
   }
 
@@ -421,7 +461,10 @@ export class AccessControl {
         const name = prefix + randomName().slice(0, Math.min(12, 63 - prefix.length));
         if (!this.reserved(name)) return name;
       }
-      throw new PtthError('PTTH_ERR_NAME_RESERVED', `Every random name${prefix === '' ? '' : ` under "${prefix}"`} is reserved by this gateway: name one in the claim.`);
+      throw new PtthError(
+        'PTTH_ERR_NAME_RESERVED',
+        `Every random name${prefix === '' ? '' : ` under "${prefix}"`} is reserved by this gateway: name one in the claim.`,
+      );
     };
   }
 
@@ -438,7 +481,13 @@ export class AccessControl {
   ): Promise<{ registration: Registration; created: boolean; lease: ClaimLease }> {
     const grant = this.authorize(key, params.name);
     const channels = maxPerName === undefined ? undefined : { perName: maxPerName, perKey: grant.maxChannels };
-    const decision = await table.decide({ ...params, keyId: grant.keyId, maxNames: grant.maxNames, pickName: grant.pickName, channels });
+    const decision = await table.decide({
+      ...params,
+      keyId: grant.keyId,
+      maxNames: grant.maxNames,
+      pickName: grant.pickName,
+      channels,
+    });
     if (!decision.ok) throw decision.refusal;
     return decision;
   }

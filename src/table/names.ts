@@ -15,7 +15,8 @@ export function normalizeName(raw: string): string {
   }
   return name;
 }
-const ERR_NAME = 'a name must be one DNS label, 1 to 63 letters, digits or hyphens, not starting or ending with a hyphen.';
+const ERR_NAME =
+  'a name must be one DNS label, 1 to 63 letters, digits or hyphens, not starting or ending with a hyphen.';
 
 /**
  * The name a claim asks for, for log lines about it (refusals included): the query's (or form's)
@@ -45,7 +46,10 @@ export function validateToken(raw: string): string {
 /** Parses a lease in whole seconds and clamps it to `max`. */
 export function parseLease(raw: string, max: number): number {
   if (!/^\d{1,10}$/.test(raw)) {
-    throw new PtthError('PTTH_ERR_BAD_LEASE', `${JSON.stringify(raw.slice(0, 40))} is not a valid lease: it must be a whole number of seconds, 0 or more.`);
+    throw new PtthError(
+      'PTTH_ERR_BAD_LEASE',
+      `${JSON.stringify(raw.slice(0, 40))} is not a valid lease: it must be a whole number of seconds, 0 or more.`,
+    );
   }
   return Math.min(Number(raw), max);
 }

@@ -1,5 +1,5 @@
 import type { Channel, Exchange, UpgradeExchange } from '../channels/channel.js';
-import { PtthError, } from '../http/errors.js';
+import { PtthError } from '../http/errors.js';
 import { randomSecret, secretsEqual, type ClaimParams } from './names.js';
 
 /**
@@ -302,7 +302,8 @@ export class Registration {
     if (this.#released) return;
     this.#released = true;
     this.#disarmExpiry();
-    for (const p of this.#queue.splice(0)) this.#giveUp(p, new PtthError('PTTH_ERR_NOT_FOUND', 'The registration was released.'));
+    for (const p of this.#queue.splice(0))
+      this.#giveUp(p, new PtthError('PTTH_ERR_NOT_FOUND', 'The registration was released.'));
     for (const ch of [...this.channels]) ch.close();
   }
 }

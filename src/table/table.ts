@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { Channel, } from '../channels/channel.js';
+import type { Channel } from '../channels/channel.js';
 import { PtthError, isPtthError } from '../http/errors.js';
 import { lookupKey, randomName, randomSecret, type ClaimParams } from './names.js';
 
@@ -139,7 +139,8 @@ export class MemoryTable extends EventEmitter<TableEvents> implements RouteTable
       // A short prefix-picked suffix could in theory run out of free names: give up rather than spin.
       let tries = 0;
       do {
-        if (++tries > 1000) throw new PtthError('PTTH_ERR_BAD_NAME', 'No free random name could be found: name one in the claim.');
+        if (++tries > 1000)
+          throw new PtthError('PTTH_ERR_BAD_NAME', 'No free random name could be found: name one in the claim.');
         name = pick();
       } while (this.#byName.has(name));
     }
@@ -185,16 +186,27 @@ export class MemoryTable extends EventEmitter<TableEvents> implements RouteTable
    * gateway's per-name limit, then the key's, counting `reg`'s channels under `keyId` when the claim
    * moves it there.
    */
-  #room(name: string, reg: Registration | undefined, keyId: string | undefined, limits: ChannelLimits): PtthError | undefined {
+  #room(
+    name: string,
+    reg: Registration | undefined,
+    keyId: string | undefined,
+    limits: ChannelLimits,
+  ): PtthError | undefined {
     const count = reg?.channels.length ?? 0;
     if (count >= limits.perName) {
-      return new PtthError('PTTH_ERR_TOO_MANY_CHANNELS', `The name "${name}" already has ${count} channels, the most this gateway allows.`);
+      return new PtthError(
+        'PTTH_ERR_TOO_MANY_CHANNELS',
+        `The name "${name}" already has ${count} channels, the most this gateway allows.`,
+      );
     }
     const max = limits.perKey;
     if (max === undefined || keyId === undefined) return undefined;
     const held = this.heldBy(keyId).channels + (reg !== undefined && reg.keyId !== keyId ? count : 0);
     if (held >= max) {
-      return new PtthError('PTTH_ERR_KEY_CHANNELS', `The access key "${keyId}" already holds ${held} channels, the most it may (maxChannels ${max}).`);
+      return new PtthError(
+        'PTTH_ERR_KEY_CHANNELS',
+        `The access key "${keyId}" already holds ${held} channels, the most it may (maxChannels ${max}).`,
+      );
     }
     return undefined;
   }
@@ -204,7 +216,10 @@ export class MemoryTable extends EventEmitter<TableEvents> implements RouteTable
     if (params.keyId === undefined || params.maxNames === undefined) return;
     const held = this.#byKey.get(params.keyId)?.size ?? 0;
     if (held >= params.maxNames) {
-      throw new PtthError('PTTH_ERR_KEY_NAMES', `The access key "${params.keyId}" already holds ${held} names, the most it may (maxNames ${params.maxNames}).`);
+      throw new PtthError(
+        'PTTH_ERR_KEY_NAMES',
+        `The access key "${params.keyId}" already holds ${held} names, the most it may (maxNames ${params.maxNames}).`,
+      );
     }
   }
 

@@ -17,7 +17,10 @@ import * as http from 'node:http';
 import WebSocket from 'ws';
 
 const BODY = Buffer.from('hello world');
-const REPLY = Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${BODY.length}\r\n\r\n`), BODY]);
+const REPLY = Buffer.concat([
+  Buffer.from(`HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${BODY.length}\r\n\r\n`),
+  BODY,
+]);
 
 const [mode, gateway, name, count] = process.argv.slice(2);
 process.on('SIGTERM', () => process.exit(0));
@@ -32,12 +35,25 @@ const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
 function send(url, method, body, accept) {
   return new Promise((resolve, reject) => {
     const u = new URL(url);
-    const req = http.request({ host: u.hostname === 'localhost' ? '127.0.0.1' : u.hostname, port: u.port, path: u.pathname + u.search, method, agent, headers: { host: u.host } });
+    const req = http.request({
+      host: u.hostname === 'localhost' ? '127.0.0.1' : u.hostname,
+      port: u.port,
+      path: u.pathname + u.search,
+      method,
+      agent,
+      headers: { host: u.host },
+    });
     req.on('response', (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
       res.on('end', () =>
-        resolve({ status: res.statusCode, links: res.headers.link ?? '', type: res.headers['content-type'], clients: res.headers['requesting-client'] ?? '', body: Buffer.concat(chunks) }),
+        resolve({
+          status: res.statusCode,
+          links: res.headers.link ?? '',
+          type: res.headers['content-type'],
+          clients: res.headers['requesting-client'] ?? '',
+          body: Buffer.concat(chunks),
+        }),
       );
     });
     req.on('error', reject);
@@ -93,7 +109,15 @@ function ws(channels) {
       if (msg.t === 'hello') {
         if (++ready === channels) process.stdout.write(`READY ${channels}\n`);
       } else if (msg.t === 'request') {
-        sock.send(JSON.stringify({ t: 'response', id: msg.id, status: 200, headers: ['Content-Type', 'text/plain', 'Content-Length', String(BODY.length)], body: true }));
+        sock.send(
+          JSON.stringify({
+            t: 'response',
+            id: msg.id,
+            status: 200,
+            headers: ['Content-Type', 'text/plain', 'Content-Length', String(BODY.length)],
+            body: true,
+          }),
+        );
         sock.send(frame(msg.id, true, BODY));
       }
     });
@@ -106,14 +130,11 @@ async function native(connections, h1) {
   const { listen } = await import('../../dist/index.js');
   const options = { gateway, name, connections };
   if (h1) options.http1 = true;
-  const tunnel = listen(
-    (req, res) => {
-      req.resume();
-      res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': BODY.length });
-      res.end(BODY);
-    },
-    options,
-  );
+  const tunnel = listen((req, res) => {
+    req.resume();
+    res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': BODY.length });
+    res.end(BODY);
+  }, options);
   tunnel.once('online', () => process.stdout.write(`READY ${tunnel.protocol ?? 'h1'}\n`));
   tunnel.on('error', (err) => fail(`tunnel error: ${err.message}`));
 }

@@ -31,7 +31,14 @@ interface CannonResult {
   mismatches: number;
 }
 type Cannon = (
-  opts: { url: string; connections: number; pipelining: number; duration: number; headers: Record<string, string>; expectBody: string },
+  opts: {
+    url: string;
+    connections: number;
+    pipelining: number;
+    duration: number;
+    headers: Record<string, string>;
+    expectBody: string;
+  },
   cb: (err: Error | null, result: CannonResult) => void,
 ) => EventEmitter;
 const autocannon = createRequire(import.meta.url)('autocannon') as Cannon;
@@ -44,7 +51,15 @@ const WS_CHANNELS = Number(process.env['BENCH_WS_CHANNELS'] ?? 1);
 const NATIVE_CHANNELS = 50;
 const BODY = 'hello world';
 const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+];
 
 const log = (line: string): void => void process.stderr.write(`${line}\n`);
 const out = (line: string): void => void process.stdout.write(`${line}\n`);
@@ -78,16 +93,33 @@ interface Row {
 }
 
 function percentile(sorted: Float64Array, p: number): number {
-  return sorted.length === 0 ? NaN : (sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] as number);
+  return sorted.length === 0
+    ? NaN
+    : (sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] as number);
 }
 
-function fire(port: number, host: string, concurrency: number, seconds: number): Promise<{ result: CannonResult; latencies: Float64Array; wallS: number }> {
+function fire(
+  port: number,
+  host: string,
+  concurrency: number,
+  seconds: number,
+): Promise<{ result: CannonResult; latencies: Float64Array; wallS: number }> {
   return new Promise((resolve, reject) => {
     const latencies: number[] = [];
     const t0 = performance.now();
     const instance = autocannon(
-      { url: `http://127.0.0.1:${port}/`, connections: concurrency, pipelining: 1, duration: seconds, headers: { host }, expectBody: BODY },
-      (err, result) => (err ? reject(err) : resolve({ result, latencies: Float64Array.from(latencies).sort(), wallS: (performance.now() - t0) / 1000 })),
+      {
+        url: `http://127.0.0.1:${port}/`,
+        connections: concurrency,
+        pipelining: 1,
+        duration: seconds,
+        headers: { host },
+        expectBody: BODY,
+      },
+      (err, result) =>
+        err
+          ? reject(err)
+          : resolve({ result, latencies: Float64Array.from(latencies).sort(), wallS: (performance.now() - t0) / 1000 }),
     );
     instance.on('response', (_c: unknown, status: number, _b: number, ms: number) => {
       if (status >= 200 && status < 300) latencies.push(ms);
@@ -106,19 +138,37 @@ async function measure(label: string, port: number, host: string, concurrency: n
     p99: percentile(latencies, 99),
     problems: result.errors + result.timeouts + result.non2xx + result.mismatches,
   };
-  log(`bench: ${label} c=${concurrency}: ${row.rps.toFixed(0)} req/s, p50 ${row.p50.toFixed(2)} ms, p99 ${row.p99.toFixed(2)} ms, problems ${row.problems}`);
+  log(
+    `bench: ${label} c=${concurrency}: ${row.rps.toFixed(0)} req/s, p50 ${row.p50.toFixed(2)} ms, p99 ${row.p99.toFixed(2)} ms, problems ${row.problems}`,
+  );
   return row;
 }
 
 async function main(): Promise<number> {
-  const gw = await start('gateway', ['bin/ptth-proxy.js', 'serve', '--host', '127.0.0.1', '--port', '0', '--quiet'], /listening on 127\.0\.0\.1:(\d+)/);
+  const gw = await start(
+    'gateway',
+    ['bin/ptth-proxy.js', 'serve', '--host', '127.0.0.1', '--port', '0', '--quiet'],
+    /listening on 127\.0\.0\.1:(\d+)/,
+  );
   const port = Number(gw[1]);
   const gateway = `http://127.0.0.1:${port}`;
   await Promise.all([
-    start('native app', ['test/bench/browser.mjs', 'native', gateway, 'bench-native', String(NATIVE_CHANNELS)], /^READY /),
-    start('native http1 app', ['test/bench/browser.mjs', 'native', gateway, 'bench-native-h1', String(NATIVE_CHANNELS), 'h1'], /^READY /),
+    start(
+      'native app',
+      ['test/bench/browser.mjs', 'native', gateway, 'bench-native', String(NATIVE_CHANNELS)],
+      /^READY /,
+    ),
+    start(
+      'native http1 app',
+      ['test/bench/browser.mjs', 'native', gateway, 'bench-native-h1', String(NATIVE_CHANNELS), 'h1'],
+      /^READY /,
+    ),
     start('comet app', ['test/bench/browser.mjs', 'comet', gateway, 'bench-comet', String(POLLERS)], /^READY /),
-    start('pipelined comet app', ['test/bench/browser.mjs', 'comet-pipe', gateway, 'bench-comet-pipe', String(POLLERS)], /^READY /),
+    start(
+      'pipelined comet app',
+      ['test/bench/browser.mjs', 'comet-pipe', gateway, 'bench-comet-pipe', String(POLLERS)],
+      /^READY /,
+    ),
     start('websocket app', ['test/bench/browser.mjs', 'ws', gateway, 'bench-ws', String(WS_CHANNELS)], /^READY /),
   ]);
   let browser: Browser | undefined;
@@ -136,8 +186,13 @@ async function main(): Promise<number> {
       await page.goto(`${gateway}/ptth.js`);
       await page.evaluate(
         async ([g, n, t, p, body]) => {
-          const lib = (await import(`${g}/ptth.js`)) as { serve: (o: object, h: () => Response) => { url: Promise<string> } };
-          await lib.serve({ gateway: g, name: n, transport: t, pollers: 4, pipeline: p }, () => new Response(body, { headers: { 'content-type': 'text/plain' } })).url;
+          const lib = (await import(`${g}/ptth.js`)) as {
+            serve: (o: object, h: () => Response) => { url: Promise<string> };
+          };
+          await lib.serve(
+            { gateway: g, name: n, transport: t, pollers: 4, pipeline: p },
+            () => new Response(body, { headers: { 'content-type': 'text/plain' } }),
+          ).url;
         },
         [gateway, name, transport, pipeline, BODY] as const,
       );
@@ -155,9 +210,17 @@ async function main(): Promise<number> {
     ];
     // At 500 visitors at once: the baseline and the Comet rows, with and without pipelining. (Not
     // native http1: 500 visitors on its 50 connections overflow the name's --queue-limit, 503s.)
-    const at500 = new Set(['native (listen())', 'comet (Node)', 'comet pipelined (Node)', 'chromium comet', 'chromium comet pipelined']);
+    const at500 = new Set([
+      'native (listen())',
+      'comet (Node)',
+      'comet pipelined (Node)',
+      'chromium comet',
+      'chromium comet pipelined',
+    ]);
     const rows: Row[] = [];
-    for (const c of [50, 1, 500]) for (const [label, name] of targets) if (c !== 500 || at500.has(label)) rows.push(await measure(label, ...at(name), c));
+    for (const c of [50, 1, 500])
+      for (const [label, name] of targets)
+        if (c !== 500 || at500.has(label)) rows.push(await measure(label, ...at(name), c));
     report(rows);
     return rows.some((r) => r.problems > 0) ? 1 : 0;
   } finally {
@@ -173,7 +236,9 @@ function report(rows: Row[]): void {
       `Node WebSocket app: ${WS_CHANNELS} channel(s); Chromium: /ptth.js (Comet with 4 pollers); pipelined: Accept: application/http (up to 32 requests per poll)`,
   );
   out('');
-  out('| row | concurrency | req/s | p50 ms | p99 ms | req/s vs native | p50 vs native | req/s vs native http1 | problems |');
+  out(
+    '| row | concurrency | req/s | p50 ms | p99 ms | req/s vs native | p50 vs native | req/s vs native http1 | problems |',
+  );
   out('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
   const ratio = (a: number, b: number | undefined): string => (b ? `${(a / b).toFixed(2)}x` : 'n/a');
   for (const r of rows) {

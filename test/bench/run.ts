@@ -136,7 +136,12 @@ const KEEP_OUT = 4096;
 const KEEP_ERR = 200;
 
 /** Starts `node ...args` in ROOT and resolves with the first stdout line matching `ready`; stdout is drained from then on. */
-function start(label: string, group: Group, args: string[], ready: RegExp): Promise<{ proc: Proc; match: RegExpMatchArray }> {
+function start(
+  label: string,
+  group: Group,
+  args: string[],
+  ready: RegExp,
+): Promise<{ proc: Proc; match: RegExpMatchArray }> {
   const child = spawn(NODE, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   const proc: Proc = { label, group, child, pid: child.pid ?? 0, outTail: '', stderr: [], exited: false };
   procs.push(proc);
@@ -185,13 +190,17 @@ function start(label: string, group: Group, args: string[], ready: RegExp): Prom
     child.on('exit', (code, signal) => {
       proc.exited = true;
       fail(new Error(`${label} exited (${signal ?? `code ${String(code)}`}) before it was ready`));
-      if (!stopping) log(`bench: ${label} (pid ${proc.pid}) exited during the run (${signal ?? `code ${String(code)}`})`);
+      if (!stopping)
+        log(`bench: ${label} (pid ${proc.pid}) exited during the run (${signal ?? `code ${String(code)}`})`);
     });
   });
 }
 
 function tail(proc: Proc): string {
-  const outLines = proc.outTail.split('\n').filter((l) => l !== '').slice(-5);
+  const outLines = proc.outTail
+    .split('\n')
+    .filter((l) => l !== '')
+    .slice(-5);
   const lines = [...outLines.map((l) => `  out| ${l}`), ...proc.stderr.slice(-10).map((l) => `  err| ${l}`)];
   return lines.length ? `\n${lines.join('\n')}` : '';
 }
@@ -355,7 +364,8 @@ async function waitChannels(gatewayPort: number, name: string, want?: number): P
       seen = now;
       stableSince = Date.now();
     }
-    if (want !== undefined ? channels.length >= want : channels.length > 0 && Date.now() - stableSince >= 500) return seen;
+    if (want !== undefined ? channels.length >= want : channels.length > 0 && Date.now() - stableSince >= 500)
+      return seen;
     await new Promise((res) => setTimeout(res, 50));
   }
   const wanted = want !== undefined ? ` (wanted ${want})` : '';
@@ -365,14 +375,25 @@ async function waitChannels(gatewayPort: number, name: string, want?: number): P
 async function expectHello(label: string, port: number, host?: string): Promise<void> {
   const r = await get(port, host);
   if (r.status !== 200 || r.body !== BODY) {
-    throw new Error(`${label}: expected 200 ${JSON.stringify(BODY)}, got ${r.status} ${JSON.stringify(r.body.slice(0, 200))}`);
+    throw new Error(
+      `${label}: expected 200 ${JSON.stringify(BODY)}, got ${r.status} ${JSON.stringify(r.body.slice(0, 200))}`,
+    );
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Load
 
-type TargetId = 'direct' | 'ref-node' | 'ref-undici' | 'listen' | 'listen-q' | 'listen-h1' | 'listen-h1-q' | 'connect' | 'connect-h2';
+type TargetId =
+  | 'direct'
+  | 'ref-node'
+  | 'ref-undici'
+  | 'listen'
+  | 'listen-q'
+  | 'listen-h1'
+  | 'listen-h1-q'
+  | 'connect'
+  | 'connect-h2';
 
 interface Target {
   id: TargetId;
@@ -462,7 +483,16 @@ function parseWrk(text: string, loadCpuMs: number): Fired {
 function fireWrk(target: Target, concurrency: number, seconds: number): Promise<Fired> {
   const host = target.host ?? `127.0.0.1:${target.port}`;
   // wrk takes whole seconds only.
-  const args = ['-t1', `-c${concurrency}`, `-d${Math.max(1, Math.round(seconds))}s`, '--latency', '--timeout', WRK_TIMEOUT, '-s', CHECK_LUA];
+  const args = [
+    '-t1',
+    `-c${concurrency}`,
+    `-d${Math.max(1, Math.round(seconds))}s`,
+    '--latency',
+    '--timeout',
+    WRK_TIMEOUT,
+    '-s',
+    CHECK_LUA,
+  ];
   args.push('-H', `Host: ${host}`, `http://127.0.0.1:${target.port}/`, '--', BODY);
   return new Promise((resolve, reject) => {
     const before = childrenCpuMs();
@@ -477,7 +507,8 @@ function fireWrk(target: Target, concurrency: number, seconds: number): Promise<
     // 'close' comes after 'exit', so node has reaped wrk and its CPU time is in our children's.
     child.once('close', (code, signal) => {
       loadChild = undefined;
-      if (code !== 0) return reject(new Error(`wrk ${args.join(' ')} exited (${signal ?? `code ${String(code)}`}):\n${text}`));
+      if (code !== 0)
+        return reject(new Error(`wrk ${args.join(' ')} exited (${signal ?? `code ${String(code)}`}):\n${text}`));
       try {
         resolve(parseWrk(text, childrenCpuMs() - before));
       } catch (err) {
@@ -617,7 +648,8 @@ function ms(value: number): string {
   return Number.isFinite(value) ? value.toFixed(2) : 'n/a';
 }
 
-const int = (v: number | undefined): string => (v !== undefined && Number.isFinite(v) ? Math.round(v).toLocaleString('en-US') : '-');
+const int = (v: number | undefined): string =>
+  v !== undefined && Number.isFinite(v) ? Math.round(v).toLocaleString('en-US') : '-';
 const pct = (a: number | undefined, b: number | undefined): string =>
   a !== undefined && b !== undefined && b > 0 && Number.isFinite(a) ? `${((100 * a) / b).toFixed(1)} %` : '-';
 const mb = (kib: number | undefined): string => (kib === undefined ? 'n/a' : `${(kib / 1024).toFixed(1)} MB`);
@@ -627,10 +659,14 @@ function find(rows: Row[], id: TargetId, concurrency: number): Row | undefined {
   return rows.find((r) => r.target.id === id && r.concurrency === concurrency);
 }
 
-function reportRows(rows: Row[], rss: { before: number | undefined; peak: number; after: number | undefined }, notes: string[]): void {
+function reportRows(
+  rows: Row[],
+  rss: { before: number | undefined; peak: number; after: number | undefined },
+  notes: string[],
+): void {
   out('');
   out(
-    `ptth-proxy benchmark: node ${nodeVersion()}${NODE === process.execPath ? "" : " (BENCH_NODE)"}, ${availableParallelism()} cores, load by ${WRK ? 'wrk -t1' : 'autocannon'}, ` +
+    `ptth-proxy benchmark: node ${nodeVersion()}${NODE === process.execPath ? '' : ' (BENCH_NODE)'}, ${availableParallelism()} cores, load by ${WRK ? 'wrk -t1' : 'autocannon'}, ` +
       `${DURATION} s per row after a ${WARMUP} s warm-up, pipelining 1, GET / -> ${BODY.length}-byte body`,
   );
   for (const note of notes) out(note);
@@ -657,7 +693,9 @@ function reportRows(rows: Row[], rss: { before: number | undefined; peak: number
     out(l);
   if (rows.some((r) => r.remeasured)) {
     out('');
-    out(`* measured again: other programs used over ${NOISE} % of a core during the first measurement; the quieter of the two is shown.`);
+    out(
+      `* measured again: other programs used over ${NOISE} % of a core during the first measurement; the quieter of the two is shown.`,
+    );
   }
 
   out('');
@@ -670,7 +708,12 @@ function reportRows(rows: Row[], rss: { before: number | undefined; peak: number
   const cpuRows = rows.map((r) => {
     const cells = columns.map((c) => (r.us[c] === undefined ? '-' : int(r.us[c])));
     const hop = columns.filter((c) => c !== 'load').reduce((a, c) => a + (r.us[c] ?? 0), 0);
-    return [`${rowName(r)} c=${r.concurrency}`, ...cells, int(hop), Number.isFinite(r.other) ? `${r.other.toFixed(0)} %` : '-'];
+    return [
+      `${rowName(r)} c=${r.concurrency}`,
+      ...cells,
+      int(hop),
+      Number.isFinite(r.other) ? `${r.other.toFixed(0)} %` : '-',
+    ];
   });
   const heads = [...columns.map((c) => (c === 'load' ? LOADGEN : c)), 'row total', 'other'];
   for (const l of table(['row', ...heads], cpuRows, [false, ...heads.map(() => true)])) out(l);
@@ -683,7 +726,9 @@ function reportRows(rows: Row[], rss: { before: number | undefined; peak: number
     );
   }
   out('');
-  out(`Gateway RSS: ${mb(rss.before)} before the load, ${mb(rss.peak || undefined)} peak during it, ${mb(rss.after)} after it.`);
+  out(
+    `Gateway RSS: ${mb(rss.before)} before the load, ${mb(rss.peak || undefined)} peak during it, ${mb(rss.after)} after it.`,
+  );
 }
 
 interface Extra {
@@ -726,7 +771,9 @@ async function streamingAndScale(): Promise<Extra> {
   try {
     extra.connectStream = await runConnectStream(256 * 2 ** 20);
     out('');
-    out(`Streaming through \`ptth-proxy connect\` (256 MiB each way, ${extra.connectStream.tool}; connect and the gateway with their defaults)`);
+    out(
+      `Streaming through \`ptth-proxy connect\` (256 MiB each way, ${extra.connectStream.tool}; connect and the gateway with their defaults)`,
+    );
     streamTable(extra.connectStream.rows);
   } catch (err) {
     extra.failures.push(`streaming through connect: ${(err as Error).message}`);
@@ -759,7 +806,9 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
   const fx = (v: number | undefined): string => (v === undefined ? 'n/a' : `${v.toFixed(2)}x`);
   /** Names the rows behind a verdict that were measured while other programs were busy. */
   const noisy = (...used: (Row | undefined)[]): string => {
-    const names = used.filter((u): u is Row => u !== undefined && u.other > NOISE).map((u) => `${u.target.label} c=${u.concurrency}`);
+    const names = used
+      .filter((u): u is Row => u !== undefined && u.other > NOISE)
+      .map((u) => `${u.target.label} c=${u.concurrency}`);
     return names.length ? ` [noisy: ${names.join(', ')}]` : '';
   };
   const lines: string[] = [];
@@ -794,9 +843,13 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
   // req/s ratios swing on a shared machine; the gateway's own CPU per request much less.
   const cpuCost = (a: Row | undefined, q: Row | undefined): string => {
     const ratio = x(a?.us.gateway, q?.us.gateway);
-    return ratio === undefined ? 'n/a' : `${int(a?.us.gateway)} against ${int(q?.us.gateway)} µs (${ratio >= 1 ? '+' : ''}${(100 * (ratio - 1)).toFixed(0)} %)`;
+    return ratio === undefined
+      ? 'n/a'
+      : `${int(a?.us.gateway)} against ${int(q?.us.gateway)} µs (${ratio >= 1 ? '+' : ''}${(100 * (ratio - 1)).toFixed(0)} %)`;
   };
-  lines.push(`  gateway CPU per request with the access log against -q: listen() http1 ${cpuCost(h1, h1q)}, listen() ${cpuCost(h2, h2q)}`);
+  lines.push(
+    `  gateway CPU per request with the access log against -q: listen() http1 ${cpuCost(h1, h1q)}, listen() ${cpuCost(h2, h2q)}`,
+  );
   const cus = c50?.us.connect;
   lines.push(
     `- connect in its default mode spends at most 20 µs of CPU per request (50 visitors; channels ${via['connect'] ?? '?'}): ` +
@@ -819,7 +872,9 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
       `${verdict(r === undefined ? undefined : r >= 0.5)}${noisy(h2, u50)}`,
   );
   const d500 = find(rows, 'direct', 500);
-  const at500 = rows.filter((row) => row.concurrency === 500 && (row.target.kind === 'listen' || row.target.kind === 'connect'));
+  const at500 = rows.filter(
+    (row) => row.concurrency === 500 && (row.target.kind === 'listen' || row.target.kind === 'connect'),
+  );
   if (d500 && at500.length > 0) {
     const limit = 3 * d500.p99;
     lines.push(
@@ -846,12 +901,18 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
       const ok = (s.rssGrowthMiB ?? 0) < 64;
       return `${s.row}: up ${pct(s.uploadMiBps, d?.uploadMiBps)}, down ${pct(s.downloadMiBps, d?.downloadMiBps)} of direct, RSS +${(s.rssGrowthMiB ?? 0).toFixed(1)} MiB (< 64 MiB: ${verdict(ok)})`;
     });
-    lines.push(`- Streaming rows (${extra.streamBytes / 2 ** 20} MiB each way, byte counts checked) keep working: met; ${parts.join('; ')}`);
+    lines.push(
+      `- Streaming rows (${extra.streamBytes / 2 ** 20} MiB each way, byte counts checked) keep working: met; ${parts.join('; ')}`,
+    );
   } else lines.push(`- Streaming rows keep working: ${extra ? 'NOT met (failed)' : 'not measured'}`);
   const sc = extra?.scale;
   lines.push(
     `- Scale: RSS per channel under 20 KB (${sc ? sc.channels : '-'} channels): ` +
-      (sc ? `${(sc.bytesPerChannel / 1024).toFixed(1)} KiB: ${verdict(sc.bytesPerChannel < 20_000)}` : extra ? 'NOT met (failed)' : 'not measured'),
+      (sc
+        ? `${(sc.bytesPerChannel / 1024).toFixed(1)} KiB: ${verdict(sc.bytesPerChannel < 20_000)}`
+        : extra
+          ? 'NOT met (failed)'
+          : 'not measured'),
   );
 
   out('');
@@ -885,7 +946,13 @@ function medians(rows: Row[]): void {
     const kept: Row = {
       ...median,
       problems,
-      detail: problems > median.problems ? g.filter((r) => r.problems > 0).map((r) => r.detail).join('; ') : median.detail,
+      detail:
+        problems > median.problems
+          ? g
+              .filter((r) => r.problems > 0)
+              .map((r) => r.detail)
+              .join('; ')
+          : median.detail,
       remeasured: g.some((r) => r.remeasured),
     };
     const first = rows.indexOf(g[0] as Row);
@@ -896,8 +963,13 @@ function medians(rows: Row[]): void {
 
 async function main(): Promise<number> {
   if (!WRK) {
-    const why = process.env['BENCH_LOAD'] === 'autocannon' ? 'BENCH_LOAD=autocannon' : 'wrk is not installed (apt-get install wrk)';
-    log(`bench: ${why}: the load comes from autocannon, which takes a core of its own on a small machine and flattens every ratio`);
+    const why =
+      process.env['BENCH_LOAD'] === 'autocannon'
+        ? 'BENCH_LOAD=autocannon'
+        : 'wrk is not installed (apt-get install wrk)';
+    log(
+      `bench: ${why}: the load comes from autocannon, which takes a core of its own on a small machine and flattens every ratio`,
+    );
   }
   const backend = await start('backend', 'backend', ['test/bench/service.mjs', 'backend'], /^READY (\d+)$/);
   const backendPort = Number(backend.match[1]);
@@ -912,7 +984,15 @@ async function main(): Promise<number> {
   const url = (port: number): string => `http://127.0.0.1:${port}`;
   const n = String(CHANNELS);
   // 127.0.0.1:<port> rather than the bare port: a bare port means `localhost`, which node may try on ::1 first.
-  const connectArgs = (name: string): string[] => [BIN, 'connect', `127.0.0.1:${backendPort}`, '--gateway', url(gatewayPort), '--name', name];
+  const connectArgs = (name: string): string[] => [
+    BIN,
+    'connect',
+    `127.0.0.1:${backendPort}`,
+    '--gateway',
+    url(gatewayPort),
+    '--name',
+    name,
+  ];
   const app = (label: string, port: number, name: string, h1: boolean): Promise<{ proc: Proc }> =>
     start(label, 'app', ['test/bench/service.mjs', 'app', url(port), name, n, ...(h1 ? ['h1'] : [])], /^READY /);
   const [appH2, appH1, appH2Q, appH1Q, connect, connectH2, refNode, refUndici] = await Promise.all([
@@ -922,8 +1002,18 @@ async function main(): Promise<number> {
     app('app --http1 (gateway -q)', gatewayQPort, 'bench-listen-h1-q', true),
     start('connect', 'connect', connectArgs('bench-connect'), /^Forwarding /),
     start('connect --http2', 'connect', [...connectArgs('bench-connect-h2'), '--http2'], /^Forwarding /),
-    start('reference node:http', 'reference', ['test/bench/service.mjs', 'proxy', String(backendPort), n], /^READY (\d+)$/),
-    start('reference undici', 'reference', ['test/bench/service.mjs', 'undici', String(backendPort), n], /^READY (\d+)$/),
+    start(
+      'reference node:http',
+      'reference',
+      ['test/bench/service.mjs', 'proxy', String(backendPort), n],
+      /^READY (\d+)$/,
+    ),
+    start(
+      'reference undici',
+      'reference',
+      ['test/bench/service.mjs', 'undici', String(backendPort), n],
+      /^READY (\d+)$/,
+    ),
   ]);
   const [listenVia, listenH1Via, listenQVia, listenH1QVia, connectVia, connectH2Via] = await Promise.all([
     waitChannels(gatewayPort, 'bench-listen'),
@@ -935,24 +1025,79 @@ async function main(): Promise<number> {
     waitChannels(gatewayPort, 'bench-connect-h2'),
   ]);
 
-  const at = (port: number, name: string): Pick<Target, 'port' | 'host'> => ({ port, host: `${name}.localhost:${port}` });
+  const at = (port: number, name: string): Pick<Target, 'port' | 'host'> => ({
+    port,
+    host: `${name}.localhost:${port}`,
+  });
   const gw = gateway.proc;
   const gwQ = gatewayQ.proc;
   const be = backend.proc;
   const t: Record<TargetId, Target> = {
     direct: { id: 'direct', kind: 'direct', label: 'direct', port: backendPort, procs: [be] },
-    'ref-undici': { id: 'ref-undici', kind: 'reference', label: 'reference: undici Pool', port: Number(refUndici.match[1]), procs: [refUndici.proc, be] },
-    'ref-node': { id: 'ref-node', kind: 'reference', label: 'reference: http.request', port: Number(refNode.match[1]), procs: [refNode.proc, be] },
-    listen: { id: 'listen', kind: 'listen', label: 'listen()', ...at(gatewayPort, 'bench-listen'), procs: [gw, appH2.proc] },
-    'listen-q': { id: 'listen-q', kind: 'listen', label: 'listen(), gateway -q', ...at(gatewayQPort, 'bench-listen-q'), procs: [gwQ, appH2Q.proc] },
-    'listen-h1': { id: 'listen-h1', kind: 'listen', label: 'listen() http1', ...at(gatewayPort, 'bench-listen-h1'), procs: [gw, appH1.proc] },
-    'listen-h1-q': { id: 'listen-h1-q', kind: 'listen', label: 'listen() http1, gateway -q', ...at(gatewayQPort, 'bench-listen-h1-q'), procs: [gwQ, appH1Q.proc] },
-    connect: { id: 'connect', kind: 'connect', label: 'connect', ...at(gatewayPort, 'bench-connect'), procs: [gw, connect.proc, be] },
-    'connect-h2': { id: 'connect-h2', kind: 'connect', label: 'connect --http2', ...at(gatewayPort, 'bench-connect-h2'), procs: [gw, connectH2.proc, be] },
+    'ref-undici': {
+      id: 'ref-undici',
+      kind: 'reference',
+      label: 'reference: undici Pool',
+      port: Number(refUndici.match[1]),
+      procs: [refUndici.proc, be],
+    },
+    'ref-node': {
+      id: 'ref-node',
+      kind: 'reference',
+      label: 'reference: http.request',
+      port: Number(refNode.match[1]),
+      procs: [refNode.proc, be],
+    },
+    listen: {
+      id: 'listen',
+      kind: 'listen',
+      label: 'listen()',
+      ...at(gatewayPort, 'bench-listen'),
+      procs: [gw, appH2.proc],
+    },
+    'listen-q': {
+      id: 'listen-q',
+      kind: 'listen',
+      label: 'listen(), gateway -q',
+      ...at(gatewayQPort, 'bench-listen-q'),
+      procs: [gwQ, appH2Q.proc],
+    },
+    'listen-h1': {
+      id: 'listen-h1',
+      kind: 'listen',
+      label: 'listen() http1',
+      ...at(gatewayPort, 'bench-listen-h1'),
+      procs: [gw, appH1.proc],
+    },
+    'listen-h1-q': {
+      id: 'listen-h1-q',
+      kind: 'listen',
+      label: 'listen() http1, gateway -q',
+      ...at(gatewayQPort, 'bench-listen-h1-q'),
+      procs: [gwQ, appH1Q.proc],
+    },
+    connect: {
+      id: 'connect',
+      kind: 'connect',
+      label: 'connect',
+      ...at(gatewayPort, 'bench-connect'),
+      procs: [gw, connect.proc, be],
+    },
+    'connect-h2': {
+      id: 'connect-h2',
+      kind: 'connect',
+      label: 'connect --http2',
+      ...at(gatewayPort, 'bench-connect-h2'),
+      procs: [gw, connectH2.proc, be],
+    },
   };
   for (const target of Object.values(t)) await expectHello(target.label, target.port, target.host);
   const notes = [
-    `gateways: ptth-proxy serve with its defaults (metrics and access log on, stdout drained by the bench) and ${serveArgs(...gatewayFlags).slice(2).join(' ')}; "gateway -q": the same with -q`,
+    `gateways: ptth-proxy serve with its defaults (metrics and access log on, stdout drained by the bench) and ${serveArgs(
+      ...gatewayFlags,
+    )
+      .slice(2)
+      .join(' ')}; "gateway -q": the same with -q`,
     `listen(): default options, channels ${listenVia} (gateway -q: ${listenQVia}); listen() http1: { http1: true, connections: ${n} }, channels ${listenH1Via} (gateway -q: ${listenH1QVia})`,
     `connect: its defaults (a line per request on its stdout, drained), channels ${connectVia} (spliced reversed HTTP/1.1); connect --http2: the relay over reversed HTTP/2 (the default before splicing), channels ${connectH2Via}`,
     `access log: listen() http1 and its -q twin at 50 visitors alternate ${LOG_ROUNDS} time(s); each row is the median round by req/s`,
@@ -1001,7 +1146,9 @@ async function main(): Promise<number> {
   let died: Proc | undefined;
   let retries = RETRIES;
   const say = (r: Row): void =>
-    log(`bench:   ${r.rps.toFixed(0)} req/s, p50 ${ms(r.p50)} ms, p99 ${ms(r.p99)} ms, errors ${r.detail}, other programs ${r.other.toFixed(0)} % of a core`);
+    log(
+      `bench:   ${r.rps.toFixed(0)} req/s, p50 ${ms(r.p50)} ms, p99 ${ms(r.p99)} ms, errors ${r.detail}, other programs ${r.other.toFixed(0)} % of a core`,
+    );
   for (const [target, c] of plan) {
     if (interrupted) return 130;
     log(`bench: ${target.label} c=${c}`);
@@ -1020,7 +1167,11 @@ async function main(): Promise<number> {
       // Errors count whichever measurement is kept.
       if (drop.problems > 0) {
         const dropped = `${drop.detail} (in the discarded noisy run)`;
-        row = { ...keep, problems: keep.problems + drop.problems, detail: keep.problems > 0 ? `${keep.detail}; ${dropped}` : dropped };
+        row = {
+          ...keep,
+          problems: keep.problems + drop.problems,
+          detail: keep.problems > 0 ? `${keep.detail}; ${dropped}` : dropped,
+        };
       } else row = keep;
       died = procs.find((p) => p.exited);
     }
@@ -1048,7 +1199,9 @@ async function main(): Promise<number> {
 
   let code = 0;
   if (died) {
-    log(`bench: FAILED: ${died.label} (pid ${died.pid}) died during the run; the rows after it were not measured${tail(died)}`);
+    log(
+      `bench: FAILED: ${died.label} (pid ${died.pid}) died during the run; the rows after it were not measured${tail(died)}`,
+    );
     code = 1;
   }
   const failed = rows.filter((r) => r.problems > 0);

@@ -44,7 +44,9 @@ function startGateway(): Promise<{ child: ChildProcess; port: number }> {
 function claim(port: number, name: string): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1', () => {
-      s.write(`POST /?name=${name}&token=t HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`);
+      s.write(
+        `POST /?name=${name}&token=t HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`,
+      );
     });
     let got = '';
     const onData = (c: Buffer): void => {
@@ -59,7 +61,11 @@ function claim(port: number, name: string): Promise<net.Socket> {
   });
 }
 
-export async function runScale(count = 10_000, inFlight = 200, log: (s: string) => void = () => {}): Promise<ScaleResult> {
+export async function runScale(
+  count = 10_000,
+  inFlight = 200,
+  log: (s: string) => void = () => {},
+): Promise<ScaleResult> {
   const { child, port } = await startGateway();
   const pid = child.pid as number;
   const sockets: net.Socket[] = [];

@@ -29,7 +29,9 @@ if (mode === 'backend') {
   const server = http.createServer({ keepAliveTimeout: 30_000 }, handler);
   // The same accept queue as the gateway's and the references': with node's default of 511, 500
   // visitors overflow it and the kernel's SYN retransmits (1-3 s) become direct's p99.
-  server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () => process.stdout.write(`READY ${server.address().port}\n`));
+  server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () =>
+    process.stdout.write(`READY ${server.address().port}\n`),
+  );
 } else if (mode === 'app') {
   const [gateway, name, connections, h1] = args;
   const { listen } = await import('../../dist/index.js');
@@ -37,7 +39,9 @@ if (mode === 'backend') {
   if (h1 === 'h1') options.http1 = true;
   const tunnel = listen(handler, options);
   tunnel.once('online', () => process.stdout.write(`READY ${tunnel.protocol ?? 'h1'}\n`));
-  tunnel.on('reconnecting', ({ delay, error }) => process.stderr.write(`reconnecting in ${delay} ms: ${error.message}\n`));
+  tunnel.on('reconnecting', ({ delay, error }) =>
+    process.stderr.write(`reconnecting in ${delay} ms: ${error.message}\n`),
+  );
   tunnel.on('error', (err) => {
     process.stderr.write(`tunnel error: ${err.message}\n`);
     process.exit(1);
@@ -49,15 +53,20 @@ if (mode === 'backend') {
   const [backendPort, connections] = args;
   const agent = new http.Agent({ keepAlive: true, maxSockets: Number(connections) });
   const server = http.createServer({ keepAliveTimeout: 30_000 }, (req, res) => {
-    const out = http.request({ host: '127.0.0.1', port: Number(backendPort), method: req.method, path: req.url, headers: req.headers, agent }, (up) => {
-      res.writeHead(up.statusCode ?? 502, up.rawHeaders);
-      up.pipe(res);
-    });
+    const out = http.request(
+      { host: '127.0.0.1', port: Number(backendPort), method: req.method, path: req.url, headers: req.headers, agent },
+      (up) => {
+        res.writeHead(up.statusCode ?? 502, up.rawHeaders);
+        up.pipe(res);
+      },
+    );
     out.on('error', () => res.destroy());
     req.pipe(out);
   });
   // The same accept queue as the gateway's (see Gateway.listen).
-  server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () => process.stdout.write(`READY ${server.address().port}\n`));
+  server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () =>
+    process.stdout.write(`READY ${server.address().port}\n`),
+  );
 } else if (mode === 'undici') {
   // A reference, not part of ptth-proxy: node:http on the visitor side, undici's Pool on the
   // backend side through its lowest API (dispatch with a handler: raw header arrays and body chunks,
@@ -65,13 +74,26 @@ if (mode === 'backend') {
   // dropped both ways; the visitor closing early aborts the upstream request.
   const [backendPort, connections] = args;
   const { Pool } = await import('undici');
-  const pool = new Pool(`http://127.0.0.1:${backendPort}`, { connections: Number(connections), pipelining: 1, keepAliveTimeout: 30_000 });
-  const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade']);
+  const pool = new Pool(`http://127.0.0.1:${backendPort}`, {
+    connections: Number(connections),
+    pipelining: 1,
+    keepAliveTimeout: 30_000,
+  });
+  const HOP = new Set([
+    'connection',
+    'keep-alive',
+    'proxy-connection',
+    'transfer-encoding',
+    'te',
+    'trailer',
+    'upgrade',
+  ]);
   const server = http.createServer({ keepAliveTimeout: 30_000 }, (req, res) => {
     const headers = [];
     const raw = req.rawHeaders;
     for (let i = 0; i < raw.length; i += 2) if (!HOP.has(raw[i].toLowerCase())) headers.push(raw[i], raw[i + 1]);
-    const body = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined ? req : null;
+    const body =
+      req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined ? req : null;
     // A visitor may leave while its request waits in the pool's queue, before onConnect.
     let gone = false;
     let abortUpstream;
@@ -80,31 +102,38 @@ if (mode === 'backend') {
       gone = true;
       abortUpstream?.(new Error('visitor gone'));
     });
-    pool.dispatch({ path: req.url, method: req.method, headers, body }, {
-      onConnect(abort) {
-        if (gone) abort(new Error('visitor gone'));
-        else abortUpstream = abort;
+    pool.dispatch(
+      { path: req.url, method: req.method, headers, body },
+      {
+        onConnect(abort) {
+          if (gone) abort(new Error('visitor gone'));
+          else abortUpstream = abort;
+        },
+        onHeaders(status, rawHeaders, resume) {
+          const out = [];
+          for (let i = 0; i < rawHeaders.length; i += 2) {
+            const name = rawHeaders[i].toString('latin1');
+            if (!HOP.has(name.toLowerCase())) out.push(name, rawHeaders[i + 1].toString('latin1'));
+          }
+          res.writeHead(status, out);
+          res.on('drain', resume);
+          return true;
+        },
+        onData: (chunk) => res.write(chunk),
+        onComplete: () => res.end(),
+        onError(err) {
+          if (res.headersSent) res.destroy(err);
+          else res.writeHead(502).end();
+        },
       },
-      onHeaders(status, rawHeaders, resume) {
-        const out = [];
-        for (let i = 0; i < rawHeaders.length; i += 2) {
-          const name = rawHeaders[i].toString('latin1');
-          if (!HOP.has(name.toLowerCase())) out.push(name, rawHeaders[i + 1].toString('latin1'));
-        }
-        res.writeHead(status, out);
-        res.on('drain', resume);
-        return true;
-      },
-      onData: (chunk) => res.write(chunk),
-      onComplete: () => res.end(),
-      onError(err) {
-        if (res.headersSent) res.destroy(err);
-        else res.writeHead(502).end();
-      },
-    });
+    );
   });
-  server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () => process.stdout.write(`READY ${server.address().port}\n`));
+  server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () =>
+    process.stdout.write(`READY ${server.address().port}\n`),
+  );
 } else {
-  process.stderr.write('usage: service.mjs backend | app <gatewayUrl> <name> <connections> [h1] | proxy|undici <backendPort> <connections>\n');
+  process.stderr.write(
+    'usage: service.mjs backend | app <gatewayUrl> <name> <connections> [h1] | proxy|undici <backendPort> <connections>\n',
+  );
   process.exit(2);
 }

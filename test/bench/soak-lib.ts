@@ -41,7 +41,9 @@ export function answer(method: string, url: string, body: Buffer): Answer {
     case '/bytes':
       return { status: 200, body: payload(num('n', MAX_BYTES)), delay: 0 };
     case '/echo':
-      return method === 'POST' ? { status: 200, body, delay: 0 } : { status: 405, body: Buffer.from('POST only'), delay: 0 };
+      return method === 'POST'
+        ? { status: 200, body, delay: 0 }
+        : { status: 405, body: Buffer.from('POST only'), delay: 0 };
     case '/slow':
       return { status: 200, body: HELLO, delay: num('ms', MAX_DELAY) };
     default:

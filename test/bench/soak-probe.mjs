@@ -16,7 +16,13 @@ if (process.send) {
       void collect(m.gc).then(() => {
         const resources = {};
         for (const r of process.getActiveResourcesInfo()) resources[r] = (resources[r] ?? 0) + 1;
-        process.send({ t: 'memory', id: m.id, usage: process.memoryUsage(), resources, gc: typeof globalThis.gc === 'function' });
+        process.send({
+          t: 'memory',
+          id: m.id,
+          usage: process.memoryUsage(),
+          resources,
+          gc: typeof globalThis.gc === 'function',
+        });
       });
     } else if (m.t === 'snapshot') {
       if (typeof globalThis.gc === 'function') globalThis.gc();

@@ -50,7 +50,9 @@ function setting(flag: string | undefined, env: string): number | undefined {
   if (raw === undefined || raw === '') return undefined;
   const n = Number(raw);
   if (!Number.isFinite(n) || n <= 0) {
-    process.stderr.write(`soak: ${env.toLowerCase().replace('soak_', '--')} must be a positive number, got ${JSON.stringify(raw)}\n`);
+    process.stderr.write(
+      `soak: ${env.toLowerCase().replace('soak_', '--')} must be a positive number, got ${JSON.stringify(raw)}\n`,
+    );
     process.exit(2);
   }
   return n;
@@ -131,7 +133,13 @@ function tally(map: Map<string, Tally>, key: string, target: string, churned: bo
 }
 /** What a request went to, for the report: the fixed app names, or a kind of name. */
 const targetOf = (name: string | undefined): string =>
-  name === undefined ? 'gateway host' : name.startsWith('soak-eph-') ? `ephemeral ${name.split('-')[2] as string}` : name.startsWith('soak-nobody-') ? 'unknown name' : name;
+  name === undefined
+    ? 'gateway host'
+    : name.startsWith('soak-eph-')
+      ? `ephemeral ${name.split('-')[2] as string}`
+      : name.startsWith('soak-nobody-')
+        ? 'unknown name'
+        : name;
 
 /** Times each name was being closed, killed or restarted: errors then are the expected cost of churn. */
 const disturbances = new Map<string, { from: number; to: number }[]>();
@@ -173,14 +181,27 @@ class GatewayProcess {
   constructor() {
     this.child = spawn(
       process.execPath,
-      ['--expose-gc', '--trace-warnings', '--import', PROBE, BIN, 'serve', '--host', '127.0.0.1', '--port', '0', ...GATEWAY_FLAGS],
+      [
+        '--expose-gc',
+        '--trace-warnings',
+        '--import',
+        PROBE,
+        BIN,
+        'serve',
+        '--host',
+        '127.0.0.1',
+        '--port',
+        '0',
+        ...GATEWAY_FLAGS,
+      ],
       { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] },
     );
     this.pid = this.child.pid ?? 0;
     this.child.on('message', (m: Record<string, unknown>) => this.#replies.get(m['id'] as number)?.(m));
     this.child.on('exit', (code, signal) => {
       this.exit = { code, signal, asked: this.#asked };
-      if (!this.#asked) log(`soak: the gateway (pid ${this.pid}) exited during the run: ${signal ?? `code ${String(code)}`}`);
+      if (!this.#asked)
+        log(`soak: the gateway (pid ${this.pid}) exited during the run: ${signal ?? `code ${String(code)}`}`);
     });
     createInterface({ input: this.child.stderr! }).on('line', (l) => this.stderr.push(l));
   }
@@ -188,7 +209,10 @@ class GatewayProcess {
   /** Resolves with the port once the CLI says it listens. */
   ready(): Promise<number> {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`the gateway did not start in 15 s:\n${this.stderr.join('\n')}`)), 15_000);
+      const timer = setTimeout(
+        () => reject(new Error(`the gateway did not start in 15 s:\n${this.stderr.join('\n')}`)),
+        15_000,
+      );
       createInterface({ input: this.child.stdout! }).on('line', (line) => {
         const m = line.match(/gateway listening on 127\.0\.0\.1:(\d+)/);
         if (m) {
@@ -246,7 +270,10 @@ class GatewayProcess {
   async snapshot(label: string): Promise<string | undefined> {
     if (!SNAPSHOTS) return undefined;
     mkdirSync(SNAPSHOTS, { recursive: true });
-    const m = await this.#ask({ t: 'snapshot', file: join(SNAPSHOTS, `gateway-${label}-${Date.now()}.heapsnapshot`) }, 120_000);
+    const m = await this.#ask(
+      { t: 'snapshot', file: join(SNAPSHOTS, `gateway-${label}-${Date.now()}.heapsnapshot`) },
+      120_000,
+    );
     log(`soak: heap snapshot (${label}): ${String(m['file'])}`);
     return m['file'] as string;
   }
@@ -268,7 +295,11 @@ class GatewayProcess {
 function cpuSeconds(pid: number | undefined): number | undefined {
   try {
     const stat = readFileSync(`/proc/${String(pid)}/stat`, 'utf8');
-    const [utime, stime] = stat.slice(stat.lastIndexOf(')') + 2).split(' ').slice(11, 13).map(Number);
+    const [utime, stime] = stat
+      .slice(stat.lastIndexOf(')') + 2)
+      .split(' ')
+      .slice(11, 13)
+      .map(Number);
     return ((utime ?? 0) + (stime ?? 0)) / 100;
   } catch {
     return undefined;
@@ -276,7 +307,8 @@ function cpuSeconds(pid: number | undefined): number | undefined {
 }
 
 /** Busy CPU time of the whole machine (all cores), in seconds. */
-const machineSeconds = (): number => cpus().reduce((a, c) => a + c.times.user + c.times.nice + c.times.sys + c.times.irq, 0) / 1000;
+const machineSeconds = (): number =>
+  cpus().reduce((a, c) => a + c.times.user + c.times.nice + c.times.sys + c.times.irq, 0) / 1000;
 const selfSeconds = (): number => {
   const u = process.cpuUsage();
   return (u.user + u.system) / 1e6;
@@ -349,11 +381,16 @@ function startSlot(gateway: string, slot: Slot): Promise<void> {
     if (slot.stopping || !running) return;
     // Not asked to: a crash of the app (or of what it relies on). Count it and bring it back.
     bump(channelEvents, `app processes that exited by themselves (${slot.kind})`);
-    log(`soak: ${slot.kind} app ${slot.name} exited by itself (${signal ?? `code ${String(code)}`}): ${slot.stderr.slice(-3).join(' | ')}`);
+    log(
+      `soak: ${slot.kind} app ${slot.name} exited by itself (${signal ?? `code ${String(code)}`}): ${slot.stderr.slice(-3).join(' | ')}`,
+    );
     if (!slot.busy) void restart(gateway, slot, disturb(slot.name));
   });
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${slot.kind} app ${slot.name} not online in 20 s: ${slot.stderr.join(' | ')}`)), 20_000);
+    const timer = setTimeout(
+      () => reject(new Error(`${slot.kind} app ${slot.name} not online in 20 s: ${slot.stderr.join(' | ')}`)),
+      20_000,
+    );
     createInterface({ input: child.stdout! }).on('line', (line) => {
       if (line.startsWith('READY ')) {
         clearTimeout(timer);
@@ -362,7 +399,9 @@ function startSlot(gateway: string, slot: Slot): Promise<void> {
     });
     child.once('exit', () => {
       clearTimeout(timer);
-      reject(new Error(`${slot.kind} app ${slot.name} exited before it was online: ${slot.stderr.slice(-3).join(' | ')}`));
+      reject(
+        new Error(`${slot.kind} app ${slot.name} exited before it was online: ${slot.stderr.slice(-3).join(' | ')}`),
+      );
     });
   });
 }
@@ -442,7 +481,15 @@ async function ephemeral(gateway: string, n: number): Promise<void> {
   const name = `soak-eph-${h1 ? 'h1' : 'h2'}-${n}`;
   let tunnel: Tunnel | undefined;
   try {
-    tunnel = listen(nodeHandler, { gateway, name, lease: 2, connections: 2, http1: h1, backoff: 100, maxBackoff: 1_000 });
+    tunnel = listen(nodeHandler, {
+      gateway,
+      name,
+      lease: 2,
+      connections: 2,
+      http1: h1,
+      backoff: 100,
+      maxBackoff: 1_000,
+    });
     tunnel.on('error', () => undefined);
     await Promise.race([tunnel.ready(), sleep(10_000).then(() => Promise.reject(new Error('not online in 10 s')))]);
     bump(channelEvents, `ephemeral listen() apps (${h1 ? 'reversed HTTP/1.1' : 'reversed HTTP/2'})`);
@@ -541,7 +588,14 @@ function visit(v: Visit): Promise<Result> {
     const headers: http.OutgoingHttpHeaders = { host: hostOf(v.name) };
     if (v.accept) headers['accept'] = v.accept;
     if (v.body) headers['content-length'] = v.declared ?? v.body.length;
-    const req = http.request({ host: '127.0.0.1', port, method: v.method, path: v.path, headers, agent: v.keepAlive ? agent : false });
+    const req = http.request({
+      host: '127.0.0.1',
+      port,
+      method: v.method,
+      path: v.path,
+      headers,
+      agent: v.keepAlive ? agent : false,
+    });
     const timer = setTimeout(() => {
       req.destroy();
       finish(`client timeout (${CLIENT_TIMEOUT / 1000} s)`);
@@ -596,20 +650,60 @@ function nextVisit(): Visit {
   const name = eph ? pick(ephemeralNames) : pick(APP_NAMES);
   const kinds: [number, () => Visit][] = [
     [35, () => ({ name, method: 'GET', path: '/hello', expectStatus: 200, expect: HELLO, keepAlive })],
-    [12, () => {
-      const n = pick(SIZES_DOWN);
-      return { name, method: 'GET', path: `/bytes?n=${n}`, expectStatus: 200, expect: payload(n), keepAlive };
-    }],
-    [25, () => {
-      const body = randomBytes(pick(SIZES_UP));
-      return { name, method: 'POST', path: '/echo', body, expectStatus: 200, expect: body, keepAlive };
-    }],
-    [5, () => ({ name, method: 'GET', path: `/slow?ms=${between(100, 1_500)}`, expectStatus: 200, expect: HELLO, keepAlive })],
-    [3, () => ({ name, method: 'POST', path: '/echo', body: randomBytes(65_536), declared: 262_144, expectStatus: 200, abort: 'upload', keepAlive })],
+    [
+      12,
+      () => {
+        const n = pick(SIZES_DOWN);
+        return { name, method: 'GET', path: `/bytes?n=${n}`, expectStatus: 200, expect: payload(n), keepAlive };
+      },
+    ],
+    [
+      25,
+      () => {
+        const body = randomBytes(pick(SIZES_UP));
+        return { name, method: 'POST', path: '/echo', body, expectStatus: 200, expect: body, keepAlive };
+      },
+    ],
+    [
+      5,
+      () => ({
+        name,
+        method: 'GET',
+        path: `/slow?ms=${between(100, 1_500)}`,
+        expectStatus: 200,
+        expect: HELLO,
+        keepAlive,
+      }),
+    ],
+    [
+      3,
+      () => ({
+        name,
+        method: 'POST',
+        path: '/echo',
+        body: randomBytes(65_536),
+        declared: 262_144,
+        expectStatus: 200,
+        abort: 'upload',
+        keepAlive,
+      }),
+    ],
     [3, () => ({ name, method: 'GET', path: `/bytes?n=${2 ** 20}`, expectStatus: 200, abort: 'download', keepAlive })],
     [2, () => ({ name, method: 'GET', path: '/slow?ms=2000', expectStatus: 200, abort: 'waiting', keepAlive })],
-    [7, () => ({ name: `soak-nobody-${randomBytes(4).toString('hex')}`, method: 'GET', path: '/hello', expectStatus: 404, keepAlive })],
-    [3, () => ({ name: undefined, method: 'GET', path: '/', accept: 'application/json', expectStatus: 200, keepAlive })],
+    [
+      7,
+      () => ({
+        name: `soak-nobody-${randomBytes(4).toString('hex')}`,
+        method: 'GET',
+        path: '/hello',
+        expectStatus: 404,
+        keepAlive,
+      }),
+    ],
+    [
+      3,
+      () => ({ name: undefined, method: 'GET', path: '/', accept: 'application/json', expectStatus: 200, keepAlive }),
+    ],
   ];
   let r = Math.random() * kinds.reduce((a, [w]) => a + w, 0);
   for (const [w, make] of kinds) {
@@ -663,7 +757,10 @@ function wsSession(name: string): Promise<string> {
       resolve(outcome);
     };
     const timer = setTimeout(() => finish('timed out (30 s)'), 30_000);
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { Host: hostOf(name) }, handshakeTimeout: 10_000 });
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, {
+      headers: { Host: hostOf(name) },
+      handshakeTimeout: 10_000,
+    });
     ws.on('unexpected-response', (_req, res) => {
       res.resume();
       const code = res.headers['x-ptth-error'];
@@ -742,7 +839,9 @@ function slope(samples: Sample[]): number {
 
 function progress(samples: Sample[], t0: number, measuring: boolean): void {
   const s = samples[samples.length - 1];
-  const fails = [...outcomes].filter(([k]) => !k.startsWith('ok') && k !== ABORTED).reduce((a, [, t]) => a + t.total, 0);
+  const fails = [...outcomes]
+    .filter(([k]) => !k.startsWith('ok') && k !== ABORTED)
+    .reduce((a, [, t]) => a + t.total, 0);
   const secs = Math.round((Date.now() - t0) / 1000);
   log(
     `soak: ${measuring ? `${secs} s / ${DURATION_S} s` : `warm-up ${secs} s / ${WARMUP_S} s`}: ${count(sent)} requests ` +
@@ -788,7 +887,9 @@ function report(gw: GatewayProcess, run: Run): void {
       `one app cycled every ${CHURN_MS / 1000} s, an ephemeral app every ${EPHEMERAL_MS / 1000} s; gateway flags: ${GATEWAY_FLAGS.join(' ')}`,
   );
   out('');
-  out('Visitor requests (whole run, warm-up included). "during churn": the name was being closed, killed or restarted meanwhile.');
+  out(
+    'Visitor requests (whole run, warm-up included). "during churn": the name was being closed, killed or restarted meanwhile.',
+  );
   out('');
   const total = [...statusClasses.values()].reduce((a, b) => a + b, 0);
   rows(
@@ -805,27 +906,24 @@ function report(gw: GatewayProcess, run: Run): void {
   // Successes first, then the rest by count; each with the targets it happened to.
   const table = (m: Map<string, Tally>): string[][] =>
     [...m]
-      .sort(([a, ta], [b, tb]) => (a.startsWith('ok') === b.startsWith('ok') ? tb.total - ta.total : a.startsWith('ok') ? -1 : 1))
+      .sort(([a, ta], [b, tb]) =>
+        a.startsWith('ok') === b.startsWith('ok') ? tb.total - ta.total : a.startsWith('ok') ? -1 : 1,
+      )
       .map(([k, t]) => [
         k,
         count(t.total),
         count(t.churn),
         count(t.total - t.churn),
-        [...t.where].sort(([, a], [, b]) => b - a).map(([w, n]) => `${w} ${count(n)}`).join(', '),
+        [...t.where]
+          .sort(([, a], [, b]) => b - a)
+          .map(([w, n]) => `${w} ${count(n)}`)
+          .join(', '),
       ]);
-  rows(
-    ['outcome', 'count', 'during churn', 'steady', 'targets'],
-    table(outcomes),
-    ['targets'],
-  );
+  rows(['outcome', 'count', 'during churn', 'steady', 'targets'], table(outcomes), ['targets']);
   out('');
   out(`Visitor WebSocket sessions through the HTTP/1.1 apps (${count(wsMessages)} messages echoed):`);
   out('');
-  rows(
-    ['outcome', 'count', 'during churn', 'steady', 'targets'],
-    table(wsOutcomes),
-    ['targets'],
-  );
+  rows(['outcome', 'count', 'during churn', 'steady', 'targets'], table(wsOutcomes), ['targets']);
   out('');
   out('Channels coming and going (what the run did):');
   out('');
@@ -835,7 +933,9 @@ function report(gw: GatewayProcess, run: Run): void {
   );
   out('');
   if (run.metrics) {
-    out("The gateway's own counters (its /metrics once the apps had gone; whole run, warm-up included; the non-zero ones):");
+    out(
+      "The gateway's own counters (its /metrics once the apps had gone; whole run, warm-up included; the non-zero ones):",
+    );
     out('');
     const skip = /_(sum|count)$|^ptth_(registrations|channels|queue_depth)\b/;
     rows(
@@ -851,7 +951,17 @@ function report(gw: GatewayProcess, run: Run): void {
   out('');
   const mem = (label: string, m: Memory | undefined): string[] =>
     m
-      ? [label, mib(m.rss), mib(m.heapUsed), mib(m.heapTotal), mib(m.external), mib(m.arrayBuffers), Object.entries(m.resources).map(([k, n]) => `${k} ${n}`).join(', ')]
+      ? [
+          label,
+          mib(m.rss),
+          mib(m.heapUsed),
+          mib(m.heapTotal),
+          mib(m.external),
+          mib(m.arrayBuffers),
+          Object.entries(m.resources)
+            .map(([k, n]) => `${k} ${n}`)
+            .join(', '),
+        ]
       : [label, 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', ''];
   rows(
     ['when', 'RSS', 'heap used', 'heap total', 'external', 'array buffers', 'handles'],
@@ -872,15 +982,21 @@ function report(gw: GatewayProcess, run: Run): void {
       `Every ${SAMPLE_MS / 1000} s during the measured window (no forced GC): RSS ${range((s) => s.rss)}, ` +
       `trend ${(slope(measured) / 2 ** 20).toFixed(2)} MiB/min over ${measured.length} samples; heap total ${range((s) => s.heapTotal)}. ` +
       `CPU over the measured window, % of one core (${availableParallelism()} cores): ` +
-      `${Object.entries(run.cpu).map(([who, v]) => `${who} ${v.toFixed(0)}`).join(', ')}.`,
+      `${Object.entries(run.cpu)
+        .map(([who, v]) => `${who} ${v.toFixed(0)}`)
+        .join(', ')}.`,
   );
   if (run.leftover) {
     const names = run.leftover.names.length ? ` (${run.leftover.names.join(', ')})` : '';
-    out(`Left on the gateway once every app had gone and the leases were over: ${run.leftover.registrations} registrations${names}, ${run.leftover.channels} channels.`);
+    out(
+      `Left on the gateway once every app had gone and the leases were over: ${run.leftover.registrations} registrations${names}, ${run.leftover.channels} channels.`,
+    );
   }
   if (downtimes.length > 0) {
     const sorted = [...downtimes].sort((a, b) => a - b);
-    out(`Apps cycled: ${downtimes.length}, offline for ${sorted[Math.floor(sorted.length / 2)]?.toFixed(1)} s at the median, ${sorted[sorted.length - 1]?.toFixed(1)} s at the longest.`);
+    out(
+      `Apps cycled: ${downtimes.length}, offline for ${sorted[Math.floor(sorted.length / 2)]?.toFixed(1)} s at the median, ${sorted[sorted.length - 1]?.toFixed(1)} s at the longest.`,
+    );
   }
   if (run.snapshots.length > 0) out(`Heap snapshots: ${run.snapshots.join(', ')}`);
   if (gw.stderr.length > 0) {
@@ -913,13 +1029,20 @@ async function main(): Promise<number> {
   killGateway = () => void (gw.exit ?? gw.child.kill('SIGKILL'));
   port = await gw.ready();
   const gateway = `http://127.0.0.1:${port}`;
-  log(`soak: gateway pid ${gw.pid} on ${gateway}; ${WARMUP_S} s warm-up, then ${DURATION_S} s measured at ${RATE} req/s`);
+  log(
+    `soak: gateway pid ${gw.pid} on ${gateway}; ${WARMUP_S} s warm-up, then ${DURATION_S} s measured at ${RATE} req/s`,
+  );
   await sleep(500);
   const baseline = await gw.settledMemory();
   await Promise.all(SLOTS.map((s) => startSlot(gateway, s)));
   log(`soak: ${SLOTS.length} apps online`);
 
-  const loops = [visitorLoop(), churnLoop(gateway), ephemeralLoop(gateway), ...Array.from({ length: WS_SESSIONS }, () => wsLoop())];
+  const loops = [
+    visitorLoop(),
+    churnLoop(gateway),
+    ephemeralLoop(gateway),
+    ...Array.from({ length: WS_SESSIONS }, () => wsLoop()),
+  ];
   const samples: Sample[] = [];
   let measuring = false;
   let t0 = Date.now();
@@ -930,7 +1053,12 @@ async function main(): Promise<number> {
       if (gw.exit) break;
       try {
         sampleAppCpu();
-        const sample = { at: Date.now(), rss: rssOf(gw.pid), heapTotal: (await gw.usage()).heapTotal, ...(await gatewayStatus()) };
+        const sample = {
+          at: Date.now(),
+          rss: rssOf(gw.pid),
+          heapTotal: (await gw.usage()).heapTotal,
+          ...(await gatewayStatus()),
+        };
         if (measuring) samples.push(sample);
         else samples.splice(0, samples.length, sample);
       } catch (err) {
@@ -976,12 +1104,20 @@ async function main(): Promise<number> {
   const measuredS = (Date.now() - measuredFrom) / 1000;
   const cpu: Record<string, number> = {};
   if (cpuFrom) {
-    const to = { gateway: cpuSeconds(gw.pid) ?? 0, apps: sampleAppCpu(), run: selfSeconds(), machine: machineSeconds() };
+    const to = {
+      gateway: cpuSeconds(gw.pid) ?? 0,
+      apps: sampleAppCpu(),
+      run: selfSeconds(),
+      machine: machineSeconds(),
+    };
     const pct = (k: keyof typeof to): number => ((to[k] - (cpuFrom as typeof to)[k]) / measuredS) * 100;
     cpu['gateway'] = pct('gateway');
     cpu['app processes'] = pct('apps');
     cpu['this process (visitors, ephemeral apps)'] = pct('run');
-    cpu['everything else on the machine'] = Math.max(0, pct('machine') - cpu['gateway'] - cpu['app processes'] - cpu['this process (visitors, ephemeral apps)']);
+    cpu['everything else on the machine'] = Math.max(
+      0,
+      pct('machine') - cpu['gateway'] - cpu['app processes'] - cpu['this process (visitors, ephemeral apps)'],
+    );
   }
 
   log('soak: stopping the traffic and the apps');
@@ -1006,7 +1142,9 @@ async function main(): Promise<number> {
   agent.destroy();
 
   if (!start || !end) {
-    log(interrupted ? 'soak: interrupted' : `soak: FAILED: the gateway died before the ${start ? 'end' : 'start'} sample`);
+    log(
+      interrupted ? 'soak: interrupted' : `soak: FAILED: the gateway died before the ${start ? 'end' : 'start'} sample`,
+    );
     if (gw.stderr.length > 0) log(gw.stderr.slice(-20).join('\n'));
     return 1;
   }

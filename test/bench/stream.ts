@@ -54,7 +54,13 @@ function start(args: string[], ready: RegExp): Promise<{ child: ChildProcess; ma
 function upload(port: number, host: string, bytes: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const started = performance.now();
-    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/up', headers: { host, 'content-length': bytes } });
+    const req = http.request({
+      host: '127.0.0.1',
+      port,
+      method: 'POST',
+      path: '/up',
+      headers: { host, 'content-length': bytes },
+    });
     req.on('response', (res) => {
       let body = '';
       res.on('data', (c: Buffer) => (body += c.toString()));
@@ -152,7 +158,9 @@ function curl(args: string[]): Promise<string> {
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));
     child.stderr.on('data', (c: Buffer) => (err += c.toString()));
     child.once('error', reject);
-    child.once('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`curl ${args.join(' ')}: exit ${String(code)}: ${err.trim()}`))));
+    child.once('close', (code) =>
+      code === 0 ? resolve(out) : reject(new Error(`curl ${args.join(' ')}: exit ${String(code)}: ${err.trim()}`)),
+    );
   });
 }
 
@@ -160,17 +168,39 @@ function curl(args: string[]): Promise<string> {
  * curl -T of a file (in the page cache: the source costs next to nothing) with `Expect:` off, so that no row waits out curl's one-second wait for a `100 Continue`.
  */
 async function curlUpload(port: number, host: string, file: string, bytes: number): Promise<number> {
-  const out = await curl(['-o', '-', '-w', '\n%{http_code} %{time_total}', '-H', 'Expect:', '-H', `Host: ${host}`, '-T', file, `http://127.0.0.1:${port}/up`]);
+  const out = await curl([
+    '-o',
+    '-',
+    '-w',
+    '\n%{http_code} %{time_total}',
+    '-H',
+    'Expect:',
+    '-H',
+    `Host: ${host}`,
+    '-T',
+    file,
+    `http://127.0.0.1:${port}/up`,
+  ]);
   const [body = '', last = ''] = out.split('\n');
   const [code, seconds] = last.split(' ');
-  if (code !== '200' || Number(body) !== bytes) throw new Error(`upload: ${String(code)}, the app counted ${body} bytes, not ${bytes}`);
+  if (code !== '200' || Number(body) !== bytes)
+    throw new Error(`upload: ${String(code)}, the app counted ${body} bytes, not ${bytes}`);
   return bytes / 2 ** 20 / Number(seconds);
 }
 
 async function curlDownload(port: number, host: string, bytes: number): Promise<number> {
-  const out = await curl(['-o', '/dev/null', '-w', '%{http_code} %{size_download} %{time_total}', '-H', `Host: ${host}`, `http://127.0.0.1:${port}/down?bytes=${bytes}`]);
+  const out = await curl([
+    '-o',
+    '/dev/null',
+    '-w',
+    '%{http_code} %{size_download} %{time_total}',
+    '-H',
+    `Host: ${host}`,
+    `http://127.0.0.1:${port}/down?bytes=${bytes}`,
+  ]);
   const [code, size, seconds] = out.trim().split(' ');
-  if (code !== '200' || Number(size) !== bytes) throw new Error(`download: ${String(code)}, got ${String(size)} bytes, not ${bytes}`);
+  if (code !== '200' || Number(size) !== bytes)
+    throw new Error(`download: ${String(code)}, got ${String(size)} bytes, not ${bytes}`);
   return bytes / 2 ** 20 / Number(seconds);
 }
 
@@ -200,12 +230,20 @@ export async function runConnectStream(bytes = 256 * 2 ** 20): Promise<ConnectSt
     const bport = Number(backend.match[1]);
     const rows: StreamRow[] = [];
     const direct = `127.0.0.1:${bport}`;
-    rows.push({ row: 'direct', uploadMiBps: await up(bport, direct), downloadMiBps: await down(bport, direct), rssGrowthMiB: undefined });
+    rows.push({
+      row: 'direct',
+      uploadMiBps: await up(bport, direct),
+      downloadMiBps: await down(bport, direct),
+      rssGrowthMiB: undefined,
+    });
     const gw = await start(serveArgs(), /listening on [^\n]*:(\d+)/);
     children.push(gw.child);
     const gport = Number(gw.match[1]);
     const name = 'stream-connect';
-    const client = await start([BIN, 'connect', direct, '--gateway', `http://127.0.0.1:${gport}`, '--name', name], /^Forwarding /m);
+    const client = await start(
+      [BIN, 'connect', direct, '--gateway', `http://127.0.0.1:${gport}`, '--name', name],
+      /^Forwarding /m,
+    );
     children.push(client.child);
     const pid = gw.child.pid as number;
     const before = rss(pid);
@@ -213,7 +251,12 @@ export async function runConnectStream(bytes = 256 * 2 ** 20): Promise<ConnectSt
     const timer = setInterval(() => (peak = Math.max(peak, rss(pid))), 100);
     const host = `${name}.localhost:${gport}`;
     try {
-      rows.push({ row: 'through gateway and `connect`', uploadMiBps: await up(gport, host), downloadMiBps: await down(gport, host), rssGrowthMiB: 0 });
+      rows.push({
+        row: 'through gateway and `connect`',
+        uploadMiBps: await up(gport, host),
+        downloadMiBps: await down(gport, host),
+        rssGrowthMiB: 0,
+      });
     } finally {
       clearInterval(timer);
     }

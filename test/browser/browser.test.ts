@@ -15,7 +15,15 @@ import { request, startGateway, until, type TestGateway } from '../helpers/index
  */
 
 const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+const ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+];
 
 let browser: Browser;
 let site: http.Server;
@@ -126,9 +134,11 @@ async function loadTab(
   const errors: string[] = [];
   p.on('pageerror', (e) => errors.push(e.message));
   await p.goto(`${siteOrigin}/?${new URLSearchParams({ gateway: origin, ...query }).toString()}`);
-  await p.waitForFunction(() => 'ready' in globalThis, undefined, { timeout: 10_000 }).catch(() => {
-    throw new Error(`the page did not start: ${errors.join('; ')}`);
-  });
+  await p
+    .waitForFunction(() => 'ready' in globalThis, undefined, { timeout: 10_000 })
+    .catch(() => {
+      throw new Error(`the page did not start: ${errors.join('; ')}`);
+    });
   return p;
 }
 
@@ -141,9 +151,19 @@ async function openTab(
   return p.evaluate(() => (globalThis as unknown as { ready: Promise<{ url: string; transport: string }> }).ready);
 }
 
-async function visit(name: string, path: string, init: { method?: string; body?: string } = {}): Promise<{ status: number; answer: Answer; headers: http.IncomingHttpHeaders }> {
+async function visit(
+  name: string,
+  path: string,
+  init: { method?: string; body?: string } = {},
+): Promise<{ status: number; answer: Answer; headers: http.IncomingHttpHeaders }> {
   const g = gw as TestGateway;
-  const r = await request(g.port, { host: g.host(name), path, method: init.method ?? 'GET', headers: { 'X-Custom': 'from node' }, ...(init.body !== undefined ? { body: init.body } : {}) });
+  const r = await request(g.port, {
+    host: g.host(name),
+    path,
+    method: init.method ?? 'GET',
+    headers: { 'X-Custom': 'from node' },
+    ...(init.body !== undefined ? { body: init.body } : {}),
+  });
   return { status: r.status, answer: JSON.parse(r.body) as Answer, headers: r.headers };
 }
 
@@ -159,7 +179,14 @@ describe('the browser library in headless Chromium, on a page of another origin'
       const get = await visit(name, '/hello?x=1');
       expect(get.status).toBe(200);
       expect(get.headers['x-served-by']).toBe('tab');
-      expect(get.answer).toMatchObject({ method: 'GET', url: `http://${name}.localhost:${g.port}/hello?x=1`, host: g.host(name), custom: 'from node', transport, origin: siteOrigin });
+      expect(get.answer).toMatchObject({
+        method: 'GET',
+        url: `http://${name}.localhost:${g.port}/hello?x=1`,
+        host: g.host(name),
+        custom: 'from node',
+        transport,
+        origin: siteOrigin,
+      });
       expect(get.answer.agent).toMatch(/Chrome/);
       expect(get.answer.remote).toMatch(/^127\.0\.0\.1:\d+$/);
 
@@ -193,7 +220,9 @@ describe('the browser library in headless Chromium, on a page of another origin'
   it('releases the name when the page closes the server', async () => {
     await openTab({ name: 'closing', transport: 'websocket' });
     const g = gw as TestGateway;
-    await (page as Page).evaluate(() => (globalThis as unknown as { server: { close(): Promise<void> } }).server.close());
+    await (page as Page).evaluate(() =>
+      (globalThis as unknown as { server: { close(): Promise<void> } }).server.close(),
+    );
     await until(() => g.gateway.table.lookup('closing') === undefined, 3_000, 'release');
     expect((await request(g.port, { host: g.host('closing') })).status).toBe(404);
   });

@@ -12,7 +12,15 @@ import { request, startGateway, until, type TestGateway } from '../helpers/index
  */
 
 const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+const ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+];
 
 let browser: Browser;
 let site: http.Server;
@@ -75,7 +83,11 @@ interface CometTraffic {
   replies: number;
 }
 
-async function openTab(name: string, pollers: number, pipeline = true): Promise<{ g: TestGateway; p: Page; traffic: CometTraffic }> {
+async function openTab(
+  name: string,
+  pollers: number,
+  pipeline = true,
+): Promise<{ g: TestGateway; p: Page; traffic: CometTraffic }> {
   const g = await startGateway({ pollTimeout: 2_000 });
   gw = g;
   const traffic: CometTraffic = { pipelines: 0, singles: 0, replies: 0 };
@@ -89,7 +101,9 @@ async function openTab(name: string, pollers: number, pipeline = true): Promise<
   });
   const p = await browser.newPage();
   page = p;
-  await p.goto(`${siteOrigin}/?${new URLSearchParams({ gateway: g.origin, name, pollers: String(pollers), pipeline: pipeline ? '1' : '0' }).toString()}`);
+  await p.goto(
+    `${siteOrigin}/?${new URLSearchParams({ gateway: g.origin, name, pollers: String(pollers), pipeline: pipeline ? '1' : '0' }).toString()}`,
+  );
   await p.waitForFunction(() => 'ready' in globalThis, undefined, { timeout: 10_000 });
   const url = await p.evaluate(() => (globalThis as unknown as { ready: Promise<string> }).ready);
   expect(url).toBe(`http://${name}.localhost:${g.port}/`);
@@ -109,7 +123,11 @@ describe('the browser library with pipelined Comet polls, in headless Chromium',
     await p.waitForFunction(() => (globalThis as unknown as { gated: boolean }).gated, undefined, { timeout: 5_000 });
     // The tab's one poller is busy with /gate: these wait in the gateway's queue.
     const visitors = Array.from({ length: 8 }, (_, i) =>
-      request(g.port, { host: g.host('tab-pipe'), path: `/q${i}`, ...(i % 2 === 1 ? { method: 'POST', body: `body${i}` } : {}) }),
+      request(g.port, {
+        host: g.host('tab-pipe'),
+        path: `/q${i}`,
+        ...(i % 2 === 1 ? { method: 'POST', body: `body${i}` } : {}),
+      }),
     );
     await until(() => channel(g, 'tab-pipe').queued === 8, 5_000, 'eight requests queued');
     const repliesBefore = traffic.replies;
@@ -133,7 +151,12 @@ describe('the browser library with pipelined Comet polls, in headless Chromium',
     const got = await Promise.all(
       Array.from({ length: n }, (_, i) => {
         const method = i % 3 === 0 ? 'POST' : i % 3 === 1 ? 'HEAD' : 'GET';
-        return request(g.port, { host: g.host('tab-many'), method, path: `/m${i}?delay=${(i * 7) % 50}`, ...(method === 'POST' ? { body: `b${i}` } : {}) });
+        return request(g.port, {
+          host: g.host('tab-many'),
+          method,
+          path: `/m${i}?delay=${(i * 7) % 50}`,
+          ...(method === 'POST' ? { body: `b${i}` } : {}),
+        });
       }),
     );
     for (const [i, v] of got.entries()) {
@@ -147,7 +170,9 @@ describe('the browser library with pipelined Comet polls, in headless Chromium',
 
   it('with pipeline: false it polls for one request at a time (message/http), as before', async () => {
     const { g, traffic } = await openTab('tab-single', 2, false);
-    const got = await Promise.all(Array.from({ length: 6 }, (_, i) => request(g.port, { host: g.host('tab-single'), path: `/s${i}` })));
+    const got = await Promise.all(
+      Array.from({ length: 6 }, (_, i) => request(g.port, { host: g.host('tab-single'), path: `/s${i}` })),
+    );
     expect(got.map((v) => v.headers['x-path'])).toEqual(Array.from({ length: 6 }, (_, i) => `/s${i}`));
     expect(traffic.pipelines).toBe(0);
     expect(traffic.singles).toBe(6);

@@ -14,8 +14,13 @@ import { spawnCli, type Spawned } from '../helpers/spawn.js';
 
 const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
 const ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-  '--disable-sync', '--no-first-run',
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
 ];
 const SHOTS = process.env['INSPECTOR_SHOTS'] === '1';
 
@@ -83,8 +88,13 @@ describe('connect --inspect', () => {
       // The gateway's stream is subscribed a moment after Forwarding: visit until a row shows.
       const rows = page.locator('.row');
       for (let i = 0; (await rows.count()) === 0; i++) {
-        await request(port, { host, method: 'POST', path: '/api/items?q=1', body: '{"name":"<b>bold</b>"}',
-          headers: { 'content-type': 'application/json', 'x-visitor': EVIL } });
+        await request(port, {
+          host,
+          method: 'POST',
+          path: '/api/items?q=1',
+          body: '{"name":"<b>bold</b>"}',
+          headers: { 'content-type': 'application/json', 'x-visitor': EVIL },
+        });
         if ((await rows.count()) > 0) break;
         await page.waitForSelector('.row', { timeout: 250 }).catch(() => undefined);
         if (i > 40) throw new Error('no row appeared');
@@ -137,15 +147,27 @@ describe('connect --inspect', () => {
       await page.waitForSelector('.row', { timeout: 250 }).catch(() => undefined);
       if (i > 40) throw new Error('no row appeared');
     }
-    await request(port, { host, method: 'POST', path: '/bin', body: binary, headers: { 'content-type': 'application/octet-stream' } });
+    await request(port, {
+      host,
+      method: 'POST',
+      path: '/bin',
+      body: binary,
+      headers: { 'content-type': 'application/octet-stream' },
+    });
     await page.waitForSelector('.row .path:text-is("/bin")');
-    await page.locator('.row', { has: page.locator('.path:text-is("/big")') }).first().click();
+    await page
+      .locator('.row', { has: page.locator('.path:text-is("/big")') })
+      .first()
+      .click();
     await page.waitForSelector('.detail h2:text("PUT /big")');
     expect(await page.locator('#replay').isDisabled()).toBe(true);
     const big1 = (await page.locator('.detail').textContent()) ?? '';
     expect(big1).toContain('Replay unavailable: the request body was larger than the 1 KiB kept.');
     expect(big1).toContain('truncated: only the first KiB of 3.0 KB is shown');
-    await page.locator('.row', { has: page.locator('.path:text-is("/bin")') }).first().click();
+    await page
+      .locator('.row', { has: page.locator('.path:text-is("/bin")') })
+      .first()
+      .click();
     await page.waitForSelector('.detail h2:text("POST /bin")');
     const bin = (await page.locator('.detail').textContent()) ?? '';
     expect(bin).toContain('binary: first 7 bytes as hex');

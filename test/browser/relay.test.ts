@@ -12,7 +12,15 @@ import { cleanup, useGateway } from '../helpers/fixture.js';
  */
 
 const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+const ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+];
 
 let browser: Browser;
 let site: http.Server;
@@ -40,14 +48,24 @@ describe('relay() in the browser library', () => {
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
         res.writeHead(201, { 'content-type': 'application/json', 'x-target': 'yes' });
-        res.end(JSON.stringify({ method: req.method, url: req.url, a: req.headers['x-a'], body: Buffer.concat(chunks).toString() }));
+        res.end(
+          JSON.stringify({
+            method: req.method,
+            url: req.url,
+            a: req.headers['x-a'],
+            body: Buffer.concat(chunks).toString(),
+          }),
+        );
       });
     });
     await new Promise<void>((r) => target.listen(0, '127.0.0.1', r));
     cleanup(() => new Promise((r) => target.close(r)));
     const port = (target.address() as AddressInfo).port;
     const k = generateKey();
-    const gw = await useGateway({ relay: true, access: { keys: [{ id: 'page', sha256: k.sha256, names: ['*'], relay: [`127.0.0.1:${port}`] }] } });
+    const gw = await useGateway({
+      relay: true,
+      access: { keys: [{ id: 'page', sha256: k.sha256, names: ['*'], relay: [`127.0.0.1:${port}`] }] },
+    });
     const page = await browser.newPage();
     cleanup(() => page.close());
     await page.goto(siteOrigin);
@@ -82,7 +100,12 @@ describe('relay() in the browser library', () => {
       target: 'yes',
       json: { method: 'POST', url: '/things?x=1', a: 'b', body: 'from the page' },
     });
-    expect(result.refused).toEqual({ isRelayError: true, name: 'RelayError', status: 403, code: 'PTTH_ERR_RELAY_FORBIDDEN' });
+    expect(result.refused).toEqual({
+      isRelayError: true,
+      name: 'RelayError',
+      status: 403,
+      code: 'PTTH_ERR_RELAY_FORBIDDEN',
+    });
     // URLs the relay cannot carry never reach the gateway: a scheme other than http(s), HTTPS off port 443, userinfo.
     expect(result.bad).toEqual(['TypeError', 'TypeError', 'TypeError']);
   });

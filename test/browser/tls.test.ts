@@ -14,7 +14,15 @@ import { makeCert, type TestCert } from '../helpers/tls.js';
  */
 
 const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+const ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+];
 const DOMAIN = 'tls.localhost';
 
 const PAGE = `<!doctype html><meta charset="utf-8"><title>ptth tls page</title>
@@ -88,7 +96,9 @@ describe('the browser library against an HTTPS gateway', () => {
         const gw = `https://${DOMAIN}:${port}`;
         await page.goto(`${siteOrigin}/?${new URLSearchParams({ gateway: gw, name, transport }).toString()}`);
         await page.waitForFunction(() => 'ready' in globalThis, undefined, { timeout: 10_000 });
-        const online = await page.evaluate(() => (globalThis as unknown as { ready: Promise<{ url: string; transport: string }> }).ready);
+        const online = await page.evaluate(
+          () => (globalThis as unknown as { ready: Promise<{ url: string; transport: string }> }).ready,
+        );
         expect(online).toEqual({ url: `https://${name}.${DOMAIN}:${port}/`, transport });
         expect(gateway.table.lookup(name)?.channels.map((c) => c.transport)).toEqual([transport]);
         const r = await visit(name, '/secure', 'over tls');

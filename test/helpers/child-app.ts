@@ -26,7 +26,12 @@ const server = http.createServer((req, res) => {
   if (req.url === '/hang') return;
   if (req.url === '/partial' || req.url === '/chunked') {
     // A declared length, or chunked: cut short, the visitor must never see a complete response.
-    res.writeHead(200, req.url === '/partial' ? { 'content-type': 'text/plain', 'content-length': '1000' } : { 'content-type': 'text/plain' });
+    res.writeHead(
+      200,
+      req.url === '/partial'
+        ? { 'content-type': 'text/plain', 'content-length': '1000' }
+        : { 'content-type': 'text/plain' },
+    );
     res.write('partial', () => process.stdout.write('partial sent\n'));
     return;
   }

@@ -23,7 +23,8 @@ export function parseLinks(values: string | readonly string[] | undefined): Link
 
 export function rawValues(raw: readonly string[], name: string): string[] {
   const out: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name.toLowerCase()) out.push(raw[i + 1] as string);
+  for (let i = 0; i < raw.length; i += 2)
+    if ((raw[i] as string).toLowerCase() === name.toLowerCase()) out.push(raw[i + 1] as string);
   return out;
 }
 
@@ -37,7 +38,12 @@ export interface HttpReply {
 /** One request to an absolute URL on 127.0.0.1 (its own connection unless an agent is given). */
 export function fetchRaw(
   url: string,
-  init: { method?: string; headers?: http.OutgoingHttpHeaders; body?: string | Buffer; agent?: http.Agent | false } = {},
+  init: {
+    method?: string;
+    headers?: http.OutgoingHttpHeaders;
+    body?: string | Buffer;
+    agent?: http.Agent | false;
+  } = {},
 ): Promise<HttpReply> {
   const u = new URL(url);
   return new Promise((resolve, reject) => {
@@ -52,7 +58,14 @@ export function fetchRaw(
     req.on('response', (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, rawHeaders: res.rawHeaders, body: Buffer.concat(chunks) }));
+      res.on('end', () =>
+        resolve({
+          status: res.statusCode ?? 0,
+          headers: res.headers,
+          rawHeaders: res.rawHeaders,
+          body: Buffer.concat(chunks),
+        }),
+      );
       res.on('error', reject);
     });
     req.on('error', reject);
@@ -91,7 +104,13 @@ export function parseRequestMessage(bytes: Buffer): Promise<ParsedRequest> {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
-        resolve({ method: req.method ?? '', url: req.url ?? '', httpVersion: req.httpVersion, rawHeaders: req.rawHeaders, body: Buffer.concat(chunks) });
+        resolve({
+          method: req.method ?? '',
+          url: req.url ?? '',
+          httpVersion: req.httpVersion,
+          rawHeaders: req.rawHeaders,
+          body: Buffer.concat(chunks),
+        });
         res.destroy();
         a.destroy();
       });
@@ -121,7 +140,13 @@ export function parseRequestPipeline(bytes: Buffer): Promise<ParsedRequest[]> {
           const chunks: Buffer[] = [];
           req.on('data', (c: Buffer) => chunks.push(c));
           req.on('end', () => {
-            done({ method: req.method ?? '', url: req.url ?? '', httpVersion: req.httpVersion, rawHeaders: req.rawHeaders, body: Buffer.concat(chunks) });
+            done({
+              method: req.method ?? '',
+              url: req.url ?? '',
+              httpVersion: req.httpVersion,
+              rawHeaders: req.rawHeaders,
+              body: Buffer.concat(chunks),
+            });
             res.end();
           });
         }),
@@ -194,7 +219,13 @@ export class CometApp {
   #pipeline = false;
 
   /** `options.pipeline`: poll with `Accept: application/http` and answer pipelines (section 5.7). */
-  static async start(origin: string, form: Record<string, string>, handler: CometHandler, pollers = 1, options: { pipeline?: boolean } = {}): Promise<CometApp> {
+  static async start(
+    origin: string,
+    form: Record<string, string>,
+    handler: CometHandler,
+    pollers = 1,
+    options: { pipeline?: boolean } = {},
+  ): Promise<CometApp> {
     const app = new CometApp();
     app.#pipeline = options.pipeline ?? false;
     for (let i = 0; i < pollers; i++) {
@@ -233,7 +264,10 @@ export class CometApp {
     while (!this.#stopped) {
       let r: HttpReply;
       try {
-        r = await fetchRaw(url, { agent: this.#agent, ...(this.#pipeline ? { headers: { accept: 'application/http' } } : {}) });
+        r = await fetchRaw(url, {
+          agent: this.#agent,
+          ...(this.#pipeline ? { headers: { accept: 'application/http' } } : {}),
+        });
       } catch (err) {
         if (this.#stopped) return;
         throw new Error(`poller ${n}: poll of ${url} failed: ${String(err)}`, { cause: err });
@@ -252,7 +286,9 @@ export class CometApp {
       const reqs = pipelined ? await parseRequestPipeline(r.body) : [await parseRequestMessage(r.body)];
       this.batches.push(reqs.length);
       const clients = String(r.headers['requesting-client']).split(', ');
-      const replies = await Promise.all(reqs.map(async (req, i) => serializeResponse(await handler(req, { client: clients[i] ?? '' }))));
+      const replies = await Promise.all(
+        reqs.map(async (req, i) => serializeResponse(await handler(req, { client: clients[i] ?? '' }))),
+      );
       if (this.#left) return;
       let posted: HttpReply;
       try {

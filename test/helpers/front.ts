@@ -20,7 +20,14 @@ export async function startEventsFront(gatewayPort: number): Promise<EventsFront
   const streams = new Set<http.ServerResponse>();
   const server = http.createServer((req, res) => {
     const url = req.url ?? '/';
-    const out = http.request({ host: '127.0.0.1', port: gatewayPort, method: req.method, path: url, headers: req.rawHeaders, agent: false });
+    const out = http.request({
+      host: '127.0.0.1',
+      port: gatewayPort,
+      method: req.method,
+      path: url,
+      headers: req.rawHeaders,
+      agent: false,
+    });
     out.on('response', (gres) => {
       if (/^\/_ptth\/[^/?]+\/events(\?.*)?$/.test(url)) {
         streams.add(res);

@@ -98,7 +98,8 @@ export class RawH2App {
   async request(n = 1, ms = 2_000): Promise<number> {
     const deadline = Date.now() + ms;
     while (this.requests.length < n) {
-      if (Date.now() > deadline || this.socket.destroyed) throw new Error(`request ${n} never reached the raw HTTP/2 app`);
+      if (Date.now() > deadline || this.socket.destroyed)
+        throw new Error(`request ${n} never reached the raw HTTP/2 app`);
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, 20);
         this.#waiters.push(() => {
@@ -155,7 +156,11 @@ export interface H2Server {
 export async function serveH2(
   socket: Socket,
   already: Buffer,
-  onStream: (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, session: http2.ServerHttp2Session) => void,
+  onStream: (
+    stream: http2.ServerHttp2Stream,
+    headers: http2.IncomingHttpHeaders,
+    session: http2.ServerHttp2Session,
+  ) => void,
   settings: http2.Settings = {},
 ): Promise<H2Server> {
   const server = http2.createServer({ settings });

@@ -76,7 +76,13 @@ export function request(port: number, spec: RequestSpec = {}): Promise<Reply> {
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
         const bytes = Buffer.concat(chunks);
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, rawHeaders: res.rawHeaders, body: bytes.toString('utf8'), bytes });
+        resolve({
+          status: res.statusCode ?? 0,
+          headers: res.headers,
+          rawHeaders: res.rawHeaders,
+          body: bytes.toString('utf8'),
+          bytes,
+        });
       });
       res.on('error', reject);
     });
@@ -141,12 +147,19 @@ export function closed(socket: net.Socket, ms = 3_000, read = true): Promise<boo
  * Writes a claim request byte for byte and reads the gateway's answer head.
  * Returns the socket (still open after a 101) and the head as text.
  */
-export async function rawClaim(port: number, bytes: string | Buffer): Promise<{ socket: net.Socket; head: string; rest: Buffer }> {
+export async function rawClaim(
+  port: number,
+  bytes: string | Buffer,
+): Promise<{ socket: net.Socket; head: string; rest: Buffer }> {
   const socket = await rawConnect(port);
   socket.write(bytes);
   const got = await readUntil(socket, headEnd);
   const end = got.indexOf('\r\n\r\n');
-  return { socket, head: end === -1 ? got.toString('latin1') : got.subarray(0, end + 4).toString('latin1'), rest: end === -1 ? Buffer.alloc(0) : got.subarray(end + 4) };
+  return {
+    socket,
+    head: end === -1 ? got.toString('latin1') : got.subarray(0, end + 4).toString('latin1'),
+    rest: end === -1 ? Buffer.alloc(0) : got.subarray(end + 4),
+  };
 }
 
 /** Serves `handler` through the gateway with the Node client; resolves once online. */
@@ -155,7 +168,13 @@ export async function startApp(
   target: http.RequestListener | http.Server,
   options: ListenOptions = {},
 ): Promise<Tunnel> {
-  const tunnel = listen(target, { gateway: `http://127.0.0.1:${port}`, connections: 2, backoff: 50, maxBackoff: 500, ...options });
+  const tunnel = listen(target, {
+    gateway: `http://127.0.0.1:${port}`,
+    connections: 2,
+    backoff: 50,
+    maxBackoff: 500,
+    ...options,
+  });
   await tunnel.ready();
   return tunnel;
 }

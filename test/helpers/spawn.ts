@@ -24,7 +24,10 @@ export function spawnCli(args: string[], env?: NodeJS.ProcessEnv): Spawned {
  * `node ...args` in a child process with a handle tests wait on: output so far (stdout and
  * stderr), waitFor(regexp), exited(), kill(signal). `waitMs` is waitFor's default deadline.
  */
-export function spawnNode(args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string; waitMs?: number; ipc?: boolean } = {}): Spawned {
+export function spawnNode(
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; cwd?: string; waitMs?: number; ipc?: boolean } = {},
+): Spawned {
   const child = spawn(process.execPath, args, {
     stdio: options.ipc ? ['ignore', 'pipe', 'pipe', 'ipc'] : ['ignore', 'pipe', 'pipe'],
     ...(options.env ? { env: { ...process.env, ...options.env } } : {}),

@@ -28,7 +28,12 @@ export class RawWsApp {
   private constructor(ws: WebSocket) {
     this.ws = ws;
     ws.on('message', (data: Buffer, binary: boolean) => {
-      if (binary) this.#frames.push({ id: data.readUInt32BE(1), end: ((data[0] as number) & FLAG_END) !== 0, payload: data.subarray(5) });
+      if (binary)
+        this.#frames.push({
+          id: data.readUInt32BE(1),
+          end: ((data[0] as number) & FLAG_END) !== 0,
+          payload: data.subarray(5),
+        });
       else this.#controls.push(JSON.parse(data.toString()) as Control);
       for (const w of this.#waiters.splice(0)) w();
     });
@@ -39,7 +44,11 @@ export class RawWsApp {
   }
 
   /** Opens the channel and waits for the gateway's hello. */
-  static connect(port: number, query: Record<string, string> = {}, options: { autoPong?: boolean } = {}): Promise<RawWsApp> {
+  static connect(
+    port: number,
+    query: Record<string, string> = {},
+    options: { autoPong?: boolean } = {},
+  ): Promise<RawWsApp> {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(`ws://127.0.0.1:${port}/?${new URLSearchParams(query).toString()}`, 'ptth.v1', options);
       const app = new RawWsApp(ws);
@@ -128,7 +137,10 @@ export class RawWsApp {
 }
 
 /** What a refused WebSocket claim got: the HTTP status and X-Ptth-Error. */
-export function wsRefusal(port: number, query: Record<string, string>): Promise<{ status: number; code: string | undefined }> {
+export function wsRefusal(
+  port: number,
+  query: Record<string, string>,
+): Promise<{ status: number; code: string | undefined }> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(`ws://127.0.0.1:${port}/?${new URLSearchParams(query).toString()}`, 'ptth.v1');
     ws.once('unexpected-response', (_req, res) => {
@@ -154,7 +166,10 @@ export interface LibServer {
   readonly name: string | undefined;
   close(options?: { release?: boolean }): Promise<void>;
 }
-export type LibHandler = (request: Request, info: { remoteAddr: string; transport: string }) => Response | Promise<Response>;
+export type LibHandler = (
+  request: Request,
+  info: { remoteAddr: string; transport: string },
+) => Response | Promise<Response>;
 export type LibServe = (options: Record<string, unknown>, handler: LibHandler) => LibServer;
 
 export const LIBRARY_PATH = fileURLToPath(new URL('../../dist/browser/ptth.js', import.meta.url));

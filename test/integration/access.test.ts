@@ -11,7 +11,17 @@ import WebSocket from 'ws';
 import { ClaimError, listen } from '../../src/client/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import { AccessConfigError, hashKey, type AccessConfig } from '../../src/table/access.js';
-import { closed, headEnd, rawConnect, readUntil, request, startApp, startGateway, until, type TestGateway } from '../helpers/index.js';
+import {
+  closed,
+  headEnd,
+  rawConnect,
+  readUntil,
+  request,
+  startApp,
+  startGateway,
+  until,
+  type TestGateway,
+} from '../helpers/index.js';
 import { cleanup, track, useGateway } from '../helpers/fixture.js';
 import { fetchRaw, CometApp, register } from '../helpers/comet.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
@@ -83,9 +93,15 @@ async function wsApp(port: number, query: Record<string, string>): Promise<RawWs
 }
 
 /** A WebSocket channel claim with headers (ws can set them; browsers cannot). */
-function wsWithHeaders(port: number, query: Record<string, string>, headers: Record<string, string>): Promise<number | 'open'> {
+function wsWithHeaders(
+  port: number,
+  query: Record<string, string>,
+  headers: Record<string, string>,
+): Promise<number | 'open'> {
   return new Promise((resolve) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/?${new URLSearchParams(query).toString()}`, 'ptth.v1', { headers });
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/?${new URLSearchParams(query).toString()}`, 'ptth.v1', {
+      headers,
+    });
     ws.once('open', () => {
       resolve('open');
       ws.close();
@@ -103,7 +119,11 @@ describe('native claims with keys', () => {
   it('401 without a key, with a non-Bearer Authorization, and with an unknown key', async () => {
     const g = await start();
     expectRefusal((await nativeClaim(g.port, '?name=alice')).head, 401, 'PTTH_ERR_KEY_REQUIRED');
-    expectRefusal((await nativeClaim(g.port, '?name=alice', ['Authorization: Basic YTpi'])).head, 401, 'PTTH_ERR_KEY_REQUIRED');
+    expectRefusal(
+      (await nativeClaim(g.port, '?name=alice', ['Authorization: Basic YTpi'])).head,
+      401,
+      'PTTH_ERR_KEY_REQUIRED',
+    );
     const invalid = await nativeClaim(g.port, '?name=alice', [bearer(`${KEY_ALICE}x`)]);
     expectRefusal(invalid.head, 401, 'PTTH_ERR_KEY_INVALID');
     // RFC 9110 section 11.6.1: a 401 says which authentication scheme would work.
@@ -131,25 +151,41 @@ describe('native claims with keys', () => {
     expect(g.gateway.table.lookup('team-red')?.keyId).toBe('alice');
     expect(claims[0]).toMatchObject({ name: 'team-red', transport: 'http1', key: 'alice' });
     // The scheme is case-insensitive (RFC 9110 section 11.1).
-    expect((await nativeClaim(g.port, '?name=alice&token=t', [`Authorization: bearer ${KEY_ALICE}`])).head).toMatch(/^HTTP\/1\.1 101 /);
+    expect((await nativeClaim(g.port, '?name=alice&token=t', [`Authorization: bearer ${KEY_ALICE}`])).head).toMatch(
+      /^HTTP\/1\.1 101 /,
+    );
   });
 
-  it('403 for a name outside the key\'s patterns, named in the query or the Host', async () => {
+  it("403 for a name outside the key's patterns, named in the query or the Host", async () => {
     const g = await start();
     const q = await nativeClaim(g.port, '?name=bob', [bearer(KEY_ALICE), 'Accept: application/json']);
     expectRefusal(q.head, 403, 'PTTH_ERR_KEY_FORBIDDEN');
-    const body = q.rest.includes('}\n') ? q.rest : q.rest + (await readUntil(q.socket, (b) => b.includes('}\n'), 1_000)).toString();
+    const body = q.rest.includes('}\n')
+      ? q.rest
+      : q.rest + (await readUntil(q.socket, (b) => b.includes('}\n'), 1_000)).toString();
     expect(JSON.parse(body)).toEqual({
-      error: { code: 'PTTH_ERR_KEY_FORBIDDEN', status: 403, message: 'The access key "alice" may not claim "bob": it may claim alice, team-*.' },
+      error: {
+        code: 'PTTH_ERR_KEY_FORBIDDEN',
+        status: 403,
+        message: 'The access key "alice" may not claim "bob": it may claim alice, team-*.',
+      },
     });
-    expectRefusal((await nativeClaim(g.port, '', [bearer(KEY_ALICE)], { host: `bob.localhost:${g.port}` })).head, 403, 'PTTH_ERR_KEY_FORBIDDEN');
+    expectRefusal(
+      (await nativeClaim(g.port, '', [bearer(KEY_ALICE)], { host: `bob.localhost:${g.port}` })).head,
+      403,
+      'PTTH_ERR_KEY_FORBIDDEN',
+    );
     expect(g.gateway.table.list()).toHaveLength(0);
   });
 
   it('403 for reserved names, even for a key that may claim anything', async () => {
     const g = await start();
     expectRefusal((await nativeClaim(g.port, '?name=www', [bearer(KEY_OPS)])).head, 403, 'PTTH_ERR_NAME_RESERVED');
-    expectRefusal((await nativeClaim(g.port, '?name=Admin-Panel', [bearer(KEY_OPS)])).head, 403, 'PTTH_ERR_NAME_RESERVED');
+    expectRefusal(
+      (await nativeClaim(g.port, '?name=Admin-Panel', [bearer(KEY_OPS)])).head,
+      403,
+      'PTTH_ERR_NAME_RESERVED',
+    );
     expect((await nativeClaim(g.port, '?name=admin&token=t', [bearer(KEY_OPS)])).head).toMatch(/^HTTP\/1\.1 101 /);
   });
 
@@ -168,7 +204,9 @@ describe('native claims with keys', () => {
 
   it('a key whose prefix is entirely reserved gets 403 for a claim without a name, and the gateway keeps serving', async () => {
     const key = 'ptth_review-0123456789abcdefghijklmnop';
-    const g = await start({ access: { keys: [{ id: 'team', sha256: hashKey(key), names: ['team-*'] }], reserved: ['team*'] } });
+    const g = await start({
+      access: { keys: [{ id: 'team', sha256: hashKey(key), names: ['team-*'] }], reserved: ['team*'] },
+    });
     const { head } = await nativeClaim(g.port, '', [bearer(key)]);
     expect(head).toMatch(/^HTTP\/1\.1 403 /);
     expect(head).toContain('X-Ptth-Error: PTTH_ERR_NAME_RESERVED');
@@ -178,7 +216,11 @@ describe('native claims with keys', () => {
   it('reserved names apply without keys too; the gateway is otherwise open', async () => {
     const g = await start({ reserved: ['www'] });
     expectRefusal((await nativeClaim(g.port, '?name=www')).head, 403, 'PTTH_ERR_NAME_RESERVED');
-    expectRefusal((await nativeClaim(g.port, '', [], { host: `www.localhost:${g.port}` })).head, 403, 'PTTH_ERR_NAME_RESERVED');
+    expectRefusal(
+      (await nativeClaim(g.port, '', [], { host: `www.localhost:${g.port}` })).head,
+      403,
+      'PTTH_ERR_NAME_RESERVED',
+    );
     expect((await nativeClaim(g.port, '?name=foo')).head).toMatch(/^HTTP\/1\.1 101 /);
     // A key sent to an open gateway is not needed and not refused.
     expect((await nativeClaim(g.port, '?name=bar', [bearer('anything')])).head).toMatch(/^HTTP\/1\.1 101 /);
@@ -203,7 +245,7 @@ describe('per-key limits', () => {
     expect((await nativeClaim(g.port, '?name=team-b&token=t', [bearer(KEY_ALICE)])).head).toMatch(/^HTTP\/1\.1 101 /);
   });
 
-  it('429 past maxChannels across the key\'s names and transports; a refused new name is not kept', async () => {
+  it("429 past maxChannels across the key's names and transports; a refused new name is not kept", async () => {
     const g = await start();
     expect((await nativeClaim(g.port, '?name=alice&token=t', [bearer(KEY_ALICE)])).head).toMatch(/^HTTP\/1\.1 101 /);
     const second = await nativeClaim(g.port, '?name=alice&token=t', [bearer(KEY_ALICE)]);
@@ -212,14 +254,25 @@ describe('per-key limits', () => {
     const c = await comet(g.origin, { name: 'alice', token: 't', key: KEY_ALICE });
     expect(c.status).toBe(204);
     await until(() => g.gateway.table.heldBy('alice').channels === 3);
-    expectRefusal((await nativeClaim(g.port, '?name=alice&token=t', [bearer(KEY_ALICE)])).head, 429, 'PTTH_ERR_KEY_CHANNELS');
-    expectRefusal((await nativeClaim(g.port, '?name=team-x&token=t', [bearer(KEY_ALICE)])).head, 429, 'PTTH_ERR_KEY_CHANNELS');
+    expectRefusal(
+      (await nativeClaim(g.port, '?name=alice&token=t', [bearer(KEY_ALICE)])).head,
+      429,
+      'PTTH_ERR_KEY_CHANNELS',
+    );
+    expectRefusal(
+      (await nativeClaim(g.port, '?name=team-x&token=t', [bearer(KEY_ALICE)])).head,
+      429,
+      'PTTH_ERR_KEY_CHANNELS',
+    );
     expect(g.gateway.table.lookup('team-x')).toBeUndefined();
     const cometRefused = await comet(g.origin, { name: 'team-y', token: 't', key: KEY_ALICE });
     expect(cometRefused.status).toBe(429);
     expect(cometRefused.headers['x-ptth-error']).toBe('PTTH_ERR_KEY_CHANNELS');
     expect(g.gateway.table.lookup('team-y')).toBeUndefined();
-    expect(await wsRefusal(g.port, { name: 'alice', token: 't', key: KEY_ALICE })).toEqual({ status: 429, code: 'PTTH_ERR_KEY_CHANNELS' });
+    expect(await wsRefusal(g.port, { name: 'alice', token: 't', key: KEY_ALICE })).toEqual({
+      status: 429,
+      code: 'PTTH_ERR_KEY_CHANNELS',
+    });
     // Another key is not affected, and a closed channel makes room.
     expect((await nativeClaim(g.port, '?name=ops&token=t', [bearer(KEY_OPS)])).head).toMatch(/^HTTP\/1\.1 101 /);
     second.socket.destroy();
@@ -230,7 +283,11 @@ describe('per-key limits', () => {
   it('the per-name channel limit still applies under a key', async () => {
     const g = await start({ access: KEYS, maxChannels: 1 });
     expect((await nativeClaim(g.port, '?name=ops&token=t', [bearer(KEY_OPS)])).head).toMatch(/^HTTP\/1\.1 101 /);
-    expectRefusal((await nativeClaim(g.port, '?name=ops&token=t', [bearer(KEY_OPS)])).head, 429, 'PTTH_ERR_TOO_MANY_CHANNELS');
+    expectRefusal(
+      (await nativeClaim(g.port, '?name=ops&token=t', [bearer(KEY_OPS)])).head,
+      429,
+      'PTTH_ERR_TOO_MANY_CHANNELS',
+    );
   });
 });
 
@@ -248,7 +305,11 @@ describe('Comet registrations with keys', () => {
     expect(header.status).toBe(201);
     expect(g.gateway.table.lookup('team-a')?.keyId).toBe('alice');
     // The key in the query string works too (the form and the query are one parameter set).
-    const query = await fetchRaw(`${g.origin}/reversehttp?key=${KEY_OPS}`, { method: 'POST', body: 'name=ops&token=t', headers: { 'content-type': 'application/x-www-form-urlencoded' } });
+    const query = await fetchRaw(`${g.origin}/reversehttp?key=${KEY_OPS}`, {
+      method: 'POST',
+      body: 'name=ops&token=t',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    });
     expect(query.status).toBe(201);
   });
 
@@ -272,7 +333,10 @@ describe('Comet registrations with keys', () => {
 
   it('a Comet app with a key serves visitors; polls need no key (the request URL is the capability)', async () => {
     const g = await start();
-    const app = await CometApp.start(g.origin, { name: 'team-comet', token: 't', key: KEY_ALICE }, () => ({ status: 200, body: 'comet ok' }));
+    const app = await CometApp.start(g.origin, { name: 'team-comet', token: 't', key: KEY_ALICE }, () => ({
+      status: 200,
+      body: 'comet ok',
+    }));
     cleanup(() => app.stop());
     const r = await request(g.port, { host: g.host('team-comet') });
     expect([r.status, r.body]).toEqual([200, 'comet ok']);
@@ -282,10 +346,22 @@ describe('Comet registrations with keys', () => {
 describe('WebSocket channel claims with keys', () => {
   it('401 without a key or with an unknown one; 403 for other names and reserved ones', async () => {
     const g = await start();
-    expect(await wsRefusal(g.port, { name: 'alice', token: 't' })).toEqual({ status: 401, code: 'PTTH_ERR_KEY_REQUIRED' });
-    expect(await wsRefusal(g.port, { name: 'alice', token: 't', key: 'ptth_nope' })).toEqual({ status: 401, code: 'PTTH_ERR_KEY_INVALID' });
-    expect(await wsRefusal(g.port, { name: 'bob', token: 't', key: KEY_ALICE })).toEqual({ status: 403, code: 'PTTH_ERR_KEY_FORBIDDEN' });
-    expect(await wsRefusal(g.port, { name: 'admin-x', token: 't', key: KEY_OPS })).toEqual({ status: 403, code: 'PTTH_ERR_NAME_RESERVED' });
+    expect(await wsRefusal(g.port, { name: 'alice', token: 't' })).toEqual({
+      status: 401,
+      code: 'PTTH_ERR_KEY_REQUIRED',
+    });
+    expect(await wsRefusal(g.port, { name: 'alice', token: 't', key: 'ptth_nope' })).toEqual({
+      status: 401,
+      code: 'PTTH_ERR_KEY_INVALID',
+    });
+    expect(await wsRefusal(g.port, { name: 'bob', token: 't', key: KEY_ALICE })).toEqual({
+      status: 403,
+      code: 'PTTH_ERR_KEY_FORBIDDEN',
+    });
+    expect(await wsRefusal(g.port, { name: 'admin-x', token: 't', key: KEY_OPS })).toEqual({
+      status: 403,
+      code: 'PTTH_ERR_NAME_RESERVED',
+    });
     expect(g.gateway.table.list()).toHaveLength(0);
   });
 
@@ -298,7 +374,9 @@ describe('WebSocket channel claims with keys', () => {
     const req = await a.control('request');
     a.respond(req.id as number, 200, 'over ws');
     expect((await visit).body).toBe('over ws');
-    expect(await wsWithHeaders(g.port, { name: 'team-h', token: 't' }, { authorization: `Bearer ${KEY_ALICE}` })).toBe('open');
+    expect(await wsWithHeaders(g.port, { name: 'team-h', token: 't' }, { authorization: `Bearer ${KEY_ALICE}` })).toBe(
+      'open',
+    );
     expect(await wsWithHeaders(g.port, { name: 'ops', token: 't' }, { authorization: 'Bearer ptth_wrong' })).toBe(401);
   });
 
@@ -306,20 +384,35 @@ describe('WebSocket channel claims with keys', () => {
     const g = await start();
     await wsApp(g.port, { name: 'alice', token: 't', key: KEY_ALICE });
     await wsApp(g.port, { name: 'team-1', token: 't', key: KEY_ALICE });
-    expect(await wsRefusal(g.port, { name: 'team-2', token: 't', key: KEY_ALICE })).toEqual({ status: 429, code: 'PTTH_ERR_KEY_NAMES' });
+    expect(await wsRefusal(g.port, { name: 'team-2', token: 't', key: KEY_ALICE })).toEqual({
+      status: 429,
+      code: 'PTTH_ERR_KEY_NAMES',
+    });
   });
 });
 
 describe('reloading the access configuration', () => {
   it('new claims use the new keys at once; existing registrations keep serving', async () => {
     const g = await start();
-    const app = await startApp(g.port, (_req, res) => res.end('still here'), { name: 'alice', key: KEY_ALICE, connections: 1, http1: true });
+    const app = await startApp(g.port, (_req, res) => res.end('still here'), {
+      name: 'alice',
+      key: KEY_ALICE,
+      connections: 1,
+      http1: true,
+    });
     cleanup(() => app.close({ graceMs: 100 }));
     // alice's key is revoked; ops stays; www is no longer reserved.
     g.gateway.setAccess({ keys: [{ id: 'ops', sha256: hashKey(KEY_OPS), names: ['*'] }] });
-    expectRefusal((await nativeClaim(g.port, '?name=team-z&token=t', [bearer(KEY_ALICE)])).head, 401, 'PTTH_ERR_KEY_INVALID');
+    expectRefusal(
+      (await nativeClaim(g.port, '?name=team-z&token=t', [bearer(KEY_ALICE)])).head,
+      401,
+      'PTTH_ERR_KEY_INVALID',
+    );
     expect((await comet(g.origin, { name: 'team-z', token: 't', key: KEY_ALICE })).status).toBe(401);
-    expect(await wsRefusal(g.port, { name: 'team-z', token: 't', key: KEY_ALICE })).toEqual({ status: 401, code: 'PTTH_ERR_KEY_INVALID' });
+    expect(await wsRefusal(g.port, { name: 'team-z', token: 't', key: KEY_ALICE })).toEqual({
+      status: 401,
+      code: 'PTTH_ERR_KEY_INVALID',
+    });
     expect((await nativeClaim(g.port, '?name=www&token=t', [bearer(KEY_OPS)])).head).toMatch(/^HTTP\/1\.1 101 /);
     const r = await request(g.port, { host: g.host('alice') });
     expect([r.status, r.body]).toEqual([200, 'still here']);
@@ -333,14 +426,22 @@ describe('reloading the access configuration', () => {
     const g = await start();
     const bad = { keys: [{ id: 'ops', sha256: hashKey(KEY_OPS), names: ['*', 'no good'] }] };
     expect(() => g.gateway.setAccess(bad as AccessConfig, 'keys.json')).toThrow(AccessConfigError);
-    expect(() => g.gateway.setAccess(bad as AccessConfig, 'keys.json')).toThrow(/^keys\.json: keys\[0\] \(id "ops"\): names\[1\]: "no good" is not a valid/);
+    expect(() => g.gateway.setAccess(bad as AccessConfig, 'keys.json')).toThrow(
+      /^keys\.json: keys\[0\] \(id "ops"\): names\[1\]: "no good" is not a valid/,
+    );
     expect((await nativeClaim(g.port, '?name=alice&token=t', [bearer(KEY_ALICE)])).head).toMatch(/^HTTP\/1\.1 101 /);
-    expectRefusal((await nativeClaim(g.port, '?name=www&token=t', [bearer(KEY_OPS)])).head, 403, 'PTTH_ERR_NAME_RESERVED');
+    expectRefusal(
+      (await nativeClaim(g.port, '?name=www&token=t', [bearer(KEY_OPS)])).head,
+      403,
+      'PTTH_ERR_NAME_RESERVED',
+    );
     expect(g.gateway.access.config).toEqual(KEYS);
   });
 
   it('a bad configuration at construction fails createGateway', async () => {
-    await expect(startGateway({ access: { keys: [{ id: 'x', sha256: 'short', names: ['*'] }] } })).rejects.toThrow(/keys\[0\] \(id "x"\): sha256 must be 64 hex digits/);
+    await expect(startGateway({ access: { keys: [{ id: 'x', sha256: 'short', names: ['*'] }] } })).rejects.toThrow(
+      /keys\[0\] \(id "x"\): sha256 must be 64 hex digits/,
+    );
     await expect(startGateway({ reserved: ['not valid'] })).rejects.toThrow(AccessConfigError);
   });
 
@@ -371,7 +472,11 @@ describe('clients with keys', () => {
     const h2 = await startApp(g.port, (_req, res) => res.end('h2 app'), { name: 'alice', key: KEY_ALICE });
     cleanup(() => h2.close({ graceMs: 100 }));
     expect(h2.protocol).toBe('h2');
-    const h1 = await startApp(g.port, (_req, res) => res.end('h1 app'), { name: 'team-one', key: KEY_ALICE, http1: true });
+    const h1 = await startApp(g.port, (_req, res) => res.end('h1 app'), {
+      name: 'team-one',
+      key: KEY_ALICE,
+      http1: true,
+    });
     cleanup(() => h1.close({ graceMs: 100 }));
     expect((await request(g.port, { host: g.host('alice') })).body).toBe('h2 app');
     expect((await request(g.port, { host: g.host('team-one') })).body).toBe('h1 app');
@@ -389,27 +494,38 @@ describe('clients with keys', () => {
       [{ name: 'bob', key: KEY_ALICE }, 403, 'PTTH_ERR_KEY_FORBIDDEN'],
       [{ name: 'www', key: KEY_OPS }, 403, 'PTTH_ERR_NAME_RESERVED'],
     ] as const) {
-      const err = await startApp(g.port, (_req, res) => res.end(), options).then(() => undefined, (e: unknown) => e);
+      const err = await startApp(g.port, (_req, res) => res.end(), options).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(ClaimError);
       expect([(err as ClaimError).status, (err as ClaimError).code]).toEqual([status, code]);
     }
-    expect(() => listen((_req, res) => res.end(), { gateway: g.origin, key: 'has space' })).toThrow(/key must be 1 to 1024 visible ASCII/);
+    expect(() => listen((_req, res) => res.end(), { gateway: g.origin, key: 'has space' })).toThrow(
+      /key must be 1 to 1024 visible ASCII/,
+    );
   });
 
   // The library's code run in Node, with ws as its WebSocket; test/browser/browser.test.ts runs the
   // same cases in Chromium.
-  it('the browser library\'s code, run in Node with ws, passes its key over the WebSocket channel and over Comet', async () => {
+  it("the browser library's code, run in Node with ws, passes its key over the WebSocket channel and over Comet", async () => {
     const g = await start();
     const serve = await loadLibrary();
     for (const transport of ['websocket', 'comet'] as const) {
-      const s = serve({ gateway: g.origin, name: `team-${transport}`, key: KEY_ALICE, transport }, () => new Response(`lib ${transport}`));
+      const s = serve(
+        { gateway: g.origin, name: `team-${transport}`, key: KEY_ALICE, transport },
+        () => new Response(`lib ${transport}`),
+      );
       cleanup(() => s.close());
       await s.url;
       expect(s.transport).toBe(transport);
       expect((await request(g.port, { host: g.host(`team-${transport}`) })).body).toBe(`lib ${transport}`);
     }
     // Comet reports the refusal (a browser WebSocket cannot see the status of a refused handshake).
-    const refused = serve({ gateway: g.origin, name: 'bob', key: KEY_ALICE, transport: 'comet' }, () => new Response(''));
+    const refused = serve(
+      { gateway: g.origin, name: 'bob', key: KEY_ALICE, transport: 'comet' },
+      () => new Response(''),
+    );
     cleanup(() => refused.close());
     await expect(refused.url).rejects.toMatchObject({ status: 403, code: 'PTTH_ERR_KEY_FORBIDDEN' });
   });
@@ -425,18 +541,32 @@ describe('the CLI', () => {
     const json = /^ {2}(\{.*\})$/m.exec(out)?.[1];
     expect(key).toBeDefined();
     const entry = JSON.parse(json as string) as Record<string, unknown>;
-    expect(entry).toEqual({ id: 'ci', sha256: hashKey(key as string), names: ['ci-*', 'docs'], maxNames: 2, maxChannels: 5 });
+    expect(entry).toEqual({
+      id: 'ci',
+      sha256: hashKey(key as string),
+      names: ['ci-*', 'docs'],
+      maxNames: 2,
+      maxChannels: 5,
+    });
     expect(out).not.toContain('undefined');
     const g = await start({ access: { keys: [entry as never] } });
-    expect((await nativeClaim(g.port, '?name=ci-build&token=t', [bearer(key as string)])).head).toMatch(/^HTTP\/1\.1 101 /);
-    expectRefusal((await nativeClaim(g.port, '?name=other&token=t', [bearer(key as string)])).head, 403, 'PTTH_ERR_KEY_FORBIDDEN');
+    expect((await nativeClaim(g.port, '?name=ci-build&token=t', [bearer(key as string)])).head).toMatch(
+      /^HTTP\/1\.1 101 /,
+    );
+    expectRefusal(
+      (await nativeClaim(g.port, '?name=other&token=t', [bearer(key as string)])).head,
+      403,
+      'PTTH_ERR_KEY_FORBIDDEN',
+    );
   });
 
   it('`ptth-proxy key` refuses bad patterns and ids with exit code 2', async () => {
     const p = spawnCli(['key', '--names', 'a.b']);
     cleanup(() => p.kill('SIGKILL'));
     expect(await p.exited()).toBe(2);
-    expect(p.output()).toMatch(/ptth-proxy key: new key: keys\[0\] \(id "key-[0-9a-f]{8}"\): names\[0\]: "a\.b" is not a valid name or pattern/);
+    expect(p.output()).toMatch(
+      /ptth-proxy key: new key: keys\[0\] \(id "key-[0-9a-f]{8}"\): names\[0\]: "a\.b" is not a valid name or pattern/,
+    );
     const q = spawnCli(['key', '--id', 'bad id']);
     cleanup(() => q.kill('SIGKILL'));
     expect(await q.exited()).toBe(2);
@@ -450,7 +580,18 @@ describe('the CLI', () => {
     await new Promise<void>((r) => backend.listen(0, '127.0.0.1', r));
     const port = (backend.address() as { port: number }).port;
     // One channel: a spliced pool (spares beside the used ones) would take all three of alice's maxChannels.
-    const p = spawnCli(['connect', String(port), '--gateway', g.origin, '--name', 'alice', '--key', KEY_ALICE, '--connections', '1']);
+    const p = spawnCli([
+      'connect',
+      String(port),
+      '--gateway',
+      g.origin,
+      '--name',
+      'alice',
+      '--key',
+      KEY_ALICE,
+      '--connections',
+      '1',
+    ]);
     cleanup(() => p.kill('SIGKILL'));
     await p.waitFor(/Forwarding http:\/\/alice\.localhost/);
     expect((await request(g.port, { host: g.host('alice') })).body).toBe('from backend');

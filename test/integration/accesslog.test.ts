@@ -53,26 +53,111 @@ describe('request lines', () => {
     // escapes: quotes, backslashes, control characters, bytes above 0x7f, and a path past the
     // length where pino switches from its own escaping to JSON.stringify.
     const events: RequestEvent[] = [
-      { name: 'app', method: 'GET', url: '/', path: '/', status: 200, ms: 1.23456, bytesIn: 0, bytesOut: 11, remote: '127.0.0.1', error: undefined },
-      { name: 'app', method: 'POST', url: '/q"uo\\te?x=1', path: '/q"uo\\te', status: 201, ms: 0.005, bytesIn: 42, bytesOut: 0, remote: '::1', error: undefined },
-      { name: 'caf\u00e9', method: 'GET', url: '/\u0001\u001f\u007f\u00ff', path: '/\u0001\u001f\u007f\u00ff', status: 404, ms: 12, bytesIn: 0, bytesOut: 70, remote: '10.0.0.1', error: 'PTTH_ERR_NOT_FOUND' },
-      { name: 'app', method: 'GET', url: `/${'long/'.repeat(40)}"`, path: `/${'long/'.repeat(40)}"`, status: 502, ms: 2999.999, bytesIn: 0, bytesOut: 0, remote: '127.0.0.1', error: 'PTTH_ERR_BAD_RESPONSE' },
-      { name: 'app', method: 'GET', url: '/gone', path: '/gone', status: 0, ms: 0.1, bytesIn: 0, bytesOut: 0, remote: '127.0.0.1', error: 'PTTH_ERR_VISITOR_GONE' },
-      { name: 'app', method: 'PUT', url: '/x', path: '/x', status: 599, ms: 1e-7, bytesIn: 1, bytesOut: 2, remote: '127.0.0.1', error: undefined },
+      {
+        name: 'app',
+        method: 'GET',
+        url: '/',
+        path: '/',
+        status: 200,
+        ms: 1.23456,
+        bytesIn: 0,
+        bytesOut: 11,
+        remote: '127.0.0.1',
+        error: undefined,
+      },
+      {
+        name: 'app',
+        method: 'POST',
+        url: '/q"uo\\te?x=1',
+        path: '/q"uo\\te',
+        status: 201,
+        ms: 0.005,
+        bytesIn: 42,
+        bytesOut: 0,
+        remote: '::1',
+        error: undefined,
+      },
+      {
+        name: 'caf\u00e9',
+        method: 'GET',
+        url: '/\u0001\u001f\u007f\u00ff',
+        path: '/\u0001\u001f\u007f\u00ff',
+        status: 404,
+        ms: 12,
+        bytesIn: 0,
+        bytesOut: 70,
+        remote: '10.0.0.1',
+        error: 'PTTH_ERR_NOT_FOUND',
+      },
+      {
+        name: 'app',
+        method: 'GET',
+        url: `/${'long/'.repeat(40)}"`,
+        path: `/${'long/'.repeat(40)}"`,
+        status: 502,
+        ms: 2999.999,
+        bytesIn: 0,
+        bytesOut: 0,
+        remote: '127.0.0.1',
+        error: 'PTTH_ERR_BAD_RESPONSE',
+      },
+      {
+        name: 'app',
+        method: 'GET',
+        url: '/gone',
+        path: '/gone',
+        status: 0,
+        ms: 0.1,
+        bytesIn: 0,
+        bytesOut: 0,
+        remote: '127.0.0.1',
+        error: 'PTTH_ERR_VISITOR_GONE',
+      },
+      {
+        name: 'app',
+        method: 'PUT',
+        url: '/x',
+        path: '/x',
+        status: 599,
+        ms: 1e-7,
+        bytesIn: 1,
+        bytesOut: 2,
+        remote: '127.0.0.1',
+        error: undefined,
+      },
     ];
     for (const e of events) gw.gateway.emit('request', e);
     expect(fast.out).toHaveLength(events.length);
     expect(fast.out.map(untimed)).toEqual(reference.out.map(untimed));
     // And what a consumer parses: field names and order, levels (warn from 500), msg.
     const first = JSON.parse(fast.out[0] as string) as Record<string, unknown>;
-    expect(Object.keys(first)).toEqual(['level', 'time', 'pid', 'hostname', 'event', 'name', 'method', 'path', 'status', 'bytesIn', 'bytesOut', 'ms', 'remote', 'msg']);
+    expect(Object.keys(first)).toEqual([
+      'level',
+      'time',
+      'pid',
+      'hostname',
+      'event',
+      'name',
+      'method',
+      'path',
+      'status',
+      'bytesIn',
+      'bytesOut',
+      'ms',
+      'remote',
+      'msg',
+    ]);
     expect(first).toMatchObject({ level: 30, pid: process.pid, event: 'request', ms: 1.23, msg: 'GET / 200' });
     const levels = fast.out.map((l) => (JSON.parse(l) as { level: number }).level);
     expect(levels).toEqual([30, 30, 30, 40, 30, 40]);
-    expect(JSON.parse(fast.out[2] as string)).toMatchObject({ name: 'caf\u00e9', path: '/\u0001\u001f\u007f\u00ff', error: 'PTTH_ERR_NOT_FOUND' });
+    expect(JSON.parse(fast.out[2] as string)).toMatchObject({
+      name: 'caf\u00e9',
+      path: '/\u0001\u001f\u007f\u00ff',
+      error: 'PTTH_ERR_NOT_FOUND',
+    });
   });
 
-  it('match pino\'s for real requests through a real app, and honour the logger\'s level', async () => {
+  it("match pino's for real requests through a real app, and honour the logger's level", async () => {
     const gw = await useGateway();
     const fast = collect();
     attachLogger(gw.gateway, createLogger({ destination: fast }));
@@ -80,32 +165,65 @@ describe('request lines', () => {
     attachLogger(gw.gateway, createLogger({ destination: warnOnly, level: 'warn' }));
     const reference = pinoLines();
     attachLogger(gw.gateway, reference.logger);
-    const tunnel = await startApp(gw.port, (req, res) => {
-      req.resume();
-      if (req.url === '/fail') res.writeHead(503).end('down');
-      else res.end('hello');
-    }, { name: 'real' });
+    const tunnel = await startApp(
+      gw.port,
+      (req, res) => {
+        req.resume();
+        if (req.url === '/fail') res.writeHead(503).end('down');
+        else res.end('hello');
+      },
+      { name: 'real' },
+    );
     cleanup(() => tunnel.close());
-    expect((await request(gw.port, { host: gw.host('real'), method: 'POST', path: '/a?secret=1', body: 'body' })).status).toBe(200);
+    expect(
+      (await request(gw.port, { host: gw.host('real'), method: 'POST', path: '/a?secret=1', body: 'body' })).status,
+    ).toBe(200);
     expect((await request(gw.port, { host: gw.host('real'), path: '/fail' })).status).toBe(503);
     expect((await request(gw.port, { host: gw.host('nobody'), path: '/n' })).status).toBe(404);
-    await until(() => reference.out.filter((l) => l.includes('"event":"request"')).length === 3, 3_000, 'three request lines');
+    await until(
+      () => reference.out.filter((l) => l.includes('"event":"request"')).length === 3,
+      3_000,
+      'three request lines',
+    );
     const requests = (out: string[]): string[] => out.filter((l) => l.includes('"event":"request"')).map(untimed);
     expect(requests(fast.out)).toEqual(requests(reference.out));
     expect(requests(fast.out).join('')).not.toContain('secret');
     // A logger at warn writes the 5xx line only.
     expect(requests(warnOnly.out)).toHaveLength(1);
-    expect(JSON.parse(requests(warnOnly.out)[0]?.replace(',"time":T,', ',') as string)).toMatchObject({ level: 40, status: 503, path: '/fail' });
+    expect(JSON.parse(requests(warnOnly.out)[0]?.replace(',"time":T,', ',') as string)).toMatchObject({
+      level: 40,
+      status: 503,
+      path: '/fail',
+    });
   });
 
-  it('go through pino when the destination needs each line\'s level (a multistream)', async () => {
+  it("go through pino when the destination needs each line's level (a multistream)", async () => {
     const gw = await useGateway();
     const info: string[] = [];
     const warn: string[] = [];
-    const sink = (to: string[]): Writable => new Writable({ write: (c: Buffer, _e, cb) => { to.push(c.toString()); cb(); } });
-    const multi = pino.multistream([{ level: 'info', stream: sink(info) }, { level: 'warn', stream: sink(warn) }]);
+    const sink = (to: string[]): Writable =>
+      new Writable({
+        write: (c: Buffer, _e, cb) => {
+          to.push(c.toString());
+          cb();
+        },
+      });
+    const multi = pino.multistream([
+      { level: 'info', stream: sink(info) },
+      { level: 'warn', stream: sink(warn) },
+    ]);
     attachLogger(gw.gateway, createLogger({ destination: multi }));
-    const ev = { name: 'm', method: 'GET', url: '/', path: '/', ms: 1, bytesIn: 0, bytesOut: 0, remote: '127.0.0.1', error: undefined };
+    const ev = {
+      name: 'm',
+      method: 'GET',
+      url: '/',
+      path: '/',
+      ms: 1,
+      bytesIn: 0,
+      bytesOut: 0,
+      remote: '127.0.0.1',
+      error: undefined,
+    };
     gw.gateway.emit('request', { ...ev, status: 200 });
     gw.gateway.emit('request', { ...ev, status: 500 });
     await until(() => info.length === 2, 3_000, 'both lines');
@@ -123,9 +241,10 @@ describe('serve writes its log in batches', () => {
     return { p, port: Number(m[1]) };
   }
 
-  const lineOf = (_p: Spawned, path: string): RegExp => new RegExp(`\\{"level":30,[^\\n]*"event":"request"[^\\n]*"path":"${path}"[^\\n]*\\}\\n`);
+  const lineOf = (_p: Spawned, path: string): RegExp =>
+    new RegExp(`\\{"level":30,[^\\n]*"event":"request"[^\\n]*"path":"${path}"[^\\n]*\\}\\n`);
 
-  it('a quiet gateway\'s one line, far short of a batch, still shows (the flush timer)', async () => {
+  it("a quiet gateway's one line, far short of a batch, still shows (the flush timer)", async () => {
     const { p, port } = await serve();
     expect((await request(port, { host: `nobody.localhost:${port}`, path: '/lonely' })).status).toBe(404);
     const line = (await p.waitFor(lineOf(p, '/lonely')))[0];
@@ -150,13 +269,14 @@ describe('serve writes its log in batches', () => {
     expect(paths).toEqual(Array.from({ length: 300 }, (_, i) => `/n${i}`));
   });
 
-  it('keeps serving once stdout\'s reader is gone for good (EPIPE)', async () => {
+  it("keeps serving once stdout's reader is gone for good (EPIPE)", async () => {
     const { p, port } = await serve();
     p.child.stdout?.destroy();
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     try {
       // Past a batch of lines: writes to the closed pipe fail, and the next lines have nowhere to go.
-      for (let i = 0; i < 80; i++) expect((await request(port, { host: `nobody.localhost:${port}`, path: `/p${i}`, agent })).status).toBe(404);
+      for (let i = 0; i < 80; i++)
+        expect((await request(port, { host: `nobody.localhost:${port}`, path: `/p${i}`, agent })).status).toBe(404);
       expect((await request(port, { path: '/healthz', agent })).status).toBe(200);
     } finally {
       agent.destroy();
@@ -205,7 +325,11 @@ describe('logger on exit', () => {
     return new Promise((resolve, reject) => {
       const child = spawn(
         process.execPath,
-        ['--input-type=module', '-e', `import { EventEmitter } from 'node:events';\nimport { createLogger, attachLogger } from ${JSON.stringify(LOG)};\n${script}`],
+        [
+          '--input-type=module',
+          '-e',
+          `import { EventEmitter } from 'node:events';\nimport { createLogger, attachLogger } from ${JSON.stringify(LOG)};\n${script}`,
+        ],
         { stdio: ['ignore', 'pipe', 'inherit'] },
       );
       let out = '';
@@ -221,7 +345,7 @@ describe('logger on exit', () => {
     });
   }
   const oneLine =
-    "const g = new EventEmitter(); attachLogger(g, createLogger({ pretty: false }));\n" +
+    'const g = new EventEmitter(); attachLogger(g, createLogger({ pretty: false }));\n' +
     "g.emit('request', { name: 'a', method: 'GET', url: '/last', path: '/last', status: 200, ms: 1, bytesIn: 0, bytesOut: 2, remote: '127.0.0.1', error: undefined });\n";
 
   it('a line logged just before process.exit is written (no timer tick in between)', async () => {

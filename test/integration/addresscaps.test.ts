@@ -41,8 +41,10 @@ async function untilConnections(gw: TestGateway, n: number): Promise<void> {
 }
 
 function claimBytes(gw: TestGateway, query: string, extra = ''): string {
-  return `POST /?${query} HTTP/1.1\r\nHost: localhost:${gw.port}\r\n` +
-    `Upgrade: PTTH/1.0\r\nConnection: Upgrade\r\n${extra}Content-Length: 0\r\n\r\n`;
+  return (
+    `POST /?${query} HTTP/1.1\r\nHost: localhost:${gw.port}\r\n` +
+    `Upgrade: PTTH/1.0\r\nConnection: Upgrade\r\n${extra}Content-Length: 0\r\n\r\n`
+  );
 }
 
 /** A native claim; the socket stays open (it is the channel) after a 101. */
@@ -132,7 +134,12 @@ describe('names per address (--max-names-per-address)', () => {
     expect(comet.status).toBe(429);
     expect(comet.headers['x-ptth-error']).toBe('PTTH_ERR_ADDRESS_NAMES');
     expect(await refusedClaims(gw, 'PTTH_ERR_ADDRESS_NAMES')).toBe(5);
-    expect(gw.gateway.table.list().map((r) => r.name).sort()).toEqual(['n1', 'n2']);
+    expect(
+      gw.gateway.table
+        .list()
+        .map((r) => r.name)
+        .sort(),
+    ).toEqual(['n1', 'n2']);
     // Reclaiming a name the address holds creates nothing: another channel for n1 is fine.
     expect((await claim(gw, 'name=n1&token=t1')).head).toMatch(/^HTTP\/1\.1 101 /);
   });
@@ -174,7 +181,12 @@ describe('channels per address (--max-channels-per-address)', () => {
     expect(comet.headers['x-ptth-error']).toBe('PTTH_ERR_ADDRESS_CHANNELS');
     expect(await refusedClaims(gw, 'PTTH_ERR_ADDRESS_CHANNELS')).toBe(4);
     // Refused claims leave no name behind.
-    expect(gw.gateway.table.list().map((r) => r.name).sort()).toEqual(['c1', 'c2']);
+    expect(
+      gw.gateway.table
+        .list()
+        .map((r) => r.name)
+        .sort(),
+    ).toEqual(['c1', 'c2']);
   });
 
   it('a closed channel gives its place back: the address may open another (no leak)', async () => {

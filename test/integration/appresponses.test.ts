@@ -28,7 +28,17 @@ let seq = 0;
 const fresh = (prefix: string): string => `${prefix}-${++seq}`;
 
 beforeAll(async () => {
-  gateway = spawnCli(['serve', '--port', '0', '--host', '127.0.0.1', '--response-timeout', '3000', '--log-format', 'json']);
+  gateway = spawnCli([
+    'serve',
+    '--port',
+    '0',
+    '--host',
+    '127.0.0.1',
+    '--response-timeout',
+    '3000',
+    '--log-format',
+    'json',
+  ]);
   const m = await gateway.waitFor(/listening on 127\.0\.0\.1:(\d+)/, 10_000);
   port = Number(m[1]);
   canary = await startApp(port, (_req, res) => res.end('canary ok'), { name: 'canary' });
@@ -43,7 +53,9 @@ afterAll(async () => {
 afterEach(async () => {
   for (const s of sockets.splice(0)) s instanceof WebSocket ? s.terminate() : s.destroy();
   // The process survived the case, and another tenant is still served.
-  expect(gateway.child.exitCode, `the gateway process is running; output:\n${gateway.output().slice(-2000)}`).toBe(null);
+  expect(gateway.child.exitCode, `the gateway process is running; output:\n${gateway.output().slice(-2000)}`).toBe(
+    null,
+  );
   const c = await request(port, { host: `canary.localhost:${port}` });
   expect([c.status, c.body]).toEqual([200, 'canary ok']);
 });
@@ -96,7 +108,10 @@ async function visitor(name: string): Promise<{ socket: net.Socket; answer: Prom
 
 async function viaHttp1(h: Head): Promise<Outcome> {
   const name = fresh('h1');
-  const c = await rawClaim(port, `GET /?name=${name}&token=t HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`);
+  const c = await rawClaim(
+    port,
+    `GET /?name=${name}&token=t HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`,
+  );
   expect(c.head).toMatch(/^HTTP\/1\.1 101 /);
   sockets.push(c.socket);
   c.socket.on('error', () => {});
@@ -158,7 +173,11 @@ async function viaComet(h: Head): Promise<Outcome> {
   const polled = fetchRaw(first);
   const v = await visitor(name);
   expect((await polled).status).toBe(200);
-  const answered = await fetchRaw(first, { method: 'POST', headers: { 'content-type': 'message/http' }, body: h1Bytes(h) });
+  const answered = await fetchRaw(first, {
+    method: 'POST',
+    headers: { 'content-type': 'message/http' },
+    body: h1Bytes(h),
+  });
   lastReply = answered.status;
   return v.answer;
 }
@@ -175,7 +194,10 @@ function expectBadResponse(o: Outcome): void {
 const CONTROLS = [...Array.from({ length: 32 }, (_, i) => i).filter((c) => c !== 9), 0x7f];
 const hex = (c: number): string => `0x${c.toString(16).padStart(2, '0')}`;
 
-const REASONS: [string, Head][] = CONTROLS.map((c) => [`reason phrase with ${hex(c)}`, { status: 200, reason: `O${String.fromCharCode(c)}K` }]);
+const REASONS: [string, Head][] = CONTROLS.map((c) => [
+  `reason phrase with ${hex(c)}`,
+  { status: 200, reason: `O${String.fromCharCode(c)}K` },
+]);
 const STATUSES: [string, Head][] = [0, 99, 600, 1000].map((s) => [`status ${s}`, { status: s }]);
 const NAMES: [string, Head][] = ['X A', 'X(A)', 'X,A', 'X;A', 'X/A', 'X"A', 'X\u00e9', 'X@A'].map((n) => [
   `header name ${JSON.stringify(n)}`,
@@ -241,11 +263,14 @@ describe('a malformed response head gets the visitor 502 Bad Gateway, on every t
 });
 
 describe('bad trailers are never relayed and never stop the gateway', () => {
-  const cases = TRAILERS.flatMap(([label, head]) => [
-    ['reversed HTTP/1.1', label, head, viaHttp1],
-    ['reversed HTTP/2', label, head, viaHttp2],
-    ['Comet reply', label, head, viaComet],
-  ] as const);
+  const cases = TRAILERS.flatMap(
+    ([label, head]) =>
+      [
+        ['reversed HTTP/1.1', label, head, viaHttp1],
+        ['reversed HTTP/2', label, head, viaHttp2],
+        ['Comet reply', label, head, viaComet],
+      ] as const,
+  );
   it.each(cases)('%s: %s', async (_transport, _label, head, via) => {
     const o = await via(head);
     // The head was valid, so it may have gone out; the trailer's bytes never do.
@@ -257,11 +282,7 @@ describe('bad trailers are never relayed and never stop the gateway', () => {
 // ---------------------------------------------------------------------------------------------
 // The cookie guard
 
-const COOKIES = [
-  'whole=1; Domain=localhost; Path=/',
-  'dotted=1; Domain=.LOCALHOST; Path=/',
-  'own=1; Path=/',
-];
+const COOKIES = ['whole=1; Domain=localhost; Path=/', 'dotted=1; Domain=.LOCALHOST; Path=/', 'own=1; Path=/'];
 
 describe("an app cannot set cookies for the gateway's domain (other tenants' sites)", () => {
   const transports = [
@@ -270,19 +291,28 @@ describe("an app cannot set cookies for the gateway's domain (other tenants' sit
     ['WebSocket channel', viaWebSocket],
     ['Comet reply', viaComet],
   ] as const;
-  it.each(transports)('%s: Set-Cookie with Domain=localhost is dropped, logged and counted; its own cookies pass', async (_t, via) => {
-    const before = await droppedCount();
-    const seen = gateway.output().length;
-    // A cookie scoped to one app's host covers no other tenant: it passes.
-    const o = await via({ status: 200, headers: [...COOKIES.flatMap((c) => ['Set-Cookie', c]), 'Set-Cookie', 'host=1; Domain=app.localhost'] });
-    expect(o.status).toBe(200);
-    const cookies = o.text.split('\r\n').filter((l) => /^set-cookie:/i.test(l));
-    expect(cookies.map((l) => l.replace(/^set-cookie: /i, ''))).toEqual(['own=1; Path=/', 'host=1; Domain=app.localhost']);
-    expect(await droppedCount()).toBe(before + 2);
-    // This exchange's own log line (earlier transports printed theirs before `seen`).
-    const line = /"event":"cookie-dropped","name":"[a-z0-9]+-\d+","count":2/;
-    await until(() => line.test(gateway.output().slice(seen)), 5_000, "this exchange's cookie-dropped line");
-  });
+  it.each(transports)(
+    '%s: Set-Cookie with Domain=localhost is dropped, logged and counted; its own cookies pass',
+    async (_t, via) => {
+      const before = await droppedCount();
+      const seen = gateway.output().length;
+      // A cookie scoped to one app's host covers no other tenant: it passes.
+      const o = await via({
+        status: 200,
+        headers: [...COOKIES.flatMap((c) => ['Set-Cookie', c]), 'Set-Cookie', 'host=1; Domain=app.localhost'],
+      });
+      expect(o.status).toBe(200);
+      const cookies = o.text.split('\r\n').filter((l) => /^set-cookie:/i.test(l));
+      expect(cookies.map((l) => l.replace(/^set-cookie: /i, ''))).toEqual([
+        'own=1; Path=/',
+        'host=1; Domain=app.localhost',
+      ]);
+      expect(await droppedCount()).toBe(before + 2);
+      // This exchange's own log line (earlier transports printed theirs before `seen`).
+      const line = /"event":"cookie-dropped","name":"[a-z0-9]+-\d+","count":2/;
+      await until(() => line.test(gateway.output().slice(seen)), 5_000, "this exchange's cookie-dropped line");
+    },
+  );
 });
 
 async function droppedCount(): Promise<number> {

@@ -36,7 +36,14 @@ async function exchange(port: number, lines: string[]): Promise<string> {
 }
 
 function claim(port: number, query: string, extra: string[] = []): Promise<string> {
-  return exchange(port, [`POST /${query} HTTP/1.1`, `Host: localhost:${port}`, 'Upgrade: PTTH/1.0', 'Connection: Upgrade', ...extra, 'Content-Length: 0']);
+  return exchange(port, [
+    `POST /${query} HTTP/1.1`,
+    `Host: localhost:${port}`,
+    'Upgrade: PTTH/1.0',
+    'Connection: Upgrade',
+    ...extra,
+    'Content-Length: 0',
+  ]);
 }
 
 describe('a claim decided in one step', () => {
@@ -67,7 +74,12 @@ describe('a claim decided in one step', () => {
     const refused: string[] = [];
     g.gateway.on('refuse', (r) => refused.push(`${r.name ?? ''} ${r.code}`));
     const extra = ['X-A: 1', 'X-B: 2', 'X-C: 3', 'X-D: 4'];
-    const head = await exchange(g.port, ['POST /reversehttp?name=flood HTTP/1.1', `Host: localhost:${g.port}`, ...extra, 'Content-Length: 0']);
+    const head = await exchange(g.port, [
+      'POST /reversehttp?name=flood HTTP/1.1',
+      `Host: localhost:${g.port}`,
+      ...extra,
+      'Content-Length: 0',
+    ]);
     expect(head).toMatch(/^HTTP\/1\.1 431 /);
     expect(refused).toEqual(['flood PTTH_ERR_TOO_MANY_HEADERS']);
   });

@@ -23,7 +23,7 @@ function cli(args: string[]): Spawned {
   // The helper's exited() resolves at 'exit', when the last output may still be in the pipes; tests here read
   // the output after the exit, so theirs waits for 'close' too (the child's stdout and stderr have ended).
   const closed = new Promise<void>((resolve) => p.child.once('close', () => resolve()));
-  return { ...p, exited: async () => ((await Promise.all([p.exited(), closed]))[0]) };
+  return { ...p, exited: async () => (await Promise.all([p.exited(), closed]))[0] };
 }
 
 async function serve(extra: string[] = []): Promise<{ p: Spawned; port: number }> {
@@ -39,7 +39,12 @@ async function badGateway(port: number, name: string): Promise<number> {
   const app = await rawConnect(port);
   app.on('error', () => {});
   try {
-    const head = [`POST /?name=${name} HTTP/1.1`, `Host: localhost:${port}`, 'Upgrade: PTTH/1.0', 'Connection: Upgrade'];
+    const head = [
+      `POST /?name=${name} HTTP/1.1`,
+      `Host: localhost:${port}`,
+      'Upgrade: PTTH/1.0',
+      'Connection: Upgrade',
+    ];
     app.write(`${head.join('\r\n')}\r\nContent-Length: 0\r\n\r\n`);
     expect((await readUntil(app, headEnd)).toString('latin1')).toMatch(/^HTTP\/1\.1 101 /);
     const visit = request(port, { host: `${name}.localhost:${port}` });
@@ -70,7 +75,10 @@ async function refusingPort(): Promise<number> {
 async function serveOn(port: number): Promise<Spawned> {
   for (let attempt = 1; ; attempt++) {
     const p = cli(['serve', '--port', String(port), '--host', '127.0.0.1']);
-    const up = await p.waitFor(/listening on/, 10_000).then(() => true, () => false);
+    const up = await p.waitFor(/listening on/, 10_000).then(
+      () => true,
+      () => false,
+    );
     if (up) return p;
     if (p.child.exitCode !== null) await p.exited(); // all of its output read before looking for the reason
     const taken = /cannot listen on port .*EADDRINUSE/.test(p.output());
@@ -101,7 +109,15 @@ describe('ptth-proxy CLI', () => {
     const { p, port } = await serve();
     expect((await request(port, { host: `nobody.localhost:${port}`, path: '/x?secret=1' })).status).toBe(404);
     const line = (await p.waitFor(/\{[^\n]*"event":"request"[^\n]*\}/))[0];
-    expect(JSON.parse(line)).toMatchObject({ level: 30, event: 'request', name: 'nobody', method: 'GET', path: '/x', status: 404, error: 'PTTH_ERR_NOT_FOUND' });
+    expect(JSON.parse(line)).toMatchObject({
+      level: 30,
+      event: 'request',
+      name: 'nobody',
+      method: 'GET',
+      path: '/x',
+      status: 404,
+      error: 'PTTH_ERR_NOT_FOUND',
+    });
     expect(line).not.toContain('secret');
     const quiet = await serve(['--quiet']);
     const miss = await request(quiet.port, { host: `nobody.localhost:${quiet.port}`, path: '/quiet-404' });
@@ -117,7 +133,16 @@ describe('ptth-proxy CLI', () => {
   it('connect exposes a local service end to end, and Ctrl-C exits 0 and releases the name', async () => {
     const { p: gw, port } = await serve();
     const local = await backend((req, res) => res.end(`local saw ${req.method} ${req.url} host=${req.headers.host}`));
-    const c = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'cli-demo', '--connections', '2']);
+    const c = cli([
+      'connect',
+      String(local),
+      '--gateway',
+      `http://127.0.0.1:${port}`,
+      '--name',
+      'cli-demo',
+      '--connections',
+      '2',
+    ]);
     await c.waitFor(/Forwarding http:\/\/cli-demo\.localhost:\d+\/ -> http:\/\/localhost:\d+/);
     const r = await request(port, { host: `cli-demo.localhost:${port}`, path: '/path?q=1' });
     expect(r.body).toBe(`local saw GET /path?q=1 host=cli-demo.localhost:${port}`);
@@ -131,8 +156,20 @@ describe('ptth-proxy CLI', () => {
   it('connect over reversed HTTP/2 (the default) and over --http1 both honour --rewrite-host and a base path', async () => {
     const { port } = await serve();
     const local = await backend((req, res) => res.end(`${req.url} host=${req.headers.host}`));
-    for (const [name, extra] of [['rw2', []], ['rw1', ['--http1']]] as const) {
-      const c = cli(['connect', `http://127.0.0.1:${local}/base`, '--gateway', `http://127.0.0.1:${port}`, '--name', name, '--rewrite-host', ...extra]);
+    for (const [name, extra] of [
+      ['rw2', []],
+      ['rw1', ['--http1']],
+    ] as const) {
+      const c = cli([
+        'connect',
+        `http://127.0.0.1:${local}/base`,
+        '--gateway',
+        `http://127.0.0.1:${port}`,
+        '--name',
+        name,
+        '--rewrite-host',
+        ...extra,
+      ]);
       await c.waitFor(new RegExp(`Forwarding .* \\(reversed HTTP/${extra.length ? '1\\.1' : '2'}\\)`));
       const r = await request(port, { host: `${name}.localhost:${port}`, path: '/x?y=1' });
       expect(r.body).toBe(`/base/x?y=1 host=127.0.0.1:${local}`);
@@ -153,7 +190,16 @@ describe('ptth-proxy CLI', () => {
     const first = await serve();
     const port = first.port;
     const local = await backend((_req, res) => res.end('back'));
-    const c = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'again', '--token', 't0k']);
+    const c = cli([
+      'connect',
+      String(local),
+      '--gateway',
+      `http://127.0.0.1:${port}`,
+      '--name',
+      'again',
+      '--token',
+      't0k',
+    ]);
     await c.waitFor(/Forwarding/);
     first.p.kill('SIGTERM');
     expect(await first.p.exited()).toBe(0);
@@ -168,9 +214,27 @@ describe('ptth-proxy CLI', () => {
   it('connect exits 3 with the reason when the name is held under another token', async () => {
     const { port } = await serve();
     const local = await backend((_req, res) => res.end('x'));
-    const a = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'mine', '--token', 'a']);
+    const a = cli([
+      'connect',
+      String(local),
+      '--gateway',
+      `http://127.0.0.1:${port}`,
+      '--name',
+      'mine',
+      '--token',
+      'a',
+    ]);
     await a.waitFor(/Forwarding/);
-    const b = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'mine', '--token', 'b']);
+    const b = cli([
+      'connect',
+      String(local),
+      '--gateway',
+      `http://127.0.0.1:${port}`,
+      '--name',
+      'mine',
+      '--token',
+      'b',
+    ]);
     expect(await b.exited()).toBe(3);
     expect(b.output()).toMatch(/403 .*held under another token/);
   });
@@ -231,10 +295,12 @@ describe('ptth-proxy CLI', () => {
   });
 });
 
-describe('the README\'s start-up sample', () => {
+describe("the README's start-up sample", () => {
   const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as
-    { version: string; scripts: Record<string, string> };
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+    scripts: Record<string, string>;
+  };
 
   /** The parts that vary from run to run or machine to machine, made alike. */
   const normalise = (text: string, port: string): string =>
@@ -272,7 +338,10 @@ describe('the README\'s start-up sample', () => {
     // The last line of the sample is the log's first: everything before it is out once it is.
     await p.waitFor(/INFO: listening on [^\n]*\n/);
     await p.waitFor(/--host\.\n/);
-    expect(normalise(stdout, port).split('\n').slice(0, -1)).toEqual([...sample.slice(0, warning), ...sample.slice(warningEnd)]);
+    expect(normalise(stdout, port).split('\n').slice(0, -1)).toEqual([
+      ...sample.slice(0, warning),
+      ...sample.slice(warningEnd),
+    ]);
     expect(normalise(stderr, port).split('\n').slice(0, -1)).toEqual(sample.slice(warning, warningEnd));
   });
 });
@@ -296,7 +365,9 @@ describe('serve: keys, reserved names, admin port and log format from the comman
   const claim = async (port: number, name: string, key?: string): Promise<number> => {
     const s = await rawConnect(port);
     s.on('error', () => {});
-    s.write(`POST /?name=${name} HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n${key ? `Authorization: Bearer ${key}\r\n` : ''}Content-Length: 0\r\n\r\n`);
+    s.write(
+      `POST /?name=${name} HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n${key ? `Authorization: Bearer ${key}\r\n` : ''}Content-Length: 0\r\n\r\n`,
+    );
     const head = (await readUntil(s, headEnd)).toString('latin1');
     s.destroy();
     return Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1] ?? 0);

@@ -47,10 +47,15 @@ async function fakeGateway(answer: (claim: Claim, n: number) => void): Promise<{
   return { port: (server.address() as net.AddressInfo).port, claims };
 }
 
-const OK_H2 = 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: ptth\r\nConnection: Upgrade\r\nALPN: h2\r\n' +
+const OK_H2 =
+  'HTTP/1.1 101 Switching Protocols\r\nUpgrade: ptth\r\nConnection: Upgrade\r\nALPN: h2\r\n' +
   'Link: <http://bridge.localhost/>; rel="related"\r\nLocation: http://localhost/_ptth/x\r\n\r\n';
 
-function start(port: number, target: (req: IncomingMessage, res: ServerResponse) => void, http1 = false): {
+function start(
+  port: number,
+  target: (req: IncomingMessage, res: ServerResponse) => void,
+  http1 = false,
+): {
   tunnel: Tunnel;
   errors: Error[];
 } {
@@ -149,7 +154,7 @@ function h2Request(session: http2.ClientHttp2Session, headers: http2.OutgoingHtt
   });
 }
 
-describe('the client\'s HTTP/2 bridge when the local server fails', () => {
+describe("the client's HTTP/2 bridge when the local server fails", () => {
   it('a server that drops the request before answering: 502 on the stream; the next stream is served', async () => {
     const session = await reversedH2((req, res) => {
       if (req.url === '/drop') req.socket.destroy();

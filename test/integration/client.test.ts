@@ -48,7 +48,11 @@ describe('Node client: listen()', () => {
     const t = await app(gw.port, (_req, res) => res.end('ok'), { connections: 3, http1: true });
     expect(t.name).toMatch(/^[a-z][a-z0-9]{11}$/);
     // The gateway counts a channel when it writes the 101, the client when it reads it: wait for both.
-    await until(() => gw.gateway.table.lookup(t.name as string)?.channels.length === 3 && t.connections === 3, 3_000, '3 channels');
+    await until(
+      () => gw.gateway.table.lookup(t.name as string)?.channels.length === 3 && t.connections === 3,
+      3_000,
+      '3 channels',
+    );
     expect(t.connections).toBe(3);
     expect(gw.gateway.table.list()).toHaveLength(1);
   });
@@ -60,7 +64,11 @@ describe('Node client: listen()', () => {
     await until(() => reg?.channels.length === 2);
     const first = reg?.channels[0];
     first?.close();
-    await until(() => reg?.channels.length === 2 && !reg.channels.includes(first as never) && t.connections === 2, 3_000, 'replacement');
+    await until(
+      () => reg?.channels.length === 2 && !reg.channels.includes(first as never) && t.connections === 2,
+      3_000,
+      'replacement',
+    );
     expect(t.connections).toBe(2);
     expect((await request(gw.port, { host: gw.host('heal') })).body).toBe('ok');
   });
@@ -87,7 +95,13 @@ describe('Node client: listen()', () => {
     const port = gw.port;
     await gw.close();
     const delays: number[] = [];
-    const t = listen((_req, res) => res.end('late'), { gateway: `http://127.0.0.1:${port}`, name: 'late', backoff: 20, maxBackoff: 200, connections: 1 });
+    const t = listen((_req, res) => res.end('late'), {
+      gateway: `http://127.0.0.1:${port}`,
+      name: 'late',
+      backoff: 20,
+      maxBackoff: 200,
+      connections: 1,
+    });
     cleanup(() => t.close({ graceMs: 100 }));
     t.on('reconnecting', ({ delay }) => delays.push(delay));
     await until(() => delays.length >= 4, 5_000, 'four retries');
@@ -104,7 +118,13 @@ describe('Node client: listen()', () => {
 
   it('counts backoff per connection: a whole pool failing at once all retry at the first delay', async () => {
     const gw = await gateway();
-    const t = await app(gw.port, (_req, res) => res.end('x'), { name: 'herd', connections: 6, http1: true, backoff: 40, maxBackoff: 10_000 });
+    const t = await app(gw.port, (_req, res) => res.end('x'), {
+      name: 'herd',
+      connections: 6,
+      http1: true,
+      backoff: 40,
+      maxBackoff: 10_000,
+    });
     await until(() => t.connections === 6, 3_000, 'six connections');
     const delays: number[] = [];
     t.on('reconnecting', ({ delay }) => delays.push(delay));
@@ -120,11 +140,19 @@ describe('Node client: listen()', () => {
   it('stops with a ClaimError when the name is held under another token', async () => {
     const gw = await gateway();
     await app(gw.port, (_req, res) => res.end('owner'), { name: 'taken', token: 'a' });
-    const t = listen((_req, res) => res.end('intruder'), { gateway: gw.origin, name: 'taken', token: 'b', backoff: 10 });
+    const t = listen((_req, res) => res.end('intruder'), {
+      gateway: gw.origin,
+      name: 'taken',
+      token: 'b',
+      backoff: 10,
+    });
     cleanup(() => t.close({ graceMs: 100 }));
     const errors: Error[] = [];
     t.on('error', (e) => errors.push(e));
-    const err = await t.ready().then(() => undefined, (e: unknown) => e);
+    const err = await t.ready().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(ClaimError);
     expect((err as ClaimError).status).toBe(403);
     expect((err as ClaimError).code).toBe('PTTH_ERR_TOKEN_MISMATCH');
@@ -140,9 +168,13 @@ describe('Node client: listen()', () => {
   it('close() finishes the request in flight, releases the name and leaves nothing open', async () => {
     const gw = await gateway();
     let release!: () => void;
-    const t = await app(gw.port, (_req, res) => {
-      release = () => res.end('finished');
-    }, { name: 'bye', connections: 1 });
+    const t = await app(
+      gw.port,
+      (_req, res) => {
+        release = () => res.end('finished');
+      },
+      { name: 'bye', connections: 1 },
+    );
     const pending = request(gw.port, { host: gw.host('bye') });
     await until(() => typeof release === 'function', 3_000, 'request at the app');
     const closing = t.close({ graceMs: 2_000 });
@@ -187,7 +219,9 @@ describe('Node client: a gateway that never answers the claim', () => {
     });
     cleanup(() => tunnel.close({ graceMs: 100 }));
     try {
-      const error = await new Promise<Error>((resolve) => tunnel.once('reconnecting', (e: { error: Error }) => resolve(e.error)));
+      const error = await new Promise<Error>((resolve) =>
+        tunnel.once('reconnecting', (e: { error: Error }) => resolve(e.error)),
+      );
       expect(error.message).toBe('the gateway did not answer the claim within 200 ms');
       // The silent connection was given up, and the client dials again.
       await until(() => accepted.length >= 2, 5_000, 'a second dial');

@@ -31,7 +31,10 @@ describe('Comet replies from apps', () => {
     const posts = await Promise.all(
       slots.map((url) => {
         const u = new URL(url);
-        return useSocket(g.port, `POST ${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\nContent-Type: message/http\r\nContent-Length: ${reply.length}\r\n\r\n${reply.slice(0, -1)}`);
+        return useSocket(
+          g.port,
+          `POST ${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\nContent-Type: message/http\r\nContent-Length: ${reply.length}\r\n\r\n${reply.slice(0, -1)}`,
+        );
       }),
     );
     // Eight fit in the 8,000-byte budget (7,504 bytes); the other four are refused at once. Each
@@ -62,7 +65,10 @@ describe('Comet replies from apps', () => {
     const poll = await fetchRaw(reg.links.first as string);
     expect(poll.status).toBe(200);
     const u = new URL(reg.links.first as string);
-    const s = await useSocket(g.port, `POST ${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\nContent-Length: 50000\r\n\r\nHTTP/1.1 200 OK\r\n`);
+    const s = await useSocket(
+      g.port,
+      `POST ${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\nContent-Length: 50000\r\n\r\nHTTP/1.1 200 OK\r\n`,
+    );
     const timer = setInterval(() => s.write('X-Slow: 1\r\n'), 50);
     try {
       const got = (await readUntil(s, headEnd, 3_000)).toString();
@@ -96,7 +102,9 @@ describe('visitor requests to Comet apps', () => {
     expect(poll.status).toBe(204);
     const body = 'x'.repeat(900);
     const replies = await Promise.all(
-      Array.from({ length: 12 }, () => request(g.port, { host: g.host('hoard'), method: 'POST', body, headers: { accept: 'application/json' } })),
+      Array.from({ length: 12 }, () =>
+        request(g.port, { host: g.host('hoard'), method: 'POST', body, headers: { accept: 'application/json' } }),
+      ),
     );
     // Eight bodies fit (7,200 of 8,000 bytes) and wait for a poller; the rest are refused rather than buffered.
     const refused = replies.filter((r) => r.status === 503 && r.headers['x-ptth-error'] === 'PTTH_ERR_QUEUE_FULL');

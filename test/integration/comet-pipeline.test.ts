@@ -7,7 +7,17 @@ const PIPELINE_COUNT = OPTIONS.cometPipelineCount.default;
 const PIPELINE_BYTES = OPTIONS.cometPipelineBytes.default;
 import { request, until, type Reply, type TestGateway } from '../helpers/index.js';
 import { cleanup, useGateway } from '../helpers/fixture.js';
-import { CometApp, fetchRaw, parseLinks, parseRequestMessage, parseRequestPipeline, rawValues, register, serializeResponse, type HttpReply } from '../helpers/comet.js';
+import {
+  CometApp,
+  fetchRaw,
+  parseLinks,
+  parseRequestMessage,
+  parseRequestPipeline,
+  rawValues,
+  register,
+  serializeResponse,
+  type HttpReply,
+} from '../helpers/comet.js';
 
 /*
  * Pipelined Comet polls (docs/PROTOCOL.md section 5.7): a poll with `Accept: application/http` takes
@@ -39,7 +49,12 @@ async function registered(g: TestGateway, name: string): Promise<string> {
 }
 
 /** `n` visitors of `name` (paths /0 .. /n-1), once all of them wait in the Comet queue, in that order. */
-async function queued(g: TestGateway, name: string, n: number, spec: (i: number) => { method?: string; body?: string } = () => ({})): Promise<Promise<Reply>[]> {
+async function queued(
+  g: TestGateway,
+  name: string,
+  n: number,
+  spec: (i: number) => { method?: string; body?: string } = () => ({}),
+): Promise<Promise<Reply>[]> {
   const channel = cometChannel(g, name);
   const visitors: Promise<Reply>[] = [];
   for (let i = 0; i < n; i++) {
@@ -72,7 +87,10 @@ describe('Comet polls with Accept: application/http', () => {
     const clients = String(r.headers['requesting-client']).split(', ');
     expect(clients).toHaveLength(3);
     for (const [i, q] of reqs.entries()) expect(rawValues(q.rawHeaders, 'requesting-client')).toEqual([clients[i]]);
-    const answer = await post(url, Buffer.concat(reqs.map((q) => serializeResponse({ status: 200, body: `answer ${q.url}` }))));
+    const answer = await post(
+      url,
+      Buffer.concat(reqs.map((q) => serializeResponse({ status: 200, body: `answer ${q.url}` }))),
+    );
     expect(answer.status).toBe(202);
     const got = await Promise.all(visitors);
     expect(got.map((v) => `${v.status} ${v.body}`)).toEqual(['200 answer /0', '200 answer /1', '200 answer /2']);
@@ -108,7 +126,9 @@ describe('Comet polls with Accept: application/http', () => {
       expect(r.status).toBe(200);
       const reqs = await parseRequestPipeline(r.body);
       sizes.push(reqs.length);
-      expect((await post(url, Buffer.concat(reqs.map((q) => serializeResponse({ status: 200, body: q.url }))))).status).toBe(202);
+      expect(
+        (await post(url, Buffer.concat(reqs.map((q) => serializeResponse({ status: 200, body: q.url }))))).status,
+      ).toBe(202);
       url = nextOf(r);
     }
     expect(sizes).toEqual([PIPELINE_COUNT, 3]);
@@ -124,7 +144,9 @@ describe('Comet polls with Accept: application/http', () => {
       const r = await poll(url, PIPE);
       const reqs = await parseRequestPipeline(r.body);
       sizes.push(reqs.length);
-      expect((await post(url, Buffer.concat(reqs.map((q) => serializeResponse({ status: 200, body: q.url }))))).status).toBe(202);
+      expect(
+        (await post(url, Buffer.concat(reqs.map((q) => serializeResponse({ status: 200, body: q.url }))))).status,
+      ).toBe(202);
       url = nextOf(r);
     }
     expect(sizes).toEqual([2, 2, 1]);
@@ -142,7 +164,14 @@ describe('Comet polls with Accept: application/http', () => {
       const r = await poll(url, PIPE);
       const reqs = await parseRequestPipeline(r.body);
       sizes.push(reqs.length);
-      expect((await post(url, Buffer.concat(reqs.map((q) => serializeResponse({ status: 200, body: String(q.body.length) }))))).status).toBe(202);
+      expect(
+        (
+          await post(
+            url,
+            Buffer.concat(reqs.map((q) => serializeResponse({ status: 200, body: String(q.body.length) }))),
+          )
+        ).status,
+      ).toBe(202);
       url = nextOf(r);
     }
     // Two thirds and their heads fit; the third would pass the bound; the big one goes alone.
@@ -159,7 +188,10 @@ describe('Comet polls with Accept: application/http', () => {
     expect(second.headers['content-type']).toBe('application/http');
     expect(second.body.equals(first.body)).toBe(true);
     expect(nextOf(second)).toBe(nextOf(first));
-    expect((await post(url, serializeResponse({ status: 204 }).toString() + serializeResponse({ status: 201 }).toString())).status).toBe(202);
+    expect(
+      (await post(url, serializeResponse({ status: 204 }).toString() + serializeResponse({ status: 201 }).toString()))
+        .status,
+    ).toBe(202);
     expect((await Promise.all(visitors)).map((v) => v.status)).toEqual([204, 201]);
   });
 
@@ -169,7 +201,8 @@ describe('Comet polls with Accept: application/http', () => {
     const visitors = await queued(g, 'head', 2, (i) => ({ method: i === 0 ? 'HEAD' : 'GET' }));
     const reqs = await parseRequestPipeline((await poll(url, PIPE)).body);
     expect(reqs.map((q) => q.method)).toEqual(['HEAD', 'GET']);
-    const pipeline = 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nget\r\n0\r\n\r\n';
+    const pipeline =
+      'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nget\r\n0\r\n\r\n';
     expect((await post(url, pipeline)).status).toBe(202);
     const [head, get] = await Promise.all(visitors);
     expect(head?.status).toBe(200);
@@ -205,8 +238,17 @@ describe('Reply pipelines that do not match their requests', () => {
   });
 
   const hostile: [string, (n: number) => string][] = [
-    ['more responses than requests', (n) => serializeResponse({ status: 200, body: 'x' }).toString().repeat(n + 1)],
-    ['bytes that are not a response after the first', () => `${serializeResponse({ status: 200, body: 'x' }).toString()}garbage\r\n\r\n`],
+    [
+      'more responses than requests',
+      (n) =>
+        serializeResponse({ status: 200, body: 'x' })
+          .toString()
+          .repeat(n + 1),
+    ],
+    [
+      'bytes that are not a response after the first',
+      () => `${serializeResponse({ status: 200, body: 'x' }).toString()}garbage\r\n\r\n`,
+    ],
     ['a response shorter than its Content-Length', () => 'HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort'],
     ['a 101', () => 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n'],
     ['HTTP/2.0', () => 'HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n'],
@@ -257,7 +299,10 @@ describe('Limits of reply pipelines', () => {
     const url = await registered(g, 'limit');
     const visitors = await queued(g, 'limit', 2);
     await poll(url, PIPE);
-    const body = Buffer.concat([serializeResponse({ status: 200, body: 'x'.repeat(3000) }), serializeResponse({ status: 200, body: 'y'.repeat(3000) })]);
+    const body = Buffer.concat([
+      serializeResponse({ status: 200, body: 'x'.repeat(3000) }),
+      serializeResponse({ status: 200, body: 'y'.repeat(3000) }),
+    ]);
     const answer = await post(url, body).catch((err: unknown) => err);
     // The gateway may cut the upload short after its 413.
     if (!(answer instanceof Error)) {

@@ -12,7 +12,13 @@ import { cleanup, useGateway } from '../helpers/fixture.js';
 import { CometApp, type CometHandler } from '../helpers/comet.js';
 
 function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
-  return useGateway({ pollTimeout: 2_000, cometIdleTimeout: 1_000, responseTimeout: 1_500, queueTimeout: 3_000, ...options });
+  return useGateway({
+    pollTimeout: 2_000,
+    cometIdleTimeout: 1_000,
+    responseTimeout: 1_500,
+    queueTimeout: 3_000,
+    ...options,
+  });
 }
 
 async function start(g: TestGateway, handler: CometHandler, pollers = 8): Promise<CometApp> {
@@ -31,7 +37,11 @@ const hello: CometHandler = () => ({ status: 200, body: 'hello' });
 const _sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 async function visits(g: TestGateway, n: number, path = '/'): Promise<number[]> {
-  return Promise.all(Array.from({ length: n }, () => request(g.port, { host: g.host('back'), path, agent: false }).then((r) => r.status)));
+  return Promise.all(
+    Array.from({ length: n }, () =>
+      request(g.port, { host: g.host('back'), path, agent: false }).then((r) => r.status),
+    ),
+  );
 }
 
 describe('Comet: an app that leaves and is reclaimed with its token', () => {
@@ -52,12 +62,20 @@ describe('Comet: an app that leaves and is reclaimed with its token', () => {
     // The first app does not answer before it goes: every request it took is left at a poller that is gone.
     let answer!: () => void;
     const gate = new Promise<void>((r) => (answer = r));
-    const a = await start(g, async () => {
-      await gate;
-      return { status: 200, body: 'too late' };
-    }, 4);
+    const a = await start(
+      g,
+      async () => {
+        await gate;
+        return { status: 200, body: 'too late' };
+      },
+      4,
+    );
     const stuck = visits(g, 4, '/stuck');
-    await until(() => (cometChannel(g)?.active ?? 0) === 4 && cometChannel(g)?.polls === 0, 3_000, 'four requests at the pollers');
+    await until(
+      () => (cometChannel(g)?.active ?? 0) === 4 && cometChannel(g)?.polls === 0,
+      3_000,
+      'four requests at the pollers',
+    );
     a.leave();
     await start(g, hello);
     expect(await visits(g, 16)).toEqual(Array(16).fill(200));
@@ -73,16 +91,26 @@ describe('Comet: visitors that give up while the app works on their request', ()
     let answer!: () => void;
     const gate = new Promise<void>((r) => (answer = r));
     let taken = 0;
-    const app = await start(g, async (req) => {
-      if (req.url === '/slow') {
-        taken++;
-        await gate;
-      }
-      return { status: 200, body: 'hello' };
-    }, 2);
+    const app = await start(
+      g,
+      async (req) => {
+        if (req.url === '/slow') {
+          taken++;
+          await gate;
+        }
+        return { status: 200, body: 'hello' };
+      },
+      2,
+    );
     // Both pollers take a request whose visitor then leaves.
     const quitters = [0, 1].map(() => {
-      const r = http.request({ host: '127.0.0.1', port: g.port, path: '/slow', headers: { host: g.host('back') }, agent: false });
+      const r = http.request({
+        host: '127.0.0.1',
+        port: g.port,
+        path: '/slow',
+        headers: { host: g.host('back') },
+        agent: false,
+      });
       r.on('error', () => undefined);
       r.end();
       return r;

@@ -5,7 +5,16 @@ import { CometChannel } from '../../src/channels/comet.js';
 import { rawConnect, readUntil, request, until, type TestGateway } from '../helpers/index.js';
 import { spawnCli } from '../helpers/spawn.js';
 import { cleanup, track, useGateway } from '../helpers/fixture.js';
-import { CometApp, fetchRaw, parseLinks, parseRequestMessage, rawValues, register, serializeResponse, type HttpReply } from '../helpers/comet.js';
+import {
+  CometApp,
+  fetchRaw,
+  parseLinks,
+  parseRequestMessage,
+  rawValues,
+  register,
+  serializeResponse,
+  type HttpReply,
+} from '../helpers/comet.js';
 
 /*
  * The ReverseHttp Comet protocol (docs/PROTOCOL.md section 5) with plain HTTP clients: registration,
@@ -97,7 +106,11 @@ describe('Comet registration: POST /reversehttp', () => {
     const g = await gateway();
     const q = await fetchRaw(`${g.origin}/reversehttp?name=byquery&token=x`, { method: 'POST' });
     expect(q.status).toBe(201);
-    const plain = await fetchRaw(`${g.origin}/reversehttp`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'name=plain' });
+    const plain = await fetchRaw(`${g.origin}/reversehttp`, {
+      method: 'POST',
+      headers: { 'content-type': 'text/plain' },
+      body: 'name=plain',
+    });
     expect(plain.status).toBe(201);
     const anon = await register(g.origin, {});
     expect(anon.status).toBe(201);
@@ -151,8 +164,7 @@ describe('Comet polls and replies', () => {
     const polled = poll(r.links['first'] as string);
     const visitor = await rawConnect(g.port);
     track(visitor);
-    const sent =
-      `GET /hello?x=1 HTTP/1.1\r\nHost: ${g.host('echo')}\r\nX-Mixed-Case: Value\r\nAccept: */*\r\ncookie: a=b\r\nConnection: keep-alive\r\n\r\n`;
+    const sent = `GET /hello?x=1 HTTP/1.1\r\nHost: ${g.host('echo')}\r\nX-Mixed-Case: Value\r\nAccept: */*\r\ncookie: a=b\r\nConnection: keep-alive\r\n\r\n`;
     visitor.write(sent);
     const p = await polled;
     expect(p.status).toBe(200);
@@ -170,7 +182,10 @@ describe('Comet polls and replies', () => {
     const next = nextOf(p);
     expect(next).toMatch(/\/reversehttp\//);
     expect(next).not.toBe(r.links['first']);
-    const answered = await reply(r.links['first'] as string, 'HTTP/1.1 201 Made\r\nX-App: yes\r\nContent-Length: 5\r\n\r\nhello');
+    const answered = await reply(
+      r.links['first'] as string,
+      'HTTP/1.1 201 Made\r\nX-App: yes\r\nContent-Length: 5\r\n\r\nhello',
+    );
     expect(answered.status).toBe(202);
     const got = (await readUntil(visitor, (b) => b.includes('hello'))).toString('latin1');
     expect(got).toMatch(/^HTTP\/1\.1 201 Made\r\n/);
@@ -184,7 +199,9 @@ describe('Comet polls and replies', () => {
     const polled = poll(r.links['first'] as string);
     const visitor = await rawConnect(g.port);
     track(visitor);
-    visitor.write(`POST /up HTTP/1.1\r\nHost: ${g.host('chunks')}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n`);
+    visitor.write(
+      `POST /up HTTP/1.1\r\nHost: ${g.host('chunks')}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n`,
+    );
     const p = await polled;
     const message = p.body.toString('latin1');
     expect(message).toMatch(/^POST \/up HTTP\/1\.1\r\n/);
@@ -193,9 +210,15 @@ describe('Comet polls and replies', () => {
     const parsed = await parseRequestMessage(p.body);
     expect(parsed.body.toString()).toBe('abcde');
     // Replies may be chunked, and may come as application/x-www-form-urlencoded (the same bytes).
-    const a = await reply(r.links['first'] as string, 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ngot \r\n5\r\nabcde\r\n0\r\n\r\n', 'application/x-www-form-urlencoded');
+    const a = await reply(
+      r.links['first'] as string,
+      'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ngot \r\n5\r\nabcde\r\n0\r\n\r\n',
+      'application/x-www-form-urlencoded',
+    );
     expect(a.status).toBe(202);
-    const got = (await readUntil(visitor, (b) => b.includes('0\r\n\r\n') || b.includes('got abcde'))).toString('latin1');
+    const got = (await readUntil(visitor, (b) => b.includes('0\r\n\r\n') || b.includes('got abcde'))).toString(
+      'latin1',
+    );
     expect(got).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
     expect(got).toContain('got ');
   });
@@ -206,7 +229,9 @@ describe('Comet polls and replies', () => {
     const polled = poll(r.links['first'] as string);
     const visitor = request(g.port, { host: g.host('head'), method: 'HEAD' });
     await polled;
-    expect((await reply(r.links['first'] as string, 'HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n')).status).toBe(202);
+    expect((await reply(r.links['first'] as string, 'HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n')).status).toBe(
+      202,
+    );
     const v = await visitor;
     expect(v.status).toBe(200);
     expect(v.headers['content-length']).toBe('1234');
@@ -279,7 +304,13 @@ describe('Comet polls and replies', () => {
   it('answers an invalid reply with 400 to the app and 502 to the visitor', async () => {
     const g = await gateway();
     const r = await register(g.origin, { name: 'liar', token: 't' });
-    const bads = ['not http at all', 'HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort', 'HTTP/1.1 100 Continue\r\n\r\n', '', 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA'];
+    const bads = [
+      'not http at all',
+      'HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort',
+      'HTTP/1.1 100 Continue\r\n\r\n',
+      '',
+      'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA',
+    ];
     for (const bad of bads) {
       // Each reply on a fresh chain (a refresh of the registration gives a new first URL).
       const url = (await register(g.origin, { name: 'liar', token: 't' })).links['first'] as string;
@@ -304,7 +335,12 @@ describe('Comet polls and replies', () => {
     expect(declared.headers['x-ptth-error']).toBe('PTTH_ERR_BODY_TOO_LARGE');
     expect(declared.headers.connection).toBe('close');
     // A chunked body is cut when it passes the limit.
-    const chunked = await request(g.port, { host: g.host('small'), method: 'POST', headers: { 'transfer-encoding': 'chunked' }, body: Buffer.alloc(4096, 2) });
+    const chunked = await request(g.port, {
+      host: g.host('small'),
+      method: 'POST',
+      headers: { 'transfer-encoding': 'chunked' },
+      body: Buffer.alloc(4096, 2),
+    });
     expect(chunked.status).toBe(413);
     const url = r.links['first'] as string;
     const polled = poll(url);
@@ -390,7 +426,7 @@ describe('Comet with several pollers', () => {
     expect(seen.filter((w) => w === 'B').length).toBe(2);
   });
 
-  it('never hands a visitor connection\'s next request out before its previous one was answered', async () => {
+  it("never hands a visitor connection's next request out before its previous one was answered", async () => {
     const g = await gateway({ pollTimeout: 60_000 });
     const order: string[] = [];
     const pool = stopTogetherAtEnd();
@@ -416,7 +452,14 @@ describe('Comet with several pollers', () => {
     const host = g.host('order');
     // Two pipelined requests on one connection.
     s.write(`GET /1 HTTP/1.1\r\nHost: ${host}\r\n\r\nGET /2 HTTP/1.1\r\nHost: ${host}\r\n\r\n`);
-    const got = (await readUntil(s, (b) => /\/2$/.test(b.toString()) || (b.toString().match(/HTTP\/1\.1 200/g) ?? []).length === 2 && b.toString().includes('/2'))).toString();
+    const got = (
+      await readUntil(
+        s,
+        (b) =>
+          /\/2$/.test(b.toString()) ||
+          ((b.toString().match(/HTTP\/1\.1 200/g) ?? []).length === 2 && b.toString().includes('/2')),
+      )
+    ).toString();
     expect(got.indexOf('/1')).toBeLessThan(got.lastIndexOf('/2'));
     expect(order).toEqual(['start /1', 'end /1', 'start /2', 'end /2']);
   });
@@ -467,7 +510,18 @@ describe('CORS on gateway endpoints', () => {
 
 describe('serve command flags for the browser transports', () => {
   it('--poll-timeout and --buffer-limit reach the gateway', async () => {
-    const p = spawnCli(['serve', '--port', '0', '--host', '127.0.0.1', '--poll-timeout', '120', '--buffer-limit', '10', '--quiet']);
+    const p = spawnCli([
+      'serve',
+      '--port',
+      '0',
+      '--host',
+      '127.0.0.1',
+      '--poll-timeout',
+      '120',
+      '--buffer-limit',
+      '10',
+      '--quiet',
+    ]);
     try {
       const m = await p.waitFor(/listening on 127\.0\.0\.1:(\d+)/);
       const origin = `http://127.0.0.1:${m[1] as string}`;
@@ -480,7 +534,11 @@ describe('serve command flags for the browser transports', () => {
       const took = Date.now() - start;
       expect(took).toBeGreaterThanOrEqual(110);
       expect(took).toBeLessThan(15_000);
-      const big = await request(Number(m[1]), { host: `flags.localhost:${m[1] as string}`, method: 'POST', body: 'more than ten bytes' });
+      const big = await request(Number(m[1]), {
+        host: `flags.localhost:${m[1] as string}`,
+        method: 'POST',
+        body: 'more than ten bytes',
+      });
       expect(big.status).toBe(413);
     } finally {
       p.kill();

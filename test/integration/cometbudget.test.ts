@@ -25,7 +25,20 @@ afterEach(async () => {
 });
 
 async function serve(bufferLimit: number): Promise<{ p: Spawned; port: number; origin: string }> {
-  const p = spawnCliProbed(['serve', '--port', '0', '--host', '127.0.0.1', '--quiet', '--buffer-limit', String(bufferLimit), '--poll-timeout', '20000', '--reply-timeout', '20000']);
+  const p = spawnCliProbed([
+    'serve',
+    '--port',
+    '0',
+    '--host',
+    '127.0.0.1',
+    '--quiet',
+    '--buffer-limit',
+    String(bufferLimit),
+    '--poll-timeout',
+    '20000',
+    '--reply-timeout',
+    '20000',
+  ]);
   procs.push(p);
   const m = await p.waitFor(/listening on 127\.0\.0\.1:(\d+)/, 10_000);
   const port = Number(m[1]);
@@ -91,7 +104,10 @@ describe('Comet replies stay counted against the buffer budget until they have l
     // Refused while read: the 503 reaches the app although its upload was cut short (the gateway
     // reads on before it closes, RFC 9112 section 9.6, so no reset takes the answer with it).
     expect(statuses.filter((s) => s === 503).length, `statuses ${statuses.join(' ')}`).toBe(20 - accepted);
-    expect(statuses.slice(accepted).every((s) => s !== 202), `statuses ${statuses.join(' ')}`).toBe(true);
+    expect(
+      statuses.slice(accepted).every((s) => s !== 202),
+      `statuses ${statuses.join(' ')}`,
+    ).toBe(true);
     // Unbounded, the gateway held every reply whole until its visitor read it (320 MiB, and the
     // copies made reading and parsing it); bounded, the 128 MiB budget and a little for the
     // connections still open (their read buffers), far below what one more reply would take.

@@ -60,7 +60,9 @@ async function claimStatus(port: number, name: string): Promise<number> {
   const s = await rawConnect(port);
   s.on('error', () => {});
   sockets.push(s);
-  s.write(`POST /?name=${name} HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`);
+  s.write(
+    `POST /?name=${name} HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`,
+  );
   const head = (await readUntil(s, headEnd)).toString('latin1');
   return Number(head.split(' ')[1]);
 }
@@ -118,7 +120,9 @@ describe('precedence: flag > environment > file > default', () => {
   });
 
   it('a boolean from the environment: PTTH_LIMIT_LOOPBACK=true puts loopback under the limits', async () => {
-    const { port } = await serve(['--port', '0', '--host', '127.0.0.1', '--claim-rate', '1/h'], { PTTH_LIMIT_LOOPBACK: 'true' });
+    const { port } = await serve(['--port', '0', '--host', '127.0.0.1', '--claim-rate', '1/h'], {
+      PTTH_LIMIT_LOOPBACK: 'true',
+    });
     expect(await claimStatus(port, 'a')).toBe(101);
     expect(await claimStatus(port, 'b')).toBe(429);
   });
@@ -192,10 +196,16 @@ describe('serve --help', () => {
     for (const spec of SERVE_OPTIONS) {
       const negated = spec.type === 'bool' && spec.default === true;
       const flag = negated ? spec.flag.replace(/^--/, '--no-') : spec.flag;
-      const block = blocks.find((b) => b.split(' ').slice(0, 3).some((w) => w.replace(/,$/, '') === flag));
+      const block = blocks.find((b) =>
+        b
+          .split(' ')
+          .slice(0, 3)
+          .some((w) => w.replace(/,$/, '') === flag),
+      );
       expect(block, `${flag} in --help`).toBeDefined();
       expect(block, flag).toContain(`env ${envName(spec.key)}`);
-      if (spec.default !== undefined && !negated && spec.type !== 'bool') expect(block, flag).toContain(`default: ${String(spec.default)}`);
+      if (spec.default !== undefined && !negated && spec.type !== 'bool')
+        expect(block, flag).toContain(`default: ${String(spec.default)}`);
     }
     expect(help).toContain('PTTH_<OPTION>');
   });
@@ -204,7 +214,10 @@ describe('serve --help', () => {
 describe('the warning for a gateway without access keys reachable from other machines', () => {
   it('appears on stderr when bound to 0.0.0.0', async () => {
     const p = cli(['serve', '--port', '0', '--host', '0.0.0.0']);
-    await p.waitFor(/WARNING: this gateway is reachable from other machines \(bound to 0\.0\.0\.0\) and has no access keys/, 15_000);
+    await p.waitFor(
+      /WARNING: this gateway is reachable from other machines \(bound to 0\.0\.0\.0\) and has no access keys/,
+      15_000,
+    );
     expect(p.output()).toContain('--keys FILE');
   });
 

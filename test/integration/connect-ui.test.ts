@@ -112,7 +112,10 @@ describe('connect: what happens while it runs', () => {
     await c.waitFor(/Forwarding/);
     await g.close();
     await c.waitFor(/(cannot reach [^\n]*\n[^\n]*){3}/, 10_000);
-    const lines = c.output().split('\n').filter((l) => l.includes('cannot reach'));
+    const lines = c
+      .output()
+      .split('\n')
+      .filter((l) => l.includes('cannot reach'));
     // Four connections fail at once: the first round (delays under 0.25 s) is said once.
     const first = lines.filter((l) => Number(/retrying in ([\d.]+) s/.exec(l)?.[1]) <= 0.2);
     expect(first.length).toBeLessThanOrEqual(1);
@@ -124,7 +127,19 @@ describe('connect: what happens while it runs', () => {
     const held: http.ServerResponse[] = [];
     const { port: local } = await backend((_q, r) => void held.push(r));
     const grace = 1_500;
-    const c = cli(['connect', String(local), '--gateway', g.origin, '--name', 'blip', '--connections', '2', '--offline-grace', String(grace), '-q']);
+    const c = cli([
+      'connect',
+      String(local),
+      '--gateway',
+      g.origin,
+      '--name',
+      'blip',
+      '--connections',
+      '2',
+      '--offline-grace',
+      String(grace),
+      '-q',
+    ]);
     await c.waitFor(/Forwarding/);
     const ids = (): number[] => (g.gateway.table.lookup('blip')?.channels ?? []).map((ch) => ch.id);
     await until(() => ids().length === 2, 5_000, 'two channels');
@@ -182,7 +197,7 @@ describe('connect: what happens while it runs', () => {
   });
 });
 
-describe('connect: a line per request, from the gateway\'s event stream', () => {
+describe("connect: a line per request, from the gateway's event stream", () => {
   // Spliced (the default) and relayed over reversed HTTP/2.
   for (const extra of [[], ['--http2']]) {
     const over = extra.length ? ' (--http2)' : '';
@@ -196,7 +211,10 @@ describe('connect: a line per request, from the gateway\'s event stream', () => 
       await c.waitFor(/Forwarding/);
       // The subscription may come a moment after Forwarding: request until the first line shows.
       const host = `lines.localhost:${port}`;
-      await waitWhile(() => request(port, { host, path: '/warmup' }), () => /\/warmup {2}200/.test(c.output()));
+      await waitWhile(
+        () => request(port, { host, path: '/warmup' }),
+        () => /\/warmup {2}200/.test(c.output()),
+      );
       await request(port, { host, path: '/api/x?y=1' });
       await c.waitFor(/^\d\d:\d\d:\d\d {2}GET {2}\/api\/x\?y=1 {2}200 {2}\d+ ms {2}1\.2 KB$/m);
       await request(port, { host, method: 'POST', path: '/missing', body: 'hello' });
@@ -212,10 +230,17 @@ describe('connect: a line per request, from the gateway\'s event stream', () => 
     const c = cli(['connect', String(local), '--gateway', `http://127.0.0.1:${port}`, '--name', 'burst']);
     await c.waitFor(/Forwarding/);
     const host = `burst.localhost:${port}`;
-    await waitWhile(() => request(port, { host, path: '/warmup' }), () => /\/warmup {2}200/.test(c.output()));
+    await waitWhile(
+      () => request(port, { host, path: '/warmup' }),
+      () => /\/warmup {2}200/.test(c.output()),
+    );
     const n = 40;
     await Promise.all(Array.from({ length: n }, (_, i) => request(port, { host, path: `/burst/${i}` })));
-    const burstLines = (): string[] => c.output().split('\n').filter((l) => / {2}GET {2}\/burst\/\d+ {2}200 /.test(l));
+    const burstLines = (): string[] =>
+      c
+        .output()
+        .split('\n')
+        .filter((l) => / {2}GET {2}\/burst\/\d+ {2}200 /.test(l));
     await until(() => burstLines().length >= n, 8_000, `${n} request lines`);
     c.kill('SIGINT');
     expect(await c.exited()).toBe(0);
@@ -234,9 +259,15 @@ describe('connect: a line per request, from the gateway\'s event stream', () => 
     const c = cli(['connect', String(local), '--gateway', gatewayUrl, '--name', 'again', '--token', 'tk']);
     await c.waitFor(/Forwarding/);
     const host = `again.localhost:${port}`;
-    await waitWhile(() => request(port, { host, path: '/one' }), () => /\/one {2}200/.test(c.output()));
+    await waitWhile(
+      () => request(port, { host, path: '/one' }),
+      () => /\/one {2}200/.test(c.output()),
+    );
     front.dropEvents();
-    await waitWhile(() => request(port, { host, path: '/two' }), () => /\/two {2}200/.test(c.output()));
+    await waitWhile(
+      () => request(port, { host, path: '/two' }),
+      () => /\/two {2}200/.test(c.output()),
+    );
     // The gateway restarts on its port: the claim is a new registration with a new private URL.
     await g.close();
     await c.waitFor(/lost the gateway/);
@@ -250,7 +281,10 @@ describe('connect: a line per request, from the gateway\'s event stream', () => 
       }
     }
     await c.waitFor(/back online/, 10_000);
-    await waitWhile(() => request(port, { host, path: '/three' }), () => /\/three {2}200/.test(c.output()));
+    await waitWhile(
+      () => request(port, { host, path: '/three' }),
+      () => /\/three {2}200/.test(c.output()),
+    );
     expect(c.output()).not.toMatch(/no request lines/);
   }, 30_000);
 
@@ -262,7 +296,10 @@ describe('connect: a line per request, from the gateway\'s event stream', () => 
     const m = await c.waitFor(/Inspector {3}(http:\/\/127\.0\.0\.1:\d+\/)/);
     const seen = inspectorEvents(m[1] as string);
     const host = `hush.localhost:${port}`;
-    await waitWhile(() => request(port, { host, path: '/quiet-please' }), () => seen.urls.includes('/quiet-please'));
+    await waitWhile(
+      () => request(port, { host, path: '/quiet-please' }),
+      () => seen.urls.includes('/quiet-please'),
+    );
     seen.close();
     expect(c.output()).not.toMatch(/quiet-please/);
     expect(c.output()).toMatch(/Forwarding/);
@@ -277,11 +314,22 @@ describe('request lines: parsing and format', () => {
     p.push('uest\r\ndata: {"a":');
     p.push('1}\r');
     p.push('\n\r\nevent: released\ndata: {}\n\n');
-    expect(got).toEqual([['request', '{"a":1}'], ['released', '{}']]);
+    expect(got).toEqual([
+      ['request', '{"a":1}'],
+      ['released', '{}'],
+    ]);
     const t = new Date(2026, 0, 2, 18, 40, 2).getTime();
     const e = {
-      id: 1, time: t, method: 'GET', url: '/api/x?y=1', status: 200, ms: 12.4, bytesIn: 0, bytesOut: 1234,
-      error: null, remote: '',
+      id: 1,
+      time: t,
+      method: 'GET',
+      url: '/api/x?y=1',
+      status: 200,
+      ms: 12.4,
+      bytesIn: 0,
+      bytesOut: 1234,
+      error: null,
+      remote: '',
     };
     expect(formatLine(e)).toBe('18:40:02  GET  /api/x?y=1  200  12 ms  1.2 KB');
     const failed = formatLine({ ...e, status: 0, url: '/\x1b[31m', error: 'PTTH_ERR_X' });
@@ -316,7 +364,7 @@ function inspectorEvents(base: string): { urls: string[]; close(): void } {
 }
 
 describe('the inspector in process: replay and its headers', () => {
-  it('replays to the local service: hop-by-hop dropped, forwarding headers kept, Host the visitor\'s', async () => {
+  it("replays to the local service: hop-by-hop dropped, forwarding headers kept, Host the visitor's", async () => {
     const seen: { method?: string; url?: string; headers?: http.IncomingHttpHeaders; body?: string }[] = [];
     const { port: local } = await backend((req, res) => {
       let body = '';
@@ -331,12 +379,36 @@ describe('the inspector in process: replay and its headers', () => {
     const inspector = await startInspector(0, { target, limit: 2 });
     try {
       const event = {
-        id: 'g1', time: Date.now(), method: 'POST', url: '/p?q=1', status: 200, ms: 1, bytesIn: 5, bytesOut: 2,
-        error: null, remote: '203.0.113.9',
+        id: 'g1',
+        time: Date.now(),
+        method: 'POST',
+        url: '/p?q=1',
+        status: 200,
+        ms: 1,
+        bytesIn: 5,
+        bytesOut: 2,
+        error: null,
+        remote: '203.0.113.9',
         request: {
-          headers: ['Host', 'app.example', 'Connection', 'keep-alive, X-Drop', 'X-Drop', '1', 'Keep-Alive', 'timeout=5',
-            'X-Forwarded-For', '203.0.113.9', 'Content-Length', '99', 'X-Kept', 'yes'],
-          body: Buffer.from('hello').toString('base64'), bodyBytes: 5, truncated: false,
+          headers: [
+            'Host',
+            'app.example',
+            'Connection',
+            'keep-alive, X-Drop',
+            'X-Drop',
+            '1',
+            'Keep-Alive',
+            'timeout=5',
+            'X-Forwarded-For',
+            '203.0.113.9',
+            'Content-Length',
+            '99',
+            'X-Kept',
+            'yes',
+          ],
+          body: Buffer.from('hello').toString('base64'),
+          bodyBytes: 5,
+          truncated: false,
         },
         response: null,
       };
@@ -392,8 +464,18 @@ describe('the inspector in process: replay and its headers', () => {
     dead.server.close();
     await new Promise((r) => dead.server.once('close', r));
     const e = {
-      id: 1, time: 0, method: 'GET', url: '/', status: 200, ms: 1, bytesIn: 0, bytesOut: 0, error: null, remote: '',
-      request: { headers: [], body: '', bodyBytes: 0, truncated: false }, response: null,
+      id: 1,
+      time: 0,
+      method: 'GET',
+      url: '/',
+      status: 200,
+      ms: 1,
+      bytesIn: 0,
+      bytesOut: 0,
+      error: null,
+      remote: '',
+      request: { headers: [], body: '', bodyBytes: 0, truncated: false },
+      response: null,
     };
     const r = await replay(e, new URL(`http://127.0.0.1:${port}`));
     expect(r.status).toBe(0);
@@ -487,7 +569,7 @@ describe('watchEvents in process', () => {
   });
 });
 
-describe('connect\'s pieces in process', () => {
+describe("connect's pieces in process", () => {
   it('parseTarget: ports, host:port and URLs; out-of-range ports and bare words refused with a hint', () => {
     expect(parseTarget('3000').href).toBe('http://localhost:3000/');
     expect(parseTarget('127.0.0.1:8080').href).toBe('http://127.0.0.1:8080/');
@@ -503,7 +585,7 @@ describe('connect\'s pieces in process', () => {
     expect(() => parseTarget('localhost')).toThrow(/not a port, host:port or URL/);
   });
 
-  it('claimMessage speaks in connect\'s terms', () => {
+  it("claimMessage speaks in connect's terms", () => {
     const m = (code: string | undefined, status = 401): string =>
       claimMessage(new ClaimError(status, `the gateway refused the claim: ${status} Unauthorized: the body`, code));
     expect(m('PTTH_ERR_KEY_REQUIRED')).toMatch(/401: this gateway needs an access key: pass --key KEY or set PTTH_KEY/);

@@ -17,8 +17,10 @@ function gateway(): Promise<TestGateway> {
 }
 
 function claimBytes(name: string, port: number): string {
-  return `POST /?name=${name} HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n` +
-    'Content-Length: 0\r\n\r\n';
+  return (
+    `POST /?name=${name} HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n` +
+    'Content-Length: 0\r\n\r\n'
+  );
 }
 
 function expectNoCors(r: HttpReply, what: string): void {

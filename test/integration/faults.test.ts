@@ -13,7 +13,17 @@ import { describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import { CHILD_APP, spawnTs } from '../helpers/child.js';
-import { rawClaim, rawConnect, readUntil, request, sleep, startApp, until, type Reply, type TestGateway } from '../helpers/index.js';
+import {
+  rawClaim,
+  rawConnect,
+  readUntil,
+  request,
+  sleep,
+  startApp,
+  until,
+  type Reply,
+  type TestGateway,
+} from '../helpers/index.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
 import { cleanup, track, useGateway } from '../helpers/fixture.js';
 
@@ -121,7 +131,9 @@ describe('apps killed', () => {
       s.write(`GET ${path} HTTP/1.1\r\nHost: ${g().host('halfway')}\r\n\r\n`);
       const head = (await readUntil(s, (b) => b.includes('partial'), 3_000)).toString('latin1');
       expect(head).toMatch(/^HTTP\/1\.1 200 /);
-      expect(head).toMatch(path === '/partial' ? /\r\ncontent-length: 1000\r\n/i : /\r\ntransfer-encoding: chunked\r\n/i);
+      expect(head).toMatch(
+        path === '/partial' ? /\r\ncontent-length: 1000\r\n/i : /\r\ntransfer-encoding: chunked\r\n/i,
+      );
       await app.waitFor(/^partial sent$/m);
       const rest = readUntil(s, () => false, 3_000);
       app.kill('SIGKILL');
@@ -189,7 +201,13 @@ type Outcome = { at: number; status: number; body: string } | { at: number; erro
 function probe(port: number, name: string, ms: number): Promise<Outcome> {
   return new Promise((resolve) => {
     const at = Date.now();
-    const req = http.request({ host: '127.0.0.1', port, path: '/hello', headers: { host: `${name}.localhost:${port}` }, agent: false });
+    const req = http.request({
+      host: '127.0.0.1',
+      port,
+      path: '/hello',
+      headers: { host: `${name}.localhost:${port}` },
+      agent: false,
+    });
     const timer = setTimeout(() => {
       req.destroy();
       resolve({ at, error: 'HANG' });
@@ -219,7 +237,12 @@ describe('the gateway restarted under load', () => {
     'killed with %s and started again on the same port: the client reconnects by itself and gets its name back under its token; visitors never hang',
     async (signal) => {
       const { p: first, port } = await serveOn(0);
-      const app = startApp(port, (_req, res) => res.end('phoenix'), { name: 'phoenix', token: 'phoenix-token', backoff: 50, maxBackoff: 300 });
+      const app = startApp(port, (_req, res) => res.end('phoenix'), {
+        name: 'phoenix',
+        token: 'phoenix-token',
+        backoff: 50,
+        maxBackoff: 300,
+      });
       const tunnel = await app;
       closeAtEnd(tunnel);
       const url = tunnel.url;
@@ -256,10 +279,15 @@ describe('the gateway restarted under load', () => {
 
       expect(tunnel.url, 'the same public URL').toBe(url);
       // The new gateway holds the name under the client's token: another token is refused.
-      const other = await rawClaim(port, `POST /?name=phoenix&token=someone-else HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`);
+      const other = await rawClaim(
+        port,
+        `POST /?name=phoenix&token=someone-else HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`,
+      );
       other.socket.destroy();
       expect(other.head).toMatch(/^HTTP\/1\.1 403 /);
-      const status = JSON.parse((await request(port, { host: `localhost:${port}`, headers: { accept: 'application/json' } })).body) as {
+      const status = JSON.parse(
+        (await request(port, { host: `localhost:${port}`, headers: { accept: 'application/json' } })).body,
+      ) as {
         registrations: { name: string }[];
       };
       expect(status.registrations.map((r) => r.name)).toContain('phoenix');
@@ -294,7 +322,11 @@ describe('network stalls', () => {
     await gateway({ pingInterval, pingTimeout, reconnectWait: 300 });
     const app = await childApp('frozen', 'h2');
     expect((await visit('frozen')).status).toBe(200);
-    expect(g().registration('frozen').channels.map((c) => c.transport)).toEqual(['http2']);
+    expect(
+      g()
+        .registration('frozen')
+        .channels.map((c) => c.transport),
+    ).toEqual(['http2']);
 
     app.kill('SIGSTOP');
     const stoppedAt = Date.now();
@@ -303,7 +335,11 @@ describe('network stalls', () => {
     // sent just before the stop may have been on its way: half of it), well within
     // 10 x (pingInterval + pingTimeout).
     const bound = 10 * (pingInterval + pingTimeout);
-    await until(() => g().registration('frozen').channels.length === 0, bound, 'the stalled HTTP/2 channel to be declared dead');
+    await until(
+      () => g().registration('frozen').channels.length === 0,
+      bound,
+      'the stalled HTTP/2 channel to be declared dead',
+    );
     expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(pingTimeout / 2);
     const during = await visit('frozen');
     expect(during.status).toBe(503);

@@ -79,21 +79,24 @@ const chunked = (body: string): string => `${body.length.toString(16)}\r\n${body
 
 describe('a request body always reaches the app framed, whatever the method', () => {
   const METHODS = ['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'POST', 'PUT', 'PATCH'];
-  it.each(METHODS)('reversed HTTP/1.1: a chunked %s body is one request with that body, never a second request', async (method) => {
-    await gateway();
-    const seen = await recordingApp('smug', true);
-    const answer = await visit(
-      `${method} /a HTTP/1.1\r\nHost: ${g().host('smug')}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunked(SMUGGLED)}`,
-    );
-    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
-    // A later request on the same channel: anything smuggled before it would have been parsed first.
-    const after = await visit(`GET /after HTTP/1.1\r\nHost: ${g().host('smug')}\r\nConnection: close\r\n\r\n`);
-    expect(after).toMatch(/^HTTP\/1\.1 200 [^]*seen \/after$/);
-    expect(seen).toEqual([
-      { method, url: '/a', body: SMUGGLED },
-      { method: 'GET', url: '/after', body: '' },
-    ]);
-  });
+  it.each(METHODS)(
+    'reversed HTTP/1.1: a chunked %s body is one request with that body, never a second request',
+    async (method) => {
+      await gateway();
+      const seen = await recordingApp('smug', true);
+      const answer = await visit(
+        `${method} /a HTTP/1.1\r\nHost: ${g().host('smug')}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunked(SMUGGLED)}`,
+      );
+      expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+      // A later request on the same channel: anything smuggled before it would have been parsed first.
+      const after = await visit(`GET /after HTTP/1.1\r\nHost: ${g().host('smug')}\r\nConnection: close\r\n\r\n`);
+      expect(after).toMatch(/^HTTP\/1\.1 200 [^]*seen \/after$/);
+      expect(seen).toEqual([
+        { method, url: '/a', body: SMUGGLED },
+        { method: 'GET', url: '/after', body: '' },
+      ]);
+    },
+  );
 
   it.each(['GET', 'DELETE'])('reversed HTTP/1.1: a %s with Content-Length keeps it as its framing', async (method) => {
     await gateway();
@@ -113,7 +116,9 @@ describe('a request body always reaches the app framed, whatever the method', ()
     await gateway();
     const seen = await recordingApp('smug2', false);
     expect(seen.tunnel?.protocol).toBe('h2');
-    await visit(`GET /a HTTP/1.1\r\nHost: ${g().host('smug2')}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunked(SMUGGLED)}`);
+    await visit(
+      `GET /a HTTP/1.1\r\nHost: ${g().host('smug2')}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunked(SMUGGLED)}`,
+    );
     await visit(`GET /after HTTP/1.1\r\nHost: ${g().host('smug2')}\r\nConnection: close\r\n\r\n`);
     expect(seen).toEqual([
       { method: 'GET', url: '/a', body: SMUGGLED },
@@ -124,18 +129,23 @@ describe('a request body always reaches the app framed, whatever the method', ()
   it.each([
     ['reversed HTTP/1.1', true],
     ['reversed HTTP/2', false],
-  ])("connect's proxy to a local service over %s: a chunked GET body is one request there too", async (_label, http1) => {
-    await gateway();
-    const seen = await recordingApp('smugl', http1, true);
-    await visit(`GET /a HTTP/1.1\r\nHost: ${g().host('smugl')}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunked(SMUGGLED)}`);
-    await visit(`GET /after HTTP/1.1\r\nHost: ${g().host('smugl')}\r\nConnection: close\r\n\r\n`);
-    expect(seen).toEqual([
-      { method: 'GET', url: '/a', body: SMUGGLED },
-      { method: 'GET', url: '/after', body: '' },
-    ]);
-  });
+  ])(
+    "connect's proxy to a local service over %s: a chunked GET body is one request there too",
+    async (_label, http1) => {
+      await gateway();
+      const seen = await recordingApp('smugl', http1, true);
+      await visit(
+        `GET /a HTTP/1.1\r\nHost: ${g().host('smugl')}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunked(SMUGGLED)}`,
+      );
+      await visit(`GET /after HTTP/1.1\r\nHost: ${g().host('smugl')}\r\nConnection: close\r\n\r\n`);
+      expect(seen).toEqual([
+        { method: 'GET', url: '/a', body: SMUGGLED },
+        { method: 'GET', url: '/after', body: '' },
+      ]);
+    },
+  );
 
-  it('WebSocket channel: a chunked GET body arrives as that stream\'s body frames', async () => {
+  it("WebSocket channel: a chunked GET body arrives as that stream's body frames", async () => {
     await gateway();
     const app = await RawWsApp.connect(g().port, { name: 'smugws' });
     cleanup(() => app.ws.terminate());
@@ -164,7 +174,10 @@ describe('a request body always reaches the app framed, whatever the method', ()
 
 describe("a visitor's upgrade request never leaves bytes behind in a channel", () => {
   async function rawApp(name: string): Promise<net.Socket> {
-    const c = await rawClaim(g().port, `GET /?name=${name}&token=t HTTP/1.1\r\nHost: localhost:${g().port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`);
+    const c = await rawClaim(
+      g().port,
+      `GET /?name=${name}&token=t HTTP/1.1\r\nHost: localhost:${g().port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`,
+    );
     expect(c.head).toMatch(/^HTTP\/1\.1 101 /);
     track(c.socket);
     c.socket.on('error', () => {});
@@ -214,11 +227,15 @@ describe("a visitor's upgrade request never leaves bytes behind in a channel", (
     expect((await readUntil(s, (b) => b.includes('hello'))).toString('latin1')).toMatch(/^HTTP\/1\.1 426 /);
     s.destroy();
     expect(await closed(app), 'the reversed connection is closed').toBe(true);
-    await until(() => g().gateway.table.lookup('cut')?.channels.length === 0, 3_000, 'the channel to leave the registration');
+    await until(
+      () => g().gateway.table.lookup('cut')?.channels.length === 0,
+      3_000,
+      'the channel to leave the registration',
+    );
   });
 });
 
-describe('the forwarding headers are the gateway\'s on every transport', () => {
+describe("the forwarding headers are the gateway's on every transport", () => {
   /** What a visitor sends to pass itself off as someone else. */
   const FORGED =
     'Requesting-Client: 6.6.6.6:666\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\n' +

@@ -28,7 +28,7 @@ async function h2Claim(g: TestGateway, name: string): Promise<{ socket: Socket; 
 }
 
 describe('a request dispatched to an HTTP/2 session that is going away', () => {
-  it('waits for the name\'s other channel, not failed: a broken connection costs only its own stream', async () => {
+  it("waits for the name's other channel, not failed: a broken connection costs only its own stream", async () => {
     // One stream per HTTP/2 channel: the second request must wait for a channel.
     const g = await useGateway({ maxStreams: 1, responseTimeout: 2_000, queueTimeout: 2_000 });
     const held: ServerResponse[] = [];

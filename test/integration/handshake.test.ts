@@ -6,15 +6,7 @@
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import {
-  closed,
-  headEnd,
-  rawConnect,
-  readUntil,
-  request,
-  until,
-  type TestGateway,
-} from '../helpers/index.js';
+import { closed, headEnd, rawConnect, readUntil, request, until, type TestGateway } from '../helpers/index.js';
 import { cleanup, track, useGateway } from '../helpers/fixture.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 
@@ -83,7 +75,11 @@ async function claim(port: number, data: string): Promise<{ socket: Socket; head
 }
 
 /** The standard native claim of docs/PROTOCOL.md section 2, with Connection: Upgrade or without it. */
-function ptth(port: number, query: string, opts: { connection?: boolean; host?: string; extra?: string[] } = {}): string {
+function ptth(
+  port: number,
+  query: string,
+  opts: { connection?: boolean; host?: string; extra?: string[] } = {},
+): string {
   return bytes([
     `POST /${query} HTTP/1.1`,
     `Host: ${opts.host ?? `localhost:${port}`}`,
@@ -116,7 +112,11 @@ function exact101(name: string, port: number): RegExp {
  * the 101 (a 100 Continue may come before). Where a test goes on to serve a request (serveOne),
  * the first bytes after the 101 are that request, which shows again that nothing came between.
  */
-async function expect101(c: { socket: Socket; head: string; rest: Buffer }, name: string, port: number): Promise<string> {
+async function expect101(
+  c: { socket: Socket; head: string; rest: Buffer },
+  name: string,
+  port: number,
+): Promise<string> {
   const m = exact101(name, port).exec(c.head);
   expect(c.head, 'exact 101 head').toMatch(exact101(name, port));
   expect(c.rest.length, 'no body after the 101').toBe(0);
@@ -162,7 +162,12 @@ async function readAll(socket: Socket, ms = 5_000): Promise<{ buf: Buffer; close
  * A refusal (docs/PROTOCOL.md section 2): an ordinary response with the status, `Connection: close`, a
  * complete body, never a 101, and the connection closes.
  */
-async function expectRefusal(socket: Socket, status: number, code?: string, already = Buffer.alloc(0)): Promise<Parsed> {
+async function expectRefusal(
+  socket: Socket,
+  status: number,
+  code?: string,
+  already = Buffer.alloc(0),
+): Promise<Parsed> {
   const { buf, closed: isClosed } = await readAll(socket);
   const all = Buffer.concat([already, buf]);
   const r = parse(all);
@@ -243,7 +248,13 @@ describe('the 101 (docs/PROTOCOL.md section 2)', () => {
     const g = await start();
     const c = await claim(
       g.port,
-      bytes([`POST /?name=foo HTTP/1.1`, `Host: localhost:${g.port}`, 'Upgrade: websocket, ptth/1.0', 'Connection: keep-alive, upgrade', 'Content-Length: 0']),
+      bytes([
+        `POST /?name=foo HTTP/1.1`,
+        `Host: localhost:${g.port}`,
+        'Upgrade: websocket, ptth/1.0',
+        'Connection: keep-alive, upgrade',
+        'Content-Length: 0',
+      ]),
     );
     await expect101(c, 'foo', g.port);
     await serveOne(g, c.socket, 'foo');
@@ -253,7 +264,13 @@ describe('the 101 (docs/PROTOCOL.md section 2)', () => {
     const g = await start();
     const c = await claim(
       g.port,
-      bytes([`POST /some/where?name=foo HTTP/1.1`, `Host: localhost:${g.port}`, 'Upgrade: PTTH/1.0', 'Connection: Upgrade', 'Content-Length: 0']),
+      bytes([
+        `POST /some/where?name=foo HTTP/1.1`,
+        `Host: localhost:${g.port}`,
+        'Upgrade: PTTH/1.0',
+        'Connection: Upgrade',
+        'Content-Length: 0',
+      ]),
     );
     await expect101(c, 'foo', g.port);
   });
@@ -275,7 +292,12 @@ describe('names (docs/PROTOCOL.md sections 1-2)', () => {
 
   it('refuses a claim whose query name differs from its Host name with 400', async () => {
     const g = await start();
-    const r = await refused(g.port, ptth(g.port, '?name=bar', { host: `foo.localhost:${g.port}` }), 400, 'PTTH_ERR_NAME_MISMATCH');
+    const r = await refused(
+      g.port,
+      ptth(g.port, '?name=bar', { host: `foo.localhost:${g.port}` }),
+      400,
+      'PTTH_ERR_NAME_MISMATCH',
+    );
     expect(r.body).toContain('bar');
     expect(r.body).toContain('foo');
     expect(g.gateway.table.list()).toHaveLength(0);
@@ -283,7 +305,12 @@ describe('names (docs/PROTOCOL.md sections 1-2)', () => {
 
   it('refuses a query/Host name mismatch without Connection: Upgrade with 400 too', async () => {
     const g = await start();
-    await refused(g.port, ptth(g.port, '?name=bar', { host: `foo.localhost:${g.port}`, connection: false }), 400, 'PTTH_ERR_NAME_MISMATCH');
+    await refused(
+      g.port,
+      ptth(g.port, '?name=bar', { host: `foo.localhost:${g.port}`, connection: false }),
+      400,
+      'PTTH_ERR_NAME_MISMATCH',
+    );
   });
 
   it('accepts the same name in query and Host when they differ only in case', async () => {
@@ -304,7 +331,9 @@ describe('names (docs/PROTOCOL.md sections 1-2)', () => {
   it('assigns a random name, a valid DNS label, when none is given', async () => {
     const g = await start();
     const c = await claim(g.port, ptth(g.port, ''));
-    const m = new RegExp(`^HTTP/1\\.1 101 Switching Protocols\\r\\nUpgrade: PTTH/1\\.0\\r\\nConnection: Upgrade\\r\\nLink: <http://([^./]+)\\.localhost:${g.port}/>; rel="related"\\r\\nLocation: http://localhost:${g.port}/_ptth/${B64URL32}\\r\\n\\r\\n$`).exec(c.head);
+    const m = new RegExp(
+      `^HTTP/1\\.1 101 Switching Protocols\\r\\nUpgrade: PTTH/1\\.0\\r\\nConnection: Upgrade\\r\\nLink: <http://([^./]+)\\.localhost:${g.port}/>; rel="related"\\r\\nLocation: http://localhost:${g.port}/_ptth/${B64URL32}\\r\\n\\r\\n$`,
+    ).exec(c.head);
     expect(m, c.head).not.toBeNull();
     const name = m?.[1] ?? '';
     expect(name).toMatch(LABEL);
@@ -376,12 +405,15 @@ describe('names (docs/PROTOCOL.md sections 1-2)', () => {
 });
 
 describe('leases (docs/PROTOCOL.md section 2)', () => {
-  it.each([['-1'], ['1.5'], ['abc'], ['99999999999']])('refuses lease=%s with 400 and a body saying why', async (lease) => {
-    const g = await start();
-    const r = await refused(g.port, ptth(g.port, `?name=foo&lease=${lease}`), 400, 'PTTH_ERR_BAD_LEASE');
-    expect(r.body).toMatch(/lease/i);
-    expect(g.gateway.table.list()).toHaveLength(0);
-  });
+  it.each([['-1'], ['1.5'], ['abc'], ['99999999999']])(
+    'refuses lease=%s with 400 and a body saying why',
+    async (lease) => {
+      const g = await start();
+      const r = await refused(g.port, ptth(g.port, `?name=foo&lease=${lease}`), 400, 'PTTH_ERR_BAD_LEASE');
+      expect(r.body).toMatch(/lease/i);
+      expect(g.gateway.table.list()).toHaveLength(0);
+    },
+  );
 
   it('refuses a bad lease without Connection: Upgrade with 400 too', async () => {
     const g = await start();
@@ -393,7 +425,11 @@ describe('leases (docs/PROTOCOL.md section 2)', () => {
     const c = await claim(g.port, ptth(g.port, '?name=foo&lease=3600'));
     const id = await expect101(c, 'foo', g.port);
     expect(g.gateway.table.lookup('foo')?.lease).toBe(60);
-    const r = await request(g.port, { host: `localhost:${g.port}`, path: `/_ptth/${id}`, headers: { accept: 'application/json' } });
+    const r = await request(g.port, {
+      host: `localhost:${g.port}`,
+      path: `/_ptth/${id}`,
+      headers: { accept: 'application/json' },
+    });
     expect(r.status).toBe(200);
     const state = JSON.parse(r.body) as { name: string; lease: number; channels: unknown[] };
     expect(state.name).toBe('foo');
@@ -407,7 +443,13 @@ describe('HTTP/1.0 (RFC 9110 section 7.8)', () => {
     const g = await start();
     await refused(
       g.port,
-      bytes(['POST /?name=foo HTTP/1.0', `Host: localhost:${g.port}`, 'Upgrade: PTTH/1.0', 'Connection: Upgrade', 'Content-Length: 0']),
+      bytes([
+        'POST /?name=foo HTTP/1.0',
+        `Host: localhost:${g.port}`,
+        'Upgrade: PTTH/1.0',
+        'Connection: Upgrade',
+        'Content-Length: 0',
+      ]),
       400,
       'PTTH_ERR_HTTP10_UPGRADE',
     );
@@ -416,7 +458,12 @@ describe('HTTP/1.0 (RFC 9110 section 7.8)', () => {
 
   it('refuses an HTTP/1.0 claim without Connection: Upgrade with 400 and closes, never a 101', async () => {
     const g = await start();
-    await refused(g.port, bytes(['POST /?name=foo HTTP/1.0', `Host: localhost:${g.port}`, 'Upgrade: PTTH/1.0', 'Content-Length: 0']), 400, 'PTTH_ERR_HTTP10_UPGRADE');
+    await refused(
+      g.port,
+      bytes(['POST /?name=foo HTTP/1.0', `Host: localhost:${g.port}`, 'Upgrade: PTTH/1.0', 'Content-Length: 0']),
+      400,
+      'PTTH_ERR_HTTP10_UPGRADE',
+    );
     expect(g.gateway.table.lookup('foo')).toBeUndefined();
   });
 });
@@ -500,7 +547,14 @@ describe('claim bodies (docs/PROTOCOL.md section 2)', () => {
     await refused(
       g.port,
       bytes(
-        ['POST / HTTP/1.1', `Host: localhost:${g.port}`, 'Upgrade: PTTH/1.0', 'Connection: Upgrade', 'Content-Type: application/x-www-form-urlencoded', 'Transfer-Encoding: chunked'],
+        [
+          'POST / HTTP/1.1',
+          `Host: localhost:${g.port}`,
+          'Upgrade: PTTH/1.0',
+          'Connection: Upgrade',
+          'Content-Type: application/x-www-form-urlencoded',
+          'Transfer-Encoding: chunked',
+        ],
         `10\r\n${FORM}\r\n0\r\n\r\n`,
       ),
       400,
@@ -514,7 +568,13 @@ describe('claim bodies (docs/PROTOCOL.md section 2)', () => {
     const c = await claim(
       g.port,
       bytes(
-        ['POST / HTTP/1.1', `Host: localhost:${g.port}`, 'Upgrade: PTTH/1.0', 'Content-Type: application/x-www-form-urlencoded', 'Transfer-Encoding: chunked'],
+        [
+          'POST / HTTP/1.1',
+          `Host: localhost:${g.port}`,
+          'Upgrade: PTTH/1.0',
+          'Content-Type: application/x-www-form-urlencoded',
+          'Transfer-Encoding: chunked',
+        ],
         `9\r\nname=bar&\r\n7\r\ntoken=t\r\n0\r\n\r\n`,
       ),
     );
@@ -538,7 +598,16 @@ describe('claim bodies (docs/PROTOCOL.md section 2)', () => {
     const g = await start({ claimBodyLimit: 8 });
     await refused(
       g.port,
-      bytes(['POST / HTTP/1.1', `Host: localhost:${g.port}`, 'Upgrade: PTTH/1.0', 'Content-Type: application/x-www-form-urlencoded', 'Transfer-Encoding: chunked'], `10\r\n${FORM}\r\n0\r\n\r\n`),
+      bytes(
+        [
+          'POST / HTTP/1.1',
+          `Host: localhost:${g.port}`,
+          'Upgrade: PTTH/1.0',
+          'Content-Type: application/x-www-form-urlencoded',
+          'Transfer-Encoding: chunked',
+        ],
+        `10\r\n${FORM}\r\n0\r\n\r\n`,
+      ),
       413,
       'PTTH_ERR_CLAIM_BODY_TOO_LARGE',
     );
@@ -575,7 +644,14 @@ describe('early data (docs/PROTOCOL.md section 2)', () => {
     await refused(
       g.port,
       bytes(
-        ['POST / HTTP/1.1', `Host: localhost:${g.port}`, 'Upgrade: PTTH/1.0', 'Connection: Upgrade', 'Content-Type: application/x-www-form-urlencoded', 'Content-Length: 16'],
+        [
+          'POST / HTTP/1.1',
+          `Host: localhost:${g.port}`,
+          'Upgrade: PTTH/1.0',
+          'Connection: Upgrade',
+          'Content-Type: application/x-www-form-urlencoded',
+          'Content-Length: 16',
+        ],
         'name=bar&token=tearly bytes',
       ),
       400,
@@ -588,7 +664,14 @@ describe('early data (docs/PROTOCOL.md section 2)', () => {
     const socket = await connect(g.port);
     await writeSplit(
       socket,
-      bytes(['POST / HTTP/1.1', `Host: localhost:${g.port}`, 'Upgrade: PTTH/1.0', 'Connection: Upgrade', 'Content-Type: application/x-www-form-urlencoded', 'Content-Length: 16']),
+      bytes([
+        'POST / HTTP/1.1',
+        `Host: localhost:${g.port}`,
+        'Upgrade: PTTH/1.0',
+        'Connection: Upgrade',
+        'Content-Type: application/x-www-form-urlencoded',
+        'Content-Length: 16',
+      ]),
       'name=bar&token=tearly bytes',
     );
     await expectRefusal(socket, 400);
@@ -603,18 +686,24 @@ describe('early data (docs/PROTOCOL.md section 2)', () => {
     ['a whole pipelined request', 'GET / HTTP/1.1\r\nHost: localhost\r\n\r\n'],
   ];
 
-  it.each(EARLY)('refuses %s sent in the same write right after the claim request with 400, no 101 (with Connection: Upgrade)', async (_what, early) => {
-    const g = await start();
-    await refused(g.port, `${ptth(g.port, '?name=foo')}${early}`, 400);
-    expect(g.gateway.table.lookup('foo')).toBeUndefined();
-  });
+  it.each(EARLY)(
+    'refuses %s sent in the same write right after the claim request with 400, no 101 (with Connection: Upgrade)',
+    async (_what, early) => {
+      const g = await start();
+      await refused(g.port, `${ptth(g.port, '?name=foo')}${early}`, 400);
+      expect(g.gateway.table.lookup('foo')).toBeUndefined();
+    },
+  );
 
-  it.each(EARLY)('refuses %s sent in the same write right after the claim request with 400, no 101 (without Connection: Upgrade)', async (_what, early) => {
-    const g = await start();
-    // The refusal, answered and closed, is the end of the claim's handling: no wait after it.
-    await refused(g.port, `${ptth(g.port, '?name=foo', { connection: false })}${early}`, 400);
-    expect(channels(g, 'foo') ?? 0).toBe(0);
-  });
+  it.each(EARLY)(
+    'refuses %s sent in the same write right after the claim request with 400, no 101 (without Connection: Upgrade)',
+    async (_what, early) => {
+      const g = await start();
+      // The refusal, answered and closed, is the end of the claim's handling: no wait after it.
+      await refused(g.port, `${ptth(g.port, '?name=foo', { connection: false })}${early}`, 400);
+      expect(channels(g, 'foo') ?? 0).toBe(0);
+    },
+  );
 
   it('a claim refused for early data does not hold the name (without Connection: Upgrade)', async () => {
     const g = await start();
@@ -630,7 +719,14 @@ describe('early data (docs/PROTOCOL.md section 2)', () => {
     const socket = await connect(g.port);
     await writeSplit(
       socket,
-      bytes(['POST / HTTP/1.1', `Host: localhost:${g.port}`, 'Upgrade: PTTH/1.0', 'Connection: Upgrade', 'Content-Type: application/x-www-form-urlencoded', 'Content-Length: 16']),
+      bytes([
+        'POST / HTTP/1.1',
+        `Host: localhost:${g.port}`,
+        'Upgrade: PTTH/1.0',
+        'Connection: Upgrade',
+        'Content-Type: application/x-www-form-urlencoded',
+        'Content-Length: 16',
+      ]),
       'name=bar&token=t',
     );
     const got = await readUntil(socket, headEnd, 5_000);
@@ -733,7 +829,12 @@ describe('limits and refusals', () => {
     await expect101(await claim(g.port, ptth(g.port, '?name=foo&token=s')), 'foo', g.port);
     const r = await refused(g.port, ptth(g.port, '?name=foo&token=s'), 429, 'PTTH_ERR_TOO_MANY_CHANNELS');
     expect(r.header('retry-after')).toMatch(/^\d+$/);
-    const r2 = await refused(g.port, ptth(g.port, '?name=foo&token=s', { connection: false }), 429, 'PTTH_ERR_TOO_MANY_CHANNELS');
+    const r2 = await refused(
+      g.port,
+      ptth(g.port, '?name=foo&token=s', { connection: false }),
+      429,
+      'PTTH_ERR_TOO_MANY_CHANNELS',
+    );
     expect(r2.header('retry-after')).toMatch(/^\d+$/);
     expect(channels(g, 'foo')).toBe(2);
   });
@@ -758,7 +859,12 @@ describe('limits and refusals', () => {
   it('refusals are ordinary responses with Connection: close and the socket closes (both ways in, JSON when asked)', async () => {
     const g = await start();
     for (const connection of [true, false]) {
-      const r = await refused(g.port, ptth(g.port, '?name=-bad', { connection, extra: ['Accept: application/json'] }), 400, 'PTTH_ERR_BAD_NAME');
+      const r = await refused(
+        g.port,
+        ptth(g.port, '?name=-bad', { connection, extra: ['Accept: application/json'] }),
+        400,
+        'PTTH_ERR_BAD_NAME',
+      );
       expect(r.header('content-type')).toMatch(/^application\/json/);
       const json = JSON.parse(r.body) as { error: { code: string; status: number; message: string } };
       expect(json.error.code).toBe('PTTH_ERR_BAD_NAME');

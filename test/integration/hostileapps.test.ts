@@ -164,7 +164,7 @@ describe('WebSocket channel: control frames are bounded before they are parsed',
   });
 
   it.each([
-    ['a head over the HTTP/1.1 channel\'s size', ['x-big', 'b'.repeat(MAX_HEAD_BYTES)]],
+    ["a head over the HTTP/1.1 channel's size", ['x-big', 'b'.repeat(MAX_HEAD_BYTES)]],
     ['more fields than the HTTP/1.1 channel keeps', new Array<string>(2 * (MAX_HEADER_FIELDS + 1)).fill('a')],
   ])('%s: 502 PTTH_ERR_BAD_RESPONSE and an abort; the channel carries on', async (_label, headers) => {
     const g = await gateway();
@@ -223,7 +223,10 @@ describe('reversed HTTP/2: an app that breaks the connection', () => {
     await until(() => g.registration('h2hpack').channels.length === 0, 3_000, 'the broken session to be released');
     const other = visit(g, 'h2bystander');
     const next = await bystander.request(1);
-    const ok = headerBlock([[':status', '200'], ['content-length', '0']]);
+    const ok = headerBlock([
+      [':status', '200'],
+      ['content-length', '0'],
+    ]);
     bystander.write(frame(HEADERS, END_HEADERS | END_STREAM, next, ok));
     expect((await other).status).toBe(200);
   });

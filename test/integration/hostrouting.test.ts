@@ -1,14 +1,7 @@
 import * as http from 'node:http';
 import type { Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import {
-  headEnd,
-  rawClaim,
-  rawConnect,
-  readUntil,
-  request,
-  type TestGateway,
-} from '../helpers/index.js';
+import { headEnd, rawClaim, rawConnect, readUntil, request, type TestGateway } from '../helpers/index.js';
 import { track, useApp, useGateway } from '../helpers/fixture.js';
 
 /*

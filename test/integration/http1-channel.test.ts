@@ -8,7 +8,17 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Http1Channel } from '../../src/channels/http1.js';
 import type { UpgradeExchange } from '../../src/channels/channel.js';
 import { PtthError } from '../../src/http/errors.js';
-import { headEnd, rawClaim, rawConnect, readUntil, request, sleep, startGateway, until, type TestGateway } from '../helpers/index.js';
+import {
+  headEnd,
+  rawClaim,
+  rawConnect,
+  readUntil,
+  request,
+  sleep,
+  startGateway,
+  until,
+  type TestGateway,
+} from '../helpers/index.js';
 
 const OPTIONS = { responseTimeout: 1_000, queueTimeout: 500, reconnectWait: 300 };
 
@@ -30,7 +40,15 @@ afterAll(async () => {
 
 /** One raw PTTH/1.0 channel of `name`, claimed byte for byte. */
 async function claim(name: string): Promise<net.Socket> {
-  const bytes = [`POST /?name=${name}&token=t HTTP/1.1`, `Host: localhost:${gw.port}`, 'Upgrade: PTTH/1.0', 'Connection: Upgrade', 'Content-Length: 0', '', ''].join('\r\n');
+  const bytes = [
+    `POST /?name=${name}&token=t HTTP/1.1`,
+    `Host: localhost:${gw.port}`,
+    'Upgrade: PTTH/1.0',
+    'Connection: Upgrade',
+    'Content-Length: 0',
+    '',
+    '',
+  ].join('\r\n');
   const c = await rawClaim(gw.port, bytes);
   expect(c.head).toMatch(/^HTTP\/1\.1 101 /);
   c.socket.on('error', noop);
@@ -68,7 +86,8 @@ function serve(socket: net.Socket, answer: (head: string) => string | 'close'): 
   return { heads };
 }
 
-const ok = (body: string, extra = ''): string => `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n${extra}\r\n${body}`;
+const ok = (body: string, extra = ''): string =>
+  `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n${extra}\r\n${body}`;
 
 function visit(name: string, path = '/', method = 'GET', body?: string) {
   return request(gw.port, { host: gw.host(name), path, method, ...(body !== undefined ? { body } : {}) });
@@ -93,7 +112,9 @@ describe('keep-alive timers never close a channel', () => {
     ['timeout=3 (undici would close after 1 s idle)', 'timeout=3'],
   ])('an app answering with Keep-Alive: %s keeps its channel past the hint', async (_label, hint) => {
     const name = fresh('ka');
-    const app = serve(await claim(name), (head) => ok(head.split(' ')[1] as string, `Keep-Alive: ${hint}, max=1000\r\n`));
+    const app = serve(await claim(name), (head) =>
+      ok(head.split(' ')[1] as string, `Keep-Alive: ${hint}, max=1000\r\n`),
+    );
     expect((await visit(name, '/a')).status).toBe(200);
     const [id] = await channelIds(name);
     expect(id).toBeDefined();
@@ -114,7 +135,9 @@ describe('a channel that closes under a request', () => {
    * Two channels: whichever serves the first request closes (without a byte) on any later one,
    * as an app closing an idle connection while the gateway writes to it; the other answers.
    */
-  async function twoChannels(name: string): Promise<{ closer: () => { heads: string[] } | undefined; other: () => { heads: string[] } | undefined }> {
+  async function twoChannels(
+    name: string,
+  ): Promise<{ closer: () => { heads: string[] } | undefined; other: () => { heads: string[] } | undefined }> {
     const socks = [await claim(name), await claim(name)];
     let first: number | undefined;
     const apps = socks.map((s, i) =>
@@ -125,7 +148,10 @@ describe('a channel that closes under a request', () => {
       }),
     );
     await until(() => gw.gateway.table.lookup(name)?.channels.length === 2, 2_000, 'two channels');
-    return { closer: () => (first === undefined ? undefined : apps[first]), other: () => (first === undefined ? undefined : apps[1 - first]) };
+    return {
+      closer: () => (first === undefined ? undefined : apps[first]),
+      other: () => (first === undefined ? undefined : apps[1 - first]),
+    };
   }
 
   it('a bodyless GET is replayed once on another channel: the visitor gets 200', async () => {
@@ -203,7 +229,10 @@ describe('Http1Channel.upgrade calls done() exactly once on every path', () => {
       fail: (err: PtthError) => {
         seen.failed.push(err.code);
       },
-      check: check ?? ((status, reason, headers) => ({ status: status as number, reason: reason as string | undefined, headers: headers as string[] }) as never),
+      check:
+        check ??
+        ((status, reason, headers) =>
+          ({ status: status as number, reason: reason as string | undefined, headers: headers as string[] }) as never),
       done: () => {
         seen.done++;
       },
@@ -299,7 +328,13 @@ describe('requests and answers undici frames or refuses by itself', () => {
   it("a visitor's Expect: 100-continue is answered by the gateway and not passed on (undici refuses a 100)", async () => {
     const name = fresh('expect');
     const app = serve(await claim(name), () => ok('fine'));
-    const r = await request(gw.port, { host: gw.host(name), method: 'POST', path: '/e', headers: { expect: '100-continue' }, body: 'data' });
+    const r = await request(gw.port, {
+      host: gw.host(name),
+      method: 'POST',
+      path: '/e',
+      headers: { expect: '100-continue' },
+      body: 'data',
+    });
     expect(r.status).toBe(200);
     expect(r.body).toBe('fine');
     expect(app.heads[0]).not.toMatch(/\r\nexpect:/i);
@@ -335,41 +370,55 @@ describe('requests and answers undici frames or refuses by itself', () => {
 
 describe('an answer before the end of the upload', () => {
   it.each([
-    ['a chunked 413', 'HTTP/1.1 413 Payload Too Large\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n', '0\r\n\r\n', 'first'],
+    [
+      'a chunked 413',
+      'HTTP/1.1 413 Payload Too Large\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n',
+      '0\r\n\r\n',
+      'first',
+    ],
     ['a 204', 'HTTP/1.1 204 No Content\r\nX-Early: yes\r\n\r\n', '', 'x-early: yes'],
-  ])('%s: the visitor has it at once, its end waits for the body, the channel stays', async (_label, start, end, expectFirst) => {
-    const name = fresh('early');
-    const app = await claim(name);
-    let seen = '';
-    app.on('data', (d: Buffer) => {
-      seen += d.toString('latin1');
-    });
-    app.resume();
-    const visitor = await rawConnect(gw.port);
-    sockets.push(visitor);
-    visitor.write(`POST /up HTTP/1.1\r\nHost: ${gw.host(name)}\r\nContent-Length: 10\r\n\r\nhello`);
-    await until(() => seen.includes('hello'), 2_000, 'the start of the upload at the app');
-    app.write(start);
-    const first = (await readUntil(visitor, (b) => b.toString('latin1').toLowerCase().includes(expectFirst), 2_000)).toString('latin1');
-    expect(first.toLowerCase()).toContain(expectFirst);
-    if (end) {
-      // The gateway has read the end of the answer before the rest of the upload comes.
-      const ch = gw.gateway.table.lookup(name)?.channels[0] as unknown as { socket: net.Socket };
-      const before = ch.socket.bytesRead;
-      app.write(end);
-      await until(() => ch.socket.bytesRead >= before + end.length, 2_000, 'the end of the answer at the gateway');
-    }
-    // The rest of the upload goes down the same channel; then the channel takes the next request.
-    visitor.write('world');
-    await until(() => seen.endsWith('helloworld'), 2_000, 'the rest of the upload at the app');
-    if (end) {
-      const rest = await readUntil(visitor, (b) => b.toString('latin1').endsWith('0\r\n\r\n'), 2_000);
-      expect(rest.toString('latin1')).toMatch(/0\r\n\r\n$/);
-    }
-    await until(() => gw.gateway.table.lookup(name)?.channels[0]?.available === true, 2_000, 'the channel to be free');
-    const next = visit(name, '/next');
-    await until(() => seen.includes('GET /next'), 2_000, 'the next request at the app');
-    app.write(ok('next'));
-    expect((await next).body).toBe('next');
-  });
+  ])(
+    '%s: the visitor has it at once, its end waits for the body, the channel stays',
+    async (_label, start, end, expectFirst) => {
+      const name = fresh('early');
+      const app = await claim(name);
+      let seen = '';
+      app.on('data', (d: Buffer) => {
+        seen += d.toString('latin1');
+      });
+      app.resume();
+      const visitor = await rawConnect(gw.port);
+      sockets.push(visitor);
+      visitor.write(`POST /up HTTP/1.1\r\nHost: ${gw.host(name)}\r\nContent-Length: 10\r\n\r\nhello`);
+      await until(() => seen.includes('hello'), 2_000, 'the start of the upload at the app');
+      app.write(start);
+      const first = (
+        await readUntil(visitor, (b) => b.toString('latin1').toLowerCase().includes(expectFirst), 2_000)
+      ).toString('latin1');
+      expect(first.toLowerCase()).toContain(expectFirst);
+      if (end) {
+        // The gateway has read the end of the answer before the rest of the upload comes.
+        const ch = gw.gateway.table.lookup(name)?.channels[0] as unknown as { socket: net.Socket };
+        const before = ch.socket.bytesRead;
+        app.write(end);
+        await until(() => ch.socket.bytesRead >= before + end.length, 2_000, 'the end of the answer at the gateway');
+      }
+      // The rest of the upload goes down the same channel; then the channel takes the next request.
+      visitor.write('world');
+      await until(() => seen.endsWith('helloworld'), 2_000, 'the rest of the upload at the app');
+      if (end) {
+        const rest = await readUntil(visitor, (b) => b.toString('latin1').endsWith('0\r\n\r\n'), 2_000);
+        expect(rest.toString('latin1')).toMatch(/0\r\n\r\n$/);
+      }
+      await until(
+        () => gw.gateway.table.lookup(name)?.channels[0]?.available === true,
+        2_000,
+        'the channel to be free',
+      );
+      const next = visit(name, '/next');
+      await until(() => seen.includes('GET /next'), 2_000, 'the next request at the app');
+      app.write(ok('next'));
+      expect((await next).body).toBe('next');
+    },
+  );
 });

@@ -11,14 +11,17 @@ import { CometApp } from '../helpers/comet.js';
  * closing its reversed HTTP/2 connection is sent down another channel instead of getting 502.
  */
 async function h2Claim(port: number, name: string): Promise<{ socket: import('node:net').Socket; rest: Buffer }> {
-  const c = await rawClaim(port, `POST /?name=${name}&token=t HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: ptth\r\nALPN: h2\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`);
+  const c = await rawClaim(
+    port,
+    `POST /?name=${name}&token=t HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: ptth\r\nALPN: h2\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`,
+  );
   expect(c.head).toMatch(/^HTTP\/1\.1 101 /);
   cleanup(() => c.socket.destroy());
   return c;
 }
 
 describe('requests an HTTP/2 app refused unprocessed', () => {
-  it('go to the name\'s other channel: an app closing its HTTP/2 connection costs visitors no 502', async () => {
+  it("go to the name's other channel: an app closing its HTTP/2 connection costs visitors no 502", async () => {
     const g = await useGateway();
     // One HTTP/1.1 app and one HTTP/2 app share the name; the HTTP/2 one takes requests first.
     await useApp(g.port, (_req, res) => res.end('h1'), { name: 'closing', http1: true, token: 't', connections: 1 });
@@ -28,17 +31,22 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
       refusedCount++;
       stream.close(constants.NGHTTP2_REFUSED_STREAM);
     });
-    const replies = await Promise.all(Array.from({ length: 20 }, (_, i) => request(g.port, { host: g.host('closing'), path: `/${i}` })));
+    const replies = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => request(g.port, { host: g.host('closing'), path: `/${i}` })),
+    );
     expect(refusedCount).toBeGreaterThan(0);
     expect(replies.map((r) => r.status)).toEqual(replies.map(() => 200));
     expect(new Set(replies.map((r) => r.body))).toEqual(new Set(['h1']));
   });
 
-  it('listen() closing its HTTP/2 connection under load (GOAWAY): visitors are served by the name\'s other app, none gets 502', async () => {
+  it("listen() closing its HTTP/2 connection under load (GOAWAY): visitors are served by the name's other app, none gets 502", async () => {
     const g = await useGateway();
     await useApp(g.port, (_req, res) => res.end('stays'), { name: 'shared', http1: true, token: 't', connections: 4 });
     // The leaving app answers after 20 ms, so requests are always in flight on its connection.
-    const leaving = await startApp(g.port, (_req, res) => setTimeout(() => res.end('leaves'), 20), { name: 'shared', token: 't' });
+    const leaving = await startApp(g.port, (_req, res) => setTimeout(() => res.end('leaves'), 20), {
+      name: 'shared',
+      token: 't',
+    });
     expect(leaving.protocol).toBe('h2');
     const replies: { status: number; body: string }[] = [];
     let running = true;
@@ -118,7 +126,12 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
     const g = await useGateway({ queueTimeout: 3_000 });
     // An HTTP/1.1 channel (can carry upgrades) kept busy, and an HTTP/2 one without extended CONNECT.
     let release: (() => void) | undefined;
-    await useApp(g.port, (_req, res) => void (release = () => res.end('slow')), { name: 'mixed', http1: true, token: 't', connections: 1 });
+    await useApp(g.port, (_req, res) => void (release = () => res.end('slow')), {
+      name: 'mixed',
+      http1: true,
+      token: 't',
+      connections: 1,
+    });
     // Busy before the HTTP/2 channel joins (plain requests prefer HTTP/2 channels).
     const slow = request(g.port, { host: g.host('mixed'), path: '/slow' });
     await until(() => release !== undefined, 3_000, 'the slow request to reach the HTTP/1.1 app');
@@ -130,7 +143,9 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
     await until(() => g.gateway.table.lookup('mixed')?.channels.length === 2, 3_000, 'both channels');
     const visitor = await rawConnect(g.port);
     cleanup(() => visitor.destroy());
-    visitor.write(`GET /ws HTTP/1.1\r\nHost: ${g.host('mixed')}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`);
+    visitor.write(
+      `GET /ws HTTP/1.1\r\nHost: ${g.host('mixed')}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
+    );
     await until(() => g.gateway.table.lookup('mixed')?.waiting === 1, 3_000, 'the upgrade to wait');
     const plain = await request(g.port, { host: g.host('mixed'), path: '/plain' });
     expect(plain.status).toBe(200);
@@ -147,9 +162,17 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
       seen++;
       stream.close(constants.NGHTTP2_REFUSED_STREAM);
     });
-    const comet = await CometApp.start(g.origin, { name: 'cometmix', token: 't' }, (req) => ({ status: 200, body: `comet ${req.url}` }));
+    const comet = await CometApp.start(g.origin, { name: 'cometmix', token: 't' }, (req) => ({
+      status: 200,
+      body: `comet ${req.url}`,
+    }));
     cleanup(() => comet.stop());
-    expect(g.gateway.table.lookup('cometmix')?.channels.map((c) => c.transport).sort()).toEqual(['comet', 'http2']);
+    expect(
+      g.gateway.table
+        .lookup('cometmix')
+        ?.channels.map((c) => c.transport)
+        .sort(),
+    ).toEqual(['comet', 'http2']);
     // Plain requests prefer the HTTP/2 channel, which refuses the stream: the retry goes to Comet.
     const r = await request(g.port, { host: g.host('cometmix'), path: '/mixed' });
     expect(seen).toBe(1);
@@ -157,7 +180,7 @@ describe('requests an HTTP/2 app refused unprocessed', () => {
     expect(r.body).toBe('comet /mixed');
   });
 
-  it('wait for the app\'s next channel when it reconnects, and are served there', async () => {
+  it("wait for the app's next channel when it reconnects, and are served there", async () => {
     const g = await useGateway({ queueTimeout: 3_000 });
     const { socket, rest } = await h2Claim(g.port, 'phoenix2');
     await serveH2(socket, rest, (stream) => stream.close(constants.NGHTTP2_REFUSED_STREAM));

@@ -67,7 +67,9 @@ function transports(name: string): string[] {
 
 /** The gateway's channel whose far end is this app socket. */
 function channelOf(name: string, socket: net.Socket): Channel | undefined {
-  return g().gateway.table.lookup(name)?.channels.find((c) => c.remote.endsWith(`:${socket.localPort ?? -1}`));
+  return g()
+    .gateway.table.lookup(name)
+    ?.channels.find((c) => c.remote.endsWith(`:${socket.localPort ?? -1}`));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -111,7 +113,10 @@ const PREFACE = 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n';
 
 /** After an h2 101 the gateway speaks first: the HTTP/2 client connection preface. */
 async function expectPreface(c: Claimed): Promise<Buffer> {
-  const more = c.rest.length >= PREFACE.length ? Buffer.alloc(0) : await readUntil(c.socket, (b) => c.rest.length + b.length >= PREFACE.length, 1_500);
+  const more =
+    c.rest.length >= PREFACE.length
+      ? Buffer.alloc(0)
+      : await readUntil(c.socket, (b) => c.rest.length + b.length >= PREFACE.length, 1_500);
   const all = Buffer.concat([c.rest, more]);
   expect(all.subarray(0, PREFACE.length).toString('latin1')).toBe(PREFACE);
   return all;
@@ -152,7 +157,12 @@ interface H2App {
 }
 
 /** Serves HTTP/2 on an already claimed socket (bytes read past the 101 are put back first). */
-async function serveH2(socket: net.Socket, already: Buffer, onStream: StreamHandler, settings: http2.Settings = {}): Promise<H2App> {
+async function serveH2(
+  socket: net.Socket,
+  already: Buffer,
+  onStream: StreamHandler,
+  settings: http2.Settings = {},
+): Promise<H2App> {
   const server = http2.createServer({ settings });
   let session: http2.ServerHttp2Session | undefined;
   const app = { socket, head: '', server, streams: 0 } as H2App;
@@ -177,16 +187,28 @@ async function serveH2(socket: net.Socket, already: Buffer, onStream: StreamHand
 }
 
 /** Claims `name` with `Upgrade: ptth` + `ALPN: h2` and serves `onStream` over reversed HTTP/2. */
-async function h2App(name: string, onStream: StreamHandler, settings: http2.Settings = {}, token = 'tok'): Promise<H2App> {
+async function h2App(
+  name: string,
+  onStream: StreamHandler,
+  settings: http2.Settings = {},
+  token = 'tok',
+): Promise<H2App> {
   const port = g().port;
-  const c = await claim(claimBytes(port, `?name=${name}&token=${token}`, ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: h2']));
+  const c = await claim(
+    claimBytes(port, `?name=${name}&token=${token}`, ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: h2']),
+  );
   expect(c.head).toMatch(exact101(name, port, 'ptth', 'h2'));
   const app = await serveH2(c.socket, c.rest, onStream, settings);
   app.head = c.head;
   return app;
 }
 
-function text(stream: http2.ServerHttp2Stream, body: string | Buffer, status = 200, extra: http2.OutgoingHttpHeaders = {}): void {
+function text(
+  stream: http2.ServerHttp2Stream,
+  body: string | Buffer,
+  status = 200,
+  extra: http2.OutgoingHttpHeaders = {},
+): void {
   if (stream.destroyed) return;
   stream.respond({ ':status': status, 'content-type': 'text/plain', ...extra });
   stream.end(body);
@@ -251,9 +273,15 @@ const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 describe('handshake variants (docs/PROTOCOL.md section 4, draft-kazuho-ptth-ptth)', () => {
   it('Upgrade: ptth + ALPN: h2 gets the exact 101 with ALPN: h2, then HTTP/2: a visitor GET arrives as a stream with pseudo-headers and forwarding headers, and the response is relayed', async () => {
     const gw = await gateway();
-    const c = await claim(claimBytes(gw.port, '?name=hx&token=t', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: h2']));
+    const c = await claim(
+      claimBytes(gw.port, '?name=hx&token=t', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: h2']),
+    );
     expect(c.head).toMatch(exact101('hx', gw.port, 'ptth', 'h2'));
-    expect(g().registration('hx').channels.map((ch) => ch.transport)).toEqual(['http2']);
+    expect(
+      g()
+        .registration('hx')
+        .channels.map((ch) => ch.transport),
+    ).toEqual(['http2']);
     const already = await expectPreface(c);
     let seen: http2.IncomingHttpHeaders | undefined;
     await serveH2(c.socket, already, (stream, headers) => {
@@ -281,7 +309,9 @@ describe('handshake variants (docs/PROTOCOL.md section 4, draft-kazuho-ptth-ptth
 
   it('Upgrade: ptth + ALPN: http/1.1 gets the exact 101 with ALPN: http/1.1 and reversed HTTP/1.1', async () => {
     const gw = await gateway();
-    const c = await claim(claimBytes(gw.port, '?name=h1alpn', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: http/1.1']));
+    const c = await claim(
+      claimBytes(gw.port, '?name=h1alpn', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: http/1.1']),
+    );
     expect(c.head).toMatch(exact101('h1alpn', gw.port, 'ptth', 'http/1.1'));
     expect(transports('h1alpn')).toEqual(['http1']);
     await serveHttp1(c, 'h1alpn');
@@ -298,7 +328,9 @@ describe('handshake variants (docs/PROTOCOL.md section 4, draft-kazuho-ptth-ptth
 
   it('Upgrade: PTTH/1.0 ignores ALPN: h2: exact PTTH/1.0 101 without ALPN, reversed HTTP/1.1', async () => {
     const gw = await gateway();
-    const c = await claim(claimBytes(gw.port, '?name=legacy', ['Upgrade: PTTH/1.0', 'Connection: Upgrade', 'ALPN: h2']));
+    const c = await claim(
+      claimBytes(gw.port, '?name=legacy', ['Upgrade: PTTH/1.0', 'Connection: Upgrade', 'ALPN: h2']),
+    );
     expect(c.head).toMatch(exact101('legacy', gw.port, 'PTTH/1.0', undefined));
     expect(transports('legacy')).toEqual(['http1']);
     await serveHttp1(c, 'legacy');
@@ -306,7 +338,9 @@ describe('handshake variants (docs/PROTOCOL.md section 4, draft-kazuho-ptth-ptth
 
   it('Upgrade: ptth, PTTH/1.0 + ALPN: h2 picks reversed HTTP/2', async () => {
     const gw = await gateway();
-    const c = await claim(claimBytes(gw.port, '?name=both', ['Upgrade: ptth, PTTH/1.0', 'Connection: Upgrade', 'ALPN: h2']));
+    const c = await claim(
+      claimBytes(gw.port, '?name=both', ['Upgrade: ptth, PTTH/1.0', 'Connection: Upgrade', 'ALPN: h2']),
+    );
     expect(c.head).toMatch(exact101('both', gw.port, 'ptth', 'h2'));
     const already = await expectPreface(c);
     await serveH2(c.socket, already, (stream) => text(stream, 'both ok'));
@@ -316,7 +350,9 @@ describe('handshake variants (docs/PROTOCOL.md section 4, draft-kazuho-ptth-ptth
 
   it('an ALPN list "h2, http/1.1" picks h2', async () => {
     const gw = await gateway();
-    const c = await claim(claimBytes(gw.port, '?name=list', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: h2, http/1.1']));
+    const c = await claim(
+      claimBytes(gw.port, '?name=list', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: h2, http/1.1']),
+    );
     expect(c.head).toMatch(exact101('list', gw.port, 'ptth', 'h2'));
     await expectPreface(c);
     expect(transports('list')).toEqual(['http2']);
@@ -330,7 +366,9 @@ describe('handshake variants (docs/PROTOCOL.md section 4, draft-kazuho-ptth-ptth
     const b = await claim(claimBytes(gw.port, '?name=upper', ['Upgrade: PTTH', 'Connection: Upgrade', 'ALPN: H2']));
     expect(b.head).toMatch(exact101('upper', gw.port, 'ptth', 'h2'));
     await expectPreface(b);
-    const c = await claim(claimBytes(gw.port, '?name=pct1', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: http%2F1.1']));
+    const c = await claim(
+      claimBytes(gw.port, '?name=pct1', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: http%2F1.1']),
+    );
     expect(c.head).toMatch(exact101('pct1', gw.port, 'ptth', 'http/1.1'));
     expect(transports('pct')).toEqual(['http2']);
     expect(transports('upper')).toEqual(['http2']);
@@ -363,7 +401,9 @@ describe('handshake variants (docs/PROTOCOL.md section 4, draft-kazuho-ptth-ptth
 
   it('a gateway with http2: false answers ptth, PTTH/1.0 + ALPN: h2 with the PTTH/1.0 101 and reversed HTTP/1.1', async () => {
     const gw = await gateway({ http2: false });
-    const c = await claim(claimBytes(gw.port, '?name=fallback', ['Upgrade: ptth, PTTH/1.0', 'Connection: Upgrade', 'ALPN: h2']));
+    const c = await claim(
+      claimBytes(gw.port, '?name=fallback', ['Upgrade: ptth, PTTH/1.0', 'Connection: Upgrade', 'ALPN: h2']),
+    );
     expect(c.head).toMatch(exact101('fallback', gw.port, 'PTTH/1.0', undefined));
     expect(transports('fallback')).toEqual(['http1']);
     await serveHttp1(c, 'fallback');
@@ -371,7 +411,9 @@ describe('handshake variants (docs/PROTOCOL.md section 4, draft-kazuho-ptth-ptth
 
   it('a gateway with http2: false answers ptth + ALPN: h2, http/1.1 with ALPN: http/1.1', async () => {
     const gw = await gateway({ http2: false });
-    const c = await claim(claimBytes(gw.port, '?name=fb2', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: h2, http/1.1']));
+    const c = await claim(
+      claimBytes(gw.port, '?name=fb2', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: h2, http/1.1']),
+    );
     expect(c.head).toMatch(exact101('fb2', gw.port, 'ptth', 'http/1.1'));
     await serveHttp1(c, 'fb2');
   });
@@ -432,7 +474,9 @@ describe('concurrency on one HTTP/2 connection', () => {
       { maxConcurrentStreams: 1_000 },
     );
     // No clock: the app answers nothing before all N streams are open at once, which is the proof.
-    const replies = await Promise.all(Array.from({ length: N }, (_, i) => request(gw.port, { host: gw.host('many'), path: `/r${i}` })));
+    const replies = await Promise.all(
+      Array.from({ length: N }, (_, i) => request(gw.port, { host: gw.host('many'), path: `/r${i}` })),
+    );
     for (const [i, r] of replies.entries()) {
       expect(r.status).toBe(200);
       expect(r.body).toBe(`answer /r${i}`);
@@ -558,7 +602,13 @@ describe('flow control', () => {
       stream.end(DOWN);
     });
     const [up, down] = await Promise.all([
-      fetchBytes(gw.port, { host: gw.host('bulk'), method: 'POST', path: '/up', body: UP, headers: { 'content-length': UP.length } }),
+      fetchBytes(gw.port, {
+        host: gw.host('bulk'),
+        method: 'POST',
+        path: '/up',
+        body: UP,
+        headers: { 'content-length': UP.length },
+      }),
       fetchBytes(gw.port, { host: gw.host('bulk'), path: '/down' }),
     ]);
     expect(up.status).toBe(200);
@@ -582,7 +632,9 @@ const PING = { pingInterval: 100, pingTimeout: 1_000 };
 describe('PING', () => {
   it('declares an app whose socket stops reading dead: its channel goes after pingTimeout', async () => {
     const gw = await gateway(PING);
-    const c = await claim(claimBytes(gw.port, '?name=dead&token=t', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: h2']));
+    const c = await claim(
+      claimBytes(gw.port, '?name=dead&token=t', ['Upgrade: ptth', 'Connection: Upgrade', 'ALPN: h2']),
+    );
     expect(c.head).toMatch(exact101('dead', gw.port, 'ptth', 'h2'));
     // node:http2 reads its socket's handle directly (socket.pause() would not stop it), so this app
     // speaks bare frames: SETTINGS, SETTINGS ACK, PING ACK. While it reads, it is alive.
@@ -614,7 +666,8 @@ describe('PING', () => {
     bestEffort(() => process.removeListener('uncaughtException', onUncaught));
     for (let i = 0; i < 30; i++) {
       const app = await h2App(`ping${i}`, (stream) => text(stream, 'x'));
-      if (i % 2 === 0) app.session.close(); // GOAWAY on an idle connection
+      if (i % 2 === 0)
+        app.session.close(); // GOAWAY on an idle connection
       else app.session.destroy();
       await until(() => (gw.gateway.table.lookup(`ping${i}`)?.channels.length ?? 0) === 0, 5_000, 'the channel to go');
     }
@@ -708,14 +761,23 @@ describe('GOAWAY', () => {
     going.session.close(); // GOAWAY; streams in flight may finish
     await until(() => goingChannel?.available === false, 1_000, 'the gateway to see GOAWAY');
     const before = { ...got };
-    const replies = await Promise.all(Array.from({ length: 6 }, () => request(gw.port, { host: gw.host('drain'), path: '/next' })));
+    const replies = await Promise.all(
+      Array.from({ length: 6 }, () => request(gw.port, { host: gw.host('drain'), path: '/next' })),
+    );
     expect(replies.map((r) => r.body)).toEqual(Array(6).fill(staying));
     expect(got[holder as string]).toBe(before[holder as string]);
     text(held as http2.ServerHttp2Stream, 'first done');
     const r = await first;
     expect(r.status).toBe(200);
     expect(r.body).toBe('first done');
-    await until(() => !g().registration('drain').channels.includes(goingChannel as Channel), 2_000, 'the drained channel to leave');
+    await until(
+      () =>
+        !g()
+          .registration('drain')
+          .channels.includes(goingChannel as Channel),
+      2_000,
+      'the drained channel to leave',
+    );
     expect(g().registration('drain').channels).toHaveLength(1);
   });
 });
@@ -840,7 +902,10 @@ describe('errors over HTTP/2', () => {
       v.write(`POST ${path} HTTP/1.1\r\nHost: ${gw.host('cutup')}\r\nContent-Length: 1000000\r\n\r\n`);
       v.write(Buffer.alloc(100_000, 'u'));
       await until(() => (seen[path]?.got ?? 0) > 0, 2_000, `the upload to ${path} to reach the app`);
-      if (path === '/answering') expect((await readUntil(v, (b) => b.includes('partial answer'), 2_000)).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+      if (path === '/answering')
+        expect((await readUntil(v, (b) => b.includes('partial answer'), 2_000)).toString('latin1')).toMatch(
+          /^HTTP\/1\.1 200 /,
+        );
       v.destroy();
       await until(() => seen[path]?.closed === true, 1_000, `the app's ${path} stream to be cancelled`);
       expect(seen[path]?.ended, `${path}: a cut upload must not look complete to the app`).toBe(false);
@@ -937,7 +1002,10 @@ describe('visitor upgrades on HTTP/2 channels', () => {
 
 // =============================================================================================
 
-async function app(target: http.RequestListener | http.Server, options: Parameters<typeof startApp>[2] = {}): Promise<Tunnel> {
+async function app(
+  target: http.RequestListener | http.Server,
+  options: Parameters<typeof startApp>[2] = {},
+): Promise<Tunnel> {
   const t = await startApp(g().port, target, options);
   cleanup(() => t.close({ graceMs: 100 }));
   return t;
@@ -960,7 +1028,10 @@ async function acceptedBefore(seen: net.Socket[]): Promise<net.Socket[]> {
   const probe = await rawConnect(g().port);
   track(probe);
   await until(() => seen.some((s) => s.remotePort === probe.localPort), 5_000, 'the gateway to accept the probe');
-  return seen.slice(0, seen.findIndex((s) => s.remotePort === probe.localPort));
+  return seen.slice(
+    0,
+    seen.findIndex((s) => s.remotePort === probe.localPort),
+  );
 }
 
 describe('the Node client: HTTP/2 by default, HTTP/1.1 when needed', () => {
@@ -1009,7 +1080,9 @@ describe('the Node client: HTTP/2 by default, HTTP/1.1 when needed', () => {
     expect(t.protocol).toBe('h1');
     await until(() => transports('fb').length === 2, 2_000, 'two channels');
     expect(transports('fb')).toEqual(['http1', 'http1']);
-    const replies = await Promise.all(Array.from({ length: 5 }, (_, i) => request(gw.port, { host: gw.host('fb'), path: `/${i}` })));
+    const replies = await Promise.all(
+      Array.from({ length: 5 }, (_, i) => request(gw.port, { host: gw.host('fb'), path: `/${i}` })),
+    );
     expect(replies.map((r) => r.body)).toEqual([0, 1, 2, 3, 4].map((i) => `fallback /${i}`));
   });
 
@@ -1023,15 +1096,23 @@ describe('the Node client: HTTP/2 by default, HTTP/1.1 when needed', () => {
     const t = await app(server, { name });
     expect(t.protocol).toBe('h2');
     await until(() => transports(name).join() === 'http1,http2', 2_000, 'h2 + h1 channels');
-    const h2ch = g().registration(name).channels.find((c) => c.transport === 'http2') as Channel;
-    const h1ch = g().registration(name).channels.find((c) => c.transport === 'http1') as Channel;
+    const h2ch = g()
+      .registration(name)
+      .channels.find((c) => c.transport === 'http2') as Channel;
+    const h1ch = g()
+      .registration(name)
+      .channels.find((c) => c.transport === 'http1') as Channel;
     return { gw, h2ch, h1ch };
   }
 
   it('when h2 and h1 channels coexist, plain requests go over HTTP/2 and the HTTP/1.1 channel stays free for upgrades', async () => {
     const { gw, h2ch, h1ch } = await mixedApp('mixplain');
     for (let i = 0; i < 6; i++) expect((await request(gw.port, { host: gw.host('mixplain') })).body).toBe('plain');
-    await Promise.all(Array.from({ length: 6 }, async () => expect((await request(gw.port, { host: gw.host('mixplain') })).body).toBe('plain')));
+    await Promise.all(
+      Array.from({ length: 6 }, async () =>
+        expect((await request(gw.port, { host: gw.host('mixplain') })).body).toBe('plain'),
+      ),
+    );
     expect(h1ch.served + h2ch.served).toBe(12);
     expect(h1ch.served, 'the HTTP/1.1 channel is kept for upgrades').toBe(0);
     expect(h2ch.served, 'plain requests over HTTP/2').toBe(12);
@@ -1060,7 +1141,10 @@ describe('the Node client: HTTP/2 by default, HTTP/1.1 when needed', () => {
     expect(g().registration('mix').channels).toContain(h2ch);
     expect(h2ch.served, 'the upgrade did not go over HTTP/2').toBe(h2served);
     await until(
-      () => g().registration('mix').channels.some((c) => c.transport === 'http1' && c !== h1ch) && g().registration('mix').channels.length === 2,
+      () =>
+        g()
+          .registration('mix')
+          .channels.some((c) => c.transport === 'http1' && c !== h1ch) && g().registration('mix').channels.length === 2,
       3_000,
       'a replacement HTTP/1.1 channel',
     );
@@ -1110,7 +1194,8 @@ describe('the Node client over HTTP/2 preserves what the app needs', () => {
     expect(req.headers['forwarded']).toBe(`for=127.0.0.1;proto=http;host="${gw.host('echo')}"`);
     expect(String(req.headers['requesting-client'])).toMatch(/^127\.0\.0\.1:\d+$/);
     const xa: string[] = [];
-    for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i]?.toLowerCase() === 'x-a') xa.push(req.rawHeaders[i + 1] as string);
+    for (let i = 0; i < req.rawHeaders.length; i += 2)
+      if (req.rawHeaders[i]?.toLowerCase() === 'x-a') xa.push(req.rawHeaders[i + 1] as string);
     expect(xa).toEqual(['first', 'second']);
   });
 
@@ -1176,7 +1261,14 @@ describe('the Node client over HTTP/2 preserves what the app needs', () => {
     expect(r.status).toBe(200);
     expect(r.body.toString()).toBe(`${BIG.length} ${sha(BIG)}`);
     const chunked = await new Promise<string>((resolve, reject) => {
-      const req = http.request({ host: '127.0.0.1', port: gw.port, method: 'POST', path: '/chunked', headers: { host: gw.host('upload') }, agent: false });
+      const req = http.request({
+        host: '127.0.0.1',
+        port: gw.port,
+        method: 'POST',
+        path: '/chunked',
+        headers: { host: gw.host('upload') },
+        agent: false,
+      });
       req.on('response', (res) => {
         let s = '';
         res.setEncoding('utf8');
@@ -1193,14 +1285,24 @@ describe('the Node client over HTTP/2 preserves what the app needs', () => {
   it('an app that answers before reading a large POST body: the visitor gets the answer, nothing hangs, tunnel.close() returns quickly', async () => {
     const gw = await gateway();
     const UP = randomBytes(20 * 1024 * 1024);
-    const t = await startApp(gw.port, (req, res) => {
-      if (req.url === '/early') res.end('early answer');
-      else req.resume().on('end', () => res.end('later'));
-    }, { name: 'early' });
+    const t = await startApp(
+      gw.port,
+      (req, res) => {
+        if (req.url === '/early') res.end('early answer');
+        else req.resume().on('end', () => res.end('later'));
+      },
+      { name: 'early' },
+    );
     let closedByTest = false;
     bestEffort(() => (closedByTest ? undefined : t.close({ graceMs: 100 })));
     expect(t.protocol).toBe('h2');
-    const r = await fetchBytes(gw.port, { host: gw.host('early'), method: 'POST', path: '/early', body: UP, headers: { 'content-length': UP.length } });
+    const r = await fetchBytes(gw.port, {
+      host: gw.host('early'),
+      method: 'POST',
+      path: '/early',
+      body: UP,
+      headers: { 'content-length': UP.length },
+    });
     expect(r.status).toBe(200);
     expect(r.body.toString()).toBe('early answer');
     expect((await request(gw.port, { host: gw.host('early'), path: '/after' })).body).toBe('later');

@@ -9,9 +9,13 @@ describe('gateway lifecycle', () => {
   it('close() lets a request in flight finish, refuses new claims meanwhile, then releases everything', async () => {
     const gw = await useGateway();
     let finish!: () => void;
-    await useApp(gw.port, (_req, res) => {
-      finish = () => res.end('completed during shutdown');
-    }, { name: 'busy', connections: 1, backoff: 5_000 });
+    await useApp(
+      gw.port,
+      (_req, res) => {
+        finish = () => res.end('completed during shutdown');
+      },
+      { name: 'busy', connections: 1, backoff: 5_000 },
+    );
     const pending = request(gw.port, { host: gw.host('busy') });
     await until(() => typeof finish === 'function', 3_000, 'request at the app');
     // A claim whose head is half sent when the shutdown starts is refused once it completes. The
@@ -104,7 +108,10 @@ describe('gateway lifecycle', () => {
 
   it('advertises --public-url in Link and Location', async () => {
     const gw = await useGateway({ publicUrl: 'https://tunnel.example.com' });
-    const { socket, head } = await rawClaim(gw.port, `POST /?name=pub HTTP/1.1\r\nHost: localhost:${gw.port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`);
+    const { socket, head } = await rawClaim(
+      gw.port,
+      `POST /?name=pub HTTP/1.1\r\nHost: localhost:${gw.port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`,
+    );
     expect(head).toContain('Link: <https://pub.tunnel.example.com/>; rel="related"\r\n');
     expect(head).toMatch(/Location: https:\/\/tunnel\.example\.com\/_ptth\/[\w-]{32}\r\n/);
     socket.destroy();

@@ -10,7 +10,18 @@ import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import type { Tunnel } from '../../src/client/node.js';
-import { closed, headEnd, readUntil, request, sleep, startApp, startGateway, until, type Reply, type TestGateway } from '../helpers/index.js';
+import {
+  closed,
+  headEnd,
+  readUntil,
+  request,
+  sleep,
+  startApp,
+  startGateway,
+  until,
+  type Reply,
+  type TestGateway,
+} from '../helpers/index.js';
 import { cleanup, track, useGateway } from '../helpers/fixture.js';
 import { fetchRaw, register } from '../helpers/comet.js';
 
@@ -18,7 +29,11 @@ function start(options: GatewayOptions): Promise<TestGateway> {
   return useGateway(options);
 }
 
-async function app(port: number, target: http.RequestListener | http.Server, options: Parameters<typeof startApp>[2] = {}): Promise<Tunnel> {
+async function app(
+  port: number,
+  target: http.RequestListener | http.Server,
+  options: Parameters<typeof startApp>[2] = {},
+): Promise<Tunnel> {
   const t = await startApp(port, target, options);
   cleanup(() => t.close({ graceMs: 50 }));
   return t;
@@ -64,11 +79,22 @@ const crlf = (lines: string[]): string => `${lines.join('\r\n')}\r\n\r\n`;
 
 /** The native claim of docs/PROTOCOL.md section 2, with or without Connection: Upgrade. */
 const nativeClaim = (port: number, name: string, connection = true): string =>
-  crlf([`POST /?name=${name} HTTP/1.1`, `Host: localhost:${port}`, 'Upgrade: PTTH/1.0', ...(connection ? ['Connection: Upgrade'] : []), 'Content-Length: 0']);
+  crlf([
+    `POST /?name=${name} HTTP/1.1`,
+    `Host: localhost:${port}`,
+    'Upgrade: PTTH/1.0',
+    ...(connection ? ['Connection: Upgrade'] : []),
+    'Content-Length: 0',
+  ]);
 
 /** A WebSocket channel claim (docs/PROTOCOL.md section 6); resolves with the socket or the refusal. */
-function wsClaim(port: number, name: string): Promise<{ ws: WebSocket } | { status: number; headers: http.IncomingHttpHeaders }> {
-  const ws = new WebSocket(`ws://127.0.0.1:${port}/?name=${name}`, 'ptth.v1', { headers: { Host: `localhost:${port}` } });
+function wsClaim(
+  port: number,
+  name: string,
+): Promise<{ ws: WebSocket } | { status: number; headers: http.IncomingHttpHeaders }> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/?name=${name}`, 'ptth.v1', {
+    headers: { Host: `localhost:${port}` },
+  });
   track(ws);
   ws.on('error', () => {});
   return new Promise((resolve) => {
@@ -109,7 +135,11 @@ async function idleCut(g: TestGateway): Promise<void> {
   expect(await closesAfter(s, 10_000), 'a connection that sends nothing is cut').toBeLessThan(Infinity);
 }
 
-const names = (g: TestGateway): string[] => g.gateway.table.list().map((r) => r.name).sort();
+const names = (g: TestGateway): string[] =>
+  g.gateway.table
+    .list()
+    .map((r) => r.name)
+    .sort();
 
 describe('claim rate per client address', () => {
   // '2/h': a burst of two claims, then one every 30 minutes (Retry-After 1800 s).
@@ -170,7 +200,11 @@ describe('claim rate per client address', () => {
   it('POST /reversehttp/ (the trailing-slash spelling Comet also registers at) is limited too', async () => {
     const g = await start(LIMITED);
     const post = (name: string) =>
-      fetchRaw(`${g.origin}/reversehttp/`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: `name=${name}` });
+      fetchRaw(`${g.origin}/reversehttp/`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: `name=${name}`,
+      });
     expect((await post('one')).status).toBe(201);
     expect((await post('two')).status).toBe(201);
     const r = await post('three');
@@ -301,7 +335,8 @@ describe('loopback exemption and turning limits off', () => {
 
   it('every 127.x address counts as loopback', async () => {
     const g = await start({ claimRate: '1/h' });
-    for (const name of ['a', 'b', 'c']) expect((await send(g.port, nativeClaim(g.port, name), '127.0.0.2')).status).toBe(101);
+    for (const name of ['a', 'b', 'c'])
+      expect((await send(g.port, nativeClaim(g.port, name), '127.0.0.2')).status).toBe(101);
   });
 
   it('claimRate: false and requestRate: false turn the limits off', async () => {
@@ -405,14 +440,24 @@ describe('header count limit', () => {
 
   it('counts repeated field names one by one', async () => {
     const g = await start({ maxHeaders: 3 });
-    const r = await send(g.port, crlf(['GET / HTTP/1.1', `Host: ${g.host('h')}`, 'Accept: a', 'Accept: b', 'Accept: c']));
+    const r = await send(
+      g.port,
+      crlf(['GET / HTTP/1.1', `Host: ${g.host('h')}`, 'Accept: a', 'Accept: b', 'Accept: c']),
+    );
     expect(r.status).toBe(431);
   });
 
   it('a claim (upgrade) with exactly maxHeaders fields succeeds; one more gets a raw 431 and registers nothing', async () => {
     const g = await start({ maxHeaders: 5 });
     const claim = (name: string, extra: number): string =>
-      crlf([`POST /?name=${name} HTTP/1.1`, `Host: localhost:${g.port}`, 'Upgrade: PTTH/1.0', 'Connection: Upgrade', 'Content-Length: 0', ...fields(extra)]);
+      crlf([
+        `POST /?name=${name} HTTP/1.1`,
+        `Host: localhost:${g.port}`,
+        'Upgrade: PTTH/1.0',
+        'Connection: Upgrade',
+        'Content-Length: 0',
+        ...fields(extra),
+      ]);
     expect((await send(g.port, claim('fits', 1))).status).toBe(101);
     const r = await send(g.port, claim('flood', 2));
     expect(r.status).toBe(431);
@@ -424,7 +469,13 @@ describe('header count limit', () => {
   it('a claim without Connection: Upgrade with too many fields gets 431 and registers nothing', async () => {
     const g = await start({ maxHeaders: 4 });
     const claim = (name: string, extra: number): string =>
-      crlf([`POST /?name=${name} HTTP/1.1`, `Host: localhost:${g.port}`, 'Upgrade: PTTH/1.0', 'Content-Length: 0', ...fields(extra)]);
+      crlf([
+        `POST /?name=${name} HTTP/1.1`,
+        `Host: localhost:${g.port}`,
+        'Upgrade: PTTH/1.0',
+        'Content-Length: 0',
+        ...fields(extra),
+      ]);
     expect((await send(g.port, claim('fits', 1))).status).toBe(101);
     const r = await send(g.port, claim('flood', 2));
     expect(r.status).toBe(431);
@@ -442,7 +493,10 @@ describe('header count limit', () => {
       socket.end('HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n');
     });
     await app(g.port, server, { name: 'up' });
-    const r = await send(g.port, crlf(['GET / HTTP/1.1', `Host: ${g.host('up')}`, 'Upgrade: echo', 'Connection: Upgrade', ...fields(3)]));
+    const r = await send(
+      g.port,
+      crlf(['GET / HTTP/1.1', `Host: ${g.host('up')}`, 'Upgrade: echo', 'Connection: Upgrade', ...fields(3)]),
+    );
     expect(r.status).toBe(431);
     expect(r.header('x-ptth-error')).toBe('PTTH_ERR_TOO_MANY_HEADERS');
     expect(upgrades).toBe(0);
@@ -461,7 +515,6 @@ describe('header count limit', () => {
     await expect(startGateway({ maxHeaders: 0 })).rejects.toThrow(/maxHeaders/);
   });
 });
-
 
 describe('idle timeout', () => {
   it('cuts a visitor that stops sending its body half way, and the app serves the next visitor', async () => {

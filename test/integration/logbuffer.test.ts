@@ -139,7 +139,10 @@ describe('serve with a stalled log reader', () => {
     p.kill('SIGTERM');
     expect(await p.exited()).toBe(0);
     if (!stdout.readableEnded) await new Promise((r) => stdout.once('end', r));
-    const lines = p.output().split('\n').filter((l) => l.startsWith('{'));
+    const lines = p
+      .output()
+      .split('\n')
+      .filter((l) => l.startsWith('{'));
     // Not necessarily the last line: at exit pino writes what is buffered while a write it started
     // earlier may still be under way in libuv's thread pool, and the two can land in either order.
     const closed = expect.objectContaining({ event: 'shutdown', msg: 'closed' });

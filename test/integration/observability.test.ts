@@ -9,7 +9,16 @@ import type { RequestEvent } from '../../src/gateway/eventmap.js';
 import { createGateway, type Gateway, type GatewayOptions } from '../../src/gateway/server.js';
 import type { Tunnel } from '../../src/client/node.js';
 import { attachLogger, createLogger } from '../../src/log.js';
-import { rawClaim, rawConnect, readUntil, request, startApp, until, type Reply, type TestGateway } from '../helpers/index.js';
+import {
+  rawClaim,
+  rawConnect,
+  readUntil,
+  request,
+  startApp,
+  until,
+  type Reply,
+  type TestGateway,
+} from '../helpers/index.js';
 import { cleanup, track, useGateway } from '../helpers/fixture.js';
 import { RawWsApp, wsRefusal } from '../helpers/wsapp.js';
 import { fetchRaw, register } from '../helpers/comet.js';
@@ -24,7 +33,11 @@ function gateway(options: GatewayOptions = {}): Promise<TestGateway> {
   return useGateway(options);
 }
 
-async function app(gw: TestGateway, handler: http.RequestListener, options: Parameters<typeof startApp>[2] = {}): Promise<Tunnel> {
+async function app(
+  gw: TestGateway,
+  handler: http.RequestListener,
+  options: Parameters<typeof startApp>[2] = {},
+): Promise<Tunnel> {
   const t = await startApp(gw.port, handler, options);
   cleanup(() => t.close());
   return t;
@@ -104,7 +117,14 @@ describe('/metrics', () => {
     for (let i = 0; i < 3; i++) replies.push(await request(gw.port, { host: gw.host('m'), path: `/x?i=${i}` }));
     replies.push(await request(gw.port, { host: gw.host('m'), method: 'POST', body: 'x'.repeat(1000) }));
     // A chunked request body is counted as the bytes of its chunks, not of its framing.
-    replies.push(await request(gw.port, { host: gw.host('m'), method: 'POST', headers: { 'transfer-encoding': 'chunked' }, body: 'y'.repeat(300) }));
+    replies.push(
+      await request(gw.port, {
+        host: gw.host('m'),
+        method: 'POST',
+        headers: { 'transfer-encoding': 'chunked' },
+        body: 'y'.repeat(300),
+      }),
+    );
     replies.push(await request(gw.port, { host: gw.host('m'), path: '/stream' }));
     replies.push(await request(gw.port, { host: gw.host('m'), path: '/fail' }));
     replies.push(await request(gw.port, { host: gw.host('nobody') }));
@@ -125,7 +145,9 @@ describe('/metrics', () => {
     expect(value(m, 'ptth_response_bytes_total')).toBe(replies.reduce((n, r) => n + Buffer.byteLength(r.body), 0));
     expect(value(m, 'ptth_request_errors_total{code="PTTH_ERR_NOT_FOUND"}')).toBe(1);
     // The app's own 500 is not a gateway error.
-    expect([...m.keys()].filter((k) => k.startsWith('ptth_request_errors_total'))).toEqual(['ptth_request_errors_total{code="PTTH_ERR_NOT_FOUND"}']);
+    expect([...m.keys()].filter((k) => k.startsWith('ptth_request_errors_total'))).toEqual([
+      'ptth_request_errors_total{code="PTTH_ERR_NOT_FOUND"}',
+    ]);
   });
 
   it('serves the Prometheus text format with its Content-Type, HEAD included, and process metrics', async () => {
@@ -150,7 +172,8 @@ describe('/metrics', () => {
     const gw = await gateway();
     const empty = await scrape(gw.port);
     expect(value(empty, 'ptth_registrations')).toBe(0);
-    for (const t of ['http1', 'http2', 'websocket', 'comet']) expect(value(empty, `ptth_channels{transport="${t}"}`)).toBe(0);
+    for (const t of ['http1', 'http2', 'websocket', 'comet'])
+      expect(value(empty, `ptth_channels{transport="${t}"}`)).toBe(0);
 
     const one = await app(gw, echo, { name: 'one', http1: true, connections: 2 });
     await until(() => gw.gateway.table.lookup('one')?.channels.length === 2, 3_000, 'two HTTP/1.1 channels');
@@ -197,10 +220,14 @@ describe('/metrics', () => {
   it('counts a request whose visitor left before any response head in class 0xx, and queue depth while it waits', async () => {
     const gw = await gateway();
     let arrived = 0;
-    await app(gw, (req) => {
-      arrived++;
-      req.resume(); // never answered
-    }, { name: 'slow', http1: true, connections: 1 });
+    await app(
+      gw,
+      (req) => {
+        arrived++;
+        req.resume(); // never answered
+      },
+      { name: 'slow', http1: true, connections: 1 },
+    );
     await until(() => gw.gateway.table.lookup('slow')?.channels.length === 1, 3_000, 'one channel');
     // The only channel is busy with the first request: the second waits in the queue.
     const first = await rawConnect(gw.port);
@@ -307,12 +334,19 @@ describe('/healthz and /readyz', () => {
     track(live);
     ready.write(`GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:${gw.port}\r\n`);
     live.write(`GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:${gw.port}\r\n`);
-    await until(() => accepted.length === 2 && accepted.every((s) => s.bytesRead > 0), 3_000, 'both heads begun at the gateway');
+    await until(
+      () => accepted.length === 2 && accepted.every((s) => s.bytesRead > 0),
+      3_000,
+      'both heads begun at the gateway',
+    );
     const closing = gw.gateway.close(300);
     expect(gw.gateway.ready).toBe(false);
     ready.write('\r\n');
     live.write('\r\n');
-    const [r, h] = await Promise.all([readUntil(ready, (b) => b.includes('shutting down\n')), readUntil(live, (b) => b.includes('ok\n'))]);
+    const [r, h] = await Promise.all([
+      readUntil(ready, (b) => b.includes('shutting down\n')),
+      readUntil(live, (b) => b.includes('ok\n')),
+    ]);
     expect(r.toString('latin1')).toMatch(/^HTTP\/1\.1 503 /);
     expect(r.toString('latin1')).toContain('shutting down\n');
     expect(h.toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
@@ -345,10 +379,14 @@ describe('admin server', () => {
     const gw = await gateway();
     const admin = await listenAdmin(gw.gateway);
     let release: (() => void) | undefined;
-    await app(gw, (req, res) => {
-      req.resume();
-      release = () => res.end('late');
-    }, { name: 'busy' });
+    await app(
+      gw,
+      (req, res) => {
+        req.resume();
+        release = () => res.end('late');
+      },
+      { name: 'busy' },
+    );
     const pending = request(gw.port, { host: gw.host('busy') });
     await until(() => release !== undefined, 3_000, 'the request at the app');
     const closing = gw.gateway.close(3_000);
@@ -391,17 +429,38 @@ describe('logs', () => {
     const dest = capture();
     attachLogger(gw.gateway, createLogger({ destination: dest }), { requests: true });
     await app(gw, echo, { name: 'logged' });
-    await request(gw.port, { host: gw.host('logged'), method: 'POST', path: '/upload?secret=hunter2', body: 'z'.repeat(42) });
+    await request(gw.port, {
+      host: gw.host('logged'),
+      method: 'POST',
+      path: '/upload?secret=hunter2',
+      body: 'z'.repeat(42),
+    });
     await request(gw.port, { host: gw.host('ghost'), path: '/a?b=c' });
     const reqs = dest.lines.filter((l) => l.event === 'request');
     expect(reqs).toHaveLength(2);
     const [ok, missing] = reqs as [Line, Line];
-    expect(ok).toMatchObject({ level: 30, name: 'logged', method: 'POST', path: '/upload', status: 200, bytesIn: 42, bytesOut: 6, remote: '127.0.0.1' });
+    expect(ok).toMatchObject({
+      level: 30,
+      name: 'logged',
+      method: 'POST',
+      path: '/upload',
+      status: 200,
+      bytesIn: 42,
+      bytesOut: 6,
+      remote: '127.0.0.1',
+    });
     expect(typeof ok['ms']).toBe('number');
     expect(typeof ok['time']).toBe('number');
     expect(ok).not.toHaveProperty('error');
     expect(JSON.stringify(dest.lines)).not.toContain('hunter2');
-    expect(missing).toMatchObject({ name: 'ghost', method: 'GET', path: '/a', status: 404, bytesIn: 0, error: 'PTTH_ERR_NOT_FOUND' });
+    expect(missing).toMatchObject({
+      name: 'ghost',
+      method: 'GET',
+      path: '/a',
+      status: 404,
+      bytesIn: 0,
+      error: 'PTTH_ERR_NOT_FOUND',
+    });
   });
 
   it('logs a gateway-answered 5xx at warn with its error code', async () => {
@@ -412,7 +471,11 @@ describe('logs', () => {
     const r = await request(gw.port, { host: gw.host('mute') });
     expect(r.status).toBe(504);
     await until(() => dest.lines.some((l) => l.event === 'request'), 3_000, 'the request line');
-    expect(dest.lines.find((l) => l.event === 'request')).toMatchObject({ level: 40, status: 504, error: 'PTTH_ERR_APP_TIMEOUT' });
+    expect(dest.lines.find((l) => l.event === 'request')).toMatchObject({
+      level: 40,
+      status: 504,
+      error: 'PTTH_ERR_APP_TIMEOUT',
+    });
     expect(value(await scrape(gw.port), 'ptth_request_errors_total{code="PTTH_ERR_APP_TIMEOUT"}')).toBe(1);
   });
 
@@ -433,10 +496,19 @@ describe('logs', () => {
     const by = (event: string): Line[] => dest.lines.filter((l) => l.event === event);
     expect(by('request')).toHaveLength(0);
     expect(by('register')[0]).toMatchObject({ level: 30, name: 'life', msg: 'registered' });
-    expect(by('claim')[0]).toMatchObject({ level: 30, name: 'life', transport: 'http1', url: expect.stringContaining('life.localhost') as unknown });
+    expect(by('claim')[0]).toMatchObject({
+      level: 30,
+      name: 'life',
+      transport: 'http1',
+      url: expect.stringContaining('life.localhost') as unknown,
+    });
     expect(String(by('claim')[0]?.['remote'])).toMatch(/^127\.0\.0\.1:\d+$/);
     expect(by('refuse')[0]).toMatchObject({
-      level: 40, code: 'PTTH_ERR_TOKEN_MISMATCH', status: 403, remote: '127.0.0.1', name: 'life',
+      level: 40,
+      code: 'PTTH_ERR_TOKEN_MISMATCH',
+      status: 403,
+      remote: '127.0.0.1',
+      name: 'life',
     });
     expect(by('channel-open')[0]).toMatchObject({ name: 'life', transport: 'http1', channels: 1 });
     expect(by('channel-close')[0]).toMatchObject({ name: 'life', transport: 'http1', channels: 0 });
@@ -454,10 +526,18 @@ describe('logs', () => {
     expect(dest.lines).toHaveLength(0); // claims and requests are info
     gw.gateway.emit('error', Object.assign(new Error('listen EADDRINUSE'), { code: 'EADDRINUSE' }));
     expect(dest.lines).toHaveLength(1);
-    expect(dest.lines[0]).toMatchObject({ level: 50, event: 'error', msg: 'listen EADDRINUSE', err: { message: 'listen EADDRINUSE', code: 'EADDRINUSE' } });
+    expect(dest.lines[0]).toMatchObject({
+      level: 50,
+      event: 'error',
+      msg: 'listen EADDRINUSE',
+      err: { message: 'listen EADDRINUSE', code: 'EADDRINUSE' },
+    });
     detach();
     expect(gw.gateway.listenerCount('error')).toBe(0);
-    const refused = await rawClaim(gw.port, `POST /?name=-x- HTTP/1.1\r\nHost: localhost:${gw.port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`);
+    const refused = await rawClaim(
+      gw.port,
+      `POST /?name=-x- HTTP/1.1\r\nHost: localhost:${gw.port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`,
+    );
     track(refused.socket);
     expect(dest.lines).toHaveLength(1);
   });
@@ -515,7 +595,11 @@ describe('logs', () => {
     await until(() => cometLines(debug).some((l) => l['op'] === 'poll'), 3_000, 'the poll line');
     const shape = /^\/reversehttp\/~[A-Za-z0-9_-]{8}\/0$/;
     expect(cometLines(debug).find((l) => l['op'] === 'poll')).toMatchObject({
-      level: 20, method: 'GET', status: 204, name: 'cometlog', remote: '127.0.0.1',
+      level: 20,
+      method: 'GET',
+      status: 204,
+      name: 'cometlog',
+      remote: '127.0.0.1',
       path: expect.stringMatching(shape) as unknown,
     });
     const registered = cometLines(debug).find((l) => l['op'] === 'register');
@@ -560,9 +644,13 @@ describe('logger process lifetime', () => {
   const LOG = fileURLToPath(new URL('../../dist/log.js', import.meta.url));
   function run(script: string): Promise<{ code: number | null; out: string }> {
     return new Promise((resolve, reject) => {
-      const child = spawn(process.execPath, ['--input-type=module', '-e', `import { createLogger } from ${JSON.stringify(LOG)};\n${script}`], {
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
+      const child = spawn(
+        process.execPath,
+        ['--input-type=module', '-e', `import { createLogger } from ${JSON.stringify(LOG)};\n${script}`],
+        {
+          stdio: ['ignore', 'pipe', 'inherit'],
+        },
+      );
       let out = '';
       child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
       const timer = setTimeout(() => {
@@ -579,7 +667,9 @@ describe('logger process lifetime', () => {
   }
 
   it('loses no line when the process exits right after logging', async () => {
-    const { code, out } = await run('const log = createLogger({ pretty: false });\nfor (let i = 0; i < 20000; i++) log.info({ i }, "line");\nprocess.exit(0);');
+    const { code, out } = await run(
+      'const log = createLogger({ pretty: false });\nfor (let i = 0; i < 20000; i++) log.info({ i }, "line");\nprocess.exit(0);',
+    );
     expect(code).toBe(0);
     const lines = out.split('\n').filter(Boolean);
     expect(lines).toHaveLength(20_000);

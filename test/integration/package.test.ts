@@ -39,8 +39,10 @@ describe('the packed package', () => {
     const npm = async (args: string[], cwd: string): Promise<string> =>
       (await run('npm', args, { cwd, env, maxBuffer: 16 << 20 })).stdout;
 
-    const packed = JSON.parse(await npm(['pack', '--json', '--ignore-scripts', '--pack-destination', tmp], ROOT)) as
-      { filename: string; files: { path: string }[] }[];
+    const packed = JSON.parse(await npm(['pack', '--json', '--ignore-scripts', '--pack-destination', tmp], ROOT)) as {
+      filename: string;
+      files: { path: string }[];
+    }[];
     const files = packed[0]?.files.map((f) => f.path) ?? [];
     for (const f of ['bin/ptth-proxy.js', 'dist/cli.js', 'dist/index.js', 'dist/browser/ptth.js', 'README.md']) {
       expect(files).toContain(f);

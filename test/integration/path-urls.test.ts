@@ -23,7 +23,8 @@ interface Seen {
 
 function prefixes(raw: readonly string[]): string[] {
   const out: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === 'x-forwarded-prefix') out.push(raw[i + 1] as string);
+  for (let i = 0; i < raw.length; i += 2)
+    if ((raw[i] as string).toLowerCase() === 'x-forwarded-prefix') out.push(raw[i + 1] as string);
   return out;
 }
 
@@ -51,7 +52,9 @@ function prefixAwareApp(): http.Server {
   const wss = new WebSocketServer({ noServer: true });
   server.on('upgrade', (req, socket, head) => {
     wss.handleUpgrade(req, socket, head, (ws) => {
-      ws.send(JSON.stringify({ url: req.url ?? '', prefix: prefixes(req.rawHeaders), host: req.headers.host } satisfies Seen));
+      ws.send(
+        JSON.stringify({ url: req.url ?? '', prefix: prefixes(req.rawHeaders), host: req.headers.host } satisfies Seen),
+      );
     });
   });
   cleanup(() => {
@@ -105,7 +108,10 @@ describe('path URLs: every transport', () => {
     const serve = await loadLibrary();
     const got: { path: string; prefix: string | null }[] = [];
     const server = serve({ gateway: `${gw.origin}/`, name: 'tab' }, (req) => {
-      got.push({ path: new URL(req.url).pathname + new URL(req.url).search, prefix: req.headers.get('x-forwarded-prefix') });
+      got.push({
+        path: new URL(req.url).pathname + new URL(req.url).search,
+        prefix: req.headers.get('x-forwarded-prefix'),
+      });
       return new Response('from the tab');
     });
     cleanup(() => server.close());
@@ -161,10 +167,14 @@ describe('path URLs: what the app sees', () => {
   it('/NAME with no slash: 308 to /NAME/ with the query kept (POST too); the app is not asked', async () => {
     const gw = await useGateway({ urls: 'path' });
     let asked = 0;
-    await useApp(gw.port, (_req, res) => {
-      asked++;
-      res.end('app');
-    }, { name: 'bare', http1: true });
+    await useApp(
+      gw.port,
+      (_req, res) => {
+        asked++;
+        res.end('app');
+      },
+      { name: 'bare', http1: true },
+    );
     const get = await request(gw.port, { path: '/bare' });
     expect(get.status).toBe(308);
     expect(get.headers.location).toBe('/bare/');
@@ -208,7 +218,11 @@ describe("path URLs: the gateway's own paths", () => {
   it('refuses them as names on every claim transport (403 PTTH_ERR_NAME_RESERVED)', async () => {
     const gw = await useGateway({ urls: 'path' });
     for (const name of RESERVED) {
-      const native = await request(gw.port, { method: 'POST', path: `/?name=${name}`, headers: { upgrade: 'PTTH/1.0', connection: 'Upgrade' } });
+      const native = await request(gw.port, {
+        method: 'POST',
+        path: `/?name=${name}`,
+        headers: { upgrade: 'PTTH/1.0', connection: 'Upgrade' },
+      });
       expect([native.status, native.headers['x-ptth-error']], name).toEqual([403, 'PTTH_ERR_NAME_RESERVED']);
       expect(native.body).toContain(`/${name} is one of the gateway's own paths`);
       const comet = await register(gw.origin, { name });
@@ -216,7 +230,11 @@ describe("path URLs: the gateway's own paths", () => {
       expect(await wsRefusal(gw.port, { name })).toEqual({ status: 403, code: 'PTTH_ERR_NAME_RESERVED' });
     }
     // By Host too (a native claim names its app by Host in every mode).
-    const byHost = await request(gw.port, { host: gw.host('metrics'), method: 'POST', headers: { upgrade: 'PTTH/1.0', connection: 'Upgrade' } });
+    const byHost = await request(gw.port, {
+      host: gw.host('metrics'),
+      method: 'POST',
+      headers: { upgrade: 'PTTH/1.0', connection: 'Upgrade' },
+    });
     expect(byHost.headers['x-ptth-error']).toBe('PTTH_ERR_NAME_RESERVED');
     await expect(useApp(gw.port, () => {}, { name: 'healthz', http1: true })).rejects.toThrow(/reserved/);
     expect(gw.gateway.table.list()).toEqual([]);
@@ -230,7 +248,9 @@ describe("path URLs: the gateway's own paths", () => {
     expect((await request(gw.port, { path: '/metrics' })).body).toContain('ptth_');
     expect((await request(gw.port, { path: '/ptth.js' })).headers['content-type']).toMatch(/javascript/);
     expect((await request(gw.port, { path: '/_ptth/nope' })).headers['x-ptth-error']).toBe('PTTH_ERR_NOT_FOUND');
-    expect((await request(gw.port, { path: '/relay/example.com' })).headers['x-ptth-error']).toBe('PTTH_ERR_NO_ENDPOINT');
+    expect((await request(gw.port, { path: '/relay/example.com' })).headers['x-ptth-error']).toBe(
+      'PTTH_ERR_NO_ENDPOINT',
+    );
     expect((await request(gw.port, { path: '/reversehttp' })).status).not.toBe(200);
     expect((await request(gw.port, { path: '/ptth/' })).body).toBe('app');
   });
@@ -250,7 +270,11 @@ describe('path URLs: both mode and host mode', () => {
     const byPath = await request(gw.port, { path: '/twice/p?q' });
     expect(seen(byPath)).toMatchObject({ url: '/p?q', prefix: ['/twice'] });
     // A host-routed request has no prefix to tell: a visitor's own is dropped, not passed on.
-    const byHost = await request(gw.port, { host: gw.host('twice'), path: '/twice/p', headers: { 'X-Forwarded-Prefix': '/evil' } });
+    const byHost = await request(gw.port, {
+      host: gw.host('twice'),
+      path: '/twice/p',
+      headers: { 'X-Forwarded-Prefix': '/evil' },
+    });
     expect(seen(byHost)).toMatchObject({ url: '/twice/p', prefix: [] });
     expect((await visitorWs(`ws://127.0.0.1:${gw.port}/twice/chat`)).url).toBe('/chat');
   });
@@ -261,7 +285,11 @@ describe('path URLs: both mode and host mode', () => {
     expect(tunnel.url).toBe(`http://classic.localhost:${gw.port}/`);
     const r = await request(gw.port, { path: '/classic/' });
     expect(r.headers['x-ptth-error']).toBe('PTTH_ERR_NO_ENDPOINT');
-    const byHost = await request(gw.port, { host: gw.host('classic'), path: '/classic/', headers: { 'X-Forwarded-Prefix': '/kept' } });
+    const byHost = await request(gw.port, {
+      host: gw.host('classic'),
+      path: '/classic/',
+      headers: { 'X-Forwarded-Prefix': '/kept' },
+    });
     expect(seen(byHost)).toMatchObject({ url: '/classic/', prefix: ['/kept'] });
   });
 
@@ -277,7 +305,13 @@ describe('path URLs: both mode and host mode', () => {
     for (const [host, name, origin] of cases) {
       // A 101 through node's client: the reply head is all this needs, the socket is dropped.
       const head = await new Promise<http.IncomingMessage>((resolve, reject) => {
-        const req = http.request({ host: '127.0.0.1', port: gw.port, path: `/?name=${name}`, ...claim, headers: { ...claim.headers, host } });
+        const req = http.request({
+          host: '127.0.0.1',
+          port: gw.port,
+          path: `/?name=${name}`,
+          ...claim,
+          headers: { ...claim.headers, host },
+        });
         req.on('upgrade', (res, socket) => {
           socket.destroy();
           resolve(res);
@@ -308,7 +342,9 @@ describe('path URLs: both mode and host mode', () => {
 
   it('a bad urls value is a programmer error (PTTH_ERR_BAD_OPTION)', () => {
     // @ts-expect-error: not one of the modes
-    expect(() => createGateway({ urls: 'vhost' })).toThrow(expect.objectContaining({ code: 'PTTH_ERR_BAD_OPTION', option: 'urls' }));
+    expect(() => createGateway({ urls: 'vhost' })).toThrow(
+      expect.objectContaining({ code: 'PTTH_ERR_BAD_OPTION', option: 'urls' }),
+    );
   });
 });
 
@@ -330,7 +366,9 @@ describe('path URLs: the shared origin is said out loud', () => {
     const port = Number((await gw.waitFor(/listening on 127\.0\.0\.1:(\d+)/))[1]);
     await gw.waitFor(/WARNING: apps are served at paths of one origin[^\n]*\n[^\n]*cookies and storage/);
     expect(gw.output()).toContain(`apps served at http://localhost:${port}/NAME/`);
-    const local = http.createServer((req, res) => res.end(`local ${req.url} ${String(req.headers['x-forwarded-prefix'])}`));
+    const local = http.createServer((req, res) =>
+      res.end(`local ${req.url} ${String(req.headers['x-forwarded-prefix'])}`),
+    );
     await new Promise<void>((resolve) => local.listen(0, '127.0.0.1', resolve));
     cleanup(() => local.close());
     const localPort = (local.address() as { port: number }).port;

@@ -12,7 +12,12 @@ import {
   type Resolver,
 } from '../../src/http/relay-target.js';
 
-const limits: RelayLimits = { maxResponseBytes: 64 * 1024, connectTimeout: 500, responseTimeout: 500, maxHeaderSize: 16 * 1024 };
+const limits: RelayLimits = {
+  maxResponseBytes: 64 * 1024,
+  connectTimeout: 500,
+  responseTimeout: 500,
+  maxHeaderSize: 16 * 1024,
+};
 const servers: Server[] = [];
 const sockets: Socket[] = [];
 
@@ -22,7 +27,9 @@ afterEach(async () => {
 });
 
 /** A loopback target that counts its connections. */
-async function target(handler: Parameters<typeof createServer>[1]): Promise<{ port: number; connections: () => number }> {
+async function target(
+  handler: Parameters<typeof createServer>[1],
+): Promise<{ port: number; connections: () => number }> {
   const server = createServer(handler);
   let connections = 0;
   server.on('connection', (s: Socket) => {
@@ -52,7 +59,17 @@ describe('relay target URL', () => {
     expect(parseRelayTarget('example.com:443')).toEqual({ host: 'example.com', port: 443, tls: true });
     expect(parseRelayTarget('127.0.0.1:8080')).toEqual({ host: '127.0.0.1', port: 8080, tls: false });
     expect(parseRelayTarget('[::1]:8080')).toEqual({ host: '::1', port: 8080, tls: false });
-    for (const bad of ['', 'a b', 'example.com:0', 'example.com:99999', '[nope]:80', 'user@host', '.example.com', 'a..b', 'host/path']) {
+    for (const bad of [
+      '',
+      'a b',
+      'example.com:0',
+      'example.com:99999',
+      '[nope]:80',
+      'user@host',
+      '.example.com',
+      'a..b',
+      'host/path',
+    ]) {
       expect(parseRelayTarget(bad), bad).toBeUndefined();
     }
   });
@@ -60,10 +77,20 @@ describe('relay target URL', () => {
 
 describe('the relayed request, parsed by llhttp', () => {
   it('keeps method, path, headers as written and the body (Content-Length or chunked)', async () => {
-    const r = await parseRelayRequest(Buffer.from('POST /a?b=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nX-A: 1\r\n\r\nabc'), 16384);
-    expect(r).toMatchObject({ method: 'POST', path: '/a?b=1', rawHeaders: ['Host', 't', 'Content-Length', '3', 'X-A', '1'] });
+    const r = await parseRelayRequest(
+      Buffer.from('POST /a?b=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nX-A: 1\r\n\r\nabc'),
+      16384,
+    );
+    expect(r).toMatchObject({
+      method: 'POST',
+      path: '/a?b=1',
+      rawHeaders: ['Host', 't', 'Content-Length', '3', 'X-A', '1'],
+    });
     expect(r.body.toString()).toBe('abc');
-    const c = await parseRelayRequest(Buffer.from('PUT / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n'), 16384);
+    const c = await parseRelayRequest(
+      Buffer.from('PUT / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n'),
+      16384,
+    );
     expect(c.body.toString()).toBe('abc');
   });
 
@@ -83,7 +110,12 @@ describe('the relayed request, parsed by llhttp', () => {
   });
 
   it('serializes the response as message/http with its own Content-Length', () => {
-    const bytes = serializeRelayResponse({ status: 201, reason: 'Created', rawHeaders: ['x-a', '1'], body: Buffer.from('hey') });
+    const bytes = serializeRelayResponse({
+      status: 201,
+      reason: 'Created',
+      rawHeaders: ['x-a', '1'],
+      body: Buffer.from('hey'),
+    });
     expect(bytes.toString()).toBe('HTTP/1.1 201 Created\r\nx-a: 1\r\nContent-Length: 3\r\n\r\nhey');
   });
 });
@@ -96,7 +128,12 @@ describe('relaying to a target', () => {
       res.setHeader('Set-Cookie', ['a=1', 'b=2']);
       res.end('hello');
     });
-    const r = await relayRequest(parseRelayTarget(`127.0.0.1:${t.port}`)!, await get('/p?q'), [parseRelayPattern(`127.0.0.1:${t.port}`)], limits);
+    const r = await relayRequest(
+      parseRelayTarget(`127.0.0.1:${t.port}`)!,
+      await get('/p?q'),
+      [parseRelayPattern(`127.0.0.1:${t.port}`)],
+      limits,
+    );
     expect(r.status).toBe(200);
     expect(r.reason).toBe('OK');
     expect(r.body.toString()).toBe('hello');
@@ -112,7 +149,15 @@ describe('relaying to a target', () => {
       resolved++;
       return ['127.0.0.1'];
     };
-    const err = await refusal(relayRequest(parseRelayTarget(`other.test:${t.port}`)!, await get(), [parseRelayPattern('*.example.test')], limits, resolve));
+    const err = await refusal(
+      relayRequest(
+        parseRelayTarget(`other.test:${t.port}`)!,
+        await get(),
+        [parseRelayPattern('*.example.test')],
+        limits,
+        resolve,
+      ),
+    );
     expect(err.code).toBe('PTTH_ERR_RELAY_FORBIDDEN');
     expect(err.status).toBe(403);
     expect(resolved).toBe(0);
@@ -123,12 +168,27 @@ describe('relaying to a target', () => {
     const t = await target((_req, res) => res.end('secret'));
     const rebinding: Resolver = async () => ['127.0.0.1'];
     for (const pattern of ['*.example.test', `evil.example.test:${t.port}`]) {
-      const err = await refusal(relayRequest(parseRelayTarget(`evil.example.test:${t.port}`)!, await get(), [parseRelayPattern(pattern)], limits, rebinding));
+      const err = await refusal(
+        relayRequest(
+          parseRelayTarget(`evil.example.test:${t.port}`)!,
+          await get(),
+          [parseRelayPattern(pattern)],
+          limits,
+          rebinding,
+        ),
+      );
       expect(err.code).toBe('PTTH_ERR_RELAY_FORBIDDEN');
       expect(err.message).toContain('loopback');
     }
     // The system resolver: localhost is a name, and a name never opens loopback by itself.
-    const err = await refusal(relayRequest(parseRelayTarget(`localhost:${t.port}`)!, await get(), [parseRelayPattern(`localhost:${t.port}`)], limits));
+    const err = await refusal(
+      relayRequest(
+        parseRelayTarget(`localhost:${t.port}`)!,
+        await get(),
+        [parseRelayPattern(`localhost:${t.port}`)],
+        limits,
+      ),
+    );
     expect(err.code).toBe('PTTH_ERR_RELAY_FORBIDDEN');
     expect(t.connections()).toBe(0);
   });
@@ -137,14 +197,27 @@ describe('relaying to a target', () => {
     const t = await target((_req, res) => res.end('ok'));
     const resolve: Resolver = async () => ['10.0.0.1', '127.0.0.1'];
     const patterns = [`app.example.test:${t.port}`, `127.0.0.1:${t.port}`].map(parseRelayPattern);
-    const r = await relayRequest(parseRelayTarget(`app.example.test:${t.port}`)!, await get(), patterns, limits, resolve);
+    const r = await relayRequest(
+      parseRelayTarget(`app.example.test:${t.port}`)!,
+      await get(),
+      patterns,
+      limits,
+      resolve,
+    );
     expect(r.body.toString()).toBe('ok');
     expect(t.connections()).toBe(1);
   });
 
   it('answers 502 PTTH_ERR_RELAY_TOO_LARGE for a response over the limit', async () => {
     const t = await target((_req, res) => res.end(Buffer.alloc(limits.maxResponseBytes + 1)));
-    const err = await refusal(relayRequest(parseRelayTarget(`127.0.0.1:${t.port}`)!, await get(), [parseRelayPattern(`127.0.0.1:${t.port}`)], limits));
+    const err = await refusal(
+      relayRequest(
+        parseRelayTarget(`127.0.0.1:${t.port}`)!,
+        await get(),
+        [parseRelayPattern(`127.0.0.1:${t.port}`)],
+        limits,
+      ),
+    );
     expect(err.code).toBe('PTTH_ERR_RELAY_TOO_LARGE');
     expect(err.status).toBe(502);
   });
@@ -154,14 +227,28 @@ describe('relaying to a target', () => {
       res.write(Buffer.alloc(limits.maxResponseBytes));
       res.end(Buffer.alloc(10));
     });
-    const err = await refusal(relayRequest(parseRelayTarget(`127.0.0.1:${t.port}`)!, await get(), [parseRelayPattern(`127.0.0.1:${t.port}`)], limits));
+    const err = await refusal(
+      relayRequest(
+        parseRelayTarget(`127.0.0.1:${t.port}`)!,
+        await get(),
+        [parseRelayPattern(`127.0.0.1:${t.port}`)],
+        limits,
+      ),
+    );
     expect(err.code).toBe('PTTH_ERR_RELAY_TOO_LARGE');
   });
 
   it('answers 504 PTTH_ERR_RELAY_TIMEOUT when the target does not answer in responseTimeout', async () => {
     const t = await target(() => {});
     const started = Date.now();
-    const err = await refusal(relayRequest(parseRelayTarget(`127.0.0.1:${t.port}`)!, await get(), [parseRelayPattern(`127.0.0.1:${t.port}`)], limits));
+    const err = await refusal(
+      relayRequest(
+        parseRelayTarget(`127.0.0.1:${t.port}`)!,
+        await get(),
+        [parseRelayPattern(`127.0.0.1:${t.port}`)],
+        limits,
+      ),
+    );
     expect(err.code).toBe('PTTH_ERR_RELAY_TIMEOUT');
     expect(err.status).toBe(504);
     expect(Date.now() - started).toBeGreaterThanOrEqual(limits.responseTimeout - 50);
@@ -169,7 +256,15 @@ describe('relaying to a target', () => {
 
   it('answers 504 PTTH_ERR_RELAY_TIMEOUT when the name does not resolve in connectTimeout', async () => {
     const never: Resolver = () => new Promise(() => {});
-    const err = await refusal(relayRequest(parseRelayTarget('slow.example.test')!, await get(), [parseRelayPattern('slow.example.test')], limits, never));
+    const err = await refusal(
+      relayRequest(
+        parseRelayTarget('slow.example.test')!,
+        await get(),
+        [parseRelayPattern('slow.example.test')],
+        limits,
+        never,
+      ),
+    );
     expect(err.code).toBe('PTTH_ERR_RELAY_TIMEOUT');
   });
 
@@ -177,13 +272,28 @@ describe('relaying to a target', () => {
     const t = await target(() => {});
     const port = t.port;
     await new Promise((r) => servers.pop()!.close(r));
-    const err = await refusal(relayRequest(parseRelayTarget(`127.0.0.1:${port}`)!, await get(), [parseRelayPattern(`127.0.0.1:${port}`)], limits));
+    const err = await refusal(
+      relayRequest(
+        parseRelayTarget(`127.0.0.1:${port}`)!,
+        await get(),
+        [parseRelayPattern(`127.0.0.1:${port}`)],
+        limits,
+      ),
+    );
     expect(err.code).toBe('PTTH_ERR_RELAY_UNREACHABLE');
     expect(err.status).toBe(502);
     const nx: Resolver = async () => {
       throw Object.assign(new Error('nope'), { code: 'ENOTFOUND' });
     };
-    const err2 = await refusal(relayRequest(parseRelayTarget('nx.example.test')!, await get(), [parseRelayPattern('nx.example.test')], limits, nx));
+    const err2 = await refusal(
+      relayRequest(
+        parseRelayTarget('nx.example.test')!,
+        await get(),
+        [parseRelayPattern('nx.example.test')],
+        limits,
+        nx,
+      ),
+    );
     expect(err2.code).toBe('PTTH_ERR_RELAY_UNREACHABLE');
     expect(err2.message).toContain('ENOTFOUND');
   });

@@ -53,7 +53,13 @@ interface Answer {
   body: Buffer;
 }
 
-function post(port: number, path: string, body: string | Buffer, headers: http.OutgoingHttpHeaders = {}, method = 'POST'): Promise<Answer> {
+function post(
+  port: number,
+  path: string,
+  body: string | Buffer,
+  headers: http.OutgoingHttpHeaders = {},
+  method = 'POST',
+): Promise<Answer> {
   return new Promise((resolve, reject) => {
     // Content-Length always: node sends a GET's body unframed otherwise.
     const framed = { 'Content-Length': Buffer.byteLength(body), ...headers };
@@ -67,7 +73,10 @@ function post(port: number, path: string, body: string | Buffer, headers: http.O
   });
 }
 
-const envelope = (_text: string): Record<string, string> => ({ 'Content-Type': 'message/http', Authorization: `Bearer ${relayer.key}` });
+const envelope = (_text: string): Record<string, string> => ({
+  'Content-Type': 'message/http',
+  Authorization: `Bearer ${relayer.key}`,
+});
 const GET = 'GET /hello?x=1 HTTP/1.1\r\nHost: target\r\nX-Asked: yes\r\n\r\n';
 
 async function relayGateway(allow: (t: Target) => string[], t: Target, extra: GatewayOptions = {}) {
@@ -95,7 +104,14 @@ describe('the RelayHttp endpoint', () => {
     expect(inner.rawHeaders).toContain('x-from');
     expect(asked).toBe('GET /hello?x=1 yes');
     expect(events).toEqual([
-      expect.objectContaining({ keyId: 'relayer', target: `127.0.0.1:${t.port}`, method: 'GET', path: '/hello', status: 200, error: undefined }),
+      expect.objectContaining({
+        keyId: 'relayer',
+        target: `127.0.0.1:${t.port}`,
+        method: 'GET',
+        path: '/hello',
+        status: 200,
+        error: undefined,
+      }),
     ]);
     const metrics = await gw.gateway.metrics!.text();
     expect(metrics).toMatch(/ptth_relay_requests_total\{status="200",code=""\} 1/);
@@ -108,7 +124,12 @@ describe('the RelayHttp endpoint', () => {
     });
     const { gw } = await relayGateway((x) => [`127.0.0.1:${x.port}`], t, { relayTimeout: 200 });
     const lines: Record<string, unknown>[] = [];
-    attachLogger(gw.gateway, createLogger({ destination: { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) } }));
+    attachLogger(
+      gw.gateway,
+      createLogger({
+        destination: { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) },
+      }),
+    );
     const ok = 'GET /fine?secret=1 HTTP/1.1\r\nHost: t\r\n\r\n';
     expect((await post(gw.port, `/relay/127.0.0.1:${t.port}`, ok, envelope(ok))).status).toBe(200);
     const slow = 'GET /slow HTTP/1.1\r\nHost: t\r\n\r\n';
@@ -116,7 +137,13 @@ describe('the RelayHttp endpoint', () => {
     const relays = lines.filter((l) => l['event'] === 'relay');
     expect(relays).toEqual([
       expect.objectContaining({ level: 30, keyId: 'relayer', path: '/fine', status: 200 }),
-      expect.objectContaining({ level: 40, keyId: 'relayer', path: '/slow', status: 504, error: 'PTTH_ERR_RELAY_TIMEOUT' }),
+      expect.objectContaining({
+        level: 40,
+        keyId: 'relayer',
+        path: '/slow',
+        status: 504,
+        error: 'PTTH_ERR_RELAY_TIMEOUT',
+      }),
     ]);
     expect(JSON.stringify(relays)).not.toContain('secret');
   });
@@ -152,14 +179,27 @@ describe('the RelayHttp endpoint', () => {
 
   it.each([
     ['GET', 'GET', '/relay/127.0.0.1:PORT', 'message/http', 405, 'PTTH_ERR_METHOD_NOT_ALLOWED'],
-    ['an application/http pipeline', 'POST', '/relay/127.0.0.1:PORT', 'application/http', 415, 'PTTH_ERR_RELAY_MEDIA_TYPE'],
+    [
+      'an application/http pipeline',
+      'POST',
+      '/relay/127.0.0.1:PORT',
+      'application/http',
+      415,
+      'PTTH_ERR_RELAY_MEDIA_TYPE',
+    ],
     ['another media type', 'POST', '/relay/127.0.0.1:PORT', 'text/plain', 415, 'PTTH_ERR_RELAY_MEDIA_TYPE'],
     ['a target that is no HOST[:PORT]', 'POST', '/relay/user@host/x', 'message/http', 400, 'PTTH_ERR_RELAY_BAD_TARGET'],
     ['a target outside the list', 'POST', '/relay/127.0.0.2:PORT', 'message/http', 403, 'PTTH_ERR_RELAY_FORBIDDEN'],
   ])('refuses %s', async (_what, method, path, type, status, code) => {
     const t = await useTarget((_req, res) => res.end());
     const { gw } = await relayGateway((x) => [`127.0.0.1:${x.port}`], t);
-    const a = await post(gw.port, path.replace('PORT', String(t.port)), GET, { 'Content-Type': type, Authorization: `Bearer ${relayer.key}` }, method);
+    const a = await post(
+      gw.port,
+      path.replace('PORT', String(t.port)),
+      GET,
+      { 'Content-Type': type, Authorization: `Bearer ${relayer.key}` },
+      method,
+    );
     expect(a.status).toBe(status);
     expect(a.headers['x-ptth-error']).toBe(code);
     expect(t.connections()).toBe(0);
@@ -243,11 +283,17 @@ describe('the RelayHttp endpoint', () => {
   it('answers a CORS preflight so a page on another origin can relay with its key', async () => {
     const t = await useTarget((_req, res) => res.end());
     const { gw } = await relayGateway((x) => [`127.0.0.1:${x.port}`], t);
-    const a = await post(gw.port, `/relay/127.0.0.1:${t.port}`, '', {
-      Origin: 'http://page.example',
-      'Access-Control-Request-Method': 'POST',
-      'Access-Control-Request-Headers': 'authorization, content-type',
-    }, 'OPTIONS');
+    const a = await post(
+      gw.port,
+      `/relay/127.0.0.1:${t.port}`,
+      '',
+      {
+        Origin: 'http://page.example',
+        'Access-Control-Request-Method': 'POST',
+        'Access-Control-Request-Headers': 'authorization, content-type',
+      },
+      'OPTIONS',
+    );
     expect(a.status).toBe(204);
     expect(a.headers['access-control-allow-origin']).toBe('http://page.example');
     expect(a.headers['access-control-allow-headers']).toContain('authorization');

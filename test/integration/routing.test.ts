@@ -43,7 +43,10 @@ function g(): TestGateway {
 
 // These tests pin down reversed HTTP/1.1 (raw header case, one request per connection); the
 // HTTP/2 path has its own file (http2.test.ts).
-async function app(target: http.RequestListener | http.Server, options: Parameters<typeof useApp>[2] = {}): Promise<Tunnel> {
+async function app(
+  target: http.RequestListener | http.Server,
+  options: Parameters<typeof useApp>[2] = {},
+): Promise<Tunnel> {
   return useApp(g().port, target, { http1: true, ...options });
 }
 
@@ -246,7 +249,14 @@ interface Echoed {
 }
 
 /** Headers the gateway itself adds on its hop (forwarding headers and its own Connection). */
-const GATEWAY_ADDED = new Set(['x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'forwarded', 'requesting-client', 'connection']);
+const GATEWAY_ADDED = new Set([
+  'x-forwarded-for',
+  'x-forwarded-host',
+  'x-forwarded-proto',
+  'forwarded',
+  'requesting-client',
+  'connection',
+]);
 
 // =============================================================================================
 
@@ -288,10 +298,13 @@ describe('routing by Host', () => {
   it('Host localhost:PORT, 127.0.0.1:PORT and example.com get the gateway status page (HTML by default)', async () => {
     await gateway();
     let hits = 0;
-    await app((_req, res) => {
-      hits++;
-      res.end('app');
-    }, { name: 'shown' });
+    await app(
+      (_req, res) => {
+        hits++;
+        res.end('app');
+      },
+      { name: 'shown' },
+    );
     for (const host of [`localhost:${g().port}`, `127.0.0.1:${g().port}`, 'example.com']) {
       const r = await request(g().port, { host, path: '/' });
       expect(r.status, host).toBe(200);
@@ -312,7 +325,9 @@ describe('routing by Host', () => {
     const r = await request(g().port, { host: `localhost:${g().port}`, headers: { accept: 'application/json' } });
     expect(r.status).toBe(200);
     expect(r.headers['content-type']).toMatch(/^application\/json/);
-    const state = JSON.parse(r.body) as { registrations: { name: string; requests: number; channels: { transport: string }[] }[] };
+    const state = JSON.parse(r.body) as {
+      registrations: { name: string; requests: number; channels: { transport: string }[] }[];
+    };
     expect(Array.isArray(state.registrations)).toBe(true);
     const stat = state.registrations.find((x) => x.name === 'stat');
     expect(stat).toBeDefined();
@@ -324,10 +339,13 @@ describe('routing by Host', () => {
   it('a.b.localhost is not an app host: 404, and the app "b" sees nothing', async () => {
     await gateway();
     let hits = 0;
-    await app((_req, res) => {
-      hits++;
-      res.end('b');
-    }, { name: 'b' });
+    await app(
+      (_req, res) => {
+        hits++;
+        res.end('b');
+      },
+      { name: 'b' },
+    );
     const r = await request(g().port, { host: `a.b.localhost:${g().port}`, headers: { accept: 'application/json' } });
     expect(r.status).toBe(404);
     expect(hits).toBe(0);
@@ -352,7 +370,9 @@ describe('what the app receives', () => {
       ['Content-Type', 'text/plain'],
       ['Content-Length', '5'],
     ];
-    const visitor = await rawVisit(`PATCH /a%20b?x=1&y HTTP/1.1\r\n${sent.map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\nhello`);
+    const visitor = await rawVisit(
+      `PATCH /a%20b?x=1&y HTTP/1.1\r\n${sent.map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\nhello`,
+    );
     const got = await readUntil(visitor, responseComplete);
     const res = parseRawResponse(got);
     expect(res.status).toBe(200);
@@ -363,7 +383,8 @@ describe('what the app receives', () => {
     expect(e.body).toBe('hello');
     // The two fields the gateway's HTTP/1.1 client (undici) writes itself, Host and the body's
     // Content-Length, arrive in its lower case (docs/PROTOCOL.md section 4); the rest as sent.
-    const own = (k: string): string => (k === 'host' || k === 'content-length' ? (k === 'host' ? 'Host' : 'Content-Length') : k);
+    const own = (k: string): string =>
+      k === 'host' || k === 'content-length' ? (k === 'host' ? 'Host' : 'Content-Length') : k;
     const endToEnd = pairs(e.rawHeaders)
       .filter(([k]) => !GATEWAY_ADDED.has(k.toLowerCase()))
       .map(([k, v]) => [own(k), v]);
@@ -429,7 +450,9 @@ describe('what the app receives', () => {
     // chunked while its length is unknown, by Content-Length once the whole body is in hand (here
     // an empty one, which a GET then carries without framing at all).
     const te = rawHeaderValues(raw, 'transfer-encoding');
-    expect(te.length === 0 ? rawHeaderValues(raw, 'content-length').filter((v) => v !== '0') : te).toEqual(te.length === 0 ? [] : ['chunked']);
+    expect(te.length === 0 ? rawHeaderValues(raw, 'content-length').filter((v) => v !== '0') : te).toEqual(
+      te.length === 0 ? [] : ['chunked'],
+    );
     expect(e.body).toBe('');
     // The visitor's Connection header is gone; the gateway's own hop may say keep-alive, nothing else.
     const conn = rawHeaderValues(raw, 'connection');
@@ -458,13 +481,27 @@ describe('what the app receives', () => {
       ['Upgrade', 'foo/1'],
     ];
     ch.autoReply = () =>
-      `HTTP/1.1 200 OK\r\n${[hop[0], appHeaders[0], appHeaders[1], hop[1], appHeaders[2], hop[2], appHeaders[3], hop[3], appHeaders[4], hop[4], appHeaders[5], appHeaders[6]]
+      `HTTP/1.1 200 OK\r\n${[
+        hop[0],
+        appHeaders[0],
+        appHeaders[1],
+        hop[1],
+        appHeaders[2],
+        hop[2],
+        appHeaders[3],
+        hop[3],
+        appHeaders[4],
+        hop[4],
+        appHeaders[5],
+        appHeaders[6],
+      ]
         .map((h) => `${(h as [string, string])[0]}: ${(h as [string, string])[1]}\r\n`)
         .join('')}\r\nok`;
     const r = await visit('resp');
     expect(r.status).toBe(200);
     expect(r.body).toBe('ok');
-    for (const name of ['x-app-hop', 'proxy-connection', 'upgrade']) expect(rawHeaderValues(r.rawHeaders, name), name).toEqual([]);
+    for (const name of ['x-app-hop', 'proxy-connection', 'upgrade'])
+      expect(rawHeaderValues(r.rawHeaders, name), name).toEqual([]);
     expect(rawHeaderValues(r.rawHeaders, 'keep-alive')).not.toContain('timeout=30');
     for (const v of rawHeaderValues(r.rawHeaders, 'connection')) expect(v.toLowerCase()).not.toContain('x-app-hop');
     // The rest, in the app's order and case; the gateway's own hop may add Connection and Keep-Alive.
@@ -705,8 +742,20 @@ describe('statuses the gateway produces', () => {
   it('a channel dying mid-response after the headers were sent: a Node visitor sees an aborted, incomplete response (chunked)', async () => {
     await gateway();
     const ch = await claimRaw('cutc');
-    const outcome = new Promise<{ status: number; complete: boolean; body: string; error: string | undefined; hung?: true }>((resolve) => {
-      const req = http.request({ host: '127.0.0.1', port: g().port, path: '/', headers: { host: g().host('cutc') }, agent: false });
+    const outcome = new Promise<{
+      status: number;
+      complete: boolean;
+      body: string;
+      error: string | undefined;
+      hung?: true;
+    }>((resolve) => {
+      const req = http.request({
+        host: '127.0.0.1',
+        port: g().port,
+        path: '/',
+        headers: { host: g().host('cutc') },
+        agent: false,
+      });
       // A visitor left hanging (neither completed nor closed) is a failure too, reported quickly.
       const timer = setTimeout(() => {
         resolve({ status: 0, complete: false, body: '', error: undefined, hung: true });
@@ -823,15 +872,13 @@ describe('keep-alive on channels', () => {
     const a = await claimRaw('retire', 'retire-token', 'A');
     const b = await claimRaw('retire', 'retire-token', 'B');
     let first = true;
-    const answer =
-      (label: string) =>
-      (): string => {
-        if (first) {
-          first = false;
-          return `HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: ${6 + label.length}\r\n\r\nclose-${label}`;
-        }
-        return ok(label);
-      };
+    const answer = (label: string) => (): string => {
+      if (first) {
+        first = false;
+        return `HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: ${6 + label.length}\r\n\r\nclose-${label}`;
+      }
+      return ok(label);
+    };
     a.autoReply = answer('A');
     b.autoReply = answer('B');
     const r1 = await visit('retire', { path: '/1' });
@@ -844,7 +891,11 @@ describe('keep-alive on channels', () => {
       expect(r.status).toBe(200);
       expect(r.body).toBe(other);
     }
-    await until(() => g().registration('retire').channels.length === 1, 5_000, 'the retired channel to leave the registration');
+    await until(
+      () => g().registration('retire').channels.length === 1,
+      5_000,
+      'the retired channel to leave the registration',
+    );
     expect((retired === 'A' ? a : b).received).toHaveLength(1);
   });
 
@@ -866,7 +917,11 @@ describe('keep-alive on channels', () => {
     const res1 = await r1;
     expect(res1.status).toBe(200);
     expect(res1.body).toBe('bye 1');
-    await until(() => g().registration('retq').channels.length === 1, 5_000, 'the retired channel to leave the registration');
+    await until(
+      () => g().registration('retq').channels.length === 1,
+      5_000,
+      'the retired channel to leave the registration',
+    );
     expect(g().registration('retq').waiting).toBe(1);
     y.write(ok('two'));
     expect((await r2).body).toBe('two');
@@ -905,9 +960,15 @@ describe('private URL', () => {
     const put = await privateReq(ch.location, { method: 'PUT', headers: form, body: 'lease=5' });
     expect(put.status).toBe(204);
     expect(g().registration('lease').lease).toBe(5);
-    const state = JSON.parse((await privateReq(ch.location, { headers: { accept: 'application/json' } })).body) as { lease: number };
+    const state = JSON.parse((await privateReq(ch.location, { headers: { accept: 'application/json' } })).body) as {
+      lease: number;
+    };
     expect(state.lease).toBe(5);
-    const bad = await privateReq(ch.location, { method: 'PUT', headers: { ...form, accept: 'application/json' }, body: 'lease=abc' });
+    const bad = await privateReq(ch.location, {
+      method: 'PUT',
+      headers: { ...form, accept: 'application/json' },
+      body: 'lease=abc',
+    });
     expect(bad.status).toBe(400);
     expect((JSON.parse(bad.body) as { error: { code: string } }).error.code).toBe('PTTH_ERR_BAD_LEASE');
     expect(g().registration('lease').lease).toBe(5);
@@ -929,7 +990,11 @@ describe('private URL', () => {
 
   it('an unknown private URL answers 404', async () => {
     await gateway();
-    const r = await request(g().port, { host: `localhost:${g().port}`, path: '/_ptth/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA', headers: { accept: 'application/json' } });
+    const r = await request(g().port, {
+      host: `localhost:${g().port}`,
+      path: '/_ptth/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA',
+      headers: { accept: 'application/json' },
+    });
     expect(r.status).toBe(404);
     expect((JSON.parse(r.body) as { error: { code: string } }).error.code).toBe('PTTH_ERR_NOT_FOUND');
   });
@@ -939,7 +1004,11 @@ describe('private URL', () => {
     const ch = await claimRaw('cors');
     const put = await privateReq(ch.location, {
       method: 'OPTIONS',
-      headers: { origin: 'http://page.example', 'access-control-request-method': 'PUT', 'access-control-request-headers': 'content-type' },
+      headers: {
+        origin: 'http://page.example',
+        'access-control-request-method': 'PUT',
+        'access-control-request-headers': 'content-type',
+      },
     });
     expect(put.status).toBe(405);
     expect(put.headers['access-control-allow-origin']).toBeUndefined();

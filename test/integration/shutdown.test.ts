@@ -45,7 +45,10 @@ async function holdingApp(
 }
 
 describe('serve: graceful shutdown on signals', () => {
-  for (const [signal, http1] of [['SIGTERM', false], ['SIGINT', true]] as const) {
+  for (const [signal, http1] of [
+    ['SIGTERM', false],
+    ['SIGINT', true],
+  ] as const) {
     it(`${signal}: a request in flight over ${http1 ? 'HTTP/1.1' : 'HTTP/2'} finishes, the client hears of it, exit 0`, async () => {
       const { p, port } = await serve(['--shutdown-grace', '10000']);
       const { tunnel, held } = await holdingApp(port, 'slow', http1);

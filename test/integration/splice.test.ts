@@ -29,8 +29,18 @@ async function listenOn(server: net.Server): Promise<number> {
   return (server.address() as AddressInfo).port;
 }
 
-async function spliced(g: TestGateway, port: number, name: string, options: ListenOptions = {}, local: SpliceOptions = {}): Promise<Tunnel> {
-  const t = splice(new URL(`http://127.0.0.1:${port}`), { gateway: g.origin, name, backoff: 50, maxBackoff: 500, ...options }, local);
+async function spliced(
+  g: TestGateway,
+  port: number,
+  name: string,
+  options: ListenOptions = {},
+  local: SpliceOptions = {},
+): Promise<Tunnel> {
+  const t = splice(
+    new URL(`http://127.0.0.1:${port}`),
+    { gateway: g.origin, name, backoff: 50, maxBackoff: 500, ...options },
+    local,
+  );
   cleanup(() => t.close({ graceMs: 200 }));
   await t.ready();
   return t;
@@ -61,7 +71,9 @@ describe('connect splices reversed HTTP/1.1 channels to the local service', () =
     const g = await gateway();
     const server = net.createServer((s) => {
       s.on('error', () => {});
-      s.once('data', () => s.end('HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\nuntil the end'));
+      s.once('data', () =>
+        s.end('HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\nuntil the end'),
+      );
     });
     const port = await listenOn(server);
     await spliced(g, port, 'eof');
@@ -152,7 +164,11 @@ describe('connect splices reversed HTTP/1.1 channels to the local service', () =
     ws.send('ping through the splice');
     expect(await echoed).toBe('ping through the splice');
     // The upgraded channel is consumed: the pool counts only the fresh spare.
-    await until(() => t.connections === 1 && g.gateway.table.lookup('sock')?.channels.length === 1, 3_000, 'a fresh spare');
+    await until(
+      () => t.connections === 1 && g.gateway.table.lookup('sock')?.channels.length === 1,
+      3_000,
+      'a fresh spare',
+    );
     expect((await request(g.port, { host: g.host('sock') })).body).toBe('plain');
     const again = new Promise<string>((resolve) => ws.once('message', (d) => resolve(String(d))));
     ws.send('still open');
@@ -163,7 +179,9 @@ describe('connect splices reversed HTTP/1.1 channels to the local service', () =
     const g = await gateway();
     // A port with nobody listening (freed at once).
     const probe = net.createServer();
-    const port = await new Promise<number>((r) => probe.listen(0, '127.0.0.1', () => r((probe.address() as AddressInfo).port)));
+    const port = await new Promise<number>((r) =>
+      probe.listen(0, '127.0.0.1', () => r((probe.address() as AddressInfo).port)),
+    );
     await new Promise((r) => probe.close(r));
     const reach: (string | undefined)[] = [];
     const t = await spliced(g, port, 'down', {}, { onReach: (e) => reach.push(e?.code) });
@@ -203,7 +221,11 @@ describe('connect splices reversed HTTP/1.1 channels to the local service', () =
     // The local service drops its connection: the bound channel goes, the pool keeps a spare.
     const [local] = sockets;
     local?.destroy();
-    await until(() => t.connections === 1 && g.gateway.table.lookup('pair')?.channels.length === 1, 3_000, 'the bound channel closed');
+    await until(
+      () => t.connections === 1 && g.gateway.table.lookup('pair')?.channels.length === 1,
+      3_000,
+      'the bound channel closed',
+    );
     expect((await request(g.port, { host: g.host('pair') })).body).toBe('x');
     await until(() => sockets.size === 1, 3_000, 'a new local connection');
     // The tunnel closes: every local connection goes with its channel.
@@ -224,7 +246,9 @@ describe('connect splices reversed HTTP/1.1 channels to the local service', () =
     const t = await spliced(g, port, 'grow', { connections: 4 }, { spare: 1, idleTimeout: 150 });
     await until(() => t.connections === 1, 3_000, 'one spare');
     const agent = new http.Agent({ keepAlive: false });
-    const replies = Array.from({ length: 6 }, (_, i) => request(g.port, { host: g.host('grow'), path: `/${i}`, agent }));
+    const replies = Array.from({ length: 6 }, (_, i) =>
+      request(g.port, { host: g.host('grow'), path: `/${i}`, agent }),
+    );
     // Four requests reach the service (the most channels), the other two wait at the gateway.
     await until(() => held.length === 4 && t.connections === 4, 5_000, 'four spliced channels');
     let max = t.connections;
@@ -237,7 +261,12 @@ describe('connect splices reversed HTTP/1.1 channels to the local service', () =
     // Quiet: the spliced channels close after their idle time, with their local connections; one spare stays.
     await until(() => t.connections === 1 && sockets.size === 0, 5_000, 'the pool shrunk to one spare');
     expect(g.gateway.table.lookup('grow')?.channels.length).toBe(1);
-    expect((await request(g.port, { host: g.host('grow') }).then(() => 'served', () => 'failed'))).toBe('served');
+    expect(
+      await request(g.port, { host: g.host('grow') }).then(
+        () => 'served',
+        () => 'failed',
+      ),
+    ).toBe('served');
   }, 20_000);
 
   it('splices to an https: service over TLS (a self-signed certificate is accepted)', async () => {
@@ -249,7 +278,8 @@ describe('connect splices reversed HTTP/1.1 channels to the local service', () =
     const t = splice(new URL(`https://127.0.0.1:${port}`), { gateway: g.origin, name: 'secure', backoff: 50 });
     cleanup(() => t.close({ graceMs: 200 }));
     await t.ready();
-    for (const path of ['/a', '/b']) expect((await request(g.port, { host: g.host('secure'), path })).body).toBe(`tls ${path}`);
+    for (const path of ['/a', '/b'])
+      expect((await request(g.port, { host: g.host('secure'), path })).body).toBe(`tls ${path}`);
   });
 
   it('close() waits for an answer in flight on a spliced channel, and closes idle ones at once', async () => {
@@ -304,7 +334,9 @@ describe('ptth-proxy connect (spliced by default)', () => {
     const port = await listenOn(http.createServer((_req, res) => res.end('spliced')));
     const c = spawnCli(['connect', String(port), '--gateway', g.origin, '--name', 'cli-splice', '-q']);
     cleanup(() => c.kill('SIGKILL'));
-    await c.waitFor(/Forwarding http:\/\/cli-splice\.localhost:\d+\/ -> http:\/\/localhost:\d+ \(reversed HTTP\/1\.1, spliced\)/);
+    await c.waitFor(
+      /Forwarding http:\/\/cli-splice\.localhost:\d+\/ -> http:\/\/localhost:\d+ \(reversed HTTP\/1\.1, spliced\)/,
+    );
     expect((await request(g.port, { host: g.host('cli-splice') })).body).toBe('spliced');
     const both = spawnCli(['connect', '3000', '--http1', '--http2']);
     cleanup(() => both.kill('SIGKILL'));
@@ -321,4 +353,3 @@ describe('ptth-proxy connect (spliced by default)', () => {
     expect((await request(g.port, { host: g.host('cli-h2') })).body).toBe('relayed');
   });
 });
-

@@ -14,11 +14,16 @@ function text(html: string): string {
   return html.replace(/<[^>]*>/g, '');
 }
 
-async function page(statusList: 'loopback' | 'everyone' | 'nobody'): Promise<{ json: Record<string, unknown>; html: string }> {
+async function page(
+  statusList: 'loopback' | 'everyone' | 'nobody',
+): Promise<{ json: Record<string, unknown>; html: string }> {
   const gw = await useGateway({ statusList });
   await useApp(gw.port, (_req, res) => res.end('x'), { name: 'secretname4242' });
   const host = `localhost:${gw.port}`;
-  const json = JSON.parse((await request(gw.port, { host, headers: { accept: 'application/json' } })).body) as Record<string, unknown>;
+  const json = JSON.parse((await request(gw.port, { host, headers: { accept: 'application/json' } })).body) as Record<
+    string,
+    unknown
+  >;
   const html = (await request(gw.port, { host, headers: { accept: 'text/html' } })).body;
   return { json, html };
 }
@@ -43,8 +48,11 @@ describe('status page: who sees the registrations', () => {
   });
 
   it('loopback hides the list from other machines; everyone shows it to them', () => {
-    const from = (remoteAddress: string): Pick<IncomingMessage, 'socket'> => ({ socket: { remoteAddress } as IncomingMessage['socket'] });
-    for (const a of ['127.0.0.1', '127.8.9.10', '::1', '::ffff:127.0.0.1']) expect(mayList({ statusList: 'loopback' }, from(a)), a).toBe(true);
+    const from = (remoteAddress: string): Pick<IncomingMessage, 'socket'> => ({
+      socket: { remoteAddress } as IncomingMessage['socket'],
+    });
+    for (const a of ['127.0.0.1', '127.8.9.10', '::1', '::ffff:127.0.0.1'])
+      expect(mayList({ statusList: 'loopback' }, from(a)), a).toBe(true);
     for (const a of ['203.0.113.7', '2001:db8::1', '::ffff:203.0.113.7', '10.0.0.1']) {
       expect(mayList({ statusList: 'loopback' }, from(a)), a).toBe(false);
       expect(mayList({ statusList: 'everyone' }, from(a)), a).toBe(true);

@@ -69,7 +69,8 @@ async function startAll(): Promise<{ port: number; sample: () => number }> {
 
 function expectedSha1(total: number): string {
   const hash = createHash('sha1');
-  for (let sent = 0; sent < total; sent += CHUNK.length) hash.update(CHUNK.subarray(0, Math.min(CHUNK.length, total - sent)));
+  for (let sent = 0; sent < total; sent += CHUNK.length)
+    hash.update(CHUNK.subarray(0, Math.min(CHUNK.length, total - sent)));
   return hash.digest('hex');
 }
 
@@ -80,7 +81,13 @@ describe('streaming bodies', () => {
     let peak = before;
     const timer = setInterval(() => (peak = Math.max(peak, sample())), 50);
     const answer = await new Promise<string>((resolve, reject) => {
-      const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/upload', headers: { host: `big.localhost:${port}`, 'content-length': GIB } });
+      const req = http.request({
+        host: '127.0.0.1',
+        port,
+        method: 'POST',
+        path: '/upload',
+        headers: { host: `big.localhost:${port}`, 'content-length': GIB },
+      });
       req.on('response', (res) => {
         let body = '';
         res.on('data', (c: Buffer) => (body += c.toString()));

@@ -25,7 +25,6 @@ afterAll(() => {
   other.remove();
 });
 
-
 async function startTlsGateway(options: GatewayOptions = {}): Promise<{ gateway: Gateway; port: number }> {
   const gateway = createGateway({ ...FAST, domain: DOMAIN, tls: { cert: cert.cert, key: cert.key }, ...options });
   const { port } = await gateway.listen(0, '127.0.0.1');
@@ -33,7 +32,11 @@ async function startTlsGateway(options: GatewayOptions = {}): Promise<{ gateway:
   return { gateway, port };
 }
 
-async function startTlsApp(port: number, target: http.RequestListener | http.Server, options: ListenOptions = {}): Promise<Tunnel> {
+async function startTlsApp(
+  port: number,
+  target: http.RequestListener | http.Server,
+  options: ListenOptions = {},
+): Promise<Tunnel> {
   const tunnel = listen(target, {
     gateway: `https://127.0.0.1:${port}`,
     rejectUnauthorized: false,
@@ -54,7 +57,11 @@ interface Reply {
 }
 
 /** An HTTPS request to 127.0.0.1 that verifies the gateway's certificate against the test CA. */
-function get(port: number, host: string, spec: { method?: string; path?: string; body?: string; headers?: http.OutgoingHttpHeaders } = {}): Promise<Reply> {
+function get(
+  port: number,
+  host: string,
+  spec: { method?: string; path?: string; body?: string; headers?: http.OutgoingHttpHeaders } = {},
+): Promise<Reply> {
   return new Promise((resolve, reject) => {
     const req = https.request({
       host: '127.0.0.1',
@@ -69,7 +76,9 @@ function get(port: number, host: string, spec: { method?: string; path?: string;
     req.on('response', (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('end', () =>
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }),
+      );
     });
     req.on('error', reject);
     req.end(spec.body);
@@ -91,7 +100,11 @@ function peerCn(port: number): Promise<string> {
 const echo: http.RequestListener = (req, res) => {
   const chunks: Buffer[] = [];
   req.on('data', (c: Buffer) => chunks.push(c));
-  req.on('end', () => res.end(`${req.method} ${req.url} proto=${String(req.headers['x-forwarded-proto'])} body=${Buffer.concat(chunks).toString()}`));
+  req.on('end', () =>
+    res.end(
+      `${req.method} ${req.url} proto=${String(req.headers['x-forwarded-proto'])} body=${Buffer.concat(chunks).toString()}`,
+    ),
+  );
 };
 
 describe('HTTPS on the gateway port (--tls-cert / --tls-key)', () => {
@@ -118,7 +131,9 @@ describe('HTTPS on the gateway port (--tls-cert / --tls-key)', () => {
     const { port } = await startTlsGateway();
     const tunnel = await startTlsApp(port, echo, { name: 'secure1', http1: true });
     expect(tunnel.protocol).toBe('h1');
-    const replies = await Promise.all([1, 2, 3, 4].map((i) => get(port, `secure1.${DOMAIN}:${port}`, { path: `/${i}` })));
+    const replies = await Promise.all(
+      [1, 2, 3, 4].map((i) => get(port, `secure1.${DOMAIN}:${port}`, { path: `/${i}` })),
+    );
     expect(replies.map((r) => r.body)).toEqual([1, 2, 3, 4].map((i) => `GET /${i} proto=https body=`));
   });
 
@@ -130,7 +145,9 @@ describe('HTTPS on the gateway port (--tls-cert / --tls-key)', () => {
       socket.once('secureConnect', () => resolve());
       socket.once('error', reject);
     });
-    socket.write(`POST /?name=rawtls HTTP/1.1\r\nHost: ${DOMAIN}:${port}\r\nUpgrade: PTTH/1.0\r\nContent-Length: 0\r\n\r\n`);
+    socket.write(
+      `POST /?name=rawtls HTTP/1.1\r\nHost: ${DOMAIN}:${port}\r\nUpgrade: PTTH/1.0\r\nContent-Length: 0\r\n\r\n`,
+    );
     const head = (await readUntil(socket as unknown as net.Socket, headEnd)).toString('latin1');
     expect(head).toMatch(/^HTTP\/1\.1 101 Switching Protocols\r\n/);
     expect(head).toContain(`Link: <https://rawtls.${DOMAIN}:${port}/>; rel="related"`);
@@ -147,7 +164,11 @@ describe('HTTPS on the gateway port (--tls-cert / --tls-key)', () => {
     const wss = new WebSocketServer({ server });
     wss.on('connection', (ws) => ws.on('message', (m: Buffer) => ws.send(`echo ${m.toString()}`)));
     await startTlsApp(port, server, { name: 'wsapp', http1: true });
-    const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { headers: { host: `wsapp.${DOMAIN}:${port}` }, servername: `wsapp.${DOMAIN}`, ca: cert.cert } as ClientOptions);
+    const ws = new WebSocket(`wss://127.0.0.1:${port}/`, {
+      headers: { host: `wsapp.${DOMAIN}:${port}` },
+      servername: `wsapp.${DOMAIN}`,
+      ca: cert.cert,
+    } as ClientOptions);
     cleanup(() => ws.terminate());
     await new Promise<void>((resolve, reject) => {
       ws.once('open', () => resolve());
@@ -173,14 +194,17 @@ describe('HTTPS on the gateway port (--tls-cert / --tls-key)', () => {
   it.each([
     ['sends nothing', ''],
     ['sends half a ClientHello', '\x16\x03\x01\x02\x00\x01'],
-  ])('a connection that %s is closed within --headers-timeout, as on plain HTTP (slowloris on the handshake)', async (_label, bytes) => {
-    const { port } = await startTlsGateway({ headersTimeout: 300 });
-    const s = await rawConnect(port);
-    s.on('error', () => {});
-    cleanup(() => s.destroy());
-    if (bytes) s.write(bytes);
-    expect(await closed(s, 3_000)).toBe(true);
-  });
+  ])(
+    'a connection that %s is closed within --headers-timeout, as on plain HTTP (slowloris on the handshake)',
+    async (_label, bytes) => {
+      const { port } = await startTlsGateway({ headersTimeout: 300 });
+      const s = await rawConnect(port);
+      s.on('error', () => {});
+      cleanup(() => s.destroy());
+      if (bytes) s.write(bytes);
+      expect(await closed(s, 3_000)).toBe(true);
+    },
+  );
 
   it('setTls swaps the certificate for new connections; a bad pair is refused and the old one kept', async () => {
     const { gateway, port } = await startTlsGateway();
@@ -213,7 +237,19 @@ describe('the CLI over TLS', () => {
   };
 
   async function serveTls(certPath: string, keyPath: string): Promise<{ p: Spawned; port: number }> {
-    const p = cli(['serve', '--port', '0', '--host', '127.0.0.1', '--domain', DOMAIN, '--tls-cert', certPath, '--tls-key', keyPath]);
+    const p = cli([
+      'serve',
+      '--port',
+      '0',
+      '--host',
+      '127.0.0.1',
+      '--domain',
+      DOMAIN,
+      '--tls-cert',
+      certPath,
+      '--tls-key',
+      keyPath,
+    ]);
     const m = await p.waitFor(/listening on 127\.0\.0\.1:(\d+) \(HTTPS\)/);
     await p.waitFor(/expose an app/);
     return { p, port: Number(m[1]) };
@@ -237,7 +273,9 @@ describe('the CLI over TLS', () => {
     await untrusted.waitFor(/self[- ]signed certificate|unable to verify|certificate/i, 8_000);
     expect(untrusted.output()).not.toContain('Forwarding');
 
-    const trusted = cli(['connect', String(local), '--gateway', gw, '--name', 'trusted'], { NODE_EXTRA_CA_CERTS: cert.certPath });
+    const trusted = cli(['connect', String(local), '--gateway', gw, '--name', 'trusted'], {
+      NODE_EXTRA_CA_CERTS: cert.certPath,
+    });
     await trusted.waitFor(/Forwarding https:\/\/trusted\.tls\.localhost:\d+\/ -> http:\/\/localhost:\d+/, 8_000);
     expect((await get(port, `trusted.${DOMAIN}:${port}`, { path: '/a' })).body).toBe('local /a');
 

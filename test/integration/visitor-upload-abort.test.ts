@@ -99,10 +99,14 @@ describe('a visitor that disconnects mid-upload', () => {
     const req = await app.control('request');
     const id = req['id'] as number;
     let got = Buffer.alloc(0);
-    await until(() => {
-      for (const f of app.takeFrames(id)) got = Buffer.concat([got, f.payload]);
-      return got.length === 5;
-    }, 3_000, 'the first chunk at the app');
+    await until(
+      () => {
+        for (const f of app.takeFrames(id)) got = Buffer.concat([got, f.payload]);
+        return got.length === 5;
+      },
+      3_000,
+      'the first chunk at the app',
+    );
     expect(got.toString()).toBe('hello');
     visitor.write('zz\r\nnot a chunk\r\n');
     const answer = await readUntil(visitor, (b) => b.includes('HPE_'));

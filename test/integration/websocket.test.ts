@@ -65,7 +65,11 @@ describe('visitor WebSocket upgrades', () => {
     const { gw, tunnel } = await echoApp('pool');
     await until(() => gw.gateway.table.lookup('pool')?.channels.length === 2);
     const sockets = [await open(gw.port, gw.host('pool')), await open(gw.port, gw.host('pool'))];
-    await until(() => gw.gateway.table.lookup('pool')?.channels.length === 2 && tunnel.connections === 2, 3_000, 'replacements');
+    await until(
+      () => gw.gateway.table.lookup('pool')?.channels.length === 2 && tunnel.connections === 2,
+      3_000,
+      'replacements',
+    );
     // Plain requests still work while both WebSockets stay open.
     expect((await request(gw.port, { host: gw.host('pool') })).body).toBe('plain http');
     for (const ws of sockets) {
@@ -76,7 +80,7 @@ describe('visitor WebSocket upgrades', () => {
     }
   });
 
-  it('relay the app\'s refusal and close the visitor connection', async () => {
+  it("relay the app's refusal and close the visitor connection", async () => {
     const { gw } = await echoApp('refuse');
     const s = await rawConnect(gw.port);
     s.write(

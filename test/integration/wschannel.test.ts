@@ -33,8 +33,14 @@ async function app(g: TestGateway, query: Record<string, string>): Promise<RawWs
  * A WebSocket channel app written with ws directly: it answers each request frame with
  * `onRequest`, so a test can send any frames, valid or not. Terminated when the test finishes.
  */
-function plainWsApp(port: number, name: string, onRequest?: (ws: WebSocket, m: { id: number }) => void): Promise<WebSocket> {
-  const ws = new WebSocket(`ws://127.0.0.1:${port}/?name=${name}`, 'ptth.v1', { headers: { Host: `localhost:${port}` } });
+function plainWsApp(
+  port: number,
+  name: string,
+  onRequest?: (ws: WebSocket, m: { id: number }) => void,
+): Promise<WebSocket> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/?name=${name}`, 'ptth.v1', {
+    headers: { Host: `localhost:${port}` },
+  });
   track(ws);
   ws.on('message', (data, binary) => {
     if (binary) return;
@@ -66,7 +72,13 @@ describe('WebSocket channel claims', () => {
         host: '127.0.0.1',
         port: g.port,
         path: '/?name=wsapp&token=t&lease=30',
-        headers: { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13', 'sec-websocket-protocol': 'ptth.v1' },
+        headers: {
+          connection: 'Upgrade',
+          upgrade: 'websocket',
+          'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+          'sec-websocket-version': '13',
+          'sec-websocket-protocol': 'ptth.v1',
+        },
       });
       req.on('upgrade', (res, socket) => {
         resolve(res.rawHeaders);
@@ -79,7 +91,13 @@ describe('WebSocket channel claims', () => {
     expect(raw).toContain(`<http://wsapp.localhost:${g.port}/>; rel="related"`);
     expect(raw).toContain('Sec-WebSocket-Protocol');
     const a = await app(g, { name: 'wsapp', token: 't', lease: '30' });
-    expect(a.hello).toMatchObject({ t: 'hello', v: 1, name: 'wsapp', url: `http://wsapp.localhost:${g.port}/`, window: 262_144 });
+    expect(a.hello).toMatchObject({
+      t: 'hello',
+      v: 1,
+      name: 'wsapp',
+      url: `http://wsapp.localhost:${g.port}/`,
+      window: 262_144,
+    });
     expect(String(a.hello?.['location'])).toMatch(/\/_ptth\/[\w-]{32}$/);
     const reg = g.gateway.table.lookup('wsapp');
     expect(reg?.lease).toBe(30);
@@ -90,8 +108,14 @@ describe('WebSocket channel claims', () => {
   it('refuse with the native statuses before the upgrade: 403, 400, 429', async () => {
     const g = await gateway({ maxChannels: 1 });
     await app(g, { name: 'taken', token: 'a' });
-    expect(await wsRefusal(g.port, { name: 'taken', token: 'b' })).toEqual({ status: 403, code: 'PTTH_ERR_TOKEN_MISMATCH' });
-    expect(await wsRefusal(g.port, { name: 'taken', token: 'a' })).toEqual({ status: 429, code: 'PTTH_ERR_TOO_MANY_CHANNELS' });
+    expect(await wsRefusal(g.port, { name: 'taken', token: 'b' })).toEqual({
+      status: 403,
+      code: 'PTTH_ERR_TOKEN_MISMATCH',
+    });
+    expect(await wsRefusal(g.port, { name: 'taken', token: 'a' })).toEqual({
+      status: 429,
+      code: 'PTTH_ERR_TOO_MANY_CHANNELS',
+    });
     expect(await wsRefusal(g.port, { name: '-bad-' })).toEqual({ status: 400, code: 'PTTH_ERR_BAD_NAME' });
     expect(await wsRefusal(g.port, { name: 'ok', lease: 'x' })).toEqual({ status: 400, code: 'PTTH_ERR_BAD_LEASE' });
   });
@@ -143,7 +167,9 @@ describe('WebSocket channel claims', () => {
   it('close with 1001 when the registration is deleted', async () => {
     const g = await gateway();
     const a = await app(g, { name: 'bye' });
-    const del = await fetch(String(a.hello?.['location']).replace(/^http:\/\/localhost/, 'http://127.0.0.1'), { method: 'DELETE' });
+    const del = await fetch(String(a.hello?.['location']).replace(/^http:\/\/localhost/, 'http://127.0.0.1'), {
+      method: 'DELETE',
+    });
     expect(del.status).toBe(204);
     expect(await a.closed()).toBe(1001);
   });
@@ -172,7 +198,9 @@ describe('WebSocket channel requests', () => {
   it('carry several requests at once and complete them out of order', async () => {
     const g = await gateway();
     const a = await app(g, { name: 'multi' });
-    const visits = [1, 2, 3].map((i) => request(g.port, { host: g.host('multi'), path: `/${i}`, headers: { 'X-Case': `v${i}` } }));
+    const visits = [1, 2, 3].map((i) =>
+      request(g.port, { host: g.host('multi'), path: `/${i}`, headers: { 'X-Case': `v${i}` } }),
+    );
     const reqs = [];
     for (let i = 0; i < 3; i++) reqs.push(await a.control('request'));
     expect(reqs.map((r) => r['url']).sort()).toEqual(['/1', '/2', '/3']);
@@ -184,13 +212,14 @@ describe('WebSocket channel requests', () => {
     expect(headers).toContain('X-Case');
     expect(headers).toContain('X-Forwarded-For');
     // Answer the last first.
-    for (const r of [...reqs].reverse()) a.respond(r['id'] as number, 200, `answer ${String(r['url'])}`, ['X-App', 'yes']);
+    for (const r of [...reqs].reverse())
+      a.respond(r['id'] as number, 200, `answer ${String(r['url'])}`, ['X-App', 'yes']);
     const replies = await Promise.all(visits);
     expect(replies.map((r) => r.body)).toEqual(['answer /1', 'answer /2', 'answer /3']);
     expect(replies[0]?.headers['x-app']).toBe('yes');
   });
 
-  it('stream multi-megabyte bodies both ways through the browser library\'s code run in Node over ws', async () => {
+  it("stream multi-megabyte bodies both ways through the browser library's code run in Node over ws", async () => {
     // Only the browser WebSocket API is used (the library's own code); what this cannot show is a
     // browser's behaviour itself (test/browser runs the library in Chromium).
     const g = await gateway();
@@ -215,11 +244,14 @@ describe('WebSocket channel requests', () => {
     cleanup(() => server.close());
     await server.url;
     const res = await new Promise<{ headers: http.IncomingHttpHeaders; body: Buffer }>((resolve, reject) => {
-      const req = http.request({ host: '127.0.0.1', port: g.port, method: 'POST', path: '/up', headers: { host: g.host('bulk') } }, (r) => {
-        const chunks: Buffer[] = [];
-        r.on('data', (c: Buffer) => chunks.push(c));
-        r.on('end', () => resolve({ headers: r.headers, body: Buffer.concat(chunks) }));
-      });
+      const req = http.request(
+        { host: '127.0.0.1', port: g.port, method: 'POST', path: '/up', headers: { host: g.host('bulk') } },
+        (r) => {
+          const chunks: Buffer[] = [];
+          r.on('data', (c: Buffer) => chunks.push(c));
+          r.on('end', () => resolve({ headers: r.headers, body: Buffer.concat(chunks) }));
+        },
+      );
       req.on('error', reject);
       req.end(big);
     });
@@ -336,7 +368,7 @@ describe('WebSocket channel requests', () => {
     await until(() => g.gateway.table.lookup('garbled')?.channels.length === 0);
   });
 
-  it('take at most --ws-max-streams requests at once; the rest wait in the name\'s queue', async () => {
+  it("take at most --ws-max-streams requests at once; the rest wait in the name's queue", async () => {
     const g = await gateway({ wsMaxStreams: 2 });
     const a = await app(g, { name: 'narrow' });
     const visits = [1, 2, 3].map((i) => request(g.port, { host: g.host('narrow'), path: `/${i}` }));
@@ -403,13 +435,21 @@ describe('WebSocket channel apps that break the rules', () => {
  * that a browser page may read the gateway's answers cross-origin is shown by the CORS tests and
  * test/browser (Chromium), not here.
  */
-describe('the browser library\'s code, run in Node over ws', () => {
+describe("the browser library's code, run in Node over ws", () => {
   it('reconnects with backoff when the gateway restarts, and gets its name back', async () => {
     const g = await gateway();
     const port = g.port;
     const serve = await loadLibrary();
     const listens: string[] = [];
-    const server = serve({ gateway: g.origin, name: 'phoenix', transport: 'websocket', onListen: (i: { transport: string }) => listens.push(i.transport) }, () => new Response('alive'));
+    const server = serve(
+      {
+        gateway: g.origin,
+        name: 'phoenix',
+        transport: 'websocket',
+        onListen: (i: { transport: string }) => listens.push(i.transport),
+      },
+      () => new Response('alive'),
+    );
     cleanup(() => server.close());
     await server.url;
     await g.close();
@@ -426,9 +466,21 @@ describe('the browser library\'s code, run in Node over ws', () => {
     await app(g, { name: 'owned', token: 'mine' });
     const serve = await loadLibrary();
     const errors: { status?: number; code?: string }[] = [];
-    const server = serve({ gateway: g.origin, name: 'owned', token: 'yours', onError: (e: { status?: number; code?: string }) => errors.push(e) }, () => new Response('x'));
+    const server = serve(
+      {
+        gateway: g.origin,
+        name: 'owned',
+        token: 'yours',
+        onError: (e: { status?: number; code?: string }) => errors.push(e),
+      },
+      () => new Response('x'),
+    );
     cleanup(() => server.close());
-    await expect(server.url).rejects.toMatchObject({ name: 'ServeError', status: 403, code: 'PTTH_ERR_TOKEN_MISMATCH' });
+    await expect(server.url).rejects.toMatchObject({
+      name: 'ServeError',
+      status: 403,
+      code: 'PTTH_ERR_TOKEN_MISMATCH',
+    });
     expect(errors.some((e) => e.status === 403)).toBe(true);
   });
 });

@@ -23,7 +23,7 @@ describe('relay lists in the keys file', () => {
     expect(() => validateAccessConfig({ keys: [entry(relay)] })).toThrow(message);
   });
 
-  it('looks up a key\'s relay rights by the key; unknown keys and key-less gateways get 401 PTTH_ERR_KEY_INVALID', () => {
+  it("looks up a key's relay rights by the key; unknown keys and key-less gateways get 401 PTTH_ERR_KEY_INVALID", () => {
     const access = new AccessControl(validateAccessConfig({ keys: [entry(['*.example.com'])] }));
     const rights = access.relayKey(k.key);
     expect(rights.id).toBe('r');
@@ -39,6 +39,8 @@ describe('relay lists in the keys file', () => {
     expect((unknown as PtthError).code).toBe('PTTH_ERR_KEY_INVALID');
     expect(() => new AccessControl().relayKey(k.key)).toThrow(/no access keys/);
     // A key without a list has no targets.
-    expect(new AccessControl({ keys: [{ id: 'n', sha256: k.sha256, names: ['*'] }] }).relayKey(k.key).patterns).toEqual([]);
+    expect(new AccessControl({ keys: [{ id: 'n', sha256: k.sha256, names: ['*'] }] }).relayKey(k.key).patterns).toEqual(
+      [],
+    );
   });
 });

@@ -47,7 +47,12 @@ function configError(value: unknown): string {
   throw new Error('the config was accepted');
 }
 
-const entry = (over: Record<string, unknown> = {}): Record<string, unknown> => ({ id: 'alice', sha256: hashKey(KEY_A), names: ['*'], ...over });
+const entry = (over: Record<string, unknown> = {}): Record<string, unknown> => ({
+  id: 'alice',
+  sha256: hashKey(KEY_A),
+  names: ['*'],
+  ...over,
+});
 
 describe('key hashing and generation', () => {
   it('hashes a key as the hex SHA-256 of its UTF-8 bytes', () => {
@@ -74,7 +79,13 @@ describe('key hashing and generation', () => {
     expect(e.sha256).toBe(hashKey(key));
     expect(e).not.toHaveProperty('maxNames');
     const made = createKeyEntry({ id: 'ci', names: ['CI-*', 'docs'], maxNames: 3, maxChannels: 9 });
-    expect(made.entry).toEqual({ id: 'ci', sha256: hashKey(made.key), names: ['ci-*', 'docs'], maxNames: 3, maxChannels: 9 });
+    expect(made.entry).toEqual({
+      id: 'ci',
+      sha256: hashKey(made.key),
+      names: ['ci-*', 'docs'],
+      maxNames: 3,
+      maxChannels: 9,
+    });
     expect(new AccessControl({ keys: [made.entry] }).authorize(made.key, 'ci-1').keyId).toBe('ci');
   });
 
@@ -87,7 +98,16 @@ describe('key hashing and generation', () => {
   it('reads the key of an Authorization: Bearer header only', () => {
     expect(bearerKey(`Bearer ${KEY_A}`)).toBe(KEY_A);
     expect(bearerKey(`bearer   ${KEY_A} `)).toBe(KEY_A);
-    for (const bad of [undefined, '', 'Bearer', 'Bearer ', `Basic ${KEY_A}`, `Bearer a b`, `Bearer\u00a0x`, `Bearer t\u00f6k`]) {
+    for (const bad of [
+      undefined,
+      '',
+      'Bearer',
+      'Bearer ',
+      `Basic ${KEY_A}`,
+      `Bearer a b`,
+      `Bearer\u00a0x`,
+      `Bearer t\u00f6k`,
+    ]) {
       expect(bearerKey(bad)).toBeUndefined();
     }
   });
@@ -97,9 +117,15 @@ describe('the access file', () => {
   it('accepts keys and reserved names, normalised to lower case', () => {
     const upper = hashKey(KEY_A).toUpperCase();
     const c = parseAccessConfig(
-      JSON.stringify({ keys: [{ id: 'alice', sha256: upper, names: ['Alice', 'TEAM-*', '*'], maxNames: 5, maxChannels: 20 }], reserved: ['WWW', 'admin'] }),
+      JSON.stringify({
+        keys: [{ id: 'alice', sha256: upper, names: ['Alice', 'TEAM-*', '*'], maxNames: 5, maxChannels: 20 }],
+        reserved: ['WWW', 'admin'],
+      }),
     );
-    expect(c).toEqual({ keys: [{ id: 'alice', sha256: hashKey(KEY_A), names: ['alice', 'team-*', '*'], maxNames: 5, maxChannels: 20 }], reserved: ['www', 'admin'] });
+    expect(c).toEqual({
+      keys: [{ id: 'alice', sha256: hashKey(KEY_A), names: ['alice', 'team-*', '*'], maxNames: 5, maxChannels: 20 }],
+      reserved: ['www', 'admin'],
+    });
     expect(parseAccessConfig('{}')).toEqual({});
     expect(parseAccessConfig('{"reserved":[]}')).toEqual({ reserved: [] });
     expect(parseAccessConfig('{"keys":[]}')).toEqual({ keys: [] });
@@ -114,11 +140,14 @@ describe('the access file', () => {
 
   it('refuses unknown fields, at the top and in a key entry (typos must not pass silently)', () => {
     expect(configError({ key: [] })).toBe('keys.json: unknown field "key" (expected "keys" and/or "reserved")');
-    expect(configError({ keys: [entry({ maxname: 3 })] })).toMatch(/^keys\.json: keys\[0\] \(id "alice"\): unknown field "maxname"/);
+    expect(configError({ keys: [entry({ maxname: 3 })] })).toMatch(
+      /^keys\.json: keys\[0\] \(id "alice"\): unknown field "maxname"/,
+    );
   });
 
   it('names the offending key entry in every key error', () => {
-    const second = (over: Record<string, unknown>): string => configError({ keys: [entry(), { ...entry({ id: 'bob', sha256: hashKey(KEY_B) }), ...over }] });
+    const second = (over: Record<string, unknown>): string =>
+      configError({ keys: [entry(), { ...entry({ id: 'bob', sha256: hashKey(KEY_B) }), ...over }] });
     expect(configError({ keys: {} })).toMatch(/"keys" must be an array/);
     expect(configError({ keys: ['x'] })).toMatch(/keys\[0\]: a key entry must be an object/);
     expect(second({ id: 'b o b' })).toMatch(/keys\[1\] \(id "b o b"\): id must be/);
@@ -126,11 +155,15 @@ describe('the access file', () => {
     expect(second({ id: 'alice' })).toMatch(/keys\[1\] \(id "alice"\): the id "alice" is used by another key too/);
     expect(second({ sha256: 'abc' })).toMatch(/keys\[1\] \(id "bob"\): sha256 must be 64 hex digits.*got "abc"/);
     expect(second({ sha256: 'g'.repeat(64) })).toMatch(/sha256 must be 64 hex digits/);
-    expect(second({ sha256: hashKey(KEY_A).toUpperCase() })).toMatch(/keys\[1\] \(id "bob"\): the same key \(sha256\) is listed twice/);
+    expect(second({ sha256: hashKey(KEY_A).toUpperCase() })).toMatch(
+      /keys\[1\] \(id "bob"\): the same key \(sha256\) is listed twice/,
+    );
     expect(second({ names: undefined })).toMatch(/keys\[1\] \(id "bob"\): names must be a non-empty array/);
     expect(second({ names: [] })).toMatch(/names must be a non-empty array/);
     expect(second({ names: 'bob' })).toMatch(/names must be a non-empty array/);
-    expect(second({ names: ['bob', 7] })).toMatch(/keys\[1\] \(id "bob"\): names\[1\]: a pattern must be a string, got 7/);
+    expect(second({ names: ['bob', 7] })).toMatch(
+      /keys\[1\] \(id "bob"\): names\[1\]: a pattern must be a string, got 7/,
+    );
     for (const bad of [0, -1, 1.5, '3', null]) {
       expect(second({ maxNames: bad })).toMatch(/keys\[1\] \(id "bob"\): maxNames must be a whole number >= 1/);
       expect(second({ maxChannels: bad })).toMatch(/maxChannels must be a whole number >= 1/);
@@ -141,7 +174,21 @@ describe('the access file', () => {
     for (const good of ['*', 'a*', 'team-*', `${'x'.repeat(62)}*`, 'alice', 'a-b-c', '9']) {
       expect(() => validateAccessConfig({ keys: [entry({ names: [good] })] })).not.toThrow();
     }
-    for (const bad of ['', '**', '*foo', 'a*b', '-a*', 'foo.bar', 'a_b', '-a', 'a-', 'x'.repeat(64), `${'x'.repeat(63)}*`, ' a', 'caf\u00e9']) {
+    for (const bad of [
+      '',
+      '**',
+      '*foo',
+      'a*b',
+      '-a*',
+      'foo.bar',
+      'a_b',
+      '-a',
+      'a-',
+      'x'.repeat(64),
+      `${'x'.repeat(63)}*`,
+      ' a',
+      'caf\u00e9',
+    ]) {
       expect(configError({ keys: [entry({ names: [bad] })] })).toMatch(/names\[0\]: .* is not a valid/);
     }
   });
@@ -168,7 +215,9 @@ describe('the access file', () => {
       expect((await readAccessFile(good)).keys?.[0]?.id).toBe('alice');
       const bad = file('bad.json', JSON.stringify({ keys: [entry({ names: ['a b'] })] }));
       await expect(readAccessFile(bad)).rejects.toThrow(`${bad}: keys[0] (id "alice"): names[0]:`);
-      await expect(readAccessFile(join(dir, 'missing.json'))).rejects.toThrow(/missing\.json: cannot read the keys file: ENOENT/);
+      await expect(readAccessFile(join(dir, 'missing.json'))).rejects.toThrow(
+        /missing\.json: cannot read the keys file: ENOENT/,
+      );
     });
 
     it('takes the file over PTTH_KEYS, PTTH_KEYS over nothing, and nothing means open', async () => {
@@ -179,7 +228,9 @@ describe('the access file', () => {
       expect(await loadAccessConfig({ env: {} })).toBeUndefined();
       expect(await loadAccessConfig({ env: { PTTH_KEYS: '  ' } })).toBeUndefined();
       expect(await loadAccessConfig()).toBeUndefined();
-      await expect(loadAccessConfig({ env: { PTTH_KEYS: '{"keys":3}' } })).rejects.toThrow(/^PTTH_KEYS: "keys" must be an array/);
+      await expect(loadAccessConfig({ env: { PTTH_KEYS: '{"keys":3}' } })).rejects.toThrow(
+        /^PTTH_KEYS: "keys" must be an array/,
+      );
     });
   });
 });
@@ -196,7 +247,11 @@ describe('AccessControl.authorize', () => {
   it('is open without keys: any key or none, any unreserved name', () => {
     const open = new AccessControl({ reserved: ['www'] });
     expect(open.open).toBe(true);
-    expect(open.authorize(undefined, 'foo')).toMatchObject({ keyId: undefined, maxNames: undefined, maxChannels: undefined });
+    expect(open.authorize(undefined, 'foo')).toMatchObject({
+      keyId: undefined,
+      maxNames: undefined,
+      maxChannels: undefined,
+    });
     expect(open.authorize('whatever', 'foo').keyId).toBeUndefined();
     expect(code(() => open.authorize(undefined, 'www'))).toBe('PTTH_ERR_NAME_RESERVED');
     expect(new AccessControl().authorize(undefined, undefined).pickName).toBeUndefined();
@@ -221,13 +276,20 @@ describe('AccessControl.authorize', () => {
 
   it('lets a key claim names matching its patterns, case-insensitively, and no others (403)', () => {
     const ac = new AccessControl(keyed);
-    expect(ac.authorize(KEY_A, 'alice')).toMatchObject({ keyId: 'alice', maxNames: 2, maxChannels: 3, pickName: undefined });
+    expect(ac.authorize(KEY_A, 'alice')).toMatchObject({
+      keyId: 'alice',
+      maxNames: 2,
+      maxChannels: 3,
+      pickName: undefined,
+    });
     expect(ac.authorize(KEY_A, 'team-x').keyId).toBe('alice');
     expect(ac.authorize(KEY_A, 'team-').keyId).toBe('alice');
     expect(code(() => ac.authorize(KEY_A, 'alice2'))).toBe('PTTH_ERR_KEY_FORBIDDEN');
     expect(code(() => ac.authorize(KEY_A, 'team'))).toBe('PTTH_ERR_KEY_FORBIDDEN');
     expect(code(() => ac.authorize(KEY_A, 'bob'))).toBe('PTTH_ERR_KEY_FORBIDDEN');
-    expect(() => ac.authorize(KEY_A, 'bob')).toThrow('The access key "alice" may not claim "bob": it may claim alice, team-*.');
+    expect(() => ac.authorize(KEY_A, 'bob')).toThrow(
+      'The access key "alice" may not claim "bob": it may claim alice, team-*.',
+    );
     expect(ac.authorize(KEY_B, 'anything').keyId).toBe('bob');
   });
 
@@ -251,8 +313,12 @@ describe('AccessControl.authorize', () => {
       expect(normalizeName(n)).toBe(n);
       expect(ac.authorize(KEY_A, n).keyId).toBe('alice');
     }
-    const only = new AccessControl({ keys: [{ id: 'c', sha256: hashKey(KEY_A), names: ['carol', `${'x'.repeat(56)}*`] }] });
-    expect(() => only.authorize(KEY_A, undefined)).toThrow(`The access key "c" may only claim the names it lists (carol, ${'x'.repeat(56)}*): name one in the claim.`);
+    const only = new AccessControl({
+      keys: [{ id: 'c', sha256: hashKey(KEY_A), names: ['carol', `${'x'.repeat(56)}*`] }],
+    });
+    expect(() => only.authorize(KEY_A, undefined)).toThrow(
+      `The access key "c" may only claim the names it lists (carol, ${'x'.repeat(56)}*): name one in the claim.`,
+    );
     const long = new AccessControl({ keys: [{ id: 'c', sha256: hashKey(KEY_A), names: [`${'x'.repeat(55)}*`] }] });
     const n = (long.authorize(KEY_A, undefined).pickName as () => string)();
     expect(n).toHaveLength(63);
@@ -270,7 +336,9 @@ describe('AccessControl.authorize', () => {
   it('set() swaps the configuration at once; a bad one throws and the old one stays', () => {
     const ac = new AccessControl(keyed, ['fixed']);
     expect(ac.authorize(KEY_A, 'alice').keyId).toBe('alice');
-    expect(() => ac.set({ keys: [{ id: 'alice', sha256: 'nope', names: ['*'] }] }, 'keys.json')).toThrow(/^keys\.json: keys\[0\] \(id "alice"\): sha256/);
+    expect(() => ac.set({ keys: [{ id: 'alice', sha256: 'nope', names: ['*'] }] }, 'keys.json')).toThrow(
+      /^keys\.json: keys\[0\] \(id "alice"\): sha256/,
+    );
     expect(ac.authorize(KEY_A, 'alice').keyId).toBe('alice');
     expect(ac.config).toEqual(validateAccessConfig(keyed));
     ac.set({ keys: [{ id: 'bob', sha256: hashKey(KEY_B), names: ['bob'] }] });
@@ -295,7 +363,8 @@ describe('AccessControl.authorize', () => {
 });
 
 describe('the table under keys', () => {
-  const table = (): MemoryTable => new MemoryTable({ defaultLease: 60, queueLimit: 1, queueTimeout: 100, reconnectWait: 100 });
+  const table = (): MemoryTable =>
+    new MemoryTable({ defaultLease: 60, queueLimit: 1, queueTimeout: 100, reconnectWait: 100 });
   const ac = new AccessControl({
     keys: [
       { id: 'alice', sha256: hashKey(KEY_A), names: ['*'], maxNames: 2 },
@@ -311,7 +380,9 @@ describe('the table under keys', () => {
     expect(t.heldBy('alice')).toEqual({ names: 2, channels: 0 });
     const refused = ac.claim(t, { name: 'a3', token: 't' }, KEY_A);
     await expect(refused).rejects.toMatchObject({ code: 'PTTH_ERR_KEY_NAMES', status: 429 });
-    await expect(ac.claim(t, { token: 't' }, KEY_A)).rejects.toThrow('The access key "alice" already holds 2 names, the most it may (maxNames 2).');
+    await expect(ac.claim(t, { token: 't' }, KEY_A)).rejects.toThrow(
+      'The access key "alice" already holds 2 names, the most it may (maxNames 2).',
+    );
     expect(t.lookup('a3')).toBeUndefined();
     // Reclaiming a name it holds is not one more name.
     expect((await ac.claim(t, { name: 'a1', token: 't' }, KEY_A)).created).toBe(false);
@@ -322,10 +393,12 @@ describe('the table under keys', () => {
     expect(t.heldBy('alice')).toEqual({ names: 0, channels: 0 });
   });
 
-  it('moves a name to another key that reclaims it with the right token, within that key\'s limit', async () => {
+  it("moves a name to another key that reclaims it with the right token, within that key's limit", async () => {
     const t = table();
     await ac.claim(t, { name: 'shared', token: 't' }, KEY_B);
-    await expect(ac.claim(t, { name: 'shared', token: 'other' }, KEY_A)).rejects.toMatchObject({ code: 'PTTH_ERR_TOKEN_MISMATCH' });
+    await expect(ac.claim(t, { name: 'shared', token: 'other' }, KEY_A)).rejects.toMatchObject({
+      code: 'PTTH_ERR_TOKEN_MISMATCH',
+    });
     const moved = await ac.claim(t, { name: 'shared', token: 't' }, KEY_A);
     expect(moved.registration.keyId).toBe('alice');
     expect(t.heldBy('bob').names).toBe(0);

@@ -15,7 +15,15 @@ const WEBSOCKET: Route = { kind: 'websocket' };
 const COMET: Route = { kind: 'comet' };
 
 function arrival(route: Route, upgraded: boolean, more: Partial<Arrival> = {}): Arrival {
-  return { route, upgraded, upgrade: upgraded ? 'h2c' : undefined, problem: undefined, closing: false, address: '192.0.2.1', ...more };
+  return {
+    route,
+    upgraded,
+    upgrade: upgraded ? 'h2c' : undefined,
+    problem: undefined,
+    closing: false,
+    address: '192.0.2.1',
+    ...more,
+  };
 }
 
 /** Buckets that record each take and answer `wait` seconds. */
@@ -63,7 +71,11 @@ describe('admission (pure)', () => {
       [WEBSOCKET, true, true],
     ] as const) {
       const b = buckets(5);
-      expect(admit(arrival(route, upgraded, { problem, closing: true }), b)).toEqual({ admitted: false, error: problem, claim });
+      expect(admit(arrival(route, upgraded, { problem, closing: true }), b)).toEqual({
+        admitted: false,
+        error: problem,
+        claim,
+      });
       expect(b.taken).toEqual([]);
     }
   });
@@ -85,10 +97,18 @@ describe('admission (pure)', () => {
 
   it('refuses past the rate with 429 and Retry-After, counting claims as refused claims', () => {
     const claim = admit(arrival(CLAIM, true), buckets(7));
-    expect(claim).toMatchObject({ admitted: false, claim: true, error: { code: 'PTTH_ERR_RATE_LIMITED', status: 429, retryAfter: 7 } });
+    expect(claim).toMatchObject({
+      admitted: false,
+      claim: true,
+      error: { code: 'PTTH_ERR_RATE_LIMITED', status: 429, retryAfter: 7 },
+    });
     expect(claim.admitted ? '' : claim.error.message).toBe('Too many claims from this address: retry after 7 s.');
     const visitor = admit(arrival(VISITOR, false), buckets(2));
-    expect(visitor).toMatchObject({ admitted: false, claim: false, error: { code: 'PTTH_ERR_RATE_LIMITED', retryAfter: 2 } });
+    expect(visitor).toMatchObject({
+      admitted: false,
+      claim: false,
+      error: { code: 'PTTH_ERR_RATE_LIMITED', retryAfter: 2 },
+    });
     expect(visitor.admitted ? '' : visitor.error.message).toBe('Too many requests from this address: retry after 2 s.');
     expect(admit(arrival(COMET, false), buckets(1))).toMatchObject({ admitted: false, claim: true });
   });

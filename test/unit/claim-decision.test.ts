@@ -29,7 +29,8 @@ class FakeChannel implements Channel {
   }
 }
 
-const table = (): MemoryTable => new MemoryTable({ defaultLease: 60, queueLimit: 1, queueTimeout: 100, reconnectWait: 100 });
+const table = (): MemoryTable =>
+  new MemoryTable({ defaultLease: 60, queueLimit: 1, queueTimeout: 100, reconnectWait: 100 });
 
 async function granted(t: MemoryTable, request: ClaimRequest): Promise<ClaimDecision & { ok: true }> {
   const d = await t.decide(request);
@@ -78,7 +79,13 @@ describe('RouteTable.decide', () => {
     const t = table();
     const first = await granted(t, { name: 'app', token: 't', lease: 30, channels: { perName: 1, perKey: undefined } });
     first.lease.join(new FakeChannel());
-    const d = await t.decide({ name: 'app', token: 't', lease: 5, keyId: 'alice', channels: { perName: 1, perKey: undefined } });
+    const d = await t.decide({
+      name: 'app',
+      token: 't',
+      lease: 5,
+      keyId: 'alice',
+      channels: { perName: 1, perKey: undefined },
+    });
     expect(d.ok ? undefined : d.refusal).toMatchObject({ code: 'PTTH_ERR_TOO_MANY_CHANNELS', status: 429 });
     expect(first.registration).toMatchObject({ lease: 30, keyId: undefined });
     t.close();

@@ -22,13 +22,28 @@ describe('classify (pure)', () => {
   });
 
   it('routes PTTH upgrades to claims, app hosts to visitors, the rest to the gateway', () => {
-    expect(classify({ host: 'localhost:8080', upgrade: 'PTTH/1.0' }, 'localhost')).toEqual({ kind: 'claim', hostName: undefined });
-    expect(classify({ host: 'foo.localhost', upgrade: 'websocket, ptth/1.0' }, 'localhost')).toEqual({ kind: 'claim', hostName: 'foo' });
-    expect(classify({ host: 'foo.localhost', upgrade: 'websocket' }, 'localhost')).toEqual({ kind: 'visitor', name: 'foo' });
-    expect(classify({ host: 'foo.localhost', upgrade: undefined }, 'localhost')).toEqual({ kind: 'visitor', name: 'foo' });
+    expect(classify({ host: 'localhost:8080', upgrade: 'PTTH/1.0' }, 'localhost')).toEqual({
+      kind: 'claim',
+      hostName: undefined,
+    });
+    expect(classify({ host: 'foo.localhost', upgrade: 'websocket, ptth/1.0' }, 'localhost')).toEqual({
+      kind: 'claim',
+      hostName: 'foo',
+    });
+    expect(classify({ host: 'foo.localhost', upgrade: 'websocket' }, 'localhost')).toEqual({
+      kind: 'visitor',
+      name: 'foo',
+    });
+    expect(classify({ host: 'foo.localhost', upgrade: undefined }, 'localhost')).toEqual({
+      kind: 'visitor',
+      name: 'foo',
+    });
     // A WebSocket to the gateway host is a WebSocket channel claim (docs/PROTOCOL.md section 6).
     expect(classify({ host: 'localhost', upgrade: 'websocket' }, 'localhost')).toEqual({ kind: 'websocket' });
     expect(classify({ host: 'localhost', upgrade: 'h2c' }, 'localhost')).toEqual({ kind: 'gateway' });
-    expect(classify({ host: 'ptth.localhost', upgrade: 'PTTH/1.1' }, 'localhost')).toEqual({ kind: 'visitor', name: 'ptth' });
+    expect(classify({ host: 'ptth.localhost', upgrade: 'PTTH/1.1' }, 'localhost')).toEqual({
+      kind: 'visitor',
+      name: 'ptth',
+    });
   });
 });

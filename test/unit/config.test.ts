@@ -4,7 +4,14 @@
  * variable, key or file at fault.
  */
 import { describe, expect, it } from 'vitest';
-import { envName, parseValue, resolveServeConfig, SERVE_OPTIONS, type ServeConfig, type ServeOptionSpec } from '../../src/config.js';
+import {
+  envName,
+  parseValue,
+  resolveServeConfig,
+  SERVE_OPTIONS,
+  type ServeConfig,
+  type ServeOptionSpec,
+} from '../../src/config.js';
 import { parseRate } from '../../src/gateway/ratelimit.js';
 
 const spec = (key: string): ServeOptionSpec => {
@@ -18,7 +25,8 @@ const files =
   (map: Record<string, string>) =>
   (path: string): string => {
     const text = map[path];
-    if (text === undefined) throw Object.assign(new Error(`ENOENT: no such file or directory, open '${path}'`), { code: 'ENOENT' });
+    if (text === undefined)
+      throw Object.assign(new Error(`ENOENT: no such file or directory, open '${path}'`), { code: 'ENOENT' });
     return text;
   };
 
@@ -177,9 +185,15 @@ describe('resolveServeConfig', () => {
   });
 
   it('precedence: command line > environment > config file > default', () => {
-    const readFile = files({ '/etc/ptth.json': JSON.stringify({ domain: 'file.example', port: 9001, queueLimit: 7, claimRate: '5/m' }) });
+    const readFile = files({
+      '/etc/ptth.json': JSON.stringify({ domain: 'file.example', port: 9001, queueLimit: 7, claimRate: '5/m' }),
+    });
     const env = { PTTH_DOMAIN: 'env.example', PTTH_PORT: '9002' };
-    const { values, sources } = resolveServeConfig(...cli({ config: '/etc/ptth.json', domain: 'cli.example' }), env, readFile);
+    const { values, sources } = resolveServeConfig(
+      ...cli({ config: '/etc/ptth.json', domain: 'cli.example' }),
+      env,
+      readFile,
+    );
     expect(values['domain']).toBe('cli.example');
     expect(sources['domain']).toBe('cli');
     expect(values['port']).toBe(9002);
@@ -194,7 +208,12 @@ describe('resolveServeConfig', () => {
 
   it('values commander filled in itself (source "default", e.g. --no-http2 implies http2=true) do not beat the environment or file', () => {
     const readFile = files({ 'c.json': '{"http2": false}' });
-    const { values, sources } = resolveServeConfig({ http2: true, config: 'c.json' }, { http2: 'default', config: 'cli' }, { PTTH_VERBOSE: 'yes' }, readFile);
+    const { values, sources } = resolveServeConfig(
+      { http2: true, config: 'c.json' },
+      { http2: 'default', config: 'cli' },
+      { PTTH_VERBOSE: 'yes' },
+      readFile,
+    );
     expect(values['http2']).toBe(false);
     expect(sources['http2']).toBe('config');
     expect(values['verbose']).toBe(true);
@@ -216,7 +235,14 @@ describe('resolveServeConfig', () => {
 
   it('reads every kind of value from the file: lists as arrays, bools, rates off, the keys file path', () => {
     const readFile = files({
-      'c.json': JSON.stringify({ reserved: ['www', 'api'], limitLoopback: true, requestRate: false, claimRate: '0', keys: '/etc/keys.json', logLevel: 'warn' }),
+      'c.json': JSON.stringify({
+        reserved: ['www', 'api'],
+        limitLoopback: true,
+        requestRate: false,
+        claimRate: '0',
+        keys: '/etc/keys.json',
+        logLevel: 'warn',
+      }),
     });
     const { values } = resolveServeConfig(...cli({ config: 'c.json' }), {}, readFile);
     expect(values['reserved']).toEqual(['www', 'api']);
@@ -245,7 +271,8 @@ describe('resolveServeConfig', () => {
     expect(values['logFormat']).toBe('json');
     expect(values['keys']).toBe('/k.json');
     expect(values['idleTimeout']).toBe(0);
-    for (const k of ['reserved', 'limitLoopback', 'http2', 'claimRate', 'logFormat', 'keys', 'idleTimeout'] as const) expect(sources[k]).toBe('env');
+    for (const k of ['reserved', 'limitLoopback', 'http2', 'claimRate', 'logFormat', 'keys', 'idleTimeout'] as const)
+      expect(sources[k]).toBe('env');
   });
 
   it('a file starting with a UTF-8 byte order mark is read', () => {
@@ -260,7 +287,9 @@ describe('resolveServeConfig', () => {
     };
 
     it('an unknown key: the file, the key, and the known keys', () => {
-      expect(attempt('{"port": 1, "claimrate": "1/s"}')).toThrow(/^config file \/srv\/ptth\.json: unknown option "claimrate" \(known: port, host,.*claimRate/);
+      expect(attempt('{"port": 1, "claimrate": "1/s"}')).toThrow(
+        /^config file \/srv\/ptth\.json: unknown option "claimrate" \(known: port, host,.*claimRate/,
+      );
     });
 
     it('"config" inside a config file is not an option', () => {
@@ -268,7 +297,10 @@ describe('resolveServeConfig', () => {
     });
 
     it.each([
-      ['{"port": "eighty"}', /^config file \/srv\/ptth\.json: port: expected a whole number from 0 to 65535, got "eighty"/],
+      [
+        '{"port": "eighty"}',
+        /^config file \/srv\/ptth\.json: port: expected a whole number from 0 to 65535, got "eighty"/,
+      ],
       ['{"queueLimit": -3}', /^config file \/srv\/ptth\.json: queueLimit: expected a whole number >= 0, got -3/],
       ['{"http2": "sometimes"}', /^config file \/srv\/ptth\.json: http2: expected true or false/],
       ['{"claimRate": "lots"}', /^config file \/srv\/ptth\.json: claimRate: expected a rate like 60\/m/],
@@ -290,8 +322,12 @@ describe('resolveServeConfig', () => {
     });
 
     it('a file that cannot be read', () => {
-      expect(() => resolveServeConfig(...cli({ config: '/nope.json' }), {}, noFile)).toThrow(/^config file \/nope\.json: ENOENT/);
-      expect(() => resolveServeConfig(...cli(), { PTTH_CONFIG: '/nope.json' }, noFile)).toThrow(/^config file \/nope\.json: ENOENT/);
+      expect(() => resolveServeConfig(...cli({ config: '/nope.json' }), {}, noFile)).toThrow(
+        /^config file \/nope\.json: ENOENT/,
+      );
+      expect(() => resolveServeConfig(...cli(), { PTTH_CONFIG: '/nope.json' }, noFile)).toThrow(
+        /^config file \/nope\.json: ENOENT/,
+      );
     });
 
     it.each([

@@ -7,23 +7,64 @@ describe('forwarding headers', () => {
   it('keeps end-to-end headers in order and case, duplicates included, and adds the forwarding set', () => {
     const out = forwardRequestHeaders(['Host', 'foo.localhost', 'X-A', '1', 'x-a', '2', 'Accept', '*/*'], info);
     expect(out).toEqual([
-      'Host', 'foo.localhost', 'X-A', '1', 'x-a', '2', 'Accept', '*/*',
-      'X-Forwarded-For', '203.0.113.7',
-      'X-Forwarded-Host', 'foo.localhost',
-      'X-Forwarded-Proto', 'http',
-      'Forwarded', 'for=203.0.113.7;proto=http;host="foo.localhost"',
-      'Requesting-Client', '203.0.113.7:4321',
+      'Host',
+      'foo.localhost',
+      'X-A',
+      '1',
+      'x-a',
+      '2',
+      'Accept',
+      '*/*',
+      'X-Forwarded-For',
+      '203.0.113.7',
+      'X-Forwarded-Host',
+      'foo.localhost',
+      'X-Forwarded-Proto',
+      'http',
+      'Forwarded',
+      'for=203.0.113.7;proto=http;host="foo.localhost"',
+      'Requesting-Client',
+      '203.0.113.7:4321',
     ]);
   });
 
   it('removes hop-by-hop headers, and those Connection names (RFC 9110 section 7.6.1)', () => {
     const out = forwardRequestHeaders(
-      ['Host', 'h', 'Connection', 'keep-alive, X-Secret', 'Keep-Alive', 'timeout=5', 'TE', 'trailers', 'Transfer-Encoding', 'chunked',
-        'Upgrade', 'h2c', 'Proxy-Connection', 'keep-alive', 'X-Secret', 's', 'Trailer', 'X', 'X-Kept', 'k'],
+      [
+        'Host',
+        'h',
+        'Connection',
+        'keep-alive, X-Secret',
+        'Keep-Alive',
+        'timeout=5',
+        'TE',
+        'trailers',
+        'Transfer-Encoding',
+        'chunked',
+        'Upgrade',
+        'h2c',
+        'Proxy-Connection',
+        'keep-alive',
+        'X-Secret',
+        's',
+        'Trailer',
+        'X',
+        'X-Kept',
+        'k',
+      ],
       info,
     );
     const names = out.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
-    for (const gone of ['connection', 'keep-alive', 'te', 'transfer-encoding', 'upgrade', 'proxy-connection', 'x-secret', 'trailer']) {
+    for (const gone of [
+      'connection',
+      'keep-alive',
+      'te',
+      'transfer-encoding',
+      'upgrade',
+      'proxy-connection',
+      'x-secret',
+      'trailer',
+    ]) {
       expect(names).not.toContain(gone);
     }
     expect(names).toContain('x-kept');
@@ -31,7 +72,20 @@ describe('forwarding headers', () => {
 
   it('appends to X-Forwarded-For and Forwarded, and replaces what the gateway asserts', () => {
     const out = forwardRequestHeaders(
-      ['Host', 'h', 'X-Forwarded-For', '10.0.0.1', 'Forwarded', 'for=10.0.0.1', 'Requesting-Client', 'forged:1', 'X-Forwarded-Host', 'forged', 'X-Forwarded-Proto', 'https'],
+      [
+        'Host',
+        'h',
+        'X-Forwarded-For',
+        '10.0.0.1',
+        'Forwarded',
+        'for=10.0.0.1',
+        'Requesting-Client',
+        'forged:1',
+        'X-Forwarded-Host',
+        'forged',
+        'X-Forwarded-Proto',
+        'https',
+      ],
       info,
     );
     const get = (n: string) => out.filter((_, i) => i % 2 === 0 && out[i] === n).length;
@@ -50,14 +104,28 @@ describe('forwarding headers', () => {
   });
 
   it('keeps Upgrade and Connection for a visitor upgrade', () => {
-    const out = forwardRequestHeaders(['Host', 'h', 'Connection', 'Upgrade', 'Upgrade', 'websocket'], { ...info, upgrade: 'websocket' });
+    const out = forwardRequestHeaders(['Host', 'h', 'Connection', 'Upgrade', 'Upgrade', 'websocket'], {
+      ...info,
+      upgrade: 'websocket',
+    });
     expect(out.slice(-4)).toEqual(['Connection', 'Upgrade', 'Upgrade', 'websocket']);
   });
 
   it('strips hop-by-hop fields from responses', () => {
-    expect(withoutHopByHop(['Content-Type', 'text/plain', 'Connection', 'close', 'Transfer-Encoding', 'chunked', 'Set-Cookie', 'a', 'Set-Cookie', 'b'])).toEqual([
-      'Content-Type', 'text/plain', 'Set-Cookie', 'a', 'Set-Cookie', 'b',
-    ]);
+    expect(
+      withoutHopByHop([
+        'Content-Type',
+        'text/plain',
+        'Connection',
+        'close',
+        'Transfer-Encoding',
+        'chunked',
+        'Set-Cookie',
+        'a',
+        'Set-Cookie',
+        'b',
+      ]),
+    ).toEqual(['Content-Type', 'text/plain', 'Set-Cookie', 'a', 'Set-Cookie', 'b']);
   });
 
   it('reads comma-separated tokens case-insensitively', () => {

@@ -3,21 +3,20 @@ import { hostProblem, originForm } from '../../src/gateway/classify.js';
 
 /* The Host and absolute-form checks the gateway applies before routing (RFC 9112 section 3.2). */
 const GOOD = [
-  'app.localhost', 'app.localhost:8080', 'localhost:65535', '127.0.0.1:1',
-  '[::1]:8080', '[::1]', 'a_b.x',
+  'app.localhost',
+  'app.localhost:8080',
+  'localhost:65535',
+  '127.0.0.1:1',
+  '[::1]:8080',
+  '[::1]',
+  'a_b.x',
   '',
 ];
 const BAD = ['app.localhost:abc', 'app.localhost:', ':', ':99999', 'x:65536', 'a.b:80:90', '[zz]:80', 'fo o', 'a/b'];
 
 describe('hostProblem', () => {
-  it.each(GOOD)(
-    'routes %j',
-    (host) => expect(hostProblem(host)).toBeUndefined(),
-  );
-  it.each(BAD)(
-    'refuses %j',
-    (host) => expect(hostProblem(host)).toMatch(/is not a host name or IP address/),
-  );
+  it.each(GOOD)('routes %j', (host) => expect(hostProblem(host)).toBeUndefined());
+  it.each(BAD)('refuses %j', (host) => expect(hostProblem(host)).toMatch(/is not a host name or IP address/));
 });
 
 describe('originForm', () => {

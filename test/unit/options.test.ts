@@ -5,7 +5,14 @@
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { createGateway, type GatewayOptions } from '../../src/gateway/server.js';
 import { ERRORS } from '../../src/http/errors.js';
-import { numberOption, OPTION_KEYS, OPTIONS, OptionError, SERVE_OPTIONS, SHUTDOWN_GRACE_DEFAULT } from '../../src/options.js';
+import {
+  numberOption,
+  OPTION_KEYS,
+  OPTIONS,
+  OptionError,
+  SERVE_OPTIONS,
+  SHUTDOWN_GRACE_DEFAULT,
+} from '../../src/options.js';
 
 function gateway(options: GatewayOptions = {}): ReturnType<typeof createGateway> {
   const g = createGateway(options);
@@ -44,12 +51,25 @@ describe('the options table', () => {
   });
 });
 
-describe('createGateway without options takes the table\'s defaults', () => {
+describe("createGateway without options takes the table's defaults", () => {
   it('for its settings', () => {
     const s = gateway().settings;
     expect(s.domain).toBe(OPTIONS.domain.default);
     expect(s.publicUrl).toBeUndefined();
-    for (const key of ['defaultLease', 'maxLease', 'maxChannels', 'claimBodyLimit', 'claimTimeout', 'responseTimeout', 'queueLimit', 'queueTimeout', 'reconnectWait', 'pingInterval', 'pingTimeout', 'maxStreams'] as const) {
+    for (const key of [
+      'defaultLease',
+      'maxLease',
+      'maxChannels',
+      'claimBodyLimit',
+      'claimTimeout',
+      'responseTimeout',
+      'queueLimit',
+      'queueTimeout',
+      'reconnectWait',
+      'pingInterval',
+      'pingTimeout',
+      'maxStreams',
+    ] as const) {
       expect(s[key], key).toBe(OPTIONS[key].default);
     }
     expect(s.http2).toBe(OPTIONS.http2.default);
@@ -58,7 +78,14 @@ describe('createGateway without options takes the table\'s defaults', () => {
 
   it('for the browser transports, replyTimeout following responseTimeout', () => {
     const b = gateway().browser.settings;
-    for (const key of ['pollTimeout', 'bufferLimit', 'cometIdleTimeout', 'wsMaxStreams', 'wsWindow', 'wsPingInterval'] as const) {
+    for (const key of [
+      'pollTimeout',
+      'bufferLimit',
+      'cometIdleTimeout',
+      'wsMaxStreams',
+      'wsWindow',
+      'wsPingInterval',
+    ] as const) {
       expect(b[key], key).toBe(OPTIONS[key].default);
     }
     expect(b.replyTimeout).toBe(OPTIONS.responseTimeout.default);
@@ -75,7 +102,14 @@ describe('createGateway without options takes the table\'s defaults', () => {
   });
 
   it('accepts 0 where the table allows it (off or no cap), and fractions', () => {
-    const g = gateway({ queueLimit: 0, defaultLease: 0, bufferLimit: 0, idleTimeout: 0, maxConnectionsPerAddress: 0, responseTimeout: 1.5 });
+    const g = gateway({
+      queueLimit: 0,
+      defaultLease: 0,
+      bufferLimit: 0,
+      idleTimeout: 0,
+      maxConnectionsPerAddress: 0,
+      responseTimeout: 1.5,
+    });
     expect(g.settings.queueLimit).toBe(0);
     expect(g.settings.defaultLease).toBe(0);
     expect(g.browser.settings.bufferLimit).toBe(0);

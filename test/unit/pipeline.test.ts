@@ -21,7 +21,9 @@ describe('parseResponses (llhttp)', () => {
   const ok = (body: string): string => `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
 
   it('reads a pipeline of responses in order, whatever their framing, skipping interim 1xx', () => {
-    const bytes = Buffer.from(`${ok('a')}HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nb\r\n0\r\n\r\nHTTP/1.0 404 Not Found\r\n\r\nto the end`);
+    const bytes = Buffer.from(
+      `${ok('a')}HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nb\r\n0\r\n\r\nHTTP/1.0 404 Not Found\r\n\r\nto the end`,
+    );
     const { responses } = parseResponses(bytes, ['GET', 'POST', 'GET']);
     expect(responses.map((r) => [r.status, r.statusMessage, r.body.toString()])).toEqual([
       [200, 'OK', 'a'],
@@ -33,7 +35,10 @@ describe('parseResponses (llhttp)', () => {
 
   it('keeps header lists longer than llhttp hands over at once', () => {
     const many = Array.from({ length: 100 }, (_, i) => `H${i}: ${i}\r\n`).join('');
-    const { responses } = parseResponses(Buffer.from(`HTTP/1.1 200 OK\r\n${many}Content-Length: 0\r\n\r\n${ok('z')}`), ['GET', 'GET']);
+    const { responses } = parseResponses(Buffer.from(`HTTP/1.1 200 OK\r\n${many}Content-Length: 0\r\n\r\n${ok('z')}`), [
+      'GET',
+      'GET',
+    ]);
     expect(responses[0]?.rawHeaders).toHaveLength(202);
     expect(responses[1]?.body.toString()).toBe('z');
   });
@@ -82,7 +87,9 @@ describe('a node without the llhttp binding (_http_common, deprecated in the doc
     try {
       const fresh = await import('../../src/http/message.js');
       expect(fresh.pipelineParserAvailable()).toBe(false);
-      expect(() => fresh.parseResponses(Buffer.from('HTTP/1.1 200 OK\r\n\r\n'), ['GET'])).toThrow(fresh.InvalidMessageError);
+      expect(() => fresh.parseResponses(Buffer.from('HTTP/1.1 200 OK\r\n\r\n'), ['GET'])).toThrow(
+        fresh.InvalidMessageError,
+      );
     } finally {
       vi.doUnmock('node:module');
       vi.resetModules();

@@ -221,11 +221,23 @@ describe('parseRate', () => {
     expect(parseRate(text)).toBeUndefined();
   });
 
-  it.each(['', '60', '60/d', '/m', '-1/s', '0/s', '0.0/m', '1e3/s', '10/s:0', '10/s:1.5', '10/s:', 'ten/s', '10 per second', '10/s:20:30'])(
-    'refuses %j with a message that shows the expected form',
-    (text) => {
-      expect(() => parseRate(text)).toThrow(TypeError);
-      expect(() => parseRate(text)).toThrow(/60\/m|more than 0|burst/);
-    },
-  );
+  it.each([
+    '',
+    '60',
+    '60/d',
+    '/m',
+    '-1/s',
+    '0/s',
+    '0.0/m',
+    '1e3/s',
+    '10/s:0',
+    '10/s:1.5',
+    '10/s:',
+    'ten/s',
+    '10 per second',
+    '10/s:20:30',
+  ])('refuses %j with a message that shows the expected form', (text) => {
+    expect(() => parseRate(text)).toThrow(TypeError);
+    expect(() => parseRate(text)).toThrow(/60\/m|more than 0|burst/);
+  });
 });

@@ -1,5 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { normalizeName, parseLease, randomName, randomSecret, readClaimParams, secretsEqual, validateToken } from '../../src/table/names.js';
+import {
+  normalizeName,
+  parseLease,
+  randomName,
+  randomSecret,
+  readClaimParams,
+  secretsEqual,
+  validateToken,
+} from '../../src/table/names.js';
 import { PtthError } from '../../src/http/errors.js';
 
 function code(fn: () => unknown): string | undefined {
@@ -30,17 +38,27 @@ describe('names, tokens and leases', () => {
     expect(parseLease('0', 100)).toBe(0);
     expect(parseLease('60', 100)).toBe(60);
     expect(parseLease('5000', 100)).toBe(100);
-    for (const bad of ['-1', '1.5', 'abc', '', ' 5', '99999999999']) expect(code(() => parseLease(bad, 100))).toBe('PTTH_ERR_BAD_LEASE');
+    for (const bad of ['-1', '1.5', 'abc', '', ' 5', '99999999999'])
+      expect(code(() => parseLease(bad, 100))).toBe('PTTH_ERR_BAD_LEASE');
   });
 
   it('accepts visible-ASCII tokens only', () => {
     expect(validateToken('s3cret!~')).toBe('s3cret!~');
-    for (const bad of ['', 'a b', 'x'.repeat(257), 'a\nb', 't\u00f6k']) expect(code(() => validateToken(bad))).toBe('PTTH_ERR_BAD_TOKEN');
+    for (const bad of ['', 'a b', 'x'.repeat(257), 'a\nb', 't\u00f6k'])
+      expect(code(() => validateToken(bad))).toBe('PTTH_ERR_BAD_TOKEN');
   });
 
   it('reads claim parameters, treating empty ones as absent', () => {
-    expect(readClaimParams(new URLSearchParams('name=Foo&token=t&lease=30'), 100)).toEqual({ name: 'foo', token: 't', lease: 30 });
-    expect(readClaimParams(new URLSearchParams('name=&token=&lease='), 100)).toEqual({ name: undefined, token: undefined, lease: undefined });
+    expect(readClaimParams(new URLSearchParams('name=Foo&token=t&lease=30'), 100)).toEqual({
+      name: 'foo',
+      token: 't',
+      lease: 30,
+    });
+    expect(readClaimParams(new URLSearchParams('name=&token=&lease='), 100)).toEqual({
+      name: undefined,
+      token: undefined,
+      lease: undefined,
+    });
   });
 
   it('makes random names that are valid labels and secrets with enough entropy', () => {

@@ -3,7 +3,12 @@ import { addressAllowed, addressKind, matchTarget, parseRelayPattern } from '../
 
 describe('relay allow-list patterns', () => {
   it('parses host, wildcard, port, IPv4 and bracketed or bare IPv6 forms', () => {
-    expect(parseRelayPattern('API.Example.com')).toMatchObject({ host: 'api.example.com', wildcard: false, ip: false, port: undefined });
+    expect(parseRelayPattern('API.Example.com')).toMatchObject({
+      host: 'api.example.com',
+      wildcard: false,
+      ip: false,
+      port: undefined,
+    });
     expect(parseRelayPattern('*.example.com:8443')).toMatchObject({ host: 'example.com', wildcard: true, port: 8443 });
     expect(parseRelayPattern('127.0.0.1:8080')).toMatchObject({ host: '127.0.0.1', ip: true, port: 8080 });
     expect(parseRelayPattern('[::1]:9000')).toMatchObject({ host: '::1', ip: true, port: 9000 });

@@ -67,11 +67,11 @@ describe('parseLinks reads Link header values', () => {
 });
 
 describe('errorMessage', () => {
-  it('reads an Error\'s message', () => {
+  it("reads an Error's message", () => {
     expect(errorMessage(new TypeError('bad value'))).toBe('bad value');
   });
 
-  it('reads a message from an error-like object (another realm\'s Error fails instanceof)', () => {
+  it("reads a message from an error-like object (another realm's Error fails instanceof)", () => {
     expect(errorMessage({ message: 'from elsewhere' })).toBe('from elsewhere');
   });
 

@@ -109,7 +109,10 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 function randomToken(): string {
   const bytes = new Uint8Array(18);
   crypto.getRandomValues(bytes);
-  return btoa(String.fromCharCode(...bytes)).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  return btoa(String.fromCharCode(...bytes))
+    .replace(/\+/g, '-')
+    .replace(/\//g, '_')
+    .replace(/=+$/, '');
 }
 
 /** A request head and body for the handler, whichever transport carried it. */
@@ -161,7 +164,8 @@ function responseHeaders(response: Response): string[] {
 // ------------------------------------------------------------------------------------------------
 
 function indexOfCrlfCrlf(b: Uint8Array, from = 0): number {
-  for (let i = from; i + 3 < b.length; i++) if (b[i] === 13 && b[i + 1] === 10 && b[i + 2] === 13 && b[i + 3] === 10) return i;
+  for (let i = from; i + 3 < b.length; i++)
+    if (b[i] === 13 && b[i + 1] === 10 && b[i + 2] === 13 && b[i + 3] === 10) return i;
   return -1;
 }
 
@@ -220,7 +224,8 @@ function parseRequestAt(bytes: Uint8Array, at: number, rest: boolean): { inc: In
     return { inc: { method, target, headers, body: body.length > 0 ? body : null }, end: after };
   }
   const size = length ?? (rest ? bytes.length - start : 0);
-  if (!Number.isSafeInteger(size) || size < 0 || start + size > bytes.length) throw new Error('an HTTP request message is shorter than its framing');
+  if (!Number.isSafeInteger(size) || size < 0 || start + size > bytes.length)
+    throw new Error('an HTTP request message is shorter than its framing');
   const body = bytes.slice(start, start + size);
   return { inc: { method, target, headers, body: body.length > 0 ? body : null }, end: start + size };
 }
@@ -241,14 +246,16 @@ export function parseRequestPipeline(bytes: Uint8Array): Incoming[] {
 }
 
 async function serializeResponse(response: Response, method: string): Promise<Uint8Array<ArrayBuffer>> {
-  const body = method === 'HEAD' || response.body === null ? new Uint8Array(0) : new Uint8Array(await response.arrayBuffer());
+  const body =
+    method === 'HEAD' || response.body === null ? new Uint8Array(0) : new Uint8Array(await response.arrayBuffer());
   let head = `HTTP/1.1 ${response.status} ${response.statusText}\r\n`;
   const flat = responseHeaders(response);
   let declared: string | undefined;
   for (let i = 0; i < flat.length; i += 2) {
     const name = flat[i] as string;
     if (name === 'content-length') declared = flat[i + 1];
-    if (name === 'content-length' || name === 'transfer-encoding' || name === 'connection' || name === 'keep-alive') continue;
+    if (name === 'content-length' || name === 'transfer-encoding' || name === 'connection' || name === 'keep-alive')
+      continue;
     head += `${name}: ${flat[i + 1] as string}\r\n`;
   }
   // A HEAD answer keeps the length the GET would have had.
@@ -402,7 +409,12 @@ class WsSession {
         case 'hello':
           this.window = Number(msg['window']) || this.window;
           this.hello = msg as unknown as Hello;
-          this.#server.listening({ url: this.hello.url, name: this.hello.name, location: this.hello.location, transport: 'websocket' });
+          this.#server.listening({
+            url: this.hello.url,
+            name: this.hello.name,
+            location: this.hello.location,
+            transport: 'websocket',
+          });
           return;
         case 'request':
           void this.#serve(msg);
@@ -443,7 +455,11 @@ class WsSession {
     try {
       const body = msg['body'] === true ? stream.body() : null;
       if (body && (method === 'GET' || method === 'HEAD')) void body.cancel();
-      const request = buildRequest(this.hello?.url ?? 'http://localhost/', { method, target: String(msg['url']), headers, body }, stream.abort.signal);
+      const request = buildRequest(
+        this.hello?.url ?? 'http://localhost/',
+        { method, target: String(msg['url']), headers, body },
+        stream.abort.signal,
+      );
       response = await this.#server.handle(request, info);
     } catch (err) {
       this.#server.error(err);
@@ -451,7 +467,14 @@ class WsSession {
     }
     if (stream.abort.signal.aborted) return;
     const hasBody = response.body !== null && method !== 'HEAD';
-    this.json({ t: 'response', id, status: response.status, statusText: response.statusText, headers: responseHeaders(response), body: hasBody });
+    this.json({
+      t: 'response',
+      id,
+      status: response.status,
+      statusText: response.statusText,
+      headers: responseHeaders(response),
+      body: hasBody,
+    });
     if (!hasBody) {
       this.#streams.delete(id);
       return;
@@ -631,10 +654,18 @@ class Server implements PtthServer {
   }
 
   async #register(): Promise<{ first: string; related: string; location: string; created: boolean }> {
-    const res = await fetch(new URL('/reversehttp', this.#gateway), { method: 'POST', body: this.#params(), signal: this.#stop.signal });
+    const res = await fetch(new URL('/reversehttp', this.#gateway), {
+      method: 'POST',
+      body: this.#params(),
+      signal: this.#stop.signal,
+    });
     if (res.status !== 201 && res.status !== 204) {
       const text = await res.text().catch(() => '');
-      throw new ServeError(res.status, text.trim() || `the gateway answered ${res.status}`, res.headers.get('x-ptth-error') ?? undefined);
+      throw new ServeError(
+        res.status,
+        text.trim() || `the gateway answered ${res.status}`,
+        res.headers.get('x-ptth-error') ?? undefined,
+      );
     }
     const links = parseLinks(res.headers.get('link'));
     const first = links.get('first');
@@ -686,12 +717,19 @@ class Server implements PtthServer {
         // Requests that cannot even be read: an empty pipeline answers none of them (the gateway
         // gives their visitors 502), a lone message gets a 500.
         this.error(err);
-        reply = pipelined ? new Uint8Array(0) : await serializeResponse(errorResponse(500, 'Internal Server Error'), 'GET');
+        reply = pipelined
+          ? new Uint8Array(0)
+          : await serializeResponse(errorResponse(500, 'Internal Server Error'), 'GET');
       }
       try {
         // A CORS-safelisted Content-Type: no preflight for each new request URL. The gateway takes
         // the message/http bytes whatever the type says.
-        await fetch(url, { method: 'POST', body: reply, headers: { 'content-type': 'application/x-www-form-urlencoded' }, signal: this.#stop.signal });
+        await fetch(url, {
+          method: 'POST',
+          body: reply,
+          headers: { 'content-type': 'application/x-www-form-urlencoded' },
+          signal: this.#stop.signal,
+        });
       } catch (err) {
         if (!this.#stopped) this.error(err);
         return;
@@ -729,7 +767,6 @@ class Server implements PtthServer {
 export function serve(options: ServeOptions, handler: Handler): PtthServer {
   return new Server(options, handler);
 }
-
 
 // RelayHttp from a page: fetch() through the gateway (docs/PROTOCOL.md section 10).
 export { relay, RelayError, type RelayInit } from './relay.js';

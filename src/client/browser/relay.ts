@@ -39,19 +39,24 @@ export async function relay(input: RequestInfo | URL, init: RelayInit): Promise<
   const { gateway, key, ...rest } = init;
   const request = new Request(input, rest);
   const url = new URL(request.url);
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`relay() carries http and https URLs, not ${url.protocol}`);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw new TypeError(`relay() carries http and https URLs, not ${url.protocol}`);
   if (url.username !== '' || url.password !== '') throw new TypeError('relay() URLs carry no user information');
   const port = url.port === '' ? (url.protocol === 'https:' ? 443 : 80) : Number(url.port);
   // The relay speaks HTTPS on port 443 and plain HTTP on every other port.
   if ((url.protocol === 'https:') !== (port === 443)) {
     throw new TypeError(`relay() reaches https: on port 443 and http: on other ports, not ${url.protocol}//…:${port}`);
   }
-  const body = request.method === 'GET' || request.method === 'HEAD' ? new Uint8Array(0) : new Uint8Array(await request.arrayBuffer());
+  const body =
+    request.method === 'GET' || request.method === 'HEAD'
+      ? new Uint8Array(0)
+      : new Uint8Array(await request.arrayBuffer());
   let head = `${request.method} ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${url.host}\r\n`;
   request.headers.forEach((value, name) => {
     if (name !== 'host' && name !== 'content-length') head += `${name}: ${value}\r\n`;
   });
-  if (body.length > 0 || !['GET', 'HEAD', 'DELETE', 'OPTIONS'].includes(request.method)) head += `content-length: ${body.length}\r\n`;
+  if (body.length > 0 || !['GET', 'HEAD', 'DELETE', 'OPTIONS'].includes(request.method))
+    head += `content-length: ${body.length}\r\n`;
   const headBytes = fromLatin1(`${head}\r\n`);
   const message = new Uint8Array(headBytes.length + body.length);
   message.set(headBytes, 0);
@@ -65,7 +70,11 @@ export async function relay(input: RequestInfo | URL, init: RelayInit): Promise<
   });
   const bytes = new Uint8Array(await answer.arrayBuffer());
   if (answer.status !== 200 || !(answer.headers.get('content-type') ?? '').startsWith('message/http')) {
-    throw new RelayError(answer.status, latin1(bytes).trim() || `the gateway answered ${answer.status}`, answer.headers.get('x-ptth-error') ?? undefined);
+    throw new RelayError(
+      answer.status,
+      latin1(bytes).trim() || `the gateway answered ${answer.status}`,
+      answer.headers.get('x-ptth-error') ?? undefined,
+    );
   }
   return parseResponseMessage(bytes, request.method);
 }
