@@ -123,6 +123,24 @@ describe('path URLs: every transport', () => {
     expect(got).toEqual([{ path: '/hello?x=1', prefix: '/tab' }]);
   });
 
+  it('the browser library over Comet without a name: every poller stays on its one random name', async () => {
+    const gw = await useGateway({ urls: 'path' });
+    const serve = await loadLibrary();
+    const server = serve(
+      { gateway: `${gw.origin}/`, transport: 'comet', pollers: 2 },
+      (req) => new Response(new URL(req.url).pathname),
+    );
+    cleanup(() => server.close());
+    const url = await server.url;
+    const names = gw.gateway.table.list().map((r) => r.name);
+    expect(names).toHaveLength(1);
+    expect(url).toBe(`${gw.origin}/${names[0]}/`);
+    expect(server.name).toBe(names[0]);
+    const r = await request(gw.port, { path: `/${names[0]}/x` });
+    expect(r.body).toBe('/x');
+    expect(gw.gateway.table.list()).toHaveLength(1);
+  });
+
   it('Comet: Link rel="related" is the path URL, and the message/http request is stripped', async () => {
     const gw = await useGateway({ urls: 'path' });
     const app = await CometApp.start(gw.origin, { name: 'comet1', token: 't' }, (req) => ({
