@@ -70,17 +70,17 @@ describe('a claim decided in one step', () => {
   });
 
   it('counts a Comet registration refused for its head as a refused claim', async () => {
-    const g = await start({ maxHeaders: 4 });
+    // A Host whose port is out of range: node parses it (on every version), the gateway refuses the head.
+    const g = await start({});
     const refused: string[] = [];
     g.gateway.on('refuse', (r) => refused.push(`${r.name ?? ''} ${r.code}`));
-    const extra = ['X-A: 1', 'X-B: 2', 'X-C: 3', 'X-D: 4'];
     const head = await exchange(g.port, [
       'POST /reversehttp?name=flood HTTP/1.1',
-      `Host: localhost:${g.port}`,
-      ...extra,
+      'Host: localhost:99999',
       'Content-Length: 0',
     ]);
-    expect(head).toMatch(/^HTTP\/1\.1 431 /);
-    expect(refused).toEqual(['flood PTTH_ERR_TOO_MANY_HEADERS']);
+    expect(head).toMatch(/^HTTP\/1\.1 400 /);
+    expect(head).toContain('X-Ptth-Error: PTTH_ERR_BAD_HOST');
+    expect(refused).toEqual(['flood PTTH_ERR_BAD_HOST']);
   });
 });
