@@ -5,7 +5,7 @@ import { generateKey } from '../../src/table/access.js';
 import type { RelayEvent } from '../../src/gateway/eventmap.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import { parseResponse } from '../../src/http/message.js';
-import { cleanup, useGateway } from '../helpers/fixture.js';
+import { cleanup, useGateway, useSocket } from '../helpers/fixture.js';
 import { attachLogger, createLogger } from '../../src/log.js';
 
 /*
@@ -215,6 +215,31 @@ describe('the RelayHttp endpoint', () => {
     const large = await post(gw.port, `/relay/127.0.0.1:${t.port}`, big, envelope(big));
     expect(large.status).toBe(413);
     expect(large.headers['x-ptth-error']).toBe('PTTH_ERR_RELAY_REQUEST_TOO_LARGE');
+    expect(t.connections()).toBe(0);
+  });
+
+  it("answers 408 when the envelope does not arrive within --claim-timeout, and frees the key's slot", async () => {
+    const t = await useTarget((_req, res) => res.end());
+    const { gw, events } = await relayGateway((x) => [`127.0.0.1:${x.port}`], t, {
+      claimTimeout: 200,
+      relayMaxPerKey: 1,
+    });
+    const s = await useSocket(gw.port);
+    s.write(
+      `POST /relay/127.0.0.1:${t.port} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: message/http\r\n` +
+        `Authorization: Bearer ${relayer.key}\r\nContent-Length: 100\r\n\r\nGET / HTTP/1.1\r\n`,
+    );
+    const head = await new Promise<string>((resolve) => {
+      let got = '';
+      s.on('data', (c: Buffer) => {
+        got += c.toString('latin1');
+        if (got.includes('\r\n\r\n')) resolve(got);
+      });
+    });
+    expect(head).toMatch(/^HTTP\/1\.1 408 /);
+    expect(head).toContain('X-Ptth-Error: PTTH_ERR_BODY_TIMEOUT');
+    expect(events[0]).toMatchObject({ status: 408, error: 'PTTH_ERR_BODY_TIMEOUT' });
+    expect(gw.gateway.relay?.inflight('relayer')).toBe(0);
     expect(t.connections()).toBe(0);
   });
 
