@@ -484,38 +484,7 @@ export class Http2Channel implements Channel {
     stream.on('response', (headers: IncomingHttpHeaders & IncomingHttpStatusHeader) => {
       clearTimeout(timer);
       answered = true;
-      const head = ex.check(Number(headers[':status']), undefined, flatResponseHeaders(headers, 200));
-      if (head instanceof PtthError || head.status === 101) {
-        ex.fail(
-          head instanceof PtthError
-            ? head
-            : new PtthError('PTTH_ERR_BAD_RESPONSE', 'An HTTP/2 app answered 101 (RFC 9113 section 8.6).'),
-        );
-        stream.close(NGHTTP2_CANCEL);
-        finish();
-        return;
-      }
-      const { status, headers: flat } = head;
-      if (status >= 200 && status < 300) {
-        const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64');
-        visitor.write(
-          rawHead(101, 'Switching Protocols', [
-            'Upgrade',
-            'websocket',
-            'Connection',
-            'Upgrade',
-            'Sec-WebSocket-Accept',
-            accept,
-            ...flat,
-          ]),
-        );
-        splice(visitor, stream, finish);
-        return;
-      }
-      // The app declined: relay its answer and close the visitor's connection.
-      visitor.write(rawHead(status, head.reason, withoutHeaders(flat, 'content-length'), 'Connection: close\r\n'));
-      leaveOnEnd(visitor);
-      pipeline(stream, visitor, finish);
+      answerUpgrade(ex, stream, visitor, key, headers, finish);
     });
     stream.on('close', () => {
       clearTimeout(timer);
@@ -525,6 +494,49 @@ export class Http2Channel implements Channel {
       finish();
     });
   }
+}
+
+/** The app's answer to an extended CONNECT: on 2xx the 101 to the visitor and a splice, otherwise its answer as it is. */
+function answerUpgrade(
+  ex: UpgradeExchange,
+  stream: ClientHttp2Stream,
+  visitor: Duplex,
+  key: string,
+  headers: IncomingHttpHeaders & IncomingHttpStatusHeader,
+  finish: () => void,
+): void {
+  const head = ex.check(Number(headers[':status']), undefined, flatResponseHeaders(headers, 200));
+  if (head instanceof PtthError || head.status === 101) {
+    ex.fail(
+      head instanceof PtthError
+        ? head
+        : new PtthError('PTTH_ERR_BAD_RESPONSE', 'An HTTP/2 app answered 101 (RFC 9113 section 8.6).'),
+    );
+    stream.close(NGHTTP2_CANCEL);
+    finish();
+    return;
+  }
+  const { status, headers: flat } = head;
+  if (status >= 200 && status < 300) {
+    const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64');
+    visitor.write(
+      rawHead(101, 'Switching Protocols', [
+        'Upgrade',
+        'websocket',
+        'Connection',
+        'Upgrade',
+        'Sec-WebSocket-Accept',
+        accept,
+        ...flat,
+      ]),
+    );
+    splice(visitor, stream, finish);
+    return;
+  }
+  // The app declined: relay its answer and close the visitor's connection.
+  visitor.write(rawHead(status, head.reason, withoutHeaders(flat, 'content-length'), 'Connection: close\r\n'));
+  leaveOnEnd(visitor);
+  pipeline(stream, visitor, finish);
 }
 
 /** What the channel ends when the connection breaks under it: an exchange or an upgrade. */

@@ -359,22 +359,10 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         socket.destroy();
         return;
       }
-      const upgrade = (res.headers.upgrade ?? '').trim().toLowerCase();
-      const alpn = String(res.headers['alpn'] ?? '')
-        .trim()
-        .toLowerCase();
-      let got: Kind;
-      if (upgrade === 'ptth' && alpn === 'h2' && kind === 'h2') got = 'h2';
-      else if (upgrade === 'ptth/1.0' || (upgrade === 'ptth' && (alpn === '' || alpn === 'http/1.1'))) got = 'h1';
-      else {
+      const got = upgradedTo(res, kind);
+      if (got instanceof Error) {
         socket.destroy();
-        this.#schedule(
-          new Error(
-            `the gateway upgraded to ${JSON.stringify(res.headers.upgrade)} (ALPN ${alpn || 'none'}), which this client does not speak`,
-          ),
-          kind,
-          attempt,
-        );
+        this.#schedule(got, kind, attempt);
         return;
       }
       // The gateway's answer decides the mode (it may change across gateway restarts).
@@ -663,6 +651,18 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
 }
 
 type Kind = 'h1' | 'h2';
+
+/** What the gateway's 101 switched the connection to (a claim offered `kind`), or why this client cannot speak it. */
+function upgradedTo(res: http.IncomingMessage, kind: Kind): Kind | Error {
+  const upgrade = (res.headers.upgrade ?? '').trim().toLowerCase();
+  const alpn = String(res.headers['alpn'] ?? '')
+    .trim()
+    .toLowerCase();
+  if (upgrade === 'ptth' && alpn === 'h2' && kind === 'h2') return 'h2';
+  if (upgrade === 'ptth/1.0' || (upgrade === 'ptth' && (alpn === '' || alpn === 'http/1.1'))) return 'h1';
+  const offered = JSON.stringify(res.headers.upgrade);
+  return new Error(`the gateway upgraded to ${offered} (ALPN ${alpn || 'none'}), which this client does not speak`);
+}
 
 /**
  * Keep-alive connections to the internal HTTP/1.1 server, in memory: what HTTP/2 streams are

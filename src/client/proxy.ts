@@ -47,6 +47,19 @@ export interface LocalUpstream {
 /** Marks a createLocalProxy() server with its upstream. */
 export const LOCAL_UPSTREAM: unique symbol = Symbol('ptth-proxy.localUpstream');
 
+/** `request`, telling `onReach` whether each request reached the local service (unchanged without one). */
+function reporting(request: typeof http.request, onReach: LocalProxyOptions['onReach']): typeof http.request {
+  if (!onReach) return request;
+  return ((...args: Parameters<typeof http.request>) => {
+    const req = (request as (...a: Parameters<typeof http.request>) => http.ClientRequest)(...args);
+    req.once('response', () => onReach(undefined));
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== undefined && UNREACHABLE.has(err.code)) onReach(err);
+    });
+    return req;
+  }) as typeof http.request;
+}
+
 /**
  * An http.Server (never listening) that relays each request it is given to a local HTTP service:
  * what `ptth-proxy connect 3000` serves through the gateway. WebSocket and other upgrades are
@@ -54,18 +67,7 @@ export const LOCAL_UPSTREAM: unique symbol = Symbol('ptth-proxy.localUpstream');
  */
 export function createLocalProxy(target: URL, options: LocalProxyOptions = {}): http.Server {
   const base0 = target.protocol === 'https:' ? https : http;
-  const onReach = options.onReach;
-  const request = !onReach
-    ? base0.request
-    : (((...args: Parameters<typeof http.request>) => {
-        const req = (base0.request as (...a: Parameters<typeof http.request>) => http.ClientRequest)(...args);
-        req.once('response', () => onReach(undefined));
-        req.on('error', (err: NodeJS.ErrnoException) => {
-          if (err.code !== undefined && UNREACHABLE.has(err.code)) onReach(err);
-        });
-        return req;
-      }) as typeof http.request);
-  const mod = { request, Agent: base0.Agent };
+  const mod = { request: reporting(base0.request, options.onReach), Agent: base0.Agent };
   const agent = new mod.Agent({ keepAlive: true, maxSockets: 256 });
   const host = target.hostname.replace(/^\[|\]$/g, '');
   const port = Number(target.port || (target.protocol === 'https:' ? 443 : 80));

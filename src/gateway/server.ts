@@ -316,32 +316,14 @@ export class Gateway extends EventEmitter<GatewayEvents> {
       this.#requestLimit?.exempt(isLoopback);
     }
     this.#maxHeaders = numberOption('maxHeaders', options.maxHeaders);
-    const idle = numberOption('idleTimeout', options.idleTimeout);
-    const keepAlive = numberOption('tcpKeepAlive', options.tcpKeepAlive);
-    const headersTimeout = numberOption('headersTimeout', options.headersTimeout);
-    const serverOptions = {
-      // Visitors' bodies stream for as long as they take; slow heads are cut by headersTimeout,
-      // stalled bodies by the idle timeout.
-      requestTimeout: 0,
-      headersTimeout,
-      // node checks headersTimeout only this often (30 s by default): a slowloris head would
-      // otherwise live up to 30 s past the configured timeout.
-      connectionsCheckingInterval: Math.min(30_000, Math.max(100, Math.floor(headersTimeout / 4))),
-      keepAliveTimeout: numberOption('keepAliveTimeout', options.keepAliveTimeout),
-      maxHeaderSize: numberOption('maxHeaderSize', options.maxHeaderSize),
-    };
-    this.#maxHeaderSize = serverOptions.maxHeaderSize;
-    this.server = options.tls
-      ? // The TLS handshake comes before the head, outside node's headersTimeout: without this a
-        // slowloris handshake would hold its connection for tls's default of 120 s.
-        createTlsServer({ ...serverOptions, handshakeTimeout: headersTimeout, ...tlsContext(options.tls) })
-      : createServer(serverOptions);
+    this.#maxHeaderSize = numberOption('maxHeaderSize', options.maxHeaderSize);
+    this.server = visitorServer(options, this.#maxHeaderSize);
     // node:http keeps the first maxHeadersCount fields and silently drops the rest; one more than
     // the limit is enough to see a flood and refuse it with 431 instead.
     this.server.maxHeadersCount = this.#maxHeaders + 1;
-    this.server.timeout = idle;
+    this.server.timeout = numberOption('idleTimeout', options.idleTimeout);
     this.server.on('timeout', this.#onTimeout);
-    this.#listenTo(Boolean(options.tls), keepAlive);
+    this.#listenTo(Boolean(options.tls), numberOption('tcpKeepAlive', options.tcpKeepAlive));
   }
 
   /** What the server hears: connections (tracked and capped per address), requests, upgrades, errors. */
@@ -599,6 +581,27 @@ export function reloadTls(server: Server | HttpsServer, tls: TlsOptions): void {
   if (!('setSecureContext' in server))
     throw new TypeError('this gateway was started without TLS; restart it with a certificate to serve HTTPS');
   server.setSecureContext(tlsContext(tls));
+}
+
+/** The node:http (or node:https) server visitors, claimants and Comet clients reach, with the head limits and timeouts. */
+function visitorServer(options: GatewayOptions, maxHeaderSize: number): Server | HttpsServer {
+  const headersTimeout = numberOption('headersTimeout', options.headersTimeout);
+  const serverOptions = {
+    // Visitors' bodies stream for as long as they take; slow heads are cut by headersTimeout,
+    // stalled bodies by the idle timeout.
+    requestTimeout: 0,
+    headersTimeout,
+    // node checks headersTimeout only this often (30 s by default): a slowloris head would
+    // otherwise live up to 30 s past the configured timeout.
+    connectionsCheckingInterval: Math.min(30_000, Math.max(100, Math.floor(headersTimeout / 4))),
+    keepAliveTimeout: numberOption('keepAliveTimeout', options.keepAliveTimeout),
+    maxHeaderSize,
+  };
+  return options.tls
+    ? // The TLS handshake comes before the head, outside node's headersTimeout: without this a
+      // slowloris handshake would hold its connection for tls's default of 120 s.
+      createTlsServer({ ...serverOptions, handshakeTimeout: headersTimeout, ...tlsContext(options.tls) })
+    : createServer(serverOptions);
 }
 
 function tlsContext(tls: TlsOptions): { cert: string | Buffer; key: string | Buffer; passphrase?: string } {
