@@ -1,4 +1,6 @@
 import { createServer, type Server } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
+import { makeCert } from '../helpers/tls.js';
 import type { AddressInfo, Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PtthError } from '../../src/http/errors.js';
@@ -20,8 +22,10 @@ const limits: RelayLimits = {
 };
 const servers: Server[] = [];
 const sockets: Socket[] = [];
+const cleanupCert: { remove(): void }[] = [];
 
 afterEach(async () => {
+  for (const c of cleanupCert.splice(0)) c.remove();
   for (const s of sockets.splice(0)) s.destroy();
   await Promise.all(servers.splice(0).map((s) => new Promise((r) => s.close(r))));
 });
@@ -266,6 +270,24 @@ describe('relaying to a target', () => {
       ),
     );
     expect(err.code).toBe('PTTH_ERR_RELAY_TIMEOUT');
+  });
+
+  it('speaks TLS to an HTTPS target and verifies its certificate (a self-signed one is unreachable: 502)', async () => {
+    const cert = makeCert();
+    cleanupCert.push(cert);
+    const server = createTlsServer({ cert: cert.cert, key: cert.key }, (_req, res) => res.end('secret'));
+    // TCP accepted before the server's certificate went out, so counted before the client refused it.
+    let accepted = 0;
+    server.on('connection', () => accepted++);
+    servers.push(server);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    // Port 443 is what makes a relay target HTTPS; the test's server listens elsewhere, so the target is built by hand.
+    const target = { host: '127.0.0.1', port, tls: true };
+    const err = await refusal(relayRequest(target, await get(), [parseRelayPattern(`127.0.0.1:${port}`)], limits));
+    expect(err.code).toBe('PTTH_ERR_RELAY_UNREACHABLE');
+    expect(err.message).toMatch(/SELF_SIGNED|UNABLE_TO_VERIFY|CERT/);
+    expect(accepted).toBe(1);
   });
 
   it('answers 502 PTTH_ERR_RELAY_UNREACHABLE for a refused connection or a name that does not resolve', async () => {
