@@ -356,23 +356,25 @@ export class CometService {
     res.end(message);
   }
 
+  /**
+   * A reply's body, buffered whole like visitors' bodies and counted against the same budget; one
+   * not in after --reply-timeout is too late for its visitors anyway and must not hold its buffer.
+   */
+  #readReply(req: IncomingMessage): Promise<Buffer> {
+    const limit = this.#settings.bufferLimit;
+    const tooLarge = `The reply is over ${limit} bytes, the most this gateway buffers for a Comet reply.`;
+    return readBody(req, limit, tooLarge, this.#settings.replyTimeout, this.#budget);
+  }
+
   #reply(slot: Slot, req: IncomingMessage, res: ServerResponse): void {
     const ds = slot.deliveries;
     if (ds && slot.pipeline) return this.#replyPipeline(ds, req, res);
     const d = ds?.[0];
     if (!d || d.settled) {
       req.resume();
-      sendError(
-        res,
-        new PtthError(
-          'PTTH_ERR_UNKNOWN_REQUEST_URL',
-          'No request is waiting for a reply at this URL: poll it with GET first.',
-        ),
-        req.headers.accept,
-      );
+      sendError(res, new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL', NOTHING_WAITING), req.headers.accept);
       return;
     }
-    const limit = this.#settings.bufferLimit;
     const budget = this.#budget;
     // The reply's bytes, counted against the budget from their reading until they have left the
     // process (see Delivery.respond) or the reply is refused.
@@ -381,15 +383,7 @@ export class CometService {
       budget.used -= held;
       held = 0;
     };
-    // Replies are buffered whole like visitors' bodies, so they share their budget; one that is not
-    // in after --reply-timeout is too late for its visitor anyway and must not hold its buffer.
-    readBody(
-      req,
-      limit,
-      `The reply is over ${limit} bytes, the most this gateway buffers for a Comet reply.`,
-      this.#settings.replyTimeout,
-      budget,
-    )
+    this.#readReply(req)
       .then((body) => {
         held = body.length;
         return parseResponse(body, d.method);
@@ -414,9 +408,7 @@ export class CometService {
             sendError(res, new PtthError('PTTH_ERR_INVALID_REPLY', refused.message), req.headers.accept);
             return;
           }
-          res.setHeader('Cache-Control', 'no-store');
-          res.writeHead(202, { 'Content-Length': '0' });
-          res.end();
+          accepted(res);
         },
         (err: unknown) => {
           release();
@@ -434,26 +426,12 @@ export class CometService {
   #replyPipeline(ds: readonly Delivery[], req: IncomingMessage, res: ServerResponse): void {
     if (ds.every((d) => d.settled)) {
       req.resume();
-      sendError(
-        res,
-        new PtthError(
-          'PTTH_ERR_UNKNOWN_REQUEST_URL',
-          'No request is waiting for a reply at this URL: poll it with GET first.',
-        ),
-        req.headers.accept,
-      );
+      sendError(res, new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL', NOTHING_WAITING), req.headers.accept);
       return;
     }
-    const limit = this.#settings.bufferLimit;
     const budget = this.#budget;
     let held = 0;
-    readBody(
-      req,
-      limit,
-      `The reply is over ${limit} bytes, the most this gateway buffers for a Comet reply.`,
-      this.#settings.replyTimeout,
-      budget,
-    )
+    this.#readReply(req)
       .then((body) => {
         held = body.length;
         return parseResponses(
@@ -469,9 +447,7 @@ export class CometService {
           held = 0;
           if (refusals.length > 0)
             return sendError(res, new PtthError('PTTH_ERR_INVALID_REPLY', refusals.join(' ')), req.headers.accept);
-          res.setHeader('Cache-Control', 'no-store');
-          res.writeHead(202, { 'Content-Length': '0' });
-          res.end();
+          accepted(res);
         },
         (err: unknown) => {
           budget.used -= held;
@@ -480,6 +456,15 @@ export class CometService {
         },
       );
   }
+}
+
+const NOTHING_WAITING = 'No request is waiting for a reply at this URL: poll it with GET first.';
+
+/** 202: the reply went to its visitors. */
+function accepted(res: ServerResponse): void {
+  res.setHeader('Cache-Control', 'no-store');
+  res.writeHead(202, { 'Content-Length': '0' });
+  res.end();
 }
 
 /** Hands a reply pipeline's responses to their visitors; the rest lost their connection. Returns the refusals. */

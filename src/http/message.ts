@@ -30,6 +30,25 @@ export function serializeRequest(req: IncomingMessage, headers: readonly string[
   return Buffer.concat([Buffer.from(head, 'latin1'), body]);
 }
 
+/**
+ * An in-memory connection that hands llhttp `bytes` and then its end, and swallows whatever node
+ * writes back: how a complete message is parsed by node's own HTTP client or server.
+ */
+export function replayConnection(bytes: Buffer): Duplex {
+  let fed = false;
+  return new Duplex({
+    read() {
+      if (fed) return;
+      fed = true;
+      this.push(bytes);
+      this.push(null);
+    },
+    write(_chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void) {
+      callback();
+    },
+  });
+}
+
 export interface ParsedResponse {
   readonly status: number;
   readonly statusMessage: string;
@@ -57,19 +76,8 @@ export function parseResponse(bytes: Buffer, method: string): Promise<ParsedResp
       reject(new InvalidMessageError(why));
       conn.destroy();
     };
-    let fed = false;
-    const conn = new Duplex({
-      read() {
-        if (fed) return;
-        fed = true;
-        this.push(bytes);
-        this.push(null);
-      },
-      // What node writes is the placeholder request: nobody reads it.
-      write(_chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void) {
-        callback();
-      },
-    });
+    // What node writes to it is the placeholder request: nobody reads it.
+    const conn = replayConnection(bytes);
     const req = request({
       createConnection: () => conn,
       method,

@@ -1,11 +1,11 @@
 import { lookup } from 'node:dns/promises';
 import { Server, STATUS_CODES, type IncomingMessage } from 'node:http';
 import { connect as netConnect, isIP, type Socket } from 'node:net';
-import { Duplex } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
 import { Client } from 'undici';
 import { PtthError } from './errors.js';
 import { withoutHeaders, withoutHopByHop } from './headers.js';
+import { replayConnection } from './message.js';
 import { addressAllowed, addressKind, matchTarget, type RelayPattern } from './relay-policy.js';
 
 /**
@@ -85,19 +85,8 @@ export function parseRelayRequest(bytes: Buffer, maxHeaderSize: number): Promise
         new PtthError('PTTH_ERR_RELAY_BAD_MESSAGE', `The relayed request is not one valid HTTP/1.1 request: ${why}.`),
       );
     };
-    let fed = false;
-    const conn = new Duplex({
-      read() {
-        if (fed) return;
-        fed = true;
-        this.push(bytes);
-        this.push(null);
-      },
-      // The server's answers (none are made; a 400 of its own on a parse error) go nowhere.
-      write(_chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void) {
-        callback();
-      },
-    });
+    // The server's answers (none are made; a 400 of its own on a parse error) go nowhere.
+    const conn = replayConnection(bytes);
     const server = new Server({ maxHeaderSize, requestTimeout: 0, headersTimeout: 0, keepAliveTimeout: 0 });
     server.on('clientError', (err: NodeJS.ErrnoException) =>
       bad(err.code?.startsWith('HPE_') ? `${err.code}` : err.message),

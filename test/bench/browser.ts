@@ -22,7 +22,8 @@ import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { chromium, type Browser } from 'playwright-core';
+import type { Browser } from 'playwright-core';
+import { launchChromium } from '../helpers/chromium.js';
 
 interface CannonResult {
   errors: number;
@@ -50,17 +51,6 @@ const POLLERS = Number(process.env['BENCH_POLLERS'] ?? 50);
 const WS_CHANNELS = Number(process.env['BENCH_WS_CHANNELS'] ?? 1);
 const NATIVE_CHANNELS = 50;
 const BODY = 'hello world';
-const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-];
-
 const log = (line: string): void => void process.stderr.write(`${line}\n`);
 const out = (line: string): void => void process.stdout.write(`${line}\n`);
 
@@ -173,7 +163,7 @@ async function main(): Promise<number> {
   ]);
   let browser: Browser | undefined;
   try {
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    browser = await launchChromium();
     const tabs = [
       ['bench-chromium-ws', 'websocket', true],
       ['bench-chromium-comet', 'comet', false],

@@ -1,7 +1,8 @@
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium } from '../helpers/chromium.js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import { hashKey, type AccessConfig } from '../../src/table/access.js';
@@ -13,17 +14,6 @@ import { request, startGateway, until, type TestGateway } from '../helpers/index
  * forced Comet; the test visits the public URL with node:http and checks the tab's answers.
  * Chromium comes from the system (`apt-get install chromium`; .ci/run installs it when missing).
  */
-
-const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-];
 
 let browser: Browser;
 let site: http.Server;
@@ -55,7 +45,7 @@ window.outcome = window.server.url.then((url) => ({ url }),
 </script>`;
 
 beforeAll(async () => {
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
+  browser = await launchChromium();
   site = http.createServer((_req, res) => {
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
     res.end(PAGE);

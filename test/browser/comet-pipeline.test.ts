@@ -1,6 +1,7 @@
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium } from '../helpers/chromium.js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CometChannel } from '../../src/channels/comet.js';
 import { request, startGateway, until, type TestGateway } from '../helpers/index.js';
@@ -10,17 +11,6 @@ import { request, startGateway, until, type TestGateway } from '../helpers/index
  * Chromium: the tab asks for application/http, takes several requests in one poll, answers them
  * concurrently and posts their responses back as one pipeline. Setup as in browser.test.ts.
  */
-
-const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-];
 
 let browser: Browser;
 let site: http.Server;
@@ -55,7 +45,7 @@ window.ready = window.server.url;
 </script>`;
 
 beforeAll(async () => {
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
+  browser = await launchChromium();
   site = http.createServer((_req, res) => {
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
     res.end(PAGE);

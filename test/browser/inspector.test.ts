@@ -1,6 +1,7 @@
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium } from '../helpers/chromium.js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startEventsFront, type EventsFront } from '../helpers/front.js';
 import { request, startGateway, type TestGateway } from '../helpers/index.js';
@@ -12,16 +13,6 @@ import { spawnCli, type Spawned } from '../helpers/spawn.js';
  * body as text (a <script> from a visitor or the app is never run), and replays it.
  */
 
-const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-];
 const SHOTS = process.env['INSPECTOR_SHOTS'] === '1';
 
 let browser: Browser;
@@ -33,7 +24,7 @@ let c: Spawned | undefined;
 let hits = 0;
 
 beforeAll(async () => {
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
+  browser = await launchChromium();
 }, 30_000);
 
 afterAll(async () => {

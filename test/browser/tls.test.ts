@@ -1,7 +1,8 @@
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { chromium, type Browser, type BrowserContext } from 'playwright-core';
+import type { Browser, BrowserContext } from 'playwright-core';
+import { launchChromium } from '../helpers/chromium.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createGateway, type Gateway } from '../../src/gateway/server.js';
 import { FAST } from '../helpers/index.js';
@@ -13,16 +14,6 @@ import { makeCert, type TestCert } from '../helpers/tls.js';
  * made at test time; the browser context is told to accept it, the node visitor verifies it.
  */
 
-const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-];
 const DOMAIN = 'tls.localhost';
 
 const PAGE = `<!doctype html><meta charset="utf-8"><title>ptth tls page</title>
@@ -47,7 +38,7 @@ beforeAll(async () => {
   cert = makeCert(DOMAIN);
   gateway = createGateway({ ...FAST, domain: DOMAIN, pollTimeout: 2_000, tls: { cert: cert.cert, key: cert.key } });
   port = (await gateway.listen(0, '127.0.0.1')).port;
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
+  browser = await launchChromium();
   context = await browser.newContext({ ignoreHTTPSErrors: true });
   site = http.createServer((_req, res) => {
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });

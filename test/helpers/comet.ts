@@ -96,34 +96,11 @@ export interface ParsedRequest {
   body: Buffer;
 }
 
-/** Parses a `message/http` request with llhttp (node's server over an in-memory connection). */
-export function parseRequestMessage(bytes: Buffer): Promise<ParsedRequest> {
-  return new Promise((resolve, reject) => {
-    const [a, b] = duplexPair();
-    const server = new http.Server((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        resolve({
-          method: req.method ?? '',
-          url: req.url ?? '',
-          httpVersion: req.httpVersion,
-          rawHeaders: req.rawHeaders,
-          body: Buffer.concat(chunks),
-        });
-        res.destroy();
-        a.destroy();
-      });
-    });
-    server.on('clientError', (err) => {
-      reject(err);
-      a.destroy();
-    });
-    server.emit('connection', a);
-    b.on('data', () => {});
-    b.on('error', () => {});
-    b.write(bytes);
-  });
+/** Parses a `message/http` request with llhttp: a pipeline of exactly one (parseRequestPipeline). */
+export async function parseRequestMessage(bytes: Buffer): Promise<ParsedRequest> {
+  const requests = await parseRequestPipeline(bytes);
+  if (requests.length !== 1) throw new Error(`expected one request in the message, got ${requests.length}`);
+  return requests[0] as ParsedRequest;
 }
 
 /**

@@ -1,4 +1,5 @@
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium } from '../helpers/chromium.js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Tunnel } from '../../src/client/node.js';
 import type { TestGateway } from '../helpers/index.js';
@@ -10,23 +11,13 @@ import { useApp, useGateway } from '../helpers/fixture.js';
  * at a desktop and a phone width go to /tmp (STATUS_SHOTS=0 skips them) for a person to look at.
  */
 
-const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-];
 const SHOTS = process.env['STATUS_SHOTS'] !== '0';
 
 let browser: Browser;
 let page: Page | undefined;
 
 beforeAll(async () => {
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
+  browser = await launchChromium();
 }, 30_000);
 
 afterAll(async () => {
