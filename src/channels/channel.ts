@@ -3,7 +3,8 @@ import type { Duplex } from 'node:stream';
 import type { PtthError } from '../http/errors.js';
 import type { ResponseHead } from '../http/response.js';
 
-export type Transport = 'http1' | 'http2' | 'websocket' | 'comet';
+/** `node`: another gateway node of a cluster, reached over the internal hop (src/cluster/hop.ts). */
+export type Transport = 'http1' | 'http2' | 'websocket' | 'comet' | 'node';
 
 /** A visitor's request, ready to go down a channel. */
 export interface Exchange {
@@ -30,6 +31,8 @@ export interface Exchange {
    * down the channel that refused it.
    */
   retry?: ((refusedBy: Channel) => void) | undefined;
+  /** Gateway nodes this request already crossed (cluster hop); absent: it came from a visitor. */
+  readonly hops?: number | undefined;
 }
 
 /** A visitor's upgrade request (WebSocket and others), to be spliced to the app after its 101. */
@@ -42,6 +45,8 @@ export interface UpgradeExchange {
   /** The app's answer to the upgrade, checked as `Exchange.respond` does; 101 is allowed. */
   check(status: unknown, reason: unknown, headers: readonly unknown[]): ResponseHead | PtthError;
   done(): void;
+  /** Gateway nodes this upgrade already crossed (cluster hop); absent: it came from a visitor. */
+  readonly hops?: number | undefined;
 }
 
 export interface ChannelEvents {

@@ -47,9 +47,30 @@ export interface GatewaySettings {
   readonly cookieDomains: readonly string[] | undefined;
 }
 
+/** Who sent an internal hop request (src/cluster/hop.ts): the node, the app name it is for, hops so far. */
+export interface HopCredentials {
+  readonly node: string;
+  readonly name: string;
+  readonly hops: number;
+}
+
+/**
+ * What a node of a cluster adds to the gateway (src/cluster/): its id, the check of the internal
+ * hop's credentials, and the shared store's health. Undefined for a gateway on its own.
+ */
+export interface ClusterHooks {
+  readonly nodeId: string;
+  /** The credentials in an `X-Ptth-Hop` header, or undefined when they do not check out. */
+  verifyHop(value: string): HopCredentials | undefined;
+  /** Whether the shared store answers now (`/readyz` answers 503 while it does not). */
+  storeReady(): boolean;
+}
+
 export interface GatewayContext {
   readonly settings: GatewaySettings;
   readonly table: RouteTable;
+  /** Set on a node of a cluster. */
+  readonly cluster: ClusterHooks | undefined;
   /** Who may claim what: access keys, reserved names, per-key limits (replaced whole on reload). */
   readonly access: AccessControl;
   /** Names, channels and connections one client address may hold at once. */

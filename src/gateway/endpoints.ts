@@ -208,18 +208,26 @@ export function handleEndpoint(
   if (path.startsWith(PRIVATE_PREFIX)) {
     const id = path.slice(PRIVATE_PREFIX.length);
     const events = id.endsWith(EVENTS_SUFFIX);
-    const reg = ctx.table.byPrivateId(events ? id.slice(0, -EVENTS_SUFFIX.length) : id);
-    if (!reg) {
-      req.resume();
-      sendError(
-        res,
-        new PtthError('PTTH_ERR_NOT_FOUND', 'No registration has this private URL (it may have been released).'),
-        req.headers.accept,
-      );
-      return;
-    }
-    if (events) followEvents(ctx, reg, req, res);
-    else privateUrl(ctx, reg, req, res);
+    const secret = events ? id.slice(0, -EVENTS_SUFFIX.length) : id;
+    const found = (reg: Registration | undefined): void => {
+      if (!reg) {
+        req.resume();
+        sendError(
+          res,
+          new PtthError('PTTH_ERR_NOT_FOUND', 'No registration has this private URL (it may have been released).'),
+          req.headers.accept,
+        );
+      } else if (events) followEvents(ctx, reg, req, res);
+      else privateUrl(ctx, reg, req, res);
+    };
+    const local = ctx.table.byPrivateId(secret);
+    // A cluster's store knows registrations made on other nodes (or before a restart).
+    if (local) found(local);
+    else
+      ctx.table.fetchPrivate(secret).then(found, (err: unknown) => {
+        req.resume();
+        sendError(res, isPtthError(err) ? err : new PtthError('PTTH_ERR_STORE_UNAVAILABLE'), req.headers.accept);
+      });
     return;
   }
   req.resume();
@@ -329,12 +337,14 @@ function privateUrl(ctx: GatewayContext, reg: Registration, req: IncomingMessage
     case 'PUT':
     case 'POST':
       readForm(req, ctx.settings.claimBodyLimit, ctx.settings.claimTimeout).then(
-        (form) => {
+        async (form) => {
           try {
             const lease = form.get('lease');
             const token = form.get('token');
-            if (lease !== null) reg.setLease(parseLease(lease, ctx.settings.maxLease));
-            if (token !== null) reg.token = validateToken(token);
+            await ctx.table.update(reg, {
+              lease: lease === null ? undefined : parseLease(lease, ctx.settings.maxLease),
+              token: token === null ? undefined : validateToken(token),
+            });
           } catch (err) {
             sendError(res, isPtthError(err) ? err : new PtthError('PTTH_ERR_BAD_PARAMS'), req.headers.accept);
             return;

@@ -5,6 +5,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { PtthError } from '../http/errors.js';
 import { writeRawError } from '../http/respond.js';
 import { MemoryTable, type RouteTable } from '../table/table.js';
+import type { ClusterHooks } from './context.js';
 import { claimFromRequest, claimFromUpgrade } from './claim.js';
 import { classify, hostProblem, originForm, type Route, type UrlMode } from './classify.js';
 import { admit, type Admission, type Arrival, type Buckets } from './admission.js';
@@ -48,6 +49,8 @@ export interface TlsOptions {
  * `PTTH_ERR_BAD_OPTION`.
  */
 export interface GatewayOptions extends BrowserOptions, RelayOptions {
+  /** Makes the gateway a node of a cluster (with `table` a ClusterTable): see src/cluster/node.ts. */
+  cluster?: ClusterHooks;
   /** Apps are served at `name.domain` (default `localhost`). */
   domain?: string;
   /** Base of advertised URLs behind a proxy or TLS terminator, e.g. `https://tunnel.example.com`. */
@@ -275,6 +278,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     this.#ctx = {
       settings: s,
       table: this.table,
+      cluster: options.cluster,
       access: this.access,
       caps: this.caps,
       emit,

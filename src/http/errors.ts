@@ -54,6 +54,16 @@ export const ERRORS = {
     status: 403,
     message: 'This name is held under another token.',
   },
+  PTTH_ERR_STORE_UNAVAILABLE: {
+    status: 503,
+    message:
+      "The cluster's shared store (Redis) cannot be reached: new claims wait until it is back; apps already connected keep being served.",
+  },
+  PTTH_ERR_HOP_FORBIDDEN: {
+    status: 403,
+    message:
+      'This request carries internal hop credentials that do not check out: only nodes of the cluster may send it.',
+  },
   PTTH_ERR_TOO_MANY_CHANNELS: {
     status: 429,
     message: 'This name already has as many channels as the gateway allows.',

@@ -64,6 +64,11 @@ export function randomName(): string {
   return out;
 }
 
+/** The token of a name claimed without one (nobody knows it: only its holder's address reclaims). */
+export function madeUpToken(): string {
+  return randomSecret(128);
+}
+
 /** A secret with `bits` of randomness, URL-safe. */
 export function randomSecret(bits = 192): string {
   return randomBytes(Math.ceil(bits / 8)).toString('base64url');
@@ -77,6 +82,11 @@ export function randomSecret(bits = 192): string {
  */
 export function lookupKey(secret: string): string {
   return createHash('sha256').update(secret).digest('base64url');
+}
+
+/** What is kept of a token: its SHA-256 (base64url), compared in constant time (Registration.tokenMatches). */
+export function tokenHash(token: string): string {
+  return createHash('sha256').update(token).digest('base64url');
 }
 
 /** Constant-time comparison of two secrets (hashing first so lengths cannot leak). */

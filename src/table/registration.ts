@@ -1,6 +1,7 @@
 import type { Channel, Exchange, UpgradeExchange } from '../channels/channel.js';
 import { PtthError } from '../http/errors.js';
-import { randomSecret, secretsEqual, type ClaimParams } from './names.js';
+import { randomSecret, tokenHash, type ClaimParams } from './names.js';
+import { timingSafeEqual } from 'node:crypto';
 
 /**
  * What a registration tells the table that holds it: a channel came or went (the table's events),
@@ -30,10 +31,11 @@ type Pending =
  */
 export class Registration {
   readonly name: string;
-  /** The capability in the private URL (192 random bits). */
-  readonly privateId = randomSecret(192);
-  readonly createdAt = Date.now();
-  #token: string;
+  /** The capability in the private URL (192 random bits; a cluster derives it, see src/cluster/store.ts). */
+  readonly privateId: string;
+  readonly createdAt: number;
+  /** tokenHash() of the token: a node of a cluster never learns the token of a name claimed elsewhere. */
+  #tokenHash: string;
   /**
    * For a name claimed without a token: the claimant's address as the per-address limits count it
    * (addressKey: IPv4, or the IPv6 /64). A later tokenless claim from there is the same client; from
@@ -51,9 +53,15 @@ export class Registration {
   lease: number;
   requests = 0;
   readonly channels: Channel[] = [];
+  /**
+   * Other gateway nodes that hold channels of this name (a cluster, src/cluster/): a request with no
+   * local channel available goes over the internal hop to one of them. Never counted as channels.
+   */
+  readonly remotes: Channel[] = [];
   #queue: Pending[] = [];
   #waiting = 0;
   #rr = 0;
+  #rrRemote = 0;
   /** HTTP/2 channels among `channels`: the preference pass in #pick runs only when there are some. */
   #multiplexed = 0;
   #expiry: NodeJS.Timeout | undefined;
@@ -69,10 +77,13 @@ export class Registration {
     options: QueueOptions,
     keyId?: string,
     holder?: string,
+    stored?: StoredIdentity,
   ) {
     this.#table = table;
     this.name = name;
-    this.#token = token;
+    this.#tokenHash = stored?.tokenHash ?? tokenHash(token);
+    this.privateId = stored?.privateId ?? randomSecret(192);
+    this.createdAt = stored?.createdAt ?? Date.now();
     this.holder = holder;
     this.keyId = keyId;
     this.lease = lease;
@@ -90,17 +101,24 @@ export class Registration {
   /** When the registration ends if no channel comes back (ms since epoch), or undefined while live. */
   expiresAt: number | undefined;
 
-  get token(): string {
-    return this.#token;
+  /** tokenHash() of the name's token (what a shared store keeps). */
+  get tokenHash(): string {
+    return this.#tokenHash;
   }
   /** A token set after the claim (private URL PUT) makes the name held by the token, not the address. */
   set token(value: string) {
-    this.#token = value;
+    this.#tokenHash = tokenHash(value);
     this.holder = undefined;
   }
+  /** Takes the token hash and holder a shared store reports (another node changed them). */
+  storedClaimant(hash: string, holder: string | undefined): void {
+    this.#tokenHash = hash;
+    this.holder = holder;
+  }
 
+  /** Constant time: both sides are SHA-256 digests of the same length. */
   tokenMatches(token: string): boolean {
-    return secretsEqual(token, this.#token);
+    return timingSafeEqual(Buffer.from(tokenHash(token)), Buffer.from(this.#tokenHash));
   }
 
   /**
@@ -168,7 +186,7 @@ export class Registration {
     this.channels.splice(i, 1);
     if (channel.transport === 'http2') this.#multiplexed--;
     this.#table.emit('channel-close', this, channel);
-    if (this.channels.length === 0 && !this.#released) this.#armExpiry();
+    if (this.channels.length === 0 && this.remotes.length === 0 && !this.#released) this.#armExpiry();
   }
 
   #armExpiry(): void {
@@ -187,10 +205,10 @@ export class Registration {
   /** Changes the lease; restarts the countdown if no channel is live. */
   setLease(seconds: number): void {
     this.lease = seconds;
-    if (this.channels.length === 0 && !this.#released) this.#armExpiry();
+    if (this.channels.length === 0 && this.remotes.length === 0 && !this.#released) this.#armExpiry();
   }
 
-  #pick(upgrade: boolean, avoid?: Channel): Channel | undefined {
+  #pick(upgrade: boolean, hops: number, avoid?: Channel): Channel | undefined {
     const list = this.channels;
     const n = list.length;
     if (!upgrade && n > 1 && this.#multiplexed > 0) {
@@ -213,7 +231,41 @@ export class Registration {
         return ch;
       }
     }
+    return hops < MAX_HOPS ? this.#pickRemote(avoid) : undefined;
+  }
+
+  /** Another node that holds a channel of this name, round robin (local channels always go first). */
+  #pickRemote(avoid: Channel | undefined): Channel | undefined {
+    const list = this.remotes;
+    const n = list.length;
+    for (let k = 0; k < n; k++) {
+      const i = (this.#rrRemote + k) % n;
+      const ch = list[i] as Channel;
+      if (ch.available && ch !== avoid) {
+        this.#rrRemote = i + 1;
+        return ch;
+      }
+    }
     return undefined;
+  }
+
+  /** Puts another node's holding of this name in service (cluster): waiting requests go to it. */
+  addRemote(channel: Channel): void {
+    if (this.#released || this.remotes.includes(channel)) return;
+    this.remotes.push(channel);
+    channel.events = {
+      available: (ch) => this.#serveWaiting(ch),
+      closed: (ch) => this.removeRemote(ch),
+    };
+    this.#disarmExpiry();
+    this.#serveWaiting(channel);
+  }
+
+  removeRemote(channel: Channel): void {
+    const i = this.remotes.indexOf(channel);
+    if (i === -1) return;
+    this.remotes.splice(i, 1);
+    if (this.channels.length === 0 && this.remotes.length === 0 && !this.#released) this.#armExpiry();
   }
 
   dispatch(ex: Exchange): void {
@@ -232,16 +284,16 @@ export class Registration {
   }
 
   #send(ex: Exchange, avoid?: Channel): void {
-    const ch = this.#waiting === 0 ? this.#pick(false, avoid) : undefined;
+    const ch = this.#waiting === 0 ? this.#pick(false, ex.hops ?? 0, avoid) : undefined;
     if (ch) ch.dispatch(ex);
     else this.#enqueue({ upgrade: false, ex, timer: undefined, gone: false, avoid });
   }
 
   upgrade(ex: UpgradeExchange): void {
     this.requests++;
-    const ch = this.#waiting === 0 ? this.#pick(true) : undefined;
+    const ch = this.#waiting === 0 ? this.#pick(true, ex.hops ?? 0) : undefined;
     if (ch) ch.upgrade(ex);
-    else if (this.channels.length > 0 && !this.channels.some((c) => c.upgradable)) {
+    else if (this.channels.length > 0 && this.remotes.length === 0 && !this.channels.some((c) => c.upgradable)) {
       // Waiting would not help: no live channel of this app can ever carry an upgrade.
       ex.fail(new PtthError('PTTH_ERR_UPGRADE_UNSUPPORTED'));
       ex.done();
@@ -254,7 +306,8 @@ export class Registration {
       p.ex.done();
       return;
     }
-    const wait = this.channels.length === 0 ? this.#options.reconnectWait : this.#options.queueTimeout;
+    const none = this.channels.length === 0 && this.remotes.length === 0;
+    const wait = none ? this.#options.reconnectWait : this.#options.queueTimeout;
     p.timer = setTimeout(() => this.#giveUp(p, new PtthError('PTTH_ERR_NO_CHANNEL')), wait);
     const onGone = (): void => this.#giveUp(p, undefined);
     if (p.upgrade) p.ex.socket.once('close', onGone);
@@ -265,7 +318,8 @@ export class Registration {
     // channel that refused it, an upgrade waiting for an upgradable channel), and an idle channel
     // signals nothing more: without this, every later request would queue behind it until its
     // timeout while that channel sat idle.
-    if (this.#waiting > 1) for (const ch of [...this.channels]) if (ch.available) this.#serveWaiting(ch);
+    if (this.#waiting > 1)
+      for (const ch of [...this.channels, ...this.remotes]) if (ch.available) this.#serveWaiting(ch);
   }
 
   #giveUp(p: Pending, err: PtthError | undefined): void {
@@ -283,7 +337,11 @@ export class Registration {
 
   #serveWaiting(channel: Channel): void {
     while (this.#waiting > 0 && channel.available) {
-      const idx = this.#queue.findIndex((p) => !p.gone && (p.upgrade ? channel.upgradable : p.avoid !== channel));
+      const remote = channel.transport === 'node';
+      const idx = this.#queue.findIndex(
+        (p) =>
+          !p.gone && (!remote || (p.ex.hops ?? 0) < MAX_HOPS) && (p.upgrade ? channel.upgradable : p.avoid !== channel),
+      );
       if (idx === -1) return;
       const p = this.#queue[idx] as Pending;
       // Entries before idx are upgrades this channel cannot take: they stay queued.
@@ -305,7 +363,22 @@ export class Registration {
     for (const p of this.#queue.splice(0))
       this.#giveUp(p, new PtthError('PTTH_ERR_NOT_FOUND', 'The registration was released.'));
     for (const ch of [...this.channels]) ch.close();
+    for (const ch of this.remotes.splice(0)) ch.close();
   }
+}
+
+/**
+ * Hops a request may take between gateway nodes: a visitor's node sends it to a node that holds a
+ * channel; that node, if its channel went meanwhile, may send it once more (a stale route costs
+ * one extra hop, never an error); after that only local channels serve it.
+ */
+export const MAX_HOPS = 2;
+
+/** A registration as a shared store keeps it: made on another node (or before a restart). */
+export interface StoredIdentity {
+  readonly tokenHash: string;
+  readonly privateId: string;
+  readonly createdAt: number;
 }
 
 /** What the table emits, with its payloads (the gateway relays them as its own events). */

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { Channel } from '../channels/channel.js';
 import { PtthError, isPtthError } from '../http/errors.js';
-import { lookupKey, randomName, randomSecret, type ClaimParams } from './names.js';
+import { lookupKey, madeUpToken, randomName, type ClaimParams } from './names.js';
 
 import { Registration, type QueueOptions } from './registration.js';
 
@@ -53,6 +53,13 @@ export interface ClaimLease {
   abandon(reason: string): void;
 }
 
+/** What the private URL's PUT may change. */
+export interface RegistrationChanges {
+  /** Seconds, already clamped. */
+  readonly lease?: number | undefined;
+  readonly token?: string | undefined;
+}
+
 /** The table's answer to a claim: a refusal (the error to answer with), or a registration and its lease. */
 export type ClaimDecision =
   | { readonly ok: false; readonly refusal: PtthError }
@@ -75,6 +82,15 @@ export interface RouteTable extends EventEmitter<TableEvents> {
   /** Room for one more channel of `registration` under `limits` now: the refusal, or undefined. */
   roomFor(registration: Registration, limits: ChannelLimits): PtthError | undefined;
   lookup(name: string): Registration | undefined;
+  /**
+   * `lookup`, and on a miss whatever a shared store knows of the name (a registration made on
+   * another node, or before a restart). Callers use `lookup` first: the hot path stays synchronous.
+   */
+  fetch(name: string): Promise<Registration | undefined>;
+  /** `byPrivateId`, and on a miss the shared store's (as `fetch`). */
+  fetchPrivate(id: string): Promise<Registration | undefined>;
+  /** Changes a registration's lease or token (the private URL's PUT): in the shared store too. */
+  update(registration: Registration, changes: RegistrationChanges): Promise<void>;
   /** Names and channels held under an access key now (for the per-key limits). */
   heldBy(keyId: string): { names: number; channels: number };
   byPrivateId(id: string): Registration | undefined;
@@ -151,7 +167,7 @@ export class MemoryTable extends EventEmitter<TableEvents> implements RouteTable
     const reg = new Registration(
       this,
       name,
-      request.token ?? randomSecret(128),
+      request.token ?? madeUpToken(),
       request.lease ?? this.#options.defaultLease,
       this.#options,
       request.keyId,
@@ -254,6 +270,19 @@ export class MemoryTable extends EventEmitter<TableEvents> implements RouteTable
 
   byPrivateId(id: string): Registration | undefined {
     return this.#byPrivate.get(lookupKey(id));
+  }
+
+  async fetch(name: string): Promise<Registration | undefined> {
+    return this.lookup(name);
+  }
+
+  async fetchPrivate(id: string): Promise<Registration | undefined> {
+    return this.byPrivateId(id);
+  }
+
+  async update(reg: Registration, changes: RegistrationChanges): Promise<void> {
+    if (changes.lease !== undefined) reg.setLease(changes.lease);
+    if (changes.token !== undefined) reg.token = changes.token;
   }
 
   release(reg: Registration, reason: string): void {

@@ -17,7 +17,7 @@ import {
   type AccessConfig,
 } from '../../src/table/access.js';
 import { PtthError } from '../../src/http/errors.js';
-import { normalizeName } from '../../src/table/names.js';
+import { madeUpToken, normalizeName } from '../../src/table/names.js';
 import { MemoryTable } from '../../src/table/table.js';
 
 /*
@@ -431,9 +431,13 @@ describe('the table under keys', () => {
   });
 
   it('makes up tokens with at least 128 random bits', async () => {
+    expect(Buffer.from(madeUpToken(), 'base64url').length).toBeGreaterThanOrEqual(16);
+    expect(madeUpToken()).not.toBe(madeUpToken());
+    // Only the token's hash is kept.
     const t = table();
-    const { registration } = await t.claim({ name: 'q' });
-    expect(Buffer.from(registration.token, 'base64url').length).toBeGreaterThanOrEqual(16);
+    const { registration } = await t.claim({ name: 'q', token: 'secret-token' });
+    expect(registration.tokenHash).not.toContain('secret-token');
+    expect(registration.tokenMatches('secret-token')).toBe(true);
     t.close();
   });
 });
