@@ -1,3 +1,4 @@
+import { randomInt } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { CometChannel, type Delivery, type PipelineBound } from '../channels/comet.js';
 import { readBody, formParams } from '../http/body.js';
@@ -14,7 +15,14 @@ import { loggableName, lookupKey, queryName, randomSecret, readClaimParams } fro
 import type { Registration } from '../table/registration.js';
 import { decideClaim, headerKey } from './claim.js';
 import { hostname, SERVICE_PATH } from './classify.js';
-import { gatewayOrigin, privateUrlFor, publicUrlFor, requestProto, type GatewayContext } from './context.js';
+import {
+  gatewayOrigin,
+  privateUrlFor,
+  publicUrlFor,
+  requestProto,
+  type ClusterHooks,
+  type GatewayContext,
+} from './context.js';
 import type { ClaimEvent, CometEvent } from './eventmap.js';
 import { refuse, refuseClaim } from './refuse.js';
 import { clientAddress } from '../http/headers.js';
@@ -86,17 +94,40 @@ interface Slot {
   readonly polls: Set<() => void>;
 }
 
+/** A slot id as this gateway mints them (base 36): what an adopted session accepts as an open slot. */
+const SLOT_ID = /^[0-9a-z]{1,16}$/;
+
 class Session {
-  readonly id = randomSecret(128);
+  readonly id: string;
   readonly reg: Registration;
+  /**
+   * Taken over from a cluster node that is gone (or made before a restart): its clients poll slots
+   * this node never minted, so any well-formed slot id opens as a fresh slot.
+   */
+  readonly adopted: boolean;
   channel: CometChannel | undefined;
   readonly slots = new Map<string, Slot>();
-  #seq = 0;
-  constructor(reg: Registration) {
+  #seq: number;
+  constructor(reg: Registration, id?: string) {
     this.reg = reg;
+    this.id = id ?? randomSecret(128);
+    this.adopted = id !== undefined;
+    // An adopted session's new slots must not collide with the ones its clients still hold.
+    this.#seq = id === undefined ? 0 : randomInt(2 ** 40);
+  }
+  /** The slot a client names: a known one, or (adopted session) a fresh open one under its id. */
+  slot(id: string): Slot | undefined {
+    const known = this.slots.get(id);
+    if (known || !this.adopted || !SLOT_ID.test(id)) return known;
+    this.open(id);
+    return this.slots.get(id);
   }
   mint(): string {
     const id = (this.#seq++).toString(36);
+    this.open(id);
+    return id;
+  }
+  open(id: string): void {
     this.slots.set(id, { deliveries: undefined, pipeline: false, next: undefined, polls: new Set() });
     if (this.slots.size > MAX_OPEN_SLOTS) {
       for (const [k, s] of this.slots) {
@@ -106,7 +137,6 @@ class Session {
         }
       }
     }
-    return id;
   }
 }
 
@@ -159,7 +189,9 @@ export class CometService {
     }
     const [sid, slotId, extra] = path.slice(SERVICE_PATH.length + 1).split('/');
     const session = sid ? this.#sessions.get(lookupKey(sid)) : undefined;
-    const slot = session && slotId && extra === undefined ? session.slots.get(slotId) : undefined;
+    // A cluster: the session may be another node's, or a gone node's this one takes over.
+    if (!session && sid && slotId && extra === undefined && this.#ctx.cluster) return this.#elsewhere(req, res, path, sid);
+    const slot = session && slotId && extra === undefined ? session.slot(slotId) : undefined;
     const op = !session || !slot || !slotId ? 'unknown' : req.method === 'POST' ? 'reply' : 'poll';
     this.#observe(req, res, op, path, session?.reg.name);
     if (!session || !slot || !slotId) {
@@ -170,6 +202,43 @@ export class CometService {
     if (req.method === 'GET') this.#poll(session, slotId, slot, req, res);
     else if (req.method === 'POST') this.#reply(slot, req, res);
     else this.#methodNotAllowed(req, res, 'GET, POST');
+  }
+
+  /**
+   * A request URL this node has no session for, on a cluster node: the node that serves the session
+   * gets it over the internal hop; a session whose node is gone (or every node restarted) is taken
+   * over here, one node winning the race. A request that came over the hop is never sent on again.
+   */
+  #elsewhere(req: IncomingMessage, res: ServerResponse, path: string, sid: string): void {
+    const cluster = this.#ctx.cluster as ClusterHooks;
+    const hash = lookupKey(sid);
+    const hopped = req.headers['x-ptth-hop'] !== undefined;
+    const unknown = (): void => {
+      this.#observe(req, res, 'unknown', path);
+      req.resume();
+      sendError(res, new PtthError('PTTH_ERR_UNKNOWN_REQUEST_URL'), req.headers.accept);
+    };
+    const route = async (): Promise<void> => {
+      for (let attempt = 0; attempt < 2; attempt++) {
+        const where = await cluster.locateSession(hash);
+        if (!where) return unknown();
+        if (where.url && where.node !== cluster.nodeId && !hopped) {
+          return cluster.proxy(req, res, { id: where.node, url: where.url }, where.name);
+        }
+        if (!(await cluster.shareSession(hash, where.name, where.node))) continue;
+        const reg = this.#ctx.table.lookup(where.name) ?? (await this.#ctx.table.fetch(where.name));
+        if (!reg || reg.released) return unknown();
+        const session = this.#sessions.get(hash) ?? new Session(reg, sid);
+        this.#byReg.set(reg, session);
+        this.#sessions.set(hash, session);
+        return this.handle(req, res, path);
+      }
+      unknown();
+    };
+    route().catch(() => {
+      req.resume();
+      sendError(res, new PtthError('PTTH_ERR_STORE_UNAVAILABLE'), req.headers.accept);
+    });
   }
 
   /** Emits the request's `comet` event once it is answered (or its client went away). */
@@ -223,6 +292,11 @@ export class CometService {
         let session = this.#byReg.get(reg);
         if (!session) {
           session = new Session(reg);
+          // A cluster: any node can route the session's polls here, and adopt it if this node goes.
+          if (ctx.cluster && !(await ctx.cluster.shareSession(lookupKey(session.id), reg.name))) {
+            lease.abandon('claim refused');
+            throw new PtthError('PTTH_ERR_NOT_FOUND', 'The registration was released.');
+          }
           this.#byReg.set(reg, session);
           this.#sessions.set(lookupKey(session.id), session);
         }

@@ -1,4 +1,4 @@
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { AccessControl } from '../table/access.js';
@@ -64,6 +64,23 @@ export interface ClusterHooks {
   verifyHop(value: string): HopCredentials | undefined;
   /** Whether the shared store answers now (`/readyz` answers 503 while it does not). */
   storeReady(): boolean;
+  /**
+   * Records that this node serves the Comet session whose id hashes (lookupKey) to `hash`; with
+   * `expected`, only if it is still that node's (adopting a dead node's session: one winner).
+   */
+  shareSession(hash: string, name: string, expected?: string): Promise<boolean>;
+  /** Which node serves a Comet session, or undefined when the store knows none. */
+  locateSession(hash: string): Promise<CometRoute | undefined>;
+  /** Sends a request (a Comet poll or reply) to the node that serves its session, over the internal hop. */
+  proxy(req: IncomingMessage, res: ServerResponse, peer: { readonly id: string; readonly url: URL }, name: string): void;
+}
+
+/** Where a Comet session is served. */
+export interface CometRoute {
+  readonly name: string;
+  readonly node: string;
+  /** Where that node is reached; undefined when it is not live (its sessions may be adopted). */
+  readonly url: URL | undefined;
 }
 
 export interface GatewayContext {

@@ -102,6 +102,8 @@ export interface MetricsText {
 export interface HealthSource {
   /** Listening and accepting: false before listen() and once close() began. */
   readonly ready: boolean;
+  /** Why it is not ready (default: shutting down). */
+  readonly notReadyReason?: string | undefined;
   readonly metrics?: MetricsText | undefined;
 }
 
@@ -118,6 +120,8 @@ export function handleHealth(
   path: string,
   ready: boolean,
   metrics: MetricsText | undefined,
+  /** Why `ready` is false, for the body. */
+  why = 'shutting down',
 ): boolean {
   if (path !== '/healthz' && path !== '/readyz' && (path !== '/metrics' || !metrics)) return false;
   req.resume();
@@ -144,7 +148,7 @@ export function handleHealth(
     return true;
   }
   const ok = path === '/healthz' || ready;
-  const body = ok ? 'ok\n' : 'shutting down\n';
+  const body = ok ? 'ok\n' : `${why}\n`;
   res.writeHead(ok ? 200 : 503, {
     'Content-Type': 'text/plain; charset=utf-8',
     'Cache-Control': 'no-store',
@@ -162,7 +166,7 @@ export function handleHealth(
 export function createAdminServer(gateway: HealthSource): Server {
   const server = createServer((req, res) => {
     const path = targetPath(req.url);
-    if (handleHealth(req, res, path, gateway.ready, gateway.metrics)) return;
+    if (handleHealth(req, res, path, gateway.ready, gateway.metrics, gateway.notReadyReason)) return;
     req.resume();
     sendError(
       res,
@@ -198,7 +202,11 @@ export function handleEndpoint(
   }
   if (info.browser?.handle(req, res, path)) return;
   if (info.relay?.handle(req, res, path)) return;
-  if (handleHealth(req, res, path, !ctx.closing(), info.metricsPublic === false ? undefined : info.metrics)) return;
+  // A cluster node whose Redis is unreachable is not ready: new claims would get 503 there.
+  const storeDown = ctx.cluster !== undefined && !ctx.cluster.storeReady();
+  const why = ctx.closing() ? 'shutting down' : 'the shared store (Redis) is unreachable';
+  const ready = !ctx.closing() && !storeDown;
+  if (handleHealth(req, res, path, ready, info.metricsPublic === false ? undefined : info.metrics, why)) return;
   if (path === '/') {
     if (req.method !== 'GET' && req.method !== 'HEAD') return methodNotAllowed(req, res, 'GET, HEAD');
     req.resume();

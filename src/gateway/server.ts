@@ -181,7 +181,7 @@ function urlsOption(value: string | undefined): UrlMode {
 }
 
 /** The gateway's settings from its options: defaults, bounds and the error for a bad value come from the options table (src/options.ts). */
-function settingsFrom(o: GatewayOptions): GatewaySettings {
+export function settingsFrom(o: GatewayOptions): GatewaySettings {
   const domain = domainOption(o.domain);
   const publicUrl = publicUrlOption(o.publicUrl);
   return {
@@ -534,9 +534,14 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     this.access.set(config, source);
   }
 
-  /** Listening and accepting (what /readyz reports): false before listen() and once close() began. */
+  /** Listening and accepting (what /readyz reports): false before listen(), once close() began, and while a cluster node's Redis is unreachable. */
   get ready(): boolean {
-    return this.server.listening && !this.#closing;
+    return this.server.listening && !this.#closing && (this.#ctx.cluster?.storeReady() ?? true);
+  }
+
+  /** Why `ready` is false (the body of a 503 on /readyz). */
+  get notReadyReason(): string {
+    return this.#closing || !this.server.listening ? 'shutting down' : 'the shared store (Redis) is unreachable';
   }
 
   address(): AddressInfo | null {

@@ -127,40 +127,20 @@ export class Registration {
    * name claimed without.
    */
   checkClaimant(params: Pick<ClaimParams, 'token' | 'holder' | 'keyId'>): void {
-    const name = this.name;
+    const refused = this.#claimantRefusal(params);
+    if (refused) throw claimantError(refused, this.name);
+  }
+
+  #claimantRefusal(params: Pick<ClaimParams, 'token' | 'holder' | 'keyId'>): ClaimantRefusal | undefined {
     if (this.holder !== undefined) {
-      if (params.token !== undefined) {
-        throw new PtthError(
-          'PTTH_ERR_TOKEN_MISMATCH',
-          `The name "${name}" is held by a client that claimed it without a token: a claim with a token ` +
-            'cannot take it over while the registration lives.',
-        );
-      }
-      if (params.holder !== this.holder) {
-        throw new PtthError(
-          'PTTH_ERR_TOKEN_MISMATCH',
-          `The name "${name}" is held by a client at another address that claimed it without a token. ` +
-            'Pick another name or wait for its lease to end; claim with a token to keep a name from any address.',
-        );
-      }
+      if (params.token !== undefined) return 'tokenless-held';
+      if (params.holder !== this.holder) return 'other-address';
       // An address can be shared (NAT): on a gateway with keys, another key's tenant there is another client.
-      if (params.keyId !== this.keyId) {
-        throw new PtthError(
-          'PTTH_ERR_TOKEN_MISMATCH',
-          `The name "${name}" is held, without a token, under another access key: claim it with a token to move it.`,
-        );
-      }
-      return;
+      if (params.keyId !== this.keyId) return 'other-key';
+      return undefined;
     }
-    if (params.token === undefined) {
-      throw new PtthError(
-        'PTTH_ERR_TOKEN_MISMATCH',
-        `The name "${name}" is held under another token: claim it with the token it was claimed with.`,
-      );
-    }
-    if (!this.tokenMatches(params.token)) {
-      throw new PtthError('PTTH_ERR_TOKEN_MISMATCH', `The name "${name}" is held under another token.`);
-    }
+    if (params.token === undefined) return 'token-needed';
+    return this.tokenMatches(params.token) ? undefined : 'token-mismatch';
   }
 
   /** Puts a live channel into service. */
@@ -189,11 +169,19 @@ export class Registration {
     if (this.channels.length === 0 && this.remotes.length === 0 && !this.#released) this.#armExpiry();
   }
 
-  #armExpiry(): void {
+  #armExpiry(ms = this.lease * 1000): void {
     this.#disarmExpiry();
-    this.expiresAt = Date.now() + this.lease * 1000;
-    this.#expiry = setTimeout(() => this.#table.release(this, 'lease expired'), this.lease * 1000);
+    this.expiresAt = Date.now() + ms;
+    this.#expiry = setTimeout(() => this.#table.release(this, 'lease expired'), ms);
     this.#expiry.unref();
+  }
+
+  /**
+   * The lease ends `ms` from now unless a channel comes: what is left of it when a shared store
+   * started it elsewhere. Nothing while a channel (here or on another node) is live.
+   */
+  expireIn(ms: number): void {
+    if (this.channels.length === 0 && this.remotes.length === 0 && !this.#released) this.#armExpiry(Math.max(0, ms));
   }
 
   #disarmExpiry(): void {
@@ -364,6 +352,34 @@ export class Registration {
       this.#giveUp(p, new PtthError('PTTH_ERR_NOT_FOUND', 'The registration was released.'));
     for (const ch of [...this.channels]) ch.close();
     for (const ch of this.remotes.splice(0)) ch.close();
+  }
+}
+
+/** Why a claim for a held name is not its holder's (a shared store decides the same, src/cluster/lua.ts). */
+export type ClaimantRefusal = 'tokenless-held' | 'other-address' | 'other-key' | 'token-needed' | 'token-mismatch';
+
+/** 403 PTTH_ERR_TOKEN_MISMATCH with the sentence for `why`. */
+export function claimantError(why: ClaimantRefusal, name: string): PtthError {
+  const say = (message: string): PtthError => new PtthError('PTTH_ERR_TOKEN_MISMATCH', message);
+  switch (why) {
+    case 'tokenless-held':
+      return say(
+        `The name "${name}" is held by a client that claimed it without a token: a claim with a token ` +
+          'cannot take it over while the registration lives.',
+      );
+    case 'other-address':
+      return say(
+        `The name "${name}" is held by a client at another address that claimed it without a token. ` +
+          'Pick another name or wait for its lease to end; claim with a token to keep a name from any address.',
+      );
+    case 'other-key':
+      return say(
+        `The name "${name}" is held, without a token, under another access key: claim it with a token to move it.`,
+      );
+    case 'token-needed':
+      return say(`The name "${name}" is held under another token: claim it with the token it was claimed with.`);
+    case 'token-mismatch':
+      return say(`The name "${name}" is held under another token.`);
   }
 }
 

@@ -99,6 +99,30 @@ export interface RouteTable extends EventEmitter<TableEvents> {
   close(): void;
 }
 
+/** 429 PTTH_ERR_TOO_MANY_CHANNELS: `name` holds `count` channels, the most allowed. */
+export function tooManyChannels(name: string, count: number): PtthError {
+  return new PtthError(
+    'PTTH_ERR_TOO_MANY_CHANNELS',
+    `The name "${name}" already has ${count} channels, the most this gateway allows.`,
+  );
+}
+
+/** 429 PTTH_ERR_KEY_CHANNELS. */
+export function keyChannels(keyId: string, held: number, max: number): PtthError {
+  return new PtthError(
+    'PTTH_ERR_KEY_CHANNELS',
+    `The access key "${keyId}" already holds ${held} channels, the most it may (maxChannels ${max}).`,
+  );
+}
+
+/** 429 PTTH_ERR_KEY_NAMES. */
+export function keyNames(keyId: string, held: number, max: number): PtthError {
+  return new PtthError(
+    'PTTH_ERR_KEY_NAMES',
+    `The access key "${keyId}" already holds ${held} names, the most it may (maxNames ${max}).`,
+  );
+}
+
 export class MemoryTable extends EventEmitter<TableEvents> implements RouteTable {
   #byName = new Map<string, Registration>();
   /** By lookupKey(privateId): the private URL is a capability, see lookupKey. */
@@ -209,34 +233,18 @@ export class MemoryTable extends EventEmitter<TableEvents> implements RouteTable
     limits: ChannelLimits,
   ): PtthError | undefined {
     const count = reg?.channels.length ?? 0;
-    if (count >= limits.perName) {
-      return new PtthError(
-        'PTTH_ERR_TOO_MANY_CHANNELS',
-        `The name "${name}" already has ${count} channels, the most this gateway allows.`,
-      );
-    }
+    if (count >= limits.perName) return tooManyChannels(name, count);
     const max = limits.perKey;
     if (max === undefined || keyId === undefined) return undefined;
     const held = this.heldBy(keyId).channels + (reg !== undefined && reg.keyId !== keyId ? count : 0);
-    if (held >= max) {
-      return new PtthError(
-        'PTTH_ERR_KEY_CHANNELS',
-        `The access key "${keyId}" already holds ${held} channels, the most it may (maxChannels ${max}).`,
-      );
-    }
-    return undefined;
+    return held >= max ? keyChannels(keyId, held, max) : undefined;
   }
 
   /** Throws PTTH_ERR_KEY_NAMES when the claim's key may not hold one more name. */
   #checkNames(params: ClaimParams): void {
     if (params.keyId === undefined || params.maxNames === undefined) return;
     const held = this.#byKey.get(params.keyId)?.size ?? 0;
-    if (held >= params.maxNames) {
-      throw new PtthError(
-        'PTTH_ERR_KEY_NAMES',
-        `The access key "${params.keyId}" already holds ${held} names, the most it may (maxNames ${params.maxNames}).`,
-      );
-    }
+    if (held >= params.maxNames) throw keyNames(params.keyId, held, params.maxNames);
   }
 
   #indexKey(reg: Registration): void {
