@@ -67,7 +67,7 @@ function freePort(): Promise<number> {
   });
 }
 
-/** Resolves once `PING` on 127.0.0.1:port gets `+PONG`; rejects on a connection error or after `ms`. */
+/** Resolves once `PING` on 127.0.0.1:port gets `+PONG` (or NOAUTH, from a server with a password); rejects on a connection error or after `ms`. */
 export function ping(port: number, ms = 2_000): Promise<void> {
   return new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1');
@@ -82,7 +82,8 @@ export function ping(port: number, ms = 2_000): Promise<void> {
     s.on('connect', () => s.write('PING\r\n'));
     s.on('data', (c: Buffer) => {
       got += c.toString('latin1');
-      if (got.startsWith('+PONG\r\n')) done();
+      // A server with --requirepass answers NOAUTH: it is up all the same.
+      if (got.startsWith('+PONG\r\n') || got.startsWith('-NOAUTH ')) done();
       else if (got.includes('\r\n')) done(new Error(`redis on port ${port} answered PING with ${JSON.stringify(got)}`));
     });
     s.on('error', done);
