@@ -33,7 +33,10 @@ export interface ClusterOptions {
 
 /** A node id: host name (made safe) and 32 random bits, so a restarted node is a new one. */
 export function defaultNodeId(): string {
-  const host = hostname().replace(/[^A-Za-z0-9.-]/g, '-').slice(0, 40) || 'node';
+  const host =
+    hostname()
+      .replace(/[^A-Za-z0-9.-]/g, '-')
+      .slice(0, 40) || 'node';
   return `${host}-${randomBytes(4).toString('hex')}`;
 }
 
@@ -41,7 +44,8 @@ export function defaultNodeId(): string {
 export function defaultNodeUrl(addr: AddressInfo, secure: boolean): string {
   const scheme = secure ? 'https' : 'http';
   const bound = addr.address;
-  if (bound !== '0.0.0.0' && bound !== '::') return `${scheme}://${bound.includes(':') ? `[${bound}]` : bound}:${addr.port}`;
+  if (bound !== '0.0.0.0' && bound !== '::')
+    return `${scheme}://${bound.includes(':') ? `[${bound}]` : bound}:${addr.port}`;
   for (const list of Object.values(networkInterfaces())) {
     for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return `${scheme}://${a.address}:${addr.port}`;
   }

@@ -47,7 +47,12 @@ export class GatewayProxy {
     this.#connectTimeout = connectTimeout;
   }
 
-  proxy(req: IncomingMessage, res: ServerResponse, peer: { readonly id: string; readonly url: URL }, name: string): void {
+  proxy(
+    req: IncomingMessage,
+    res: ServerResponse,
+    peer: { readonly id: string; readonly url: URL },
+    name: string,
+  ): void {
     const secure = peer.url.protocol === 'https:';
     const headers = forwardable(req.rawHeaders);
     headers.push('X-Ptth-Hop', this.#signer.sign(name, 1), 'X-Ptth-Hop-Kind', 'comet');
@@ -81,7 +86,10 @@ export class GatewayProxy {
       }
       sendError(
         res,
-        new PtthError('PTTH_ERR_NO_CHANNEL', 'The gateway node that serves this request URL cannot be reached: poll again.'),
+        new PtthError(
+          'PTTH_ERR_NO_CHANNEL',
+          'The gateway node that serves this request URL cannot be reached: poll again.',
+        ),
         req.headers.accept,
       );
     });

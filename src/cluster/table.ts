@@ -147,7 +147,8 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
       },
       abandon: (reason) => {
         if (settled) {
-          if (created && registration.channels.length === 0 && !registration.released) this.release(registration, reason);
+          if (created && registration.channels.length === 0 && !registration.released)
+            this.release(registration, reason);
           return;
         }
         settled = true;

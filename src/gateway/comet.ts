@@ -190,7 +190,8 @@ export class CometService {
     const [sid, slotId, extra] = path.slice(SERVICE_PATH.length + 1).split('/');
     const session = sid ? this.#sessions.get(lookupKey(sid)) : undefined;
     // A cluster: the session may be another node's, or a gone node's this one takes over.
-    if (!session && sid && slotId && extra === undefined && this.#ctx.cluster) return this.#elsewhere(req, res, path, sid);
+    if (!session && sid && slotId && extra === undefined && this.#ctx.cluster)
+      return this.#elsewhere(req, res, path, sid);
     const slot = session && slotId && extra === undefined ? session.slot(slotId) : undefined;
     const op = !session || !slot || !slotId ? 'unknown' : req.method === 'POST' ? 'reply' : 'poll';
     this.#observe(req, res, op, path, session?.reg.name);

@@ -72,7 +72,12 @@ export interface ClusterHooks {
   /** Which node serves a Comet session, or undefined when the store knows none. */
   locateSession(hash: string): Promise<CometRoute | undefined>;
   /** Sends a request (a Comet poll or reply) to the node that serves its session, over the internal hop. */
-  proxy(req: IncomingMessage, res: ServerResponse, peer: { readonly id: string; readonly url: URL }, name: string): void;
+  proxy(
+    req: IncomingMessage,
+    res: ServerResponse,
+    peer: { readonly id: string; readonly url: URL },
+    name: string,
+  ): void;
 }
 
 /** Where a Comet session is served. */
