@@ -23,6 +23,11 @@ export interface PeerNode {
   readonly url: URL;
 }
 
+/** A node holding channels of a name, and how many. */
+export interface HolderNode extends PeerNode {
+  readonly channels: number;
+}
+
 /** A registration as Redis keeps it, seen from one node. */
 export interface StoredRecord {
   readonly name: string;
@@ -36,8 +41,8 @@ export interface StoredRecord {
   readonly version: number;
   /** Milliseconds until it expires, or -1 while some node holds a channel of it. */
   readonly pttl: number;
-  /** Other live nodes holding channels of it. */
-  readonly holders: readonly PeerNode[];
+  /** Other live nodes holding channels of it (every node's, for a listing). */
+  readonly holders: readonly HolderNode[];
 }
 
 /** Why Redis refused a claim (table.ts turns it into the same PtthError a single gateway gives). */
@@ -255,8 +260,9 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
     await this.#run('ptthRelease', name);
   }
 
-  async get(name: string): Promise<StoredRecord | undefined> {
-    const reply = await this.#run('ptthGet', this.options.nodeId, name);
+  /** The record of `name`; its holders leave out this node (`all`: not even this one, for a listing). */
+  async get(name: string, all = false): Promise<StoredRecord | undefined> {
+    const reply = await this.#run('ptthGet', all ? '' : this.options.nodeId, name);
     return reply === null ? undefined : toRecord(reply as Reply[]);
   }
 
@@ -313,7 +319,7 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
       cursor = next;
       for (const key of keys) {
         if (out.length >= limit) return out;
-        const record = await this.get(key.slice(p.length + 2));
+        const record = await this.get(key.slice(p.length + 2), true);
         if (record) out.push(record);
       }
     } while (cursor !== '0');
@@ -361,11 +367,11 @@ function parseUrl(s: string): URL | undefined {
 
 function toRecord(r: Reply[]): StoredRecord {
   const s = (i: number): string => String(r[i] ?? '');
-  const flat = (r[11] ?? []) as string[];
-  const holders: PeerNode[] = [];
-  for (let i = 0; i + 1 < flat.length; i += 2) {
-    const url = parseUrl(flat[i + 1] as string);
-    if (url) holders.push({ id: flat[i] as string, url });
+  const flat = (r[11] ?? []) as (string | number)[];
+  const holders: HolderNode[] = [];
+  for (let i = 0; i + 2 < flat.length; i += 3) {
+    const url = parseUrl(String(flat[i + 1]));
+    if (url) holders.push({ id: String(flat[i]), url, channels: Number(flat[i + 2]) });
   }
   return {
     created: s(1) === '1',
