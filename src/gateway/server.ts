@@ -515,6 +515,16 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     });
   }
 
+  /** The node id when this gateway is a node of a cluster (logs and metrics name it), else undefined. */
+  get nodeId(): string | undefined {
+    return this.#ctx.cluster?.nodeId;
+  }
+
+  /** The cluster hooks of a node (the status page lists the whole cluster through them). */
+  get cluster(): ClusterHooks | undefined {
+    return this.#ctx.cluster;
+  }
+
   /** True when the gateway serves HTTPS. */
   get secure(): boolean {
     return 'setSecureContext' in this.server;
