@@ -24,7 +24,7 @@ import { gatewayHeaders, handleEndpoint, type GatewayInfo } from './endpoints.js
 import { BrowserEndpoints, type BrowserOptions } from './browser.js';
 import { RelayEndpoint, relaySettingsFrom, type RelayOptions } from './relay.js';
 import type { EmitGatewayEvent, GatewayEvents } from './eventmap.js';
-import { forwardRequest, forwardUpgrade, refuseVisitor } from './forward.js';
+import { forwardHop, forwardHopUpgrade, forwardRequest, forwardUpgrade, refuseVisitor } from './forward.js';
 import { VERSION } from '../version.js';
 import { GatewayMetrics } from './metrics.js';
 import { AccessControl, type AccessConfig } from '../table/access.js';
@@ -369,6 +369,8 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const ctx = this.#ctx;
     this.#current.set(req.socket, { req, res });
+    // Another node's request (the internal hop): its node classified and admitted it already.
+    if (req.headers['x-ptth-hop'] !== undefined) return forwardHop(ctx, req, res);
     const arrival = this.#arrive(req, false);
     const route = arrival.route;
     // The gateway's own headers even on a refusal: its answers are never framed or sniffed.
@@ -460,6 +462,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     // Channels and spliced upgrades live as long as their peers want; the idle timeout is for
     // plain HTTP exchanges (channels have PING, TCP keepalive and their own timers).
     socket.setTimeout(0);
+    if (req.headers['x-ptth-hop'] !== undefined) return forwardHopUpgrade(ctx, req, socket, head);
     const arrival = this.#arrive(req, true);
     const { route } = arrival;
     const admission = admit(arrival, this.#buckets);
