@@ -136,6 +136,8 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
   #closed = false;
   #wasUp = false;
   #nodeUrl = '';
+  /** The cluster secret when it came from Redis (a configured one is never written there). */
+  #secret: string | undefined;
 
   constructor(options: StoreOptions) {
     super();
@@ -191,7 +193,19 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
     if (this.#closed) return;
     const again = this.#wasUp;
     this.#wasUp = true;
-    if (again) this.emit('up');
+    if (!again) return;
+    // A Redis that came back empty lost the cluster's secret: put back the one this node uses, so
+    // nodes that start now sign the hop as the running ones do.
+    const secret = this.#secret;
+    const restore = secret === undefined ? Promise.resolve() : this.#redis.set(this.#secretKey, secret, 'NX');
+    restore.then(
+      () => this.emit('up'),
+      () => this.emit('up'),
+    );
+  }
+
+  get #secretKey(): string {
+    return `${this.options.prefix}secret`;
   }
 
   #down(err: Error): void {
@@ -328,10 +342,11 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
 
   /** The cluster's secret for the internal hop and private URLs, made once by the first node. */
   async secret(): Promise<string> {
-    const key = `${this.options.prefix}secret`;
+    const key = this.#secretKey;
     await this.#redis.set(key, randomSecret(256), 'NX');
     const value = await this.#redis.get(key);
     if (!value) throw new Error('Redis lost the cluster secret just after setting it');
+    this.#secret = value;
     return value;
   }
 

@@ -3,11 +3,11 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { createServer as createTlsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { PtthError } from '../http/errors.js';
-import { writeRawError } from '../http/respond.js';
+import { sendError, writeRawError } from '../http/respond.js';
 import { MemoryTable, type RouteTable } from '../table/table.js';
 import type { ClusterHooks } from './context.js';
 import { claimFromRequest, claimFromUpgrade } from './claim.js';
-import { classify, hostProblem, originForm, type Route, type UrlMode } from './classify.js';
+import { classify, hostProblem, originForm, SERVICE_PATH, type Route, type UrlMode } from './classify.js';
 import { admit, type Admission, type Arrival, type Buckets } from './admission.js';
 import { claimantName, refuse, refuseClaim } from './refuse.js';
 import type { GatewayContext, GatewaySettings } from './context.js';
@@ -370,7 +370,10 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     const ctx = this.#ctx;
     this.#current.set(req.socket, { req, res });
     // Another node's request (the internal hop): its node classified and admitted it already.
-    if (req.headers['x-ptth-hop'] !== undefined) return forwardHop(ctx, req, res);
+    if (req.headers['x-ptth-hop'] !== undefined) {
+      if (req.headers['x-ptth-hop-kind'] === 'comet') return this.#hopComet(req, res);
+      return forwardHop(ctx, req, res);
+    }
     const arrival = this.#arrive(req, false);
     const route = arrival.route;
     // The gateway's own headers even on a refusal: its answers are never framed or sniffed.
@@ -384,6 +387,23 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     else if (route.kind === 'claim') claimFromRequest(ctx, req, res, route.hostName);
     else handleEndpoint(ctx, this.#info, req, res);
   };
+
+  /**
+   * A Comet poll or reply another node sent on (its session is served here, or this node adopts
+   * it): checked as every hop is, then handled as if it had come here (docs/PROTOCOL.md section 12).
+   */
+  #hopComet(req: IncomingMessage, res: ServerResponse): void {
+    const value = req.headers['x-ptth-hop'];
+    const ok = typeof value === 'string' && this.#ctx.cluster?.verifyHop(value) !== undefined;
+    const path = targetPath(req.url);
+    gatewayHeaders(req, res, path);
+    if (!ok || !path.startsWith(`${SERVICE_PATH}/`)) {
+      req.resume();
+      sendError(res, new PtthError('PTTH_ERR_HOP_FORBIDDEN'), req.headers.accept, true);
+      return;
+    }
+    handleEndpoint(this.#ctx, this.#info, req, res);
+  }
 
   /**
    * What admission decides on: the road of a request or upgrade (classify.ts) and what is wrong with

@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
 import { HopClient, type HopClientOptions, HopSigner } from '../../src/cluster/hop.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
+import type { ClusterHooks } from '../../src/gateway/context.js';
 import { MemoryTable } from '../../src/table/table.js';
 import type { Registration } from '../../src/table/registration.js';
 import { FAST, headEnd, readUntil, request, type TestGateway, until } from '../helpers/index.js';
@@ -33,6 +34,25 @@ interface Pair {
   link(name: string, url?: URL): Promise<Registration>;
 }
 
+/**
+ * Cluster hooks of a node linked to others by the hop alone (an in-memory table, no shared store):
+ * nothing here shares Comet sessions or lists a cluster, so those hooks say there is nothing.
+ */
+function hopOnly(nodeId: string, verifyHop: ClusterHooks['verifyHop'], ready: boolean): ClusterHooks {
+  return {
+    nodeId,
+    verifyHop,
+    storeReady: () => ready,
+    shareSession: async () => false,
+    locateSession: async () => undefined,
+    listRegistrations: async () => [],
+    nodes: async () => [],
+    proxy: () => {
+      throw new Error('no Comet session is shared without a store');
+    },
+  };
+}
+
 async function pair(options: GatewayOptions = {}, hopOptions: HopClientOptions = {}): Promise<Pair> {
   const signerA = new HopSigner(SECRET, 'a');
   const signerB = new HopSigner(SECRET, 'b');
@@ -40,12 +60,12 @@ async function pair(options: GatewayOptions = {}, hopOptions: HopClientOptions =
   const a = await useGateway({
     ...options,
     table: tableA,
-    cluster: { nodeId: 'a', verifyHop: signerA.verify, storeReady: () => true },
+    cluster: hopOnly('a', signerA.verify, true),
   });
   const b = await useGateway({
     ...options,
     table: tableFor(),
-    cluster: { nodeId: 'b', verifyHop: signerB.verify, storeReady: () => true },
+    cluster: hopOnly('b', signerB.verify, true),
   });
   const hop = new HopClient(signerA, hopOptions);
   cleanup(() => hop.close());
@@ -625,7 +645,7 @@ describe('visitors and the shared store (RouteTable.fetch)', () => {
     const g = await useGateway({
       ...FAST,
       table,
-      cluster: { nodeId: 'b', verifyHop: signer.verify, storeReady: () => false },
+      cluster: hopOnly('b', signer.verify, false),
     });
     table.failing = true;
     const r = await request(g.port, { host: g.host('app') });
