@@ -406,8 +406,7 @@ class ObservedExchange extends VisitorExchange {
 function lastForwardedFor(headers: readonly string[]): string {
   const xff = rawHeader(headers, 'x-forwarded-for');
   if (xff === undefined) return '';
-  const last = xff.slice(xff.lastIndexOf(',') + 1).trim();
-  return last.startsWith('"[') ? last.slice(2, -2) : last;
+  return xff.slice(xff.lastIndexOf(',') + 1).trim();
 }
 
 /** Visitors' upgrade requests (WebSocket and others): spliced to the app after its 101. `via`: the path named the app. */

@@ -498,6 +498,22 @@ describe('the internal hop: credentials', () => {
     expect(seen[0]?.rawHeaders.map((h) => h.toLowerCase())).not.toContain('x-ptth-hop');
   });
 
+  it("B reports a hop request with the visitor's address (the last X-Forwarded-For), not the sending node's", async () => {
+    const { p } = await withApp();
+    const events: { name: string; remote: string; status: number }[] = [];
+    p.b.gateway.on('request', (e) => events.push({ name: e.name, remote: e.remote, status: e.status }));
+    const r = await request(p.b.port, {
+      host: p.b.host('app'),
+      headers: {
+        'X-Ptth-Hop': handMade(SECRET, 'a', 'app', 1, Date.now()),
+        'X-Forwarded-For': '198.51.100.1, 2001:db8::5',
+      },
+    });
+    expect(r.status).toBe(200);
+    await until(() => events.length === 1, 3_000, 'the request event');
+    expect(events).toEqual([{ name: 'app', remote: '2001:db8::5', status: 200 }]);
+  });
+
   it('hops: an exchange that crossed two nodes never takes a remote; one that crossed one does', async () => {
     const { p, seen } = await withApp();
     await p.link('app');
@@ -527,6 +543,20 @@ describe('the internal hop: failures', () => {
     expect(r.headers['x-ptth-error']).toBe('PTTH_ERR_NO_CHANNEL');
     expect(reg.remotes).toEqual([]);
     expect(remote?.closed).toBe(true);
+  });
+
+  it('peer unreachable, another node holds the name: the request (body and all) is served there', async () => {
+    const { a, b, hop, link } = await pair();
+    const seen: Seen[] = [];
+    await useApp(b.port, recorder(seen), { name: 'app', token: TOKEN });
+    const reg = await link('app', new URL(`http://127.0.0.1:${await closedPort()}`));
+    const dead = reg.remotes[0];
+    reg.addRemote(hop.channel({ id: 'b', url: new URL(b.origin) }, 'app'));
+    const r = await request(a.port, { host: a.host('app'), method: 'POST', path: '/p', body: 'abc' });
+    expect(r.body).toBe('POST /p 3');
+    expect(dead?.closed).toBe(true);
+    expect(reg.remotes.length).toBe(1);
+    expect(seen.length).toBe(1);
   });
 
   it('peer unreachable while the local channel is busy: the request is retried on the local channel', async () => {
