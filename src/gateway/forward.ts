@@ -183,7 +183,8 @@ function redirectToSlash(req: IncomingMessage, res: ServerResponse, prefix: stri
 
 /**
  * A visitor request the gateway refuses before routing it (a rate limit, a header flood, a name
- * nobody holds): answered with `err` (and `Connection: close` unless `close` is false), and reported in `request` events and metrics like any other.
+ * nobody holds): answered with `err` (and `Connection: close` unless `close` is false), and
+ * reported in `request` events and metrics like any other.
  */
 export function refuseVisitor(
   ctx: GatewayContext,
