@@ -397,6 +397,7 @@ class ObservedExchange extends VisitorExchange {
       bytesOut: this.#bytesOut,
       remote: this.#remote,
       error: this.#error,
+      hops: this.hops,
     };
     if (this.ctx.observed.requests) this.ctx.emit('request', event);
     if (this.#topic !== undefined) this.#topic.publish(event, this.headers, res, this.#capture);
