@@ -1,6 +1,7 @@
 import type * as dns from 'node:dns';
 import * as http from 'node:http';
 import * as net from 'node:net';
+import * as tls from 'node:tls';
 import type { LookupFunction } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createGateway, type Gateway } from '../../src/gateway/server.js';
@@ -9,6 +10,7 @@ import type { NodeStatus } from '../../src/client/nodes.js';
 import { FAST, request, startGateway, until, type TestGateway } from '../helpers/index.js';
 import { cleanup } from '../helpers/fixture.js';
 import { spawnCli, type Spawned } from '../helpers/spawn.js';
+import { makeCert } from '../helpers/tls.js';
 
 /** Retries short enough for a test: a lost node is tried again within a few hundred ms. */
 const QUICK: ListenOptions = { backoff: 20, maxBackoff: 200, claimTimeout: 1_000 };
@@ -161,6 +163,29 @@ describe('Node client: several gateways', () => {
     expect(t.nodes).toEqual([{ gateway: `${gw.origin}/`, address: undefined, up: true, connections: 2 }]);
   });
 
+  it('leaves a node that accepts connections and never answers the claim, past claimTimeout', async () => {
+    const gw = await gatewayOn();
+    const silent = net.createServer((socket) => socket.resume());
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    cleanup(() => new Promise((resolve) => silent.close(resolve)));
+    const silentPort = (silent.address() as net.AddressInfo).port;
+    const t = app([`http://127.0.0.1:${silentPort}`, gw.origin], {
+      name: 'patient',
+      http1: true,
+      connections: 2,
+      claimTimeout: 200,
+    });
+    const events = nodeEvents(t);
+    await t.ready();
+    await until(() => channels(gw, 'patient') === 2 && t.connections === 2, 5_000, 'both channels on the gateway');
+    expect(events[0]).toMatchObject({ gateway: `http://127.0.0.1:${silentPort}/`, up: false });
+    expect(events[0]?.error?.message).toMatch(/did not answer the claim within 200 ms/);
+    expect(t.nodes.map((n) => [n.up, n.connections])).toEqual([
+      [false, 0],
+      [true, 2],
+    ]);
+  });
+
   it('refuses an empty gateway list and a URL that is not http(s) among several', () => {
     expect(() => listen(() => undefined, { gateway: [] })).toThrow(/the list is empty/);
     expect(() => listen(() => undefined, { gateway: ['http://127.0.0.1:1', 'ftp://127.0.0.1:2'] })).toThrow(
@@ -233,6 +258,41 @@ describe('Node client: a gateway name with several addresses', () => {
     ]);
     const r = await request(gw.port, { host: gw.host('moved'), path: '/v4' });
     expect(r.body).toBe('hello /v4');
+  });
+});
+
+describe('Node client: an https gateway name with several addresses', () => {
+  it('sends the host name as TLS server name and Host to each address', async () => {
+    const cert = makeCert('spread.test');
+    cleanup(() => cert.remove());
+    const gateway = createGateway({ ...FAST, domain: 'spread.test', tls: { cert: cert.cert, key: cert.key } });
+    const { port } = await gateway.listen(0, '127.0.0.1');
+    cleanup(() => gateway.close(200));
+    // [::1] notes the server name and Host of each claim and refuses it with a 503.
+    const seen: string[] = [];
+    const refusing = tls.createServer({ cert: cert.cert, key: cert.key }, (socket) => {
+      socket.on('error', () => undefined);
+      socket.once('data', (head: Buffer) => {
+        const host = /\r\nhost: ([^\r]*)/i.exec(head.toString('latin1'))?.[1];
+        seen.push(`${String(socket.servername)} ${String(host)}`);
+        socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      });
+    });
+    await new Promise<void>((resolve) => refusing.listen(port, '::1', resolve));
+    cleanup(() => new Promise((resolve) => refusing.close(resolve)));
+    const lookup = scriptedLookup([['127.0.0.1', '::1']]);
+    const t = app(`https://spread.test:${port}`, {
+      name: 'secure',
+      http1: true,
+      connections: 2,
+      lookup,
+      rejectUnauthorized: false,
+    });
+    await t.ready();
+    await until(() => gateway.table.lookup('secure')?.channels.length === 2 && t.connections === 2, 5_000, 'two on v4');
+    await until(() => seen.length > 0, 3_000, 'a claim on [::1]');
+    expect(new Set(seen)).toEqual(new Set([`spread.test spread.test:${port}`]));
+    expect(t.url).toBe(`https://secure.spread.test:${port}/`);
   });
 });
 
