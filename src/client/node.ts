@@ -140,7 +140,7 @@ export interface TunnelEvents {
   connections: [count: number];
   /** A refusal that retrying cannot fix; the tunnel has stopped. */
   error: [Error];
-  /** A gateway node was lost (a failed dial, a 5xx claim) or answers again; see `Tunnel.nodes`. */
+  /** A gateway node was lost (a failed dial, a refused claim) or answers again; see `Tunnel.nodes`. */
   node: [NodeStatus];
   close: [];
 }
@@ -463,7 +463,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
         this.#stop(err);
         return;
       }
-      if (!(err instanceof ClaimError) || err.status >= 500) this.#nodeDown(node, err);
+      // Any other refusal (a 5xx, a 409 or 429 of that node) sends the next dials to the other nodes.
+      this.#nodeDown(node, err);
       // A dial beyond the pool's size has no slot to retry: the node's own timer tries it again.
       if (extra) this.#fill();
       else this.#schedule(err, kind, attempt);
@@ -568,7 +569,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     }
   }
 
-  /** A node failed a dial or refused a claim with a 5xx: dials go to the others until its retry. */
+  /** A node failed a dial or refused a claim (not for good): dials go to the others until its retry. */
   #nodeDown(node: GatewayNode, error: Error): void {
     if (!this.#nodes.includes(node)) return;
     node.retry = false;

@@ -75,7 +75,7 @@ export function pinnedLookup(address: string): LookupFunction {
 export class GatewayNode {
   readonly gateway: URL;
   readonly address: string | undefined;
-  /** Dials go here; false from a failed dial or refused claim (5xx) until a claim succeeds again. */
+  /** Dials go here; false from a failed dial or refused claim until a claim succeeds here again. */
   up = true;
   /** Down, but its retry time has come: dials may go here again. */
   retry = false;
@@ -105,7 +105,7 @@ export interface NodeStatus {
   gateway: string;
   /** The address dialled, when the gateway's name resolved to several; undefined: the name itself. */
   address: string | undefined;
-  /** Whether the node takes connections (false after a failed dial or a 5xx claim, until one succeeds). */
+  /** Whether the node takes connections (false after a failed dial or a refused claim, until one succeeds). */
   up: boolean;
   /** Live reversed connections on this node. */
   connections: number;
