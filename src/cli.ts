@@ -555,16 +555,20 @@ function reportTunnel(tunnel: Tunnel, o: ConnectFlags, view: ConnectView, watch:
     quietUntil = now + delay;
     err(`${time()} cannot reach ${o.gateway.join(', ')}: ${error.message}; retrying in ${(delay / 1000).toFixed(1)} s`);
   });
-  // With several nodes, one lost is not the app lost: its connections move to the others.
+  // With several nodes, one lost is not the app lost: its connections move to the others. While
+  // none is reachable the lines above say so; a node is said back only after it was said lost.
+  const saidNodeLost = new Set<string>();
   tunnel.on('node', (node) => {
     if (tunnel.nodes.length < 2) return;
-    const label =
-      node.address === undefined ? new URL(node.gateway).origin : `${new URL(node.gateway).origin} (${node.address})`;
-    if (node.up) out(`${time()} gateway node ${label} is back`);
-    else
-      err(
-        `${time()} lost gateway node ${label} (${node.error?.message ?? 'unreachable'}); its connections move to the other nodes`,
-      );
+    const origin = new URL(node.gateway).origin;
+    const label = node.address === undefined ? origin : `${origin} (${node.address})`;
+    if (node.up) {
+      if (saidNodeLost.delete(label)) out(`${time()} gateway node ${label} is back`);
+    } else if (tunnel.online && !saidNodeLost.has(label)) {
+      saidNodeLost.add(label);
+      const why = node.error?.message ?? 'unreachable';
+      err(`${time()} lost gateway node ${label} (${why}); its connections move to the other nodes`);
+    }
   });
   tunnel.on('error', (e) => {
     err(`ptth-proxy connect: ${claimMessage(e)}`);

@@ -88,11 +88,6 @@ export class GatewayNode {
     this.address = address;
   }
 
-  /** `http://gw.example:8080` or `http://gw.example:8080 (10.0.0.2)`. */
-  get label(): string {
-    return this.address === undefined ? this.gateway.origin : `${this.gateway.origin} (${this.address})`;
-  }
-
   /** Whether dials may go here. */
   get usable(): boolean {
     return this.up || this.retry;
