@@ -128,6 +128,23 @@ describe('Node client: several gateways', () => {
     }
   });
 
+  it('keeps a connection for WebSocket upgrades on each node when the app takes upgrades', async () => {
+    const gw1 = await gatewayOn();
+    const gw2 = await gatewayOn();
+    const server = http.createServer((_req, res) => res.end('plain'));
+    server.on('upgrade', (_req: http.IncomingMessage, socket: net.Socket) => socket.destroy());
+    const t = listen(server, { gateway: [gw1.origin, gw2.origin], name: 'upgrades', ...QUICK });
+    cleanup(() => t.close({ graceMs: 100 }));
+    await t.ready();
+    // One reversed HTTP/2 connection and one HTTP/1.1 connection for upgrades on each gateway.
+    await until(
+      () => channels(gw1, 'upgrades') === 2 && channels(gw2, 'upgrades') === 2 && t.connections === 4,
+      3_000,
+      'two channels on each',
+    );
+    expect(t.nodes.map((n) => n.connections)).toEqual([2, 2]);
+  });
+
   it('claims a name the first gateway chose on the others with the same token', async () => {
     const gw1 = await gatewayOn();
     const gw2 = await gatewayOn();
