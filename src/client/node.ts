@@ -226,7 +226,13 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#server = this.#makeServer(target);
     const named = this.#gateways.filter(spreadsByName);
     if (named.length === 0) this.#fill();
-    else void Promise.all(named.map((g) => this.#resolve(g))).then(() => this.#fill());
+    else {
+      // A dial that throws (a header node refuses) would throw from the constructor without a
+      // name to resolve; after one it stops the tunnel with that error instead.
+      void Promise.all(named.map((g) => this.#resolve(g)))
+        .then(() => this.#fill())
+        .catch((err: Error) => this.#stop(err));
+    }
   }
 
   /**
@@ -579,10 +585,12 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     }
     // Its name may point elsewhere now (a replaced machine, a shrunk DNS round-robin).
     if (spreadsByName(node.gateway)) {
-      void this.#resolve(node.gateway).then(() => {
-        this.#fill();
-        this.#rebalance();
-      });
+      void this.#resolve(node.gateway)
+        .then(() => {
+          this.#fill();
+          this.#rebalance();
+        })
+        .catch((err: Error) => this.#stop(err));
     }
     // One node alone needs no timer of its own: the pool's retries are its retries.
     if (this.#nodes.length < 2 || node.timer !== undefined) return;

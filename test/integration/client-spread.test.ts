@@ -210,6 +210,12 @@ describe('Node client: several gateways', () => {
     );
     expect(() => listen(() => undefined, { gateway: ['http://127.0.0.1:1', 'not a url'] })).toThrow(TypeError);
   });
+
+  it('stops with the error when a claim cannot even be written after the name is looked up', async () => {
+    const lookup = scriptedLookup([['127.0.0.1', '::1']]);
+    const t = listen(() => undefined, { gateway: 'http://spread.test:1', lookup, headers: { 'Bad Header': 'x' } });
+    await expect(t.ready()).rejects.toThrow(/Header name must be a valid HTTP token/);
+  });
 });
 
 /** A second gateway on `[::1]:port`, beside one on 127.0.0.1 with the same port. */
