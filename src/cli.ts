@@ -366,7 +366,8 @@ async function runServe(c: ServeValues): Promise<void> {
 
 /** `connect`'s options as commander parses them (flags without a value are `true` when given). */
 interface ConnectFlags {
-  gateway: string;
+  /** One gateway, or several nodes of one cluster (`--gateway` repeated). */
+  gateway: readonly string[];
   name?: string;
   token?: string;
   lease?: number;
@@ -466,7 +467,7 @@ function requestWatcher(
   const watch = (): void => {
     if ((quiet && !inspector) || tunnel.privateUrl === undefined) return;
     // After a gateway restart the claim is a new registration, with a new private URL.
-    const privateUrl = new URL(tunnel.privateUrl, o.gateway).href;
+    const privateUrl = new URL(tunnel.privateUrl, o.gateway[0]).href;
     if (events && eventsOf === privateUrl) {
       events.start();
       return;
@@ -552,7 +553,22 @@ function reportTunnel(tunnel: Tunnel, o: ConnectFlags, view: ConnectView, watch:
     if (error.message === lastSaid && now < quietUntil) return;
     lastSaid = error.message;
     quietUntil = now + delay;
-    err(`${time()} cannot reach ${o.gateway}: ${error.message}; retrying in ${(delay / 1000).toFixed(1)} s`);
+    err(`${time()} cannot reach ${o.gateway.join(', ')}: ${error.message}; retrying in ${(delay / 1000).toFixed(1)} s`);
+  });
+  // With several nodes, one lost is not the app lost: its connections move to the others. While
+  // none is reachable the lines above say so; a node is said back only after it was said lost.
+  const saidNodeLost = new Set<string>();
+  tunnel.on('node', (node) => {
+    if (tunnel.nodes.length < 2) return;
+    const origin = new URL(node.gateway).origin;
+    const label = node.address === undefined ? origin : `${origin} (${node.address})`;
+    if (node.up) {
+      if (saidNodeLost.delete(label)) out(`${time()} gateway node ${label} is back`);
+    } else if (tunnel.online && !saidNodeLost.has(label)) {
+      saidNodeLost.add(label);
+      const why = node.error?.message ?? 'unreachable';
+      err(`${time()} lost gateway node ${label} (${why}); its connections move to the other nodes`);
+    }
   });
   tunnel.on('error', (e) => {
     err(`ptth-proxy connect: ${claimMessage(e)}`);
@@ -576,6 +592,13 @@ function releaseOnSignals(tunnel: Tunnel, stopWatching: () => void, inspector: I
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
+}
+
+const DEFAULT_GATEWAYS: readonly string[] = ['http://localhost:8080'];
+
+/** `--gateway` given again adds a node; the first one given replaces the default. */
+function collectGateway(value: string, previous: readonly string[]): readonly string[] {
+  return previous === DEFAULT_GATEWAYS ? [value] : [...previous, value];
 }
 
 async function runConnect(spec: string, o: ConnectFlags): Promise<void> {
@@ -602,7 +625,15 @@ program
   .command('connect')
   .description('expose a local HTTP service through a gateway, e.g. `ptth-proxy connect 3000`')
   .argument('<target>', 'local port, host:port or URL of the service')
-  .addOption(new Option('-g, --gateway <url>', 'gateway URL').env('PTTH_GATEWAY').default('http://localhost:8080'))
+  .addOption(
+    new Option(
+      '-g, --gateway <url>',
+      'gateway URL; repeat it to spread the connections over several nodes of one cluster',
+    )
+      .env('PTTH_GATEWAY')
+      .argParser(collectGateway)
+      .default(DEFAULT_GATEWAYS, DEFAULT_GATEWAYS[0]),
+  )
   .option('-n, --name <name>', 'name to claim (default: the gateway picks one)')
   .option('-t, --token <token>', 'secret that holds the name across restarts (default: random per run)')
   .option('-l, --lease <seconds>', 'how long the gateway keeps the name while disconnected', int(0))
