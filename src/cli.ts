@@ -507,8 +507,8 @@ function freePort(host: string): Promise<number> {
 }
 
 /**
- * Listens on --port (a worker: through the primary's shared port, and on a hop port of its own,
- * then tells the primary); with --redis the node joins the cluster. Failures exit 1.
+ * Listens on --port (a worker: through the primary's shared port, and on a hop port of its own);
+ * with --redis the node joins the cluster. Failures exit 1.
  */
 async function listenServe(
   c: ServeValues,
@@ -526,8 +526,7 @@ async function listenServe(
   if (node && slot) {
     const host = hopHost(c);
     try {
-      const nodeUrl = await node.listenHop(await freePort(host), host);
-      reportReady({ nodeId: node.id, nodeUrl, port: addr.port });
+      await node.listenHop(await freePort(host), host);
     } catch (e) {
       err(`ptth-proxy: worker ${slot.index} cannot listen for hops on ${host} or join the cluster: ${errorMessage(e)}`);
       process.exit(1);
@@ -606,6 +605,9 @@ async function runServe(
   reloadOnSighup(gateway, logger, loadTls, c.keys, addr);
   const close = node ? (grace: number) => node.close(grace) : (grace: number) => gateway.close(grace);
   closeOnSignals(close, logger, admin, c.shutdownGrace, slot !== undefined);
+  // Only now: the primary passes signals on to a worker once it is ready, and SIGHUP before its
+  // handler would end the worker.
+  if (slot && node) reportReady({ nodeId: node.id, nodeUrl: node.url, port: addr.port });
 }
 
 /** `connect`'s options as commander parses them (flags without a value are `true` when given). */

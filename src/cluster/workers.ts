@@ -112,9 +112,12 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> {
     return this.#slots.filter((s) => s.worker !== undefined).length;
   }
 
-  /** Passes `signal` to every worker (SIGHUP: reload) without stopping the pool. */
+  /**
+   * Passes `signal` (SIGHUP: reload) to every worker that is ready, without stopping the pool: one
+   * still starting has no handler yet, and would die of it (it reads its files as it starts anyway).
+   */
   signal(signal: NodeJS.Signals): void {
-    for (const slot of this.#slots) slot.worker?.process.kill(signal);
+    for (const slot of this.#slots) if (slot.ready) slot.worker?.process.kill(signal);
   }
 
   /**
@@ -144,7 +147,9 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> {
   }
 
   async #allExited(): Promise<void> {
-    const killer = setTimeout(() => this.signal('SIGKILL'), this.#options.killAfterMs);
+    const killer = setTimeout(() => {
+      for (const slot of this.#slots) slot.worker?.process.kill('SIGKILL');
+    }, this.#options.killAfterMs);
     await Promise.all(
       this.#slots.map((s) => (s.worker ? new Promise<void>((r) => s.worker?.once('exit', () => r())) : undefined)),
     );

@@ -1,7 +1,8 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
+import { hashKey } from '../../src/table/access.js';
 import { request } from '../helpers/index.js';
 import { cleanup, useApp } from '../helpers/fixture.js';
 import { useRedis, useRedisForFile } from '../helpers/redis.js';
@@ -21,6 +22,28 @@ function cli(args: string[], env?: NodeJS.ProcessEnv): Spawned {
     await p.exited();
   });
   return p;
+}
+
+/** The process `pid` is gone (no /proc entry, or a zombie nobody has reaped yet). */
+function gone(pid: number): boolean {
+  try {
+    return /^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
+/** `serve --workers 2 ...extra` with both workers ready: their pids and the public port. */
+async function twoWorkers(
+  redisUrl: string,
+  extra: string[] = [],
+): Promise<{ p: Spawned; pids: number[]; port: number }> {
+  const p = cli([...SERVE, '--workers', '2', '--redis', redisUrl, ...extra]);
+  const pids: number[] = [];
+  for (const i of [1, 2])
+    pids.push(Number((await p.waitFor(new RegExp(`worker ${i}/2 ready: pid (\\d+)`), 20_000))[1]));
+  const [, port] = await p.waitFor(/listening on 127\.0\.0\.1:(\d+)/);
+  return { p, pids, port: Number(port) };
 }
 
 const SERVE = ['serve', '--port', '0', '--host', '127.0.0.1', '--log-level', 'warn'];
@@ -159,4 +182,37 @@ describe('serve --workers', () => {
     expect(p.output()).toMatch(/worker \d\/2 \(pid \d+\) died, exit code 1: restarting in 100 ms/);
     expect(p.output()).toMatch(/worker \d died 5 times in a row soon after starting \(last: exit code 1\); giving up/);
   }, 40_000);
+
+  it('Ctrl-C reaches the primary and every worker at once: one graceful stop, exit 0', async () => {
+    const { p, pids } = await twoWorkers(redis().url);
+    // A terminal signals the whole process group; the workers get the primary's stop request on top.
+    for (const pid of pids) process.kill(pid, 'SIGINT');
+    p.kill('SIGINT');
+    expect(await p.exited()).toBe(0);
+    expect(p.output()).toContain('SIGINT: stopping 2 workers');
+    expect(p.output()).not.toMatch(/died/);
+  });
+
+  it('passes SIGHUP on to every worker (each reloads its files)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ptth-keys-'));
+    cleanup(() => rmSync(dir, { recursive: true, force: true }));
+    const file = join(dir, 'keys.json');
+    writeFileSync(
+      file,
+      JSON.stringify({ keys: [{ id: 'k', sha256: hashKey('ptth_a-key-0123456789abcdef'), names: ['*'] }] }),
+    );
+    const { p } = await twoWorkers(redis().url, ['--keys', file]);
+    writeFileSync(file, '{"keys": [ not json');
+    p.kill('SIGHUP');
+    await p.waitFor(/keys reload failed[^]*keys reload failed/);
+    p.kill('SIGTERM');
+    expect(await p.exited()).toBe(0);
+  });
+
+  it('takes its workers with it when the primary is killed with SIGKILL', async () => {
+    const { p, pids } = await twoWorkers(redis().url);
+    p.kill('SIGKILL');
+    await p.exited();
+    await vi.waitFor(() => expect(pids.filter((pid) => !gone(pid))).toEqual([]), { timeout: 5_000, interval: 20 });
+  });
 });
