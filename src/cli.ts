@@ -558,6 +558,12 @@ function runWorkers(c: ServeValues, cluster: ServeCluster): void {
         'giving up and stopping the other workers. Its output above says why.',
     );
   });
+  pool.on('killed', (slot, pid) => {
+    code = 1;
+    err(
+      `${time()} worker ${slot.index}/${slot.count} (pid ${pid}) had not exited ${c.shutdownGrace + 5_000} ms after the stop: killed`,
+    );
+  });
   pool.on('stopped', () => process.exit(code));
   let signals = 0;
   const stop = (signal: NodeJS.Signals): void => {

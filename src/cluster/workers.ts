@@ -55,6 +55,8 @@ export interface WorkerPoolEvents {
   died: [slot: WorkerSlot, pid: number, how: string, restartInMs: number];
   /** The slot's worker died fast too often: the pool stops the others and starts none. */
   'gave-up': [slot: WorkerSlot, deaths: number, how: string];
+  /** A worker still running `killAfterMs` after stop() was killed. */
+  killed: [slot: WorkerSlot, pid: number];
   /** Every worker has exited after stop() (or a give-up). */
   stopped: [];
 }
@@ -148,7 +150,12 @@ export class WorkerPool extends EventEmitter<WorkerPoolEvents> {
 
   async #allExited(): Promise<void> {
     const killer = setTimeout(() => {
-      for (const slot of this.#slots) slot.worker?.process.kill('SIGKILL');
+      for (const slot of this.#slots) {
+        const w = slot.worker;
+        if (!w) continue;
+        w.process.kill('SIGKILL');
+        this.emit('killed', this.#slotOf(slot), w.process.pid ?? 0);
+      }
     }, this.#options.killAfterMs);
     await Promise.all(
       this.#slots.map((s) => (s.worker ? new Promise<void>((r) => s.worker?.once('exit', () => r())) : undefined)),

@@ -215,4 +215,33 @@ describe('serve --workers', () => {
     await p.exited();
     await vi.waitFor(() => expect(pids.filter((pid) => !gone(pid))).toEqual([]), { timeout: 5_000, interval: 20 });
   });
+
+  it('a second SIGTERM ends the workers at once, requests in flight or not: exit 1', async () => {
+    const { p, port } = await twoWorkers(redis().url, ['--shutdown-grace', '60000']);
+    let arrived!: () => void;
+    const inFlight = new Promise<void>((r) => (arrived = r));
+    // Never answers: the first SIGTERM waits for it.
+    await useApp(port, () => arrived(), { name: 'hang' });
+    request(port, { host: `hang.localhost:${port}` }).catch(() => {});
+    await inFlight;
+    p.kill('SIGTERM');
+    await p.waitFor(/SIGTERM: stopping 2 workers/);
+    p.kill('SIGTERM');
+    expect(await p.exited()).toBe(1);
+  });
+
+  it('kills a worker that has not exited --shutdown-grace + 5 s after the stop, and says so: exit 1', async () => {
+    const { p, pids } = await twoWorkers(redis().url, ['--shutdown-grace', '0']);
+    const [stuck] = pids as [number];
+    process.kill(stuck, 'SIGSTOP');
+    cleanup(() => {
+      if (!gone(stuck)) process.kill(stuck, 'SIGKILL');
+    });
+    p.kill('SIGTERM');
+    expect(await p.exited()).toBe(1);
+    expect(p.output()).toMatch(
+      new RegExp(`worker 1/2 \\(pid ${stuck}\\) had not exited 5000 ms after the stop: killed`),
+    );
+    expect(gone(stuck)).toBe(true);
+  }, 30_000);
 });
