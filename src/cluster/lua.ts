@@ -96,13 +96,15 @@ local function move(node, url, name, key, d)
   end
   return after
 end
--- The live nodes (other than this one) holding channels of a name, as id, url pairs.
+-- The live nodes (other than this one) holding channels of a name, as id, url, count triples.
 local function holders(name, me)
   local out = {}
   for _, id in ipairs(live_nodes()) do
-    if id ~= me and tonumber(redis.call('HGET', P .. 'n:' .. id .. ':c', name) or '0') > 0 then
+    local n = tonumber(redis.call('HGET', P .. 'n:' .. id .. ':c', name) or '0')
+    if id ~= me and n > 0 then
       out[#out + 1] = id
       out[#out + 1] = redis.call('HGET', P .. 'node:' .. id, 'url') or ''
+      out[#out + 1] = n
     end
   end
   return out

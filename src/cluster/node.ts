@@ -134,6 +134,16 @@ function hooks(store: ClusterStore, signer: HopSigner, proxy: GatewayProxy): Clu
     shareSession: (hash, name, expected) => store.session(hash, name, expected),
     locateSession: (hash) => store.sessionOf(hash),
     proxy: (req, res, peer, name) => proxy.proxy(req, res, peer, name),
+    listRegistrations: async (limit) =>
+      (await store.list(limit)).map((r) => ({
+        name: r.name,
+        keyId: r.keyId,
+        lease: r.lease,
+        createdAt: r.createdAt,
+        expiresIn: r.pttl,
+        holders: r.holders.map((h) => ({ node: h.id, channels: h.channels })),
+      })),
+    nodes: async () => (await store.nodes()).map((n) => ({ id: n.id, url: n.url.href })),
   };
 }
 

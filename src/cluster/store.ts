@@ -23,6 +23,11 @@ export interface PeerNode {
   readonly url: URL;
 }
 
+/** A node holding channels of a name, and how many. */
+export interface HolderNode extends PeerNode {
+  readonly channels: number;
+}
+
 /** A registration as Redis keeps it, seen from one node. */
 export interface StoredRecord {
   readonly name: string;
@@ -36,8 +41,8 @@ export interface StoredRecord {
   readonly version: number;
   /** Milliseconds until it expires, or -1 while some node holds a channel of it. */
   readonly pttl: number;
-  /** Other live nodes holding channels of it. */
-  readonly holders: readonly PeerNode[];
+  /** Other live nodes holding channels of it (every node's, for a listing). */
+  readonly holders: readonly HolderNode[];
 }
 
 /** Why Redis refused a claim (table.ts turns it into the same PtthError a single gateway gives). */
@@ -131,6 +136,8 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
   #closed = false;
   #wasUp = false;
   #nodeUrl = '';
+  /** The cluster secret when it came from Redis (a configured one is never written there). */
+  #secret: string | undefined;
 
   constructor(options: StoreOptions) {
     super();
@@ -163,6 +170,9 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
   /** Joins the cluster at `nodeUrl` (known once the gateway listens): the first heartbeat, then one every interval. */
   async join(nodeUrl: string): Promise<void> {
     this.#nodeUrl = nodeUrl;
+    // A node restarted under the same --node-id must not inherit the counts of channels that died
+    // with its previous process: those end (their leases start) before it says it is alive.
+    if (!this.#timer) await this.#run('ptthLeave', this.options.nodeId);
     await this.heartbeat();
     // Joined already (a worker's own hop listener): the new URL goes out with the heartbeat.
     if (this.#timer) return;
@@ -186,7 +196,19 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
     if (this.#closed) return;
     const again = this.#wasUp;
     this.#wasUp = true;
-    if (again) this.emit('up');
+    if (!again) return;
+    // A Redis that came back empty lost the cluster's secret: put back the one this node uses, so
+    // nodes that start now sign the hop as the running ones do.
+    const secret = this.#secret;
+    const restore = secret === undefined ? Promise.resolve() : this.#redis.set(this.#secretKey, secret, 'NX');
+    restore.then(
+      () => this.emit('up'),
+      () => this.emit('up'),
+    );
+  }
+
+  get #secretKey(): string {
+    return `${this.options.prefix}secret`;
   }
 
   #down(err: Error): void {
@@ -255,8 +277,9 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
     await this.#run('ptthRelease', name);
   }
 
-  async get(name: string): Promise<StoredRecord | undefined> {
-    const reply = await this.#run('ptthGet', this.options.nodeId, name);
+  /** The record of `name`; its holders leave out this node (`all`: not even this one, for a listing). */
+  async get(name: string, all = false): Promise<StoredRecord | undefined> {
+    const reply = await this.#run('ptthGet', all ? '' : this.options.nodeId, name);
     return reply === null ? undefined : toRecord(reply as Reply[]);
   }
 
@@ -313,7 +336,7 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
       cursor = next;
       for (const key of keys) {
         if (out.length >= limit) return out;
-        const record = await this.get(key.slice(p.length + 2));
+        const record = await this.get(key.slice(p.length + 2), true);
         if (record) out.push(record);
       }
     } while (cursor !== '0');
@@ -322,10 +345,11 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
 
   /** The cluster's secret for the internal hop and private URLs, made once by the first node. */
   async secret(): Promise<string> {
-    const key = `${this.options.prefix}secret`;
+    const key = this.#secretKey;
     await this.#redis.set(key, randomSecret(256), 'NX');
     const value = await this.#redis.get(key);
     if (!value) throw new Error('Redis lost the cluster secret just after setting it');
+    this.#secret = value;
     return value;
   }
 
@@ -361,11 +385,11 @@ function parseUrl(s: string): URL | undefined {
 
 function toRecord(r: Reply[]): StoredRecord {
   const s = (i: number): string => String(r[i] ?? '');
-  const flat = (r[11] ?? []) as string[];
-  const holders: PeerNode[] = [];
-  for (let i = 0; i + 1 < flat.length; i += 2) {
-    const url = parseUrl(flat[i + 1] as string);
-    if (url) holders.push({ id: flat[i] as string, url });
+  const flat = (r[11] ?? []) as (string | number)[];
+  const holders: HolderNode[] = [];
+  for (let i = 0; i + 2 < flat.length; i += 3) {
+    const url = parseUrl(String(flat[i + 1]));
+    if (url) holders.push({ id: String(flat[i]), url, channels: Number(flat[i + 2]) });
   }
   return {
     created: s(1) === '1',

@@ -71,6 +71,10 @@ export interface ClusterHooks {
   shareSession(hash: string, name: string, expected?: string): Promise<boolean>;
   /** Which node serves a Comet session, or undefined when the store knows none. */
   locateSession(hash: string): Promise<CometRoute | undefined>;
+  /** Every registration of the cluster (at most `limit`), with the nodes holding its channels: the status page. */
+  listRegistrations(limit: number): Promise<ClusterListing[]>;
+  /** The live nodes of the cluster. */
+  nodes(): Promise<{ readonly id: string; readonly url: string }[]>;
   /** Sends a request (a Comet poll or reply) to the node that serves its session, over the internal hop. */
   proxy(
     req: IncomingMessage,
@@ -78,6 +82,19 @@ export interface ClusterHooks {
     peer: { readonly id: string; readonly url: URL },
     name: string,
   ): void;
+}
+
+/** A registration as the cluster's store lists it. */
+export interface ClusterListing {
+  readonly name: string;
+  readonly keyId: string | undefined;
+  /** Seconds. */
+  readonly lease: number;
+  readonly createdAt: number;
+  /** Milliseconds until the lease ends, or -1 while some node holds a channel of it. */
+  readonly expiresIn: number;
+  /** The nodes holding its channels, and how many each. */
+  readonly holders: readonly { readonly node: string; readonly channels: number }[];
 }
 
 /** Where a Comet session is served. */
