@@ -136,6 +136,8 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
   #closed = false;
   #wasUp = false;
   #nodeUrl = '';
+  /** The cluster secret when it came from Redis (a configured one is never written there). */
+  #secret: string | undefined;
 
   constructor(options: StoreOptions) {
     super();
@@ -168,6 +170,9 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
   /** Joins the cluster at `nodeUrl` (known once the gateway listens): the first heartbeat, then one every interval. */
   async join(nodeUrl: string): Promise<void> {
     this.#nodeUrl = nodeUrl;
+    // A node restarted under the same --node-id must not inherit the counts of channels that died
+    // with its previous process: those end (their leases start) before it says it is alive.
+    if (!this.#timer) await this.#run('ptthLeave', this.options.nodeId);
     await this.heartbeat();
     // Joined already (a worker's own hop listener): the new URL goes out with the heartbeat.
     if (this.#timer) return;
@@ -191,7 +196,19 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
     if (this.#closed) return;
     const again = this.#wasUp;
     this.#wasUp = true;
-    if (again) this.emit('up');
+    if (!again) return;
+    // A Redis that came back empty lost the cluster's secret: put back the one this node uses, so
+    // nodes that start now sign the hop as the running ones do.
+    const secret = this.#secret;
+    const restore = secret === undefined ? Promise.resolve() : this.#redis.set(this.#secretKey, secret, 'NX');
+    restore.then(
+      () => this.emit('up'),
+      () => this.emit('up'),
+    );
+  }
+
+  get #secretKey(): string {
+    return `${this.options.prefix}secret`;
   }
 
   #down(err: Error): void {
@@ -328,10 +345,11 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
 
   /** The cluster's secret for the internal hop and private URLs, made once by the first node. */
   async secret(): Promise<string> {
-    const key = `${this.options.prefix}secret`;
+    const key = this.#secretKey;
     await this.#redis.set(key, randomSecret(256), 'NX');
     const value = await this.#redis.get(key);
     if (!value) throw new Error('Redis lost the cluster secret just after setting it');
+    this.#secret = value;
     return value;
   }
 

@@ -2,13 +2,14 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Exchange, UpgradeExchange } from '../channels/channel.js';
 import { PtthError } from '../http/errors.js';
-import { clientAddress, forwardRequestHeaders, withoutHeaders } from '../http/headers.js';
+import { clientAddress, forwardRequestHeaders, hopRequestHeaders, rawHeader, withoutHeaders } from '../http/headers.js';
 import { sendError, writeRawError } from '../http/respond.js';
 import { checkResponseHead, type ResponseHead } from '../http/response.js';
 import { noop } from '../shared/noop.js';
 import { targetPath } from '../shared/target.js';
 import type { PathPrefix } from './classify.js';
-import { requestProto, type GatewayContext } from './context.js';
+import { requestProto, type GatewayContext, type HopCredentials } from './context.js';
+import type { Registration } from '../table/registration.js';
 import { Capture, followed, topicOf, type Topic } from './events.js';
 import type { RequestEvent } from './eventmap.js';
 
@@ -25,18 +26,57 @@ export function forwardRequest(
   via?: PathPrefix,
 ): void {
   const reg = ctx.table.lookup(name);
-  // Someone follows a name: one read of a module variable per request while nobody does.
-  const topic = reg !== undefined && followed() ? topicOf(ctx, reg) : undefined;
-  const observed = ctx.observed.requests || topic !== undefined;
-  if (!reg || via?.bare === true) {
+  if (reg === undefined) {
+    // Not held here: a shared store may know it (registered on another node, or before a restart).
+    fetched(ctx, req, res, name).then(
+      (found) => found !== undefined && forwardTo(ctx, req, res, name, found, via),
+      () => refuseVisitor(ctx, req, res, name, new PtthError('PTTH_ERR_STORE_UNAVAILABLE')),
+    );
+    return;
+  }
+  forwardTo(ctx, req, res, name, reg, via);
+}
+
+/**
+ * `ctx.table.fetch(name)` for a name the table did not hold; a miss is answered 404 here. Resolves
+ * undefined when the request was answered (or its visitor left meanwhile); rejects when the store
+ * cannot be asked.
+ */
+async function fetched(
+  ctx: GatewayContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+  name: string,
+): Promise<Registration | undefined> {
+  const reg = await ctx.table.fetch(name);
+  if (res.destroyed) {
     req.resume();
-    const ex = observed ? new ObservedExchange(ctx, name, req, res, EMPTY, topic, req.url) : undefined;
-    if (reg) redirectToSlash(req, res, via?.prefix ?? '');
-    else {
-      const err = new PtthError('PTTH_ERR_NOT_FOUND', `No app is registered under the name "${name}".`);
-      if (ex) ex.fail(err);
-      else sendError(res, err, req.headers.accept);
-    }
+    return undefined;
+  }
+  if (reg === undefined) refuseVisitor(ctx, req, res, name, notFound(name), false);
+  return reg;
+}
+
+function notFound(name: string): PtthError {
+  return new PtthError('PTTH_ERR_NOT_FOUND', `No app is registered under the name "${name}".`);
+}
+
+/** A visitor's request to a registration: `/NAME` alone (path URLs) is redirected, the rest dispatched. */
+function forwardTo(
+  ctx: GatewayContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+  name: string,
+  reg: Registration,
+  via: PathPrefix | undefined,
+): void {
+  // Someone follows a name: one read of a module variable per request while nobody does.
+  const topic = followed() ? topicOf(ctx, reg) : undefined;
+  const observed = ctx.observed.requests || topic !== undefined;
+  if (via?.bare === true) {
+    req.resume();
+    const ex = observed ? new ObservedExchange(ctx, name, req, res, EMPTY, topic, req.url, undefined) : undefined;
+    redirectToSlash(req, res, via.prefix);
     ex?.done();
     return;
   }
@@ -44,8 +84,48 @@ export function forwardRequest(
   const headers = appHeaders(ctx, req, req.socket, via, undefined);
   reg.dispatch(
     observed
-      ? new ObservedExchange(ctx, name, req, res, headers, topic, url)
-      : new VisitorExchange(ctx, name, req, res, headers),
+      ? new ObservedExchange(ctx, name, req, res, headers, topic, url, undefined)
+      : new VisitorExchange(ctx, name, req, res, headers, undefined),
+  );
+}
+
+/**
+ * A request from another gateway node (the internal hop, docs/PROTOCOL.md section 12): its
+ * credentials are checked (403 PTTH_ERR_HOP_FORBIDDEN when they do not hold, or when this gateway
+ * is no node of a cluster) and it goes to the registration they name, with the headers the sending
+ * node built for the app (forwarding headers are not added twice) and its count of hops.
+ */
+export function forwardHop(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse): void {
+  const credentials = hopCredentials(ctx, req);
+  if (credentials === undefined) {
+    refuseVisitor(ctx, req, res, '', new PtthError('PTTH_ERR_HOP_FORBIDDEN'), true);
+    return;
+  }
+  const { name, hops } = credentials;
+  const reg = ctx.table.lookup(name);
+  if (reg !== undefined) {
+    hopTo(ctx, req, res, reg, hops);
+    return;
+  }
+  fetched(ctx, req, res, name).then(
+    (found) => found !== undefined && hopTo(ctx, req, res, found, hops),
+    () => refuseVisitor(ctx, req, res, name, new PtthError('PTTH_ERR_STORE_UNAVAILABLE')),
+  );
+}
+
+function hopCredentials(ctx: GatewayContext, req: IncomingMessage): HopCredentials | undefined {
+  const value = req.headers['x-ptth-hop'];
+  return typeof value === 'string' && ctx.cluster !== undefined ? ctx.cluster.verifyHop(value) : undefined;
+}
+
+function hopTo(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, reg: Registration, hops: number): void {
+  const name = reg.name;
+  const topic = followed() ? topicOf(ctx, reg) : undefined;
+  const headers = hopRequestHeaders(req.rawHeaders, undefined);
+  reg.dispatch(
+    ctx.observed.requests || topic !== undefined
+      ? new ObservedExchange(ctx, name, req, res, headers, topic, req.url, hops)
+      : new VisitorExchange(ctx, name, req, res, headers, hops),
   );
 }
 
@@ -102,8 +182,8 @@ function redirectToSlash(req: IncomingMessage, res: ServerResponse, prefix: stri
 }
 
 /**
- * A visitor request the gateway refuses before routing it (a rate limit, a header flood): answered
- * with `err` and `Connection: close`, and reported in `request` events and metrics like any other.
+ * A visitor request the gateway refuses before routing it (a rate limit, a header flood, a name
+ * nobody holds): answered with `err` (and `Connection: close` unless `close` is false), and reported in `request` events and metrics like any other.
  */
 export function refuseVisitor(
   ctx: GatewayContext,
@@ -111,15 +191,16 @@ export function refuseVisitor(
   res: ServerResponse,
   name: string,
   err: PtthError,
+  close = true,
 ): void {
   req.resume();
   const reg = followed() ? ctx.table.lookup(name) : undefined;
   const topic = reg === undefined ? undefined : topicOf(ctx, reg);
   if (ctx.observed.requests || topic !== undefined) {
-    const ex = new ObservedExchange(ctx, name, req, res, EMPTY, topic, req.url);
-    ex.fail(err, true);
+    const ex = new ObservedExchange(ctx, name, req, res, EMPTY, topic, req.url, undefined);
+    ex.fail(err, close);
     ex.done();
-  } else sendError(res, err, req.headers.accept, true);
+  } else sendError(res, err, req.headers.accept, close);
 }
 
 /** An exchange nobody observes: no timing, no counting (methods on the prototype, no closures). */
@@ -130,13 +211,23 @@ class VisitorExchange implements Exchange {
   readonly req: IncomingMessage;
   readonly res: ServerResponse;
   readonly headers: string[];
+  /** Gateway nodes crossed (the internal hop); undefined for a visitor's own request. */
+  readonly hops: number | undefined;
 
-  constructor(ctx: GatewayContext, name: string, req: IncomingMessage, res: ServerResponse, headers: string[]) {
+  constructor(
+    ctx: GatewayContext,
+    name: string,
+    req: IncomingMessage,
+    res: ServerResponse,
+    headers: string[],
+    hops: number | undefined,
+  ) {
     this.ctx = ctx;
     this.name = name;
     this.req = req;
     this.res = res;
     this.headers = headers;
+    this.hops = hops;
   }
 
   /** `close`: ask the visitor to close the connection after the answer. */
@@ -260,12 +351,14 @@ class ObservedExchange extends VisitorExchange {
     headers: string[],
     topic: Topic | undefined,
     url: string | undefined,
+    hops: number | undefined,
   ) {
-    super(ctx, name, req, res, headers);
+    super(ctx, name, req, res, headers, hops);
     this.#url = url ?? '/';
     this.#topic = topic;
     this.#capture = topic?.detail === true ? new Capture() : undefined;
-    this.#remote = clientAddress(req.socket.remoteAddress);
+    // Over the hop the connection is the sending node's: the visitor is the last X-Forwarded-For.
+    this.#remote = hops === undefined ? clientAddress(req.socket.remoteAddress) : lastForwardedFor(headers);
     this.#push = req.push as Push;
     this.#write = res.write as Write;
     this.#end = res.end as End;
@@ -309,6 +402,14 @@ class ObservedExchange extends VisitorExchange {
   }
 }
 
+/** The visitor's address a sending node put last in X-Forwarded-For ('' when there is none). */
+function lastForwardedFor(headers: readonly string[]): string {
+  const xff = rawHeader(headers, 'x-forwarded-for');
+  if (xff === undefined) return '';
+  const last = xff.slice(xff.lastIndexOf(',') + 1).trim();
+  return last.startsWith('"[') ? last.slice(2, -2) : last;
+}
+
 /** Visitors' upgrade requests (WebSocket and others): spliced to the app after its 101. `via`: the path named the app. */
 export function forwardUpgrade(
   ctx: GatewayContext,
@@ -320,14 +421,71 @@ export function forwardUpgrade(
 ): void {
   socket.on('error', noop);
   const reg = ctx.table.lookup(name);
-  if (!reg) {
-    writeRawError(
-      socket,
-      new PtthError('PTTH_ERR_NOT_FOUND', `No app is registered under the name "${name}".`),
-      req.headers.accept,
+  if (reg !== undefined) upgradeTo(ctx, req, socket, head, reg, upgradeHeaders(ctx, req, socket, via), undefined);
+  else
+    fetchedUpgrade(ctx, req, socket, name).then(
+      (found) =>
+        found !== undefined &&
+        upgradeTo(ctx, req, socket, head, found, upgradeHeaders(ctx, req, socket, via), undefined),
+      () => writeRawError(socket, new PtthError('PTTH_ERR_STORE_UNAVAILABLE'), req.headers.accept),
     );
+}
+
+function upgradeHeaders(
+  ctx: GatewayContext,
+  req: IncomingMessage,
+  socket: Socket,
+  via: PathPrefix | undefined,
+): string[] {
+  // An upgrade cannot follow a redirect (browsers fail a WebSocket handshake answered with
+  // one): `/NAME` alone reaches the app as `/`.
+  return appHeaders(ctx, req, socket, via, req.headers.upgrade);
+}
+
+/** `ctx.table.fetch(name)` for an upgrade to a name the table did not hold: a miss is answered 404. */
+async function fetchedUpgrade(
+  ctx: GatewayContext,
+  req: IncomingMessage,
+  socket: Socket,
+  name: string,
+): Promise<Registration | undefined> {
+  const reg = await ctx.table.fetch(name);
+  if (socket.destroyed) return undefined;
+  if (reg === undefined) writeRawError(socket, notFound(name), req.headers.accept);
+  return reg;
+}
+
+/**
+ * An upgrade from another gateway node (the internal hop): checked and routed as `forwardHop`
+ * does; refusals are raw, as for a visitor's upgrade.
+ */
+export function forwardHopUpgrade(ctx: GatewayContext, req: IncomingMessage, socket: Socket, head: Buffer): void {
+  socket.on('error', noop);
+  const credentials = hopCredentials(ctx, req);
+  if (credentials === undefined) {
+    writeRawError(socket, new PtthError('PTTH_ERR_HOP_FORBIDDEN'), req.headers.accept);
     return;
   }
+  const { name, hops } = credentials;
+  const headers = hopRequestHeaders(req.rawHeaders, req.headers.upgrade);
+  const reg = ctx.table.lookup(name);
+  if (reg !== undefined) upgradeTo(ctx, req, socket, head, reg, headers, hops);
+  else
+    fetchedUpgrade(ctx, req, socket, name).then(
+      (found) => found !== undefined && upgradeTo(ctx, req, socket, head, found, headers, hops),
+      () => writeRawError(socket, new PtthError('PTTH_ERR_STORE_UNAVAILABLE'), req.headers.accept),
+    );
+}
+
+function upgradeTo(
+  ctx: GatewayContext,
+  req: IncomingMessage,
+  socket: Socket,
+  head: Buffer,
+  reg: Registration,
+  headers: string[],
+  hops: number | undefined,
+): void {
   if (req.httpVersionMajor !== 1 || req.httpVersionMinor < 1) {
     writeRawError(socket, new PtthError('PTTH_ERR_HTTP10_UPGRADE'), req.headers.accept);
     return;
@@ -341,16 +499,16 @@ export function forwardUpgrade(
     writeRawError(socket, new PtthError('PTTH_ERR_UPGRADE_BODY'), req.headers.accept);
     return;
   }
+  const name = reg.name;
   const ex: UpgradeExchange = {
     req,
     socket,
     head,
-    // An upgrade cannot follow a redirect (browsers fail a WebSocket handshake answered with
-    // one): `/NAME` alone reaches the app as `/`.
-    headers: appHeaders(ctx, req, socket, via, req.headers.upgrade),
+    headers,
     fail: (err) => writeRawError(socket, err, req.headers.accept),
     check: (status, reason, headers) => checkHead(ctx, name, status, reason, headers, true),
     done: noop,
+    hops,
   };
   reg.upgrade(ex);
 }

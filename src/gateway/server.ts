@@ -3,11 +3,11 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { createServer as createTlsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { PtthError } from '../http/errors.js';
-import { writeRawError } from '../http/respond.js';
+import { sendError, writeRawError } from '../http/respond.js';
 import { MemoryTable, type RouteTable } from '../table/table.js';
 import type { ClusterHooks } from './context.js';
 import { claimFromRequest, claimFromUpgrade } from './claim.js';
-import { classify, hostProblem, originForm, type Route, type UrlMode } from './classify.js';
+import { classify, hostProblem, originForm, SERVICE_PATH, type Route, type UrlMode } from './classify.js';
 import { admit, type Admission, type Arrival, type Buckets } from './admission.js';
 import { claimantName, refuse, refuseClaim } from './refuse.js';
 import type { GatewayContext, GatewaySettings } from './context.js';
@@ -24,7 +24,7 @@ import { gatewayHeaders, handleEndpoint, type GatewayInfo } from './endpoints.js
 import { BrowserEndpoints, type BrowserOptions } from './browser.js';
 import { RelayEndpoint, relaySettingsFrom, type RelayOptions } from './relay.js';
 import type { EmitGatewayEvent, GatewayEvents } from './eventmap.js';
-import { forwardRequest, forwardUpgrade, refuseVisitor } from './forward.js';
+import { forwardHop, forwardHopUpgrade, forwardRequest, forwardUpgrade, refuseVisitor } from './forward.js';
 import { VERSION } from '../version.js';
 import { GatewayMetrics } from './metrics.js';
 import { AccessControl, type AccessConfig } from '../table/access.js';
@@ -369,6 +369,11 @@ export class Gateway extends EventEmitter<GatewayEvents> {
   #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const ctx = this.#ctx;
     this.#current.set(req.socket, { req, res });
+    // Another node's request (the internal hop): its node classified and admitted it already.
+    if (req.headers['x-ptth-hop'] !== undefined) {
+      if (req.headers['x-ptth-hop-kind'] === 'comet') return this.#hopComet(req, res);
+      return forwardHop(ctx, req, res);
+    }
     const arrival = this.#arrive(req, false);
     const route = arrival.route;
     // The gateway's own headers even on a refusal: its answers are never framed or sniffed.
@@ -382,6 +387,23 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     else if (route.kind === 'claim') claimFromRequest(ctx, req, res, route.hostName);
     else handleEndpoint(ctx, this.#info, req, res);
   };
+
+  /**
+   * A Comet poll or reply another node sent on (its session is served here, or this node adopts
+   * it): checked as every hop is, then handled as if it had come here (docs/PROTOCOL.md section 12).
+   */
+  #hopComet(req: IncomingMessage, res: ServerResponse): void {
+    const value = req.headers['x-ptth-hop'];
+    const ok = typeof value === 'string' && this.#ctx.cluster?.verifyHop(value) !== undefined;
+    const path = targetPath(req.url);
+    gatewayHeaders(req, res, path);
+    if (!ok || !path.startsWith(`${SERVICE_PATH}/`)) {
+      req.resume();
+      sendError(res, new PtthError('PTTH_ERR_HOP_FORBIDDEN'), req.headers.accept, true);
+      return;
+    }
+    handleEndpoint(this.#ctx, this.#info, req, res);
+  }
 
   /**
    * What admission decides on: the road of a request or upgrade (classify.ts) and what is wrong with
@@ -460,6 +482,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     // Channels and spliced upgrades live as long as their peers want; the idle timeout is for
     // plain HTTP exchanges (channels have PING, TCP keepalive and their own timers).
     socket.setTimeout(0);
+    if (req.headers['x-ptth-hop'] !== undefined) return forwardHopUpgrade(ctx, req, socket, head);
     const arrival = this.#arrive(req, true);
     const { route } = arrival;
     const admission = admit(arrival, this.#buckets);

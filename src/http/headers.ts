@@ -15,8 +15,24 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'trailer',
 ]);
 
-/** Headers the gateway asserts itself: whatever a visitor sent under these names is dropped. */
-const GATEWAY_ASSERTED = new Set(['x-forwarded-host', 'x-forwarded-proto', 'requesting-client']);
+/**
+ * The internal hop's credentials (docs/PROTOCOL.md section 12): between gateway nodes of a cluster
+ * only. A node checks and removes them; a visitor's own never reach an app.
+ */
+export const HOP_HEADER = 'X-Ptth-Hop';
+
+/**
+ * Headers the gateway asserts itself: whatever a visitor sent under these names is dropped
+ * (X-Ptth-Hop too, so that no app can be taught to trust a value a visitor chose).
+ */
+const GATEWAY_ASSERTED = new Set(['x-forwarded-host', 'x-forwarded-proto', 'requesting-client', 'x-ptth-hop']);
+
+/** RFC 9110 section 9.2.2: methods a client may send again after a connection failed. */
+const IDEMPOTENT: ReadonlySet<string | undefined> = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+export function idempotent(method: string | undefined): boolean {
+  return IDEMPOTENT.has(method);
+}
 
 /** Names listed in Connection are hop-by-hop too (RFC 9110 section 7.6.1). */
 export function connectionOptions(raw: readonly unknown[]): Set<string> | undefined {
@@ -101,6 +117,25 @@ export function forwardRequestHeaders(raw: readonly string[], info: ForwardInfo)
   out.push('Forwarded', forwarded === undefined ? fwd : `${forwarded}, ${fwd}`);
   out.push('Requesting-Client', requestingClient(addr, info.clientPort));
   if (info.upgrade !== undefined) out.push('Connection', 'Upgrade', 'Upgrade', info.upgrade);
+  return out;
+}
+
+/**
+ * The header list for the app of a request that came over the internal hop: the sending node built
+ * it for the app already (forwarding headers with the visitor's address), so only its credentials
+ * and the hop's own hop-by-hop fields go. An upgrade keeps its `Connection: Upgrade` and `Upgrade`,
+ * as a visitor's does.
+ */
+export function hopRequestHeaders(raw: readonly string[], upgrade: string | undefined): string[] {
+  const extra = connectionOptions(raw);
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || extra?.has(lower) || lower === 'x-ptth-hop') continue;
+    out.push(name, raw[i + 1] as string);
+  }
+  if (upgrade !== undefined) out.push('Connection', 'Upgrade', 'Upgrade', upgrade);
   return out;
 }
 
