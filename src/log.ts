@@ -1,6 +1,7 @@
 import pino from 'pino';
 import { isColorSupported, prettyFactory } from 'pino-pretty';
 import type { AddressInfo } from 'node:net';
+import { hostname } from 'node:os';
 import type { Channel } from './channels/channel.js';
 import type { RequestEvent } from './gateway/eventmap.js';
 import type { Gateway, GatewayEvents } from './gateway/server.js';
@@ -29,6 +30,12 @@ export interface LoggerOptions {
   bufferLimit?: number;
   /** Where the count of dropped lines goes (e.g. for a metric); `lines` only ever grows. */
   drops?: LogDrops;
+  /**
+   * A cluster node's id (`gateway.nodeId`): a `node` field in every line of this logger, the
+   * program's own lines and the `log-drop` line included (attachLogger adds it to the gateway's
+   * lines by itself).
+   */
+  node?: string | undefined;
 }
 
 /** Lines a logger dropped because stdout's reader fell behind, since the logger was made. */
@@ -91,7 +98,10 @@ export function createLogger(options: LoggerOptions = {}): Logger {
       flush: (cb?: (err?: Error) => void) => (flushable.flush ? flushable.flush(cb) : cb?.()),
     } as pino.DestinationStream;
   }
-  const logger = pino({ level }, destination);
+  // pino's own base (pid, hostname) and then the node: the field sits where attachLogger puts it.
+  const base =
+    options.node === undefined ? {} : { base: { pid: process.pid, hostname: hostname(), node: options.node } };
+  const logger = pino({ level, ...base }, destination);
   if (stdout) {
     reportDrops(stdout, logger, options.drops ?? { lines: 0 });
   }
@@ -271,8 +281,9 @@ export function attachLogger(gateway: Gateway, logger: Logger, options: AttachOp
     detach.push(() => gateway.removeListener(event, listener as never));
   };
 
-  // A cluster node's lines name it: the nodes behind one load balancer write to one log store.
-  const node = gateway.nodeId;
+  // A cluster node's lines name it: the nodes behind one load balancer write to one log store. A
+  // logger made with createLogger's `node` names it in every line already.
+  const node = logger.bindings()['node'] === undefined ? gateway.nodeId : undefined;
   const tag: <T extends object>(fields: T) => T =
     node === undefined ? (fields) => fields : (fields) => ({ node, ...fields });
   const log = {
