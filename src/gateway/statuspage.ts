@@ -46,7 +46,7 @@ export interface StatusCluster {
   readonly available: boolean;
   /** The live nodes (this one included); absent when the store did not answer. */
   readonly nodes?: readonly { readonly id: string; readonly url: string }[] | undefined;
-  /** True when the cluster holds more registrations than the page lists (the first `limit`). */
+  /** True when the cluster holds more registrations than the page lists (`limit` of them, in the store's scan order). */
   readonly truncated?: boolean | undefined;
   readonly limit?: number | undefined;
   /** Why the store did not answer. */
@@ -236,7 +236,7 @@ function cluster(c) {
     note.hidden = c.available && !c.truncated;
     note.className = c.available ? 'note' : 'warn';
     note.textContent = c.available ? (c.truncated ? 'The cluster holds more than ' + c.limit
-      + ' registrations: the first ' + c.limit + ' are listed.' : '')
+      + ' registrations: ' + c.limit + ' of them are listed.' : '')
       : 'The cluster list is unavailable: ' + c.error + ". This page shows this node's registrations only.";
   }
 }
@@ -294,8 +294,8 @@ function clusterHtml(c: StatusCluster | undefined): string {
       'This page shows this node&#39;s registrations only.</p>';
   else if (c.truncated)
     note =
-      `<p class="note" id="cluster-note">The cluster holds more than ${c.limit} registrations: the first ` +
-      `${c.limit} are listed.</p>`;
+      `<p class="note" id="cluster-note">The cluster holds more than ${c.limit} registrations: ${c.limit} ` +
+      'of them are listed.</p>';
   return (
     `<p id="cluster">This is node <code>${escapeHtml(c.node)}</code> of a cluster.<span id="nodes">${nodes}</span> ` +
     'Every name of the cluster is listed with the nodes holding its channels; channels in detail, requests and ' +

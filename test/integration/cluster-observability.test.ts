@@ -203,7 +203,9 @@ describe('the status page of a cluster node', () => {
     expect(page.cluster).toMatchObject({ available: true, truncated: true, limit: CLUSTER_LIST_LIMIT });
     const html = await statusHtml(one.port);
     expect(html).toContain(`Live registrations (<span id="count">${CLUSTER_LIST_LIMIT}+</span>)`);
-    expect(html).toContain(`The cluster holds more than ${CLUSTER_LIST_LIMIT} registrations`);
+    expect(html).toContain(
+      `The cluster holds more than ${CLUSTER_LIST_LIMIT} registrations: ${CLUSTER_LIST_LIMIT} of them are listed.`,
+    );
   }, 20_000);
 
   it("answers with this node's view and a note while Redis is down, and lists the cluster again once it is back", async () => {
@@ -260,6 +262,7 @@ describe('the status page of a cluster node', () => {
     const page = await statusJson(one.port);
     expect(Date.now() - start).toBeLessThan(2000);
     expect(page.cluster).toMatchObject({ available: false });
+    expect(page.cluster?.error).toMatch(/^the shared store \(Redis\) (did not answer: .*timed out|is unreachable)/i);
     expect(page.registrations?.map((r) => r.name)).toEqual(['stalled']);
     process.kill(pid, 'SIGCONT');
   });
