@@ -1,7 +1,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
-import { type AddressInfo, createServer as createNetServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { createAdminServer } from './gateway/endpoints.js';
 import { isLoopback } from './gateway/ratelimit.js';
 import { loadAccessConfig } from './table/access.js';
@@ -490,23 +490,6 @@ function hopHost(c: ServeValues): string {
 }
 
 /**
- * A port free on `host` a moment ago. In a worker, node:cluster shares every listener through the
- * primary unless it is `exclusive`, and all workers asking for port 0 get the same port: each
- * worker's hop listener needs a port of its own, so the worker finds one first. (Should another
- * process take it meanwhile, the worker exits and the primary starts it again.)
- */
-function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createNetServer();
-    s.once('error', reject);
-    s.listen({ port: 0, host, exclusive: true }, () => {
-      const { port } = s.address() as AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/**
  * Listens on --port (a worker: through the primary's shared port, and on a hop port of its own);
  * with --redis the node joins the cluster. Failures exit 1.
  */
@@ -526,7 +509,7 @@ async function listenServe(
   if (node && slot) {
     const host = hopHost(c);
     try {
-      await node.listenHop(await freePort(host), host);
+      await node.listenHop(0, host);
     } catch (e) {
       err(`ptth-proxy: worker ${slot.index} cannot listen for hops on ${host} or join the cluster: ${errorMessage(e)}`);
       process.exit(1);

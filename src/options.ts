@@ -500,7 +500,7 @@ export const OPTIONS = {
     type: 'string',
     arg: '<id>',
     description:
-      "this node's name in Redis, logs and metrics: letters, digits, . _ - (default: random; with --workers, each worker adds -<n>)",
+      "this node's name in Redis, logs and metrics: letters, digits, . _ - (default: the host name and random hex; with --workers, each worker adds -<n>)",
   },
   clusterSecret: {
     flag: '--cluster-secret',

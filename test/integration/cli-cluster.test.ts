@@ -134,6 +134,8 @@ describe('serve --redis', () => {
     const p = cli([...SERVE, '--redis', `redis://:hunter2hunter2@127.0.0.1:${down.port}`]);
     expect(await p.exited()).toBe(1);
     expect(p.output()).toContain(`cannot join the cluster in Redis redis://:***@127.0.0.1:${down.port}`);
+    // The reason, not ioredis's "Connection is closed.".
+    expect(p.output()).toContain(`connect ECONNREFUSED 127.0.0.1:${down.port}`);
     expect(p.output()).not.toContain('hunter2');
   });
 });
