@@ -576,6 +576,8 @@ async function runServe(
     ...(c.logFormat === 'auto' ? {} : { pretty: c.logFormat === 'pretty' }),
     bufferLimit: c.logBuffer,
     drops,
+    // A cluster node names itself in every line, the program's own (reload, shutdown, log-drop) too.
+    ...(gateway.nodeId === undefined ? {} : { node: gateway.nodeId }),
   });
   gateway.metrics?.countLogDrops(() => drops.lines);
   const addr = await listenServe(c, gateway, node, slot);
