@@ -238,14 +238,20 @@ async function createServeGateway(
 }
 
 /** Binds the admin port (--admin-port) when asked to; a port it cannot bind ends the process with exit code 1. */
-async function listenAdmin(gateway: Gateway, c: ServeValues): Promise<Server | undefined> {
-  const adminPort = c.adminPort;
-  if (adminPort === undefined) return undefined;
+async function listenAdmin(
+  gateway: Gateway,
+  c: ServeValues,
+  slot: WorkerSlot | undefined,
+): Promise<Server | undefined> {
+  if (c.adminPort === undefined) return undefined;
+  // With --workers, worker N takes --admin-port + N - 1 of its own (exclusive: node:cluster would
+  // otherwise share one port round robin, and each scrape would get some worker's numbers).
+  const adminPort = slot === undefined || c.adminPort === 0 ? c.adminPort : c.adminPort + slot.index - 1;
   const admin = createAdminServer(gateway);
   try {
     await new Promise<void>((resolve, reject) => {
       admin.once('error', reject);
-      admin.listen(adminPort, c.adminHost, () => resolve());
+      admin.listen({ port: adminPort, host: c.adminHost, exclusive: slot !== undefined }, () => resolve());
     });
   } catch (e) {
     err(`ptth-proxy: cannot listen on admin port ${adminPort}: ${errorMessage(e)}`);
@@ -586,7 +592,7 @@ async function runServe(
   // below: the logger writes asynchronously (fs.write on libuv's thread pool), the start-up lines synchronously,
   // so a `listening` line logged as the gateway started could land before or after them, as it pleased.
   attachLogger(gateway, logger, { requests: true });
-  const admin = await listenAdmin(gateway, c);
+  const admin = await listenAdmin(gateway, c, slot);
   // Workers: the first one's first start says it for all; the primary says when each is ready.
   if (slot === undefined || (slot.index === 1 && slot.restarts === 0)) {
     const joined = node && cluster ? `${node.id} at ${node.url}, Redis ${cluster.shown}` : undefined;
