@@ -124,7 +124,9 @@ describe('a cluster of gateway nodes', () => {
           `GET /?name=race${round}&token=${token} HTTP/1.1\r\nHost: 127.0.0.1:${n.port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`,
         );
       const answers = await Promise.all([claim(a, 'token-a'), claim(b, 'token-b')]);
-      cleanup(() => answers.forEach((x) => x.socket.destroy()));
+      cleanup(() => {
+        for (const x of answers) x.socket.destroy();
+      });
       const statuses = answers.map((x) => Number(x.head.split(' ')[1])).sort();
       expect(statuses).toEqual([101, 403]);
     }
