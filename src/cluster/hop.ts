@@ -256,8 +256,26 @@ export class RemoteChannel implements Channel {
   unreachable(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.client.released(this);
+    this.#releaseWhenIdle();
     this.events?.closed(this);
+  }
+
+  /**
+   * Leaves service quietly (the peer no longer holds the name, or the route cache moved on): no new
+   * requests, those in flight finish, and the agent is given back after the last one.
+   */
+  retire(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#releaseWhenIdle();
+  }
+
+  #releasePending = false;
+
+  /** The agent may be shared with other channels to the peer: destroying it cuts their requests too. */
+  #releaseWhenIdle(): void {
+    if (this.#inFlight.size === 0) this.client.released(this);
+    else this.#releasePending = true;
   }
 
   /** @internal */
@@ -271,6 +289,10 @@ export class RemoteChannel implements Channel {
     if (!this.#inFlight.delete(x)) return;
     this.activeCount--;
     if (served) this.#served++;
+    if (this.#releasePending && this.#inFlight.size === 0) {
+      this.#releasePending = false;
+      this.client.released(this);
+    }
     if (!this.#closed) this.events?.available(this);
   }
 

@@ -61,6 +61,20 @@ local function release(name)
   if redis.call('EXISTS', r) == 0 then return 0 end
   local key = redis.call('HGET', r, 'k')
   if key then redis.call('SREM', P .. 'k:' .. key, name) end
+  -- The released registration's channels stop counting everywhere at once: a new registration of
+  -- the name must not inherit them (the nodes close them when the release event reaches them).
+  for _, id in ipairs(redis.call('ZRANGE', P .. 'nodes', 0, -1)) do
+    local c = P .. 'n:' .. id .. ':c'
+    local n = tonumber(redis.call('HGET', c, name) or '0')
+    if n > 0 then
+      redis.call('HDEL', c, name)
+      if key then
+        local kk = P .. 'n:' .. id .. ':k'
+        local kc = tonumber(redis.call('HGET', kk, key) or '0') - n
+        if kc <= 0 then redis.call('HDEL', kk, key) else redis.call('HSET', kk, key, kc) end
+      end
+    end
+  end
   local priv = redis.call('HGET', r, 'p')
   if priv then redis.call('DEL', P .. 'p:' .. priv) end
   for _, h in ipairs(redis.call('SMEMBERS', P .. 'rs:' .. name)) do redis.call('DEL', P .. 's:' .. h) end
@@ -96,6 +110,13 @@ local function move(node, url, name, key, d)
   end
   return after
 end
+-- Whether a count change is for the registration the name has now (nonce '' : whichever it has).
+-- A channel of a released registration that closes later must not take one off its successor.
+local function current(name, nonce)
+  if nonce == '' then return true end
+  local have = redis.call('HGET', P .. 'r:' .. name, 'n')
+  return not have or have == nonce
+end
 -- The live nodes (other than this one) holding channels of a name, as id, url, count triples.
 local function holders(name, me)
   local out = {}
@@ -120,7 +141,8 @@ end
 /**
  * A claim (MemoryTable.decide's rules, cluster-wide). ARGV from 4: node, url, name, mustCreate (1:
  * a made-up name that must be free), tokenGiven (1/0), tokenHash, holder, key, maxNames ('' none),
- * lease ('' none), defaultLease, perName ('' no channel now), perKey ('' none), nonce, privateHash.
+ * lease ('' none), defaultLease, perName ('' no channel now), perKey ('' none), nonce, privateHash,
+ * claimId (names the reservation for ABANDON_CLAIM).
  * Returns a refusal `{'refuse', reason, n}` or `record()`. A claim that brings a channel reserves it
  * on this node at once (join costs nothing more; abandon gives it back).
  */
@@ -129,6 +151,7 @@ local node, url, name = ARGV[4], ARGV[5], ARGV[6]
 local mustCreate, tokenGiven, th, holder, key = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local maxNames, lease, defaultLease = tonumber(ARGV[12]), ARGV[13], ARGV[14]
 local perName, perKey, nonce, privHash = tonumber(ARGV[15]), tonumber(ARGV[16]), ARGV[17], ARGV[18]
+local claimId = ARGV[19]
 local r = P .. 'r:' .. name
 local nodes = live_nodes()
 local exists = redis.call('EXISTS', r) == 1
@@ -195,6 +218,8 @@ end
 local k = redis.call('HGET', r, 'k') or ''
 if perName then
   move(node, url, name, k, 1)
+  -- For a node that never hears this answer (its command timed out): ABANDON_CLAIM gives it back.
+  redis.call('SET', P .. 'res:' .. claimId, name .. ' ' .. created .. ' ' .. redis.call('HGET', r, 'n'), 'PX', 60000)
 elseif count == 0 and name_count(name, nodes) == 0 then
   local l = tonumber(redis.call('HGET', r, 'l'))
   expire_reg(name, math.max(l, 1) * 1000)
@@ -202,19 +227,45 @@ end
 return record(name, node, created)
 `;
 
-/** A channel of the name on this node came (d 1) or went (d -1). ARGV from 4: node, url, name, d. */
+/**
+ * A channel of the name on this node came (d 1) or went (d -1). ARGV from 4: node, url, name, d,
+ * nonce of the registration the channel belongs to (ignored when the name has another now).
+ */
 export const MOVE = `${COMMON}
-local node, url, name, d = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+local node, url, name, d, nonce = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
+if not current(name, nonce) then return -1 end
 local key = redis.call('HGET', P .. 'r:' .. name, 'k') or ''
 return move(node, url, name, key, d)
 `;
 
 /**
  * A claim that reserved a channel ends without it. ARGV from 4: node, url, name, created (1: the
- * claim made the name, which then goes unless a channel came meanwhile).
+ * claim made the name, which then goes unless a channel came meanwhile), nonce, claimId.
  */
 export const ABANDON = `${COMMON}
-local node, url, name, created = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local node, url, name, created, nonce, claimId = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+redis.call('DEL', P .. 'res:' .. claimId)
+if not current(name, nonce) then return 0 end
+local key = redis.call('HGET', P .. 'r:' .. name, 'k') or ''
+move(node, url, name, key, -1)
+if created == '1' and name_count(name, live_nodes()) == 0 then release(name) end
+return 1
+`;
+
+/**
+ * A claim whose answer never came (the command timed out, Redis ran it later): gives back what
+ * it reserved, as ABANDON would, if it ran at all. Sent on the same connection after the claim,
+ * so Redis runs it after. ARGV from 4: node, url, claimId.
+ */
+export const ABANDON_CLAIM = `${COMMON}
+local node, url, claimId = ARGV[4], ARGV[5], ARGV[6]
+local v = redis.call('GET', P .. 'res:' .. claimId)
+if not v then return 0 end
+redis.call('DEL', P .. 'res:' .. claimId)
+local a = string.find(v, ' ', 1, true)
+local b = string.find(v, ' ', a + 1, true)
+local name, created, nonce = string.sub(v, 1, a - 1), string.sub(v, a + 1, b - 1), string.sub(v, b + 1)
+if not current(name, nonce) then return 0 end
 local key = redis.call('HGET', P .. 'r:' .. name, 'k') or ''
 move(node, url, name, key, -1)
 if created == '1' and name_count(name, live_nodes()) == 0 then release(name) end
@@ -255,18 +306,25 @@ return 1
 /**
  * A node's heartbeat: it is live, its keys outlive it by a while, and nodes whose heartbeat is
  * older than dead-after are reaped (their channels stop counting; a name left with none starts its
- * lease; `close` and `gone` events go out). ARGV from 4: node, url, keep (ms its keys outlive a
- * missed heartbeat).
+ * lease; `close` and `gone` events go out), but only by a node that was live itself. Returns
+ * {reaped, 1 when this node was not live before}. ARGV from 4: node, url, keep (ms its keys outlive
+ * a missed heartbeat).
  */
 export const HEARTBEAT = `${COMMON}
 local node, url, keep = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local before = tonumber(redis.call('ZSCORE', P .. 'nodes', node) or '-1')
+-- A node that was not live itself (dropped, or back after an outage when every score is old) must
+-- not judge the others: they may only be as late as it was.
+local was = before >= NOW - DEAD
 redis.call('ZADD', P .. 'nodes', NOW, node)
 redis.call('HSET', P .. 'node:' .. node, 'url', url)
 for _, k in ipairs({ P .. 'node:' .. node, P .. 'n:' .. node .. ':c', P .. 'n:' .. node .. ':k' }) do
   redis.call('PEXPIRE', k, keep)
 end
 local reaped = 0
-for _, dead in ipairs(redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', NOW - DEAD)) do
+local dead_nodes = {}
+if was then dead_nodes = redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', NOW - DEAD) end
+for _, dead in ipairs(dead_nodes) do
   local c = P .. 'n:' .. dead .. ':c'
   local names = redis.call('HKEYS', c)
   redis.call('DEL', c, P .. 'n:' .. dead .. ':k', P .. 'node:' .. dead)
@@ -278,7 +336,9 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', NOW - DE
   redis.call('PUBLISH', EV, 'gone ' .. dead)
   reaped = reaped + 1
 end
-return reaped
+-- 1: this node was not live before this beat (its counts may be gone): it states them again.
+if was then return { reaped, 0 } end
+return { reaped, 1 }
 `;
 
 /**
@@ -302,7 +362,8 @@ return #names
  * After Redis came back (possibly empty): this node states again what it holds. ARGV from 4: node,
  * url, then groups of 9: name, channels, th, holder, key, lease, nonce, privateHash, created. A
  * registration Redis lost is made again from the node's copy; one Redis still has is kept as it
- * is (another node may have changed it), and only this node's channel counts are set.
+ * is (another node may have changed it), and only this node's channel counts are set. Returns the
+ * names another registration holds now (the node drops its old ones).
  */
 export const RESTATE = `${COMMON}
 local node, url = ARGV[4], ARGV[5]
@@ -310,11 +371,17 @@ redis.call('DEL', P .. 'n:' .. node .. ':c', P .. 'n:' .. node .. ':k')
 redis.call('ZADD', P .. 'nodes', NOW, node)
 redis.call('HSET', P .. 'node:' .. node, 'url', url)
 local i = 6
+local stale = {}
 while ARGV[i] do
   local name, n, th, h, key, lease = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local nonce, priv, created = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
   local r = P .. 'r:' .. name
-  if redis.call('EXISTS', r) == 0 then
+  local have = redis.call('HGET', r, 'n')
+  if have and have ~= nonce then
+    -- Another registration holds the name now: this node's channels are an old app's.
+    stale[#stale + 1] = name
+    n = 0
+  elseif not have then
     redis.call('HSET', r, 'th', th, 'l', lease, 'n', nonce, 'p', priv, 'c', created, 'v', 1)
     if h ~= '' then redis.call('HSET', r, 'h', h) end
     if key ~= '' then
@@ -328,7 +395,7 @@ while ARGV[i] do
   end
   i = i + 9
 end
-return 1
+return stale
 `;
 
 /**
@@ -355,14 +422,14 @@ end
 return 1
 `;
 
-/** Which node serves a Comet session: {name, node, url or '' when that node is not live} or false. ARGV from 4: hash. */
+/** Which node serves a Comet session: {name, node, url or '' once that node was found dead} or false. ARGV from 4: hash. */
 export const SESSION_GET = `${COMMON}
 local v = redis.call('GET', P .. 's:' .. ARGV[4])
 if not v then return false end
 local sp = string.find(v, ' ', 1, true)
 local name, node = string.sub(v, 1, sp - 1), string.sub(v, sp + 1)
-local score = redis.call('ZSCORE', P .. 'nodes', node)
+-- A member until found dead: a late heartbeat is not yet a dead node, whose sessions others may take.
 local url = ''
-if score and tonumber(score) >= NOW - DEAD then url = redis.call('HGET', P .. 'node:' .. node, 'url') or '' end
+if redis.call('ZSCORE', P .. 'nodes', node) then url = redis.call('HGET', P .. 'node:' .. node, 'url') or '' end
 return { name, node, url }
 `;

@@ -127,8 +127,9 @@ export class ClusterNode {
   }
 }
 
-function hooks(store: ClusterStore, signer: HopSigner, proxy: GatewayProxy): ClusterHooks {
+function hooks(store: ClusterStore, table: ClusterTable, signer: HopSigner, proxy: GatewayProxy): ClusterHooks {
   return {
+    onRestated: (listener) => table.onRestated(listener),
     nodeId: store.options.nodeId,
     verifyHop: signer.verify,
     storeReady: () => store.ready,
@@ -181,7 +182,7 @@ export async function createClusterNode(options: GatewayOptions, cluster: Cluste
       (peer, name) => hop.channel(peer, name),
     );
     const proxy = new GatewayProxy(signer, cluster.hop?.connectTimeout ?? 5000);
-    const gateway = createGateway({ ...options, table, cluster: hooks(store, signer, proxy) });
+    const gateway = createGateway({ ...options, table, cluster: hooks(store, table, signer, proxy) });
     return new ClusterNode(gateway, store, table, hop, proxy, cluster);
   } catch (err) {
     await store.close();

@@ -1,7 +1,20 @@
 import { EventEmitter } from 'node:events';
 import { Redis, type RedisOptions } from 'ioredis';
 import { randomSecret } from '../table/names.js';
-import { ABANDON, CLAIM, GET, HEARTBEAT, LEAVE, MOVE, RELEASE, RESTATE, SESSION, SESSION_GET, UPDATE } from './lua.js';
+import {
+  ABANDON,
+  ABANDON_CLAIM,
+  CLAIM,
+  GET,
+  HEARTBEAT,
+  LEAVE,
+  MOVE,
+  RELEASE,
+  RESTATE,
+  SESSION,
+  SESSION_GET,
+  UPDATE,
+} from './lua.js';
 
 /** Where a node reaches Redis and how it shows itself to the others. */
 export interface StoreOptions {
@@ -77,6 +90,8 @@ export interface StoreClaim {
   readonly perKey: number | undefined;
   readonly nonce: string;
   readonly privateHash: string;
+  /** Names the claim's reservation, for abandonClaim when its answer never comes. */
+  readonly claimId: string;
 }
 
 /** What the node restates after Redis came back (possibly empty). */
@@ -105,12 +120,15 @@ export interface StoreEvents {
   up: [];
   /** Redis stopped answering. */
   down: [Error];
+  /** The event subscription came back after a gap: events may have been missed. */
+  resync: [];
 }
 
 const SCRIPTS = {
   ptthClaim: CLAIM,
   ptthMove: MOVE,
   ptthAbandon: ABANDON,
+  ptthAbandonClaim: ABANDON_CLAIM,
   ptthRelease: RELEASE,
   ptthGet: GET,
   ptthUpdate: UPDATE,
@@ -137,6 +155,7 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
   #wasUp = false;
   #nodeUrl = '';
   #lastError: Error | undefined;
+  #epoch: string | undefined;
   /** The cluster secret when it came from Redis (a configured one is never written there). */
   #secret: string | undefined;
 
@@ -162,6 +181,12 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
     this.#sub.on('error', () => {});
     this.#redis.on('close', () => this.#down(new Error('the connection to Redis closed')));
     this.#sub.on('message', (_channel: string, message: string) => this.#message(message));
+    // Events published while the subscriber was reconnecting are lost: the table reads again what it caches.
+    let subscribed = false;
+    this.#sub.on('ready', () => {
+      if (subscribed && !this.#closed) this.emit('resync');
+      subscribed = true;
+    });
   }
 
   /** Connects both connections and subscribes. Rejects when Redis cannot be reached. */
@@ -169,6 +194,7 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
     try {
       await Promise.all([this.#redis.connect(), this.#sub.connect()]);
       await this.#sub.subscribe(`${this.options.prefix}ev`);
+      await this.epochChanged();
     } catch (err) {
       // ioredis rejects with "Connection is closed."; the reason (ECONNREFUSED, NOAUTH, ...) came as an error event.
       throw this.#lastError ?? err;
@@ -243,7 +269,13 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
 
   async heartbeat(): Promise<void> {
     const o = this.options;
-    await this.#run('ptthHeartbeat', o.nodeId, this.#nodeUrl, Math.max(3 * o.deadAfter, 10_000));
+    const reply = (await this.#run('ptthHeartbeat', o.nodeId, this.#nodeUrl, Math.max(3 * o.deadAfter, 10_000))) as [
+      number,
+      number,
+    ];
+    // The others found this node dead (a stall longer than --node-timeout, with the connection
+    // up): its counts are gone from Redis, so it states them again.
+    if (reply[1] === 1 && this.#timer !== undefined && !this.#closed) this.emit('up');
   }
 
   async claim(c: StoreClaim): Promise<ClaimOutcome> {
@@ -265,6 +297,7 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
       c.perKey ?? '',
       c.nonce,
       c.privateHash,
+      c.claimId,
     );
     const r = reply as Reply[];
     if (r[0] === 'taken') return { kind: 'taken' };
@@ -272,13 +305,21 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
     return { kind: 'ok', record: toRecord(r) };
   }
 
-  /** This node's channels of `name` moved by `delta` (a channel came without a claim's reservation, or went). */
-  async move(name: string, delta: number): Promise<void> {
-    await this.#run('ptthMove', this.options.nodeId, this.#nodeUrl, name, delta);
+  /**
+   * This node's channels of `name` moved by `delta` (a channel came without a claim's reservation,
+   * or went); `nonce`: the registration they belong to (a successor's counts are left alone).
+   */
+  async move(name: string, delta: number, nonce: string): Promise<void> {
+    await this.#run('ptthMove', this.options.nodeId, this.#nodeUrl, name, delta, nonce);
   }
 
-  async abandon(name: string, created: boolean): Promise<void> {
-    await this.#run('ptthAbandon', this.options.nodeId, this.#nodeUrl, name, created ? '1' : '0');
+  async abandon(name: string, created: boolean, nonce: string, claimId: string): Promise<void> {
+    await this.#run('ptthAbandon', this.options.nodeId, this.#nodeUrl, name, created ? '1' : '0', nonce, claimId);
+  }
+
+  /** Gives back a claim's reservation if Redis ran the claim after all (its answer never came). */
+  async abandonClaim(claimId: string): Promise<void> {
+    await this.#run('ptthAbandonClaim', this.options.nodeId, this.#nodeUrl, claimId);
   }
 
   async release(name: string): Promise<void> {
@@ -301,13 +342,14 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
     await this.#run('ptthUpdate', name, lease ?? '', tokenHash ?? '');
   }
 
-  async restate(held: readonly HeldRecord[]): Promise<void> {
+  /** States what this node holds; resolves with the names another registration holds now. */
+  async restate(held: readonly HeldRecord[]): Promise<string[]> {
     const args: (string | number)[] = [];
     for (const h of held) {
       args.push(h.name, h.channels, h.tokenHash, h.holder ?? '', h.keyId ?? '', h.lease, h.nonce, h.privateHash);
       args.push(h.createdAt);
     }
-    await this.#run('ptthRestate', this.options.nodeId, this.#nodeUrl, ...args);
+    return (await this.#run('ptthRestate', this.options.nodeId, this.#nodeUrl, ...args)) as string[];
   }
 
   /** Records that this node serves a Comet session (`expected`: only if it is still that node's). */
@@ -349,6 +391,19 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
       }
     } while (cursor !== '0');
     return out;
+  }
+
+  /**
+   * Whether Redis lost everything since this node last looked (a restart without persistence): the
+   * store's epoch, a random value the first node to look sets, is gone or another. Reads it anew.
+   */
+  async epochChanged(): Promise<boolean> {
+    const key = `${this.options.prefix}epoch`;
+    await this.#redis.set(key, randomSecret(96), 'NX');
+    const now = (await this.#redis.get(key)) ?? undefined;
+    const changed = this.#epoch !== undefined && now !== this.#epoch;
+    this.#epoch = now;
+    return changed;
   }
 
   /** The cluster's secret for the internal hop and private URLs, made once by the first node. */

@@ -20,8 +20,14 @@ import {
 } from '../table/table.js';
 import type { ClaimOutcome, ClusterStore, HeldRecord, PeerNode, StoreEvent, StoredRecord } from './store.js';
 
+/** A channel to another node's holding of a name that can leave service without cutting its requests. */
+export interface RemoteRoute extends Channel {
+  /** No new requests; those in flight finish (src/cluster/hop.ts RemoteChannel.retire). */
+  retire(): void;
+}
+
 /** Makes the channel that reaches another node's holding of a name (src/cluster/hop.ts RemoteChannel). */
-export type RemoteFactory = (peer: PeerNode, name: string) => Channel;
+export type RemoteFactory = (peer: PeerNode, name: string) => RemoteRoute;
 
 export interface ClusterTableOptions extends TableOptions {
   /** The cluster's secret: private ids are derived from it (only nodes can make a private URL). */
@@ -35,7 +41,7 @@ interface Meta {
   nonce: string;
   version: number;
   /** The other nodes holding channels of the name, by node id. */
-  readonly peers: Map<string, Channel>;
+  readonly peers: Map<string, RemoteRoute>;
 }
 
 /**
@@ -57,6 +63,7 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
   /** Channels whose claim already counted them in Redis (the claim reserves). */
   #reserved = new WeakSet<Channel>();
   #fetching = new Map<string, Promise<Registration | undefined>>();
+  #restated: (() => void)[] = [];
   #closing = false;
 
   constructor(store: ClusterStore, options: ClusterTableOptions, remote: RemoteFactory) {
@@ -66,13 +73,23 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
     this.#remote = remote;
     store.on('event', (e) => this.#event(e));
     store.on('up', () => void this.#restate());
+    store.on('resync', () => void this.#resync());
     this.on('channel-open', (reg, channel) => {
       if (this.#reserved.has(channel)) this.#reserved.delete(channel);
-      else this.#store.move(reg.name, 1).catch(noop);
+      else this.#store.move(reg.name, 1, this.#nonceOf(reg)).catch(noop);
     });
     this.on('channel-close', (reg) => {
-      if (!this.#closing) this.#store.move(reg.name, -1).catch(noop);
+      if (!this.#closing) this.#store.move(reg.name, -1, this.#nonceOf(reg)).catch(noop);
     });
+  }
+
+  /** Calls `listener` each time this node has stated again what it holds (Redis back, maybe empty). */
+  onRestated(listener: () => void): void {
+    this.#restated.push(listener);
+  }
+
+  #nonceOf(reg: Registration): string {
+    return this.#meta.get(reg)?.nonce ?? '';
   }
 
   /** The private id of a registration: HMAC of its nonce under the cluster secret (Redis keeps its hash only). */
@@ -103,32 +120,43 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
       if (tries > 1000)
         throw new PtthError('PTTH_ERR_BAD_NAME', 'No free random name could be found: name one in the claim.');
       const name = request.name ?? pick();
-      const outcome = await this.#store.claim({
-        name,
-        mustCreate: request.name === undefined,
-        tokenGiven: request.token !== undefined,
-        tokenHash: tokenHash(request.token ?? madeUpToken()),
-        holder: request.token === undefined ? request.holder : undefined,
-        keyId: request.keyId,
-        maxNames: request.maxNames,
-        lease: request.lease,
-        defaultLease: this.#options.defaultLease,
-        perName: request.channels?.perName,
-        perKey: request.channels?.perKey,
-        nonce,
-        privateHash: lookupKey(this.privateIdOf(nonce)),
-      });
+      const claimId = randomSecret(96);
+      const outcome = await this.#store
+        .claim({
+          name,
+          mustCreate: request.name === undefined,
+          tokenGiven: request.token !== undefined,
+          tokenHash: tokenHash(request.token ?? madeUpToken()),
+          holder: request.token === undefined ? request.holder : undefined,
+          keyId: request.keyId,
+          maxNames: request.maxNames,
+          lease: request.lease,
+          defaultLease: this.#options.defaultLease,
+          perName: request.channels?.perName,
+          perKey: request.channels?.perKey,
+          nonce,
+          privateHash: lookupKey(this.privateIdOf(nonce)),
+          claimId,
+        })
+        .catch((err: unknown) => {
+          // No answer (a timeout): Redis may still run the claim. What it reserved is given back
+          // by the next command on the connection, which Redis runs after it.
+          if (request.channels !== undefined) this.#store.abandonClaim(claimId).catch(noop);
+          throw err;
+        });
       if (outcome.kind === 'taken') continue;
       if (outcome.kind === 'refuse') return { ok: false, refusal: refusal(outcome, name, request) };
-      return this.#granted(outcome.record, request.channels !== undefined);
+      return this.#granted(outcome.record, request.channels !== undefined, claimId);
     }
   }
 
-  #granted(record: StoredRecord, reserved: boolean): ClaimDecision {
+  #granted(record: StoredRecord, reserved: boolean, claimId: string): ClaimDecision {
     const registration = this.#adopt(record);
     const created = record.created;
+    const nonce = record.nonce;
     if (created) this.emit('register', registration);
     let settled = !reserved;
+    if (reserved) this.#pend(record.name, 1);
     const lease: ClaimLease = {
       registration,
       created,
@@ -137,8 +165,9 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
       join: (channel) => {
         if (settled) return;
         settled = true;
+        this.#pend(registration.name, -1);
         if (registration.released) {
-          this.#store.move(registration.name, -1).catch(noop);
+          this.#store.move(registration.name, -1, nonce).catch(noop);
           channel.close();
           return;
         }
@@ -152,11 +181,21 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
           return;
         }
         settled = true;
-        this.#store.abandon(registration.name, created).catch(noop);
+        this.#pend(registration.name, -1);
+        this.#store.abandon(registration.name, created, nonce, claimId).catch(noop);
         if (created && registration.channels.length === 0) this.#drop(registration, reason);
       },
     };
     return { ok: true, registration, created, lease };
+  }
+
+  /** Claims granted here whose channel has not joined yet, by name: restated with the channels. */
+  #pending = new Map<string, number>();
+
+  #pend(name: string, d: number): void {
+    const n = (this.#pending.get(name) ?? 0) + d;
+    if (n > 0) this.#pending.set(name, n);
+    else this.#pending.delete(name);
   }
 
   /** This node's Registration for a stored record: the cached one brought up to date, or a new one. */
@@ -195,6 +234,7 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
       if (want.has(id) && reg.remotes.includes(ch)) continue;
       meta.peers.delete(id);
       reg.removeRemote(ch);
+      ch.retire();
     }
     for (const peer of holders) if (!meta.peers.has(peer.id)) this.#addPeer(reg, meta, peer);
   }
@@ -224,6 +264,7 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
     if (!meta || !ch) return;
     meta.peers.delete(node);
     reg.removeRemote(ch);
+    ch.retire();
   }
 
   #event(e: StoreEvent): void {
@@ -262,10 +303,11 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
     const held: HeldRecord[] = [];
     for (const reg of this.#byName.values()) {
       const meta = this.#meta.get(reg);
-      if (!meta || reg.channels.length === 0) continue;
+      const channels = reg.channels.length + (this.#pending.get(reg.name) ?? 0);
+      if (!meta || channels === 0) continue;
       held.push({
         name: reg.name,
-        channels: reg.channels.length,
+        channels,
         tokenHash: reg.tokenHash,
         holder: reg.holder,
         keyId: reg.keyId,
@@ -275,11 +317,39 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
         createdAt: reg.createdAt,
       });
     }
+    let stale: string[];
     try {
-      await this.#store.restate(held);
+      stale = await this.#store.restate(held);
+      await this.#store.epochChanged();
     } catch {
       return;
     }
+    // Names another app holds now (released and claimed again while this node was cut off).
+    for (const name of stale) {
+      const reg = this.#byName.get(name);
+      if (reg) this.#drop(reg, 'released');
+    }
+    for (const listener of this.#restated) listener();
+    await this.#refreshAll();
+  }
+
+  /**
+   * The event subscription came back: events may have been missed. If Redis lost everything
+   * meanwhile, this node states what it holds (reading first would drop names it still serves);
+   * otherwise it reads again what it caches.
+   */
+  async #resync(): Promise<void> {
+    let emptied: boolean;
+    try {
+      emptied = await this.#store.epochChanged();
+    } catch {
+      return;
+    }
+    if (emptied) await this.#restate();
+    else await this.#refreshAll();
+  }
+
+  async #refreshAll(): Promise<void> {
     for (const reg of [...this.#byName.values()]) await this.#refresh(reg);
   }
 
@@ -304,7 +374,15 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
     if (!pending) {
       pending = this.#store
         .get(name)
-        .then((record) => (record ? this.#adopt(record) : undefined))
+        .then((record) => {
+          if (!record) return undefined;
+          const reg = this.#adopt(record);
+          // Nobody holds a channel yet: an `open` published while this read was on its way was
+          // not for a cached name, so it was dropped. One more look catches it.
+          if (record.holders.length === 0 && reg.channels.length === 0)
+            setTimeout(() => void this.#refresh(reg), this.#options.retry).unref();
+          return reg;
+        })
         .finally(() => this.#fetching.delete(name));
       this.#fetching.set(name, pending);
     }

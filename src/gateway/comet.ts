@@ -80,6 +80,17 @@ export function cometPathShape(path: string): string {
   return `${SERVICE_PATH}/${hashed}${slot}${rest.length > 1 ? '/...' : ''}`;
 }
 
+/**
+ * Comet requests another node sent over the internal hop (server.ts checked their credentials),
+ * with the app name the credentials are for: they reach only that app's sessions.
+ */
+const hopNames = new WeakMap<IncomingMessage, string>();
+
+/** Marks `req` as a Comet request that came over the hop with credentials for `name`. */
+export function cometHop(req: IncomingMessage, name: string): void {
+  hopNames.set(req, name);
+}
+
 /** Open slots a session keeps at most (each registration POST mints one); the oldest unused go first. */
 const MAX_OPEN_SLOTS = 1024;
 
@@ -167,10 +178,14 @@ export class CometService {
     const bound = { count: settings.pipelineCount, bytes: settings.pipelineBytes };
     this.#pipeline = pipelineParserAvailable() ? bound : undefined;
     ctx.table.on('release', (reg: Registration) => {
-      const s = this.#byReg.get(reg);
-      if (!s) return;
       this.#byReg.delete(reg);
-      this.#sessions.delete(lookupKey(s.id));
+      // Every session of it: a node may also serve sessions it took over from gone nodes.
+      for (const [hash, s] of this.#sessions) if (s.reg === reg) this.#sessions.delete(hash);
+    });
+    // Redis came back (maybe empty): the sessions served here are this node's again there.
+    ctx.cluster?.onRestated(() => {
+      const cluster = ctx.cluster as ClusterHooks;
+      for (const [hash, s] of this.#sessions) cluster.shareSession(hash, s.reg.name).catch(() => {});
     });
   }
 
@@ -192,6 +207,13 @@ export class CometService {
     // A cluster: the session may be another node's, or a gone node's this one takes over.
     if (!session && sid && slotId && extra === undefined && this.#ctx.cluster)
       return this.#elsewhere(req, res, path, sid);
+    // Over the hop, the credentials name the app: they open only that app's sessions.
+    const hopName = hopNames.get(req);
+    if (session && hopName !== undefined && hopName !== session.reg.name) {
+      req.resume();
+      sendError(res, new PtthError('PTTH_ERR_HOP_FORBIDDEN'), req.headers.accept, true);
+      return;
+    }
     const slot = session && slotId && extra === undefined ? session.slot(slotId) : undefined;
     const op = !session || !slot || !slotId ? 'unknown' : req.method === 'POST' ? 'reply' : 'poll';
     this.#observe(req, res, op, path, session?.reg.name);
@@ -213,7 +235,7 @@ export class CometService {
   #elsewhere(req: IncomingMessage, res: ServerResponse, path: string, sid: string): void {
     const cluster = this.#ctx.cluster as ClusterHooks;
     const hash = lookupKey(sid);
-    const hopped = req.headers['x-ptth-hop'] !== undefined;
+    const hopped = hopNames.has(req);
     const unknown = (): void => {
       this.#observe(req, res, 'unknown', path);
       req.resume();
@@ -229,8 +251,13 @@ export class CometService {
         if (!(await cluster.shareSession(hash, where.name, where.node))) continue;
         const reg = this.#ctx.table.lookup(where.name) ?? (await this.#ctx.table.fetch(where.name));
         if (!reg || reg.released) return unknown();
+        if (hopped && hopNames.get(req) !== where.name) {
+          req.resume();
+          return sendError(res, new PtthError('PTTH_ERR_HOP_FORBIDDEN'), req.headers.accept, true);
+        }
         const session = this.#sessions.get(hash) ?? new Session(reg, sid);
-        this.#byReg.set(reg, session);
+        // The session registration POSTs reuse stays the one made here, if any.
+        if (!this.#byReg.has(reg)) this.#byReg.set(reg, session);
         this.#sessions.set(hash, session);
         return this.handle(req, res, path);
       }

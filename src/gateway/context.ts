@@ -69,6 +69,8 @@ export interface ClusterHooks {
    * `expected`, only if it is still that node's (adopting a dead node's session: one winner).
    */
   shareSession(hash: string, name: string, expected?: string): Promise<boolean>;
+  /** Calls `listener` after the node stated its holdings again (Redis came back, maybe empty). */
+  onRestated(listener: () => void): void;
   /** Which node serves a Comet session, or undefined when the store knows none. */
   locateSession(hash: string): Promise<CometRoute | undefined>;
   /** Every registration of the cluster (at most `limit`), with the nodes holding its channels: the status page. */

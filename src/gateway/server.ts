@@ -7,6 +7,7 @@ import { sendError, writeRawError } from '../http/respond.js';
 import { MemoryTable, type RouteTable } from '../table/table.js';
 import type { ClusterHooks } from './context.js';
 import { claimFromRequest, claimFromUpgrade } from './claim.js';
+import { cometHop } from './comet.js';
 import { classify, hostProblem, originForm, SERVICE_PATH, type Route, type UrlMode } from './classify.js';
 import { admit, type Admission, type Arrival, type Buckets } from './admission.js';
 import { claimantName, refuse, refuseClaim } from './refuse.js';
@@ -401,14 +402,18 @@ export class Gateway extends EventEmitter<GatewayEvents> {
    */
   #hopComet(req: IncomingMessage, res: ServerResponse): void {
     const value = req.headers['x-ptth-hop'];
-    const ok = typeof value === 'string' && this.#ctx.cluster?.verifyHop(value) !== undefined;
+    const credentials = typeof value === 'string' ? this.#ctx.cluster?.verifyHop(value) : undefined;
     const path = targetPath(req.url);
     gatewayHeaders(req, res, path);
-    if (!ok || !path.startsWith(`${SERVICE_PATH}/`)) {
+    // A request URL only (`/reversehttp/SESSION/SLOT`): never a registration, which admission and
+    // the rate limits must see with the claimant's own address.
+    const parts = path.startsWith(`${SERVICE_PATH}/`) ? path.slice(SERVICE_PATH.length + 1).split('/') : [];
+    if (!credentials || parts.length !== 2 || parts.some((p) => p === '')) {
       req.resume();
       sendError(res, new PtthError('PTTH_ERR_HOP_FORBIDDEN'), req.headers.accept, true);
       return;
     }
+    cometHop(req, credentials.name);
     handleEndpoint(this.#ctx, this.#info, req, res);
   }
 

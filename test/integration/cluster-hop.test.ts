@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
-import { HopClient, type HopClientOptions, HopSigner } from '../../src/cluster/hop.js';
+import { HopClient, type HopClientOptions, HopSigner, type RemoteChannel } from '../../src/cluster/hop.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import type { ClusterHooks } from '../../src/gateway/context.js';
 import { MemoryTable } from '../../src/table/table.js';
@@ -44,6 +44,7 @@ function hopOnly(nodeId: string, verifyHop: ClusterHooks['verifyHop'], ready: bo
     verifyHop,
     storeReady: () => ready,
     shareSession: async () => false,
+    onRestated: () => {},
     locateSession: async () => undefined,
     listRegistrations: async () => [],
     nodes: async () => [],
@@ -680,6 +681,36 @@ describe('the internal hop: failures', () => {
     expect(post.headers['x-ptth-error']).toBe('PTTH_ERR_CHANNEL_LOST');
     expect(peer.connections()).toBe(1);
     expect(reg.remotes[0]?.closed).toBe(false);
+  });
+
+  it('a retired remote finishes what is in flight, other requests to the peer included, and takes no more', async () => {
+    const { a, b, hop, link } = await pair();
+    const held: http.ServerResponse[] = [];
+    await useApp(
+      b.port,
+      (_req, res) => {
+        held.push(res);
+      },
+      { name: 'app', token: TOKEN },
+    );
+    const reg = await link('app');
+    // A second channel to the same peer (another name's) shares its agent.
+    const other = await link('app2');
+    await useApp(b.port, (_req, res) => res.end('other'), { name: 'app2', token: TOKEN });
+    const pending = request(a.port, { host: a.host('app') });
+    await until(() => held.length === 1, 3_000, 'the request at the app');
+    const route = reg.remotes[0] as RemoteChannel;
+    reg.removeRemote(route);
+    route.retire();
+    expect(route.available).toBe(false);
+    // Another channel to that peer still works while the retired one's request is in flight.
+    expect((await request(a.port, { host: a.host('app2') })).body).toBe('other');
+    (held[0] as http.ServerResponse).end('finished');
+    const r = await pending;
+    expect([r.status, r.body]).toEqual([200, 'finished']);
+    expect(other.remotes).toHaveLength(1);
+    expect((await request(a.port, { host: a.host('app2') })).body).toBe('other');
+    hop.close();
   });
 
   it('closing the hop client fails requests in flight with 502 and drops the remotes', async () => {

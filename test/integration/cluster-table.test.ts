@@ -19,6 +19,8 @@ const CLUSTER_CHILD = fileURLToPath(new URL('../helpers/cluster-child.ts', impor
 
 const redis = useRedisForFile();
 let prefixes = 0;
+/** Every remote route the tables made, for the tests that check none is left in service or leaked. */
+const made: TestChannel[] = [];
 
 class TestChannel implements Channel {
   static next = 1;
@@ -37,8 +39,12 @@ class TestChannel implements Channel {
     this.transport = transport;
     this.peer = peer;
   }
+  retired = false;
   dispatch(): void {}
   upgrade(): void {}
+  retire(): void {
+    this.retired = true;
+  }
   close(): void {
     if (this.closed) return;
     this.closed = true;
@@ -71,7 +77,9 @@ async function node(id: string, p: string, over: { deadAfter?: number; heartbeat
   await store.connect();
   await store.join(`http://127.0.0.1:9/${id}`);
   const table = new ClusterTable(store, { ...OPTIONS, secret: 'a cluster secret for tests' }, (peer) => {
-    return new TestChannel('node', peer);
+    const ch = new TestChannel('node', peer);
+    made.push(ch);
+    return ch;
   });
   cleanup(async () => {
     table.close();
@@ -190,6 +198,27 @@ describe('the cluster table in Redis', () => {
     expect((onB?.remotes[0] as TestChannel | undefined)?.peer?.id).toBe('n3');
   });
 
+  it('retires the remote route of a node whose channels went, every time, so churn leaves none behind', async () => {
+    const [a, b] = (await nodes(2)) as [Node, Node];
+    const d = await a.table.decide({ name: 'churn', token: 't', channels: LIMITS });
+    if (!d.ok) throw d.refusal;
+    let ch = new TestChannel();
+    d.lease.join(ch);
+    const onB = (await b.table.fetch('churn')) as NonNullable<Awaited<ReturnType<ClusterTable['fetch']>>>;
+    const first = made.length;
+    for (let i = 0; i < 20; i++) {
+      ch.close();
+      await until(() => onB.remotes.length === 0);
+      const again = await a.table.decide({ name: 'churn', token: 't', channels: LIMITS });
+      if (!again.ok) throw again.refusal;
+      ch = new TestChannel();
+      again.lease.join(ch);
+      await until(() => onB.remotes.length === 1);
+    }
+    const routes = made.slice(first - 1).filter((r) => r.peer?.id === 'n1');
+    expect(routes.filter((r) => !r.retired)).toEqual([onB.remotes[0]]);
+  });
+
   it('serves a private URL on every node while Redis keeps only its hash', async () => {
     const [a, b] = (await nodes(2)) as [Node, Node];
     const d = await a.table.decide({ name: 'priv', token: 't' });
@@ -276,6 +305,68 @@ describe('the cluster table in Redis', () => {
     const raw = new Redis(redis().url);
     cleanup(() => raw.quit());
     expect(await raw.pttl(`${p}r:again`)).toBeGreaterThan(20_000);
+  });
+
+  it('states its channels again after the others found it dead while its connection stayed up (a stall)', async () => {
+    const p = prefix();
+    const b = await node('b', p, { deadAfter: 600, heartbeat: 100 });
+    const child = spawnTs(CLUSTER_CHILD, [redis().url, p, 'a', 'stalled', '100', '600']);
+    cleanup(() => child.kill('SIGKILL'));
+    await child.waitFor(/holding stalled/);
+    const raw = new Redis(redis().url);
+    cleanup(() => raw.quit());
+    // A stall longer than the node timeout: b drops a and starts the lease.
+    child.child.kill('SIGSTOP');
+    await until(async () => (await raw.pttl(`${p}r:stalled`)) > 0, 5000);
+    child.child.kill('SIGCONT');
+    // a's next heartbeat finds itself dropped: it states its channel again, and the lease stops.
+    await until(async () => (await raw.pttl(`${p}r:stalled`)) === -1, 5000);
+    expect(await raw.hget(`${p}n:a:c`, 'stalled')).toBe('1');
+    expect((await b.table.fetch('stalled'))?.remotes).toHaveLength(1);
+  });
+
+  it('gives back the reservation of a claim whose answer timed out while Redis stalled', async () => {
+    const p = prefix();
+    const a = await node('a', p, { deadAfter: 60_000 });
+    const pid = redis().pid as number;
+    const raw = new Redis(redis().url);
+    cleanup(() => raw.quit());
+    process.kill(pid, 'SIGSTOP');
+    let resumed = false;
+    cleanup(() => {
+      if (!resumed) process.kill(pid, 'SIGCONT');
+    });
+    const decision = a.table.decide({ name: 'orphan', token: 't', channels: LIMITS });
+    // The command timeout (1 s) answers first; Redis runs the claim when it wakes.
+    const d = await decision;
+    expect(!d.ok && d.refusal.code).toBe('PTTH_ERR_STORE_UNAVAILABLE');
+    process.kill(pid, 'SIGCONT');
+    resumed = true;
+    await until(async () => (await raw.exists(`${p}res:*`)) === 0 && (await raw.hlen(`${p}n:a:c`)) === 0, 5000);
+    // The name the claim made went with it (nobody ever joined a channel).
+    await until(async () => (await raw.exists(`${p}r:orphan`)) === 0, 5000);
+  });
+
+  it("never counts a released registration's channels for the name's next holder", async () => {
+    const [a, b, c] = (await nodes(3)) as [Node, Node, Node];
+    const first = await a.table.decide({ name: 'reuse', token: 'old', channels: LIMITS });
+    if (!first.ok) throw first.refusal;
+    first.lease.join(new TestChannel());
+    const onC = await c.table.decide({ name: 'reuse', token: 'old', channels: LIMITS });
+    if (!onC.ok) throw onC.refusal;
+    const oldOnC = new TestChannel();
+    onC.lease.join(oldOnC);
+    // Released through a (the private URL's DELETE), claimed anew on b by someone else.
+    a.table.release(first.registration, 'deleted');
+    await until(async () => (await b.table.decide({ name: 'reuse', token: 'new', channels: LIMITS })).ok);
+    const fresh = b.table.lookup('reuse');
+    // c's old channel closing later must not take one off the new holder.
+    oldOnC.close();
+    const onA = await until(async () => (await a.table.fetch('reuse'))?.remotes.length === 1).then(() =>
+      a.table.lookup('reuse'),
+    );
+    expect((onA?.remotes[0] as TestChannel | undefined)?.peer?.id).toBe('n2');
+    expect(fresh?.tokenMatches('new')).toBe(true);
   });
 
   it('refuses claims with 503 PTTH_ERR_STORE_UNAVAILABLE while Redis is down, keeps cached routes, and restates what it holds when Redis comes back empty', async () => {

@@ -1,6 +1,7 @@
 import * as http from 'node:http';
 import { describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
+import { HopSigner } from '../../src/cluster/hop.js';
 import { createClusterNode, type ClusterNode } from '../../src/cluster/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import { fetchRaw, parseLinks, parseRequestMessage, rawValues, register, serializeResponse } from '../helpers/comet.js';
@@ -242,6 +243,53 @@ describe('a cluster of gateway nodes', () => {
     const next = parseLinks(rawValues(delivered.rawHeaders, 'link'))['next'];
     expect(next).toContain(`:${b.port}/`);
   });
+
+  it('opens a Comet session over the hop only with credentials for its app, and never registers over it', async () => {
+    const [a, b] = (await cluster(2)) as [TestNode, TestNode];
+    const reg = await register(a.origin, { name: 'guarded', token: 'secret-token' });
+    expect(reg.status).toBe(201);
+    const first = new URL(reg.links['first'] as string);
+    // Credentials are signed with the cluster secret, kept in Redis when none was configured.
+    const secret = await b.node.store.secret();
+    const signer = new HopSigner(secret, 'intruder');
+    const hop = (name: string, path: string, method = 'GET') =>
+      fetchRaw(`${a.origin}${path}`, {
+        method,
+        headers: { 'x-ptth-hop': signer.sign(name, 1), 'x-ptth-hop-kind': 'comet' },
+      });
+    const other = await hop('another-app', first.pathname);
+    expect([other.status, other.headers['x-ptth-error']]).toEqual([403, 'PTTH_ERR_HOP_FORBIDDEN']);
+    const registration = await hop('guarded', '/reversehttp', 'POST');
+    expect([registration.status, registration.headers['x-ptth-error']]).toEqual([403, 'PTTH_ERR_HOP_FORBIDDEN']);
+    const unsigned = await fetchRaw(`${a.origin}${first.pathname}`, {
+      headers: { 'x-ptth-hop': 'v1;forged', 'x-ptth-hop-kind': 'comet' },
+    });
+    expect(unsigned.status).toBe(403);
+  });
+
+  it('shares its Comet sessions again when Redis comes back empty: polls through other nodes still reach them', async () => {
+    const [a, b] = (await cluster(2)) as [TestNode, TestNode];
+    const reg = await register(a.origin, { name: 'survivor', token: 'secret-token' });
+    const first = reg.links['first'] as string;
+    // The first poll brings the channel on a.
+    const poll = fetchRaw(first);
+    await until(async () => (await b.node.table.fetch('survivor'))?.remotes.length === 1, 5000, 'b to route to a');
+    await redis().restart();
+    await until(async () => (await request(a.port, { path: '/readyz' })).status === 200, 10_000, 'a ready again');
+    // Through b, which has never seen the session: Redis must know it is a's again.
+    const viaB = new URL(first);
+    viaB.port = String(b.port);
+    const visitor = request(b.port, { host: b.host('survivor'), path: '/after-restart' });
+    const delivered = await poll;
+    expect(delivered.status).toBe(200);
+    const reply = await fetchRaw(viaB.href, {
+      method: 'POST',
+      headers: { 'content-type': 'message/http' },
+      body: serializeResponse({ status: 200, headers: [], body: 'kept' }),
+    });
+    expect(reply.status).toBe(202);
+    expect((await visitor).body).toBe('kept');
+  }, 30_000);
 
   it('answers claims with 503 PTTH_ERR_STORE_UNAVAILABLE while Redis is down, keeps serving what it holds, and recovers', async () => {
     const [a, b] = (await cluster(2)) as [TestNode, TestNode];
