@@ -150,6 +150,13 @@ async function startRedis(dir: string): Promise<{ proc: Proc; url: string }> {
 // ---------------------------------------------------------------------------------------------
 // Claims per second
 
+function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted.length === 0
+    ? NaN
+    : (sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] as number);
+}
+
 interface Claims {
   label: string;
   claims: number;
@@ -159,6 +166,11 @@ interface Claims {
   /** CPU µs per claim: the gateways together, and Redis. */
   gatewayUs: number;
   redisUs: number;
+  /** CPU µs per claim of the clients (this process). */
+  clientUs: number;
+  /** Milliseconds from the POST to the DELETE's answer. */
+  p50: number;
+  p99: number;
 }
 
 /** One request on a keep-alive agent; resolves with the status and headers, the body discarded. */
@@ -201,12 +213,14 @@ async function claims(
   let errors = 0;
   let firstError = '';
   let next = 0;
+  let took: number[] = [];
   const tag = label.replace(/[^a-z0-9]/gi, '').toLowerCase();
   const client = async (i: number, until: number): Promise<void> => {
     const g = i % gateways.length;
     const port = (gateways[g] as { port: number }).port;
     const agent = agents[g] as http.Agent;
     while (performance.now() < until) {
+      const t = performance.now();
       try {
         const reg = await call(agent, port, 'POST', '/reversehttp', `name=bc-${tag}-${next++}&token=bench-token`);
         const location = reg.headers.location;
@@ -214,6 +228,7 @@ async function claims(
         const del = await call(agent, port, 'DELETE', new URL(location).pathname);
         if (del.statusCode !== 204) throw new Error(`DELETE of the private URL answered ${del.statusCode}`);
         claimed++;
+        took.push(performance.now() - t);
       } catch (err) {
         if (errors++ === 0) firstError = (err as Error).message;
         if (errors > 100) return;
@@ -225,11 +240,14 @@ async function claims(
     const warm = performance.now() + 1_000;
     await Promise.all(Array.from({ length: CLAIM_CLIENTS }, (_, i) => client(i, warm)));
     claimed = 0;
+    took = [];
     const before = gateways.map((g) => treeCpuMs(g.proc.pid) ?? NaN);
     const redisBefore = redis ? (treeCpuMs(redis.pid) ?? NaN) : NaN;
+    const self = process.cpuUsage();
     const t0 = performance.now();
     await Promise.all(Array.from({ length: CLAIM_CLIENTS }, (_, i) => client(i, t0 + CLAIM_SECONDS * 1000)));
     const seconds = (performance.now() - t0) / 1000;
+    const selfSpent = process.cpuUsage(self);
     const spent = gateways.reduce((sum, g, i) => sum + ((treeCpuMs(g.proc.pid) ?? NaN) - (before[i] as number)), 0);
     const redisSpent = redis ? (treeCpuMs(redis.pid) ?? NaN) - redisBefore : NaN;
     const per = (cpuMs: number): number => (claimed > 0 ? (cpuMs * 1000) / claimed : NaN);
@@ -241,6 +259,9 @@ async function claims(
       firstError,
       gatewayUs: per(spent),
       redisUs: per(redisSpent),
+      clientUs: per((selfSpent.user + selfSpent.system) / 1000),
+      p50: percentile(took, 50),
+      p99: percentile(took, 99),
     };
   } finally {
     for (const a of agents) a.destroy();
@@ -333,22 +354,35 @@ async function workerUrls(primary: Proc): Promise<string[]> {
 }
 
 /** Live channels of `name` and the requests they served, on each worker (its node URL's status page). */
-async function workerChannels(urls: string[], name: string): Promise<{ channels: number; served: number }[]> {
+async function workerChannels(
+  urls: string[],
+  name: string,
+): Promise<{ channels: number; served: number; closed: number }[]> {
+  const fetchText = (url: string, accept: string): Promise<string> =>
+    new Promise<string>((resolve, reject) => {
+      http
+        .get(url, { headers: { accept }, timeout: 5_000 }, (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (text += c));
+          res.on('end', () => resolve(text));
+        })
+        .on('error', reject);
+    });
   return Promise.all(
     urls.map(async (url) => {
-      const body = await new Promise<string>((resolve, reject) => {
-        http
-          .get(`${url}/`, { headers: { accept: 'application/json' }, timeout: 5_000 }, (res) => {
-            let text = '';
-            res.setEncoding('utf8');
-            res.on('data', (c: string) => (text += c));
-            res.on('end', () => resolve(text));
-          })
-          .on('error', reject);
-      });
-      const status = JSON.parse(body) as { registrations: { name: string; channels: { served: number }[] }[] };
+      const status = JSON.parse(await fetchText(`${url}/`, 'application/json')) as {
+        registrations: { name: string; channels: { served: number }[] }[];
+      };
       const channels = status.registrations.find((r) => r.name === name)?.channels ?? [];
-      return { channels: channels.length, served: channels.reduce((n, c) => n + c.served, 0) };
+      // Channels closed since the start, as the metrics count them (a channel lost under load shows here).
+      const metrics = await fetchText(`${url}/metrics`, 'text/plain');
+      const closed = /^ptth_channels_closed_total\{transport="http1"[^}]*\} (\d+)/m.exec(metrics);
+      return {
+        channels: channels.length,
+        served: channels.reduce((n, c) => n + c.served, 0),
+        closed: closed ? Number(closed[1]) : NaN,
+      };
     }),
   );
 }
@@ -363,6 +397,16 @@ async function waitWorkerChannels(urls: string[], name: string, want: number): P
       throw new Error(`the workers hold ${held} channels of ${name} after 15 s (wanted ${want})`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** The apps first (they release their names), Redis last (the nodes leave the cluster through it). */
+async function stopInOrder(list: Proc[]): Promise<void> {
+  const order: ((p: Proc) => boolean)[] = [
+    (p) => p.group === 'app',
+    (p) => p.group !== 'app' && p.group !== 'redis',
+    (p) => p.group === 'redis',
+  ];
+  for (const which of order) await Promise.all(list.filter(which).map(stopProc));
 }
 
 export async function runCluster(): Promise<string[]> {
@@ -431,6 +475,7 @@ export async function runCluster(): Promise<string[]> {
         procs: [workers.proc, appWorkers, redis.proc],
       },
     };
+    const held = await workerChannels(urls, 'bench-workers');
     for (const target of Object.values(t)) await expectHello(target.label, target.port, target.host);
     log(`bench: cluster: warming every target up for ${PRELOAD} s at 50 visitors`);
     for (const target of Object.values(t)) await fire(target, 50, PRELOAD);
@@ -475,9 +520,15 @@ export async function runCluster(): Promise<string[]> {
       }
     }
     hopTable(rows.slice(0, 8), { n1: n1.proc, n2: n2.proc, single: single.proc, redis: redis.proc });
-    const spread = (await workerChannels(urls, 'bench-workers'))
-      .map((w, i) => `worker ${i + 1}: ${w.channels} channels, ${int(w.served)} requests served`)
-      .join('; ');
+    const after = await workerChannels(urls, 'bench-workers');
+    const spread =
+      `${held.map((w) => w.channels).join(' + ')} channels before the load; after it ` +
+      after
+        .map(
+          (w, i) =>
+            `worker ${i + 1}: ${w.channels} channels (${int(w.closed)} closed so far), ${int(w.served)} requests served`,
+        )
+        .join(', ');
     workersTable(rows.slice(8), spread, workers.proc);
 
     log(`bench: claims for ${CLAIM_SECONDS} s by ${CLAIM_CLIENTS} clients: one gateway, then three nodes`);
@@ -490,7 +541,7 @@ export async function runCluster(): Promise<string[]> {
     claimsTable(claimRows);
 
     // The load processes are done: the memory rows run alone.
-    for (const p of mine()) if (p !== redis.proc) await stopProc(p);
+    await stopInOrder(mine().filter((p) => p !== redis.proc));
     log(`bench: memory: ${IDLE_CHANNELS} idle channels on one gateway, then on a cluster node`);
     const idleRows = [
       await idle('gateway (memory)', [], undefined),
@@ -502,13 +553,9 @@ export async function runCluster(): Promise<string[]> {
   } catch (err) {
     failures.push(`cluster rows: ${(err as Error).message}`);
   } finally {
-    // The apps first (they release their names), Redis last (the nodes leave the cluster through it).
-    const order: ((p: Proc) => boolean)[] = [
-      (p) => p.group === 'app',
-      (p) => p.group !== 'app' && p.group !== 'redis',
-      (p) => p.group === 'redis',
-    ];
-    for (const which of order) await Promise.all(mine().filter(which).map(stopProc));
+    // Anything a process said on stderr (reconnects, errors) is worth seeing.
+    for (const p of mine()) if (p.stderr.length > 0) log(`bench: ${p.label} wrote to stderr:${tail(p)}`);
+    await stopInOrder(mine());
     rmSync(dir, { recursive: true, force: true });
   }
   return failures;
@@ -629,19 +676,33 @@ function claimsTable(rows: Claims[]): void {
   out('');
   out(
     `Claims per second: ${CLAIM_CLIENTS} clients for ${CLAIM_SECONDS} s, each a Comet registration POST (201) then ` +
-      `DELETE of its private URL (204), clients spread evenly over the gateways:`,
+      `DELETE of its private URL (204) on the same gateway, clients spread evenly over the gateways; p50 and p99 of a claim and its release; ` +
+      'the gateway CPU is all nodes together:',
   );
   out('');
-  const heads = ['gateways', 'claims', 'claims/s', 'gateway CPU µs per claim', 'Redis CPU µs per claim', 'errors'];
+  const heads = [
+    'gateways',
+    'claims',
+    'claims/s',
+    'p50 ms',
+    'p99 ms',
+    'gateway CPU µs per claim',
+    'Redis CPU µs per claim',
+    'clients µs per claim',
+    'errors',
+  ];
   const cells = rows.map((c) => [
     c.label,
     int(c.claims),
     int(c.claims / c.seconds),
+    ms(c.p50),
+    ms(c.p99),
     int(c.gatewayUs),
     Number.isFinite(c.redisUs) ? int(c.redisUs) : '-',
+    int(c.clientUs),
     c.errors > 0 ? `${c.errors} (${c.firstError})` : '0',
   ]);
-  for (const l of table(heads, cells, [false, true, true, true, true, false])) out(l);
+  for (const l of table(heads, cells, [false, ...heads.slice(1, -1).map(() => true), false])) out(l);
 }
 
 function idleTable(rows: Idle[]): void {
