@@ -529,7 +529,9 @@ export async function runCluster(): Promise<string[]> {
             `worker ${i + 1}: ${w.channels} channels (${int(w.closed)} closed so far), ${int(w.served)} requests served`,
         )
         .join(', ');
-    workersTable(rows.slice(8), spread, workers.proc);
+    const [one] = await workerChannels([`http://127.0.0.1:${n1.port}`], 'bench-cluster');
+    const oneSpread = `one node: ${one?.channels} channels (${int(one?.closed)} closed so far)`;
+    workersTable(rows.slice(8), `${spread}; ${oneSpread}`, workers.proc);
 
     log(`bench: claims for ${CLAIM_SECONDS} s by ${CLAIM_CLIENTS} clients: one gateway, then three nodes`);
     const claimRows = [
