@@ -1,7 +1,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, createServer as createNetServer } from 'node:net';
 import { createAdminServer } from './gateway/endpoints.js';
 import { isLoopback } from './gateway/ratelimit.js';
 import { loadAccessConfig } from './table/access.js';
@@ -23,6 +23,10 @@ import { canSplice, splice, SPLICE_CONNECTIONS } from './client/splice.js';
 import { startInspector, type Inspector } from './client/inspect.js';
 import { formatLine, watchEvents, type EventWatch } from './client/requestlog.js';
 import { claimMessage } from './client/messages.js';
+import { createClusterNode, type ClusterNode, type ClusterOptions } from './cluster/node.js';
+import { redactRedisUrl, redisOptions } from './cluster/redisurl.js';
+import { onStopRequest, reportReady, WorkerPool, workerSlot, type WorkerSlot } from './cluster/workers.js';
+import { OptionError } from './options.js';
 import { VERSION } from './version.js';
 import { errorMessage } from './shared/errormessage.js';
 
@@ -89,13 +93,18 @@ serve.action(async (_o: unknown, command: Command) => {
   const sources: Record<string, string | undefined> = {};
   for (const spec of SERVE_OPTIONS) sources[spec.key] = command.getOptionValueSource(spec.key);
   let config: ServeValues;
+  let cluster: ServeCluster | undefined;
+  // In a worker of `serve --workers`: the primary checked the same options before it forked.
+  const slot = workerSlot();
   try {
     config = resolveServeConfig(command.opts<ServeConfig>(), sources).values;
+    cluster = clusterSettings(config, slot);
   } catch (e) {
     err(`ptth-proxy serve: ${errorMessage(e)}`);
     process.exit(2);
   }
-  await runServe(config);
+  if (cluster && config.workers > 1 && slot === undefined) runWorkers(config, cluster);
+  else await runServe(config, cluster, slot);
 });
 
 /** Commander's view of one row of the options table; defaults live in the table, not in commander. */
@@ -195,18 +204,36 @@ function tlsLoader(c: ServeValues): () => TlsOptions | undefined {
   };
 }
 
-/** The gateway for `serve`'s values; a bad TLS file, keys file or option ends the process with exit code 2. */
-async function createServeGateway(c: ServeValues, loadTls: () => TlsOptions | undefined): Promise<Gateway> {
+/**
+ * The gateway for `serve`'s values, a node of the cluster with --redis; a bad TLS file, keys file
+ * or option ends the process with exit code 2, a Redis it cannot reach with exit code 1.
+ */
+async function createServeGateway(
+  c: ServeValues,
+  loadTls: () => TlsOptions | undefined,
+  cluster: ServeCluster | undefined,
+): Promise<{ gateway: Gateway; node: ClusterNode | undefined }> {
   const options = gatewayOptions(c);
   try {
     const tls = loadTls();
     if (tls) options.tls = tls;
     const access = await loadAccessConfig({ file: c.keys, env: process.env });
     if (access) options.access = access;
-    return createGateway(options);
+    if (!cluster) return { gateway: createGateway(options), node: undefined };
   } catch (e) {
     err(`ptth-proxy serve: ${errorMessage(e)}`);
     process.exit(2);
+  }
+  try {
+    const node = await createClusterNode(options, cluster.options);
+    return { gateway: node.gateway, node };
+  } catch (e) {
+    if (e instanceof OptionError) {
+      err(`ptth-proxy serve: ${errorMessage(e)}`);
+      process.exit(2);
+    }
+    err(`ptth-proxy serve: cannot join the cluster in Redis ${cluster.shown}: ${errorMessage(e)}`);
+    process.exit(1);
   }
 }
 
@@ -229,8 +256,13 @@ async function listenAdmin(gateway: Gateway, c: ServeValues): Promise<Server | u
 
 const hostPort = (a: AddressInfo): string => `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
 
-/** The start-up lines: where the gateway listens, where apps are served, how to connect one. */
-function printStartup(gateway: Gateway, addr: AddressInfo, admin: Server | undefined): void {
+/** The start-up lines: where the gateway listens, where apps are served, how to connect one, the cluster it joined. */
+function printStartup(
+  gateway: Gateway,
+  addr: AddressInfo,
+  admin: Server | undefined,
+  joined: string | undefined,
+): void {
   const port = addr.port;
   const scheme = gateway.secure ? 'https' : 'http';
   const portSuffix = port === (gateway.secure ? 443 : 80) ? '' : `:${port}`;
@@ -246,6 +278,7 @@ function printStartup(gateway: Gateway, addr: AddressInfo, admin: Server | undef
   out(`  apps served at ${appUrl}`);
   out(`  expose an app: npx ptth-proxy connect 3000 --gateway ${origin}`);
   if (admin) out(`  admin:         http://${hostPort(admin.address() as AddressInfo)}/metrics, /healthz, /readyz`);
+  if (joined !== undefined) out(`  cluster node:  ${joined}`);
   out(
     gateway.access.open
       ? '  access:        open (no keys: first come, first served)'
@@ -312,8 +345,18 @@ function reloadOnSighup(
   });
 }
 
-/** SIGTERM and SIGINT close the gateway within --shutdown-grace and exit 0; a second signal exits 1 at once. */
-function closeOnSignals(gateway: Gateway, logger: Logger, admin: Server | undefined, grace: number): void {
+/**
+ * SIGTERM and SIGINT close the gateway (or the cluster node) within --shutdown-grace and exit 0; a
+ * second signal exits 1 at once. A worker of `serve --workers` takes the primary's stop request
+ * the same way: the first one, or the first of it and a signal, closes; a second one exits.
+ */
+function closeOnSignals(
+  close: (graceMs: number) => Promise<void>,
+  logger: Logger,
+  admin: Server | undefined,
+  grace: number,
+  worker: boolean,
+): void {
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) process.exit(1);
@@ -322,7 +365,7 @@ function closeOnSignals(gateway: Gateway, logger: Logger, admin: Server | undefi
       { event: 'shutdown', signal, graceMs: grace },
       `${signal}: closing (in-flight requests get up to ${(grace / 1000).toFixed(1)} s)`,
     );
-    void gateway.close(grace).then(() => {
+    void close(grace).then(() => {
       admin?.close();
       logger.info({ event: 'shutdown', signal }, 'closed');
       // Exit once the log is written out: process.exit's own synchronous flush could land before a batch
@@ -332,11 +375,218 @@ function closeOnSignals(gateway: Gateway, logger: Logger, admin: Server | undefi
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+  // Ctrl-C reaches the workers and the primary alike: the primary's request after the worker's own
+  // SIGINT is the same stop, not a second one.
+  if (worker) {
+    onStopRequest((why, now) => {
+      if (now) process.exit(1);
+      if (!stopping) stop(why);
+    });
+  }
 }
 
-async function runServe(c: ServeValues): Promise<void> {
+/** `serve`'s cluster options, checked, and --redis as the start-up lines show it. */
+interface ServeCluster {
+  readonly options: ClusterOptions;
+  /** --redis with its passwords hidden. */
+  readonly shown: string;
+}
+
+const NODE_ID = /^[A-Za-z0-9._-]{1,64}$/;
+/** Shortest cluster secret: it is all that keeps outsiders off the internal hop. */
+const MIN_SECRET = 16;
+
+/**
+ * The cluster flags, checked: undefined without --redis. Throws an Error whose message says what
+ * to change (the command line prints it and exits 2). A worker's node id is --node-id with its
+ * slot's number, since every worker is a node of its own.
+ */
+function clusterSettings(c: ServeValues, slot: WorkerSlot | undefined): ServeCluster | undefined {
+  if (c.redis === undefined) {
+    if (c.workers > 1) {
+      throw new Error(
+        `--workers ${c.workers} needs --redis: the workers share their routing table through Redis ` +
+          '(without it each worker would know only the names claimed on it, and a visitor would find a name only on that one)',
+      );
+    }
+    const given = Object.entries({
+      '--node-url': c.nodeUrl,
+      '--node-id': c.nodeId,
+      '--cluster-secret': c.clusterSecret,
+      '--cluster-secret-file': c.clusterSecretFile,
+    }).filter(([, v]) => v !== undefined);
+    if (given.length > 0) {
+      const flags = given.map(([f]) => f).join(' and ');
+      throw new Error(`${flags} ${given.length > 1 ? 'need' : 'needs'} --redis (they configure a node of a cluster)`);
+    }
+    return undefined;
+  }
+  const redis = redisOptions(c.redis);
+  if (c.nodeUrl !== undefined) checkNodeUrl(c.nodeUrl);
+  if (c.nodeId !== undefined && !NODE_ID.test(c.nodeId)) {
+    throw new Error(
+      `--node-id must be 1 to 64 letters, digits, dots, underscores or dashes, got ${JSON.stringify(c.nodeId)}`,
+    );
+  }
+  if (c.nodeTimeout <= c.heartbeat) {
+    throw new Error(
+      `--node-timeout (${c.nodeTimeout} ms) must be longer than --heartbeat (${c.heartbeat} ms): ` +
+        'otherwise live nodes count as dead between two heartbeats',
+    );
+  }
+  const secret = clusterSecret(c);
+  const nodeId = c.nodeId !== undefined && slot !== undefined ? `${c.nodeId}-${slot.index}` : c.nodeId;
+  const options: ClusterOptions = {
+    redis,
+    heartbeat: c.heartbeat,
+    nodeTimeout: c.nodeTimeout,
+    ...(c.nodeUrl !== undefined ? { nodeUrl: c.nodeUrl } : {}),
+    ...(nodeId !== undefined ? { nodeId } : {}),
+    ...(secret !== undefined ? { secret } : {}),
+  };
+  return { options, shown: redactRedisUrl(c.redis) };
+}
+
+/** --node-url: the node's origin, as the other nodes reach it. */
+function checkNodeUrl(value: string): void {
+  const u = URL.canParse(value) ? new URL(value) : undefined;
+  if (u === undefined || (u.protocol !== 'http:' && u.protocol !== 'https:')) {
+    throw new Error(`--node-url must be an http:// or https:// URL, got ${JSON.stringify(value)}`);
+  }
+  if (u.username !== '' || u.password !== '' || u.pathname !== '/' || u.search !== '' || u.hash !== '') {
+    throw new Error(
+      `--node-url is an origin, http(s)://host[:port] with no path, user or query, got ${JSON.stringify(value)}`,
+    );
+  }
+}
+
+/** --cluster-secret, or the one line of --cluster-secret-file (surrounding whitespace ignored). */
+function clusterSecret(c: ServeValues): string | undefined {
+  const file = c.clusterSecretFile;
+  if (file !== undefined && c.clusterSecret !== undefined) {
+    throw new Error('--cluster-secret and --cluster-secret-file exclude each other: give one of them');
+  }
+  let secret = c.clusterSecret;
+  if (file !== undefined) {
+    try {
+      secret = readFileSync(file, 'utf8').trim();
+    } catch (e) {
+      throw new Error(`cannot read --cluster-secret-file ${file}: ${errorMessage(e)}`);
+    }
+  }
+  if (secret !== undefined && secret.length < MIN_SECRET) {
+    const from = file !== undefined ? ` (from ${file})` : '';
+    throw new Error(
+      `the cluster secret${from} has ${secret.length} characters, it needs ${MIN_SECRET} or more ` +
+        '(e.g. openssl rand -base64 32)',
+    );
+  }
+  return secret;
+}
+
+/** The address a worker's hop listener binds: --node-url's host, or the loopback address. */
+function hopHost(c: ServeValues): string {
+  return c.nodeUrl === undefined ? '127.0.0.1' : new URL(c.nodeUrl).hostname.replace(/^\[|\]$/g, '');
+}
+
+/**
+ * A port free on `host` a moment ago. In a worker, node:cluster shares every listener through the
+ * primary unless it is `exclusive`, and all workers asking for port 0 get the same port: each
+ * worker's hop listener needs a port of its own, so the worker finds one first. (Should another
+ * process take it meanwhile, the worker exits and the primary starts it again.)
+ */
+function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createNetServer();
+    s.once('error', reject);
+    s.listen({ port: 0, host, exclusive: true }, () => {
+      const { port } = s.address() as AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Listens on --port (a worker: through the primary's shared port, and on a hop port of its own);
+ * with --redis the node joins the cluster. Failures exit 1.
+ */
+async function listenServe(
+  c: ServeValues,
+  gateway: Gateway,
+  node: ClusterNode | undefined,
+  slot: WorkerSlot | undefined,
+): Promise<AddressInfo> {
+  let addr: AddressInfo;
+  try {
+    addr = node ? await node.listen(c.port, c.host, slot === undefined) : await gateway.listen(c.port, c.host);
+  } catch (e) {
+    err(`ptth-proxy: cannot listen on port ${String(c.port)}${node ? ' or join the cluster' : ''}: ${errorMessage(e)}`);
+    process.exit(1);
+  }
+  if (node && slot) {
+    const host = hopHost(c);
+    try {
+      await node.listenHop(await freePort(host), host);
+    } catch (e) {
+      err(`ptth-proxy: worker ${slot.index} cannot listen for hops on ${host} or join the cluster: ${errorMessage(e)}`);
+      process.exit(1);
+    }
+  }
+  return addr;
+}
+
+/**
+ * `serve --workers N`'s primary: forks the workers (each runs `serve` again, as a node), restarts
+ * the ones that die, passes SIGHUP on, and on SIGTERM/SIGINT stops them and exits once they have.
+ */
+function runWorkers(c: ServeValues, cluster: ServeCluster): void {
+  const pool = new WorkerPool({ workers: c.workers, killAfterMs: c.shutdownGrace + 5_000 });
+  let code = 0;
+  pool.on('ready', (slot, pid, info) => {
+    const again = slot.restarts > 0 ? ` (restart ${slot.restarts})` : '';
+    out(
+      `${time()} worker ${slot.index}/${slot.count} ready${again}: pid ${pid}, node ${info.nodeId} at ${info.nodeUrl}`,
+    );
+  });
+  pool.on('died', (slot, pid, how, delay) => {
+    err(`${time()} worker ${slot.index}/${slot.count} (pid ${pid}) died, ${how}: restarting in ${delay} ms`);
+  });
+  pool.on('gave-up', (slot, deaths, how) => {
+    code = 1;
+    err(
+      `ptth-proxy serve: worker ${slot.index} died ${deaths} times in a row soon after starting (last: ${how}); ` +
+        'giving up and stopping the other workers. Its output above says why.',
+    );
+  });
+  pool.on('killed', (slot, pid) => {
+    code = 1;
+    err(
+      `${time()} worker ${slot.index}/${slot.count} (pid ${pid}) had not exited ${c.shutdownGrace + 5_000} ms after the stop: killed`,
+    );
+  });
+  pool.on('stopped', () => process.exit(code));
+  let signals = 0;
+  const stop = (signal: NodeJS.Signals): void => {
+    if (++signals === 1) out(`${time()} ${signal}: stopping ${c.workers} workers`);
+    else code = 1;
+    void pool.stop(signal);
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGHUP', () => pool.signal('SIGHUP'));
+  out(
+    `ptth-proxy ${VERSION} starting ${c.workers} workers on port ${String(c.port)}, a cluster in Redis ${cluster.shown}`,
+  );
+  pool.start();
+}
+
+async function runServe(
+  c: ServeValues,
+  cluster: ServeCluster | undefined,
+  slot: WorkerSlot | undefined,
+): Promise<void> {
   const loadTls = tlsLoader(c);
-  const gateway = await createServeGateway(c, loadTls);
+  const { gateway, node } = await createServeGateway(c, loadTls, cluster);
   const drops: LogDrops = { lines: 0 };
   const logger = createLogger({
     level: c.quiet ? 'warn' : c.verbose ? 'debug' : c.logLevel,
@@ -345,28 +595,31 @@ async function runServe(c: ServeValues): Promise<void> {
     drops,
   });
   gateway.metrics?.countLogDrops(() => drops.lines);
-  let addr: AddressInfo;
-  try {
-    addr = await gateway.listen(c.port, c.host);
-  } catch (e) {
-    err(`ptth-proxy: cannot listen on port ${String(c.port)}: ${errorMessage(e)}`);
-    process.exit(1);
-  }
+  const addr = await listenServe(c, gateway, node, slot);
   // One line per visitor request (an access log) at info; --quiet keeps only the 5xx ones (warn).
   // Attached once listening, and the gateway's `listening` event replayed to it after the start-up lines
   // below: the logger writes asynchronously (fs.write on libuv's thread pool), the start-up lines synchronously,
   // so a `listening` line logged as the gateway started could land before or after them, as it pleased.
   attachLogger(gateway, logger, { requests: true });
   const admin = await listenAdmin(gateway, c);
-  printStartup(gateway, addr, admin);
+  // Workers: the first one's first start says it for all; the primary says when each is ready.
+  if (slot === undefined || (slot.index === 1 && slot.restarts === 0)) {
+    const joined = node && cluster ? `${node.id} at ${node.url}, Redis ${cluster.shown}` : undefined;
+    printStartup(gateway, addr, admin, slot ? `${joined} (worker 1 of ${slot.count})` : joined);
+  }
   gateway.emit('listening', addr);
   reloadOnSighup(gateway, logger, loadTls, c.keys, addr);
-  closeOnSignals(gateway, logger, admin, c.shutdownGrace);
+  const close = node ? (grace: number) => node.close(grace) : (grace: number) => gateway.close(grace);
+  closeOnSignals(close, logger, admin, c.shutdownGrace, slot !== undefined);
+  // Only now: the primary passes signals on to a worker once it is ready, and SIGHUP before its
+  // handler would end the worker.
+  if (slot && node) reportReady({ nodeId: node.id, nodeUrl: node.url, port: addr.port });
 }
 
 /** `connect`'s options as commander parses them (flags without a value are `true` when given). */
 interface ConnectFlags {
-  gateway: string;
+  /** One gateway, or several nodes of one cluster (`--gateway` repeated). */
+  gateway: readonly string[];
   name?: string;
   token?: string;
   lease?: number;
@@ -466,7 +719,7 @@ function requestWatcher(
   const watch = (): void => {
     if ((quiet && !inspector) || tunnel.privateUrl === undefined) return;
     // After a gateway restart the claim is a new registration, with a new private URL.
-    const privateUrl = new URL(tunnel.privateUrl, o.gateway).href;
+    const privateUrl = new URL(tunnel.privateUrl, o.gateway[0]).href;
     if (events && eventsOf === privateUrl) {
       events.start();
       return;
@@ -552,7 +805,22 @@ function reportTunnel(tunnel: Tunnel, o: ConnectFlags, view: ConnectView, watch:
     if (error.message === lastSaid && now < quietUntil) return;
     lastSaid = error.message;
     quietUntil = now + delay;
-    err(`${time()} cannot reach ${o.gateway}: ${error.message}; retrying in ${(delay / 1000).toFixed(1)} s`);
+    err(`${time()} cannot reach ${o.gateway.join(', ')}: ${error.message}; retrying in ${(delay / 1000).toFixed(1)} s`);
+  });
+  // With several nodes, one lost is not the app lost: its connections move to the others. While
+  // none is reachable the lines above say so; a node is said back only after it was said lost.
+  const saidNodeLost = new Set<string>();
+  tunnel.on('node', (node) => {
+    if (tunnel.nodes.length < 2) return;
+    const origin = new URL(node.gateway).origin;
+    const label = node.address === undefined ? origin : `${origin} (${node.address})`;
+    if (node.up) {
+      if (saidNodeLost.delete(label)) out(`${time()} gateway node ${label} is back`);
+    } else if (tunnel.online && !saidNodeLost.has(label)) {
+      saidNodeLost.add(label);
+      const why = node.error?.message ?? 'unreachable';
+      err(`${time()} lost gateway node ${label} (${why}); its connections move to the other nodes`);
+    }
   });
   tunnel.on('error', (e) => {
     err(`ptth-proxy connect: ${claimMessage(e)}`);
@@ -576,6 +844,13 @@ function releaseOnSignals(tunnel: Tunnel, stopWatching: () => void, inspector: I
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
+}
+
+const DEFAULT_GATEWAYS: readonly string[] = ['http://localhost:8080'];
+
+/** `--gateway` given again adds a node; the first one given replaces the default. */
+function collectGateway(value: string, previous: readonly string[]): readonly string[] {
+  return previous === DEFAULT_GATEWAYS ? [value] : [...previous, value];
 }
 
 async function runConnect(spec: string, o: ConnectFlags): Promise<void> {
@@ -602,7 +877,15 @@ program
   .command('connect')
   .description('expose a local HTTP service through a gateway, e.g. `ptth-proxy connect 3000`')
   .argument('<target>', 'local port, host:port or URL of the service')
-  .addOption(new Option('-g, --gateway <url>', 'gateway URL').env('PTTH_GATEWAY').default('http://localhost:8080'))
+  .addOption(
+    new Option(
+      '-g, --gateway <url>',
+      'gateway URL; repeat it to spread the connections over several nodes of one cluster',
+    )
+      .env('PTTH_GATEWAY')
+      .argParser(collectGateway)
+      .default(DEFAULT_GATEWAYS, DEFAULT_GATEWAYS[0]),
+  )
   .option('-n, --name <name>', 'name to claim (default: the gateway picks one)')
   .option('-t, --token <token>', 'secret that holds the name across restarts (default: random per run)')
   .option('-l, --lease <seconds>', 'how long the gateway keeps the name while disconnected', int(0))

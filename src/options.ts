@@ -476,6 +476,73 @@ export const OPTIONS = {
     default: '127.0.0.1',
     description: 'address the admin port binds',
   },
+  // A cluster of gateways: read by the command line, which hands them to createClusterNode (src/cluster/node.ts).
+  redis: {
+    flag: '--redis',
+    type: 'string',
+    arg: '<url>',
+    description:
+      'join a cluster of gateways that share their registrations through this Redis: redis://[[user]:password@]host[:port][/db], ' +
+      'rediss://... (TLS), a unix socket path, or redis+sentinel://host[:port],host[:port]/MASTER for Sentinel ' +
+      '(without it the routing table lives in this process only)',
+  },
+  nodeUrl: {
+    flag: '--node-url',
+    type: 'string',
+    arg: '<url>',
+    description:
+      "this node's http(s) origin as the other nodes reach it for their internal hops, e.g. http://10.0.0.5:8080 " +
+      "(default: this machine's first non-internal IPv4 address and --port; with --workers only its host counts: " +
+      'each worker takes hops on a port of its own there)',
+  },
+  nodeId: {
+    flag: '--node-id',
+    type: 'string',
+    arg: '<id>',
+    description:
+      "this node's name in Redis, logs and metrics: letters, digits, . _ - (default: the host name and random hex; with --workers, each worker adds -<n>)",
+  },
+  clusterSecret: {
+    flag: '--cluster-secret',
+    type: 'string',
+    arg: '<secret>',
+    description:
+      'secret (16 characters or more) that signs the internal hops between nodes, the same on every node ' +
+      '(default: one the first node stores in Redis)',
+  },
+  clusterSecretFile: {
+    flag: '--cluster-secret-file',
+    type: 'string',
+    arg: '<file>',
+    description: 'read --cluster-secret from this file (one line)',
+  },
+  workers: {
+    flag: '--workers',
+    type: 'int',
+    unit: 'count',
+    min: 1,
+    max: 256,
+    default: 1,
+    description:
+      'node processes on this machine, all serving the one port (node:cluster), each a node of the cluster; more than 1 needs --redis',
+  },
+  heartbeat: {
+    flag: '--heartbeat',
+    type: 'int',
+    unit: 'ms',
+    min: 10,
+    default: 1_000,
+    description: 'how often a node tells Redis that it is alive (needs --redis)',
+  },
+  nodeTimeout: {
+    flag: '--node-timeout',
+    type: 'int',
+    unit: 'ms',
+    min: 1,
+    default: 5_000,
+    description:
+      'a node whose last heartbeat is older than this counts as dead: no more hops to it, its channels forgotten (longer than --heartbeat)',
+  },
   // The library's `gateway.close(graceMs)` defaults to this too.
   shutdownGrace: {
     flag: '--shutdown-grace',

@@ -14,6 +14,17 @@ import { randomBytes } from 'node:crypto';
 import { PtthError, type ErrorCode } from '../http/errors.js';
 import { nameFromPublicUrl, parseLinks } from '../shared/link.js';
 import { noop } from '../shared/noop.js';
+import type { LookupFunction } from 'node:net';
+import {
+  gatewayList,
+  GatewayNode,
+  hostOf,
+  pinnedLookup,
+  resolveAll,
+  spreadsByName,
+  type GatewaySpec,
+  type NodeStatus,
+} from './nodes.js';
 
 /**
  * The app side of PTTH/1.0, the mirror image of the gateway: dial the gateway, claim a name with
@@ -23,8 +34,17 @@ import { noop } from '../shared/noop.js';
 
 /** Options of `listen()`. */
 export interface ListenOptions {
-  /** The gateway's URL (default `http://localhost:8080`). */
-  gateway?: string | URL;
+  /**
+   * The gateway's URL (default `http://localhost:8080`), or several nodes of one cluster: the
+   * connections spread over them (round-robin), leave a node that fails and come back to it when
+   * it answers again. A host name that resolves to several addresses counts as several nodes.
+   */
+  gateway?: GatewaySpec;
+  /**
+   * Resolves gateway host names (node's `dns.lookup` by default; called with `{ all: true }`), as
+   * net.connect's option of that name.
+   */
+  lookup?: LookupFunction;
   /** The name to claim; absent, the gateway assigns one and the pool keeps it. */
   name?: string;
   /** Shared secret that holds the name; absent, a random one is made for this process. */
@@ -120,6 +140,8 @@ export interface TunnelEvents {
   connections: [count: number];
   /** A refusal that retrying cannot fix; the tunnel has stopped. */
   error: [Error];
+  /** A gateway node was lost (a failed dial, a refused claim) or answers again; see `Tunnel.nodes`. */
+  node: [NodeStatus];
   close: [];
 }
 
@@ -135,7 +157,22 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
   privateUrl: string | undefined;
   name: string | undefined;
   readonly token: string;
-  #gateway: URL;
+  /** The gateways given, duplicates collapsed. */
+  #gateways: URL[];
+  /** The nodes dialled: one per gateway, or one per address of a gateway whose name resolves to several. */
+  #nodes: GatewayNode[];
+  /** The node of each live connection and each dial in flight. */
+  #nodeOf = new WeakMap<object, GatewayNode>();
+  /** Gateways whose name is being resolved again. */
+  #resolving = new Set<URL>();
+  /** Ties between equally loaded nodes go round-robin. */
+  #cursor = 0;
+  /** Dials beyond the pool's size: to try a lost node again, or to move a connection to a lighter one. */
+  #extra = new Set<{ destroy(): void }>();
+  /** Connections taken out of the pool to move them to another node, closing once idle. */
+  #retiring = new Set<Socket>();
+  /** Each gateway's private URL of the registration (a cluster's nodes share one; separate gateways do not). */
+  #privateUrls = new Map<string, string>();
   #options: ListenOptions;
   #size: number;
   #server: http.Server;
@@ -166,10 +203,8 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
 
   constructor(target: Target, options: ListenOptions = {}) {
     super();
-    this.#gateway = new URL(String(options.gateway ?? 'http://localhost:8080'));
-    if (this.#gateway.protocol !== 'http:' && this.#gateway.protocol !== 'https:') {
-      throw new TypeError(`gateway must be an http: or https: URL, got ${String(options.gateway)}`);
-    }
+    this.#gateways = gatewayList(options.gateway);
+    this.#nodes = this.#gateways.map((g) => new GatewayNode(g, undefined));
     this.#options = options;
     this.#size = options.connections ?? 4;
     if (!Number.isInteger(this.#size) || this.#size < 1) throw new TypeError('connections must be a whole number >= 1');
@@ -189,7 +224,58 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#splicer = options[SPLICER];
     if (options.http1 || this.#splicer) this.#mode = 'h1';
     this.#server = this.#makeServer(target);
-    this.#fill();
+    const named = this.#gateways.filter(spreadsByName);
+    if (named.length === 0) this.#fill();
+    else {
+      // A dial that throws (a header node refuses) would throw from the constructor without a
+      // name to resolve; after one it stops the tunnel with that error instead.
+      void Promise.all(named.map((g) => this.#resolve(g)))
+        .then(() => this.#fill())
+        .catch((err: Error) => this.#stop(err));
+    }
+  }
+
+  /**
+   * Resolves a gateway's name: several addresses make one node each (dialled by address, named
+   * by host); one address, or none, keeps the one node that dials the name itself.
+   */
+  async #resolve(gateway: URL): Promise<void> {
+    if (this.#resolving.has(gateway)) return;
+    this.#resolving.add(gateway);
+    const found = await resolveAll(hostOf(gateway), this.#options.lookup);
+    this.#resolving.delete(gateway);
+    if (this.#closed) return;
+    // A node already pinned to the one address left stays as it is, with its connections.
+    const kept = found.length === 1 && this.#nodes.some((n) => n.gateway === gateway && n.address === found[0]);
+    const wanted: (string | undefined)[] = found.length >= 2 || kept ? found : [undefined];
+    const next: GatewayNode[] = [];
+    for (const node of this.#nodes) {
+      if (node.gateway !== gateway || wanted.includes(node.address)) next.push(node);
+      else clearTimeout(node.timer);
+    }
+    for (const address of wanted) {
+      if (!next.some((n) => n.gateway === gateway && n.address === address)) {
+        next.push(new GatewayNode(gateway, address));
+      }
+    }
+    this.#nodes = next;
+  }
+
+  /** Which nodes the pool dials, whether each takes connections, and how many it holds. */
+  get nodes(): NodeStatus[] {
+    return this.#nodes.map((n) => this.#status(n));
+  }
+
+  #status(node: GatewayNode, error?: Error): NodeStatus {
+    let connections = 0;
+    for (const s of this.#live.keys()) if (this.#nodeOf.get(s) === node) connections++;
+    return {
+      gateway: node.gateway.href,
+      address: node.address,
+      up: node.up,
+      connections,
+      ...(error ? { error } : {}),
+    };
   }
 
   /** The internal server that serves the reversed connections. */
@@ -261,19 +347,73 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     // Until the gateway has named us (and said what it speaks), one claim at a time, so that every
     // connection shares the name.
     if (this.name === undefined || this.#mode === undefined) {
-      if (this.#live.size + this.#dialing.size === 0) this.#dial(this.#mode === 'h1' ? 'h1' : 'h2', attempt);
+      if (this.#live.size + this.#dialing.size === 0) {
+        const kind = this.#mode === 'h1' ? 'h1' : 'h2';
+        this.#dial(kind, attempt, this.#pick(kind));
+      }
       return;
     }
-    const want: Record<Kind, number> =
-      this.#mode === 'h1'
-        ? { h1: this.#splicer ? Math.min(this.#size, this.#bound.size + this.#splicer.spare) : this.#size, h2: 0 }
-        : {
-            h2: this.#options.http2Connections ?? 1,
-            h1: this.#options.upgradeConnections ?? (this.#wantsUpgrades() ? 1 : 0),
-          };
+    const want = this.#want();
     for (const kind of ['h2', 'h1'] as const) {
-      while (this.#count(this.#live, kind) + this.#count(this.#dialing, kind) < want[kind]) this.#dial(kind, attempt);
+      while (this.#count(this.#live, kind) + this.#count(this.#dialing, kind) < want[kind]) {
+        this.#dial(kind, attempt, this.#pick(kind));
+      }
     }
+  }
+
+  /**
+   * Connections the pool keeps of each kind. What defaults to one (HTTP/2, the upgrade connection,
+   * a splicer's spares) defaults to one per node, so that every node can serve at once.
+   */
+  #want(): Record<Kind, number> {
+    const nodes = this.#nodes.length;
+    if (this.#mode === 'h1') {
+      if (this.#splicer) return { h1: Math.min(this.#size, this.#bound.size + this.#spares()), h2: 0 };
+      return { h1: this.#options.connections ?? Math.max(this.#size, nodes), h2: 0 };
+    }
+    return {
+      h2: this.#options.http2Connections ?? nodes,
+      h1: this.#options.upgradeConnections ?? (this.#wantsUpgrades() ? nodes : 0),
+    };
+  }
+
+  /** Idle spliced channels kept beside the bound ones: the splicer's spares, at least one per node. */
+  #spares(): number {
+    return Math.max(this.#splicer?.spare ?? 0, this.#nodes.length);
+  }
+
+  /** Connections of `kind`, live or being dialled, on each node. */
+  #load(kind: Kind): Map<GatewayNode, number> {
+    const counts = new Map<GatewayNode, number>();
+    for (const n of this.#nodes) counts.set(n, 0);
+    for (const map of [this.#live, this.#dialing]) {
+      for (const [c, k] of map) {
+        const node = this.#nodeOf.get(c);
+        if (k === kind && node !== undefined) counts.set(node, (counts.get(node) ?? 0) + 1);
+      }
+    }
+    return counts;
+  }
+
+  /** The node for the next connection of `kind`: the least loaded of those that take connections (or of all, when none does). */
+  #pick(kind: Kind): GatewayNode {
+    const nodes = this.#nodes;
+    if (nodes.length === 1) return nodes[0] as GatewayNode;
+    const usable = nodes.filter((n) => n.usable);
+    const pool = usable.length > 0 ? usable : nodes;
+    const counts = this.#load(kind);
+    let best = pool[0] as GatewayNode;
+    let least = Number.POSITIVE_INFINITY;
+    for (let i = 0; i < pool.length; i++) {
+      const node = pool[(this.#cursor + i) % pool.length] as GatewayNode;
+      const n = counts.get(node) ?? 0;
+      if (n < least) {
+        best = node;
+        least = n;
+      }
+    }
+    this.#cursor = (this.#cursor + 1) % nodes.length;
+    return best;
   }
 
   #wantsUpgrades(): boolean {
@@ -286,11 +426,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
    */
   #schedule(error: Error, kind: Kind, attempt: number): void {
     if (this.#closed) return;
-    const base = this.#options.backoff ?? 250;
-    const max = this.#options.maxBackoff ?? 30_000;
-    const exp = Math.min(max, base * 2 ** Math.min(attempt, 20));
-    // Jitter (half to full delay) so that many clients do not reconnect in step after a restart.
-    const delay = Math.round(exp / 2 + Math.random() * (exp / 2));
+    const delay = this.#delay(attempt);
     this.emit('reconnecting', { delay, error });
     // Hold the slot while waiting so #fill does not dial again at once.
     const placeholder = { destroy() {} };
@@ -303,37 +439,20 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#timers.add(timer);
   }
 
-  #dial(kind: Kind, attempt: number): void {
-    const g = this.#gateway;
-    const params = new URLSearchParams();
-    if (this.name !== undefined) params.set('name', this.name);
-    params.set('token', this.token);
-    if (this.#options.lease !== undefined) params.set('lease', String(this.#options.lease));
-    const base = g.pathname.endsWith('/') ? g.pathname : `${g.pathname}/`;
-    const mod = g.protocol === 'https:' ? https : http;
-    const auth = this.#options.key === undefined ? undefined : { Authorization: `Bearer ${this.#options.key}` };
-    const req = mod.request({
-      protocol: g.protocol,
-      hostname: g.hostname.replace(/^\[|\]$/g, ''),
-      port: g.port || (g.protocol === 'https:' ? 443 : 80),
-      method: 'POST',
-      path: `${base}?${params.toString()}`,
-      agent: false,
-      // Offering both tokens lets a gateway without HTTP/2 pick PTTH/1.0 in the same round trip.
-      headers:
-        kind === 'h2'
-          ? {
-              ...this.#options.headers,
-              ...auth,
-              Upgrade: 'ptth, PTTH/1.0',
-              ALPN: 'h2',
-              Connection: 'Upgrade',
-              'Content-Length': '0',
-            }
-          : { ...this.#options.headers, ...auth, Upgrade: 'PTTH/1.0', Connection: 'Upgrade', 'Content-Length': '0' },
-      ...(g.protocol === 'https:' ? { rejectUnauthorized: this.#options.rejectUnauthorized ?? true } : {}),
-    });
+  /** The delay before retry number `attempt + 1`: doubling from `backoff` up to `maxBackoff`. */
+  #delay(attempt: number): number {
+    const base = this.#options.backoff ?? 250;
+    const max = this.#options.maxBackoff ?? 30_000;
+    const exp = Math.min(max, base * 2 ** Math.min(attempt, 20));
+    // Jitter (half to full delay) so that many clients do not reconnect in step after a restart.
+    return Math.round(exp / 2 + Math.random() * (exp / 2));
+  }
+
+  #dial(kind: Kind, attempt: number, node: GatewayNode, extra = false): void {
+    const req = this.#claimRequest(kind, node);
     this.#dialing.set(req, kind);
+    this.#nodeOf.set(req, node);
+    if (extra) this.#extra.add(req);
     let settled = false;
     const claimTimeout = this.#options.claimTimeout ?? 10_000;
     const deadline = setTimeout(() => {
@@ -344,17 +463,23 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       if (settled) return;
       settled = true;
       this.#dialing.delete(req);
+      this.#extra.delete(req);
       if (this.#closed) return;
       if (err instanceof ClaimError && FATAL.has(err.status)) {
         this.#stop(err);
         return;
       }
-      this.#schedule(err, kind, attempt);
+      // Any other refusal (a 5xx, a 409 or 429 of that node) sends the next dials to the other nodes.
+      this.#nodeDown(node, err);
+      // A dial beyond the pool's size has no slot to retry: the node's own timer tries it again.
+      if (extra) this.#fill();
+      else this.#schedule(err, kind, attempt);
     };
     req.on('upgrade', (res: http.IncomingMessage, socket: Socket, head: Buffer) => {
       clearTimeout(deadline);
       settled = true;
       this.#dialing.delete(req);
+      this.#extra.delete(req);
       if (this.#closed) {
         socket.destroy();
         return;
@@ -362,20 +487,19 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
       const got = upgradedTo(res, kind);
       if (got instanceof Error) {
         socket.destroy();
-        this.#schedule(got, kind, attempt);
+        this.#nodeDown(node, got);
+        if (extra) this.#fill();
+        else this.#schedule(got, kind, attempt);
         return;
       }
       // The gateway's answer decides the mode (it may change across gateway restarts).
       if (kind === 'h2' || this.#mode === undefined) this.#mode = got;
-      const link = parseLinks(res.headers.link).get('related');
-      if (link) {
-        this.url = link;
-        // The public URL names the app (docs/PROTOCOL.md section 1): its first path segment in path mode
-        // (`http://gateway/NAME/`), its first host label otherwise (`http://NAME.domain/`).
-        if (this.name === undefined) this.name = nameFromPublicUrl(link);
-      }
-      if (res.headers.location) this.privateUrl = res.headers.location;
+      this.#claimed(res, node);
+      this.#nodeOf.set(socket, node);
+      this.#nodeUp(node);
       this.#adopt(socket, head, got);
+      if (extra) this.#trim(got, node);
+      this.#rebalance();
     });
     req.on('response', (res: http.IncomingMessage) => {
       clearTimeout(deadline);
@@ -394,6 +518,179 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     });
     req.on('error', fail);
     req.end();
+  }
+
+  /** The claim request (not yet sent) for a connection of `kind` to `node`. */
+  #claimRequest(kind: Kind, node: GatewayNode): http.ClientRequest {
+    const g = node.gateway;
+    const params = new URLSearchParams();
+    if (this.name !== undefined) params.set('name', this.name);
+    params.set('token', this.token);
+    if (this.#options.lease !== undefined) params.set('lease', String(this.#options.lease));
+    const base = g.pathname.endsWith('/') ? g.pathname : `${g.pathname}/`;
+    const mod = g.protocol === 'https:' ? https : http;
+    const auth = this.#options.key === undefined ? undefined : { Authorization: `Bearer ${this.#options.key}` };
+    // A node pinned to one address of its name is dialled there, still by name (Host, TLS server name).
+    const lookup = node.address !== undefined ? pinnedLookup(node.address) : this.#options.lookup;
+    return mod.request({
+      protocol: g.protocol,
+      hostname: hostOf(g),
+      port: g.port || (g.protocol === 'https:' ? 443 : 80),
+      method: 'POST',
+      path: `${base}?${params.toString()}`,
+      agent: false,
+      ...(lookup ? { lookup } : {}),
+      // Offering both tokens lets a gateway without HTTP/2 pick PTTH/1.0 in the same round trip.
+      headers:
+        kind === 'h2'
+          ? {
+              ...this.#options.headers,
+              ...auth,
+              Upgrade: 'ptth, PTTH/1.0',
+              ALPN: 'h2',
+              Connection: 'Upgrade',
+              'Content-Length': '0',
+            }
+          : { ...this.#options.headers, ...auth, Upgrade: 'PTTH/1.0', Connection: 'Upgrade', 'Content-Length': '0' },
+      ...(g.protocol === 'https:' ? { rejectUnauthorized: this.#options.rejectUnauthorized ?? true } : {}),
+    });
+  }
+
+  /** What a 101 says: the public URL (and so the name, when the gateway chose it) and the private URL. */
+  #claimed(res: http.IncomingMessage, node: GatewayNode): void {
+    // With several gateways the first answer names the app; separate gateways (not one cluster)
+    // would each advertise their own URL.
+    const first = this.#gateways.length === 1 || this.url === undefined;
+    const link = parseLinks(res.headers.link).get('related');
+    if (link && first) {
+      this.url = link;
+      // The public URL names the app (docs/PROTOCOL.md section 1): its first path segment in path mode
+      // (`http://gateway/NAME/`), its first host label otherwise (`http://NAME.domain/`).
+      if (this.name === undefined) this.name = nameFromPublicUrl(link);
+    }
+    const location = res.headers.location;
+    if (location) {
+      this.#privateUrls.set(node.gateway.href, location);
+      if (this.#gateways.length === 1 || this.privateUrl === undefined) this.privateUrl = location;
+    }
+  }
+
+  /** A node failed a dial or refused a claim (not for good): dials go to the others until its retry. */
+  #nodeDown(node: GatewayNode, error: Error): void {
+    if (!this.#nodes.includes(node)) return;
+    node.retry = false;
+    if (node.up) {
+      node.up = false;
+      this.emit('node', this.#status(node, error));
+    }
+    // Its name may point elsewhere now (a replaced machine, a shrunk DNS round-robin).
+    if (spreadsByName(node.gateway)) {
+      void this.#resolve(node.gateway)
+        .then(() => {
+          this.#fill();
+          this.#rebalance();
+        })
+        .catch((err: Error) => this.#stop(err));
+    }
+    // One node alone needs no timer of its own: the pool's retries are its retries.
+    if (this.#nodes.length < 2 || node.timer !== undefined) return;
+    const delay = this.#delay(node.failures);
+    node.failures++;
+    node.timer = setTimeout(() => {
+      node.timer = undefined;
+      this.#retryNode(node);
+    }, delay);
+  }
+
+  /** A lost node's retry time: one connection beyond the pool's size tries it, without taking one from the others. */
+  #retryNode(node: GatewayNode): void {
+    if (this.#closed || !this.#nodes.includes(node) || node.up) return;
+    node.retry = true;
+    if (this.name === undefined || this.#mode === undefined) {
+      this.#fill();
+      return;
+    }
+    this.#dial(this.#mode, 0, node, true);
+  }
+
+  #nodeUp(node: GatewayNode): void {
+    node.retry = false;
+    node.failures = 0;
+    clearTimeout(node.timer);
+    node.timer = undefined;
+    if (node.up) return;
+    node.up = true;
+    if (this.#nodes.includes(node)) this.emit('node', this.#status(node));
+  }
+
+  /**
+   * Moves connections toward an even spread: a node that holds two or more fewer of a kind than
+   * the busiest gets one more, and the busiest gives one up once it is live (see #trim).
+   */
+  #rebalance(): void {
+    if (this.#closed || this.#nodes.length < 2 || this.name === undefined || this.#mode === undefined) return;
+    for (const kind of ['h2', 'h1'] as const) {
+      let moving = false;
+      for (const d of this.#extra) if (this.#dialing.get(d) === kind) moving = true;
+      if (moving) continue;
+      const counts = this.#load(kind);
+      let least: GatewayNode | undefined;
+      let most: GatewayNode | undefined;
+      for (const node of this.#nodes) {
+        if (!node.up) continue;
+        const n = counts.get(node) ?? 0;
+        if (least === undefined || n < (counts.get(least) ?? 0)) least = node;
+        if (most === undefined || n > (counts.get(most) ?? 0)) most = node;
+      }
+      if (least === undefined || most === undefined) continue;
+      if ((counts.get(most) ?? 0) - (counts.get(least) ?? 0) < 2 || !this.#idleOn(most, kind)) continue;
+      this.#dial(kind, 0, least, true);
+    }
+  }
+
+  /** A connection beyond the pool's size landed on `landed`: the busiest other node gives up an idle one. */
+  #trim(kind: Kind, landed: GatewayNode): void {
+    const counts = this.#load(kind);
+    let from: Socket | undefined;
+    let most = 0;
+    for (const [node, n] of counts) {
+      if (node === landed || n <= most) continue;
+      const idle = this.#idleOn(node, kind);
+      if (idle) {
+        from = idle;
+        most = n;
+      }
+    }
+    if (from) this.#retire(from);
+  }
+
+  /** A connection of `kind` on `node` that can close without cutting anything short. */
+  #idleOn(node: GatewayNode, kind: Kind): Socket | undefined {
+    for (const [s, k] of this.#live) {
+      if (k !== kind || this.#nodeOf.get(s) !== node) continue;
+      // HTTP/2 closes with GOAWAY: its streams in flight finish.
+      if (kind === 'h2') return s;
+      if (this.#splicer ? !this.#bound.has(s) : (this.#busy.get(s) ?? 0) === 0) return s;
+    }
+    return undefined;
+  }
+
+  /** Takes a connection out of the pool (its replacement goes to the least loaded node) and closes it once idle. */
+  #retire(socket: Socket): void {
+    const kind = this.#live.get(socket);
+    if (kind === undefined) return;
+    this.#live.delete(socket);
+    this.#retiring.add(socket);
+    socket.once('close', () => this.#retiring.delete(socket));
+    const session = this.#sessions.get(socket);
+    if (session) session.close();
+    else {
+      const spliced = this.#spliced.get(socket);
+      if (spliced) spliced.close();
+      else socket.destroy();
+    }
+    this.#changed();
+    this.#fill();
   }
 
   /** Hands a reversed connection to the internal server (HTTP/1.1) or the HTTP/2 server. */
@@ -434,7 +731,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
           this.#consumed(socket);
         },
         shrinkable: () => {
-          const spare = this.#splicer?.spare ?? 0;
+          const spare = this.#spares();
           if (this.#bound.has(socket)) return this.#live.size > spare;
           return this.#live.size - this.#bound.size > spare;
         },
@@ -605,6 +902,7 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     this.#rejectReady(new Error('the tunnel was closed before it came online'));
     for (const t of this.#timers) clearTimeout(t);
     this.#timers.clear();
+    for (const node of this.#nodes) clearTimeout(node.timer);
     for (const req of this.#dialing.keys()) req.destroy();
     this.#dialing.clear();
     for (const [s, kind] of this.#live) {
@@ -621,9 +919,16 @@ export class Tunnel extends EventEmitter<TunnelEvents> {
     while (this.#live.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
     for (const s of this.#live.keys()) s.destroy();
     this.#live.clear();
+    for (const s of this.#retiring) s.destroy();
+    this.#retiring.clear();
     this.#memAgent?.destroy();
-    // Released last, so that requests in flight finish before the gateway drops the name.
-    if ((options.release ?? true) && this.privateUrl) await this.#release(this.privateUrl).catch(noop);
+    // Released last, so that requests in flight finish before the gateway drops the name; on
+    // every gateway that gave a private URL (nodes of one cluster share it: released once).
+    if (options.release ?? true) {
+      const urls = new Set<string>(this.#privateUrls.values());
+      if (this.privateUrl) urls.add(this.privateUrl);
+      await Promise.all([...urls].map((u) => this.#release(u).catch(noop)));
+    }
     this.#online = false;
     this.emit('close');
   }

@@ -553,6 +553,8 @@ class HopUpgrade implements InFlight {
       return;
     }
     visitor.removeListener('close', this.onVisitorClose);
+    // The agent's idle limit was for a pooled connection; this one now lives as long as its peers want.
+    peer.setTimeout(0);
     visitor.write(rawHead(101, checked.reason, checked.headers));
     if (head.length > 0) visitor.write(head);
     if (ex.head.length > 0) peer.write(ex.head);

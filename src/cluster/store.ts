@@ -170,6 +170,9 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
   /** Joins the cluster at `nodeUrl` (known once the gateway listens): the first heartbeat, then one every interval. */
   async join(nodeUrl: string): Promise<void> {
     this.#nodeUrl = nodeUrl;
+    // A node restarted under the same --node-id must not inherit the counts of channels that died
+    // with its previous process: those end (their leases start) before it says it is alive.
+    if (!this.#timer) await this.#run('ptthLeave', this.options.nodeId);
     await this.heartbeat();
     // Joined already (a worker's own hop listener): the new URL goes out with the heartbeat.
     if (this.#timer) return;

@@ -203,6 +203,19 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
     const ch = this.#remote(peer, reg.name);
     meta.peers.set(peer.id, ch);
     reg.addRemote(ch);
+    const events = ch.events;
+    if (!events) return;
+    // The hop could not reach the peer and the channel dropped out (its request went elsewhere).
+    // The peer may still hold channels (a blip, or not yet found dead): ask the store again soon.
+    ch.events = {
+      available: events.available,
+      closed: (c) => {
+        events.closed(c);
+        if (meta.peers.get(peer.id) !== c) return;
+        meta.peers.delete(peer.id);
+        setTimeout(() => void this.#refresh(reg), this.#options.retry).unref();
+      },
+    };
   }
 
   #removePeer(reg: Registration, node: string): void {

@@ -24,6 +24,11 @@ export interface RequestEvent {
   remote: string;
   /** The PTTH_ERR_* code when the gateway answered (X-Ptth-Error) or cut the response. */
   error: string | undefined;
+  /**
+   * Set when another cluster node sent the request here over the internal hop: the hops it crossed
+   * (docs/PROTOCOL.md section 12.4). Such a request is also counted on the node the visitor reached.
+   */
+  hops?: number | undefined;
 }
 
 /** What the endpoint reports of each relay, for the access log and metrics. */

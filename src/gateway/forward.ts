@@ -183,7 +183,8 @@ function redirectToSlash(req: IncomingMessage, res: ServerResponse, prefix: stri
 
 /**
  * A visitor request the gateway refuses before routing it (a rate limit, a header flood, a name
- * nobody holds): answered with `err` (and `Connection: close` unless `close` is false), and reported in `request` events and metrics like any other.
+ * nobody holds): answered with `err` (and `Connection: close` unless `close` is false), and
+ * reported in `request` events and metrics like any other.
  */
 export function refuseVisitor(
   ctx: GatewayContext,
@@ -396,6 +397,7 @@ class ObservedExchange extends VisitorExchange {
       bytesOut: this.#bytesOut,
       remote: this.#remote,
       error: this.#error,
+      hops: this.hops,
     };
     if (this.ctx.observed.requests) this.ctx.emit('request', event);
     if (this.#topic !== undefined) this.#topic.publish(event, this.headers, res, this.#capture);
@@ -406,8 +408,7 @@ class ObservedExchange extends VisitorExchange {
 function lastForwardedFor(headers: readonly string[]): string {
   const xff = rawHeader(headers, 'x-forwarded-for');
   if (xff === undefined) return '';
-  const last = xff.slice(xff.lastIndexOf(',') + 1).trim();
-  return last.startsWith('"[') ? last.slice(2, -2) : last;
+  return xff.slice(xff.lastIndexOf(',') + 1).trim();
 }
 
 /** Visitors' upgrade requests (WebSocket and others): spliced to the app after its 101. `via`: the path named the app. */

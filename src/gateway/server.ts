@@ -207,6 +207,9 @@ export function settingsFrom(o: GatewayOptions): GatewaySettings {
   };
 }
 
+/** What the internal hop adds to a visitor's head: forwarding fields and credentials, with room to spare. */
+const HOP_HEAD_ROOM = { fields: 16, bytes: 2048 } as const;
+
 /**
  * The gateway: one node:http server for visitors, claims and its own endpoints.
  *
@@ -321,10 +324,14 @@ export class Gateway extends EventEmitter<GatewayEvents> {
     }
     this.#maxHeaders = numberOption('maxHeaders', options.maxHeaders);
     this.#maxHeaderSize = numberOption('maxHeaderSize', options.maxHeaderSize);
-    this.server = visitorServer(options, this.#maxHeaderSize);
+    // A cluster node also reads hop requests: a visitor's head plus the sending node's forwarding
+    // fields and credentials (docs/PROTOCOL.md section 12.4). Visitors are still held to the limits
+    // by #badHead's count; the byte limit grows by that much for them too.
+    const hop = options.cluster === undefined ? { fields: 0, bytes: 0 } : HOP_HEAD_ROOM;
+    this.server = visitorServer(options, this.#maxHeaderSize + hop.bytes);
     // node:http keeps the first maxHeadersCount fields and silently drops the rest; one more than
     // the limit is enough to see a flood and refuse it with 431 instead.
-    this.server.maxHeadersCount = this.#maxHeaders + 1;
+    this.server.maxHeadersCount = this.#maxHeaders + 1 + hop.fields;
     this.server.timeout = numberOption('idleTimeout', options.idleTimeout);
     this.server.on('timeout', this.#onTimeout);
     this.#listenTo(Boolean(options.tls), numberOption('tcpKeepAlive', options.tcpKeepAlive));

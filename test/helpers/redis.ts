@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -41,6 +41,11 @@ export interface RedisStartOptions {
   readyMs?: number;
   /** More redis-server arguments, e.g. `['--requirepass', 'secret']`. */
   args?: readonly string[];
+  /**
+   * Run a Sentinel instead, watching the master group `master` at 127.0.0.1:`port` (quorum 1), for
+   * tests of redis+sentinel:// URLs. Its url is the Sentinel's.
+   */
+  sentinel?: { readonly master: string; readonly port: number };
 }
 
 const live = new Set<ChildProcess>();
@@ -109,7 +114,13 @@ class StartError extends Error {
 
 /** One redis-server process in `dir` on `port`; resolves once it answers PING, else kills it and rejects. */
 async function spawnServer(port: number, dir: string, options: RedisStartOptions): Promise<ChildProcess> {
+  // Sentinel mode reads (and rewrites) a configuration file, which comes first.
+  const conf = join(dir, 'sentinel.conf');
+  if (options.sentinel) {
+    writeFileSync(conf, `sentinel monitor ${options.sentinel.master} 127.0.0.1 ${options.sentinel.port} 1\n`);
+  }
   const args = [
+    ...(options.sentinel ? [conf, '--sentinel'] : []),
     ...['--port', String(port), '--bind', '127.0.0.1', '--dir', dir],
     ...['--save', '', '--appendonly', 'no', '--daemonize', 'no', '--logfile', ''],
     ...(options.args ?? []),
@@ -142,7 +153,8 @@ async function spawnServer(port: number, dir: string, options: RedisStartOptions
       child.once('error', onError);
       child.once('exit', onExit);
       const ready = (): void => {
-        if (!/Ready to accept connections/.test(log)) return;
+        // A Sentinel says neither: it is up once it monitors its master.
+        if (!/Ready to accept connections|\+monitor master/.test(log)) return;
         child.stdout?.removeListener('data', ready);
         ping(port).then(
           () => {

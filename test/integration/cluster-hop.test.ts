@@ -213,6 +213,22 @@ describe('the internal hop: requests', () => {
     expect(head.body).toBe('');
   });
 
+  it('Expect: 100-continue is answered by A; the body follows over the hop', async () => {
+    const { a, b, link } = await pair();
+    const seen: Seen[] = [];
+    await useApp(b.port, recorder(seen), { name: 'app', token: TOKEN });
+    await link('app');
+    const s = await useSocket(
+      a.port,
+      `POST /e HTTP/1.1\r\nHost: ${a.host('app')}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n`,
+    );
+    expect((await readUntil(s, headEnd)).toString('latin1')).toMatch(/^HTTP\/1\.1 100 Continue/);
+    s.write('hello');
+    const answer = (await readUntil(s, (buf) => buf.includes('POST /e 5'))).toString('latin1');
+    expect(answer).toContain('HTTP/1.1 200 OK');
+    expect(seen[0]?.headers.expect).toBeUndefined();
+  });
+
   it('100 MB each way streams through A and B with backpressure (memory does not grow by the body)', async () => {
     const { a, b, link } = await pair({ responseTimeout: 30_000 });
     const total = 100 * MIB;
@@ -502,6 +518,22 @@ describe('the internal hop: credentials', () => {
     expect(seen[0]?.rawHeaders.map((h) => h.toLowerCase())).not.toContain('x-ptth-hop');
   });
 
+  it("B reports a hop request with the visitor's address (the last X-Forwarded-For), not the sending node's", async () => {
+    const { p } = await withApp();
+    const events: { name: string; remote: string; status: number }[] = [];
+    p.b.gateway.on('request', (e) => events.push({ name: e.name, remote: e.remote, status: e.status }));
+    const r = await request(p.b.port, {
+      host: p.b.host('app'),
+      headers: {
+        'X-Ptth-Hop': handMade(SECRET, 'a', 'app', 1, Date.now()),
+        'X-Forwarded-For': '198.51.100.1, 2001:db8::5',
+      },
+    });
+    expect(r.status).toBe(200);
+    await until(() => events.length === 1, 3_000, 'the request event');
+    expect(events).toEqual([{ name: 'app', remote: '2001:db8::5', status: 200 }]);
+  });
+
   it('hops: an exchange that crossed two nodes never takes a remote; one that crossed one does', async () => {
     const { p, seen } = await withApp();
     await p.link('app');
@@ -531,6 +563,20 @@ describe('the internal hop: failures', () => {
     expect(r.headers['x-ptth-error']).toBe('PTTH_ERR_NO_CHANNEL');
     expect(reg.remotes).toEqual([]);
     expect(remote?.closed).toBe(true);
+  });
+
+  it('peer unreachable, another node holds the name: the request (body and all) is served there', async () => {
+    const { a, b, hop, link } = await pair();
+    const seen: Seen[] = [];
+    await useApp(b.port, recorder(seen), { name: 'app', token: TOKEN });
+    const reg = await link('app', new URL(`http://127.0.0.1:${await closedPort()}`));
+    const dead = reg.remotes[0];
+    reg.addRemote(hop.channel({ id: 'b', url: new URL(b.origin) }, 'app'));
+    const r = await request(a.port, { host: a.host('app'), method: 'POST', path: '/p', body: 'abc' });
+    expect(r.body).toBe('POST /p 3');
+    expect(dead?.closed).toBe(true);
+    expect(reg.remotes.length).toBe(1);
+    expect(seen.length).toBe(1);
   });
 
   it('peer unreachable while the local channel is busy: the request is retried on the local channel', async () => {
@@ -580,6 +626,60 @@ describe('the internal hop: failures', () => {
     expect(r.headers['x-ptth-error']).toBe('PTTH_ERR_APP_TIMEOUT');
     expect(Date.now() - started).toBeLessThan(2_000);
     expect(reg.remotes[0]?.active).toBe(0);
+  });
+
+  /**
+   * A peer that answers the first request on a connection with keep-alive and closes the
+   * connection when the next one arrives on it, unanswered: the race of a pooled connection the
+   * peer closed as idle while a request was on its way.
+   */
+  async function closesReused(): Promise<{ port: number; connections: () => number }> {
+    let connections = 0;
+    const server = net.createServer((socket) => {
+      track(socket).on('error', () => {});
+      connections++;
+      let requests = 0;
+      let buf = '';
+      socket.on('data', (c: Buffer) => {
+        buf += c.toString('latin1');
+        while (buf.includes('\r\n\r\n')) {
+          const head = buf.slice(0, buf.indexOf('\r\n\r\n'));
+          const length = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+          buf = buf.slice(head.length + 4 + length);
+          if (++requests > 1) {
+            socket.destroy();
+            return;
+          }
+          socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 9\r\nKeep-Alive: timeout=60\r\n\r\nanswer ${connections} `);
+        }
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanup(() => new Promise<void>((r) => server.close(() => r())));
+    return { port: (server.address() as net.AddressInfo).port, connections: () => connections };
+  }
+
+  it('a pooled connection the peer closed meanwhile: an idempotent request goes again on a fresh one', async () => {
+    const { a, link } = await pair();
+    const peer = await closesReused();
+    const reg = await link('app', new URL(`http://127.0.0.1:${peer.port}`));
+    expect((await request(a.port, { host: a.host('app') })).body).toBe('answer 1 ');
+    const again = await request(a.port, { host: a.host('app'), method: 'DELETE' });
+    expect(again.body).toBe('answer 2 ');
+    expect(peer.connections()).toBe(2);
+    expect(reg.remotes[0]?.closed).toBe(false);
+  });
+
+  it('a pooled connection the peer closed under a POST: 502, not sent twice; the remote stays', async () => {
+    const { a, link } = await pair();
+    const peer = await closesReused();
+    const reg = await link('app', new URL(`http://127.0.0.1:${peer.port}`));
+    expect((await request(a.port, { host: a.host('app') })).body).toBe('answer 1 ');
+    const post = await request(a.port, { host: a.host('app'), method: 'POST', body: 'pay once' });
+    expect(post.status).toBe(502);
+    expect(post.headers['x-ptth-error']).toBe('PTTH_ERR_CHANNEL_LOST');
+    expect(peer.connections()).toBe(1);
+    expect(reg.remotes[0]?.closed).toBe(false);
   });
 
   it('closing the hop client fails requests in flight with 502 and drops the remotes', async () => {

@@ -260,6 +260,24 @@ describe('the cluster table in Redis', () => {
     expect((await b.table.decide({ name: 'held', token: 't', channels: LIMITS })).ok).toBe(true);
   });
 
+  it('does not let a node restarted under the same id inherit the channels of its previous process', async () => {
+    const p = prefix();
+    const b = await node('b', p, { deadAfter: 60_000 });
+    const child = spawnTs(CLUSTER_CHILD, [redis().url, p, 'a', 'again', '100', '60000']);
+    cleanup(() => child.kill('SIGKILL'));
+    await child.waitFor(/holding again/);
+    const onB = await b.table.fetch('again');
+    expect(onB?.remotes).toHaveLength(1);
+    child.kill('SIGKILL');
+    await child.exited();
+    // Back at once, long before the old process would have been found dead.
+    await node('a', p, { deadAfter: 60_000 });
+    await until(() => onB?.remotes.length === 0);
+    const raw = new Redis(redis().url);
+    cleanup(() => raw.quit());
+    expect(await raw.pttl(`${p}r:again`)).toBeGreaterThan(20_000);
+  });
+
   it('refuses claims with 503 PTTH_ERR_STORE_UNAVAILABLE while Redis is down, keeps cached routes, and restates what it holds when Redis comes back empty', async () => {
     const [a, b] = (await nodes(2)) as [Node, Node];
     const d = await a.table.decide({ name: 'kept', token: 't', channels: LIMITS });

@@ -83,6 +83,20 @@ describe('a cluster of gateway nodes', () => {
     }
   });
 
+  it("carries a visitor's head at the field limit across the hop with the forwarding fields intact", async () => {
+    const [a, b] = (await cluster(2)) as [TestNode, TestNode];
+    await useApp(a.port, whoami, { name: 'fields', token: 'secret-token' });
+    // Host, Connection (node's) and 98: the default limit of 100 fields; the hop adds its own on top.
+    const headers: Record<string, string> = {};
+    for (let i = 0; i < 98; i++) headers[`x-f${i}`] = 'v';
+    const r = await request(b.port, { host: b.host('fields'), headers });
+    expect(r.status).toBe(200);
+    expect((JSON.parse(r.body) as { xff: string }).xff).toBe('127.0.0.1');
+    // One more is the visitor's own excess: refused where the visitor arrived.
+    headers['x-f98'] = 'v';
+    expect((await request(b.port, { host: b.host('fields'), headers })).status).toBe(431);
+  });
+
   it('streams a 100 MB body each way across nodes', async () => {
     const [a, b] = (await cluster(2)) as [TestNode, TestNode];
     const SIZE = 100 * 1024 * 1024;

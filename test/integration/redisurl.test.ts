@@ -41,4 +41,25 @@ describe('--redis URLs against a real redis-server', () => {
     expect(await dbOf(`${sock}?db=5&password=p%40ss%20word`)).toBe(5);
     await expect(dbOf(`redis://:wrong@127.0.0.1:${redis.port}`)).rejects.toThrow(/WRONGPASS|invalid password/i);
   });
+
+  it('finds the master through a Sentinel (redis+sentinel://)', async () => {
+    const master = await useRedis({ args: ['--requirepass', 'masterpw12345678'] });
+    const sentinel = await useRedis({ sentinel: { master: 'ptthmain', port: master.port } });
+    // Writes through the options go to the master the Sentinel names.
+    const r = new Redis({
+      ...redisOptions(`redis+sentinel://:masterpw12345678@127.0.0.1:${sentinel.port}/ptthmain/1`),
+      lazyConnect: true,
+      maxRetriesPerRequest: 0,
+    } as never);
+    r.on('error', () => {});
+    try {
+      await r.connect();
+      await r.set('through-sentinel', 'yes');
+      expect(await r.get('through-sentinel')).toBe('yes');
+      expect(String(await r.client('INFO'))).toMatch(/ db=1 /);
+      expect(await r.config('GET', 'port')).toEqual(['port', String(master.port)]);
+    } finally {
+      r.disconnect();
+    }
+  });
 });
