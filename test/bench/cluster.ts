@@ -641,7 +641,8 @@ function workersTable(rows: Row[], spread: string, primary: Proc): void {
   out(
     `\`serve --workers ${WORKERS}\` against one node (both with --redis; the app's ${CHANNELS} reversed HTTP/1.1 ` +
       `connections spread by node:cluster: ${spread}; worker pids ${workerPids(primary).join(', ') || '?'}; ` +
-      '"gateway µs" counts the primary and its workers):',
+      '"gateway µs" counts the primary and its workers; a channel carrying a request when the load generator stops is ' +
+      'closed, and the app opens another wherever node:cluster sends it):',
   );
   out('');
   const heads = [
