@@ -1,7 +1,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
-import { type AddressInfo, createServer as createNetServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { createAdminServer } from './gateway/endpoints.js';
 import { isLoopback } from './gateway/ratelimit.js';
 import { loadAccessConfig } from './table/access.js';
@@ -238,14 +238,20 @@ async function createServeGateway(
 }
 
 /** Binds the admin port (--admin-port) when asked to; a port it cannot bind ends the process with exit code 1. */
-async function listenAdmin(gateway: Gateway, c: ServeValues): Promise<Server | undefined> {
-  const adminPort = c.adminPort;
-  if (adminPort === undefined) return undefined;
+async function listenAdmin(
+  gateway: Gateway,
+  c: ServeValues,
+  slot: WorkerSlot | undefined,
+): Promise<Server | undefined> {
+  if (c.adminPort === undefined) return undefined;
+  // With --workers, worker N takes --admin-port + N - 1 of its own (exclusive: node:cluster would
+  // otherwise share one port round robin, and each scrape would get some worker's numbers).
+  const adminPort = slot === undefined || c.adminPort === 0 ? c.adminPort : c.adminPort + slot.index - 1;
   const admin = createAdminServer(gateway);
   try {
     await new Promise<void>((resolve, reject) => {
       admin.once('error', reject);
-      admin.listen(adminPort, c.adminHost, () => resolve());
+      admin.listen({ port: adminPort, host: c.adminHost, exclusive: slot !== undefined }, () => resolve());
     });
   } catch (e) {
     err(`ptth-proxy: cannot listen on admin port ${adminPort}: ${errorMessage(e)}`);
@@ -490,23 +496,6 @@ function hopHost(c: ServeValues): string {
 }
 
 /**
- * A port free on `host` a moment ago. In a worker, node:cluster shares every listener through the
- * primary unless it is `exclusive`, and all workers asking for port 0 get the same port: each
- * worker's hop listener needs a port of its own, so the worker finds one first. (Should another
- * process take it meanwhile, the worker exits and the primary starts it again.)
- */
-function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createNetServer();
-    s.once('error', reject);
-    s.listen({ port: 0, host, exclusive: true }, () => {
-      const { port } = s.address() as AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/**
  * Listens on --port (a worker: through the primary's shared port, and on a hop port of its own);
  * with --redis the node joins the cluster. Failures exit 1.
  */
@@ -526,7 +515,7 @@ async function listenServe(
   if (node && slot) {
     const host = hopHost(c);
     try {
-      await node.listenHop(await freePort(host), host);
+      await node.listenHop(0, host);
     } catch (e) {
       err(`ptth-proxy: worker ${slot.index} cannot listen for hops on ${host} or join the cluster: ${errorMessage(e)}`);
       process.exit(1);
@@ -593,6 +582,8 @@ async function runServe(
     ...(c.logFormat === 'auto' ? {} : { pretty: c.logFormat === 'pretty' }),
     bufferLimit: c.logBuffer,
     drops,
+    // A cluster node names itself in every line, the program's own (reload, shutdown, log-drop) too.
+    ...(gateway.nodeId === undefined ? {} : { node: gateway.nodeId }),
   });
   gateway.metrics?.countLogDrops(() => drops.lines);
   const addr = await listenServe(c, gateway, node, slot);
@@ -601,7 +592,7 @@ async function runServe(
   // below: the logger writes asynchronously (fs.write on libuv's thread pool), the start-up lines synchronously,
   // so a `listening` line logged as the gateway started could land before or after them, as it pleased.
   attachLogger(gateway, logger, { requests: true });
-  const admin = await listenAdmin(gateway, c);
+  const admin = await listenAdmin(gateway, c, slot);
   // Workers: the first one's first start says it for all; the primary says when each is ready.
   if (slot === undefined || (slot.index === 1 && slot.restarts === 0)) {
     const joined = node && cluster ? `${node.id} at ${node.url}, Redis ${cluster.shown}` : undefined;

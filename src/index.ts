@@ -47,4 +47,14 @@ export { Registration, type QueueOptions, type RegistrationOwner } from './table
 export type { Channel, Transport } from './channels/channel.js';
 export { ERRORS, PtthError, isPtthError, type ErrorCode } from './http/errors.js';
 export { OptionError } from './options.js';
+export {
+  createClusterNode,
+  ClusterNode,
+  defaultNodeId,
+  defaultNodeUrl,
+  type ClusterOptions,
+} from './cluster/node.js';
+export { ClusterTable, type ClusterTableOptions } from './cluster/table.js';
+export { ClusterStore, type StoreOptions } from './cluster/store.js';
+export { redisOptions, RedisUrlError } from './cluster/redisurl.js';
 export { VERSION } from './version.js';

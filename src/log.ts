@@ -1,6 +1,7 @@
 import pino from 'pino';
 import { isColorSupported, prettyFactory } from 'pino-pretty';
 import type { AddressInfo } from 'node:net';
+import { hostname } from 'node:os';
 import type { Channel } from './channels/channel.js';
 import type { RequestEvent } from './gateway/eventmap.js';
 import type { Gateway, GatewayEvents } from './gateway/server.js';
@@ -29,6 +30,12 @@ export interface LoggerOptions {
   bufferLimit?: number;
   /** Where the count of dropped lines goes (e.g. for a metric); `lines` only ever grows. */
   drops?: LogDrops;
+  /**
+   * A cluster node's id (`gateway.nodeId`): a `node` field in every line of this logger, the
+   * program's own lines and the `log-drop` line included (attachLogger adds it to the gateway's
+   * lines by itself).
+   */
+  node?: string | undefined;
 }
 
 /** Lines a logger dropped because stdout's reader fell behind, since the logger was made. */
@@ -84,21 +91,17 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   const out = options.destination ?? ((stdout ? batched(stdout, LOG_FLUSH_MS) : undefined) as pino.DestinationStream);
   let destination = out;
   if (pretty) {
-    const format = prettyFactory({
-      colorize: options.destination === undefined && isColorSupported,
-      translateTime: 'SYS:HH:MM:ss.l',
-      ignore: 'pid,hostname,event',
-      singleLine: true,
-      // `error` on request lines is a PTTH_ERR_* code, not an Error object to print on its own lines.
-      errorLikeObjectKeys: ['err'],
-    });
+    const format = prettyFormat(options.destination === undefined && isColorSupported);
     const flushable = out as { flush?: (cb?: (err?: Error) => void) => void };
     destination = {
       write: (line: string) => void out.write(format(line)),
       flush: (cb?: (err?: Error) => void) => (flushable.flush ? flushable.flush(cb) : cb?.()),
     } as pino.DestinationStream;
   }
-  const logger = pino({ level }, destination);
+  // pino's own base (pid, hostname) and then the node: the field sits where attachLogger puts it.
+  const base =
+    options.node === undefined ? {} : { base: { pid: process.pid, hostname: hostname(), node: options.node } };
+  const logger = pino({ level, ...base }, destination);
   if (stdout) {
     reportDrops(stdout, logger, options.drops ?? { lines: 0 });
   }
@@ -106,6 +109,35 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   if (!(destination as unknown as { [k: symbol]: unknown })[pino.symbols.needsMetadataGsym])
     lineStreams.set(logger, destination);
   return logger;
+}
+
+/**
+ * pino-pretty's formatting of one JSON line. A line with a `node` field (a cluster node's: attachLogger
+ * adds it) shows the node as a short tag before its message, `[node-1] claimed over http1`, instead of
+ * among the extra fields; other lines are formatted exactly as before (the tagged formatter, made
+ * at the first such line, is used for those lines only). A JSON line has `"node":` only as a key:
+ * inside a string value every `"` is escaped.
+ */
+function prettyFormat(colorize: boolean): (line: string) => string {
+  const options = {
+    colorize,
+    translateTime: 'SYS:HH:MM:ss.l',
+    ignore: 'pid,hostname,event',
+    singleLine: true,
+    // `error` on request lines is a PTTH_ERR_* code, not an Error object to print on its own lines.
+    errorLikeObjectKeys: ['err'],
+  };
+  const plain = prettyFactory(options);
+  let tagged: ((line: string) => string) | undefined;
+  return (line) => {
+    if (!line.includes('"node":')) return plain(line);
+    tagged ??= prettyFactory({
+      ...options,
+      ignore: `${options.ignore},node`,
+      messageFormat: '{if node}[{node}] {end}{msg}',
+    });
+    return tagged(line);
+  };
 }
 
 /** sonic-boom's state, read by the flush timer (sonic-boom 4: `_len` bytes held, `_writing` a write in flight). */
@@ -158,11 +190,12 @@ const quote = JSON.stringify as (s: string) => string;
 /**
  * A `request` line, built as one string and written straight to the logger's stream: the line
  * pino makes from `logger.info(fields, msg)` (warn for 5xx) with the fields attachLogger logs, in
- * the same order (level, time, pid, hostname, event, name, method, path, status, bytesIn, bytesOut,
+ * the same order (level, time, pid, hostname, node on a cluster node (`node` is `,"node":"ID"` or
+ * ''), event, name, method, path, status, bytesIn, bytesOut,
  * ms, remote, error when set, msg), without the fields object and pino's walk over it. Only for
  * loggers made by createLogger, whose options (no serializers, formatters or hooks) it assumes.
  */
-function writeRequestLine(logger: Logger, stream: pino.DestinationStream, r: RequestEvent): void {
+function writeRequestLine(logger: Logger, stream: pino.DestinationStream, node: string, r: RequestEvent): void {
   const level = r.status >= 500 ? 40 : 30;
   if (level < logger.levelVal) return;
   const chindings = (logger as unknown as { [k: symbol]: string })[pino.symbols.chindingsSym];
@@ -172,6 +205,7 @@ function writeRequestLine(logger: Logger, stream: pino.DestinationStream, r: Req
     ',"time":' +
     Date.now() +
     chindings +
+    node +
     ',"event":"request","name":' +
     quote(r.name) +
     ',"method":' +
@@ -235,6 +269,8 @@ export interface AttachOptions {
  *  - register, release (info): name (release: reason)
  *  - channel-open, channel-close (info): name, transport, remote, channel (id), channels (left open)
  *  - listening (info): address, port; error (error): err
+ * On a node of a cluster (`gateway.nodeId`) every line also has `node`, the node's id (pretty output
+ * shows it as a `[node]` tag before the message); a gateway on its own logs exactly these fields.
  * Returns a function that detaches the logger.
  */
 export function attachLogger(gateway: Gateway, logger: Logger, options: AttachOptions = {}): () => void {
@@ -245,9 +281,21 @@ export function attachLogger(gateway: Gateway, logger: Logger, options: AttachOp
     detach.push(() => gateway.removeListener(event, listener as never));
   };
 
+  // A cluster node's lines name it: the nodes behind one load balancer write to one log store. A
+  // logger made with createLogger's `node` names it in every line already.
+  const node = logger.bindings()['node'] === undefined ? gateway.nodeId : undefined;
+  const tag: <T extends object>(fields: T) => T =
+    node === undefined ? (fields) => fields : (fields) => ({ node, ...fields });
+  const log = {
+    debug: (fields: object, msg: string) => logger.debug(tag(fields), msg),
+    info: (fields: object, msg: string) => logger.info(tag(fields), msg),
+    warn: (fields: object, msg: string) => logger.warn(tag(fields), msg),
+    error: (fields: object, msg: string) => logger.error(tag(fields), msg),
+  };
   const lines = lineStreams.get(logger);
   if (options.requests !== false && lines !== undefined) {
-    on('request', (r: RequestEvent) => writeRequestLine(logger, lines, r));
+    const nodeField = node === undefined ? '' : `,"node":${quote(node)}`;
+    on('request', (r: RequestEvent) => writeRequestLine(logger, lines, nodeField, r));
   } else if (options.requests !== false) {
     // Any other pino logger (its own serializers, formatters, hooks): the same fields through pino.
     on('request', (r: RequestEvent) => {
@@ -264,18 +312,18 @@ export function attachLogger(gateway: Gateway, logger: Logger, options: AttachOp
         error: r.error,
       };
       const msg = `${r.method} ${r.path} ${r.status}`;
-      if (r.status >= 500) logger.warn(line, msg);
-      else logger.info(line, msg);
+      if (r.status >= 500) log.warn(line, msg);
+      else log.info(line, msg);
     });
   }
   on('claim', (c) =>
-    logger.info(
+    log.info(
       { event: 'claim', name: c.name, transport: c.transport, remote: c.remote, url: c.url, key: c.key },
       `claimed over ${c.transport}`,
     ),
   );
   on('refuse', (r) =>
-    logger.warn(
+    log.warn(
       { event: 'refuse', code: r.code, status: r.status, remote: clientAddress(r.remote), name: r.name },
       `claim refused: ${r.status} ${r.code}`,
     ),
@@ -284,27 +332,27 @@ export function attachLogger(gateway: Gateway, logger: Logger, options: AttachOp
     const line = { event: 'comet', ...c };
     const status = c.status === 0 ? 'abandoned' : String(c.status);
     const msg = `comet ${c.op}: ${c.method} ${c.path} ${status}${c.code ? ` ${c.code}` : ''}`;
-    if (c.status >= 400 && !(c.op === 'register' && c.method === 'POST')) logger.warn(line, msg);
-    else logger.debug(line, msg);
+    if (c.status >= 400 && !(c.op === 'register' && c.method === 'POST')) log.warn(line, msg);
+    else log.debug(line, msg);
   });
   on('relay', (r) => {
     const line = { event: 'relay', ...r, ms: Math.round(r.ms) };
     const msg = `relay ${r.keyId ?? '-'} ${r.method || '-'} ${r.target}${r.path} ${r.status}${r.error ? ` ${r.error}` : ''}`;
-    if (r.error !== undefined && r.status >= 500) logger.warn(line, msg);
-    else logger.info(line, msg);
+    if (r.error !== undefined && r.status >= 500) log.warn(line, msg);
+    else log.info(line, msg);
   });
   on('cookie-dropped', (c) =>
-    logger.warn(
+    log.warn(
       { event: 'cookie-dropped', name: c.name, count: c.count },
       `dropped ${c.count} Set-Cookie field(s) whose Domain covers other apps`,
     ),
   );
-  on('register', (reg: Registration) => logger.info({ event: 'register', name: reg.name }, 'registered'));
+  on('register', (reg: Registration) => log.info({ event: 'register', name: reg.name }, 'registered'));
   on('release', (reg: Registration, reason: string) =>
-    logger.info({ event: 'release', name: reg.name, reason }, `released (${reason})`),
+    log.info({ event: 'release', name: reg.name, reason }, `released (${reason})`),
   );
   const channel = (event: 'channel-open' | 'channel-close', reg: Registration, ch: Channel): void =>
-    logger.info(
+    log.info(
       {
         event,
         name: reg.name,
@@ -318,9 +366,9 @@ export function attachLogger(gateway: Gateway, logger: Logger, options: AttachOp
   on('channel-open', (reg, ch) => channel('channel-open', reg, ch));
   on('channel-close', (reg, ch) => channel('channel-close', reg, ch));
   on('listening', (a: AddressInfo) =>
-    logger.info({ event: 'listening', address: a.address, port: a.port }, `listening on ${a.address} port ${a.port}`),
+    log.info({ event: 'listening', address: a.address, port: a.port }, `listening on ${a.address} port ${a.port}`),
   );
-  on('error', (err: Error) => logger.error({ event: 'error', err }, err.message));
+  on('error', (err: Error) => log.error({ event: 'error', err }, err.message));
   return () => {
     for (const d of detach.splice(0)) d();
   };

@@ -107,7 +107,8 @@ export class ClusterNode {
     const server = createNetServer((socket) => this.gateway.server.emit('connection', socket));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(port, host, () => resolve());
+      // Exclusive: in a node:cluster worker a shared listen(0) would give every worker the same port.
+      server.listen({ port, host, exclusive: true }, () => resolve());
     });
     this.#hopServers.push(server);
     const addr = server.address() as AddressInfo;

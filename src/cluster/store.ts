@@ -136,6 +136,7 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
   #closed = false;
   #wasUp = false;
   #nodeUrl = '';
+  #lastError: Error | undefined;
   /** The cluster secret when it came from Redis (a configured one is never written there). */
   #secret: string | undefined;
 
@@ -155,7 +156,9 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
     this.#sub = connection(options.redis, { ...common, commandTimeout: undefined });
     for (const [name, lua] of Object.entries(SCRIPTS)) this.#redis.defineCommand(name, { numberOfKeys: 0, lua });
     this.#redis.on('ready', () => this.#up());
-    this.#redis.on('error', () => {});
+    this.#redis.on('error', (err: Error) => {
+      this.#lastError = err;
+    });
     this.#sub.on('error', () => {});
     this.#redis.on('close', () => this.#down(new Error('the connection to Redis closed')));
     this.#sub.on('message', (_channel: string, message: string) => this.#message(message));
@@ -163,8 +166,13 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
 
   /** Connects both connections and subscribes. Rejects when Redis cannot be reached. */
   async connect(): Promise<void> {
-    await Promise.all([this.#redis.connect(), this.#sub.connect()]);
-    await this.#sub.subscribe(`${this.options.prefix}ev`);
+    try {
+      await Promise.all([this.#redis.connect(), this.#sub.connect()]);
+      await this.#sub.subscribe(`${this.options.prefix}ev`);
+    } catch (err) {
+      // ioredis rejects with "Connection is closed."; the reason (ECONNREFUSED, NOAUTH, ...) came as an error event.
+      throw this.#lastError ?? err;
+    }
   }
 
   /** Joins the cluster at `nodeUrl` (known once the gateway listens): the first heartbeat, then one every interval. */

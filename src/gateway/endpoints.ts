@@ -4,8 +4,15 @@ import { PtthError, isPtthError } from '../http/errors.js';
 import { escapeHtml, sendError, wantsJson } from '../http/respond.js';
 import { parseLease, validateToken } from '../table/names.js';
 import type { Registration } from '../table/registration.js';
-import { gatewayOrigin, PRIVATE_PREFIX, publicUrlFor, type GatewayContext } from './context.js';
-import { renderStatusPage, type StatusRegistration } from './statuspage.js';
+import {
+  gatewayOrigin,
+  PRIVATE_PREFIX,
+  publicUrlFor,
+  type ClusterHooks,
+  type ClusterListing,
+  type GatewayContext,
+} from './context.js';
+import { renderStatusPage, type StatusCluster, type StatusHolder, type StatusRegistration } from './statuspage.js';
 import { DEMO_HTML } from './browser.js';
 import { formParams, readBody } from '../http/body.js';
 import { SERVICE_PATH } from './classify.js';
@@ -273,10 +280,49 @@ function registrationState(ctx: GatewayContext, req: IncomingMessage, reg: Regis
   };
 }
 
+/** What the status page shows: the count, and the list when this client may see it. */
+interface StatusData {
+  readonly count: number;
+  readonly registrations: readonly RegistrationState[] | undefined;
+  readonly cluster?: StatusCluster | undefined;
+}
+
+/**
+ * Most registrations a cluster node's status page lists: the store is scanned for them on each view
+ * (one script call per name), and the page refreshes itself every 2 s.
+ */
+export const CLUSTER_LIST_LIMIT = 1000;
+
 function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage, res: ServerResponse): void {
-  const all = ctx.table.list();
   const listed = mayList(info, req);
-  const regs = listed ? all.map((r) => registrationState(ctx, req, r)) : [];
+  // A client that may not see the list gets this node's count: counting the cluster's names would
+  // scan the store for anyone who asks.
+  if (ctx.cluster === undefined || !listed) {
+    const all = ctx.table.list();
+    const registrations = listed ? all.map((r) => registrationState(ctx, req, r)) : undefined;
+    sendStatus(ctx, info, req, res, { count: all.length, registrations });
+    return;
+  }
+  clusterStatus(ctx, ctx.cluster, req).then(
+    (data) => sendStatus(ctx, info, req, res, data),
+    (err: unknown) => {
+      // Only a bug gets here (a store that does not answer gives this node's view): never a hung request.
+      if (res.headersSent) return void res.destroy();
+      res.writeHead(500, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' });
+      res.end(req.method === 'HEAD' ? undefined : `the status page could not be made: ${errorMessage(err)}\n`);
+    },
+  );
+}
+
+function sendStatus(
+  ctx: GatewayContext,
+  info: GatewayInfo,
+  req: IncomingMessage,
+  res: ServerResponse,
+  data: StatusData,
+): void {
+  const uptime = Math.round((Date.now() - info.startedAt) / 1000);
+  const cluster = data.cluster;
   // JSON by Accept, or by ?format=json for a link a person can click.
   if (wantsJson(req.headers.accept) || /[?&]format=json(&|$)/.test(req.url ?? '')) {
     const body = JSON.stringify({
@@ -284,11 +330,13 @@ function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage
         version: info.version,
         domain: ctx.settings.domain,
         urls: ctx.settings.urls,
-        uptime: Math.round((Date.now() - info.startedAt) / 1000),
+        uptime,
+        ...(cluster ? { node: cluster.node } : {}),
       },
-      count: all.length,
+      count: data.count,
       // Absent (not empty) when this client may not see the list: the count is still there.
-      ...(listed ? { registrations: regs } : {}),
+      ...(data.registrations ? { registrations: data.registrations } : {}),
+      ...(cluster ? { cluster } : {}),
     });
     res.writeHead(200, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-store' });
     res.end(req.method === 'HEAD' ? undefined : body);
@@ -296,17 +344,128 @@ function statusPage(ctx: GatewayContext, info: GatewayInfo, req: IncomingMessage
   }
   const body = renderStatusPage({
     version: info.version,
-    uptime: Math.round((Date.now() - info.startedAt) / 1000),
-    count: all.length,
-    registrations: listed ? all.map((r) => registrationState(ctx, req, r)) : undefined,
+    uptime,
+    count: data.count,
+    registrations: data.registrations,
     appUrl: publicUrlFor(ctx.settings, req, 'NAME'),
     gateway: gatewayOrigin(ctx.settings, req),
     metricsLink: info.metrics !== undefined && info.metricsPublic !== false,
     sharedOrigin: ctx.settings.urls === 'host' ? undefined : gatewayOrigin(ctx.settings, req),
     demo: DEMO_HTML,
+    cluster,
   });
   res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
   res.end(req.method === 'HEAD' ? undefined : body);
+}
+
+type ClusterView = readonly [ClusterListing[], Awaited<ReturnType<ClusterHooks['nodes']>>];
+
+/** The store's answer in flight per node: views asked for meanwhile share it instead of scanning again. */
+const pendingViews = new WeakMap<ClusterHooks, Promise<ClusterView>>();
+
+function clusterView(cluster: ClusterHooks): Promise<ClusterView> {
+  let pending = pendingViews.get(cluster);
+  if (!pending) {
+    // One more than the limit: whether the cluster holds more than the page lists.
+    pending = Promise.all([cluster.listRegistrations(CLUSTER_LIST_LIMIT + 1), cluster.nodes()] as const);
+    const done = (): void => void pendingViews.delete(cluster);
+    pending.then(done, done);
+    pendingViews.set(cluster, pending);
+  }
+  return pending;
+}
+
+const UNREACHABLE = new Error('the shared store (Redis) is unreachable');
+
+/**
+ * A cluster node's status: every registration in the store (up to CLUSTER_LIST_LIMIT) with the nodes
+ * holding its channels, this node's detail for the names it holds, and the live nodes. When the
+ * store does not answer, this node's own view with a note that says so.
+ */
+async function clusterStatus(ctx: GatewayContext, cluster: ClusterHooks, req: IncomingMessage): Promise<StatusData> {
+  const node = cluster.nodeId;
+  let view: ClusterView;
+  try {
+    // Commands fail at once while Redis is unreachable; a stalled one within the store's command timeout.
+    if (!cluster.storeReady()) throw UNREACHABLE;
+    view = await clusterView(cluster);
+  } catch (err) {
+    const all = ctx.table.list();
+    const error =
+      err === UNREACHABLE ? UNREACHABLE.message : `the shared store (Redis) did not answer: ${errorMessage(err)}`;
+    return {
+      count: all.length,
+      registrations: all.map((r) => ({ ...registrationState(ctx, req, r), ...localHolders(r, node) })),
+      cluster: { node, available: false, error },
+    };
+  }
+  const [listing, nodes] = view;
+  const truncated = listing.length > CLUSTER_LIST_LIMIT;
+  const rows = clusterRows(ctx, req, listing.slice(0, CLUSTER_LIST_LIMIT), node, truncated);
+  return {
+    count: rows.length,
+    registrations: rows,
+    cluster: {
+      node,
+      available: true,
+      nodes: [...nodes].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)),
+      truncated,
+      limit: CLUSTER_LIST_LIMIT,
+    },
+  };
+}
+
+/** This node's part of a registration while the store does not answer: its channels, and its routes elsewhere. */
+function localHolders(reg: Registration, node: string): Pick<StatusRegistration, 'holders' | 'remotes'> {
+  return {
+    holders: reg.channels.length > 0 ? [{ node, channels: reg.channels.length }] : [],
+    ...(reg.channels.length === 0 && reg.remotes.length > 0 ? { remotes: reg.remotes.length } : {}),
+  };
+}
+
+const byName = (a: { name: string }, b: { name: string }): number => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+
+/**
+ * The rows of the store's listing, by name, with this node's detail (channels, requests, waiting
+ * visitors) for the names it knows. This node's channels always show: a channel the store does not
+ * count yet adds this node as a holder, and (unless the listing was cut at the limit, where the
+ * name may only be further on) a name it holds that the listing lacks is added.
+ */
+function clusterRows(
+  ctx: GatewayContext,
+  req: IncomingMessage,
+  listing: readonly ClusterListing[],
+  node: string,
+  truncated: boolean,
+): RegistrationState[] {
+  const now = Date.now();
+  const rows: RegistrationState[] = [];
+  const seen = new Set<string>();
+  for (const l of listing) {
+    seen.add(l.name);
+    const reg = ctx.table.lookup(l.name);
+    const local = reg ? registrationState(ctx, req, reg) : undefined;
+    const holders: StatusHolder[] = [...l.holders].sort((a, b) => (a.node < b.node ? -1 : a.node > b.node ? 1 : 0));
+    const mine = local?.channels.length ?? 0;
+    if (mine > 0 && !holders.some((h) => h.node === node)) holders.push({ node, channels: mine });
+    rows.push({
+      name: l.name,
+      url: publicUrlFor(ctx.settings, req, l.name),
+      lease: l.lease,
+      expiresAt: l.expiresIn < 0 ? null : new Date(now + l.expiresIn).toISOString(),
+      requests: local?.requests ?? 0,
+      waiting: local?.waiting ?? 0,
+      channels: local?.channels ?? [],
+      holders,
+    });
+  }
+  if (!truncated) {
+    for (const reg of ctx.table.list()) {
+      if (seen.has(reg.name) || reg.channels.length === 0) continue;
+      rows.push({ ...registrationState(ctx, req, reg), holders: [{ node, channels: reg.channels.length }] });
+    }
+  }
+  return rows.sort(byName);
 }
 
 function privateUrl(ctx: GatewayContext, reg: Registration, req: IncomingMessage, res: ServerResponse): void {

@@ -38,12 +38,18 @@ function sharedProcessMetrics(): Metric[] {
  * A gateway's Prometheus metrics, in a registry of its own (never prom-client's global one, so two
  * gateways in one process do not collide). Counters are fed from the gateway's events; gauges are
  * read from the table when scraped, so the hot path tracks nothing for them.
+ *
+ * On a node of a cluster every series carries a `node` label with the node's id (the registry's
+ * default labels, process metrics included): the nodes behind one load balancer are scraped
+ * apart, and their series must not collide when one Prometheus or a federation gathers them.
+ * A gateway on its own has no such label, so its output is what it always was.
  */
 export class GatewayMetrics {
   readonly registry = new Registry();
 
-  constructor(source: GatewayEventSource & { readonly table: RouteTable }) {
+  constructor(source: GatewayEventSource & { readonly table: RouteTable; readonly nodeId?: string | undefined }) {
     const registers = [this.registry];
+    if (source.nodeId !== undefined) this.registry.setDefaultLabels({ node: source.nodeId });
     // Registration order is the order of the scrape's text: the table's gauges, the per-request
     // figures, the claims' and channels' counters, then the process's.
     tableGauges(source.table, registers);

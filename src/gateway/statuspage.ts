@@ -14,6 +14,12 @@ export interface StatusChannel {
   readonly served: number;
 }
 
+/** A node of a cluster holding channels of a name, and how many. */
+export interface StatusHolder {
+  readonly node: string;
+  readonly channels: number;
+}
+
 export interface StatusRegistration {
   readonly name: string;
   readonly url: string;
@@ -21,7 +27,30 @@ export interface StatusRegistration {
   readonly waiting: number;
   /** ISO time the name is released if no channel comes back; null while live. */
   readonly expiresAt: string | null;
+  /** This gateway's (this node's) channels of the name. */
   readonly channels: readonly StatusChannel[];
+  /** On a node of a cluster: the nodes holding channels of the name, this one included. */
+  readonly holders?: readonly StatusHolder[] | undefined;
+  /**
+   * On a node of a cluster whose store did not answer: the other nodes this one has a route to for
+   * the name (cached), when it has no channel of its own.
+   */
+  readonly remotes?: number | undefined;
+}
+
+/** What a node of a cluster shows of the cluster. */
+export interface StatusCluster {
+  /** This node's id. */
+  readonly node: string;
+  /** False when the store did not answer: the page shows this node's view only. */
+  readonly available: boolean;
+  /** The live nodes (this one included); absent when the store did not answer. */
+  readonly nodes?: readonly { readonly id: string; readonly url: string }[] | undefined;
+  /** True when the cluster holds more registrations than the page lists (`limit` of them, in the store's scan order). */
+  readonly truncated?: boolean | undefined;
+  readonly limit?: number | undefined;
+  /** Why the store did not answer. */
+  readonly error?: string | undefined;
 }
 
 export interface StatusView {
@@ -43,6 +72,8 @@ export interface StatusView {
   readonly sharedOrigin?: string | undefined;
   /** The live demo's section (src/gateway/browser.ts). */
   readonly demo: string;
+  /** Set on a node of a cluster, for a client that may see the list. */
+  readonly cluster?: StatusCluster | undefined;
 }
 
 /** `1 h 2 min`, `3 min 4 s`, `5 s`. */
@@ -54,13 +85,7 @@ function duration(seconds: number): string {
   return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
 }
 
-function channelsHtml(r: StatusRegistration): string {
-  if (r.channels.length === 0) {
-    const at = r.expiresAt;
-    const until =
-      at === null ? '' : ` <time datetime="${escapeHtml(at)}">(lease ends ${escapeHtml(at.slice(11, 19))} UTC)</time>`;
-    return `<span class="idle">none: waiting for the app to reconnect${until}</span>`;
-  }
+function localChannelsHtml(r: StatusRegistration): string {
   return r.channels
     .map(
       (c) =>
@@ -70,11 +95,45 @@ function channelsHtml(r: StatusRegistration): string {
     .join('');
 }
 
-function rowHtml(r: StatusRegistration): string {
+/** `1 channel`, `2 channels`. */
+function channelCount(n: number): string {
+  return `${n} channel${n === 1 ? '' : 's'}`;
+}
+
+/**
+ * On a cluster node, each node holding the name with its count; this node's own channels in detail
+ * under its line (`self`: this node's id).
+ */
+function holdersHtml(r: StatusRegistration, holders: readonly StatusHolder[], self: string): string {
+  let out = '';
+  for (const h of holders) {
+    const mine = h.node === self;
+    out +=
+      `<span class="holder">on <b>${escapeHtml(h.node)}</b>${mine ? ' (this node)' : ''} ` +
+      `<small>${channelCount(h.channels)}</small></span>`;
+    if (mine) out += localChannelsHtml(r);
+  }
+  return out;
+}
+
+function channelsHtml(r: StatusRegistration, self: string | undefined): string {
+  if (self !== undefined && r.holders !== undefined && r.holders.length > 0) return holdersHtml(r, r.holders, self);
+  if (r.channels.length === 0 && r.remotes !== undefined && r.remotes > 0)
+    return `<span class="idle">none here: served by ${r.remotes === 1 ? 'another node' : `${r.remotes} other nodes`}</span>`;
+  if (r.channels.length === 0) {
+    const at = r.expiresAt;
+    const until =
+      at === null ? '' : ` <time datetime="${escapeHtml(at)}">(lease ends ${escapeHtml(at.slice(11, 19))} UTC)</time>`;
+    return `<span class="idle">none: waiting for the app to reconnect${until}</span>`;
+  }
+  return localChannelsHtml(r);
+}
+
+function rowHtml(r: StatusRegistration, self: string | undefined): string {
   const url = escapeHtml(r.url);
   return (
     `<tr><td data-label="Name"><a href="${url}">${escapeHtml(r.name)}</a><br><small class="url">${url}</small></td>` +
-    `<td data-label="Channels">${channelsHtml(r)}</td>` +
+    `<td data-label="Channels">${channelsHtml(r, self)}</td>` +
     `<td data-label="Requests" class="num">${r.requests}</td>` +
     `<td data-label="Waiting" class="num">${r.waiting}</td></tr>`
   );
@@ -108,7 +167,8 @@ th{font-size:.8rem;text-transform:uppercase;letter-spacing:.04em;color:var(--mut
 td,th{text-align:left;vertical-align:top;border-bottom:1px solid var(--line);padding:.5rem .6rem}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 .url{color:var(--muted);overflow-wrap:anywhere;font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-.chan{display:block}
+.chan,.holder{display:block}
+.holder~.chan{margin-left:1rem}
 .chan small,.idle{color:var(--muted)}
 .chan small{white-space:nowrap}
 tr.empty td{color:var(--muted);font-style:italic}
@@ -146,18 +206,46 @@ const dur = (s) => s < 60 ? s + ' s'
   : s < 3600 ? Math.floor(s / 60) + ' min ' + (s % 60) + ' s'
   : s < 86400 ? Math.floor(s / 3600) + ' h ' + Math.floor(s % 3600 / 60) + ' min'
   : Math.floor(s / 86400) + ' d ' + Math.floor(s % 86400 / 3600) + ' h';
-function row(r) {
-  const chans = r.channels.length === 0
+function chans(r, self) {
+  const local = r.channels.map((c) => el('span', { className: 'chan' }, el('b', { textContent: c.transport }),
+    ' from ', el('code', { textContent: c.remote }), ' ',
+    el('small', { textContent: c.active + ' active, ' + c.served + ' served' })));
+  if (self !== undefined && r.holders && r.holders.length) {
+    return r.holders.flatMap((h) => [el('span', { className: 'holder' }, 'on ', el('b', { textContent: h.node }),
+      h.node === self ? ' (this node) ' : ' ',
+      el('small', { textContent: h.channels + (h.channels === 1 ? ' channel' : ' channels') }))]
+      .concat(h.node === self ? local : []));
+  }
+  if (r.channels.length === 0 && r.remotes > 0) {
+    return [el('span', { className: 'idle', textContent: 'none here: served by '
+      + (r.remotes === 1 ? 'another node' : r.remotes + ' other nodes') })];
+  }
+  return r.channels.length === 0
     ? [el('span', { className: 'idle', textContent: 'none: waiting for the app to reconnect'
         + (r.expiresAt ? ' (lease ends ' + r.expiresAt.slice(11, 19) + ' UTC)' : '') })]
-    : r.channels.map((c) => el('span', { className: 'chan' }, el('b', { textContent: c.transport }), ' from ',
-        el('code', { textContent: c.remote }), ' ',
-        el('small', { textContent: c.active + ' active, ' + c.served + ' served' })));
+    : local;
+}
+function cluster(c) {
+  const nodes = $('nodes');
+  if (nodes) {
+    nodes.replaceChildren(...(c.nodes ? [' Live nodes (' + c.nodes.length + '): ', ...c.nodes.flatMap((n, i) =>
+      [i ? ', ' : '', el('code', { textContent: n.id, title: n.url })]), '.'] : []));
+  }
+  const note = $('cluster-note');
+  if (note) {
+    note.hidden = c.available && !c.truncated;
+    note.className = c.available ? 'note' : 'warn';
+    note.textContent = c.available ? (c.truncated ? 'The cluster holds more than ' + c.limit
+      + ' registrations: ' + c.limit + ' of them are listed.' : '')
+      : 'The cluster list is unavailable: ' + c.error + ". This page shows this node's registrations only.";
+  }
+}
+function row(r, self) {
   const td = (label, ...kids) => { const t = el('td', {}, ...kids); t.dataset.label = label; return t; };
   const num = (label, n) => { const t = td(label, String(n)); t.className = 'num'; return t; };
   const link = el('a', { href: r.url, textContent: r.name });
   return el('tr', {}, td('Name', link, el('br'), el('small', { className: 'url', textContent: r.url })),
-    td('Channels', ...chans), num('Requests', r.requests), num('Waiting', r.waiting));
+    td('Channels', ...chans(r, self)), num('Requests', r.requests), num('Waiting', r.waiting));
 }
 let timer;
 async function refresh() {
@@ -166,11 +254,13 @@ async function refresh() {
     const res = await fetch('/', { headers: { accept: 'application/json' }, cache: 'no-store' });
     if (!res.ok) throw new Error('HTTP ' + res.status);
     const s = await res.json();
-    $('count').textContent = s.count;
+    $('count').textContent = s.count + (s.cluster && s.cluster.truncated ? '+' : '');
     $('uptime').textContent = dur(s.gateway.uptime);
+    if (s.cluster) cluster(s.cluster);
+    const self = s.cluster ? s.cluster.node : undefined;
     const rows = $('rows');
     if (rows && s.registrations) {
-      rows.replaceChildren(...(s.registrations.length ? s.registrations.map(row)
+      rows.replaceChildren(...(s.registrations.length ? s.registrations.map((r) => row(r, self))
         : [el('tr', { className: 'empty' }, el('td', { colSpan: 4, textContent: 'No app is connected.' }))]));
     }
     live.className = 'live on';
@@ -185,6 +275,35 @@ $('live').hidden = false;
 timer = setTimeout(refresh, 2000);
 `;
 
+/**
+ * What a cluster node adds above the list: its id, the live nodes, and a note when the store did not
+ * answer (the list is this node's own then) or the cluster holds more names than the page lists.
+ */
+function clusterHtml(c: StatusCluster | undefined): string {
+  if (c === undefined) return '';
+  const nodes =
+    c.nodes === undefined
+      ? ''
+      : ` Live nodes (${c.nodes.length}): ` +
+        c.nodes.map((n) => `<code title="${escapeHtml(n.url)}">${escapeHtml(n.id)}</code>`).join(', ') +
+        '.';
+  let note = '<p id="cluster-note" hidden></p>';
+  if (!c.available)
+    note =
+      `<p class="warn" id="cluster-note">The cluster list is unavailable: ${escapeHtml(c.error ?? 'unknown error')}. ` +
+      'This page shows this node&#39;s registrations only.</p>';
+  else if (c.truncated)
+    note =
+      `<p class="note" id="cluster-note">The cluster holds more than ${c.limit} registrations: ${c.limit} ` +
+      'of them are listed.</p>';
+  return (
+    `<p id="cluster">This is node <code>${escapeHtml(c.node)}</code> of a cluster.<span id="nodes">${nodes}</span> ` +
+    'Every name of the cluster is listed with the nodes holding its channels; channels in detail, requests and ' +
+    'waiting visitors are this node&#39;s.</p>\n' +
+    `${note}\n`
+  );
+}
+
 export function renderStatusPage(v: StatusView): string {
   const list = v.registrations;
   const table =
@@ -193,7 +312,7 @@ export function renderStatusPage(v: StatusView): string {
       : `<table><thead><tr><th>Name</th><th>Channels</th><th class="num">Requests</th><th class="num">Waiting</th></tr>
 </thead>
 <tbody id="rows">
-${list.length === 0 ? EMPTY_ROW : list.map(rowHtml).join('\n')}
+${list.length === 0 ? EMPTY_ROW : list.map((r) => rowHtml(r, v.cluster?.node)).join('\n')}
 </tbody></table>`;
   const shared =
     v.sharedOrigin === undefined
@@ -212,9 +331,9 @@ ${list.length === 0 ? EMPTY_ROW : list.map(rowHtml).join('\n')}
 <header><h1>ptth-proxy</h1><p class="sub">reverse HTTP gateway &middot; ${escapeHtml(v.version)}</p></header>
 <p>A program with only an HTTP client claims a name here and serves HTTP at <code id="app-url">${appUrl}</code>.</p>
 ${shared}<p>Expose a local web app:<code class="cmd">npx ptth-proxy connect 3000 --gateway ${escapeHtml(v.gateway)}</code></p>
-<h2><span>Live registrations (<span id="count">${v.count}</span>)</span>
+<h2><span>Live registrations (<span id="count">${v.count}${v.cluster?.truncated ? '+' : ''}</span>)</span>
 <span id="live" class="live" hidden>live</span></h2>
-${table}
+${clusterHtml(v.cluster)}${table}
 <noscript><p class="note">Reload the page to see new registrations.</p></noscript>
 ${v.demo}
 <footer>ptth-proxy ${escapeHtml(v.version)} &middot; up <span id="uptime">${duration(v.uptime)}</span> &middot;

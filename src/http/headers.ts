@@ -25,7 +25,13 @@ export const HOP_HEADER = 'X-Ptth-Hop';
  * Headers the gateway asserts itself: whatever a visitor sent under these names is dropped
  * (X-Ptth-Hop too, so that no app can be taught to trust a value a visitor chose).
  */
-const GATEWAY_ASSERTED = new Set(['x-forwarded-host', 'x-forwarded-proto', 'requesting-client', 'x-ptth-hop']);
+const GATEWAY_ASSERTED = new Set([
+  'x-forwarded-host',
+  'x-forwarded-proto',
+  'requesting-client',
+  'x-ptth-hop',
+  'x-ptth-hop-kind',
+]);
 
 /** RFC 9110 section 9.2.2: methods a client may send again after a connection failed. */
 const IDEMPOTENT: ReadonlySet<string | undefined> = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);

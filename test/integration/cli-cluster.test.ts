@@ -1,3 +1,4 @@
+import * as net from 'node:net';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -134,12 +135,28 @@ describe('serve --redis', () => {
     const p = cli([...SERVE, '--redis', `redis://:hunter2hunter2@127.0.0.1:${down.port}`]);
     expect(await p.exited()).toBe(1);
     expect(p.output()).toContain(`cannot join the cluster in Redis redis://:***@127.0.0.1:${down.port}`);
+    // The reason, not ioredis's "Connection is closed.".
+    expect(p.output()).toContain(`connect ECONNREFUSED 127.0.0.1:${down.port}`);
     expect(p.output()).not.toContain('hunter2');
   });
 });
 
 describe('serve --workers', () => {
   const redis = useRedisForFile();
+
+  it('gives each worker an admin port of its own: --admin-port + n - 1, each scraping that worker', async () => {
+    const base = await freePair();
+    const p = cli([...SERVE, '--workers', '2', '--redis', redis().url, '--admin-port', String(base)]);
+    const ids: string[] = [];
+    for (const i of [1, 2])
+      ids.push((await p.waitFor(new RegExp(`worker ${i}/2 ready: pid \\d+, node (\\S+)`), 20_000))[1] as string);
+    for (const [i, id] of ids.entries()) {
+      const metrics = await request(base + i, { path: '/metrics' });
+      expect(metrics.status).toBe(200);
+      expect(metrics.body).toContain(`node="${id}"`);
+      expect(metrics.body).not.toContain(`node="${ids[1 - i]}"`);
+    }
+  });
 
   it('runs N nodes on one port: each reports ready, apps and visitors are served, a killed worker is restarted, SIGTERM stops all', async () => {
     const p = cli([...SERVE, '--workers', '2', '--redis', redis().url, '--cluster-secret', SECRET], undefined);
@@ -245,3 +262,23 @@ describe('serve --workers', () => {
     expect(gone(stuck)).toBe(true);
   }, 30_000);
 });
+
+/** A port whose next one is free too (a worker pair's admin ports), found by listening on both. */
+async function freePair(): Promise<number> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const first = net.createServer();
+    await new Promise<void>((resolve) => first.listen(0, '127.0.0.1', () => resolve()));
+    const port = (first.address() as net.AddressInfo).port;
+    const second = net.createServer();
+    const ok = await new Promise<boolean>((resolve) => {
+      second.once('error', () => resolve(false));
+      second.listen(port + 1, '127.0.0.1', () => resolve(true));
+    });
+    await new Promise((r) => first.close(r));
+    if (ok) {
+      await new Promise((r) => second.close(r));
+      return port;
+    }
+  }
+  throw new Error('no two free ports in a row');
+}

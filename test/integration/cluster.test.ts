@@ -5,7 +5,7 @@ import { createClusterNode, type ClusterNode } from '../../src/cluster/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import { fetchRaw, parseLinks, parseRequestMessage, rawValues, register, serializeResponse } from '../helpers/comet.js';
 import { cleanup, useApp } from '../helpers/fixture.js';
-import { FAST, request } from '../helpers/index.js';
+import { FAST, rawClaim, request, startApp } from '../helpers/index.js';
 import { useRedisForFile, type RedisServer } from '../helpers/redis.js';
 
 /*
@@ -95,6 +95,41 @@ describe('a cluster of gateway nodes', () => {
     // One more is the visitor's own excess: refused where the visitor arrived.
     headers['x-f98'] = 'v';
     expect((await request(b.port, { host: b.host('fields'), headers })).status).toBe(431);
+  });
+
+  it('keeps a visitor of a reconnecting app waiting on another node, and serves it when the app comes back anywhere', async () => {
+    const [a, b, c] = (await cluster()) as [TestNode, TestNode, TestNode];
+    const first = await startApp(a.port, whoami, { name: 'mover', token: 'secret-token' });
+    expect((await request(b.port, { host: b.host('mover') })).status).toBe(200);
+    const onB = b.node.table.lookup('mover');
+    await first.close({ release: false, graceMs: 100 });
+    await until(() => onB?.remotes.length === 0, 5000, 'b to see the app gone');
+    const started = Date.now();
+    const waiting = request(b.port, { host: b.host('mover'), path: '/waited' });
+    await new Promise((r) => setTimeout(r, 300));
+    // Back through another node, with its token.
+    await useApp(c.port, whoami, { name: 'mover', token: 'secret-token' });
+    const r = await waiting;
+    expect(r.status).toBe(200);
+    expect((JSON.parse(r.body) as { url: string }).url).toBe('/waited');
+    expect(Date.now() - started).toBeLessThan(NODE_OPTIONS.reconnectWait as number);
+  });
+
+  it('gives a name two nodes race to claim to exactly one native claimant', async () => {
+    const [a, b] = (await cluster(2)) as [TestNode, TestNode];
+    for (let round = 0; round < 5; round++) {
+      const claim = (n: TestNode, token: string) =>
+        rawClaim(
+          n.port,
+          `GET /?name=race${round}&token=${token} HTTP/1.1\r\nHost: 127.0.0.1:${n.port}\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n`,
+        );
+      const answers = await Promise.all([claim(a, 'token-a'), claim(b, 'token-b')]);
+      cleanup(() => {
+        for (const x of answers) x.socket.destroy();
+      });
+      const statuses = answers.map((x) => Number(x.head.split(' ')[1])).sort();
+      expect(statuses).toEqual([101, 403]);
+    }
   });
 
   it('streams a 100 MB body each way across nodes', async () => {

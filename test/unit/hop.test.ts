@@ -123,6 +123,11 @@ describe('hop headers', () => {
     expect(out.slice(0, 2)).toEqual(['Host', 'a.localhost']);
   });
 
+  it("drops a visitor's own X-Ptth-Hop-Kind before the app", () => {
+    const out = forwardRequestHeaders(['Host', 'a.localhost', 'X-Ptth-Hop-Kind', 'comet'], info);
+    expect(out.map((h) => h.toLowerCase())).not.toContain('x-ptth-hop-kind');
+  });
+
   it('a hop request keeps what its node built for the app, without credentials or hop-by-hop fields', () => {
     const raw = [
       'X-Ptth-Hop',
