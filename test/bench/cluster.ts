@@ -570,7 +570,7 @@ function hopTable(rows: Row[], p: { n1: Proc; n2: Proc; single: Proc; redis: Pro
   out('');
   out(
     `Cluster: a request served locally against one forwarded through the internal hop (two nodes on one redis-server, ` +
-      `the app on node 1 through listen() http1 with ${CHANNELS} connections; every gateway \`serve\` as in the rows above; ` +
+      `the app on node 1 through listen() http1 with ${CHANNELS} connections; every gateway \`serve\` with the flags of the other rows (test/bench/flags.ts); ` +
       `CPU µs per request of each process, ${LOADGEN} the load generator; "other": other programs, % of one core):`,
   );
   out('');
