@@ -24,7 +24,8 @@
  *
  * After the load rows: streaming (1 GiB each way through listen(), 256 MiB each way through
  * `connect` with curl), scale (10,000 channels), then the targets of issue 11, each computed from
- * rows of this run.
+ * rows of this run. Last, the cluster rows (test/bench/cluster.ts: Redis, two and three nodes, the
+ * internal hop, `serve --workers`), on processes of their own; BENCH_CLUSTER=0 skips them.
  *
  * Knobs: `--quick` or BENCH_QUICK=1 (1 s rows), BENCH_DURATION=<seconds> (default 5; wins over
  * quick), BENCH_CONNECTIONS=<n> (reversed HTTP/1.1 connections, default 50: one per visitor
@@ -71,23 +72,23 @@ type Cannon = (opts: CannonOptions, cb: (err: Error | null, result: CannonResult
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CHECK_LUA = fileURLToPath(new URL('./check.lua', import.meta.url));
-const QUICK = process.argv.includes('--quick') || process.env['BENCH_QUICK'] === '1';
-const DURATION = positiveEnv('BENCH_DURATION') ?? (QUICK ? 1 : 5);
-const WARMUP = 1;
+export const QUICK = process.argv.includes('--quick') || process.env['BENCH_QUICK'] === '1';
+export const DURATION = positiveEnv('BENCH_DURATION') ?? (QUICK ? 1 : 5);
+export const WARMUP = 1;
 /**
  * Seconds of load on every target before the first measured row. The gateway needs several
  * seconds under load before its cost per request settles (measured: 264, then 161, then 105 us of
  * gateway CPU per request over three consecutive 4 s runs), so without this the first rows of a
  * target measure its warm-up, not its steady state.
  */
-const PRELOAD = QUICK ? 1 : 8;
-const CHANNELS = positiveEnv('BENCH_CONNECTIONS') ?? 50;
-const BODY = 'hello world';
+export const PRELOAD = QUICK ? 1 : 8;
+export const CHANNELS = positiveEnv('BENCH_CONNECTIONS') ?? 50;
+export const BODY = 'hello world';
 const READY_TIMEOUT = 15_000;
 /** CPU (% of one core) used by other programs during a row above which the row is noisy. */
-const NOISE = 25;
+export const NOISE = 25;
 /** Noisy rows measured again, at most, per run (the machine may be shared). */
-const RETRIES = 3;
+export const RETRIES = 3;
 /** wrk's own timeout per request; at 500 visitors on 50 channels a request may queue for a while. */
 const WRK_TIMEOUT = '10s';
 
@@ -102,8 +103,8 @@ function positiveEnv(name: string): number | undefined {
   return n;
 }
 
-const log = (line: string): void => void process.stderr.write(`${line}\n`);
-const out = (line: string): void => void process.stdout.write(`${line}\n`);
+export const log = (line: string): void => void process.stderr.write(`${line}\n`);
+export const out = (line: string): void => void process.stdout.write(`${line}\n`);
 
 /** The load generator: wrk when it runs here (and BENCH_LOAD does not ask for autocannon), else autocannon. */
 const WRK: string | undefined = (() => {
@@ -112,14 +113,14 @@ const WRK: string | undefined = (() => {
   // wrk -v prints its version and usage and exits 1.
   return r.error === undefined && /wrk/.test(`${r.stdout}${r.stderr}`) ? 'wrk' : undefined;
 })();
-const LOADGEN = WRK ? 'wrk' : 'autocannon';
+export const LOADGEN = WRK ? 'wrk' : 'autocannon';
 
 // ---------------------------------------------------------------------------------------------
 // Child processes
 
-type Group = 'backend' | 'gateway' | 'app' | 'connect' | 'reference';
+export type Group = 'backend' | 'gateway' | 'app' | 'connect' | 'reference' | 'redis';
 
-interface Proc {
+export interface Proc {
   label: string;
   group: Group;
   child: ChildProcess;
@@ -128,15 +129,17 @@ interface Proc {
   outTail: string;
   stderr: string[];
   exited: boolean;
+  /** Asked to stop (stopProc): its exit is expected. */
+  stopped?: boolean;
 }
 
-const procs: Proc[] = [];
+export const procs: Proc[] = [];
 let stopping = false;
 const KEEP_OUT = 4096;
 const KEEP_ERR = 200;
 
 /** Starts `node ...args` in ROOT and resolves with the first stdout line matching `ready`; stdout is drained from then on. */
-function start(
+export function start(
   label: string,
   group: Group,
   args: string[],
@@ -190,13 +193,13 @@ function start(
     child.on('exit', (code, signal) => {
       proc.exited = true;
       fail(new Error(`${label} exited (${signal ?? `code ${String(code)}`}) before it was ready`));
-      if (!stopping)
+      if (!stopping && !proc.stopped)
         log(`bench: ${label} (pid ${proc.pid}) exited during the run (${signal ?? `code ${String(code)}`})`);
     });
   });
 }
 
-function tail(proc: Proc): string {
+export function tail(proc: Proc): string {
   const outLines = proc.outTail
     .split('\n')
     .filter((l) => l !== '')
@@ -217,22 +220,24 @@ function waitExit(proc: Proc, ms: number): Promise<boolean> {
 }
 
 /** SIGTERM to the clients first (they release their names), then the rest; SIGKILL after 3 s. */
-async function stopAll(): Promise<void> {
+export async function stopAll(): Promise<void> {
   stopping = true;
   const client = (p: Proc): boolean => p.group === 'app' || p.group === 'connect';
   const order = [procs.filter(client), procs.filter((p) => !client(p))];
   for (const group of order) {
-    await Promise.all(
-      group.map(async (p) => {
-        if (p.exited) return;
-        p.child.kill('SIGTERM');
-        if (!(await waitExit(p, 3_000))) {
-          log(`bench: ${p.label} (pid ${p.pid}) ignored SIGTERM for 3 s; killing it`);
-          p.child.kill('SIGKILL');
-          await waitExit(p, 1_000);
-        }
-      }),
-    );
+    await Promise.all(group.map(stopProc));
+  }
+}
+
+/** SIGTERM to one process; SIGKILL after 3 s. */
+export async function stopProc(p: Proc): Promise<void> {
+  if (p.exited) return;
+  p.stopped = true;
+  p.child.kill('SIGTERM');
+  if (!(await waitExit(p, 3_000))) {
+    log(`bench: ${p.label} (pid ${p.pid}) ignored SIGTERM for 3 s; killing it`);
+    p.child.kill('SIGKILL');
+    await waitExit(p, 1_000);
   }
 }
 
@@ -244,7 +249,7 @@ process.on('exit', () => {
   for (const p of procs) if (!p.exited) p.child.kill('SIGKILL');
   loadChild?.kill('SIGKILL');
 });
-let interrupted = false;
+export let interrupted = false;
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.on(signal, () => {
     if (interrupted) process.exit(130);
@@ -258,7 +263,7 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 // ---------------------------------------------------------------------------------------------
 // /proc readings (Linux); `ps` as a fallback for RSS.
 
-function rssKiB(pid: number): number | undefined {
+export function rssKiB(pid: number): number | undefined {
   try {
     const m = readFileSync(`/proc/${pid}/status`, 'utf8').match(/^VmRSS:\s+(\d+)\s+kB/m);
     if (m) return Number(m[1]);
@@ -285,11 +290,28 @@ async function rssKiBOrPs(pid: number): Promise<number | undefined> {
 
 const TICK_MS = 10; // USER_HZ is 100 on Linux
 /** CPU time (user + system) of a process in ms, from /proc/PID/stat. */
-function cpuMs(pid: number): number | undefined {
+export function cpuMs(pid: number): number | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     return (Number(fields[11]) + Number(fields[12])) * TICK_MS;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * CPU time of a process and of its descendants in ms: `serve --workers` serves from child
+ * processes (live ones read one by one, reaped ones from the parent's cutime and cstime).
+ */
+export function treeCpuMs(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    let total = (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) * TICK_MS;
+    const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim();
+    for (const child of children ? children.split(' ') : []) total += treeCpuMs(Number(child)) ?? 0;
+    return total;
   } catch {
     return undefined;
   }
@@ -307,7 +329,7 @@ function childrenCpuMs(): number {
 }
 
 /** Busy CPU time of the whole machine in ms (all cores), from /proc/stat. */
-function machineBusyMs(): number | undefined {
+export function machineBusyMs(): number | undefined {
   try {
     const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] as string;
     const t = line.trim().split(/\s+/).slice(1, 9).map(Number);
@@ -326,7 +348,11 @@ function selfCpuMs(): number {
 // ---------------------------------------------------------------------------------------------
 // HTTP helpers
 
-function get(port: number, host: string | undefined, accept?: string): Promise<{ status: number; body: string }> {
+export function get(
+  port: number,
+  host: string | undefined,
+  accept?: string,
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const headers: Record<string, string> = {};
     if (host) headers['host'] = host;
@@ -349,7 +375,7 @@ function get(port: number, host: string | undefined, accept?: string): Promise<{
  * Polls the gateway's JSON status until `name` holds `want` channels, or (no `want`) at least one
  * channel and the same set for half a second. Resolves with what it holds, e.g. `http2 x1`.
  */
-async function waitChannels(gatewayPort: number, name: string, want?: number): Promise<string> {
+export async function waitChannels(gatewayPort: number, name: string, want?: number): Promise<string> {
   const deadline = Date.now() + READY_TIMEOUT;
   let seen = '';
   let stableSince = Date.now();
@@ -372,7 +398,7 @@ async function waitChannels(gatewayPort: number, name: string, want?: number): P
   throw new Error(`the gateway holds ${seen || 'no channel'} for ${name} after ${READY_TIMEOUT} ms${wanted}`);
 }
 
-async function expectHello(label: string, port: number, host?: string): Promise<void> {
+export async function expectHello(label: string, port: number, host?: string): Promise<void> {
   const r = await get(port, host);
   if (r.status !== 200 || r.body !== BODY) {
     throw new Error(
@@ -384,7 +410,7 @@ async function expectHello(label: string, port: number, host?: string): Promise<
 // ---------------------------------------------------------------------------------------------
 // Load
 
-type TargetId =
+export type TargetId =
   | 'direct'
   | 'ref-node'
   | 'ref-undici'
@@ -393,9 +419,14 @@ type TargetId =
   | 'listen-h1'
   | 'listen-h1-q'
   | 'connect'
-  | 'connect-h2';
+  | 'connect-h2'
+  // test/bench/cluster.ts
+  | 'single'
+  | 'node-local'
+  | 'node-hop'
+  | 'workers';
 
-interface Target {
+export interface Target {
   id: TargetId;
   kind: 'direct' | 'listen' | 'connect' | 'reference';
   label: string;
@@ -422,7 +453,7 @@ interface Fired {
 
 type Column = Group | 'load';
 
-interface Row {
+export interface Row {
   target: Target;
   concurrency: number;
   rps: number;
@@ -432,6 +463,8 @@ interface Row {
   detail: string;
   /** CPU µs per request of each group of the row's processes, and of the load generator. */
   us: Partial<Record<Column, number>>;
+  /** The same for each of the row's processes. */
+  byProc: Map<Proc, number>;
   /** CPU used by everything else on the machine during the row, % of one core. */
   other: number;
   /** Measured again because the first measurement was noisy; the quieter one is kept. */
@@ -576,17 +609,17 @@ function fireCannon(target: Target, concurrency: number, seconds: number): Promi
   });
 }
 
-const fire = (target: Target, concurrency: number, seconds: number): Promise<Fired> =>
+export const fire = (target: Target, concurrency: number, seconds: number): Promise<Fired> =>
   WRK ? fireWrk(target, concurrency, seconds) : fireCannon(target, concurrency, seconds);
 
-async function measure(target: Target, concurrency: number, gateway: Proc, peak: { rss: number }): Promise<Row> {
+export async function measure(target: Target, concurrency: number, gateway: Proc, peak: { rss: number }): Promise<Row> {
   const sampler = setInterval(() => {
     const rss = rssKiB(gateway.pid);
     if (rss !== undefined && rss > peak.rss) peak.rss = rss;
   }, 100);
   try {
     await fire(target, concurrency, WARMUP);
-    const before = new Map(procs.map((p) => [p, cpuMs(p.pid)]));
+    const before = new Map(procs.map((p) => [p, treeCpuMs(p.pid)]));
     const selfBefore = selfCpuMs();
     const machineBefore = machineBusyMs();
     const t0 = performance.now();
@@ -597,12 +630,16 @@ async function measure(target: Target, concurrency: number, gateway: Proc, peak:
     const spent = new Map<Proc, number>();
     for (const p of procs) {
       const a = before.get(p);
-      const b = cpuMs(p.pid);
+      const b = treeCpuMs(p.pid);
       if (a !== undefined && b !== undefined) spent.set(p, b - a);
     }
     const perRequest = (cpu: number): number => (f.requests > 0 ? (cpu * 1000) / f.requests : NaN);
     const us: Row['us'] = { load: perRequest(f.loadCpuMs) };
-    for (const p of target.procs) us[p.group] = (us[p.group] ?? 0) + perRequest(spent.get(p) ?? NaN);
+    const byProc = new Map<Proc, number>();
+    for (const p of target.procs) {
+      byProc.set(p, perRequest(spent.get(p) ?? NaN));
+      us[p.group] = (us[p.group] ?? 0) + perRequest(spent.get(p) ?? NaN);
+    }
     // Whatever else kept the machine busy meanwhile (other programs, kernel threads): noise. Ours
     // are every process of the bench, busy in this row or idle, the load generator and this process.
     let other = NaN;
@@ -624,6 +661,7 @@ async function measure(target: Target, concurrency: number, gateway: Proc, peak:
       problems: f.problems,
       detail: f.detail,
       us,
+      byProc,
       other,
       remeasured: false,
     };
@@ -635,7 +673,7 @@ async function measure(target: Target, concurrency: number, gateway: Proc, peak:
 // ---------------------------------------------------------------------------------------------
 // Report
 
-function table(headers: string[], rows: string[][], right: boolean[]): string[] {
+export function table(headers: string[], rows: string[][], right: boolean[]): string[] {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] as string).length)));
   const line = (cells: string[]): string =>
     `| ${cells.map((c, i) => (right[i] ? c.padStart(widths[i] as number) : c.padEnd(widths[i] as number))).join(' | ')} |`;
@@ -644,13 +682,13 @@ function table(headers: string[], rows: string[][], right: boolean[]): string[] 
 }
 
 /** Milliseconds with two decimals. */
-function ms(value: number): string {
+export function ms(value: number): string {
   return Number.isFinite(value) ? value.toFixed(2) : 'n/a';
 }
 
-const int = (v: number | undefined): string =>
+export const int = (v: number | undefined): string =>
   v !== undefined && Number.isFinite(v) ? Math.round(v).toLocaleString('en-US') : '-';
-const pct = (a: number | undefined, b: number | undefined): string =>
+export const pct = (a: number | undefined, b: number | undefined): string =>
   a !== undefined && b !== undefined && b > 0 && Number.isFinite(a) ? `${((100 * a) / b).toFixed(1)} %` : '-';
 const mb = (kib: number | undefined): string => (kib === undefined ? 'n/a' : `${(kib / 1024).toFixed(1)} MB`);
 const rowName = (r: Row): string => `${r.target.label}${r.remeasured ? ' *' : ''}`;
@@ -1032,7 +1070,7 @@ async function main(): Promise<number> {
   const gw = gateway.proc;
   const gwQ = gatewayQ.proc;
   const be = backend.proc;
-  const t: Record<TargetId, Target> = {
+  const t: Record<Exclude<TargetId, 'single' | 'node-local' | 'node-hop' | 'workers'>, Target> = {
     direct: { id: 'direct', kind: 'direct', label: 'direct', port: backendPort, procs: [be] },
     'ref-undici': {
       id: 'ref-undici',
@@ -1197,6 +1235,14 @@ async function main(): Promise<number> {
   }
   targets(rows, extra, via);
 
+  const failures: string[] = [];
+  if (!died && !interrupted && process.env['BENCH_CLUSTER'] !== '0') {
+    // Cluster rows (Redis, nodes, the internal hop, --workers), on processes of their own.
+    await stopAll();
+    const { runCluster } = await import('./cluster.js');
+    failures.push(...(await runCluster()));
+  }
+
   let code = 0;
   if (died) {
     log(
@@ -1209,20 +1255,27 @@ async function main(): Promise<number> {
     log(`bench: FAILED: ${failed.map((r) => `${r.target.label} c=${r.concurrency} (${r.detail})`).join('; ')}`);
     code = 1;
   }
-  for (const f of extra?.failures ?? []) {
+  for (const f of [...(extra?.failures ?? []), ...failures]) {
     log(`bench: FAILED: ${f}`);
     code = 1;
   }
   return code;
 }
 
-let code = 1;
-try {
-  code = await main();
-} catch (err) {
-  log(`bench: ${(err as Error).stack ?? String(err)}`);
-  code = 1;
-} finally {
-  await stopAll();
+/**
+ * Runs `section` (main, or another file's when that file is run alone), stops every child process
+ * and exits with its code. Not a top-level await: test/bench/cluster.ts imports this module while
+ * main runs, which must not wait for main to end.
+ */
+export function runAndExit(section: () => Promise<number>): void {
+  let code = 1;
+  section()
+    .then(
+      (c) => void (code = c),
+      (err: unknown) => log(`bench: ${(err as Error).stack ?? String(err)}`),
+    )
+    .finally(() => stopAll())
+    .finally(() => process.exit(code));
 }
-process.exit(code);
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) runAndExit(main);

@@ -41,7 +41,7 @@ function startGateway(): Promise<{ child: ChildProcess; port: number }> {
 }
 
 /** One claim: resolves with the open socket once the 101 head has arrived. */
-function claim(port: number, name: string): Promise<net.Socket> {
+export function claim(port: number, name: string): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1', () => {
       s.write(
