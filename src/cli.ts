@@ -789,14 +789,20 @@ function reportTunnel(tunnel: Tunnel, o: ConnectFlags, view: ConnectView, watch:
   // pool): one line per retry, not one per connection.
   let quietUntil = 0;
   let lastSaid = '';
+  let lastLine = '';
   tunnel.on('reconnecting', ({ delay, error }) => {
     if (tunnel.online) return;
     sayLost();
     const now = Date.now();
     if (error.message === lastSaid && now < quietUntil) return;
+    const line = `cannot reach ${o.gateway.join(', ')}: ${error.message}; retrying in ${(delay / 1000).toFixed(1)} s`;
+    // Connections of one round that fail spread out (a loaded machine, a node's own retry beside
+    // its connections') would repeat the line word for word: it says nothing new.
+    if (line === lastLine && now < quietUntil + delay) return;
     lastSaid = error.message;
+    lastLine = line;
     quietUntil = now + delay;
-    err(`${time()} cannot reach ${o.gateway.join(', ')}: ${error.message}; retrying in ${(delay / 1000).toFixed(1)} s`);
+    err(`${time()} ${line}`);
   });
   // With several nodes, one lost is not the app lost: its connections move to the others. While
   // none is reachable the lines above say so; a node is said back only after it was said lost.

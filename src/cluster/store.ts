@@ -171,8 +171,15 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
       retryStrategy: (times) => Math.min(100 * times, 2000),
     };
     this.#redis = connection(options.redis, common);
-    // The subscriber keeps its subscription across reconnects (ioredis re-subscribes).
-    this.#sub = connection(options.redis, { ...common, commandTimeout: undefined });
+    // The subscriber keeps its subscription across reconnects: ioredis re-subscribes on its own, a
+    // command nobody awaits, which without an offline queue rejects unhandled when the connection
+    // drops again meanwhile (and an unhandled rejection ends the process). It sends nothing else.
+    this.#sub = connection(options.redis, {
+      ...common,
+      commandTimeout: undefined,
+      enableOfflineQueue: true,
+      maxRetriesPerRequest: null,
+    });
     for (const [name, lua] of Object.entries(SCRIPTS)) this.#redis.defineCommand(name, { numberOfKeys: 0, lua });
     this.#redis.on('ready', () => this.#up());
     this.#redis.on('error', (err: Error) => {

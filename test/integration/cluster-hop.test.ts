@@ -287,12 +287,15 @@ describe('the internal hop: requests', () => {
     expect(await upload(16 * MIB)).toBe(String(16 * MIB));
     expect(await download(16 * MIB)).toBe(16 * MIB);
 
+    // Buffered, the body would grow the process by all of it (both nodes, the app and the
+    // visitor share it); streamed, by what GC has not collected yet, which coverage runs and a
+    // loaded machine push to a third of it at times.
     const up = await measured(() => upload(total));
     expect(up.result).toBe(String(total));
-    expect(up.growth).toBeLessThan(total / 4);
+    expect(up.growth).toBeLessThan(total / 2);
     const down = await measured(() => download(total));
     expect(down.result).toBe(total);
-    expect(down.growth).toBeLessThan(total / 4);
+    expect(down.growth).toBeLessThan(total / 2);
     expect(reg.remotes[0]?.served).toBe(4);
   }, 60_000);
 

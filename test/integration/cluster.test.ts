@@ -2,6 +2,7 @@ import * as http from 'node:http';
 import { describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
 import { HopSigner } from '../../src/cluster/hop.js';
+import { lookupKey } from '../../src/table/names.js';
 import { createClusterNode, type ClusterNode } from '../../src/cluster/node.js';
 import type { GatewayOptions } from '../../src/gateway/server.js';
 import { fetchRaw, parseLinks, parseRequestMessage, rawValues, register, serializeResponse } from '../helpers/comet.js';
@@ -275,10 +276,13 @@ describe('a cluster of gateway nodes', () => {
     const poll = fetchRaw(first);
     await until(async () => (await b.node.table.fetch('survivor'))?.remotes.length === 1, 5000, 'b to route to a');
     await redis().restart();
-    await until(async () => (await request(a.port, { path: '/readyz' })).status === 200, 10_000, 'a ready again');
+    const ready = async (n: TestNode) => (await request(n.port, { path: '/readyz' })).status === 200;
+    await until(async () => (await ready(a)) && (await ready(b)), 10_000, 'both nodes ready again');
     // Through b, which has never seen the session: Redis must know it is a's again.
     const viaB = new URL(first);
     viaB.port = String(b.port);
+    const hash = lookupKey(viaB.pathname.split('/')[2] as string);
+    await until(async () => (await b.node.store.sessionOf(hash))?.node === 'n1', 10_000, 'the session shared again');
     const visitor = request(b.port, { host: b.host('survivor'), path: '/after-restart' });
     const delivered = await poll;
     expect(delivered.status).toBe(200);
