@@ -37,6 +37,15 @@ const CREDENTIALS =
   /^v1;node=([A-Za-z0-9._~:@+-]{1,128});name=([a-z0-9-]{1,63});hops=([0-9]{1,2});t=([0-9]{1,16});sig=([A-Za-z0-9_-]{43})$/;
 /** A secret shorter than this would make the HMAC guessable offline from one captured header. */
 const MIN_SECRET = 16;
+/**
+ * Milliseconds a signed credential is handed out again for the same name and hop count: one HMAC
+ * a second per name rather than one per request. Reuse changes nothing for a replay, which any
+ * captured credential allows within the window anyway; the credential only arrives up to this much
+ * older, well inside the window.
+ */
+const SIGN_REUSE_MS = 1_000;
+/** Entries each credential cache (signed, verified) holds at most; it is emptied when full. */
+const CACHE_MAX = 4_096;
 
 export interface HopSignerOptions {
   /** Milliseconds a credential stays valid either side of its timestamp (default 60000). */
@@ -55,6 +64,10 @@ export class HopSigner {
   readonly #secret: Buffer;
   readonly #window: number;
   readonly #now: () => number;
+  /** Credentials signed lately, by `name|hops`. */
+  readonly #signed = new Map<string, { t: number; value: string }>();
+  /** Credentials that verified, with their timestamp: the HMAC is not computed again for them. */
+  readonly #verified = new Map<string, { t: number; credentials: HopCredentials }>();
 
   constructor(secret: string, nodeId: string, options: HopSignerOptions = {}) {
     if (typeof secret !== 'string' || secret.length < MIN_SECRET)
@@ -76,9 +89,15 @@ export class HopSigner {
     if (!NAME.test(name)) throw new TypeError(`${JSON.stringify(name)} is not an app name`);
     if (!Number.isInteger(hops) || hops < 1 || hops > MAX_HOPS)
       throw new TypeError(`hops must be an integer from 1 to ${MAX_HOPS}, got ${hops}`);
-    const t = Math.floor(this.#now());
-    const sig = this.#mac(this.nodeId, name, hops, t).toString('base64url');
-    return `v1;node=${this.nodeId};name=${name};hops=${hops};t=${t};sig=${sig}`;
+    const now = Math.floor(this.#now());
+    const key = `${name}|${hops}`;
+    const recent = this.#signed.get(key);
+    if (recent !== undefined && now >= recent.t && now - recent.t < SIGN_REUSE_MS) return recent.value;
+    const sig = this.#mac(this.nodeId, name, hops, now).toString('base64url');
+    const value = `v1;node=${this.nodeId};name=${name};hops=${hops};t=${now};sig=${sig}`;
+    if (this.#signed.size >= CACHE_MAX) this.#signed.clear();
+    this.#signed.set(key, { t: now, value });
+    return value;
   }
 
   /**
@@ -88,6 +107,8 @@ export class HopSigner {
    */
   readonly verify = (value: string): HopCredentials | undefined => {
     if (typeof value !== 'string' || value.length > 512) return undefined;
+    const known = this.#verified.get(value);
+    if (known !== undefined) return Math.abs(this.#now() - known.t) > this.#window ? undefined : known.credentials;
     const m = CREDENTIALS.exec(value);
     if (m === null) return undefined;
     const [, node, name, hopsText, tText, sigText] = m as unknown as [string, string, string, string, string, string];
@@ -97,7 +118,11 @@ export class HopSigner {
     const sig = Buffer.from(sigText, 'base64url');
     const want = this.#mac(node, name, hops, t);
     if (sig.length !== want.length || !timingSafeEqual(sig, want)) return undefined;
-    return { node, name, hops };
+    // Only a value signed with the secret enters the cache: a forged one is checked in full each time.
+    const credentials: HopCredentials = Object.freeze({ node, name, hops });
+    if (this.#verified.size >= CACHE_MAX) this.#verified.clear();
+    this.#verified.set(value, { t, credentials });
+    return credentials;
   };
 }
 
