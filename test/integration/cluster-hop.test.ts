@@ -858,6 +858,75 @@ describe('the internal hop: pooled connections (undici)', () => {
     expect(reg.remotes).toEqual([]);
   });
 
+  /** An https server answering `tls METHOD`, and a TCP front to it that holds each connection until `release()`. */
+  async function heldTlsPeer(): Promise<{ url: URL; cert: Buffer; requests: () => number; release: () => void }> {
+    const cert = makeCert();
+    cleanup(() => cert.remove());
+    let requests = 0;
+    const server = https.createServer({ cert: cert.cert, key: cert.key }, (req, res) => {
+      requests++;
+      req.on('end', () => res.end(`tls ${req.method}`)).resume();
+    });
+    server.on('connection', (s: net.Socket) => track(s));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanup(() => new Promise<void>((r) => server.close(() => r())));
+    const target = (server.address() as net.AddressInfo).port;
+    const held: net.Socket[] = [];
+    let released = false;
+    const pass = (s: net.Socket): void => {
+      const up = track(net.connect(target, '127.0.0.1'));
+      up.on('error', () => s.destroy());
+      s.on('error', () => up.destroy());
+      s.pipe(up).pipe(s);
+    };
+    const front = net.createServer((s) => {
+      track(s);
+      if (released) pass(s);
+      else held.push(s.pause());
+    });
+    await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
+    cleanup(() => new Promise<void>((r) => front.close(() => r())));
+    const url = new URL(`https://127.0.0.1:${(front.address() as net.AddressInfo).port}`);
+    return {
+      url,
+      cert: cert.cert,
+      requests: () => requests,
+      release: () => {
+        released = true;
+        for (const s of held.splice(0)) pass(s.resume());
+      },
+    };
+  }
+
+  it('a peer whose TLS handshake does not finish within connectTimeout counts as unreachable', async () => {
+    const peer = await heldTlsPeer();
+    const { a, link } = await pair({}, { ca: peer.cert, connectTimeout: 200 });
+    const reg = await link('app', peer.url);
+    const started = Date.now();
+    const r = await request(a.port, { host: a.host('app') });
+    expect(r.status).toBe(503);
+    expect(r.headers['x-ptth-error']).toBe('PTTH_ERR_NO_CHANNEL');
+    expect(Date.now() - started).toBeLessThan(2_000);
+    expect(reg.remotes).toEqual([]);
+  });
+
+  it('a visitor who leaves while the connection to the peer opens: nothing is sent, the remote stays', async () => {
+    const peer = await heldTlsPeer();
+    const { a, link } = await pair({}, { ca: peer.cert });
+    const reg = await link('app', peer.url);
+    const remote = reg.remotes[0] as RemoteChannel;
+    const visitor = await useSocket(a.port, `GET /gone HTTP/1.1\r\nHost: ${a.host('app')}\r\n\r\n`);
+    await until(() => remote.active === 1, 3_000, 'the request on the remote');
+    visitor.destroy();
+    await until(() => remote.active === 0, 3_000, 'the exchange to end');
+    peer.release();
+    // The connection opened for the visitor who left carries nothing; the next request is served.
+    const r = await request(a.port, { host: a.host('app'), method: 'PUT', body: 'x' });
+    expect(r.body).toBe('tls PUT');
+    expect(peer.requests()).toBe(1);
+    expect(remote.closed).toBe(false);
+  });
+
   it('the last channel to a peer gone and its request done, the pool closes its connections', async () => {
     const { a, link } = await pair();
     const peer = await scriptedPeer(ok('timeout=60'));
