@@ -1,8 +1,9 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { Agent as HttpAgent, type ClientRequest, type IncomingMessage, request as httpRequest } from 'node:http';
-import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
-import type { Socket } from 'node:net';
+import { type ClientRequest, type IncomingMessage, request as httpRequest, type ServerResponse } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { isIP, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { buildConnector, Client, type Dispatcher, Pool } from 'undici';
 import {
   type Channel,
   type ChannelEvents,
@@ -12,8 +13,8 @@ import {
 } from '../channels/channel.js';
 import type { HopCredentials } from '../gateway/context.js';
 import { PtthError } from '../http/errors.js';
-import { HOP_HEADER, idempotent, rawHeader, unframedBody, withBodyFraming, withoutHeaders } from '../http/headers.js';
-import { leaveOnEnd, rawHead, relay, splice } from '../http/relay.js';
+import { HOP_HEADER, idempotent, rawHeader, withoutHeaders } from '../http/headers.js';
+import { leaveOnEnd, rawHead, splice } from '../http/relay.js';
 import { noop } from '../shared/noop.js';
 import { MAX_HOPS } from '../table/registration.js';
 
@@ -36,6 +37,15 @@ const CREDENTIALS =
   /^v1;node=([A-Za-z0-9._~:@+-]{1,128});name=([a-z0-9-]{1,63});hops=([0-9]{1,2});t=([0-9]{1,16});sig=([A-Za-z0-9_-]{43})$/;
 /** A secret shorter than this would make the HMAC guessable offline from one captured header. */
 const MIN_SECRET = 16;
+/**
+ * Milliseconds a signed credential is handed out again for the same name and hop count: one HMAC
+ * a second per name rather than one per request. Reuse changes nothing for a replay, which any
+ * captured credential allows within the window anyway; the credential only arrives up to this much
+ * older, well inside the window.
+ */
+const SIGN_REUSE_MS = 1_000;
+/** Entries each credential cache (signed, verified) holds at most; it is emptied when full. */
+const CACHE_MAX = 4_096;
 
 export interface HopSignerOptions {
   /** Milliseconds a credential stays valid either side of its timestamp (default 60000). */
@@ -54,6 +64,10 @@ export class HopSigner {
   readonly #secret: Buffer;
   readonly #window: number;
   readonly #now: () => number;
+  /** Credentials signed lately, by `name|hops`. */
+  readonly #signed = new Map<string, { t: number; value: string }>();
+  /** Credentials that verified, with their timestamp: the HMAC is not computed again for them. */
+  readonly #verified = new Map<string, { t: number; credentials: HopCredentials }>();
 
   constructor(secret: string, nodeId: string, options: HopSignerOptions = {}) {
     if (typeof secret !== 'string' || secret.length < MIN_SECRET)
@@ -75,9 +89,15 @@ export class HopSigner {
     if (!NAME.test(name)) throw new TypeError(`${JSON.stringify(name)} is not an app name`);
     if (!Number.isInteger(hops) || hops < 1 || hops > MAX_HOPS)
       throw new TypeError(`hops must be an integer from 1 to ${MAX_HOPS}, got ${hops}`);
-    const t = Math.floor(this.#now());
-    const sig = this.#mac(this.nodeId, name, hops, t).toString('base64url');
-    return `v1;node=${this.nodeId};name=${name};hops=${hops};t=${t};sig=${sig}`;
+    const now = Math.floor(this.#now());
+    const key = `${name}|${hops}`;
+    const recent = this.#signed.get(key);
+    if (recent !== undefined && now >= recent.t && now - recent.t < SIGN_REUSE_MS) return recent.value;
+    const sig = this.#mac(this.nodeId, name, hops, now).toString('base64url');
+    const value = `v1;node=${this.nodeId};name=${name};hops=${hops};t=${now};sig=${sig}`;
+    if (this.#signed.size >= CACHE_MAX) this.#signed.clear();
+    this.#signed.set(key, { t: now, value });
+    return value;
   }
 
   /**
@@ -87,6 +107,8 @@ export class HopSigner {
    */
   readonly verify = (value: string): HopCredentials | undefined => {
     if (typeof value !== 'string' || value.length > 512) return undefined;
+    const known = this.#verified.get(value);
+    if (known !== undefined) return Math.abs(this.#now() - known.t) > this.#window ? undefined : known.credentials;
     const m = CREDENTIALS.exec(value);
     if (m === null) return undefined;
     const [, node, name, hopsText, tText, sigText] = m as unknown as [string, string, string, string, string, string];
@@ -96,7 +118,11 @@ export class HopSigner {
     const sig = Buffer.from(sigText, 'base64url');
     const want = this.#mac(node, name, hops, t);
     if (sig.length !== want.length || !timingSafeEqual(sig, want)) return undefined;
-    return { node, name, hops };
+    // Only a value signed with the secret enters the cache: a forged one is checked in full each time.
+    const credentials: HopCredentials = Object.freeze({ node, name, hops });
+    if (this.#verified.size >= CACHE_MAX) this.#verified.clear();
+    this.#verified.set(value, { t, credentials });
+    return credentials;
   };
 }
 
@@ -120,15 +146,42 @@ export interface HopClientOptions {
   readonly ca?: string | Buffer | (string | Buffer)[];
 }
 
-type Agent = HttpAgent | HttpsAgent;
+/**
+ * A connection of a peer's pool: undici's Client, which also counts the requests its current
+ * socket carried (neither the pool nor undici's handler API tells), so that a request can tell a
+ * pooled connection from a fresh one (see HopExchange.onError).
+ */
+class PeerClient extends Client {
+  /** Requests put on the current socket so far. */
+  uses = 0;
 
-/** One per node: the signer and a keep-alive agent per peer, shared by the peer's RemoteChannels. */
+  constructor(origin: URL, options: Client.Options, connector: buildConnector.connector) {
+    const self: { client?: PeerClient } = {};
+    super(origin, {
+      ...options,
+      connect: (opts, cb) =>
+        connector(opts, (...args) => {
+          (self.client as PeerClient).uses = 0;
+          cb(...args);
+        }),
+    });
+    self.client = this;
+  }
+
+  override dispatch(options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
+    // The pool hands each request to one of its clients unchanged: the exchange learns which.
+    if (handler instanceof HopExchange) handler.client = this;
+    return super.dispatch(options, handler);
+  }
+}
+
+/** One per node: the signer and an undici Pool per peer, shared by the peer's RemoteChannels. */
 export class HopClient {
   readonly signer: HopSigner;
   /** @internal */ readonly connectTimeout: number;
   /** @internal */ readonly responseTimeout: number;
   readonly #ca: HopClientOptions['ca'];
-  readonly #agents = new Map<string, { agent: Agent; users: number }>();
+  readonly #pools = new Map<string, { pool: Pool; users: number }>();
   readonly #channels = new Set<RemoteChannel>();
   #closed = false;
 
@@ -137,6 +190,11 @@ export class HopClient {
     this.connectTimeout = positive('connectTimeout', options.connectTimeout ?? 5_000);
     this.responseTimeout = positive('responseTimeout', options.responseTimeout ?? 120_000);
     this.#ca = options.ca;
+  }
+
+  /** @internal The CAs for `https:` peers (upgrades, which go over node:http, take them too). */
+  get ca(): HopClientOptions['ca'] {
+    return this.#ca;
   }
 
   /** A channel to `peer` for the app `name`, for `Registration.addRemote`. */
@@ -150,43 +208,67 @@ export class HopClient {
     return ch;
   }
 
-  /** Closes every channel (their requests fail with 502) and the agents' connections. */
+  /** Closes every channel (their requests fail with 502) and the pools' connections. */
   close(): void {
     this.#closed = true;
     for (const ch of [...this.#channels]) ch.close();
-    for (const { agent } of this.#agents.values()) agent.destroy();
-    this.#agents.clear();
+    for (const { pool } of this.#pools.values()) pool.destroy(noop);
+    this.#pools.clear();
   }
 
-  /** @internal The agent for `peer`, counted as used by one more channel. */
-  agentFor(peer: HopPeer): Agent {
+  /** @internal The pool for `peer`, counted as used by one more channel. */
+  poolFor(peer: HopPeer): Pool {
     const key = `${peer.id} ${peer.url.origin}`;
-    let entry = this.#agents.get(key);
+    let entry = this.#pools.get(key);
     if (!entry) {
-      // `timeout` is the idle limit of a pooled socket; node lowers it to the peer's Keep-Alive
-      // hint less a second, so a socket the peer is about to close is not reused.
-      const options = { keepAlive: true, timeout: 60_000, scheduling: 'lifo' as const };
-      const agent =
-        peer.url.protocol === 'https:'
-          ? new HttpsAgent({ ...options, ...(this.#ca === undefined ? {} : { ca: this.#ca }) })
-          : new HttpAgent(options);
-      entry = { agent, users: 0 };
-      this.#agents.set(key, entry);
+      const base = buildConnector({
+        timeout: this.connectTimeout,
+        ...(this.#ca === undefined ? {} : { ca: this.#ca }),
+      });
+      // No SNI for a peer named by its address: its certificate is checked against that address.
+      const connector: buildConnector.connector = isIP(bare(peer.url.hostname))
+        ? ({ servername: _, ...opts }, cb) => base(opts, cb)
+        : base;
+      const pool = new Pool(peer.url.origin, {
+        // Any number of connections, one request at a time on each (as node's agent had).
+        connections: null,
+        pipelining: 1,
+        // The exchange's own timer covers the wait for the answer from the end of the request
+        // (responseTimeout). undici's headers timer would run from the first byte of the request
+        // and cut a long upload; a body timer would cut a visitor who reads slowly, and the peer
+        // bounds a silent app itself (its own response timeout).
+        headersTimeout: 0,
+        bodyTimeout: 0,
+        // undici closes an idle connection at the peer's `Keep-Alive: timeout=N` hint less 2 s (4 s
+        // without a hint), before the peer does; a race with the peer closing it anyway is met by
+        // HopExchange (sent again once when idempotent).
+        keepAliveTimeout: 4_000,
+        keepAliveTimeoutThreshold: 2_000,
+        strictContentLength: true,
+        factory: (origin, options) => new PeerClient(origin, options as Client.Options, connector),
+      });
+      entry = { pool, users: 0 };
+      this.#pools.set(key, entry);
     }
     entry.users++;
-    return entry.agent;
+    return entry.pool;
   }
 
-  /** @internal A channel is closed: its agent goes with the last channel to that peer. */
+  /** @internal A channel is closed: its pool goes with the last channel to that peer. */
   released(ch: RemoteChannel): void {
     if (!this.#channels.delete(ch)) return;
     const key = `${ch.peer.id} ${ch.peer.url.origin}`;
-    const entry = this.#agents.get(key);
+    const entry = this.#pools.get(key);
     if (entry && --entry.users === 0) {
-      entry.agent.destroy();
-      this.#agents.delete(key);
+      entry.pool.destroy(noop);
+      this.#pools.delete(key);
     }
   }
+}
+
+/** A URL's hostname without the brackets of an IPv6 address. */
+function bare(hostname: string): string {
+  return hostname.startsWith('[') ? hostname.slice(1, -1) : hostname;
 }
 
 function positive(name: string, value: number): number {
@@ -216,7 +298,7 @@ export class RemoteChannel implements Channel {
   readonly name: string;
   events: ChannelEvents | undefined;
   /** @internal */ readonly client: HopClient;
-  /** @internal */ readonly agent: Agent;
+  /** @internal The peer's pool, shared with the other channels to it. */ readonly pool: Pool;
   /** @internal */ activeCount = 0;
   #served = 0;
   #closed = false;
@@ -227,7 +309,7 @@ export class RemoteChannel implements Channel {
     this.peer = peer;
     this.name = name;
     this.remote = peer.url.host;
-    this.agent = client.agentFor(peer);
+    this.pool = client.poolFor(peer);
   }
 
   get active(): number {
@@ -262,7 +344,7 @@ export class RemoteChannel implements Channel {
 
   /**
    * Leaves service quietly (the peer no longer holds the name, or the route cache moved on): no new
-   * requests, those in flight finish, and the agent is given back after the last one.
+   * requests, those in flight finish, and the pool is given back after the last one.
    */
   retire(): void {
     if (this.#closed) return;
@@ -272,7 +354,7 @@ export class RemoteChannel implements Channel {
 
   #releasePending = false;
 
-  /** The agent may be shared with other channels to the peer: destroying it cuts their requests too. */
+  /** The pool may be shared with other channels to the peer: destroying it cuts their requests too. */
   #releaseWhenIdle(): void {
     if (this.#inFlight.size === 0) this.client.released(this);
     else this.#releasePending = true;
@@ -296,14 +378,19 @@ export class RemoteChannel implements Channel {
     if (!this.#closed) this.events?.available(this);
   }
 
-  /** @internal A request to the peer (not yet sent: the caller writes or ends it). */
+  /**
+   * @internal An upgrade request to the peer (not yet sent: the caller ends it), over node:http on
+   * a connection of its own: once upgraded it is spliced and never returns to a pool.
+   */
   open(method: string, path: string, headers: string[]): ClientRequest {
     const url = this.peer.url;
+    const ca = this.client.ca;
     const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
     return send({
-      agent: this.agent,
+      agent: false,
+      ...(ca === undefined ? {} : { ca }),
       protocol: url.protocol,
-      hostname: url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname,
+      hostname: bare(url.hostname),
       port: url.port === '' ? undefined : Number(url.port),
       method,
       path,
@@ -346,118 +433,179 @@ function declaresBody(headers: IncomingMessage['headers']): boolean {
   return headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
+/** undici's raw header list (Buffers) as the strings node:http would have given (latin1). */
+function latin1(raw: readonly (Buffer | string)[] | null): string[] {
+  const out: string[] = [];
+  if (raw) for (const h of raw) out.push(typeof h === 'string' ? h : h.toString('latin1'));
+  return out;
+}
+
 /**
- * One visitor request over the hop, from dispatch to its end, and the one owner of its timers and
- * listeners. Its endings: `finish` (answered or failed; `ex.done` runs) or `handBack` (the
- * registration sends it elsewhere). The body is read only once the connection to the peer is
- * open, so a peer that cannot be reached leaves the request whole, to be sent again elsewhere.
+ * One visitor request over the hop, from dispatch to its end: undici's handler for it (the legacy
+ * callbacks, as H1Exchange in src/channels/http1.ts) and the one owner of its timer and listeners.
+ * Its endings: `finish` (answered or failed; `ex.done` runs) or `handBack` (the registration sends
+ * it elsewhere). undici reads the body only once a connection to the peer is open, so a peer that
+ * cannot be reached leaves the request whole, to be sent again elsewhere.
  */
 class HopExchange implements InFlight {
   readonly channel: RemoteChannel;
   readonly ex: Exchange;
+  readonly res: ServerResponse;
   readonly hasBody: boolean;
-  req: ClientRequest | undefined = undefined;
-  /** A connection to the peer is open (a failure before it is the peer being unreachable). */
+  /** @internal Set by the peer's pool when it gives the attempt a connection (PeerClient.dispatch). */
+  client: PeerClient | undefined = undefined;
+  /** Cuts the attempt's connection (undici's, from onConnect). */
+  cancel: ((err?: Error) => void) | undefined = undefined;
+  /** The attempt has a connection (a failure before it is the peer being unreachable). */
   connected = false;
-  /** Part of the visitor's body was read (the request can no longer be sent again). */
-  bodyRead = false;
+  /** The attempt's connection had carried requests before it (a pooled one). */
+  reused = false;
   responded = false;
-  /** Attempts on a pooled connection the peer had closed meanwhile, sent again on a fresh one. */
+  /** Attempts on a pooled connection the peer had closed meanwhile, sent again on another. */
   resent = 0;
   ended = false;
   timer: NodeJS.Timeout | undefined = undefined;
+  /** Resumes undici's parser after this exchange paused it for the visitor to drain. */
+  resumeParser: (() => void) | undefined = undefined;
 
   constructor(channel: RemoteChannel, ex: Exchange) {
     this.channel = channel;
     this.ex = ex;
+    this.res = ex.res;
     this.hasBody = declaresBody(ex.req.headers);
   }
 
   start(): void {
     this.channel.track(this);
-    this.ex.res.on('close', this.onVisitorClose);
+    this.res.on('close', this.onVisitorClose);
     this.send();
+    if (!this.hasBody && !this.ended) this.ex.req.resume();
   }
 
   send(): void {
     const { ex } = this;
     let headers = this.channel.hopHeaders(ex);
-    // The visitor's `Expect: 100-continue` was answered by this node's server already.
+    // The visitor's `Expect: 100-continue` was answered by this node's server already (and undici
+    // refuses the field).
     if (ex.req.headers.expect !== undefined) headers = withoutHeaders(headers, 'expect');
-    headers = withBodyFraming(headers, unframedBody(ex.req));
-    const req = this.channel.open(ex.req.method ?? 'GET', ex.req.url ?? '/', headers);
-    this.req = req;
-    this.connected = false;
-    req.on('error', (err) => this.onError(req, err));
-    req.on('response', (res) => this.onResponse(req, res));
-    req.on('socket', (socket: Socket) => this.onSocket(req, socket));
-    req.on('finish', () => this.onSent(req));
-    this.arm(this.channel.client.connectTimeout, () => req.destroy(connectTimeoutError()));
+    this.client = this.cancel = undefined;
+    this.connected = this.reused = false;
+    const options: Dispatcher.DispatchOptions & { servername: string } = {
+      method: ex.req.method as Dispatcher.HttpMethod,
+      path: ex.req.url as string,
+      headers,
+      // The peer's name, not the visitor's Host, is what its certificate is checked against (and
+      // undici opens a new connection when a request's name differs from its connection's).
+      servername: this.channel.peer.url.hostname,
+      // undici frames it: Content-Length as declared, or chunked when the length is not declared
+      // (whatever the method), so a body is never sent raw.
+      body: this.hasBody ? ex.req : null,
+      // Keep the connection after a HEAD or a GET with a body: the peer is a gateway node, whose
+      // server frames both correctly.
+      reset: false,
+    };
+    this.channel.pool.dispatch(options, this as unknown as Dispatcher.DispatchHandler);
   }
 
-  onSocket(req: ClientRequest, socket: Socket): void {
-    if (req !== this.req || this.ended) return;
-    const ready = (): void => {
-      if (req !== this.req || this.ended) return;
-      this.connected = true;
-      this.disarm();
-      if (!this.hasBody) {
-        req.end();
-        return;
-      }
-      this.bodyRead = true;
-      this.ex.req.pipe(req);
-    };
-    if (socket.connecting)
-      socket.once(this.channel.peer.url.protocol === 'https:' ? 'secureConnect' : 'connect', ready);
-    else ready();
+  // --- undici's handler ---------------------------------------------------------------------
+
+  onConnect(cancel: (err?: Error) => void): void {
+    // The visitor left (or the channel closed) while the connection was being opened.
+    if (this.ended) return cancel();
+    this.cancel = cancel;
+    this.connected = true;
+    const client = this.client;
+    this.reused = client !== undefined && client.uses++ > 0;
   }
+
+  onResponseStarted(): void {}
+
+  onBodySent(): void {}
 
   /** The whole request is with the peer: its answer has `responseTimeout` to begin. */
-  onSent(req: ClientRequest): void {
-    if (req !== this.req || this.ended || this.responded) return;
-    this.arm(this.channel.client.responseTimeout, () => this.fail(new PtthError('PTTH_ERR_APP_TIMEOUT')));
+  onRequestSent(): void {
+    if (this.ended || this.responded) return;
+    this.timer = setTimeout(hopTimeout, this.channel.client.responseTimeout, this);
   }
 
-  onResponse(req: ClientRequest, res: IncomingMessage): void {
-    if (req !== this.req || this.ended) {
-      res.destroy();
-      return;
+  onHeaders(status: number, raw: Buffer[], resume: () => void, reason: string): boolean {
+    if (this.ended) return false;
+    if (status < 200) {
+      // Interim answers (102, 103) are not relayed; the peer's server sends no 100 (no Expect goes
+      // to it) and no 101 to a request that asked for no upgrade.
+      if (status >= 102) return true;
+      this.fail(new PtthError('PTTH_ERR_BAD_RESPONSE', `The gateway node holding the app answered ${status}.`));
+      return false;
     }
     this.responded = true;
     this.disarm();
-    if (this.ex.respond(res.statusCode, res.statusMessage, res.rawHeaders)) {
-      req.destroy();
+    const headers = latin1(raw);
+    if (this.ex.respond(status, reason, headers)) {
       this.finish(true);
-      return;
+      this.cancel?.();
+      return false;
     }
-    relay(res, this.ex.res, (err) => {
-      // An answer that ends before the upload does leaves the peer's connection mid-request.
-      if (err || !req.writableFinished) req.destroy();
+    if ((status === 204 || status === 304) && (rawHeader(headers, 'content-length')?.trim() ?? '0') !== '0') {
+      // Content-Length on a 204 or 304 describes no body (RFC 9110 sections 8.6, 15.4.5), but undici
+      // fails such a response at its end for the length it did not read: the visitor's answer is
+      // complete now, and the connection is not reused.
+      this.res.end();
       this.finish(true);
-    });
+      this.cancel?.();
+      return false;
+    }
+    this.resumeParser = resume;
+    return true;
   }
 
-  onError(req: ClientRequest, err: Error & { code?: unknown }): void {
-    if (req !== this.req || this.ended) return;
+  onData(chunk: Buffer): boolean {
+    if (this.ended) return false;
+    if (this.res.write(chunk)) return true;
+    // The visitor reads slower than the peer sends: undici's parser (and so the peer) waits.
+    (this.res as ServerResponse & Drained)[EXCHANGE] = this;
+    this.res.once('drain', visitorDrained);
+    return false;
+  }
+
+  onComplete(): void {
+    if (this.ended) return;
+    this.res.end();
+    this.finish(true);
+  }
+
+  onError(err: Error & { code?: unknown }): void {
+    if (this.ended) return;
     this.disarm();
-    if (this.ex.req.listenerCount('data') > 0) this.ex.req.unpipe(req);
-    if (this.responded) {
-      // relay() sees the response fail and ends the exchange.
+    const { ex } = this;
+    if (this.responded || (ex.req.destroyed && !ex.req.complete)) {
+      // After the head the visitor's connection is closed: the response cannot be completed. Or
+      // the visitor's upload failed (they left).
+      this.res.destroy();
+      this.finish(true);
       return;
     }
-    const fresh = this.resent === 0 && !this.bodyRead && idempotent(this.ex.req.method);
-    if (this.connected && req.reusedSocket && fresh) {
+    if (err.code === 'UND_ERR_INVALID_ARG') {
+      // undici refused the header list or path; nothing was sent.
+      ex.fail(new PtthError('PTTH_ERR_BAD_PARAMS', `The request could not be forwarded: ${err.message}`));
+      this.finish(true);
+      return;
+    }
+    const { connected, reused } = this;
+    const idem = idempotent(ex.req.method);
+    if (connected && reused && this.resent === 0 && !this.hasBody && idem) {
       // The race every HTTP client meets on a pooled connection: the peer closed it as idle while
-      // the request was on its way. Nothing of the request was processed; once more on a new one.
+      // the request was on its way (undici does not send a request again). Nothing of the request
+      // was processed; once more, on another connection.
       this.resent++;
       this.send();
       return;
     }
-    const unreachable = !this.connected || !req.reusedSocket;
-    if (unreachable) this.channel.unreachable();
-    const replayable = !this.bodyRead && (!this.connected || idempotent(this.ex.req.method));
-    if (replayable && this.ex.retry && !this.ex.req.destroyed) {
+    if (!connected || !reused) this.channel.unreachable();
+    // undici reads the body only on a connection: before one the request is whole.
+    const replayable = !connected || (idem && !this.hasBody);
+    // A request without a body was read to its end (and destroyed) already; one with a body is whole
+    // unless the visitor's upload failed.
+    if (replayable && ex.retry && (ex.req.complete || !ex.req.destroyed)) {
       this.handBack();
       return;
     }
@@ -467,13 +615,19 @@ class HopExchange implements InFlight {
     );
   }
 
+  // --- the exchange's own events -------------------------------------------------------------
+
   // The one closure every exchange needs (a listener on the visitor's response).
   onVisitorClose = (): void => {
-    if (this.ended || this.ex.res.writableFinished) return;
+    if (this.ended || this.res.writableFinished) return;
     // The visitor left: the peer's request goes too, and with it the app's.
-    this.req?.destroy();
     this.finish(true);
+    this.cancel?.();
   };
+
+  onVisitorDrain(): void {
+    if (!this.ended) this.resumeParser?.();
+  }
 
   abort(err: PtthError): void {
     this.fail(err);
@@ -481,14 +635,9 @@ class HopExchange implements InFlight {
 
   fail(err: PtthError): void {
     if (this.ended) return;
-    this.req?.destroy();
     this.ex.fail(err);
     this.finish(true);
-  }
-
-  arm(ms: number, fire: () => void): void {
-    this.disarm();
-    this.timer = setTimeout(fire, ms);
+    this.cancel?.();
   }
 
   disarm(): void {
@@ -499,7 +648,7 @@ class HopExchange implements InFlight {
   #end(): void {
     this.ended = true;
     this.disarm();
-    this.ex.res.removeListener('close', this.onVisitorClose);
+    this.res.removeListener('close', this.onVisitorClose);
   }
 
   finish(served: boolean): void {
@@ -517,8 +666,21 @@ class HopExchange implements InFlight {
   }
 }
 
-function connectTimeoutError(): Error {
-  return Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' });
+function hopTimeout(x: HopExchange): void {
+  x.timer = undefined;
+  x.fail(new PtthError('PTTH_ERR_APP_TIMEOUT'));
+}
+
+/**
+ * Where a visitor's response points at the exchange whose parser waits for its 'drain', so that
+ * one listener function (visitorDrained) serves every pause: no closure per pause.
+ */
+const EXCHANGE = Symbol('ptth.hopexchange');
+interface Drained {
+  [EXCHANGE]?: HopExchange;
+}
+function visitorDrained(this: ServerResponse & Drained): void {
+  this[EXCHANGE]?.onVisitorDrain();
 }
 
 /**
@@ -532,7 +694,6 @@ class HopUpgrade implements InFlight {
   req: ClientRequest | undefined = undefined;
   ended = false;
   timer: NodeJS.Timeout | undefined = undefined;
-  connected = false;
 
   constructor(channel: RemoteChannel, ex: UpgradeExchange) {
     this.channel = channel;
@@ -547,10 +708,6 @@ class HopUpgrade implements InFlight {
     const { ex } = this;
     const req = this.channel.open(ex.req.method ?? 'GET', ex.req.url ?? '/', this.channel.hopHeaders(ex));
     this.req = req;
-    req.on('socket', (socket: Socket) => {
-      if (socket.connecting) socket.once('connect', () => (this.connected = true));
-      else this.connected = true;
-    });
     req.on('error', (err: Error & { code?: unknown }) => this.onError(err));
     req.on('upgrade', (res: IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(res, socket, head));
     req.on('response', (res: IncomingMessage) => this.onRefusal(res));
@@ -575,12 +732,11 @@ class HopUpgrade implements InFlight {
       return;
     }
     visitor.removeListener('close', this.onVisitorClose);
-    // The agent's idle limit was for a pooled connection; this one now lives as long as its peers want.
     peer.setTimeout(0);
     visitor.write(rawHead(101, checked.reason, checked.headers));
     if (head.length > 0) visitor.write(head);
     if (ex.head.length > 0) peer.write(ex.head);
-    // The connection to the peer now carries the visitor's protocol, outside the agent's pool and
+    // The connection to the peer now carries the visitor's protocol, outside the pool and
     // the channel: closing the channel leaves it, as closing a reversed HTTP/1.1 channel leaves
     // the upgrades it carried.
     this.ended = true;
@@ -625,7 +781,8 @@ class HopUpgrade implements InFlight {
 
   onError(err: Error & { code?: unknown }): void {
     if (this.ended) return;
-    if (!this.connected || !this.req?.reusedSocket) this.channel.unreachable();
+    // Its connection was its own (never a pooled one): a failure before the answer is the peer's.
+    this.channel.unreachable();
     const why = typeof err.code === 'string' ? err.code : err.message;
     this.fail(
       new PtthError('PTTH_ERR_CHANNEL_LOST', `The gateway node holding the app could not be reached (${why}).`),

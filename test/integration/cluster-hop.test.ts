@@ -1,5 +1,6 @@
 import { createHmac } from 'node:crypto';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as net from 'node:net';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -12,6 +13,7 @@ import { MemoryTable } from '../../src/table/table.js';
 import type { Registration } from '../../src/table/registration.js';
 import { FAST, headEnd, readUntil, request, type TestGateway, until } from '../helpers/index.js';
 import { cleanup, track, useApp, useGateway, useSocket } from '../helpers/fixture.js';
+import { makeCert } from '../helpers/tls.js';
 
 /*
  * Two gateway nodes on real sockets: the app is connected to B only; A holds the same name with a
@@ -734,6 +736,210 @@ describe('the internal hop: failures', () => {
     expect(r.status).toBe(502);
     expect(r.headers['x-ptth-error']).toBe('PTTH_ERR_CHANNEL_LOST');
     expect(reg.remotes).toEqual([]);
+  });
+});
+
+describe('the internal hop: pooled connections (undici)', () => {
+  /**
+   * A peer that answers every request with `answer(n)` (n counts requests on its connection from
+   * 1), writes what `after` returns once the answer is out, and counts its connections.
+   */
+  async function scriptedPeer(
+    answer: (n: number) => string,
+    after: (socket: net.Socket, n: number) => void = () => {},
+  ): Promise<{ url: URL; connections: () => number; open: () => number }> {
+    let connections = 0;
+    let open = 0;
+    const server = net.createServer((socket) => {
+      track(socket).on('error', () => {});
+      connections++;
+      open++;
+      socket.on('close', () => open--);
+      let requests = 0;
+      let buf = '';
+      socket.on('data', (c: Buffer) => {
+        buf += c.toString('latin1');
+        while (buf.includes('\r\n\r\n')) {
+          const head = buf.slice(0, buf.indexOf('\r\n\r\n'));
+          const length = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+          buf = buf.slice(head.length + 4 + length);
+          requests++;
+          socket.write(answer(requests));
+          after(socket, requests);
+        }
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanup(() => new Promise<void>((r) => server.close(() => r())));
+    const { port } = server.address() as net.AddressInfo;
+    return { url: new URL(`http://127.0.0.1:${port}`), connections: () => connections, open: () => open };
+  }
+
+  const ok = (hint: string) => (n: number) =>
+    `HTTP/1.1 200 OK\r\nContent-Length: 4\r\nKeep-Alive: ${hint}\r\n\r\nok ${n}`;
+
+  it("a peer's Keep-Alive hint: the idle connection is closed before the peer would, and the next request goes on a new one", async () => {
+    const { a, link } = await pair();
+    // timeout=3: undici closes the idle connection after 1 s (the hint less its 2 s margin).
+    const peer = await scriptedPeer(ok('timeout=3'));
+    const reg = await link('app', peer.url);
+    expect((await request(a.port, { host: a.host('app') })).body).toBe('ok 1');
+    await until(() => peer.open() === 0, 3_000, 'the idle connection to be closed by the hop');
+    const post = await request(a.port, { host: a.host('app'), method: 'POST', body: 'once' });
+    expect(post.body).toBe('ok 1');
+    expect(peer.connections()).toBe(2);
+    expect(reg.remotes[0]?.closed).toBe(false);
+  });
+
+  it('a hint shorter than the margin: each connection carries one request, none is lost', async () => {
+    const { a, link } = await pair();
+    const peer = await scriptedPeer(ok('timeout=1'));
+    await link('app', peer.url);
+    for (const method of ['GET', 'POST', 'PUT']) {
+      const r = await request(a.port, { host: a.host('app'), method, ...(method === 'GET' ? {} : { body: 'x' }) });
+      expect([r.status, r.body]).toEqual([200, 'ok 1']);
+    }
+    expect(peer.connections()).toBe(3);
+  });
+
+  it('a peer that closes a pooled connection after its answer: a POST after it goes on a fresh one', async () => {
+    const { a, link } = await pair();
+    const peer = await scriptedPeer(ok('timeout=60'), (socket) => socket.end());
+    const reg = await link('app', peer.url);
+    expect((await request(a.port, { host: a.host('app') })).body).toBe('ok 1');
+    await until(() => peer.open() === 0, 3_000, 'the connection to be closed on both sides');
+    const post = await request(a.port, { host: a.host('app'), method: 'POST', body: 'pay once' });
+    expect([post.status, post.body]).toEqual([200, 'ok 1']);
+    expect(peer.connections()).toBe(2);
+    expect(reg.remotes[0]?.closed).toBe(false);
+  });
+
+  it('a 304 with a Content-Length reaches the visitor whole; the next request is served', async () => {
+    const { a, link } = await pair();
+    let answered = 0;
+    const peer = await scriptedPeer(() =>
+      ++answered === 1
+        ? 'HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\nETag: "e"\r\n\r\n'
+        : 'HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext',
+    );
+    await link('app', peer.url);
+    const first = await request(a.port, { host: a.host('app') });
+    expect([first.status, first.headers.etag, first.body]).toEqual([304, '"e"', '']);
+    const next = await request(a.port, { host: a.host('app') });
+    expect([next.status, next.body]).toEqual([200, 'next']);
+  });
+
+  it('an answer before the end of the upload reaches the visitor, and the remote stays', async () => {
+    const { a, link } = await pair();
+    // B holds no such name: it answers 404 at once, before the upload has gone over.
+    const reg = await link('ghost');
+    const r = await request(a.port, { host: a.host('ghost'), method: 'POST', body: Buffer.alloc(4 * MIB, 1) });
+    expect(r.status).toBe(404);
+    expect(r.headers['x-ptth-error']).toBe('PTTH_ERR_NOT_FOUND');
+    expect(reg.remotes[0]?.closed).toBe(false);
+  });
+
+  it('an https: peer is reached with the configured CAs; without them it counts as unreachable', async () => {
+    const cert = makeCert();
+    cleanup(() => cert.remove());
+    const server = https.createServer({ cert: cert.cert, key: cert.key }, (req, res) =>
+      req.on('end', () => res.end(`tls ${req.method}`)).resume(),
+    );
+    server.on('connection', (s: net.Socket) => track(s));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanup(() => new Promise<void>((r) => server.close(() => r())));
+    const url = new URL(`https://127.0.0.1:${(server.address() as net.AddressInfo).port}`);
+    const trusted = await pair({}, { ca: cert.cert });
+    await trusted.link('app', url);
+    expect((await request(trusted.a.port, { host: trusted.a.host('app'), method: 'POST', body: 'x' })).body).toBe(
+      'tls POST',
+    );
+    const untrusted = await pair();
+    const reg = await untrusted.link('app', url);
+    const r = await request(untrusted.a.port, { host: untrusted.a.host('app') });
+    expect(r.status).toBe(503);
+    expect(reg.remotes).toEqual([]);
+  });
+
+  /** An https server answering `tls METHOD`, and a TCP front to it that holds each connection until `release()`. */
+  async function heldTlsPeer(): Promise<{ url: URL; cert: Buffer; requests: () => number; release: () => void }> {
+    const cert = makeCert();
+    cleanup(() => cert.remove());
+    let requests = 0;
+    const server = https.createServer({ cert: cert.cert, key: cert.key }, (req, res) => {
+      requests++;
+      req.on('end', () => res.end(`tls ${req.method}`)).resume();
+    });
+    server.on('connection', (s: net.Socket) => track(s));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanup(() => new Promise<void>((r) => server.close(() => r())));
+    const target = (server.address() as net.AddressInfo).port;
+    const held: net.Socket[] = [];
+    let released = false;
+    const pass = (s: net.Socket): void => {
+      const up = track(net.connect(target, '127.0.0.1'));
+      up.on('error', () => s.destroy());
+      s.on('error', () => up.destroy());
+      s.pipe(up).pipe(s);
+    };
+    const front = net.createServer((s) => {
+      track(s);
+      if (released) pass(s);
+      else held.push(s.pause());
+    });
+    await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
+    cleanup(() => new Promise<void>((r) => front.close(() => r())));
+    const url = new URL(`https://127.0.0.1:${(front.address() as net.AddressInfo).port}`);
+    return {
+      url,
+      cert: cert.cert,
+      requests: () => requests,
+      release: () => {
+        released = true;
+        for (const s of held.splice(0)) pass(s.resume());
+      },
+    };
+  }
+
+  it('a peer whose TLS handshake does not finish within connectTimeout counts as unreachable', async () => {
+    const peer = await heldTlsPeer();
+    const { a, link } = await pair({}, { ca: peer.cert, connectTimeout: 200 });
+    const reg = await link('app', peer.url);
+    const started = Date.now();
+    const r = await request(a.port, { host: a.host('app') });
+    expect(r.status).toBe(503);
+    expect(r.headers['x-ptth-error']).toBe('PTTH_ERR_NO_CHANNEL');
+    expect(Date.now() - started).toBeLessThan(2_000);
+    expect(reg.remotes).toEqual([]);
+  });
+
+  it('a visitor who leaves while the connection to the peer opens: nothing is sent, the remote stays', async () => {
+    const peer = await heldTlsPeer();
+    const { a, link } = await pair({}, { ca: peer.cert });
+    const reg = await link('app', peer.url);
+    const remote = reg.remotes[0] as RemoteChannel;
+    const visitor = await useSocket(a.port, `GET /gone HTTP/1.1\r\nHost: ${a.host('app')}\r\n\r\n`);
+    await until(() => remote.active === 1, 3_000, 'the request on the remote');
+    visitor.destroy();
+    await until(() => remote.active === 0, 3_000, 'the exchange to end');
+    peer.release();
+    // The connection opened for the visitor who left carries nothing; the next request is served.
+    const r = await request(a.port, { host: a.host('app'), method: 'PUT', body: 'x' });
+    expect(r.body).toBe('tls PUT');
+    expect(peer.requests()).toBe(1);
+    expect(remote.closed).toBe(false);
+  });
+
+  it('the last channel to a peer gone and its request done, the pool closes its connections', async () => {
+    const { a, link } = await pair();
+    const peer = await scriptedPeer(ok('timeout=60'));
+    const reg = await link('app', peer.url);
+    expect((await request(a.port, { host: a.host('app') })).body).toBe('ok 1');
+    expect(peer.open()).toBe(1);
+    const route = reg.remotes[0] as RemoteChannel;
+    reg.removeRemote(route);
+    route.retire();
+    await until(() => peer.open() === 0, 3_000, 'the pool to close its connection');
   });
 });
 

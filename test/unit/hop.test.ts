@@ -20,6 +20,33 @@ describe('HopSigner', () => {
     expect(signer.verify(value)).toEqual({ node: 'node-a', name: 'app', hops: 1 });
   });
 
+  it('hands the same credential out for up to a second per name and hop count, then signs anew', () => {
+    let now = 1_790_000_000_000;
+    const signer = new HopSigner(SECRET, 'a', { now: () => now });
+    const first = signer.sign('app', 1);
+    now += 999;
+    expect(signer.sign('app', 1)).toBe(first);
+    expect(signer.sign('app', 2)).toBe(handMade(SECRET, 'a', 'app', 2, now));
+    expect(signer.sign('other', 1)).toBe(handMade(SECRET, 'a', 'other', 1, now));
+    now += 1;
+    expect(signer.sign('app', 1)).toBe(handMade(SECRET, 'a', 'app', 1, now));
+    // A clock that went back never hands out a credential from its future.
+    now -= 5_000;
+    expect(signer.sign('app', 1)).toBe(handMade(SECRET, 'a', 'app', 1, now));
+  });
+
+  it('a credential verified before is checked against the window again each time', () => {
+    let now = 1_790_000_000_000;
+    const signer = new HopSigner(SECRET, 'b', { now: () => now });
+    const value = handMade(SECRET, 'a', 'app', 1, now);
+    expect(signer.verify(value)).toEqual({ node: 'a', name: 'app', hops: 1 });
+    expect(signer.verify(value)).toEqual({ node: 'a', name: 'app', hops: 1 });
+    now += HOP_WINDOW_MS + 1;
+    expect(signer.verify(value)).toBeUndefined();
+    now -= 2 * HOP_WINDOW_MS + 2;
+    expect(signer.verify(value)).toBeUndefined();
+  });
+
   it('verify works detached (handed on as ClusterHooks.verifyHop)', () => {
     const a = new HopSigner(SECRET, 'a');
     const { verify } = new HopSigner(SECRET, 'b');
