@@ -3,7 +3,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Client, type Dispatcher } from 'undici';
 import { PtthError } from '../http/errors.js';
-import { clientAddress, hasToken, rawHeader, withoutHeaders } from '../http/headers.js';
+import { clientAddress, hasToken, headerStrings, rawHeader, withoutHeaders } from '../http/headers.js';
 import { noop } from '../shared/noop.js';
 import { leaveOnEnd, rawHead, splice } from '../http/relay.js';
 import { channelId, type Channel, type ChannelEvents, type Exchange, type UpgradeExchange } from './channel.js';
@@ -48,15 +48,6 @@ function badAnswer(err: Error & { code?: unknown }): boolean {
   if (code.startsWith('HPE_') || BAD_ANSWER.has(code)) return true;
   // undici's SocketError for a head it refuses after llhttp parsed it (an unexpected 1xx or 101).
   return code === 'UND_ERR_SOCKET' && (err.message === 'bad response' || err.message === 'bad upgrade');
-}
-
-/** undici's raw header list (Buffers) as the strings node:http would have given (latin1). */
-function headerStrings(raw: readonly Buffer[] | readonly string[] | null): string[] {
-  const out: string[] = [];
-  if (raw)
-    for (let i = 0; i < raw.length; i++)
-      out.push(typeof raw[i] === 'string' ? (raw[i] as string) : (raw[i] as Buffer).toString('latin1'));
-  return out;
 }
 
 /** `Connection: close` among an answer's raw headers. */

@@ -13,7 +13,7 @@ import {
 } from '../channels/channel.js';
 import type { HopCredentials } from '../gateway/context.js';
 import { PtthError } from '../http/errors.js';
-import { HOP_HEADER, idempotent, rawHeader, withoutHeaders } from '../http/headers.js';
+import { HOP_HEADER, headerStrings, idempotent, rawHeader, withoutHeaders } from '../http/headers.js';
 import { leaveOnEnd, rawHead, splice } from '../http/relay.js';
 import { noop } from '../shared/noop.js';
 import { MAX_HOPS } from '../table/registration.js';
@@ -433,13 +433,6 @@ function declaresBody(headers: IncomingMessage['headers']): boolean {
   return headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
-/** undici's raw header list (Buffers) as the strings node:http would have given (latin1). */
-function latin1(raw: readonly (Buffer | string)[] | null): string[] {
-  const out: string[] = [];
-  if (raw) for (const h of raw) out.push(typeof h === 'string' ? h : h.toString('latin1'));
-  return out;
-}
-
 /**
  * One visitor request over the hop, from dispatch to its end: undici's handler for it (the legacy
  * callbacks, as H1Exchange in src/channels/http1.ts) and the one owner of its timer and listeners.
@@ -539,7 +532,7 @@ class HopExchange implements InFlight {
     }
     this.responded = true;
     this.disarm();
-    const headers = latin1(raw);
+    const headers = headerStrings(raw);
     if (this.ex.respond(status, reason, headers)) {
       this.finish(true);
       this.cancel?.();

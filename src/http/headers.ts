@@ -205,3 +205,10 @@ export function hasToken(value: string | undefined, token: string): boolean {
   for (const part of value.split(',')) if (part.trim().toLowerCase() === want) return true;
   return false;
 }
+
+/** undici's raw header list (Buffers) as the strings node:http would have given (latin1). */
+export function headerStrings(raw: readonly (Buffer | string)[] | null): string[] {
+  const out: string[] = [];
+  if (raw) for (const h of raw) out.push(typeof h === 'string' ? h : h.toString('latin1'));
+  return out;
+}
