@@ -117,6 +117,15 @@ local function current(name, nonce)
   local have = redis.call('HGET', P .. 'r:' .. name, 'n')
   return not have or have == nonce
 end
+-- A claim's reserved channel that never joined goes back; a name the claim made goes with it
+-- unless a channel of it came meanwhile somewhere.
+local function give_back(node, url, name, created, nonce)
+  if not current(name, nonce) then return 0 end
+  local key = redis.call('HGET', P .. 'r:' .. name, 'k') or ''
+  move(node, url, name, key, -1)
+  if created == '1' and name_count(name, live_nodes()) == 0 then release(name) end
+  return 1
+end
 -- The live nodes (other than this one) holding channels of a name, as id, url, count triples.
 local function holders(name, me)
   local out = {}
@@ -245,11 +254,7 @@ return move(node, url, name, key, d)
 export const ABANDON = `${COMMON}
 local node, url, name, created, nonce, claimId = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 redis.call('DEL', P .. 'res:' .. claimId)
-if not current(name, nonce) then return 0 end
-local key = redis.call('HGET', P .. 'r:' .. name, 'k') or ''
-move(node, url, name, key, -1)
-if created == '1' and name_count(name, live_nodes()) == 0 then release(name) end
-return 1
+return give_back(node, url, name, created, nonce)
 `;
 
 /**
@@ -265,11 +270,7 @@ redis.call('DEL', P .. 'res:' .. claimId)
 local a = string.find(v, ' ', 1, true)
 local b = string.find(v, ' ', a + 1, true)
 local name, created, nonce = string.sub(v, 1, a - 1), string.sub(v, a + 1, b - 1), string.sub(v, b + 1)
-if not current(name, nonce) then return 0 end
-local key = redis.call('HGET', P .. 'r:' .. name, 'k') or ''
-move(node, url, name, key, -1)
-if created == '1' and name_count(name, live_nodes()) == 0 then release(name) end
-return 1
+return give_back(node, url, name, created, nonce)
 `;
 
 /** Releases a name now (the private URL's DELETE). ARGV from 4: name. */

@@ -382,8 +382,15 @@ describe('the cluster table in Redis', () => {
     expect(a.table.lookup('kept')?.channels).toHaveLength(1);
     expect(b.table.lookup('kept')?.remotes).toHaveLength(1);
     await redis().restart();
-    // a restates 'kept' into the empty Redis: same token, same private URL.
-    await until(async () => (await b.table.decide({ name: 'kept', token: 't' }).then((x) => x.ok)) === true, 10_000);
+    // a restates 'kept' into the empty Redis: same token, same private URL. (A claim on b before that
+    // would make the name anew, as it would for anyone once Redis lost it.)
+    const raw = new Redis(redis().url);
+    cleanup(() => raw.quit());
+    await until(
+      async () => (await raw.hget(`${a.store.options.prefix}r:kept`, 'th').catch(() => null)) !== null,
+      10_000,
+    );
+    expect((await b.table.decide({ name: 'kept', token: 't' })).ok).toBe(true);
     expect((await b.table.decide({ name: 'kept', token: 'wrong' })).ok).toBe(false);
     expect((await b.table.fetchPrivate(privateId))?.name).toBe('kept');
   });
