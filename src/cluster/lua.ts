@@ -126,6 +126,20 @@ local function give_back(node, url, name, created, nonce)
   if created == '1' and name_count(name, live_nodes()) == 0 then release(name) end
   return 1
 end
+-- A node is gone (dead, or leaving): its channels stop counting, the names only it held start
+-- their leases, and the others hear it. Returns how many names it held.
+local function forget_node(node)
+  local c = P .. 'n:' .. node .. ':c'
+  local names = redis.call('HKEYS', c)
+  redis.call('DEL', c, P .. 'n:' .. node .. ':k', P .. 'node:' .. node)
+  redis.call('ZREM', P .. 'nodes', node)
+  for _, name in ipairs(names) do
+    redis.call('PUBLISH', EV, 'close ' .. name .. ' ' .. node)
+    if redis.call('EXISTS', P .. 'r:' .. name) == 1 and name_count(name, live_nodes()) == 0 then lease_starts(name) end
+  end
+  redis.call('PUBLISH', EV, 'gone ' .. node)
+  return #names
+end
 -- The live nodes (other than this one) holding channels of a name, as id, url, count triples.
 local function holders(name, me)
   local out = {}
@@ -326,15 +340,7 @@ local reaped = 0
 local dead_nodes = {}
 if was then dead_nodes = redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', NOW - DEAD) end
 for _, dead in ipairs(dead_nodes) do
-  local c = P .. 'n:' .. dead .. ':c'
-  local names = redis.call('HKEYS', c)
-  redis.call('DEL', c, P .. 'n:' .. dead .. ':k', P .. 'node:' .. dead)
-  redis.call('ZREM', P .. 'nodes', dead)
-  for _, name in ipairs(names) do
-    redis.call('PUBLISH', EV, 'close ' .. name .. ' ' .. dead)
-    if redis.call('EXISTS', P .. 'r:' .. name) == 1 and name_count(name, live_nodes()) == 0 then lease_starts(name) end
-  end
-  redis.call('PUBLISH', EV, 'gone ' .. dead)
+  forget_node(dead)
   reaped = reaped + 1
 end
 -- 1: this node was not live before this beat (its counts may be gone): it states them again.
@@ -346,17 +352,7 @@ return { reaped, 1 }
  * A node leaves (graceful shutdown): its channels stop counting at once. ARGV from 4: node.
  */
 export const LEAVE = `${COMMON}
-local node = ARGV[4]
-local c = P .. 'n:' .. node .. ':c'
-local names = redis.call('HKEYS', c)
-redis.call('DEL', c, P .. 'n:' .. node .. ':k', P .. 'node:' .. node)
-redis.call('ZREM', P .. 'nodes', node)
-for _, name in ipairs(names) do
-  redis.call('PUBLISH', EV, 'close ' .. name .. ' ' .. node)
-  if redis.call('EXISTS', P .. 'r:' .. name) == 1 and name_count(name, live_nodes()) == 0 then lease_starts(name) end
-end
-redis.call('PUBLISH', EV, 'gone ' .. node)
-return #names
+return forget_node(ARGV[4])
 `;
 
 /**

@@ -118,8 +118,6 @@ export interface StoreEvents {
   event: [StoreEvent];
   /** Redis answers again after it did not (or for the first time): the node restates what it holds. */
   up: [];
-  /** Redis stopped answering. */
-  down: [Error];
   /** The event subscription came back after a gap: events may have been missed. */
   resync: [];
 }
@@ -186,7 +184,6 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
       this.#lastError = err;
     });
     this.#sub.on('error', () => {});
-    this.#redis.on('close', () => this.#down(new Error('the connection to Redis closed')));
     this.#sub.on('message', (_channel: string, message: string) => this.#message(message));
     // Events published while the subscriber was reconnecting are lost: the table reads again what it caches.
     let subscribed = false;
@@ -250,10 +247,6 @@ export class ClusterStore extends EventEmitter<StoreEvents> {
 
   get #secretKey(): string {
     return `${this.options.prefix}secret`;
-  }
-
-  #down(err: Error): void {
-    if (!this.#closed && this.#wasUp) this.emit('down', err);
   }
 
   #message(message: string): void {

@@ -81,11 +81,25 @@ function forwardTo(
     return;
   }
   const url = req.url;
-  const headers = appHeaders(ctx, req, req.socket, via, undefined);
+  dispatchTo(ctx, req, res, reg, appHeaders(ctx, req, req.socket, via, undefined), url, topic, undefined);
+}
+
+/** The exchange of a request to `reg`, observed (timed, counted, published) only when someone looks. */
+function dispatchTo(
+  ctx: GatewayContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+  reg: Registration,
+  headers: string[],
+  url: string | undefined,
+  topic: Topic | undefined,
+  hops: number | undefined,
+): void {
+  const name = reg.name;
   reg.dispatch(
-    observed
-      ? new ObservedExchange(ctx, name, req, res, headers, topic, url, undefined)
-      : new VisitorExchange(ctx, name, req, res, headers, undefined),
+    ctx.observed.requests || topic !== undefined
+      ? new ObservedExchange(ctx, name, req, res, headers, topic, url, hops)
+      : new VisitorExchange(ctx, name, req, res, headers, hops),
   );
 }
 
@@ -119,14 +133,8 @@ function hopCredentials(ctx: GatewayContext, req: IncomingMessage): HopCredentia
 }
 
 function hopTo(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, reg: Registration, hops: number): void {
-  const name = reg.name;
   const topic = followed() ? topicOf(ctx, reg) : undefined;
-  const headers = hopRequestHeaders(req.rawHeaders, undefined);
-  reg.dispatch(
-    ctx.observed.requests || topic !== undefined
-      ? new ObservedExchange(ctx, name, req, res, headers, topic, req.url, hops)
-      : new VisitorExchange(ctx, name, req, res, headers, hops),
-  );
+  dispatchTo(ctx, req, res, reg, hopRequestHeaders(req.rawHeaders, undefined), req.url, topic, hops);
 }
 
 /**

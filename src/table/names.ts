@@ -1,4 +1,4 @@
-import { randomBytes, timingSafeEqual, createHash } from 'node:crypto';
+import { randomBytes, createHash } from 'node:crypto';
 import { PtthError } from '../http/errors.js';
 import { targetQuery } from '../shared/target.js';
 
@@ -87,13 +87,6 @@ export function lookupKey(secret: string): string {
 /** What is kept of a token: its SHA-256 (base64url), compared in constant time (Registration.tokenMatches). */
 export function tokenHash(token: string): string {
   return createHash('sha256').update(token).digest('base64url');
-}
-
-/** Constant-time comparison of two secrets (hashing first so lengths cannot leak). */
-export function secretsEqual(a: string, b: string): boolean {
-  const ha = createHash('sha256').update(a).digest();
-  const hb = createHash('sha256').update(b).digest();
-  return timingSafeEqual(ha, hb);
 }
 
 export interface ClaimParams {

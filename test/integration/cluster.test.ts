@@ -28,10 +28,16 @@ interface TestNode {
 
 const NODE_OPTIONS: GatewayOptions = { ...FAST, reconnectWait: 3000 };
 
-async function startNode(prefix: string, id: string, port = 0, options: GatewayOptions = {}): Promise<TestNode> {
+async function startNode(
+  prefix: string,
+  id: string,
+  port = 0,
+  options: GatewayOptions = {},
+  nodeTimeout = 1000,
+): Promise<TestNode> {
   const node = await createClusterNode(
     { ...NODE_OPTIONS, ...options },
-    { redis: redis().url, nodeId: id, prefix, heartbeat: 100, nodeTimeout: 1000, commandTimeout: 500 },
+    { redis: redis().url, nodeId: id, prefix, heartbeat: 100, nodeTimeout, commandTimeout: 500 },
   );
   const addr = await node.listen(port, '127.0.0.1');
   return {
@@ -42,10 +48,10 @@ async function startNode(prefix: string, id: string, port = 0, options: GatewayO
   };
 }
 
-async function cluster(n = 3, options: GatewayOptions = {}): Promise<TestNode[]> {
+async function cluster(n = 3, options: GatewayOptions = {}, nodeTimeout?: number): Promise<TestNode[]> {
   const prefix = `c${++clusters}:`;
   const nodes: TestNode[] = [];
-  for (let i = 1; i <= n; i++) nodes.push(await startNode(prefix, `n${i}`, 0, options));
+  for (let i = 1; i <= n; i++) nodes.push(await startNode(prefix, `n${i}`, 0, options, nodeTimeout));
   cleanup(() => Promise.all(nodes.map((t) => t.node.close(200))));
   return nodes;
 }
@@ -266,6 +272,19 @@ describe('a cluster of gateway nodes', () => {
       headers: { 'x-ptth-hop': 'v1;forged', 'x-ptth-hop-kind': 'comet' },
     });
     expect(unsigned.status).toBe(403);
+  });
+
+  it("answers 503 PTTH_ERR_NO_CHANNEL when the session's node is still a member but cannot be reached", async () => {
+    const [a, b] = (await cluster(2, {}, 60_000)) as [TestNode, TestNode];
+    const reg = await register(a.origin, { name: 'unreached', token: 'secret-token' });
+    expect(reg.status).toBe(201);
+    // a stops taking connections but keeps its heartbeat: the others still count it a member.
+    a.node.gateway.server.close();
+    a.node.gateway.server.closeAllConnections();
+    const viaB = new URL(reg.links['first'] as string);
+    viaB.port = String(b.port);
+    const poll = await fetchRaw(viaB.href);
+    expect([poll.status, poll.headers['x-ptth-error']]).toEqual([503, 'PTTH_ERR_NO_CHANNEL']);
   });
 
   it('shares its Comet sessions again when Redis comes back empty: polls through other nodes still reach them', async () => {

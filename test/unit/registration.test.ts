@@ -5,10 +5,10 @@ import {
   randomName,
   randomSecret,
   readClaimParams,
-  secretsEqual,
   validateToken,
 } from '../../src/table/names.js';
 import { PtthError } from '../../src/http/errors.js';
+import { MemoryTable } from '../../src/table/table.js';
 
 function code(fn: () => unknown): string | undefined {
   try {
@@ -69,9 +69,12 @@ describe('names, tokens and leases', () => {
     expect(Buffer.from(randomSecret(), 'base64url').length).toBe(24);
   });
 
-  it('compares secrets by value', () => {
-    expect(secretsEqual('abc', 'abc')).toBe(true);
-    expect(secretsEqual('abc', 'abd')).toBe(false);
-    expect(secretsEqual('abc', 'abcd')).toBe(false);
+  it('compares tokens by value (their hashes, in constant time)', async () => {
+    const table = new MemoryTable({ defaultLease: 60, queueLimit: 1, queueTimeout: 1000, reconnectWait: 1000 });
+    const { registration } = await table.claim({ name: 'secret', token: 'abc' });
+    expect(registration.tokenMatches('abc')).toBe(true);
+    expect(registration.tokenMatches('abd')).toBe(false);
+    expect(registration.tokenMatches('abcd')).toBe(false);
+    table.close();
   });
 });
