@@ -4,7 +4,7 @@
  * section 12):
  *
  * - `r:NAME` hash: th token hash, h holder (tokenless claims), k access key, l lease (s), n nonce of
- *   the private id, p hash of the private id, c created (ms), v version (bumped on every change).
+ *   the private id, p hash of the private id, c created (ms).
  *   It expires `lease` after the cluster's last channel of the name goes, with every key below that
  *   belongs to it.
  * - `p:HASH` -> name (private URLs); `s:HASH` -> "name node" (Comet sessions); `rs:NAME` set of the
@@ -155,8 +155,8 @@ local function holders(name, me)
 end
 local function record(name, me, created)
   local r = P .. 'r:' .. name
-  local f = redis.call('HMGET', r, 'th', 'h', 'k', 'l', 'n', 'c', 'v')
-  return { 'ok', created, name, f[1] or '', f[2] or '', f[3] or '', f[4] or '0', f[5] or '', f[6] or '0', f[7] or '0',
+  local f = redis.call('HMGET', r, 'th', 'h', 'k', 'l', 'n', 'c')
+  return { 'ok', created, name, f[1] or '', f[2] or '', f[3] or '', f[4] or '0', f[5] or '', f[6] or '0',
     tostring(redis.call('PTTL', r)), holders(name, me) }
 end
 `;
@@ -213,7 +213,7 @@ end
 if not exists then
   local hval = holder
   if tokenGiven == '1' then hval = '' end
-  redis.call('HSET', r, 'th', th, 'l', (lease ~= '' and lease) or defaultLease, 'n', nonce, 'p', privHash, 'c', NOW, 'v', 1)
+  redis.call('HSET', r, 'th', th, 'l', (lease ~= '' and lease) or defaultLease, 'n', nonce, 'p', privHash, 'c', NOW)
   if hval ~= '' then redis.call('HSET', r, 'h', hval) end
   if key ~= '' then
     redis.call('HSET', r, 'k', key)
@@ -235,7 +235,6 @@ else
     end
   end
   if lease ~= '' then redis.call('HSET', r, 'l', lease) end
-  redis.call('HINCRBY', r, 'v', 1)
   if moving or lease ~= '' then redis.call('PUBLISH', EV, 'update ' .. name) end
 end
 local k = redis.call('HGET', r, 'k') or ''
@@ -312,7 +311,6 @@ if th ~= '' then
   redis.call('HSET', r, 'th', th)
   redis.call('HDEL', r, 'h')
 end
-redis.call('HINCRBY', r, 'v', 1)
 if lease ~= '' and redis.call('PTTL', r) >= 0 then lease_starts(name) end
 redis.call('PUBLISH', EV, 'update ' .. name)
 return 1
@@ -379,7 +377,7 @@ while ARGV[i] do
     stale[#stale + 1] = name
     n = 0
   elseif not have then
-    redis.call('HSET', r, 'th', th, 'l', lease, 'n', nonce, 'p', priv, 'c', created, 'v', 1)
+    redis.call('HSET', r, 'th', th, 'l', lease, 'n', nonce, 'p', priv, 'c', created)
     if h ~= '' then redis.call('HSET', r, 'h', h) end
     if key ~= '' then
       redis.call('HSET', r, 'k', key)

@@ -51,7 +51,6 @@ export interface StoredRecord {
   readonly lease: number;
   readonly nonce: string;
   readonly createdAt: number;
-  readonly version: number;
   /** Milliseconds until it expires, or -1 while some node holds a channel of it. */
   readonly pttl: number;
   /** Other live nodes holding channels of it (every node's, for a listing). */
@@ -448,7 +447,7 @@ function parseUrl(s: string): URL | undefined {
 
 function toRecord(r: Reply[]): StoredRecord {
   const s = (i: number): string => String(r[i] ?? '');
-  const flat = (r[11] ?? []) as (string | number)[];
+  const flat = (r[10] ?? []) as (string | number)[];
   const holders: HolderNode[] = [];
   for (let i = 0; i + 2 < flat.length; i += 3) {
     const url = parseUrl(String(flat[i + 1]));
@@ -463,8 +462,7 @@ function toRecord(r: Reply[]): StoredRecord {
     lease: Number(s(6)),
     nonce: s(7),
     createdAt: Number(s(8)),
-    version: Number(s(9)),
-    pttl: Number(s(10)),
+    pttl: Number(s(9)),
     holders,
   };
 }

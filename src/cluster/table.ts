@@ -6,6 +6,7 @@ import { noop } from '../shared/noop.js';
 import { lookupKey, madeUpToken, randomName, randomSecret, tokenHash } from '../table/names.js';
 import { claimantError, Registration, type ClaimantRefusal } from '../table/registration.js';
 import {
+  decideOrThrow,
   keyChannels,
   keyNames,
   tooManyChannels,
@@ -39,7 +40,6 @@ export interface ClusterTableOptions extends TableOptions {
 /** What this node knows of a registration beyond the Registration object. */
 interface Meta {
   nonce: string;
-  version: number;
   /** The other nodes holding channels of the name, by node id. */
   readonly peers: Map<string, RemoteRoute>;
 }
@@ -107,14 +107,14 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
   }
 
   /** `decide`, throwing the refusal (as MemoryTable.claim). */
-  async claim(request: ClaimRequest): Promise<{ registration: Registration; created: boolean }> {
-    const decision = await this.decide(request);
-    if (!decision.ok) throw decision.refusal;
-    return { registration: decision.registration, created: decision.created };
+  claim(request: ClaimRequest): Promise<{ registration: Registration; created: boolean }> {
+    return decideOrThrow(this, request);
   }
 
   async #decide(request: ClaimRequest): Promise<ClaimDecision> {
     const nonce = randomSecret(128);
+    const privateHash = lookupKey(this.privateIdOf(nonce));
+    const hash = tokenHash(request.token ?? madeUpToken());
     const pick = request.pickName ?? randomName;
     for (let tries = 1; ; tries++) {
       if (tries > 1000)
@@ -126,7 +126,7 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
           name,
           mustCreate: request.name === undefined,
           tokenGiven: request.token !== undefined,
-          tokenHash: tokenHash(request.token ?? madeUpToken()),
+          tokenHash: hash,
           holder: request.token === undefined ? request.holder : undefined,
           keyId: request.keyId,
           maxNames: request.maxNames,
@@ -135,7 +135,7 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
           perName: request.channels?.perName,
           perKey: request.channels?.perKey,
           nonce,
-          privateHash: lookupKey(this.privateIdOf(nonce)),
+          privateHash,
           claimId,
         })
         .catch((err: unknown) => {
@@ -213,7 +213,7 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
         privateId: this.privateIdOf(record.nonce),
         createdAt: record.createdAt,
       });
-      meta = { nonce: record.nonce, version: record.version, peers: new Map() };
+      meta = { nonce: record.nonce, peers: new Map() };
       this.#meta.set(reg, meta);
       this.#byName.set(record.name, reg);
       this.#byPrivate.set(lookupKey(reg.privateId), reg);
@@ -221,7 +221,6 @@ export class ClusterTable extends EventEmitter<TableEvents> implements RouteTabl
       reg.storedClaimant(record.tokenHash, record.holder);
       reg.keyId = record.keyId;
       reg.lease = record.lease;
-      meta.version = record.version;
     }
     this.#syncPeers(reg, meta, record.holders);
     if (record.pttl >= 0) reg.expireIn(record.pttl);

@@ -107,6 +107,13 @@ export interface CometRoute {
   readonly url: URL | undefined;
 }
 
+/** Why this gateway should get no new work (`/readyz` answers 503 with it), or undefined when it is ready. */
+export function notReady(ctx: Pick<GatewayContext, 'closing' | 'cluster'>): string | undefined {
+  if (ctx.closing()) return 'shutting down';
+  if (ctx.cluster !== undefined && !ctx.cluster.storeReady()) return 'the shared store (Redis) is unreachable';
+  return undefined;
+}
+
 export interface GatewayContext {
   readonly settings: GatewaySettings;
   readonly table: RouteTable;

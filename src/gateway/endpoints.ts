@@ -6,6 +6,7 @@ import { parseLease, validateToken } from '../table/names.js';
 import type { Registration } from '../table/registration.js';
 import {
   gatewayOrigin,
+  notReady,
   PRIVATE_PREFIX,
   publicUrlFor,
   type ClusterHooks,
@@ -210,10 +211,9 @@ export function handleEndpoint(
   if (info.browser?.handle(req, res, path)) return;
   if (info.relay?.handle(req, res, path)) return;
   // A cluster node whose Redis is unreachable is not ready: new claims would get 503 there.
-  const storeDown = ctx.cluster !== undefined && !ctx.cluster.storeReady();
-  const why = ctx.closing() ? 'shutting down' : 'the shared store (Redis) is unreachable';
-  const ready = !ctx.closing() && !storeDown;
-  if (handleHealth(req, res, path, ready, info.metricsPublic === false ? undefined : info.metrics, why)) return;
+  const why = notReady(ctx);
+  if (handleHealth(req, res, path, why === undefined, info.metricsPublic === false ? undefined : info.metrics, why))
+    return;
   if (path === '/') {
     if (req.method !== 'GET' && req.method !== 'HEAD') return methodNotAllowed(req, res, 'GET, HEAD');
     req.resume();

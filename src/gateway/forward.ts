@@ -127,7 +127,8 @@ export function forwardHop(ctx: GatewayContext, req: IncomingMessage, res: Serve
   );
 }
 
-function hopCredentials(ctx: GatewayContext, req: IncomingMessage): HopCredentials | undefined {
+/** The request's X-Ptth-Hop credentials, checked; undefined when absent, bad, or this is no cluster node. */
+export function hopCredentials(ctx: GatewayContext, req: IncomingMessage): HopCredentials | undefined {
   const value = req.headers['x-ptth-hop'];
   return typeof value === 'string' && ctx.cluster !== undefined ? ctx.cluster.verifyHop(value) : undefined;
 }

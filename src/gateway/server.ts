@@ -5,13 +5,12 @@ import type { AddressInfo, Socket } from 'node:net';
 import { PtthError } from '../http/errors.js';
 import { sendError, writeRawError } from '../http/respond.js';
 import { MemoryTable, type RouteTable } from '../table/table.js';
-import type { ClusterHooks } from './context.js';
 import { claimFromRequest, claimFromUpgrade } from './claim.js';
 import { cometHop } from './comet.js';
 import { classify, hostProblem, originForm, SERVICE_PATH, type Route, type UrlMode } from './classify.js';
 import { admit, type Admission, type Arrival, type Buckets } from './admission.js';
 import { claimantName, refuse, refuseClaim } from './refuse.js';
-import type { GatewayContext, GatewaySettings } from './context.js';
+import { notReady, type ClusterHooks, type GatewayContext, type GatewaySettings } from './context.js';
 import {
   boolOption,
   domainOption,
@@ -25,7 +24,14 @@ import { gatewayHeaders, handleEndpoint, type GatewayInfo } from './endpoints.js
 import { BrowserEndpoints, type BrowserOptions } from './browser.js';
 import { RelayEndpoint, relaySettingsFrom, type RelayOptions } from './relay.js';
 import type { EmitGatewayEvent, GatewayEvents } from './eventmap.js';
-import { forwardHop, forwardHopUpgrade, forwardRequest, forwardUpgrade, refuseVisitor } from './forward.js';
+import {
+  forwardHop,
+  forwardHopUpgrade,
+  forwardRequest,
+  forwardUpgrade,
+  hopCredentials,
+  refuseVisitor,
+} from './forward.js';
 import { VERSION } from '../version.js';
 import { GatewayMetrics } from './metrics.js';
 import { AccessControl, type AccessConfig } from '../table/access.js';
@@ -401,8 +407,7 @@ export class Gateway extends EventEmitter<GatewayEvents> {
    * it): checked as every hop is, then handled as if it had come here (docs/PROTOCOL.md section 12).
    */
   #hopComet(req: IncomingMessage, res: ServerResponse): void {
-    const value = req.headers['x-ptth-hop'];
-    const credentials = typeof value === 'string' ? this.#ctx.cluster?.verifyHop(value) : undefined;
+    const credentials = hopCredentials(this.#ctx, req);
     const path = targetPath(req.url);
     gatewayHeaders(req, res, path);
     // A request URL only (`/reversehttp/SESSION/SLOT`): never a registration, which admission and
@@ -581,12 +586,12 @@ export class Gateway extends EventEmitter<GatewayEvents> {
 
   /** Listening and accepting (what /readyz reports): false before listen(), once close() began, and while a cluster node's Redis is unreachable. */
   get ready(): boolean {
-    return this.server.listening && !this.#closing && (this.#ctx.cluster?.storeReady() ?? true);
+    return this.server.listening && notReady(this.#ctx) === undefined;
   }
 
   /** Why `ready` is false (the body of a 503 on /readyz). */
   get notReadyReason(): string {
-    return this.#closing || !this.server.listening ? 'shutting down' : 'the shared store (Redis) is unreachable';
+    return (this.server.listening ? notReady(this.#ctx) : undefined) ?? 'shutting down';
   }
 
   address(): AddressInfo | null {

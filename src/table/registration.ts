@@ -91,6 +91,11 @@ export class Registration {
     this.#armExpiry();
   }
 
+  /** No channel of this name is live, here or (cluster) on another node: its lease runs. */
+  get #unserved(): boolean {
+    return this.channels.length === 0 && this.remotes.length === 0;
+  }
+
   get released(): boolean {
     return this.#released;
   }
@@ -166,7 +171,7 @@ export class Registration {
     this.channels.splice(i, 1);
     if (channel.transport === 'http2') this.#multiplexed--;
     this.#table.emit('channel-close', this, channel);
-    if (this.channels.length === 0 && this.remotes.length === 0 && !this.#released) this.#armExpiry();
+    if (this.#unserved && !this.#released) this.#armExpiry();
   }
 
   #armExpiry(ms = this.lease * 1000): void {
@@ -181,7 +186,7 @@ export class Registration {
    * started it elsewhere. Nothing while a channel (here or on another node) is live.
    */
   expireIn(ms: number): void {
-    if (this.channels.length === 0 && this.remotes.length === 0 && !this.#released) this.#armExpiry(Math.max(0, ms));
+    if (this.#unserved && !this.#released) this.#armExpiry(Math.max(0, ms));
   }
 
   #disarmExpiry(): void {
@@ -193,7 +198,7 @@ export class Registration {
   /** Changes the lease; restarts the countdown if no channel is live. */
   setLease(seconds: number): void {
     this.lease = seconds;
-    if (this.channels.length === 0 && this.remotes.length === 0 && !this.#released) this.#armExpiry();
+    if (this.#unserved && !this.#released) this.#armExpiry();
   }
 
   #pick(upgrade: boolean, hops: number, avoid?: Channel): Channel | undefined {
@@ -253,7 +258,7 @@ export class Registration {
     const i = this.remotes.indexOf(channel);
     if (i === -1) return;
     this.remotes.splice(i, 1);
-    if (this.channels.length === 0 && this.remotes.length === 0 && !this.#released) this.#armExpiry();
+    if (this.#unserved && !this.#released) this.#armExpiry();
   }
 
   dispatch(ex: Exchange): void {
@@ -294,8 +299,7 @@ export class Registration {
       p.ex.done();
       return;
     }
-    const none = this.channels.length === 0 && this.remotes.length === 0;
-    const wait = none ? this.#options.reconnectWait : this.#options.queueTimeout;
+    const wait = this.#unserved ? this.#options.reconnectWait : this.#options.queueTimeout;
     p.timer = setTimeout(() => this.#giveUp(p, new PtthError('PTTH_ERR_NO_CHANNEL')), wait);
     const onGone = (): void => this.#giveUp(p, undefined);
     if (p.upgrade) p.ex.socket.once('close', onGone);

@@ -99,6 +99,16 @@ export interface RouteTable extends EventEmitter<TableEvents> {
   close(): void;
 }
 
+/** `table.decide`, throwing the refusal: for callers that hold no channel (tests, tools). */
+export async function decideOrThrow(
+  table: Pick<RouteTable, 'decide'>,
+  request: ClaimRequest,
+): Promise<{ registration: Registration; created: boolean }> {
+  const decision = await table.decide(request);
+  if (!decision.ok) throw decision.refusal;
+  return { registration: decision.registration, created: decision.created };
+}
+
 /** 429 PTTH_ERR_TOO_MANY_CHANNELS: `name` holds `count` channels, the most allowed. */
 export function tooManyChannels(name: string, count: number): PtthError {
   return new PtthError(
@@ -149,10 +159,8 @@ export class MemoryTable extends EventEmitter<TableEvents> implements RouteTable
    * `decide`, throwing the refusal: for callers that hold no channel (tests, tools). Resolves with
    * the registration and whether this claim made it.
    */
-  async claim(params: ClaimRequest): Promise<{ registration: Registration; created: boolean }> {
-    const decision = await this.decide(params);
-    if (!decision.ok) throw decision.refusal;
-    return { registration: decision.registration, created: decision.created };
+  claim(params: ClaimRequest): Promise<{ registration: Registration; created: boolean }> {
+    return decideOrThrow(this, params);
   }
 
   /** docs/PROTOCOL.md section 2: the same token gets the name back; another token gets 403. */
