@@ -50,6 +50,15 @@ async function startNode(id: string): Promise<CliNode> {
   return { p, port: Number(port) };
 }
 
+/** Resolves when `check` holds, polling every 20 ms; fails after `ms`. */
+async function until(check: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 interface Outcome {
   status: number;
   ms: number;
@@ -102,12 +111,15 @@ describe('a cluster losing a node under load', () => {
       while (!stop) outcomes.push(await visit(port, `/r${seq++}`));
     };
     const load = [n2, n3, n2, n3, n2, n3, n2, n3].map((n) => visitor(n.port));
-    await new Promise((r) => setTimeout(r, 500));
+    await until(() => outcomes.length >= 50, 10_000, 'load before the kill');
     const before = outcomes.length;
     n1.p.kill('SIGKILL');
     await n1.p.exited();
-    // Long enough for the others to find n1 dead (1 s), and for the app to move its channels.
-    await new Promise((r) => setTimeout(r, 3000));
+    // The app finds n1 gone and moves its channels; the load goes on well past that.
+    const n1Status = () => tunnel.nodes.find((n) => n.gateway.includes(`:${n1.port}`));
+    await until(() => n1Status()?.up === false, 10_000, 'the app to leave n1');
+    const moved = outcomes.length;
+    await until(() => outcomes.length >= moved + 200, 20_000, 'load after the app moved');
     stop = true;
     await Promise.all(load);
     const failed = outcomes.filter((o) => o.status !== 200);
@@ -119,6 +131,6 @@ describe('a cluster losing a node under load', () => {
     // app may see it twice, as behind any HTTP client that retries an idempotent request.
     expect(served).toBeGreaterThanOrEqual(outcomes.length);
     // The app's connections left n1 for the others.
-    expect(tunnel.nodes.find((n) => n.gateway.includes(`:${n1.port}`))?.up).toBe(false);
+    expect(n1Status()?.up).toBe(false);
   }, 40_000);
 });

@@ -114,7 +114,7 @@ describe('a cluster of gateway nodes', () => {
     await until(() => onB?.remotes.length === 0, 5000, 'b to see the app gone');
     const started = Date.now();
     const waiting = request(b.port, { host: b.host('mover'), path: '/waited' });
-    await new Promise((r) => setTimeout(r, 300));
+    await until(() => onB?.waiting === 1, 5000, 'the visitor to wait on b');
     // Back through another node, with its token.
     await useApp(c.port, whoami, { name: 'mover', token: 'secret-token' });
     const r = await waiting;
