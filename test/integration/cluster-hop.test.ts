@@ -289,15 +289,17 @@ describe('the internal hop: requests', () => {
     expect(await upload(16 * MIB)).toBe(String(16 * MIB));
     expect(await download(16 * MIB)).toBe(16 * MIB);
 
-    // Buffered, the body would grow the process by all of it (both nodes, the app and the
-    // visitor share it); streamed, by what GC has not collected yet, which coverage runs and a
-    // loaded machine push to a third of it at times.
+    // Buffered anywhere, the whole body would be resident at once: the process (both nodes, the
+    // app and the visitor share it) would grow by all of it. Streamed, it grows by what GC has not
+    // collected yet, which coverage runs, Node 24's heap sizing and a loaded machine have pushed
+    // past half of it at times (54 MB in one CI run): the bound sits between the two.
+    const bound = total * 0.8;
     const up = await measured(() => upload(total));
     expect(up.result).toBe(String(total));
-    expect(up.growth).toBeLessThan(total / 2);
+    expect(up.growth).toBeLessThan(bound);
     const down = await measured(() => download(total));
     expect(down.result).toBe(total);
-    expect(down.growth).toBeLessThan(total / 2);
+    expect(down.growth).toBeLessThan(bound);
     expect(reg.remotes[0]?.served).toBe(4);
   }, 60_000);
 
