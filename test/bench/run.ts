@@ -414,6 +414,8 @@ export type TargetId =
   | 'direct'
   | 'ref-node'
   | 'ref-undici'
+  | 'ref-h2'
+  | 'ref-splice'
   | 'listen'
   | 'listen-q'
   | 'listen-h1'
@@ -858,6 +860,8 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
   const h2q = find(rows, 'listen-q', 50);
   const c50 = find(rows, 'connect', 50);
   const c50g = find(rows, 'connect', 50);
+  const rh2 = find(rows, 'ref-h2', 50);
+  const rsp = find(rows, 'ref-splice', 50);
 
   let r = x(h1?.us.gateway, u50?.us.reference);
   lines.push(
@@ -891,7 +895,9 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
   const cus = c50?.us.connect;
   lines.push(
     `- connect in its default mode spends at most 20 µs of CPU per request (50 visitors; channels ${via['connect'] ?? '?'}): ` +
-      `${int(cus)} µs: ${verdict(cus === undefined || !Number.isFinite(cus) ? undefined : cus <= 20)}${noisy(c50)}`,
+      `${int(cus)} µs: ${verdict(cus === undefined || !Number.isFinite(cus) ? undefined : cus <= 20)}` +
+      (rsp ? ` (floor: the byte splice reference, which only pipes bytes, spends ${int(rsp.us.reference)} µs)` : '') +
+      noisy(c50, rsp),
   );
   r = x(c50?.rps, u50?.rps);
   lines.push(
@@ -902,12 +908,18 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
   lines.push(
     `- Reversed HTTP/2: gateway CPU per request <= 1.5x its HTTP/1.1 path (listen() against listen() http1, 50 visitors; ` +
       `channels ${via['listen'] ?? '?'}): ${int(h2?.us.gateway)} against ${int(h1?.us.gateway)} µs = ${fx(r)}: ${verdict(r === undefined ? undefined : r <= 1.5)}` +
-      noisy(h2, h1),
+      (rh2
+        ? ` (node:http2 alone: the node:http2 session reference spends ${int(rh2.us.reference)} µs, ` +
+          `${fx(x(rh2.us.reference, u50?.us.reference))} the undici reference's)`
+        : '') +
+      noisy(h2, h1, rh2),
   );
   r = x(h2?.rps, u50?.rps);
   lines.push(
     `- listen() over reversed HTTP/2 >= 0.5x the undici reference's req/s (50 visitors): ${int(h2?.rps)} against ${int(u50?.rps)} = ${fx(r)}: ` +
-      `${verdict(r === undefined ? undefined : r >= 0.5)}${noisy(h2, u50)}`,
+      `${verdict(r === undefined ? undefined : r >= 0.5)}` +
+      (rh2 ? ` (the node:http2 session reference, with a bare node:http2 backend: ${fx(x(rh2.rps, u50?.rps))})` : '') +
+      noisy(h2, u50, rh2),
   );
   const d500 = find(rows, 'direct', 500);
   const at500 = rows.filter(
@@ -929,7 +941,10 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
     `- Large bodies through connect >= 50 % of direct (256 MiB each way, ${extra?.connectStream?.tool ?? '-'}): ` +
       (cs
         ? `upload ${cs[1]?.uploadMiBps.toFixed(0)} against ${cs[0]?.uploadMiBps.toFixed(0)} MiB/s = ${(100 * (up ?? NaN)).toFixed(0)} % (${verdict(up === undefined ? undefined : up >= 0.5)}), ` +
-          `download ${cs[1]?.downloadMiBps.toFixed(0)} against ${cs[0]?.downloadMiBps.toFixed(0)} MiB/s = ${(100 * (down ?? NaN)).toFixed(0)} % (${verdict(down === undefined ? undefined : down >= 0.5)})`
+          `download ${cs[1]?.downloadMiBps.toFixed(0)} against ${cs[0]?.downloadMiBps.toFixed(0)} MiB/s = ${(100 * (down ?? NaN)).toFixed(0)} % (${verdict(down === undefined ? undefined : down >= 0.5)})` +
+          (cs[2]
+            ? ` (floor: two byte splices in the same places, parsing nothing: up ${pct(cs[2].uploadMiBps, cs[0]?.uploadMiBps)}, down ${pct(cs[2].downloadMiBps, cs[0]?.downloadMiBps)})`
+            : '')
         : 'not measured'),
   );
   const st = extra?.stream;
@@ -1033,7 +1048,8 @@ async function main(): Promise<number> {
   ];
   const app = (label: string, port: number, name: string, h1: boolean): Promise<{ proc: Proc }> =>
     start(label, 'app', ['test/bench/service.mjs', 'app', url(port), name, n, ...(h1 ? ['h1'] : [])], /^READY /);
-  const [appH2, appH1, appH2Q, appH1Q, connect, connectH2, refNode, refUndici] = await Promise.all([
+  const h2backend = await start('h2 backend', 'backend', ['test/bench/service.mjs', 'h2backend'], /^READY (\d+)$/);
+  const [appH2, appH1, appH2Q, appH1Q, connect, connectH2, refNode, refUndici, refH2, refSplice] = await Promise.all([
     app('app', gatewayPort, 'bench-listen', false),
     app('app --http1', gatewayPort, 'bench-listen-h1', true),
     app('app (gateway -q)', gatewayQPort, 'bench-listen-q', false),
@@ -1052,6 +1068,13 @@ async function main(): Promise<number> {
       ['test/bench/service.mjs', 'undici', String(backendPort), n],
       /^READY (\d+)$/,
     ),
+    start(
+      'reference node:http2',
+      'reference',
+      ['test/bench/service.mjs', 'h2proxy', h2backend.match[1] as string],
+      /^READY (\d+)$/,
+    ),
+    start('reference splice', 'reference', ['test/bench/service.mjs', 'splice', String(backendPort)], /^READY (\d+)$/),
   ]);
   const [listenVia, listenH1Via, listenQVia, listenH1QVia, connectVia, connectH2Via] = await Promise.all([
     waitChannels(gatewayPort, 'bench-listen'),
@@ -1085,6 +1108,20 @@ async function main(): Promise<number> {
       label: 'reference: http.request',
       port: Number(refNode.match[1]),
       procs: [refNode.proc, be],
+    },
+    'ref-h2': {
+      id: 'ref-h2',
+      kind: 'reference',
+      label: 'reference: node:http2 session',
+      port: Number(refH2.match[1]),
+      procs: [refH2.proc, h2backend.proc],
+    },
+    'ref-splice': {
+      id: 'ref-splice',
+      kind: 'reference',
+      label: 'reference: byte splice',
+      port: Number(refSplice.match[1]),
+      procs: [refSplice.proc, be],
     },
     listen: {
       id: 'listen',
@@ -1140,6 +1177,7 @@ async function main(): Promise<number> {
     `connect: its defaults (a line per request on its stdout, drained), channels ${connectVia} (spliced reversed HTTP/1.1); connect --http2: the relay over reversed HTTP/2 (the default before splicing), channels ${connectH2Via}`,
     `access log: listen() http1 and its -q twin at 50 visitors alternate ${LOG_ROUNDS} time(s); each row is the median round by req/s`,
     `references: node:http servers forwarding to the backend over ${n} keep-alive connections, no routing or header work: http.request with an Agent, and undici Pool.dispatch`,
+    `floors: "node:http2 session" is a node:http server sending each request as a stream on one node:http2 session to a bare node:http2 backend (the reversed HTTP/2 path without the gateway); "byte splice" pipes each visitor connection to one of its own to the backend and parses nothing (what connect's design costs at least)`,
   ];
   const via: Record<string, string> = { listen: listenVia, connect: connectVia };
 
@@ -1147,6 +1185,8 @@ async function main(): Promise<number> {
     [t.direct, 50],
     [t['ref-undici'], 50],
     [t['ref-node'], 50],
+    [t['ref-h2'], 50],
+    [t['ref-splice'], 50],
     // Each -q row right after its twin: the access log's cost is their ratio. The HTTP/1.1 pair,
     // which the access-log target rests on, alternates LOG_ROUNDS times and keeps each row's median
     // (single measurements of the two gateways moved the ratio from 4 % to 20 % between runs).

@@ -10,6 +10,12 @@
 //       reference row: a minimal node:http server + http.request keep-alive proxy; prints `READY <port>`
 //   node test/bench/service.mjs undici <backendPort> <connections>
 //       reference row: a minimal node:http server + undici Pool.dispatch proxy; prints `READY <port>`
+//   node test/bench/service.mjs h2backend
+//       the backend's answer from a bare node:http2 server; prints `READY <port>`
+//   node test/bench/service.mjs h2proxy <h2backendPort>
+//       reference row: a minimal node:http server + one node:http2 client session; prints `READY <port>`
+//   node test/bench/service.mjs splice <port>
+//       reference row: a TCP server piping each connection to one of its own to <port>; prints `READY <port>`
 import * as http from 'node:http';
 
 const BODY = Buffer.from('hello world');
@@ -131,9 +137,79 @@ if (mode === 'backend') {
   server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () =>
     process.stdout.write(`READY ${server.address().port}\n`),
   );
+} else if (mode === 'h2backend') {
+  // The backend of the node:http2 reference: the same answer as `backend`, from a bare node:http2
+  // server (stream events, no compatibility objects): the least an HTTP/2 peer costs here.
+  const http2 = await import('node:http2');
+  const server = http2.createServer({ settings: { maxConcurrentStreams: 256 } });
+  server.on('stream', (stream) => {
+    stream.on('error', () => {});
+    stream.resume();
+    stream.respond({ ':status': 200, 'content-type': 'text/plain', 'content-length': BODY.length });
+    stream.end(BODY);
+  });
+  server.listen({ port: 0, host: '127.0.0.1' }, () => process.stdout.write(`READY ${server.address().port}\n`));
+} else if (mode === 'h2proxy') {
+  // A reference, not part of ptth-proxy: what the reversed HTTP/2 path amounts to without the
+  // gateway. node:http on the visitor side, every request a stream on one node:http2 client session
+  // to `h2backend` (as the gateway's requests are streams on an app's one reversed HTTP/2
+  // connection); the answer piped back. No routing, header rewriting, limits or timers.
+  const [backendPort] = args;
+  const http2 = await import('node:http2');
+  const session = http2.connect(`http://127.0.0.1:${backendPort}`);
+  session.on('error', (err) => {
+    process.stderr.write(`h2proxy session: ${err.message}\n`);
+    process.exit(1);
+  });
+  // Fields HTTP/2 forbids (RFC 9113 8.2.2) and the pseudo-header's source.
+  const DROP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'host', 'te']);
+  const server = http.createServer({ keepAliveTimeout: 30_000 }, (req, res) => {
+    const headers = { ':method': req.method, ':path': req.url, ':authority': req.headers.host ?? '127.0.0.1' };
+    for (const name in req.headers) if (!DROP.has(name)) headers[name] = req.headers[name];
+    const bodyless = req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined;
+    const stream = session.request(headers, { endStream: bodyless });
+    stream.on('error', () => (res.headersSent ? res.destroy() : res.writeHead(502).end()));
+    res.once('close', () => {
+      if (!res.writableFinished) stream.close(http2.constants.NGHTTP2_CANCEL);
+    });
+    if (!bodyless) req.pipe(stream);
+    else req.resume();
+    stream.on('response', (h) => {
+      const out = {};
+      for (const name in h) if (name.charCodeAt(0) !== 58 /* : */) out[name] = h[name];
+      res.writeHead(h[':status'], out);
+      stream.pipe(res);
+    });
+  });
+  server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () =>
+    process.stdout.write(`READY ${server.address().port}\n`),
+  );
+} else if (mode === 'splice') {
+  // A reference, not part of ptth-proxy: a process that only copies bytes, each connection piped
+  // both ways to a connection of its own to <port> (the shape of `connect`'s spliced channels,
+  // without the gateway's protocol around them). Its CPU per request is what copying costs here.
+  const [port] = args;
+  const net = await import('node:net');
+  const server = net.createServer((visitor) => {
+    const upstream = net.connect(Number(port), '127.0.0.1');
+    visitor.setNoDelay(true);
+    upstream.setNoDelay(true);
+    visitor.pipe(upstream);
+    upstream.pipe(visitor);
+    for (const [a, b] of [
+      [visitor, upstream],
+      [upstream, visitor],
+    ]) {
+      a.on('error', () => b.destroy());
+      a.on('close', () => b.destroy());
+    }
+  });
+  server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () =>
+    process.stdout.write(`READY ${server.address().port}\n`),
+  );
 } else {
   process.stderr.write(
-    'usage: service.mjs backend | app <gatewayUrl> <name> <connections> [h1] | proxy|undici <backendPort> <connections>\n',
+    'usage: service.mjs backend | h2backend | app <gatewayUrl> <name> <connections> [h1] | proxy|undici <backendPort> <connections> | h2proxy <h2backendPort> | splice <port>\n',
   );
   process.exit(2);
 }

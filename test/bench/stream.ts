@@ -4,7 +4,9 @@
  * run; the gateway's RSS is sampled throughout. Only 127.0.0.1.
  *
  * runConnectStream: 256 MiB each way through `ptth-proxy connect` (its defaults) against the same
- * transfers straight to the backend, with curl when it is installed (else node's http client).
+ * transfers straight to the backend, with curl when it is installed (else node's http client), and
+ * through two byte splices in the places of the gateway and `connect` (the floor of that topology:
+ * two more processes that copy every byte and parse nothing).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
@@ -15,6 +17,8 @@ import { fileURLToPath } from 'node:url';
 import { BIN, NODE, serveArgs } from './flags.js';
 
 const SERVICE = fileURLToPath(new URL('./stream-service.mjs', import.meta.url));
+/** service.mjs: its `splice` mode is the byte-splice reference. */
+const REFERENCE = fileURLToPath(new URL('./service.mjs', import.meta.url));
 const CHUNK = Buffer.alloc(256 * 1024, 'upload ');
 
 export interface StreamRow {
@@ -209,7 +213,10 @@ export interface ConnectStream {
   rows: StreamRow[];
 }
 
-/** `bytes` up and down straight to the backend, then through the gateway and `ptth-proxy connect` with its defaults. */
+/**
+ * `bytes` up and down straight to the backend, then through the gateway and `ptth-proxy connect`
+ * with its defaults, then through two byte splices chained to the backend (rows[2]).
+ */
 export async function runConnectStream(bytes = 256 * 2 ** 20): Promise<ConnectStream> {
   const children: ChildProcess[] = [];
   const tool = hasCurl() ? 'curl' : 'node';
@@ -261,6 +268,18 @@ export async function runConnectStream(bytes = 256 * 2 ** 20): Promise<ConnectSt
       clearInterval(timer);
     }
     (rows[1] as StreamRow).rssGrowthMiB = (peak - before) / 2 ** 20;
+    // The gateway and connect are idle from here: the floor row has the machine to itself.
+    const inner = await start([REFERENCE, 'splice', String(bport)], /READY (\d+)/);
+    children.push(inner.child);
+    const outer = await start([REFERENCE, 'splice', inner.match[1] as string], /READY (\d+)/);
+    children.push(outer.child);
+    const oport = Number(outer.match[1]);
+    rows.push({
+      row: 'two byte splices (reference)',
+      uploadMiBps: await up(oport, direct),
+      downloadMiBps: await down(oport, direct),
+      rssGrowthMiB: undefined,
+    });
     return { tool, rows };
   } finally {
     for (const c of children) c.kill('SIGKILL');
