@@ -943,7 +943,11 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
         ? `upload ${cs[1]?.uploadMiBps.toFixed(0)} against ${cs[0]?.uploadMiBps.toFixed(0)} MiB/s = ${(100 * (up ?? NaN)).toFixed(0)} % (${verdict(up === undefined ? undefined : up >= 0.5)}), ` +
           `download ${cs[1]?.downloadMiBps.toFixed(0)} against ${cs[0]?.downloadMiBps.toFixed(0)} MiB/s = ${(100 * (down ?? NaN)).toFixed(0)} % (${verdict(down === undefined ? undefined : down >= 0.5)})` +
           (cs[2]
-            ? ` (floor: two byte splices in the same places, parsing nothing: up ${pct(cs[2].uploadMiBps, cs[0]?.uploadMiBps)}, down ${pct(cs[2].downloadMiBps, cs[0]?.downloadMiBps)})`
+            ? ` (floors: two byte splices in the same places, parsing nothing: up ${pct(cs[2].uploadMiBps, cs[0]?.uploadMiBps)}, down ${pct(cs[2].downloadMiBps, cs[0]?.downloadMiBps)}` +
+              (cs[3]
+                ? `; the undici reference proxy where the gateway is: up ${pct(cs[3].uploadMiBps, cs[0]?.uploadMiBps)}, down ${pct(cs[3].downloadMiBps, cs[0]?.downloadMiBps)}`
+                : '') +
+              ')'
             : '')
         : 'not measured'),
   );

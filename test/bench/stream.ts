@@ -6,7 +6,8 @@
  * runConnectStream: 256 MiB each way through `ptth-proxy connect` (its defaults) against the same
  * transfers straight to the backend, with curl when it is installed (else node's http client), and
  * through two byte splices in the places of the gateway and `connect` (the floor of that topology:
- * two more processes that copy every byte and parse nothing).
+ * two more processes that copy every byte and parse nothing), and through the undici reference
+ * proxy and a byte splice (the same with an HTTP-parsing hop where the gateway is).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
@@ -215,7 +216,8 @@ export interface ConnectStream {
 
 /**
  * `bytes` up and down straight to the backend, then through the gateway and `ptth-proxy connect`
- * with its defaults, then through two byte splices chained to the backend (rows[2]).
+ * with its defaults, then through two byte splices chained to the backend (rows[2]), then through
+ * the undici reference proxy in the outer splice's place (rows[3]).
  */
 export async function runConnectStream(bytes = 256 * 2 ** 20): Promise<ConnectStream> {
   const children: ChildProcess[] = [];
@@ -278,6 +280,16 @@ export async function runConnectStream(bytes = 256 * 2 ** 20): Promise<ConnectSt
       row: 'two byte splices (reference)',
       uploadMiBps: await up(oport, direct),
       downloadMiBps: await down(oport, direct),
+      rssGrowthMiB: undefined,
+    });
+    // The gateway parses HTTP where a splice does not: the undici reference proxy in its place.
+    const parsing = await start([REFERENCE, 'undici', inner.match[1] as string, '1'], /READY (\d+)/);
+    children.push(parsing.child);
+    const pport = Number(parsing.match[1]);
+    rows.push({
+      row: 'undici reference proxy and a byte splice (reference)',
+      uploadMiBps: await up(pport, direct),
+      downloadMiBps: await down(pport, direct),
       rssGrowthMiB: undefined,
     });
     return { tool, rows };
