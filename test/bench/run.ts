@@ -416,6 +416,7 @@ export type TargetId =
   | 'ref-undici'
   | 'ref-h2'
   | 'ref-splice'
+  | 'bare-h2'
   | 'listen'
   | 'listen-q'
   | 'listen-h1'
@@ -862,6 +863,7 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
   const c50g = find(rows, 'connect', 50);
   const rh2 = find(rows, 'ref-h2', 50);
   const rsp = find(rows, 'ref-splice', 50);
+  const bare = find(rows, 'bare-h2', 50);
 
   let r = x(h1?.us.gateway, u50?.us.reference);
   lines.push(
@@ -910,16 +912,24 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
       `channels ${via['listen'] ?? '?'}): ${int(h2?.us.gateway)} against ${int(h1?.us.gateway)} µs = ${fx(r)}: ${verdict(r === undefined ? undefined : r <= 1.5)}` +
       (rh2
         ? ` (node:http2 alone: the node:http2 session reference spends ${int(rh2.us.reference)} µs, ` +
-          `${fx(x(rh2.us.reference, u50?.us.reference))} the undici reference's)`
+          `${fx(x(rh2.us.reference, u50?.us.reference))} the undici reference's` +
+          (bare
+            ? `; with a bare node:http2 app in place of listen() the gateway spends ${int(bare.us.gateway)} µs, ${fx(x(bare.us.gateway, h1?.us.gateway))}`
+            : '') +
+          ')'
         : '') +
-      noisy(h2, h1, rh2),
+      noisy(h2, h1, rh2, bare),
   );
   r = x(h2?.rps, u50?.rps);
   lines.push(
     `- listen() over reversed HTTP/2 >= 0.5x the undici reference's req/s (50 visitors): ${int(h2?.rps)} against ${int(u50?.rps)} = ${fx(r)}: ` +
       `${verdict(r === undefined ? undefined : r >= 0.5)}` +
-      (rh2 ? ` (the node:http2 session reference, with a bare node:http2 backend: ${fx(x(rh2.rps, u50?.rps))})` : '') +
-      noisy(h2, u50, rh2),
+      (rh2 ? ` (the node:http2 session reference, with a bare node:http2 backend: ${fx(x(rh2.rps, u50?.rps))}` : '') +
+      (rh2 && bare
+        ? `; the gateway with a bare node:http2 app in place of listen(): ${fx(x(bare.rps, u50?.rps))}`
+        : '') +
+      (rh2 ? ')' : '') +
+      noisy(h2, u50, rh2, bare),
   );
   const d500 = find(rows, 'direct', 500);
   const at500 = rows.filter(
@@ -1080,7 +1090,13 @@ async function main(): Promise<number> {
     ),
     start('reference splice', 'reference', ['test/bench/service.mjs', 'splice', String(backendPort)], /^READY (\d+)$/),
   ]);
-  const [listenVia, listenH1Via, listenQVia, listenH1QVia, connectVia, connectH2Via] = await Promise.all([
+  const bareH2 = await start(
+    'bare HTTP/2 app',
+    'app',
+    ['test/bench/service.mjs', 'bareh2', url(gatewayPort), 'bench-bare-h2'],
+    /^READY /,
+  );
+  const [listenVia, listenH1Via, listenQVia, listenH1QVia, connectVia, connectH2Via, bareVia] = await Promise.all([
     waitChannels(gatewayPort, 'bench-listen'),
     waitChannels(gatewayPort, 'bench-listen-h1', CHANNELS),
     waitChannels(gatewayQPort, 'bench-listen-q'),
@@ -1088,6 +1104,7 @@ async function main(): Promise<number> {
     waitChannels(gatewayPort, 'bench-connect'),
     // connect splices by default: its pool grows with demand, so no count to wait for.
     waitChannels(gatewayPort, 'bench-connect-h2'),
+    waitChannels(gatewayPort, 'bench-bare-h2'),
   ]);
 
   const at = (port: number, name: string): Pick<Target, 'port' | 'host'> => ({
@@ -1126,6 +1143,13 @@ async function main(): Promise<number> {
       label: 'reference: byte splice',
       port: Number(refSplice.match[1]),
       procs: [refSplice.proc, be],
+    },
+    'bare-h2': {
+      id: 'bare-h2',
+      kind: 'listen',
+      label: 'bare HTTP/2 app',
+      ...at(gatewayPort, 'bench-bare-h2'),
+      procs: [gw, bareH2.proc],
     },
     listen: {
       id: 'listen',
@@ -1181,6 +1205,7 @@ async function main(): Promise<number> {
     `connect: its defaults (a line per request on its stdout, drained), channels ${connectVia} (spliced reversed HTTP/1.1); connect --http2: the relay over reversed HTTP/2 (the default before splicing), channels ${connectH2Via}`,
     `access log: listen() http1 and its -q twin at 50 visitors alternate ${LOG_ROUNDS} time(s); each row is the median round by req/s`,
     `references: node:http servers forwarding to the backend over ${n} keep-alive connections, no routing or header work: http.request with an Agent, and undici Pool.dispatch`,
+    `bare HTTP/2 app: a bare node:http2 server answering over one reversed HTTP/2 connection it claims itself (channels ${bareVia}), with no listen() and no bridge into an http.Server: the floor of listen() over HTTP/2 on this gateway`,
     `floors: "node:http2 session" is a node:http server sending each request as a stream on one node:http2 session to a bare node:http2 backend (the reversed HTTP/2 path without the gateway); "byte splice" pipes each visitor connection to one of its own to the backend and parses nothing (what connect's design costs at least)`,
   ];
   const via: Record<string, string> = { listen: listenVia, connect: connectVia };
@@ -1200,6 +1225,7 @@ async function main(): Promise<number> {
     ]).flat(),
     [t.listen, 50],
     [t['listen-q'], 50],
+    [t['bare-h2'], 50],
     [t.connect, 50],
     [t['connect-h2'], 50],
     [t.direct, 1],

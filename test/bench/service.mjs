@@ -6,6 +6,9 @@
 //   node test/bench/service.mjs app <gatewayUrl> <name> <connections> [h1]
 //       the same handler served in-process through listen() from dist/index.js (`h1`: only
 //       reversed HTTP/1.1, `connections` of them); prints `READY <protocol>` once online
+//   node test/bench/service.mjs bareh2 <gatewayUrl> <name>
+//       the same answer from a bare node:http2 server over one reversed HTTP/2 connection it
+//       claims itself (no listen(), no bridge into an http.Server); prints `READY <protocol>`
 //   node test/bench/service.mjs proxy <backendPort> <connections>
 //       reference row: a minimal node:http server + http.request keep-alive proxy; prints `READY <port>`
 //   node test/bench/service.mjs undici <backendPort> <connections>
@@ -52,6 +55,43 @@ if (mode === 'backend') {
     process.stderr.write(`tunnel error: ${err.message}\n`);
     process.exit(1);
   });
+} else if (mode === 'bareh2') {
+  // A floor, not part of ptth-proxy: an app that claims <name> over reversed HTTP/2 (`Upgrade:
+  // ptth`, `ALPN: h2`) and answers every stream from a bare node:http2 server, with no bridge into
+  // an http.Server (what listen() adds so that frameworks get IncomingMessage/ServerResponse).
+  const [gateway, name] = args;
+  const http2 = await import('node:http2');
+  const server = http2.createServer({ settings: { maxConcurrentStreams: 256, initialWindowSize: 1 << 20 } });
+  server.on('stream', (stream) => {
+    stream.on('error', () => {});
+    stream.resume();
+    stream.respond({ ':status': 200, 'content-type': 'text/plain', 'content-length': BODY.length });
+    stream.end(BODY);
+  });
+  const req = http.request(`${gateway}/?name=${encodeURIComponent(name)}`, {
+    method: 'POST',
+    agent: false,
+    headers: { Upgrade: 'ptth', ALPN: 'h2', Connection: 'Upgrade', 'Content-Length': '0' },
+  });
+  req.on('upgrade', (res, socket, head) => {
+    socket.setNoDelay(true);
+    if (head.length > 0) socket.unshift(head);
+    socket.once('close', () => {
+      process.stderr.write('bareh2: the gateway closed the connection\n');
+      process.exit(1);
+    });
+    server.emit('connection', socket);
+    process.stdout.write(`READY ${res.headers.upgrade}\n`);
+  });
+  req.on('response', (res) => {
+    process.stderr.write(`bareh2: the claim was refused with ${res.statusCode}\n`);
+    process.exit(1);
+  });
+  req.on('error', (err) => {
+    process.stderr.write(`bareh2: ${err.message}\n`);
+    process.exit(1);
+  });
+  req.end();
 } else if (mode === 'proxy') {
   // A reference, not part of ptth-proxy: the least a Node HTTP/1.1 proxy hop costs here. A plain
   // node:http keep-alive forward proxy to the backend with as many upstream connections as the
@@ -209,7 +249,7 @@ if (mode === 'backend') {
   );
 } else {
   process.stderr.write(
-    'usage: service.mjs backend | h2backend | app <gatewayUrl> <name> <connections> [h1] | proxy|undici <backendPort> <connections> | h2proxy <h2backendPort> | splice <port>\n',
+    'usage: service.mjs backend | h2backend | app <gatewayUrl> <name> <connections> [h1] | bareh2 <gatewayUrl> <name> | proxy|undici <backendPort> <connections> | h2proxy <h2backendPort> | splice <port>\n',
   );
   process.exit(2);
 }
