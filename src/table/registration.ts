@@ -171,7 +171,12 @@ export class Registration {
     this.channels.splice(i, 1);
     if (channel.transport === 'http2') this.#multiplexed--;
     this.#table.emit('channel-close', this, channel);
-    if (this.#unserved && !this.#released) this.#armExpiry();
+    this.#leaseRuns();
+  }
+
+  /** The lease counts down (`ms`, default all of it) if the name is held and no channel is live. */
+  #leaseRuns(ms?: number): void {
+    if (this.#unserved && !this.#released) this.#armExpiry(ms);
   }
 
   #armExpiry(ms = this.lease * 1000): void {
@@ -186,7 +191,7 @@ export class Registration {
    * started it elsewhere. Nothing while a channel (here or on another node) is live.
    */
   expireIn(ms: number): void {
-    if (this.#unserved && !this.#released) this.#armExpiry(Math.max(0, ms));
+    this.#leaseRuns(Math.max(0, ms));
   }
 
   #disarmExpiry(): void {
@@ -198,7 +203,7 @@ export class Registration {
   /** Changes the lease; restarts the countdown if no channel is live. */
   setLease(seconds: number): void {
     this.lease = seconds;
-    if (this.#unserved && !this.#released) this.#armExpiry();
+    this.#leaseRuns();
   }
 
   #pick(upgrade: boolean, hops: number, avoid?: Channel): Channel | undefined {
@@ -258,7 +263,7 @@ export class Registration {
     const i = this.remotes.indexOf(channel);
     if (i === -1) return;
     this.remotes.splice(i, 1);
-    if (this.#unserved && !this.#released) this.#armExpiry();
+    this.#leaseRuns();
   }
 
   dispatch(ex: Exchange): void {

@@ -19,12 +19,13 @@
  * Returns the failures (errors in a row, a process that died); the tables go to stdout.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import * as http from 'node:http';
-import * as net from 'node:net';
+import type * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { freePort, ping, REDIS_SERVER, redisCommand } from '../helpers/redis-server.js';
 import { BIN, serveArgs } from './flags.js';
 import {
   CHANNELS,
@@ -58,8 +59,6 @@ import {
 } from './run.js';
 import { claim } from './scale.js';
 
-const REDIS_SERVER = process.env['PTTH_TEST_REDIS_SERVER'] ?? '/usr/bin/redis-server';
-const SETPRIV = '/usr/bin/setpriv';
 /** Concurrent clients of the claims row. */
 const CLAIM_CLIENTS = 50;
 /** Seconds of claims per row: a few, whatever the row duration. */
@@ -74,35 +73,6 @@ const GATEWAY_FLAGS = ['--queue-limit', '2048', '--max-channels', String(Math.ma
 // ---------------------------------------------------------------------------------------------
 // redis-server
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/** Resolves on `+PONG` from 127.0.0.1:port, rejects on anything else. */
-function ping(port: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(port, '127.0.0.1');
-    s.setTimeout(1_000, () => s.destroy(new Error('no answer')));
-    let got = '';
-    s.on('connect', () => s.write('PING\r\n'));
-    s.on('data', (c: Buffer) => {
-      got += c.toString('latin1');
-      if (!got.includes('\r\n')) return;
-      s.destroy();
-      if (got.startsWith('+PONG')) resolve();
-      else reject(new Error(`PING answered ${JSON.stringify(got)}`));
-    });
-    s.on('error', reject);
-  });
-}
-
 /**
  * A redis-server on a free port of 127.0.0.1 in a fresh temporary directory, without persistence,
  * as one of the bench's processes (stopped with them, killed at the bench's exit; where util-linux
@@ -110,13 +80,7 @@ function ping(port: number): Promise<void> {
  */
 async function startRedis(dir: string): Promise<{ proc: Proc; url: string }> {
   const port = await freePort();
-  const args = [
-    ...['--port', String(port), '--bind', '127.0.0.1', '--dir', dir],
-    ...['--save', '', '--appendonly', 'no', '--daemonize', 'no', '--logfile', ''],
-  ];
-  const [cmd, argv] = existsSync(SETPRIV)
-    ? [SETPRIV, ['--pdeathsig', 'KILL', '--', REDIS_SERVER, ...args]]
-    : [REDIS_SERVER, args];
+  const [cmd, argv] = redisCommand(port, dir);
   const child: ChildProcess = spawn(cmd, argv, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
   const proc: Proc = {
     label: 'redis-server',

@@ -30,6 +30,14 @@ function handler(req, res) {
   res.end(BODY);
 }
 
+/** The handler's answer from a bare node:http2 server (stream events, no compatibility objects). */
+function answerStream(stream) {
+  stream.on('error', () => {});
+  stream.resume();
+  stream.respond({ ':status': 200, 'content-type': 'text/plain', 'content-length': BODY.length });
+  stream.end(BODY);
+}
+
 const [mode, ...args] = process.argv.slice(2);
 process.on('SIGTERM', () => process.exit(0));
 process.on('SIGINT', () => process.exit(0));
@@ -62,12 +70,7 @@ if (mode === 'backend') {
   const [gateway, name] = args;
   const http2 = await import('node:http2');
   const server = http2.createServer({ settings: { maxConcurrentStreams: 256, initialWindowSize: 1 << 20 } });
-  server.on('stream', (stream) => {
-    stream.on('error', () => {});
-    stream.resume();
-    stream.respond({ ':status': 200, 'content-type': 'text/plain', 'content-length': BODY.length });
-    stream.end(BODY);
-  });
+  server.on('stream', answerStream);
   const req = http.request(`${gateway}/?name=${encodeURIComponent(name)}`, {
     method: 'POST',
     agent: false,
@@ -182,12 +185,7 @@ if (mode === 'backend') {
   // server (stream events, no compatibility objects): the least an HTTP/2 peer costs here.
   const http2 = await import('node:http2');
   const server = http2.createServer({ settings: { maxConcurrentStreams: 256 } });
-  server.on('stream', (stream) => {
-    stream.on('error', () => {});
-    stream.resume();
-    stream.respond({ ':status': 200, 'content-type': 'text/plain', 'content-length': BODY.length });
-    stream.end(BODY);
-  });
+  server.on('stream', answerStream);
   server.listen({ port: 0, host: '127.0.0.1' }, () => process.stdout.write(`READY ${server.address().port}\n`));
 } else if (mode === 'h2proxy') {
   // A reference, not part of ptth-proxy: what the reversed HTTP/2 path amounts to without the

@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { BIN, NODE, serveArgs } from './flags.js';
 
 const SERVICE = fileURLToPath(new URL('./stream-service.mjs', import.meta.url));
-/** service.mjs: its `splice` mode is the byte-splice reference. */
+/** service.mjs: its `splice` and `undici` modes are the floors' byte splice and parsing hop. */
 const REFERENCE = fileURLToPath(new URL('./service.mjs', import.meta.url));
 const CHUNK = Buffer.alloc(256 * 1024, 'upload ');
 
@@ -234,17 +234,19 @@ export async function runConnectStream(bytes = 256 * 2 ** 20): Promise<ConnectSt
       tool === 'curl' ? curlUpload(port, host, file, bytes) : upload(port, host, bytes);
     const down = (port: number, host: string): Promise<number> =>
       tool === 'curl' ? curlDownload(port, host, bytes) : download(port, host, bytes);
+    /** A row: `bytes` up, then down, through 127.0.0.1:port with `host` as the Host field. */
+    const transfer = async (row: string, port: number, host: string): Promise<StreamRow> => ({
+      row,
+      uploadMiBps: await up(port, host),
+      downloadMiBps: await down(port, host),
+      rssGrowthMiB: undefined,
+    });
     const backend = await start([SERVICE, 'backend'], /READY (\d+)/);
     children.push(backend.child);
     const bport = Number(backend.match[1]);
     const rows: StreamRow[] = [];
     const direct = `127.0.0.1:${bport}`;
-    rows.push({
-      row: 'direct',
-      uploadMiBps: await up(bport, direct),
-      downloadMiBps: await down(bport, direct),
-      rssGrowthMiB: undefined,
-    });
+    rows.push(await transfer('direct', bport, direct));
     const gw = await start(serveArgs(), /listening on [^\n]*:(\d+)/);
     children.push(gw.child);
     const gport = Number(gw.match[1]);
@@ -260,38 +262,27 @@ export async function runConnectStream(bytes = 256 * 2 ** 20): Promise<ConnectSt
     const timer = setInterval(() => (peak = Math.max(peak, rss(pid))), 100);
     const host = `${name}.localhost:${gport}`;
     try {
-      rows.push({
-        row: 'through gateway and `connect`',
-        uploadMiBps: await up(gport, host),
-        downloadMiBps: await down(gport, host),
-        rssGrowthMiB: 0,
-      });
+      rows.push(await transfer('through gateway and `connect`', gport, host));
     } finally {
       clearInterval(timer);
     }
     (rows[1] as StreamRow).rssGrowthMiB = (peak - before) / 2 ** 20;
-    // The gateway and connect are idle from here: the floor row has the machine to itself.
-    const inner = await start([REFERENCE, 'splice', String(bport)], /READY (\d+)/);
-    children.push(inner.child);
-    const outer = await start([REFERENCE, 'splice', inner.match[1] as string], /READY (\d+)/);
-    children.push(outer.child);
-    const oport = Number(outer.match[1]);
-    rows.push({
-      row: 'two byte splices (reference)',
-      uploadMiBps: await up(oport, direct),
-      downloadMiBps: await down(oport, direct),
-      rssGrowthMiB: undefined,
-    });
+    // The gateway and connect are idle from here: the floor rows have the machine to themselves.
+    const reference = async (...args: string[]): Promise<number> => {
+      const r = await start([REFERENCE, ...args], /READY (\d+)/);
+      children.push(r.child);
+      return Number(r.match[1]);
+    };
+    const inner = await reference('splice', String(bport));
+    rows.push(await transfer('two byte splices (reference)', await reference('splice', String(inner)), direct));
     // The gateway parses HTTP where a splice does not: the undici reference proxy in its place.
-    const parsing = await start([REFERENCE, 'undici', inner.match[1] as string, '1'], /READY (\d+)/);
-    children.push(parsing.child);
-    const pport = Number(parsing.match[1]);
-    rows.push({
-      row: 'undici reference proxy and a byte splice (reference)',
-      uploadMiBps: await up(pport, direct),
-      downloadMiBps: await down(pport, direct),
-      rssGrowthMiB: undefined,
-    });
+    rows.push(
+      await transfer(
+        'undici reference proxy and a byte splice (reference)',
+        await reference('undici', String(inner), '1'),
+        direct,
+      ),
+    );
     return { tool, rows };
   } finally {
     for (const c of children) c.kill('SIGKILL');

@@ -1,9 +1,9 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import * as net from 'node:net';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, onTestFinished } from 'vitest';
+import { freePort, ping, REDIS_SERVER, redisCommand } from './redis-server.js';
 
 /*
  * A real redis-server for the cluster tests (Debian's package; .ci/run installs it when missing):
@@ -17,8 +17,7 @@ import { afterAll, beforeAll, onTestFinished } from 'vitest';
  * - the fixtures stop their server when the test (or the file) finishes, whether it passed or not.
  */
 
-export const REDIS_SERVER = process.env['PTTH_TEST_REDIS_SERVER'] ?? '/usr/bin/redis-server';
-const SETPRIV = '/usr/bin/setpriv';
+export { ping, REDIS_SERVER } from './redis-server.js';
 
 export interface RedisServer {
   /** `redis://127.0.0.1:PORT` */
@@ -60,42 +59,6 @@ function installExitHook(): void {
   });
 }
 
-/** A port that was free a moment ago; the server's start retries with another when it is taken meanwhile. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/** Resolves once `PING` on 127.0.0.1:port gets `+PONG` (or NOAUTH, from a server with a password); rejects on a connection error or after `ms`. */
-export function ping(port: number, ms = 2_000): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(port, '127.0.0.1');
-    let got = '';
-    const done = (e?: Error): void => {
-      clearTimeout(timer);
-      s.destroy();
-      if (e) reject(e);
-      else resolve();
-    };
-    const timer = setTimeout(() => done(new Error(`redis on port ${port}: no PONG within ${ms} ms`)), ms);
-    s.on('connect', () => s.write('PING\r\n'));
-    s.on('data', (c: Buffer) => {
-      got += c.toString('latin1');
-      // A server with --requirepass answers NOAUTH: it is up all the same.
-      if (got.startsWith('+PONG\r\n') || got.startsWith('-NOAUTH ')) done();
-      else if (got.includes('\r\n')) done(new Error(`redis on port ${port} answered PING with ${JSON.stringify(got)}`));
-    });
-    s.on('error', done);
-    s.on('close', () => done(new Error(`redis on port ${port} closed the connection before PONG`)));
-  });
-}
-
 /** Resolves when `child` has exited (at once if it already has). */
 function exited(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
@@ -119,15 +82,7 @@ async function spawnServer(port: number, dir: string, options: RedisStartOptions
   if (options.sentinel) {
     writeFileSync(conf, `sentinel monitor ${options.sentinel.master} 127.0.0.1 ${options.sentinel.port} 1\n`);
   }
-  const args = [
-    ...(options.sentinel ? [conf, '--sentinel'] : []),
-    ...['--port', String(port), '--bind', '127.0.0.1', '--dir', dir],
-    ...['--save', '', '--appendonly', 'no', '--daemonize', 'no', '--logfile', ''],
-    ...(options.args ?? []),
-  ];
-  const [cmd, argv] = existsSync(SETPRIV)
-    ? [SETPRIV, ['--pdeathsig', 'KILL', '--', REDIS_SERVER, ...args]]
-    : [REDIS_SERVER, args];
+  const [cmd, argv] = redisCommand(port, dir, options.args, options.sentinel ? [conf, '--sentinel'] : []);
   const child = spawn(cmd, argv, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(child);
   child.once('exit', () => live.delete(child));

@@ -161,6 +161,47 @@ async function measured<T>(work: () => Promise<T>): Promise<{ result: T; growth:
   }
 }
 
+/**
+ * A peer that answers every request with `answer(n, connection)` (n counts requests on its
+ * connection from 1, connection counts its connections from 1) or, when that is undefined, closes
+ * the connection with the request unanswered; writes what `after` returns once an answer is out,
+ * and counts its connections.
+ */
+async function scriptedPeer(
+  answer: (n: number, connection: number) => string | undefined,
+  after: (socket: net.Socket, n: number) => void = () => {},
+): Promise<{ url: URL; connections: () => number; open: () => number }> {
+  let connections = 0;
+  let open = 0;
+  const server = net.createServer((socket) => {
+    track(socket).on('error', () => {});
+    const connection = ++connections;
+    open++;
+    socket.on('close', () => open--);
+    let requests = 0;
+    let buf = '';
+    socket.on('data', (c: Buffer) => {
+      buf += c.toString('latin1');
+      while (buf.includes('\r\n\r\n')) {
+        const head = buf.slice(0, buf.indexOf('\r\n\r\n'));
+        const length = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+        buf = buf.slice(head.length + 4 + length);
+        const text = answer(++requests, connection);
+        if (text === undefined) {
+          socket.destroy();
+          return;
+        }
+        socket.write(text);
+        after(socket, requests);
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanup(() => new Promise<void>((r) => server.close(() => r())));
+  const { port } = server.address() as net.AddressInfo;
+  return { url: new URL(`http://127.0.0.1:${port}`), connections: () => connections, open: () => open };
+}
+
 describe('the internal hop: requests', () => {
   it("GET and POST through A reach the app on B with the visitor's address, once, and no credentials", async () => {
     const { a, b, link } = await pair();
@@ -641,36 +682,15 @@ describe('the internal hop: failures', () => {
    * connection when the next one arrives on it, unanswered: the race of a pooled connection the
    * peer closed as idle while a request was on its way.
    */
-  async function closesReused(): Promise<{ port: number; connections: () => number }> {
-    let connections = 0;
-    const server = net.createServer((socket) => {
-      track(socket).on('error', () => {});
-      connections++;
-      let requests = 0;
-      let buf = '';
-      socket.on('data', (c: Buffer) => {
-        buf += c.toString('latin1');
-        while (buf.includes('\r\n\r\n')) {
-          const head = buf.slice(0, buf.indexOf('\r\n\r\n'));
-          const length = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
-          buf = buf.slice(head.length + 4 + length);
-          if (++requests > 1) {
-            socket.destroy();
-            return;
-          }
-          socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 9\r\nKeep-Alive: timeout=60\r\n\r\nanswer ${connections} `);
-        }
-      });
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    cleanup(() => new Promise<void>((r) => server.close(() => r())));
-    return { port: (server.address() as net.AddressInfo).port, connections: () => connections };
-  }
+  const closesReused = (): ReturnType<typeof scriptedPeer> =>
+    scriptedPeer((n, connection) =>
+      n > 1 ? undefined : `HTTP/1.1 200 OK\r\nContent-Length: 9\r\nKeep-Alive: timeout=60\r\n\r\nanswer ${connection} `,
+    );
 
   it('a pooled connection the peer closed meanwhile: an idempotent request goes again on a fresh one', async () => {
     const { a, link } = await pair();
     const peer = await closesReused();
-    const reg = await link('app', new URL(`http://127.0.0.1:${peer.port}`));
+    const reg = await link('app', peer.url);
     expect((await request(a.port, { host: a.host('app') })).body).toBe('answer 1 ');
     const again = await request(a.port, { host: a.host('app'), method: 'DELETE' });
     expect(again.body).toBe('answer 2 ');
@@ -681,7 +701,7 @@ describe('the internal hop: failures', () => {
   it('a pooled connection the peer closed under a POST: 502, not sent twice; the remote stays', async () => {
     const { a, link } = await pair();
     const peer = await closesReused();
-    const reg = await link('app', new URL(`http://127.0.0.1:${peer.port}`));
+    const reg = await link('app', peer.url);
     expect((await request(a.port, { host: a.host('app') })).body).toBe('answer 1 ');
     const post = await request(a.port, { host: a.host('app'), method: 'POST', body: 'pay once' });
     expect(post.status).toBe(502);
@@ -742,41 +762,6 @@ describe('the internal hop: failures', () => {
 });
 
 describe('the internal hop: pooled connections (undici)', () => {
-  /**
-   * A peer that answers every request with `answer(n)` (n counts requests on its connection from
-   * 1), writes what `after` returns once the answer is out, and counts its connections.
-   */
-  async function scriptedPeer(
-    answer: (n: number) => string,
-    after: (socket: net.Socket, n: number) => void = () => {},
-  ): Promise<{ url: URL; connections: () => number; open: () => number }> {
-    let connections = 0;
-    let open = 0;
-    const server = net.createServer((socket) => {
-      track(socket).on('error', () => {});
-      connections++;
-      open++;
-      socket.on('close', () => open--);
-      let requests = 0;
-      let buf = '';
-      socket.on('data', (c: Buffer) => {
-        buf += c.toString('latin1');
-        while (buf.includes('\r\n\r\n')) {
-          const head = buf.slice(0, buf.indexOf('\r\n\r\n'));
-          const length = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
-          buf = buf.slice(head.length + 4 + length);
-          requests++;
-          socket.write(answer(requests));
-          after(socket, requests);
-        }
-      });
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    cleanup(() => new Promise<void>((r) => server.close(() => r())));
-    const { port } = server.address() as net.AddressInfo;
-    return { url: new URL(`http://127.0.0.1:${port}`), connections: () => connections, open: () => open };
-  }
-
   const ok = (hint: string) => (n: number) =>
     `HTTP/1.1 200 OK\r\nContent-Length: 4\r\nKeep-Alive: ${hint}\r\n\r\nok ${n}`;
 
