@@ -845,6 +845,11 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
   const x = (a: number | undefined, b: number | undefined): number | undefined =>
     a !== undefined && b !== undefined && b > 0 && Number.isFinite(a) && Number.isFinite(b) ? a / b : undefined;
   const fx = (v: number | undefined): string => (v === undefined ? 'n/a' : `${v.toFixed(2)}x`);
+  /** ` (a; b)` of the parts measured (a floor beside the figure it bounds), or nothing. */
+  const aside = (...parts: (string | false | undefined)[]): string => {
+    const said = parts.filter((p): p is string => typeof p === 'string');
+    return said.length > 0 ? ` (${said.join('; ')})` : '';
+  };
   /** Names the rows behind a verdict that were measured while other programs were busy. */
   const noisy = (...used: (Row | undefined)[]): string => {
     const names = used
@@ -898,7 +903,7 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
   lines.push(
     `- connect in its default mode spends at most 20 µs of CPU per request (50 visitors; channels ${via['connect'] ?? '?'}): ` +
       `${int(cus)} µs: ${verdict(cus === undefined || !Number.isFinite(cus) ? undefined : cus <= 20)}` +
-      (rsp ? ` (floor: the byte splice reference, which only pipes bytes, spends ${int(rsp.us.reference)} µs)` : '') +
+      aside(rsp && `floor: the byte splice reference, which only pipes bytes, spends ${int(rsp.us.reference)} µs`) +
       noisy(c50, rsp),
   );
   r = x(c50?.rps, u50?.rps);
@@ -910,25 +915,23 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
   lines.push(
     `- Reversed HTTP/2: gateway CPU per request <= 1.5x its HTTP/1.1 path (listen() against listen() http1, 50 visitors; ` +
       `channels ${via['listen'] ?? '?'}): ${int(h2?.us.gateway)} against ${int(h1?.us.gateway)} µs = ${fx(r)}: ${verdict(r === undefined ? undefined : r <= 1.5)}` +
-      (rh2
-        ? ` (node:http2 alone: the node:http2 session reference spends ${int(rh2.us.reference)} µs, ` +
-          `${fx(x(rh2.us.reference, u50?.us.reference))} the undici reference's` +
-          (bare
-            ? `; with a bare node:http2 app in place of listen() the gateway spends ${int(bare.us.gateway)} µs, ${fx(x(bare.us.gateway, h1?.us.gateway))}`
-            : '') +
-          ')'
-        : '') +
+      aside(
+        rh2 &&
+          `node:http2 alone: the node:http2 session reference spends ${int(rh2.us.reference)} µs, ` +
+            `${fx(x(rh2.us.reference, u50?.us.reference))} the undici reference's`,
+        bare &&
+          `with a bare node:http2 app in place of listen() the gateway spends ${int(bare.us.gateway)} µs, ${fx(x(bare.us.gateway, h1?.us.gateway))}`,
+      ) +
       noisy(h2, h1, rh2, bare),
   );
   r = x(h2?.rps, u50?.rps);
   lines.push(
     `- listen() over reversed HTTP/2 >= 0.5x the undici reference's req/s (50 visitors): ${int(h2?.rps)} against ${int(u50?.rps)} = ${fx(r)}: ` +
       `${verdict(r === undefined ? undefined : r >= 0.5)}` +
-      (rh2 ? ` (the node:http2 session reference, with a bare node:http2 backend: ${fx(x(rh2.rps, u50?.rps))}` : '') +
-      (rh2 && bare
-        ? `; the gateway with a bare node:http2 app in place of listen(): ${fx(x(bare.rps, u50?.rps))}`
-        : '') +
-      (rh2 ? ')' : '') +
+      aside(
+        rh2 && `the node:http2 session reference, with a bare node:http2 backend: ${fx(x(rh2.rps, u50?.rps))}`,
+        bare && `the gateway with a bare node:http2 app in place of listen(): ${fx(x(bare.rps, u50?.rps))}`,
+      ) +
       noisy(h2, u50, rh2, bare),
   );
   const d500 = find(rows, 'direct', 500);
@@ -952,13 +955,12 @@ function targets(rows: Row[], extra: Extra | undefined, via: Record<string, stri
       (cs
         ? `upload ${cs[1]?.uploadMiBps.toFixed(0)} against ${cs[0]?.uploadMiBps.toFixed(0)} MiB/s = ${(100 * (up ?? NaN)).toFixed(0)} % (${verdict(up === undefined ? undefined : up >= 0.5)}), ` +
           `download ${cs[1]?.downloadMiBps.toFixed(0)} against ${cs[0]?.downloadMiBps.toFixed(0)} MiB/s = ${(100 * (down ?? NaN)).toFixed(0)} % (${verdict(down === undefined ? undefined : down >= 0.5)})` +
-          (cs[2]
-            ? ` (floors: two byte splices in the same places, parsing nothing: up ${pct(cs[2].uploadMiBps, cs[0]?.uploadMiBps)}, down ${pct(cs[2].downloadMiBps, cs[0]?.downloadMiBps)}` +
-              (cs[3]
-                ? `; the undici reference proxy where the gateway is: up ${pct(cs[3].uploadMiBps, cs[0]?.uploadMiBps)}, down ${pct(cs[3].downloadMiBps, cs[0]?.downloadMiBps)}`
-                : '') +
-              ')'
-            : '')
+          aside(
+            cs[2] &&
+              `floor: two byte splices in the same places, parsing nothing: up ${pct(cs[2].uploadMiBps, cs[0]?.uploadMiBps)}, down ${pct(cs[2].downloadMiBps, cs[0]?.downloadMiBps)}`,
+            cs[3] &&
+              `the undici reference proxy where the gateway is: up ${pct(cs[3].uploadMiBps, cs[0]?.uploadMiBps)}, down ${pct(cs[3].downloadMiBps, cs[0]?.downloadMiBps)}`,
+          )
         : 'not measured'),
   );
   const st = extra?.stream;
